@@ -1,0 +1,121 @@
+"""backend/transform.py (paper Eq. 2): positions, quaternions and Σ' = AΣAᵀ after a 4×4 affine."""
+
+import math
+
+import pytest
+import torch
+
+from interactive3d.backend import gaussians as G
+from interactive3d.backend import transform as T
+
+
+def _one_gaussian(scales=(0.1, 0.02, 0.05), quat=(0.9, 0.1, -0.3, 0.2), mean=(0.3, -0.2, 0.1)):
+    return G.Gaussians.from_activated(
+        torch.tensor([mean]), torch.full((1, 3), 0.5), torch.tensor([0.5]), torch.tensor([scales]),
+        quats=torch.tensor([quat]),
+    )
+
+
+def _affine(a, t=(0.0, 0.0, 0.0)):
+    m = torch.eye(4)
+    m[:3, :3] = torch.as_tensor(a, dtype=torch.float32)
+    m[:3, 3] = torch.tensor(t)
+    return m
+
+
+def _cov(g):
+    return T.covariance(g.scales.detach().double(), g.rotations.detach().double())
+
+
+def test_stretch_matches_analytic_covariance():
+    """Anisotropic stretch + shear of one Gaussian: Σ' equals AΣAᵀ to 1e-5 (issue 4), μ' = A(μ−c)+c+t."""
+    g = _one_gaussian()
+    cov0 = _cov(g)
+    a = torch.tensor([[2.0, 0.3, 0.0], [0.0, 0.5, 0.1], [0.2, 0.0, 1.5]])
+    pivot = torch.tensor([0.1, 0.1, 0.1])
+    mu0 = g.means.detach().clone()
+    res = T.transform_part(g, torch.ones(1, dtype=torch.bool), _affine(a, (1.0, 2.0, 3.0)), pivot=pivot)
+    assert not res.similarity
+    expected = a.double() @ cov0[0] @ a.double().T
+    assert torch.allclose(_cov(g)[0], expected, atol=1e-5, rtol=0)
+    mu_expected = (mu0[0] - pivot) @ a.T + pivot + torch.tensor([1.0, 2.0, 3.0])
+    assert torch.allclose(g.means.detach()[0], mu_expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_similarity_composes_quaternion(mirror):
+    """Rotation × uniform scale (and its mirror): quaternion path, Σ' = AΣAᵀ to 1e-5, scales × s."""
+    g = _one_gaussian()
+    cov0 = _cov(g)
+    s0 = g.scales.detach().clone()
+    r = T.quat_to_rotmat(torch.tensor([[0.3, -0.5, 0.7, 0.2]]))[0]
+    a = (-1.7 if mirror else 1.7) * r
+    res = T.transform_part(g, torch.ones(1, dtype=torch.bool), _affine(a))
+    assert res.similarity
+    assert torch.allclose(_cov(g)[0], a.double() @ cov0[0] @ a.double().T, atol=1e-5, rtol=0)
+    assert torch.allclose(g.scales.detach(), s0 * 1.7, rtol=1e-5)
+    # bbox centre pivot of a single Gaussian is itself: it does not move.
+    assert torch.allclose(g.means.detach(), torch.tensor([[0.3, -0.2, 0.1]]), atol=1e-7)
+
+
+def test_only_part_changes_and_moments_reset():
+    """Rows outside the part are bit-identical; Adam moments of transformed rows are zero."""
+    g = G.init_random(200, seed=3)
+    opt = G.make_optimizers(g)
+    (g.means.sum() + g.scales.sum() + g.rotations.sum()).backward()
+    for o in opt.values():
+        o.step()
+    part = torch.arange(200) < 50
+    snap = g.snapshot()
+    T.transform_part(g, part, _affine(torch.diag(torch.tensor([1.0, 2.0, 0.5])), (0.1, 0, 0)), optimizers=opt)
+    for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+        assert torch.equal(g.params[name].detach()[~part], torch.from_numpy(snap[f"param/{name}"])[~part])
+    assert not torch.equal(g.params["means"].detach()[part], torch.from_numpy(snap["param/means"])[part])
+    assert opt["means"].state[g.params["means"]]["exp_avg"][part].abs().max() == 0
+    assert opt["means"].state[g.params["means"]]["exp_avg"][~part].abs().max() > 0
+
+
+def test_bbox_pivot_keeps_centre_fixed():
+    """About B(P)'s centre, a rotation leaves the bbox centre where it was (error < 1e-6)."""
+    g = G.init_random(100, seed=1)
+    part = torch.ones(100, dtype=torch.bool)
+    c0 = T.bbox_center(g.means.detach())
+    rot = T.quat_to_rotmat(torch.tensor([[math.cos(0.25 * math.pi), 0.0, 0.0, math.sin(0.25 * math.pi)]]))[0]
+    res = T.transform_part(g, part, _affine(rot))
+    assert torch.allclose(res.pivot, c0, atol=1e-7)
+    # A 90° turn about z maps an axis-aligned box to an axis-aligned box with the same centre.
+    assert torch.allclose(T.bbox_center(g.means.detach()), c0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "matrix, message",
+    [
+        (torch.diag(torch.tensor([1.0, 0.0, 1.0, 1.0])), "singular"),
+        (torch.full((4, 4), float("nan")), "finite"),
+        (torch.ones(4, 4), "affine"),
+        (torch.eye(3), "shape"),
+    ],
+)
+def test_bad_matrix_changes_nothing(matrix, message):
+    """Singular, NaN, non-affine or mis-shaped matrices raise ValueError naming the problem; state unchanged."""
+    g = G.init_random(20, seed=0)
+    snap = g.snapshot()
+    with pytest.raises(ValueError, match=message):
+        T.transform_part(g, torch.ones(20, dtype=torch.bool), matrix)
+    for k, v in snap.items():
+        if k.startswith("param/"):
+            assert torch.equal(g.params[k[6:]].detach(), torch.from_numpy(v))
+
+
+def test_empty_part_rejected():
+    g = G.init_random(10, seed=0)
+    with pytest.raises(ValueError, match="empty"):
+        T.transform_part(g, torch.zeros(10, dtype=torch.bool), torch.eye(4))
+
+
+def test_rotmat_quat_round_trip():
+    """rotmat_to_quat inverts quat_to_rotmat to 1e-12 in float64 on random rotations (incl. 180° turns)."""
+    q = torch.randn(500, 4, dtype=torch.float64)
+    q = torch.cat([q, torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)])
+    r = T.quat_to_rotmat(q)
+    assert (T.quat_to_rotmat(T.rotmat_to_quat(r)) - r).abs().max() < 1e-12
