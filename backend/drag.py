@@ -1,0 +1,217 @@
+"""Deformable and rigid 3D dragging (paper §3.1.3, Eq. 3–6).
+
+Given a source p_s, a target p_t and a radius r:
+
+- Eq. 3  active set  P = {i : ‖μ_i − p_s‖₂ ≤ r}
+- Eq. 4  before each step  μ_i ← μ_i + α (p_t − p_s)/‖p_t − p_s‖  for i ∈ P; the source moves with
+  them (it stops at p_t: the last step is shortened so the total offset is exactly p_t − p_s*)
+- Eq. 5  L_motion = Σ_{i∈P} ‖μ_i − p_t‖₁
+- Eq. 6  L_rigid  = Σ_{i∈P} | ‖p_s − μ_i‖₂ − ‖p_s* − μ_i*‖₂ |   (rigid mode; * = at the start)
+
+Deformable: P is recomputed around the moved source each step, so Gaussians the source reaches join
+it (plasticine). Rigid: P is fixed at the start. Both losses are averaged over P (not summed) so their
+weights do not depend on how many Gaussians the radius catches. With a guidance the SDS loss of local
+zoom-in renderings is added (§3.1.5); without one the drag runs on the motion and rigid losses alone.
+Only Gaussians that may move are updated (:func:`masked_step`): P without guidance, everything within
+r of the swept segment [p_s*, p_t] with guidance; every other row stays bit-identical. The explicit
+offsets of Eq. 4 do the moving; the optimiser (the session's AdamW, learning rates × ``lr_scale``)
+corrects around them, which is why ``lr_scale`` is small by default.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .gaussians import Gaussians
+from .interactive_sds import InteractiveSDSConfig, Region, interactive_sds_loss
+from .masked_optim import masked_step
+
+MODES = ("deformable", "rigid")
+
+
+@dataclass(frozen=True)
+class DragConfig:
+    """Hyper-parameters of one drag (paper §3.1.3)."""
+
+    radius: float = 0.1  # r of Eq. 3
+    step_size: float = 0.01  # α of Eq. 4 (world units per step)
+    steps: int = 50
+    mode: str = "deformable"  # "deformable" | "rigid"
+    motion_weight: float = 1.0  # λ of L_motion (Eq. 5)
+    rigid_weight: float = 10.0  # λ of L_rigid (Eq. 6), rigid mode only
+    lr_scale: float = 0.1  # multiplies the session's learning rates during the drag
+    densify_after: bool = True  # densify & prune after the drag to fill gaps (§3.1.3)
+    sds: InteractiveSDSConfig = field(default_factory=InteractiveSDSConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("radius", "step_size"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        for name in ("motion_weight", "rigid_weight", "lr_scale"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number ≥ 0, got {v!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer ≥ 1, got {self.steps!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+
+def check_points(source, target) -> tuple[Tensor, Tensor]:
+    """Validate p_s, p_t (finite 3-vectors, distinct) → float32 tensors [3], [3]."""
+    ps = torch.as_tensor(source, dtype=torch.float32).reshape(-1)
+    pt = torch.as_tensor(target, dtype=torch.float32).reshape(-1)
+    for name, p in (("source", ps), ("target", pt)):
+        if p.shape != (3,) or not torch.isfinite(p).all():
+            raise ValueError(f"{name} must be a finite 3-vector, got {p.tolist()}")
+    if float((pt - ps).norm()) < 1e-8:
+        raise ValueError(f"source and target must differ, both are {ps.tolist()}")
+    return ps, pt
+
+
+def _segment_distance(points: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Distance of [N,3] points to the segment [a,b] → [N]."""
+    ab = b - a
+    t = ((points - a) @ ab / (ab @ ab)).clamp(0.0, 1.0)
+    return (points - (a + t[:, None] * ab)).norm(dim=1)
+
+
+@dataclass
+class DragState:
+    """Everything a drag needs between steps (checkpointable: plain tensors and a counter)."""
+
+    source_init: Tensor  # [3] p_s*
+    source: Tensor  # [3] current p_s
+    target: Tensor  # [3] p_t
+    fixed_set: Tensor  # [N] bool — P at the start (the rigid set)
+    fixed_init: Tensor  # [|P|,3] μ_i* of the rigid set
+    moved: Tensor  # [N] bool — every Gaussian that was ever in P (densified after the drag)
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class DragStepResult:
+    active: int  # |P| this step
+    offset: float  # length of this step's Eq. 4 offset
+    motion_loss: float
+    rigid_loss: float
+    sds_loss: float
+    source_to_target: float  # ‖p_t − p_s‖ after the step
+
+
+def start_drag(g: Gaussians, source, target, cfg: DragConfig) -> DragState:
+    """Validate and build the initial state; ValueError if no Gaussian lies within r of p_s."""
+    ps, pt = check_points(source, target)
+    ps, pt = ps.to(g.device), pt.to(g.device)
+    with torch.no_grad():
+        active = ((g.means.detach() - ps) ** 2).sum(1) <= cfg.radius**2
+    if not bool(active.any()):
+        raise ValueError(f"no Gaussian lies within radius {cfg.radius} of source {ps.tolist()}")
+    return DragState(
+        source_init=ps.clone(),
+        source=ps.clone(),
+        target=pt,
+        fixed_set=active,
+        fixed_init=g.means.detach()[active].clone(),
+        moved=active.clone(),
+    )
+
+
+def drag_step(
+    g: Gaussians,
+    optimizers: dict[str, torch.optim.Optimizer],
+    state: DragState,
+    cfg: DragConfig,
+    guidance=None,
+    generator: torch.Generator | None = None,
+) -> DragStepResult:
+    """One drag iteration in place: Eq. 4 offset, losses (Eq. 5, 6, optional SDS), masked step."""
+    direction = state.target - state.source_init
+    direction = direction / direction.norm()
+    remaining = float((state.target - state.source).norm())
+    offset = min(cfg.step_size, remaining)
+    with torch.no_grad():
+        if cfg.mode == "rigid":
+            active = state.fixed_set
+        else:
+            active = ((g.means.detach() - state.source) ** 2).sum(1) <= cfg.radius**2
+        g.params["means"][active] += offset * direction
+        # The last (shortened) step lands the source exactly on p_t, without rounding drift.
+        state.source = state.target.clone() if offset >= remaining else state.source + offset * direction
+        state.moved |= active
+    n_active = int(active.sum())
+
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    mu = g.params["means"]
+    loss = mu.new_zeros(())
+    motion = rigid = sds = 0.0
+    if n_active > 0 and cfg.motion_weight > 0:
+        l_motion = (mu[active] - state.target).abs().sum(1).mean()  # Eq. 5 / |P|
+        loss = loss + cfg.motion_weight * l_motion
+        motion = float(l_motion.detach())
+    if cfg.mode == "rigid" and cfg.rigid_weight > 0:
+        d_now = (mu[state.fixed_set] - state.source).norm(dim=1)
+        d_init = (state.fixed_init - state.source_init).norm(dim=1)
+        l_rigid = (d_now - d_init).abs().mean()  # Eq. 6 / |P|
+        loss = loss + cfg.rigid_weight * l_rigid
+        rigid = float(l_rigid.detach())
+    if guidance is not None:
+        update = _segment_distance(mu.detach(), state.source_init, state.target) <= cfg.radius
+        region = Region(
+            center=0.5 * (state.source_init + state.target),
+            radius=0.5 * float((state.target - state.source_init).norm()) + cfg.radius,
+        )
+        gen = generator if generator is not None else torch.Generator().manual_seed(state.step)
+        res = interactive_sds_loss(g, guidance, region, cfg.sds, gen, step=state.step)
+        loss = loss + res.loss
+        sds = float(res.loss.detach())
+    else:
+        update = active
+    if loss.requires_grad:
+        loss.backward()
+        _scaled_masked_step(g, optimizers, update, cfg.lr_scale)
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    state.step += 1
+    return DragStepResult(
+        active=n_active,
+        offset=offset,
+        motion_loss=motion,
+        rigid_loss=rigid,
+        sds_loss=sds,
+        source_to_target=float((state.target - state.source).norm()),
+    )
+
+
+def _scaled_masked_step(g: Gaussians, optimizers, mask: Tensor, lr_scale: float) -> None:
+    """masked_step with every group's learning rate temporarily multiplied by ``lr_scale``."""
+    saved = [(group, group["lr"]) for opt in optimizers.values() for group in opt.param_groups]
+    try:
+        for group, lr in saved:
+            group["lr"] = lr * lr_scale
+        masked_step(g, optimizers, mask)
+    finally:
+        for group, lr in saved:
+            group["lr"] = lr
+
+
+def drag(
+    g: Gaussians,
+    optimizers: dict[str, torch.optim.Optimizer],
+    source,
+    target,
+    cfg: DragConfig,
+    guidance=None,
+    generator: torch.Generator | None = None,
+) -> DragState:
+    """Run a whole drag (``cfg.steps`` iterations) in place; returns the final state."""
+    state = start_drag(g, source, target, cfg)
+    for _ in range(cfg.steps):
+        drag_step(g, optimizers, state, cfg, guidance, generator)
+    return state
