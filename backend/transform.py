@@ -8,7 +8,7 @@ the part's bounding box by default):
 
 Σ' is re-factorised into the stored scale and rotation. When A is a (possibly mirrored) similarity
 ``A = ±s R`` the rotation is composed into the quaternion directly (exact, keeps each Gaussian's axis
-order); otherwise Σ' is eigendecomposed in float64 and the eigenvector frame made proper (det = +1).
+order); otherwise Σ' is eigendecomposed in float64 in closed form (:func:`eigh3`) into a proper frame.
 Higher spherical-harmonics bands are not rotated (the default Stage I degree is 0).
 """
 
@@ -91,17 +91,72 @@ def covariance(scales: Tensor, quats: Tensor) -> Tensor:
     return (r * (scales**2)[..., None, :]) @ r.transpose(-1, -2)
 
 
+def _unit(v: Tensor) -> Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+
+
+def _any_perpendicular(v: Tensor) -> Tensor:
+    """A unit vector ⟂ each unit v [N,3] (cross with the world axis least aligned with v)."""
+    axis = torch.zeros_like(v)
+    axis.scatter_(1, v.abs().argmin(dim=1, keepdim=True), 1.0)
+    return _unit(torch.linalg.cross(v, axis))
+
+
+def _eigvec(c: Tensor, lam: Tensor) -> Tensor:
+    """Unit eigenvector of symmetric c [N,3,3] for a simple eigenvalue lam [N]: the largest cross
+    product of two rows of (c − λI), which are both ⟂ the eigenvector."""
+    m = c - lam[:, None, None] * torch.eye(3, dtype=c.dtype, device=c.device)
+    r0, r1, r2 = m[:, 0], m[:, 1], m[:, 2]
+    cands = torch.stack([torch.linalg.cross(r0, r1), torch.linalg.cross(r0, r2), torch.linalg.cross(r1, r2)], 1)
+    best = cands.norm(dim=-1).argmax(dim=1)
+    return _unit(cands[torch.arange(c.shape[0], device=c.device), best])
+
+
+def eigh3(cov: Tensor, degenerate_rtol: float = 1e-7) -> tuple[Tensor, Tensor]:
+    """Closed-form eigendecomposition of symmetric [N,3,3] (float64): (evals [N,3], proper evecs [N,3,3]).
+
+    About 10× faster than ``torch.linalg.eigh`` on CPU for batches of 3×3. Eigenvalues by the
+    trigonometric formula; the eigenvectors of the largest and smallest eigenvalues from cross
+    products, the middle one completing a right-handed frame. Where two eigenvalues coincide (relative
+    gap < ``degenerate_rtol``) any orthonormal pair spans their plane, so one is chosen explicitly.
+    """
+    c = 0.5 * (cov + cov.transpose(-1, -2))
+    n = c.shape[0]
+    eye = torch.eye(3, dtype=c.dtype, device=c.device)
+    q = c.diagonal(dim1=-2, dim2=-1).sum(-1) / 3.0
+    off = c[:, 0, 1] ** 2 + c[:, 0, 2] ** 2 + c[:, 1, 2] ** 2
+    dq = c.diagonal(dim1=-2, dim2=-1) - q[:, None]
+    p = ((dq**2).sum(-1) + 2.0 * off).div(6.0).sqrt()
+    b = (c - q[:, None, None] * eye) / p.clamp_min(1e-300)[:, None, None]
+    r = (torch.linalg.det(b) / 2.0).clamp(-1.0, 1.0)
+    phi = torch.acos(r) / 3.0
+    l1 = q + 2.0 * p * torch.cos(phi)  # largest
+    l3 = q + 2.0 * p * torch.cos(phi + 2.0 * math.pi / 3.0)  # smallest
+    l2 = 3.0 * q - l1 - l3
+    scale = torch.maximum(l1.abs(), l3.abs()).clamp_min(1e-300)
+    top_simple = (l1 - l2) > degenerate_rtol * scale
+    low_simple = (l2 - l3) > degenerate_rtol * scale
+    v1 = _eigvec(c, l1)
+    v3 = _eigvec(c, l3)
+    # λ1 = λ2 (only λ3 simple): take v3 and any frame around it; λ2 = λ3: v1 and any frame; all equal: I.
+    if not bool((top_simple & low_simple).all()):  # rare for general matrices: skip the work otherwise
+        v1 = torch.where((~top_simple & low_simple)[:, None], _any_perpendicular(v3), v1)
+        v3 = torch.where((top_simple & ~low_simple)[:, None], _any_perpendicular(v1), v3)
+        iso = ~top_simple & ~low_simple
+        v1 = torch.where(iso[:, None], eye[0].expand(n, 3), v1)
+        v3 = torch.where(iso[:, None], eye[2].expand(n, 3), v3)
+    # Remove the rounding-level overlap between v1 and v3 before completing the frame.
+    v3 = _unit(v3 - (v3 * v1).sum(-1, keepdim=True) * v1)
+    v2 = torch.linalg.cross(v3, v1)
+    return torch.stack([l1, l2, l3], -1), torch.stack([v1, v2, v3], -1)
+
+
 def factor_covariance(cov: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric positive-definite [N,3,3] → (scales [N,3], unit quats [N,4]) with Σ = R diag(s²) Rᵀ.
 
-    Eigendecomposition in float64; the eigenvector frame is made a proper rotation by flipping the
-    last axis where its determinant is −1 (an axis sign does not change Σ).
+    Closed-form eigendecomposition in float64 (:func:`eigh3`); the eigenvector frame is proper.
     """
-    c = cov.double()
-    c = 0.5 * (c + c.transpose(-1, -2))
-    evals, evecs = torch.linalg.eigh(c)
-    flip = torch.linalg.det(evecs) < 0
-    evecs = torch.where(flip[:, None, None], evecs * torch.tensor([1.0, 1.0, -1.0], dtype=c.dtype), evecs)
+    evals, evecs = eigh3(cov.double())
     scales = evals.clamp_min(0.0).sqrt()
     return scales.to(cov.dtype), rotmat_to_quat(evecs).to(cov.dtype)
 
