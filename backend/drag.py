@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .gaussians import Gaussians
+from .gaussians import Gaussians, append, keep
 from .interactive_sds import InteractiveSDSConfig, Region, interactive_sds_loss
 from .masked_optim import masked_step
 
@@ -91,6 +91,7 @@ class DragState:
     fixed_set: Tensor  # [N] bool — P at the start (the rigid set)
     fixed_init: Tensor  # [|P|,3] μ_i* of the rigid set
     moved: Tensor  # [N] bool — every Gaussian that was ever in P (densified after the drag)
+    spacing: float  # median nearest-neighbour distance inside P at the start (gap reference)
     step: int = 0
 
 
@@ -112,13 +113,15 @@ def start_drag(g: Gaussians, source, target, cfg: DragConfig) -> DragState:
         active = ((g.means.detach() - ps) ** 2).sum(1) <= cfg.radius**2
     if not bool(active.any()):
         raise ValueError(f"no Gaussian lies within radius {cfg.radius} of source {ps.tolist()}")
+    pts = g.means.detach()[active]
     return DragState(
         source_init=ps.clone(),
         source=ps.clone(),
         target=pt,
         fixed_set=active,
-        fixed_init=g.means.detach()[active].clone(),
+        fixed_init=pts.clone(),
         moved=active.clone(),
+        spacing=float(nearest_neighbour(pts)[0].median()) if pts.shape[0] > 1 else cfg.radius,
     )
 
 
@@ -201,6 +204,64 @@ def _scaled_masked_step(g: Gaussians, optimizers, mask: Tensor, lr_scale: float)
             group["lr"] = lr
 
 
+def nearest_neighbour(points: Tensor, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+    """For [M,3] points (M ≥ 2): distance [M] and index [M] of each one's nearest other point."""
+    dist, idx = [], []
+    for start in range(0, points.shape[0], chunk):
+        d = torch.cdist(points[start : start + chunk], points)
+        rows = torch.arange(d.shape[0])
+        d[rows, rows + start] = float("inf")  # not itself
+        v, i = d.min(dim=1)
+        dist.append(v)
+        idx.append(i)
+    return torch.cat(dist), torch.cat(idx)
+
+
+@dataclass(frozen=True)
+class DensifyAfterDragConfig:
+    """Gap filling and pruning after a drag (§3.1.3: "densification and pruning … to fill the gaps")."""
+
+    gap_factor: float = 2.0  # a Gaussian whose nearest neighbour is > gap_factor × spacing is at a gap
+    min_opacity: float = 0.005  # prune below this (3DGS)
+
+
+def densify_after_drag(
+    g: Gaussians,
+    optimizers: dict[str, torch.optim.Optimizer] | None,
+    state: DragState,
+    cfg: DensifyAfterDragConfig = DensifyAfterDragConfig(),
+) -> tuple[int, int]:
+    """Fill gaps the drag opened and prune transparent Gaussians among those it moved.
+
+    Each moved Gaussian whose nearest moved neighbour is farther than ``gap_factor × spacing`` gets a
+    copy at the midpoint between the two (its scale, rotation, opacity and colour). Returns
+    (added, pruned). Uses :func:`append` / :func:`keep`, so Adam moments and part masks follow.
+    """
+    moved = state.moved.nonzero(as_tuple=True)[0]
+    added = 0
+    if moved.numel() >= 2:
+        pts = g.means.detach()[moved]
+        dist, nn = nearest_neighbour(pts)
+        gap = dist > cfg.gap_factor * state.spacing
+        if bool(gap.any()):
+            src = moved[gap]
+            new_params = {k: v.detach()[src].clone() for k, v in g.params.items()}
+            new_params["means"] = 0.5 * (pts[gap] + pts[nn[gap]])
+            parts = {k: v[src].clone() for k, v in g.buffers.items() if k.startswith("part:")}
+            append(g, optimizers, new_params, parts)
+            added = int(src.numel())
+            state.moved = torch.cat([state.moved, torch.ones(added, dtype=torch.bool, device=g.device)])
+            state.fixed_set = torch.cat([state.fixed_set, torch.zeros(added, dtype=torch.bool, device=g.device)])
+    with torch.no_grad():
+        prune = state.moved & (g.opacities.detach() < cfg.min_opacity)
+    pruned = int(prune.sum())
+    if pruned:
+        keep(g, optimizers, ~prune)
+        state.moved = state.moved[~prune]
+        state.fixed_set = state.fixed_set[~prune]
+    return added, pruned
+
+
 def drag(
     g: Gaussians,
     optimizers: dict[str, torch.optim.Optimizer],
@@ -214,4 +275,6 @@ def drag(
     state = start_drag(g, source, target, cfg)
     for _ in range(cfg.steps):
         drag_step(g, optimizers, state, cfg, guidance, generator)
+    if cfg.densify_after:
+        densify_after_drag(g, optimizers, state)
     return state

@@ -31,7 +31,7 @@ def test_rigid_drag_moves_part_as_a_whole():
     g, opt = _object()
     before = g.snapshot()
     mu0 = g.means.detach().clone()
-    cfg = D.DragConfig(radius=R, step_size=float(D_VEC.norm()) / 10, steps=20, mode="rigid")
+    cfg = D.DragConfig(radius=R, step_size=float(D_VEC.norm()) / 10, steps=20, mode="rigid", densify_after=False)
     st = D.drag(g, opt, PS, PS + D_VEC, cfg)
     part = st.fixed_set
     assert int(part.sum()) > 100
@@ -50,7 +50,7 @@ def test_deformable_drag_reaches_target_far_side_still():
     """Deformable drag: every dragged Gaussian ends within r of p_t; the far side (x < 0) is bit-identical."""
     g, opt = _object()
     mu0 = g.means.detach().clone()
-    cfg = D.DragConfig(radius=R, step_size=0.03, steps=20, mode="deformable")
+    cfg = D.DragConfig(radius=R, step_size=0.03, steps=20, mode="deformable", densify_after=False)
     st = D.drag(g, opt, PS, PS + D_VEC, cfg)
     mu = g.means.detach()
     dragged = ((mu - (PS + D_VEC)).norm(dim=1) <= R)
@@ -60,6 +60,29 @@ def test_deformable_drag_reaches_target_far_side_still():
     # The active set was recomputed: Gaussians met on the way joined (more than the initial P).
     initial = ((mu0 - PS).norm(dim=1) <= R)
     assert int(st.moved.sum()) > int(initial.sum())
+
+
+def test_densify_after_drag_fills_gap_and_prunes():
+    """A row of 5 Gaussians 0.1 apart whose last one was dragged 0.5 away: exactly one Gaussian is added
+    at the midpoint of the 0.5 gap (> 2 × spacing 0.1), with its source's part mask; a moved Gaussian with
+    opacity 0.001 (< 0.005) is pruned and a transparent one outside the moved set is kept."""
+    means = torch.tensor([[0.0, 0, 0], [0.1, 0, 0], [0.2, 0, 0], [0.3, 0, 0], [0.8, 0, 0], [3.0, 0, 0], [5.0, 0, 0]])
+    opacity = torch.tensor([0.5, 0.5, 0.5, 0.001, 0.5, 0.001, 0.5])
+    g = G.Gaussians.from_activated(means, torch.full((7, 3), 0.5), opacity, torch.full((7, 3), 0.02))
+    g.set_part("arm", torch.tensor([False, False, False, False, True, False, False]))
+    opt = G.make_optimizers(g)
+    moved = torch.tensor([True, True, True, True, True, False, False])
+    state = D.DragState(
+        source_init=torch.zeros(3), source=torch.zeros(3), target=torch.ones(3), fixed_set=moved.clone(),
+        fixed_init=means[moved], moved=moved.clone(), spacing=0.1,
+    )
+    added, pruned = D.densify_after_drag(g, opt, state)
+    assert (added, pruned) == (1, 1)
+    assert g.n == 7
+    assert torch.allclose(g.means.detach()[-1], torch.tensor([0.55, 0.0, 0.0]))
+    assert bool(g.part_mask("arm")[-1])
+    assert torch.allclose(g.opacities.detach()[4], torch.tensor(0.001), atol=1e-6)  # unmoved, kept
+    assert opt["means"].param_groups[0]["params"][0] is g.params["means"]
 
 
 @pytest.mark.parametrize(
