@@ -42,7 +42,7 @@ class DragConfig:
     steps: int = 50
     mode: str = "deformable"  # "deformable" | "rigid"
     motion_weight: float = 1.0  # λ of L_motion (Eq. 5)
-    rigid_weight: float = 10.0  # λ of L_rigid (Eq. 6), rigid mode only
+    rigid_weight: float = 30.0  # λ of L_rigid (Eq. 6), rigid mode only
     lr_scale: float = 0.1  # multiplies the session's learning rates during the drag
     densify_after: bool = True  # densify & prune after the drag to fill gaps (§3.1.3)
     sds: InteractiveSDSConfig = field(default_factory=InteractiveSDSConfig)
