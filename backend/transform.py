@@ -221,7 +221,10 @@ def transform_part(
     if idx.numel() == 0:
         raise ValueError("the part is empty: nothing to transform")
     with torch.no_grad():
-        mu = g.params["means"][idx].double()
+        # Whole-set transforms (merging, "select all") skip the gather/scatter copies.
+        full = idx.numel() == g.n
+        rows = slice(None) if full else idx
+        mu = g.params["means"][rows].double()
         if pivot is None:
             c = bbox_center(mu)
         else:
@@ -233,8 +236,8 @@ def transform_part(
         new_mu = (mu - c) @ a.T + c + t
 
         sim = similarity_factor(a)
-        log_s = g.params["log_scales"][idx]
-        q = g.params["quats"][idx]
+        log_s = g.params["log_scales"][rows]
+        q = g.params["quats"][rows]
         if sim is not None:
             s, r = sim
             new_q = quat_multiply(rotmat_to_quat(r[None]).to(q.dtype), q)
@@ -245,9 +248,9 @@ def transform_part(
             new_s, new_q = factor_covariance(new_cov)
             new_log_s = torch.log(new_s.clamp_min(1e-30))
         dtype = g.params["means"].dtype
-        g.params["means"][idx] = new_mu.to(dtype)
-        g.params["log_scales"][idx] = new_log_s.to(dtype)
-        g.params["quats"][idx] = new_q.to(dtype)
+        g.params["means"][rows] = new_mu.to(dtype)
+        g.params["log_scales"][rows] = new_log_s.to(dtype)
+        g.params["quats"][rows] = new_q.to(dtype)
         if optimizers is not None:
             reset_moments(g, optimizers, mask, ("means", "log_scales", "quats"))
     return TransformResult(count=int(idx.numel()), pivot=c.to(dtype), similarity=sim is not None)
