@@ -7,4 +7,7 @@ import argparse
 
 def add_all(sub: argparse._SubParsersAction) -> None:
     # Each helper module adds its own parser; keep this list explicit (no registry).
-    pass
+    from interactive3d import demo, generate
+
+    demo.add_demo(sub)
+    generate.add_generate(sub)
