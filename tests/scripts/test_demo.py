@@ -1,0 +1,70 @@
+"""``i3d demo``: the sample object, the demo's metrics, and (below) the end-to-end quick run."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from interactive3d import demo, sample
+
+
+def test_sample_object_parts_colours_and_reference_frame():
+    """4 named parts with distinct colours, all inside the unit sphere (threestudio's object radius),
+    every part gets ≥ 2% of the samples, and the reference frame is a valid [N,14] state
+    (unit quaternions, opacity 0.9, positive scales)."""
+    obj = sample.build_sample_object()
+    assert obj.names == ("body", "head", "arm", "antenna")
+    colours = np.array([p.rgb for p in obj.parts])
+    assert min(np.linalg.norm(colours[i] - colours[j]) for i in range(4) for j in range(i + 1, 4)) > 0.3
+    s = sample.sample_surface(obj, 4000, seed=0)
+    assert s.points.shape == (4000, 3) and np.linalg.norm(s.points, axis=1).max() < 0.75
+    assert min(int(s.mask(i).sum()) for i in range(4)) >= 80
+    st = sample.surface_state(s, sum(p.mesh.area for p in obj.parts))
+    assert st.shape == (4000, 14) and st.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(st[:, 10:14], axis=1), 1.0, atol=1e-5)
+    assert np.all(st[:, 6] == np.float32(0.9)) and np.all(st[:, 7:10] > 0)
+    # Each disc's local Z (its thin axis) is the surface normal.
+    from scipy.spatial.transform import Rotation
+
+    z = Rotation.from_quat(st[:, [11, 12, 13, 10]]).apply([0.0, 0.0, 1.0])
+    np.testing.assert_allclose(z, s.normals, atol=1e-4)
+    hat = sample.hat_state(300, center=demo.HAT_POSITION)
+    assert hat.shape == (300, 14) and hat[:, 2].min() >= demo.HAT_POSITION[2] - 1e-4
+
+
+def test_metrics_hold_known_values():
+    """Chamfer of a set with itself is 0 and of a set shifted by 0.1 (far from others) is 0.1;
+    PSNR of an image off by 0.1 everywhere is 20 dB; a pure translation is perfectly rigid."""
+    rng = np.random.default_rng(0)
+    a = rng.random((500, 3))
+    assert demo.chamfer_distance(a, a) == 0.0
+    b = np.array([[0.0, 0.0, 0.0]])
+    assert demo.chamfer_distance(b, b + [0.1, 0, 0]) == pytest.approx(0.1)
+    assert demo.psnr(np.full((8, 8, 3), 0.5), np.full((8, 8, 3), 0.6)) == pytest.approx(20.0)
+    m = demo.rigid_drag_metrics(a, a + [0.0, 0.15, 0.25], np.array([0.0, 0.15, 0.25]))
+    assert m["translation_error"] < 1e-12 and m["rigidity_error"] < 1e-12
+
+
+def test_edited_reference_removes_antenna_and_adds_hat():
+    """Ground truth after the scripted edits: nothing above the stretched head but the hat's points,
+    and the forearm's samples moved by ARM_OFFSET (none left at the source)."""
+    obj = sample.build_sample_object()
+    pts = demo.edited_reference_points(obj, 4000, seed=0)
+    top = pts[pts[:, 2] > 0.41]
+    hat = sample.hat_mesh(demo.HAT_POSITION)
+    lo, hi = hat.bounds
+    assert len(top) > 50 and np.all((top >= lo - 1e-4) & (top <= hi + 1e-4))
+    assert not np.any(np.linalg.norm(pts - np.asarray(demo.ARM_SOURCE), axis=1) < 0.5 * demo.ARM_RADIUS)
+
+
+def test_progress_bar_plain_text():
+    """Off a terminal the bar prints whole lines (CI logs) with step/total."""
+    buf = io.StringIO()
+    bar = demo.ProgressBar("stage I", 10, stream=buf)
+    bar.update(5, "loss=0.1", force=True)
+    bar.close()
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("stage I") and "5/10" in lines[0] and "loss=0.1" in lines[0]
+    assert "10/10" in lines[-1] and "#" * 28 in lines[-1]
