@@ -278,3 +278,59 @@ def drag(
     if cfg.densify_after:
         densify_after_drag(g, optimizers, state)
     return state
+
+
+class DragJob:
+    """A drag as a server job (backend/jobs.py): one :func:`drag_step` per job step on the session's
+    Gaussians and optimisers, densify & prune after the last step. Arguments are validated (and the
+    active set built) in the constructor, so a bad drag is refused before any job starts."""
+
+    kind = "drag"
+
+    def __init__(self, session, source, target, cfg: DragConfig, guidance=None, seed: int = 0):
+        self.session = session
+        self.cfg = cfg
+        self.guidance = guidance
+        self.generator = torch.Generator().manual_seed(seed)
+        self.state = start_drag(session.gaussians, source, target, cfg)
+        self.total_steps = cfg.steps
+        self.added = self.pruned = 0
+
+    def step(self, i: int) -> dict[str, float]:
+        s = self.session
+        r = drag_step(s.gaussians, s.optimizers, self.state, self.cfg, self.guidance, self.generator)
+        metrics = {
+            "active": float(r.active),
+            "motion_loss": r.motion_loss,
+            "rigid_loss": r.rigid_loss,
+            "sds_loss": r.sds_loss,
+            "source_to_target": r.source_to_target,
+        }
+        if i == self.total_steps - 1 and self.cfg.densify_after:
+            self.added, self.pruned = densify_after_drag(s.gaussians, s.optimizers, self.state)
+            metrics.update(added=float(self.added), pruned=float(self.pruned))
+        return metrics
+
+    def result(self) -> dict:
+        return {
+            "moved": int(self.state.moved.sum()),
+            "added": self.added,
+            "pruned": self.pruned,
+            "count": self.session.gaussians.n,
+            "source": self.state.source.tolist(),
+        }
+
+    def state_dict(self) -> dict:
+        st = self.state
+        return {
+            "source_init": st.source_init.clone(), "source": st.source.clone(), "target": st.target.clone(),
+            "fixed_set": st.fixed_set.clone(), "fixed_init": st.fixed_init.clone(), "moved": st.moved.clone(),
+            "spacing": st.spacing, "step": st.step, "rng": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, d: dict) -> None:
+        self.generator.set_state(d["rng"])
+        self.state = DragState(
+            source_init=d["source_init"], source=d["source"], target=d["target"], fixed_set=d["fixed_set"],
+            fixed_init=d["fixed_init"], moved=d["moved"], spacing=float(d["spacing"]), step=int(d["step"]),
+        )
