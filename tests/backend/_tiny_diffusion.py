@@ -1,0 +1,100 @@
+"""Tiny diffusion models built from configs for tests (no hub files, no pretrained weights).
+
+The components are the real diffusers/transformers classes that Stable Diffusion and PixArt-α load;
+only their sizes are tiny. The tokenizer is a real CLIPTokenizer over a 56-entry vocabulary written to
+a temporary folder (CLIP's byte-level BPE with no merges: every letter is a token).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+
+from interactive3d.backend.guidance import (
+    GuidanceConfig,
+    PixArtGuidance,
+    StableDiffusionGuidance,
+)
+
+
+def tiny_clip_tokenizer(max_length: int = 16):
+    from transformers import CLIPTokenizer
+
+    folder = tempfile.mkdtemp(prefix="i3d-tok-")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz,.":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(folder, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    return CLIPTokenizer(
+        os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=max_length
+    )
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+
+
+def tiny_sd_guidance(config: GuidanceConfig = GuidanceConfig(), seed: int = 0) -> StableDiffusionGuidance:
+    """SD-style guidance: CLIP text (hidden 32) → UNet (32,64) at 16² latents ↔ VAE ×2 → 32² images."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    return StableDiffusionGuidance(tiny_clip_tokenizer(), text, tiny_vae(), unet, scheduler.alphas_cumprod, config)
+
+
+def tiny_pixart_guidance(config: GuidanceConfig = GuidanceConfig(), seed: int = 0) -> PixArtGuidance:
+    """PixArt-α-style guidance: T5 encoder (d_model 32) → PixArt transformer (1 layer) at 16² latents."""
+    from diffusers import DDPMScheduler, PixArtTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_kv=8, num_heads=4, num_layers=1, d_ff=64))
+    transformer = PixArtTransformer2DModel(
+        sample_size=16, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=2,
+        caption_channels=32, in_channels=4, out_channels=8, cross_attention_dim=16, attention_bias=True,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6,
+    )
+    scheduler = DDPMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
+    return PixArtGuidance(
+        tiny_clip_tokenizer(), t5, tiny_vae(), transformer, scheduler.alphas_cumprod, config, max_sequence_length=16
+    )
