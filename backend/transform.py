@@ -49,24 +49,35 @@ def quat_to_rotmat(q: Tensor) -> Tensor:
 
 
 def rotmat_to_quat(r: Tensor) -> Tensor:
-    """[N,3,3] proper rotations → [N,4] unit quaternions (w,x,y,z), w ≥ 0 (Shepperd's method)."""
+    """[N,3,3] proper rotations → [N,4] unit quaternions (w,x,y,z), w ≥ 0.
+
+    Magnitudes from the diagonal, signs from the antisymmetric part (branch-free, vectorised).
+    Accurate to ~1e-8 in float64, below the float32 the parameters are stored in.
+    """
     m = r.reshape(-1, 3, 3)
     m00, m11, m22 = m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]
-    # Four candidate solutions; take the one with the largest (best conditioned) denominator.
-    cand = torch.stack(
-        [
-            torch.stack([1 + m00 + m11 + m22, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
-            torch.stack([m[:, 2, 1] - m[:, 1, 2], 1 + m00 - m11 - m22, m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]], -1),
-            torch.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 - m00 + m11 - m22, m[:, 1, 2] + m[:, 2, 1]], -1),
-            torch.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1], 1 - m00 - m11 + m22], -1),
-        ],
-        dim=1,
-    )  # [N,4 candidates,4]
-    diag = torch.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], -1)
-    best = diag.argmax(dim=-1)
-    q = cand[torch.arange(m.shape[0]), best]
+    w = 0.5 * (1 + m00 + m11 + m22).clamp_min(0).sqrt()
+    x = 0.5 * (1 + m00 - m11 - m22).clamp_min(0).sqrt()
+    y = 0.5 * (1 - m00 + m11 - m22).clamp_min(0).sqrt()
+    z = 0.5 * (1 - m00 - m11 + m22).clamp_min(0).sqrt()
+    # With w ≥ 0 the signs of x, y, z follow the antisymmetric part; when w ≈ 0 (half turns) they
+    # follow the symmetric part relative to the largest of x, y, z instead.
+    sx, sy, sz = m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]
+    half_turn = w < 1e-4
+    big = torch.stack([x, y, z], -1).argmax(-1)
+    pxy, pxz, pyz = m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1]
+    one = torch.ones_like(w)
+    ref_x = torch.where(big == 0, one, torch.where(big == 1, pxy, pxz))
+    ref_y = torch.where(big == 1, one, torch.where(big == 0, pxy, pyz))
+    ref_z = torch.where(big == 2, one, torch.where(big == 0, pxz, pyz))
+    # ... and the overall sign from the antisymmetric term of the largest component (w small, not 0).
+    s_big = torch.where(big == 0, sx, torch.where(big == 1, sy, sz))
+    ref_x, ref_y, ref_z = (torch.copysign(one, s_big) * torch.copysign(one, v) for v in (ref_x, ref_y, ref_z))
+    x = torch.where(half_turn, torch.copysign(x, ref_x), torch.copysign(x, sx))
+    y = torch.where(half_turn, torch.copysign(y, ref_y), torch.copysign(y, sy))
+    z = torch.where(half_turn, torch.copysign(z, ref_z), torch.copysign(z, sz))
+    q = torch.stack([w, x, y, z], -1)
     q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    q = torch.where(q[:, :1] < 0, -q, q)
     return q.reshape(*r.shape[:-2], 4)
 
 
