@@ -16,19 +16,20 @@ import torch
 from torch import Tensor
 
 from .gaussians import Gaussians
+from .guidance import PromptSpec
 
 
 class Guidance(Protocol):
-    """What this module needs from ``backend/guidance.py`` (SD, PixArt-α, oracle)."""
+    """The call interface of ``backend/guidance.py`` (SD, PixArt-α, oracle) → GuidanceOutput."""
 
-    def __call__(self, images: Tensor, prompt: Any, elevation_deg: Tensor, azimuth_deg: Tensor, **kw) -> Any: ...
+    def __call__(self, images: Tensor, prompt: PromptSpec, elevation_deg: Tensor, azimuth_deg: Tensor, **kw) -> Any: ...
 
 
 @dataclass(frozen=True)
 class InteractiveSDSConfig:
     """Per-interaction SDS options (§3.1.5)."""
 
-    prompt: str = ""  # the interaction's own prompt (semantic edit: the new one)
+    prompt: str = ""  # the interaction's own prompt (semantic edit: the new one); needed with guidance
     negative_prompt: str = ""
     fixed_t: float | None = None  # diffusion time in (0,1); None → sample in t_range
     t_range: tuple[float, float] = (0.02, 0.98)
@@ -98,28 +99,18 @@ def interactive_sds_loss(
         elevation_range_deg=cfg.elevation_range_deg,
         margin=cfg.margin,
     )
-    out = render(g, sample.cameras.to(g.device))
-    res = guidance_call(guidance, out.rgb, cfg, sample.elevation_deg, sample.azimuth_deg, step)
-    return SDSResult(loss=cfg.weight * res.loss, images=out.rgb, t=getattr(res, "t", None))
-
-
-def guidance_call(guidance: Guidance, images: Tensor, cfg: InteractiveSDSConfig, elevation_deg, azimuth_deg, step: int):
-    """Call a guidance with this interaction's prompt and timestep choice."""
-    return guidance(
-        images,
-        prompt_spec(cfg),
-        elevation_deg,
-        azimuth_deg,
-        t_range=cfg.t_range,
-        fixed_t=cfg.fixed_t,
+    cams = sample.cameras.to(g.device)
+    out = render(g, cams)
+    res = guidance(
+        out.rgb,
+        PromptSpec(cfg.prompt, cfg.negative_prompt),
+        sample.elevation_deg,
+        sample.azimuth_deg,
         step=step,
+        fixed_t=cfg.fixed_t,
+        t_range=cfg.t_range,
+        generator=generator,
+        cameras=cams,  # context some guidances need (the oracle renders its target there)
+        background=None,
     )
-
-
-def prompt_spec(cfg: InteractiveSDSConfig):
-    """The guidance's prompt object for this interaction (PromptSpec when guidance.py provides one)."""
-    try:
-        from .guidance import PromptSpec
-    except ImportError:
-        return cfg.prompt
-    return PromptSpec(cfg.prompt, cfg.negative_prompt)
+    return SDSResult(loss=cfg.weight * res.loss, images=out.rgb, t=res.t)
