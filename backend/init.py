@@ -1,0 +1,223 @@
+"""Initial Gaussian sets for Stage I (paper §3.1): random sphere/ellipsoid, coloured points, a mesh, a .ply.
+
+Every initialiser returns a :class:`~interactive3d.backend.gaussians.Gaussians` with pre-activation
+parameters (docs/conventions.md). Sizes follow 3D Gaussian Splatting: a point's initial scale is the
+root-mean-square distance to its 3 nearest neighbours (isotropic), opacity 0.1.
+The .ply conversions are exact: Gaussians → SplatData → Gaussians reproduces every parameter bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..protocol import ply as ply_io
+from .gaussians import Gaussians, init_random, num_sh_bases
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "init_random",
+    "init_from_points",
+    "init_from_mesh",
+    "ply_to_gaussians",
+    "gaussians_to_ply",
+    "load_ply",
+    "save_ply",
+    "nn_scales",
+]
+
+MAX_POINTS = 10_000_000
+
+
+def _as_float_array(name: str, value, shape_tail: tuple[int, ...]) -> np.ndarray:
+    arr = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+    if arr.ndim != 1 + len(shape_tail) or tuple(arr.shape[1:]) != shape_tail:
+        raise ValueError(f"{name} must have shape [N,{','.join(map(str, shape_tail))}], got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"{name} must be numeric, got dtype {arr.dtype}")
+    if arr.dtype != np.uint8 and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains non-finite values")
+    return arr
+
+
+def nn_scales(points: np.ndarray, k: int = 3, min_scale: float = 1e-4) -> np.ndarray:
+    """[N] RMS distance of each point to its k nearest neighbours (3DGS's initial scale)."""
+    from scipy.spatial import cKDTree
+
+    n = points.shape[0]
+    if n < 2:
+        return np.full((n,), 0.01, np.float64)
+    kk = min(k, n - 1)
+    dist, _ = cKDTree(points).query(points, k=kk + 1)  # column 0 is the point itself
+    rms = np.sqrt(np.mean(np.square(dist[:, 1:]), axis=1))
+    return np.maximum(rms, min_scale)
+
+
+def init_from_points(
+    points,  # [N,3] float
+    colors=None,  # [N,3] float in [0,1] or uint8 0..255; None = mid grey
+    opacity: float = 0.1,
+    scale: float | None = None,
+    sh_degree: int = 0,
+    device: torch.device | str = "cpu",
+) -> Gaussians:
+    """Gaussians centred on ``points`` with their colours.
+
+    Args:
+        points: [N,3] positions (finite).
+        colors: [N,3] colours, floats in [0,1] or uint8; None gives grey 0.5.
+        opacity: initial opacity in (0,1).
+        scale: isotropic scale for every point; None = RMS distance to the 3 nearest neighbours.
+    """
+    pts = _as_float_array("points", points, (3,)).astype(np.float64)
+    n = pts.shape[0]
+    if n == 0:
+        raise ValueError("points is empty: at least one point is needed")
+    if n > MAX_POINTS:
+        raise ValueError(f"points has {n} rows, more than the limit {MAX_POINTS}")
+    if not (0.0 < opacity < 1.0):
+        raise ValueError(f"opacity must be in (0,1), got {opacity}")
+    if colors is None:
+        rgb = np.full((n, 3), 0.5)
+    else:
+        rgb = _as_float_array("colors", colors, (3,))
+        if rgb.shape[0] != n:
+            raise ValueError(f"colors has {rgb.shape[0]} rows but points has {n}")
+        rgb = rgb.astype(np.float64) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float64)
+        if rgb.min() < 0.0 or rgb.max() > 1.0:
+            raise ValueError(f"float colors must lie in [0,1], got range [{rgb.min():.3g}, {rgb.max():.3g}]")
+    if scale is None:
+        s = nn_scales(pts)
+    else:
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive finite number, got {scale}")
+        s = np.full((n,), float(scale))
+    return Gaussians.from_activated(
+        torch.from_numpy(pts).float(),
+        torch.from_numpy(rgb).float(),
+        torch.full((n,), float(opacity)),
+        torch.from_numpy(np.repeat(s[:, None], 3, axis=1)).float(),
+        sh_degree=sh_degree,
+        device=device,
+    )
+
+
+def _mesh_sample(mesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Area-uniform surface samples [n,3] and their colours [n,3] in [0,1] (texture, vertex or face)."""
+    import trimesh
+
+    kind = getattr(mesh.visual, "kind", None)
+    rng = np.random.default_rng(seed)
+    if kind == "texture":
+        points, _faces, colors = trimesh.sample.sample_surface(mesh, n, sample_color=True, seed=rng)
+        rgb = np.asarray(colors, dtype=np.float64)[:, :3] / 255.0
+        return np.asarray(points), rgb
+    points, faces, bary = trimesh.sample.sample_surface(mesh, n, return_barycentric=True, seed=rng)
+    if kind == "vertex":
+        vc = np.asarray(mesh.visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0
+        tri = vc[mesh.faces[faces]]  # [n,3 corners,3 rgb]
+        rgb = np.einsum("nc,ncr->nr", bary, tri)
+    elif kind == "face":
+        rgb = np.asarray(mesh.visual.face_colors, dtype=np.float64)[faces, :3] / 255.0
+    else:
+        rgb = np.full((n, 3), 0.5)
+    return np.asarray(points), rgb
+
+
+def init_from_mesh(
+    mesh,  # trimesh.Trimesh | path to any file trimesh reads (.obj .glb .ply .stl ...)
+    n: int = 4096,
+    seed: int = 0,
+    fit_radius: float | None = None,
+    opacity: float = 0.1,
+    sh_degree: int = 0,
+    device: torch.device | str = "cpu",
+) -> Gaussians:
+    """Gaussians on ``n`` area-uniform surface samples of a mesh, coloured by its texture/vertex/face colours.
+
+    Args:
+        mesh: a trimesh.Trimesh or a path (scenes are concatenated into one mesh).
+        n: number of samples (paper: 4096).
+        fit_radius: if set, centre the mesh's bounding box at the origin and scale it so that the farthest
+            vertex lies at this radius (objects live in a sphere of radius ~1, docs/conventions.md).
+    """
+    import trimesh
+
+    if n <= 0 or n > MAX_POINTS:
+        raise ValueError(f"n must be in [1, {MAX_POINTS}], got {n}")
+    if not isinstance(mesh, trimesh.Trimesh):
+        path = os.fspath(mesh)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"mesh file not found: {path}")
+        mesh = trimesh.load(path, force="mesh", process=False)
+    if len(mesh.faces) == 0 or mesh.area <= 0:
+        raise ValueError("mesh has no faces with positive area")
+    if fit_radius is not None:
+        if not (math.isfinite(fit_radius) and fit_radius > 0):
+            raise ValueError(f"fit_radius must be positive, got {fit_radius}")
+        mesh = mesh.copy()
+        mesh.apply_translation(-mesh.bounds.mean(axis=0))
+        mesh.apply_scale(fit_radius / max(np.linalg.norm(mesh.vertices, axis=1).max(), 1e-12))
+    points, rgb = _mesh_sample(mesh, n, seed)
+    return init_from_points(points, np.clip(rgb, 0.0, 1.0), opacity=opacity, sh_degree=sh_degree, device=device)
+
+
+def ply_to_gaussians(data: ply_io.SplatData, device: torch.device | str = "cpu") -> Gaussians:
+    """SplatData (pre-activation, from a .ply) → Gaussians, bit-exact.
+
+    SH bands beyond the largest complete degree are dropped with a warning (e.g. 10 rest bands → degree 2).
+    Normals and extra properties are not kept (splatting does not use them).
+    """
+    if data.n == 0:
+        raise ValueError("the .ply holds zero Gaussians")
+    m = data.sh_rest.shape[1]
+    degree = int(math.isqrt(m + 1)) - 1
+    k = num_sh_bases(degree)
+    if k - 1 != m:
+        logger.warning("%d SH rest bands is not a complete degree; keeping degree %d (%d bands)", m, degree, k - 1)
+    sh = np.concatenate([data.sh_dc[:, None, :], data.sh_rest[:, : k - 1, :]], axis=1).astype(np.float32)
+    arrays = {
+        "means": data.means, "log_scales": data.log_scales, "quats": data.quats,
+        "opacity_logits": data.opacity_logits, "sh": sh,
+    }
+    for name, arr in arrays.items():
+        if not np.isfinite(arr).all():
+            raise ValueError(f"the .ply has non-finite values in {name}")
+    params = {
+        name: torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(device).requires_grad_(True)
+        for name, arr in arrays.items()
+    }
+    return Gaussians(params=params, sh_degree=degree)
+
+
+def gaussians_to_ply(g: Gaussians) -> ply_io.SplatData:
+    """Gaussians → SplatData (pre-activation; INRIA layout when written), bit-exact."""
+    p = {k: v.detach().cpu().float().numpy() for k, v in g.params.items()}
+    return ply_io.SplatData(
+        means=p["means"].copy(),
+        sh_dc=p["sh"][:, 0, :].copy(),
+        sh_rest=p["sh"][:, 1:, :].copy(),
+        opacity_logits=p["opacity_logits"].copy(),
+        log_scales=p["log_scales"].copy(),
+        quats=p["quats"].copy(),
+    )
+
+
+def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gaussians:
+    """Read a 3DGS .ply (or .splat) file into Gaussians (FileNotFoundError / PlyFormatError / ValueError)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f".ply file not found: {os.fspath(path)}")
+    return ply_to_gaussians(ply_io.read_any(path), device=device)
+
+
+def save_ply(g: Gaussians, path: str | os.PathLike) -> None:
+    """Write Gaussians as an INRIA-layout .ply (atomic: temp file + rename)."""
+    if g.n == 0:
+        raise ValueError("cannot save zero Gaussians")
+    ply_io.write_ply(path, gaussians_to_ply(g))
