@@ -43,9 +43,12 @@ def _vec3(v, name: str, device) -> Tensor:
 
 def select_indices(n: int, indices) -> Tensor:
     """Indices (any int sequence / array / tensor) → bool [n]; ValueError if one is outside [0, n)."""
-    idx = torch.as_tensor(np.asarray(indices), dtype=torch.long).reshape(-1)
-    if idx.numel() == 0:
+    arr = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices).reshape(-1)
+    if arr.size == 0:
         raise ValueError("indices is empty")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"indices must be integers, got dtype {arr.dtype}")
+    idx = torch.from_numpy(arr.astype(np.int64))
     lo, hi = int(idx.min()), int(idx.max())
     if lo < 0 or hi >= n:
         raise ValueError(f"indices must lie in [0, {n}), got min {lo} max {hi}")
@@ -58,10 +61,14 @@ def select_sphere(means: Tensor, center, radius: float) -> Tensor:
     """means [N,3] → bool [N]: ‖μ − c‖₂ ≤ r (also Eq. 3's active set)."""
     _check_points(means)
     c = _vec3(center, "center", means.device)
-    if not (isinstance(radius, (int, float)) and np.isfinite(radius) and radius > 0):
+    try:
+        r = float(radius)
+    except (TypeError, ValueError):
+        raise ValueError(f"radius must be a number, got {radius!r}") from None
+    if not (np.isfinite(r) and r > 0):
         raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
     d2 = ((means.detach() - c) ** 2).sum(dim=1)
-    return d2 <= float(radius) ** 2
+    return d2 <= r**2
 
 
 def select_aabb(means: Tensor, lo, hi) -> Tensor:

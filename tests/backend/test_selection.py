@@ -24,6 +24,9 @@ def test_indices_and_bad_indices():
         S.select_indices(10, [-1])
     with pytest.raises(ValueError, match="empty"):
         S.select_indices(10, [])
+    with pytest.raises(ValueError, match="integers"):
+        S.select_indices(10, [1.5])
+    assert int(S.select_indices(10, np.array([2, 4], dtype=np.uint32)).sum()) == 2
 
 
 def test_sphere_matches_brute_force():
@@ -73,3 +76,78 @@ def test_sam_missing_is_a_clear_error(tmp_path):
     except ImportError:
         with pytest.raises(S.SegmentorUnavailableError, match="segment-anything"):
             S.sam_masks(np.zeros((8, 8, 3)), np.array([[4, 4]]), ckpt)
+
+
+# -- 2D masks (needs backend/cameras.py) ---------------------------------------------------------
+def _scene():
+    """Known parts: a 'body' ball (r 0.4 at the origin, 3000 Gaussians) and an 'arm' box
+    x∈[0.45,0.9], |y|,|z| ≤ 0.1 (600 Gaussians)."""
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randn(3000, 3, generator=gen)
+    body = d / d.norm(dim=1, keepdim=True) * 0.4 * torch.rand(3000, 1, generator=gen) ** (1 / 3)
+    arm = torch.rand(600, 3, generator=gen) * torch.tensor([0.45, 0.2, 0.2]) + torch.tensor([0.45, -0.1, -0.1])
+    truth = torch.cat([torch.zeros(3000, dtype=torch.bool), torch.ones(600, dtype=torch.bool)])
+    return torch.cat([body, arm]), truth
+
+
+def _silhouette(cams, box_points, size):
+    """Mask [B,H,W] of the pixels hit by dense samples of the arm box (the part as a painter sees it)."""
+    from interactive3d.backend.cameras import project_points
+
+    pix, depth = project_points(box_points, cams)
+    masks = torch.zeros(len(cams), size, size, dtype=torch.bool)
+    for b in range(len(cams)):
+        u, v = pix[b, :, 0].floor().long(), pix[b, :, 1].floor().long()
+        ok = (depth[b] > 0) & (u >= 0) & (u < size) & (v >= 0) & (v < size)
+        masks[b, v[ok], u[ok]] = True
+    return masks
+
+
+def _cams(eyes, size=64):
+    from interactive3d.backend.cameras import cameras_from_blender, look_at
+
+    eyes = torch.tensor(eyes, dtype=torch.float32)
+    return cameras_from_blender(look_at(eyes, torch.zeros_like(eyes)), math.radians(50), size, size)
+
+
+def _iou(a, b):
+    return float((a & b).sum()) / float((a | b).sum())
+
+
+def test_two_view_mask_selection_iou():
+    """2 views (front-right and top-right) of the scene, masks = the arm's silhouettes: IoU with the true
+    arm ≥ 0.95 (measured 1.0); one view straight down the arm's axis catches body Gaussians behind it
+    (IoU < 0.95), which is why every view must agree."""
+    pytest.importorskip("interactive3d.backend.cameras")
+    means, truth = _scene()
+    gen = torch.Generator().manual_seed(1)
+    dense = torch.rand(100_000, 3, generator=gen) * torch.tensor([0.45, 0.2, 0.2]) + torch.tensor([0.45, -0.1, -0.1])
+    dense = torch.cat([dense, means[truth]])
+    cams = _cams([[1.6, -1.6, 0.6], [1.2, 0.3, 2.0]])
+    sel = S.select_by_masks(means, cams, _silhouette(cams, dense, 64))
+    assert _iou(sel, truth) >= 0.95
+    axis_cam = _cams([[2.5, 0.0, 0.0]])
+    one = S.select_by_masks(means, axis_cam, _silhouette(axis_cam, dense, 64))
+    assert _iou(one, truth) < 0.95
+
+
+def test_occlusion_aware_excludes_hidden():
+    """A front wall (x = 0.5) hides a back wall (x = −0.5) from a camera on +x. With a mask over the
+    whole image and the depth of the front wall, occlusion-aware selection keeps all 400 front
+    Gaussians and none of the 400 hidden ones; without it, all 800 are selected."""
+    pytest.importorskip("interactive3d.backend.cameras")
+    from interactive3d.backend.cameras import project_points
+
+    t = torch.linspace(-0.3, 0.3, 20)
+    yy, zz = torch.meshgrid(t, t, indexing="ij")
+    wall = torch.stack([torch.zeros(400), yy.reshape(-1), zz.reshape(-1)], 1)
+    front, back = wall + torch.tensor([0.5, 0.0, 0.0]), wall - torch.tensor([0.5, 0.0, 0.0])
+    means = torch.cat([front, back])
+    cams = _cams([[2.5, 0.0, 0.0]])
+    _, depth = project_points(front[:1], cams)
+    rendered = torch.full((1, 64, 64), float(depth[0, 0]))  # the front wall is a plane facing the camera
+    masks = torch.ones(1, 64, 64, dtype=torch.bool)
+    plain = S.select_by_masks(means, cams, masks)
+    aware = S.select_by_masks(means, cams, masks, rendered, S.MaskSelectConfig(occlusion_aware=True))
+    assert int(plain.sum()) == 800
+    assert aware[:400].all() and not aware[400:].any()
