@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .gaussians import Gaussians, append, keep
+from .gaussians import Gaussians, append, keep, make_optimizers
 from .interactive_sds import InteractiveSDSConfig, Region, interactive_sds_loss
 from .masked_optim import masked_step
 
@@ -293,6 +293,8 @@ class DragJob:
         self.guidance = guidance
         self.generator = torch.Generator().manual_seed(seed)
         self.state = start_drag(session.gaussians, source, target, cfg)
+        if getattr(session, "optimizers", None) is None:  # a session that never ran Stage I
+            session.optimizers = make_optimizers(session.gaussians)
         self.total_steps = cfg.steps
         self.added = self.pruned = 0
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .gaussians import Gaussians
+from .gaussians import Gaussians, make_optimizers
 from .interactive_sds import InteractiveSDSConfig, interactive_sds_loss, region_of
 from .masked_optim import masked_step
 
@@ -88,6 +88,8 @@ class SemanticEditJob:
         self.cfg = cfg
         self.generator = torch.Generator().manual_seed(cfg.seed)
         mask = session.gaussians.part_mask(part_name)  # KeyError → not_found in the op handler
+        if getattr(session, "optimizers", None) is None:  # a session that never ran Stage I
+            session.optimizers = make_optimizers(session.gaussians)
         if not bool(mask.any()):
             raise ValueError(f"part {part_name!r} is empty")
         self.total_steps = cfg.steps
