@@ -1,0 +1,3 @@
+"""Placeholder (engineer E2 owns and fills this module)."""
+
+classes = ()

@@ -1,0 +1,122 @@
+"""i3d.import_ply / i3d.export_ply: 3D Gaussian Splatting files (INRIA .ply, antimatter15 .splat).
+
+The file format lives in protocol/ply.py (numpy only); these operators only move arrays in and out of
+Blender (splat.py). Coordinates: a file holds Gaussians in one frame; import makes an object whose
+matrix_world is identity, so local = world = the file's frame. Export writes the object's *local*
+coordinates (what the file held on import) unless "Apply Object Transform" is on, which transforms
+positions, rotations and scales by matrix_world (Σ' = AΣAᵀ, exact for any scale or shear).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import bpy
+import numpy as np
+from bpy_extras.io_utils import ExportHelper, ImportHelper
+
+from .. import splat
+from .._deps import ply
+
+log = logging.getLogger(__name__)
+
+
+def import_splat_file(context, filepath: str, display: str = "AUTO") -> bpy.types.Object:
+    """Read a .ply/.splat and build a splat object in the active collection; returns it (raises on error)."""
+    data = ply.read_any(filepath)
+    name = os.path.splitext(os.path.basename(filepath))[0] or "splats"
+    mesh = bpy.data.meshes.new(name)
+    obj = bpy.data.objects.new(name, mesh)
+    splat.store_splat_data(obj, data)
+    collection = context.collection if context.collection is not None else context.scene.collection
+    collection.objects.link(obj)
+    light = data.n >= splat.LIGHT_MODE_THRESHOLD if display == "AUTO" else display == "POINTS"
+    splat.attach_display(obj, light=light)
+    return obj
+
+
+def export_splat_file(obj: bpy.types.Object, filepath: str, apply_transform: bool = False) -> list[str]:
+    """Write the splat object to .ply/.splat; returns warnings for the user (empty if none)."""
+    data = splat.splat_data(obj)
+    warnings = []
+    if apply_transform:
+        matrix = np.array(obj.matrix_world, dtype=np.float64)
+        linear = matrix[:3, :3]
+        data = splat.transform_splat_data(data, matrix)
+        if data.sh_rest.size and np.any(data.sh_rest) and not np.allclose(linear, np.eye(3)):
+            warnings.append("higher spherical-harmonics bands were not rotated with the object "
+                            "(view-dependent colour keeps its old orientation)")
+    ext = os.path.splitext(filepath)[1].lower()
+    if ext == ".splat":
+        ply.write_splat(filepath, data)
+    else:
+        ply.write_ply(filepath, data)
+    return warnings
+
+
+class I3D_OT_import_ply(bpy.types.Operator, ImportHelper):
+    """Import a 3D Gaussian Splatting file (.ply or .splat) as a splat object"""
+
+    bl_idname = "i3d.import_ply"
+    bl_label = "Import Gaussian Splats"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filename_ext = ".ply"
+    filter_glob: bpy.props.StringProperty(default="*.ply;*.splat", options={"HIDDEN"})
+    display: bpy.props.EnumProperty(
+        name="Display",
+        items=(("AUTO", "Auto", f"Points from {splat.LIGHT_MODE_THRESHOLD} splats up, ellipsoids below"),
+               ("SPLATS", "Ellipsoids", "One ellipsoid per Gaussian"),
+               ("POINTS", "Points", "Light mode: one point per Gaussian")),
+        default="AUTO")
+
+    def execute(self, context):
+        try:
+            obj = import_splat_file(context, self.filepath, self.display)
+        except (OSError, ValueError) as exc:  # PlyFormatError is a ValueError
+            self.report({"ERROR"}, f"Cannot import {self.filepath!r}: {exc}")
+            return {"CANCELLED"}
+        for other in context.selected_objects:
+            other.select_set(False)
+        obj.select_set(True)
+        context.view_layer.objects.active = obj
+        self.report({"INFO"}, f"Imported {len(obj.data.vertices)} splats as {obj.name!r}")
+        return {"FINISHED"}
+
+
+class I3D_OT_export_ply(bpy.types.Operator, ExportHelper):
+    """Export the active splat object as a 3D Gaussian Splatting file (.ply or .splat)"""
+
+    bl_idname = "i3d.export_ply"
+    bl_label = "Export Gaussian Splats"
+    bl_options = {"REGISTER"}
+
+    filename_ext = ".ply"
+    filter_glob: bpy.props.StringProperty(default="*.ply;*.splat", options={"HIDDEN"})
+    apply_transform: bpy.props.BoolProperty(
+        name="Apply Object Transform", default=False,
+        description="Write world coordinates: transform positions, rotations and scales by the object's "
+                    "matrix. Off: write the object's local coordinates (as imported)")
+
+    @classmethod
+    def poll(cls, context):
+        return splat.is_splat_object(context.active_object)
+
+    def execute(self, context):
+        obj = context.active_object
+        if not splat.is_splat_object(obj):
+            self.report({"ERROR"}, "The active object is not a splat object")
+            return {"CANCELLED"}
+        try:
+            warnings = export_splat_file(obj, self.filepath, self.apply_transform)
+        except (OSError, ValueError) as exc:
+            self.report({"ERROR"}, f"Cannot export to {self.filepath!r}: {exc}")
+            return {"CANCELLED"}
+        for warning in warnings:
+            self.report({"WARNING"}, warning)
+        self.report({"INFO"}, f"Exported {len(obj.data.vertices)} splats to {self.filepath!r}")
+        return {"FINISHED"}
+
+
+classes = (I3D_OT_import_ply, I3D_OT_export_ply)
