@@ -44,8 +44,8 @@ def _fresh(name: str) -> bpy.types.Material | None:
 def _new_material(name: str) -> bpy.types.Material:
     mat = bpy.data.materials.new(name)
     mat["i3d_version"] = MATERIAL_VERSION
-    if hasattr(mat, "use_nodes") and not mat.use_nodes:
-        mat.use_nodes = True  # always on (and deprecated) in 5.0; needed on 4.x
+    if bpy.app.version < (5, 0, 0) and not mat.use_nodes:
+        mat.use_nodes = True  # always on (and deprecated) from 5.0; needed on 4.x
     for node in list(mat.node_tree.nodes):
         mat.node_tree.nodes.remove(node)
     return mat

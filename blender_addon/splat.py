@@ -358,7 +358,7 @@ def transform_splat_data(data, matrix: np.ndarray):
     cov = m_ @ np.swapaxes(m_, 1, 2)
     evals, evecs = np.linalg.eigh(cov)  # ascending eigenvalues, orthonormal eigenvectors
     det = np.linalg.det(evecs)
-    evecs[:, :, 2] *= np.sign(det)[:, None] + (det == 0)  # proper rotation (det +1)
+    evecs[:, :, 2] *= np.where(det < 0, -1.0, 1.0)[:, None]  # a proper rotation (det +1)
     new_q = _matrix_to_quat(evecs)
     means = data.means.astype(np.float64) @ a.T + t
     return ply.SplatData(
