@@ -68,3 +68,61 @@ def test_progress_bar_plain_text():
     lines = buf.getvalue().splitlines()
     assert lines[0].startswith("stage I") and "5/10" in lines[0] and "loss=0.1" in lines[0]
     assert "10/10" in lines[-1] and "#" * 28 in lines[-1]
+
+
+_CHECK_BLEND = r"""
+import json, sys
+import bpy
+bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
+out = {}
+for ob in bpy.data.objects:
+    me = ob.data
+    out[ob.name] = {
+        "type": ob.type, "vertices": len(me.vertices) if ob.type == "MESH" else 0,
+        "polygons": len(me.polygons) if ob.type == "MESH" else 0,
+        "attributes": sorted(a.name for a in me.attributes) if ob.type == "MESH" else [],
+        "modifiers": [m.type for m in ob.modifiers],
+    }
+print("BLEND " + json.dumps(out))
+"""
+
+
+def open_blend(path) -> dict:
+    """Objects of a .blend as bpy (a fresh subprocess) sees them."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _CHECK_BLEND, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("BLEND ")][-1]
+    return json.loads(line[len("BLEND "):])
+
+
+def test_blender_scene_and_contact_sheet(tmp_path):
+    """The Blender step alone on the sample (no backend): scene.blend holds the splat object (4000
+    vertices, the i3d_* attributes, a geometry-nodes modifier) and the coloured mesh; the contact
+    sheet is 3 rows × 2 views and the robot's blue body shows in every tile (≥ 3% of its pixels)."""
+    from PIL import Image
+
+    obj = sample.build_sample_object()
+    mesh = obj.mesh()
+    st = sample.surface_state(sample.sample_surface(obj, 4000), sum(p.mesh.area for p in obj.parts))
+    np.savez(tmp_path / "in.npz", after=st, before=st, mesh_vertices=mesh.vertices.astype(np.float32),
+             mesh_faces=mesh.faces.astype(np.int32), mesh_colors=np.asarray(mesh.visual.vertex_colors))
+    made = demo.run_blender_scene(str(tmp_path / "in.npz"), str(tmp_path / "scene.blend"), str(tmp_path / "sheet.png"), resolution=96, samples=4)
+    assert made["objects"] == ["I3D_splats", "I3D_mesh"] and made["sheet"]["rows"] == ["before", "after", "mesh"]
+    objs = open_blend(tmp_path / "scene.blend")
+    assert "I3D_splats_before" not in objs
+    splats = objs["I3D_splats"]
+    assert splats["vertices"] == 4000 and "NODES" in splats["modifiers"]
+    assert {"i3d_color", "i3d_opacity", "i3d_scale", "i3d_rotation"} <= set(splats["attributes"])
+    assert objs["I3D_mesh"]["polygons"] == len(mesh.faces)
+    sheet = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB")).astype(int)
+    assert sheet.shape[1] == 2 * 96
+    tile_h = sheet.shape[0] // 3
+    for r in range(3):
+        for c in range(2):
+            tile = sheet[r * tile_h + 18:(r + 1) * tile_h, c * 96:(c + 1) * 96]
+            blue = (tile[..., 2] > 150) & (tile[..., 0] < 100)
+            assert blue.mean() > 0.03, (r, c, blue.mean())
