@@ -1,0 +1,208 @@
+"""Build the installable Blender extension zip.
+
+    python scripts/build_extension.py --out DIR [--no-wheels] [--cache-dir DIR]
+
+The zip's root is blender_addon/ (manifest at the top, as Blender requires), with protocol/ vendored as
+``_vendor/protocol`` (the add-on imports it through ``_deps``) and the pyzmq + msgpack wheels under
+``wheels/`` for the Pythons Blender ships (3.11 for 4.2-5.0, 3.13 for 5.1+) on Linux x86_64, Windows x64
+and macOS arm64/x86_64, fetched with ``pip download --only-binary=:all:``. The manifest in the zip lists
+exactly the wheel files that were downloaded, and ``platforms`` lists the platforms they cover.
+``--no-wheels`` (offline builds, tests) bundles none: that add-on then needs pyzmq and msgpack available
+in Blender's Python some other way, and says so on the terminal.
+
+The installed versions of pyzmq and msgpack are pinned (same versions as development) unless
+``--unpinned``. Install the result with Blender's "Install from Disk" or
+``blender --command extension install-file -r user_default -e ZIP``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("build_extension")
+ROOT = Path(__file__).resolve().parents[1]
+ADDON, PROTOCOL = ROOT / "blender_addon", ROOT / "protocol"
+PACKAGES = ("pyzmq", "msgpack")
+PYTHONS = ("3.11", "3.13")
+
+
+@dataclass(frozen=True)
+class Platform:
+    """A Blender platform name and the pip platform tags whose wheels run there."""
+
+    blender: str
+    pip_tags: tuple[str, ...]
+
+
+PLATFORMS = (
+    Platform("linux-x64", ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")),
+    Platform("windows-x64", ("win_amd64",)),
+    Platform("macos-arm64", ("macosx_11_0_arm64", "macosx_10_15_universal2", "macosx_10_9_universal2")),
+    Platform("macos-x64", ("macosx_10_15_x86_64", "macosx_10_9_x86_64", "macosx_10_9_universal2")),
+)
+_EXCLUDE = re.compile(r"(__pycache__|\.pyc$|\.pyo$|^\.)")
+
+
+def _version_of(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def download_wheels(dest: Path, cache_dir: Path | None, pinned: bool = True, pip: tuple[str, ...] | None = None
+                    ) -> tuple[list[Path], list[str]]:
+    """Download one wheel per (package, Python, platform) into ``dest``.
+
+    Returns (the distinct wheel files, the Blender platforms for which every package and Python got a
+    wheel). Raises RuntimeError with pip's message when a download fails. ``cache_dir`` keeps pip's
+    downloads between builds (a file already there is not fetched again).
+    """
+    pip = pip or (sys.executable, "-m", "pip")
+    dest.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    covered = []
+    for plat in PLATFORMS:
+        ok = True
+        for py in PYTHONS:
+            for package in PACKAGES:
+                version = _version_of(package) if pinned else None
+                req = f"{package}=={version}" if version else package
+                target = (cache_dir or dest / ".pip") / f"{package}-py{py}-{plat.blender}"
+                target.mkdir(parents=True, exist_ok=True)
+                before = set(target.iterdir())
+                cmd = [*pip, "download", "--only-binary=:all:", "--no-deps", "--disable-pip-version-check",
+                       "--python-version", py, "--implementation", "cp", "-d", str(target), req]
+                for tag in plat.pip_tags:
+                    cmd += ["--platform", tag]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"pip download {req} for Python {py} on {plat.blender} failed:\n"
+                                       f"{proc.stderr.strip()[-2000:]}")
+                wheel = _wheel_from_pip_output(proc.stdout, target, package, version, before)
+                if wheel is None:
+                    ok = False
+                    log.warning("no %s wheel for Python %s on %s", package, py, plat.blender)
+                    continue
+                files.setdefault(wheel.name, wheel)
+        if ok:
+            covered.append(plat.blender)
+    out = []
+    for name, src in sorted(files.items()):
+        shutil.copy2(src, dest / name)
+        out.append(dest / name)
+    shutil.rmtree(dest / ".pip", ignore_errors=True)
+    return out, covered
+
+
+def _wheel_from_pip_output(stdout: str, target: Path, package: str, version: str | None, before: set[Path]
+                           ) -> Path | None:
+    """The wheel pip chose: named in its output ("Saved …" / "File was already downloaded …")."""
+    normal = package.replace("-", "_").lower()
+    for line in stdout.splitlines():
+        match = re.search(r"(?:Saved|File was already downloaded)\s+(\S+\.whl)", line)
+        if match:
+            path = Path(match.group(1))
+            path = path if path.is_absolute() else target / path.name
+            if path.exists():
+                return path
+    new = [p for p in set(target.iterdir()) - before if p.name.lower().startswith(normal) and p.suffix == ".whl"]
+    if len(new) == 1:
+        return new[0]
+    prefix = f"{normal}-{version}-" if version else f"{normal}-"
+    found = sorted(p for p in target.glob("*.whl") if p.name.lower().startswith(prefix))
+    return found[-1] if found else None
+
+
+def _manifest(text: str, wheels: list[str], platforms: list[str] | None) -> str:
+    """Rewrite the manifest's ``wheels`` (and ``platforms``) lines."""
+    listed = "".join(f'\n  "./wheels/{w}",' for w in wheels)
+    text, n = re.subn(r"(?m)^wheels\s*=\s*\[[^\]]*\]", f"wheels = [{listed}\n]" if wheels else "wheels = []", text)
+    if n != 1:
+        raise RuntimeError("blender_manifest.toml must have exactly one `wheels = [...]` line")
+    if platforms is not None:
+        plats = ", ".join(f'"{p}"' for p in platforms)
+        text, n = re.subn(r"(?m)^platforms\s*=\s*\[[^\]]*\]", f"platforms = [{plats}]", text)
+        if n != 1:
+            raise RuntimeError("blender_manifest.toml must have exactly one `platforms = [...]` line")
+    return text
+
+
+def _add_tree(zf: zipfile.ZipFile, src: Path, prefix: str) -> None:
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if any(_EXCLUDE.search(part) for part in rel.parts) or path.is_dir():
+            continue
+        zf.write(path, f"{prefix}{rel.as_posix()}")
+
+
+def build(out_dir: str | os.PathLike, wheels: bool = True, cache_dir: str | os.PathLike | None = None,
+          pinned: bool = True) -> Path:
+    """Build ``interactive3d-<version>.zip`` in ``out_dir``; returns its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = (ADDON / "blender_manifest.toml").read_text(encoding="utf-8")
+    version = re.search(r'(?m)^version\s*=\s*"([^"]+)"', manifest).group(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel_files: list[Path] = []
+        platforms = None
+        if wheels:
+            wheel_files, platforms = download_wheels(Path(tmp) / "wheels", Path(cache_dir) if cache_dir else None,
+                                                     pinned=pinned)
+            if not platforms:
+                raise RuntimeError("no platform got a wheel for every package and Python")
+        else:
+            log.warning("--no-wheels: the zip bundles no pyzmq/msgpack wheels; the add-on can import and "
+                        "export splats but cannot reach a backend unless Blender's Python already has them")
+        manifest = _manifest(manifest, [w.name for w in wheel_files], platforms)
+        zip_path = out_dir / f"interactive3d-{version}.zip"
+        tmp_zip = out_dir / f".{zip_path.name}.tmp"
+        with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("blender_manifest.toml", manifest)
+            for path in sorted(ADDON.rglob("*")):
+                rel = path.relative_to(ADDON)
+                if path.is_dir() or rel.as_posix() == "blender_manifest.toml" or rel.parts[0] in ("_vendor", "wheels"):
+                    continue
+                if any(_EXCLUDE.search(part) for part in rel.parts):
+                    continue
+                zf.write(path, rel.as_posix())
+            zf.writestr("_vendor/__init__.py", '"""Vendored copies of project packages (built by '
+                        'scripts/build_extension.py)."""\n')
+            _add_tree(zf, PROTOCOL, "_vendor/protocol/")
+            for wheel in wheel_files:
+                zf.write(wheel, f"wheels/{wheel.name}")
+        os.replace(tmp_zip, zip_path)
+    log.info("built %s (%d wheels)", zip_path, len(wheel_files))
+    return zip_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output folder for the zip")
+    parser.add_argument("--no-wheels", action="store_true", help="bundle no wheels (offline builds, tests)")
+    parser.add_argument("--cache-dir", help="keep downloaded wheels here between builds")
+    parser.add_argument("--unpinned", action="store_true", help="latest pyzmq/msgpack, not the installed ones")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        path = build(args.out, wheels=not args.no_wheels, cache_dir=args.cache_dir, pinned=not args.unpinned)
+    except (RuntimeError, OSError) as exc:
+        log.error("build failed: %s", exc)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
