@@ -1,0 +1,123 @@
+"""Benchmark: applying backend state frames to a splat object, and importing a mesh, in headless bpy.
+
+    python scripts/bench/blender_sync.py [--sizes 10000 100000 1000000] [--faces 200000] [--repeats 5]
+
+Prints the median wall time of
+  * apply_state on an existing object of the same size (the steady-state sync step; goal ≤ 50 ms at 100k),
+    against the baseline "positions only" (one foreach_set of co — the least any update can cost) and, at
+    the smallest size, a per-splat Python loop (what foreach_set avoids);
+  * apply_state when N changes (mesh rebuilt), read_state, and re-evaluating the modifier (depsgraph) in
+    the light points mode;
+  * mesh_object_from_arrays for a mesh of F faces against Blender's own Mesh.from_pydata.
+Timings are not asserted anywhere; compare ratios within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _state(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(n, 4)).astype(np.float32)
+    return np.concatenate([rng.normal(size=(n, 3)), rng.random((n, 4)), rng.uniform(0.01, 0.1, (n, 3)),
+                           q / np.linalg.norm(q, axis=1, keepdims=True)], axis=1).astype(np.float32)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--faces", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import bpy
+
+    from interactive3d.blender_addon import splat
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    print(f"Blender {bpy.app.version_string}; median of {args.repeats}")
+    print(f"{'N':>9} {'apply_state':>12} {'co only':>9} {'ratio':>6} {'rebuild':>9} {'read':>8} "
+          f"{'eval pts':>9}")
+    for n in args.sizes:
+        states = [_state(n, s) for s in range(2)]
+        obj = splat.new_splat_object(f"bench{n}", states[0], light=True)
+        k = [0]
+
+        def update():
+            k[0] ^= 1
+            splat.apply_state(obj, states[k[0]])
+
+        def co_only():
+            k[0] ^= 1
+            obj.data.vertices.foreach_set("co", np.ascontiguousarray(states[k[0]][:, :3]).ravel())
+            obj.data.update()
+
+        t_apply = _median_time(update, args.repeats)
+        t_co = _median_time(co_only, args.repeats)
+        sizes = [n, n - 1]
+
+        def rebuild():
+            sizes.reverse()
+            splat.apply_state(obj, states[0][: sizes[0]])
+
+        t_rebuild = _median_time(rebuild, args.repeats)
+        t_read = _median_time(lambda: splat.read_state(obj), args.repeats)
+
+        def evaluate():
+            update()
+            bpy.context.evaluated_depsgraph_get().update()
+
+        t_eval = _median_time(evaluate, max(1, args.repeats // 2)) - t_apply
+        print(f"{n:>9} {t_apply * 1e3:>10.1f}ms {t_co * 1e3:>7.1f}ms {t_apply / t_co:>5.1f}x "
+              f"{t_rebuild * 1e3:>7.1f}ms {t_read * 1e3:>6.1f}ms {t_eval * 1e3:>7.1f}ms")
+        bpy.data.objects.remove(obj)
+
+    n = args.sizes[0]
+    obj = splat.new_splat_object("loop", _state(n, 0))
+    state = _state(n, 1)
+    attr = obj.data.attributes["i3d_opacity"].data
+
+    def python_loop():  # only one attribute and positions: already far slower than the whole apply_state
+        for i in range(n):
+            obj.data.vertices[i].co = state[i, :3]
+            attr[i].value = state[i, 6]
+
+    t_loop = _median_time(python_loop, 1)
+    t_apply = _median_time(lambda: splat.apply_state(obj, state), args.repeats)
+    print(f"per-splat Python loop at {n}: {t_loop * 1e3:.0f} ms = {t_loop / t_apply:.0f}x apply_state")
+
+    rng = np.random.default_rng(0)
+    f = args.faces
+    v = f // 2 + 2
+    verts = rng.normal(size=(v, 3)).astype(np.float32)
+    faces = rng.integers(0, v, size=(f, 3)).astype(np.int32)
+    colors = rng.integers(0, 256, size=(v, 3)).astype(np.uint8)
+    t_ours = _median_time(lambda: splat.mesh_object_from_arrays("m", verts, faces, colors, np.eye(4)),
+                          max(1, args.repeats // 2))
+
+    def pydata():
+        me = bpy.data.meshes.new("p")
+        me.from_pydata(verts.tolist(), [], faces.tolist())
+        me.update()
+
+    t_py = _median_time(pydata, 1)
+    print(f"mesh import {f} faces, {v} vertices, colours: mesh_object_from_arrays {t_ours * 1e3:.0f} ms; "
+          f"from_pydata without colours {t_py * 1e3:.0f} ms ({t_py / t_ours:.1f}x)")
+
+
+if __name__ == "__main__":
+    main()
