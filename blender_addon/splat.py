@@ -17,7 +17,6 @@ export of an unchanged splat is bit-identical to the file; see :func:`splat_data
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 import bpy
@@ -25,8 +24,6 @@ import numpy as np
 
 from . import geometry_nodes, materials
 from ._deps import ply
-
-log = logging.getLogger(__name__)
 
 ATTR_COLOR = "i3d_color"
 ATTR_OPACITY = "i3d_opacity"

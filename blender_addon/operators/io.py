@@ -9,7 +9,6 @@ positions, rotations and scales by matrix_world (Σ' = AΣAᵀ, exact for any sc
 
 from __future__ import annotations
 
-import logging
 import os
 
 import bpy
@@ -18,8 +17,6 @@ from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from .. import splat
 from .._deps import ply
-
-log = logging.getLogger(__name__)
 
 
 def import_splat_file(context, filepath: str, display: str = "AUTO") -> bpy.types.Object:
