@@ -17,6 +17,7 @@ export of an unchanged splat is bit-identical to the file; see :func:`splat_data
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import bpy
@@ -137,6 +138,18 @@ def apply_state(obj: bpy.types.Object, state: np.ndarray,
                 raise ValueError(f"part names must be non-empty strings, got {name!r}")
             if np.shape(mask) != (n,):
                 raise ValueError(f"parts[{name!r}] must be a bool mask of shape ({n},), got {np.shape(mask)}")
+    if obj.mode == "EDIT":
+        # In Edit Mode the edit-mesh is the truth (mesh attributes read as empty, and the edit-mesh would
+        # overwrite the mesh on exit): step out to Object Mode, write, step back in. The selection
+        # survives (it is flushed to the mesh), unless N changed.
+        with bpy.context.temp_override(active_object=obj, object=obj, selected_objects=[obj]):
+            bpy.ops.object.mode_set(mode="OBJECT")
+        try:
+            apply_state(obj, state, parts)
+        finally:
+            with bpy.context.temp_override(active_object=obj, object=obj, selected_objects=[obj]):
+                bpy.ops.object.mode_set(mode="EDIT")
+        return
     _set_vertex_count(mesh, n)
     mesh.vertices.foreach_set("co", np.ascontiguousarray(state[:, 0:3]).ravel())
     for name, kind, cols in _STATE_ATTRS:
@@ -148,14 +161,26 @@ def apply_state(obj: bpy.types.Object, state: np.ndarray,
     mesh.update()
 
 
-def read_state(obj: bpy.types.Object) -> np.ndarray:
-    """The object's state frame [N,14] float32 (positions in the local frame), read with foreach_get.
+@contextlib.contextmanager
+def _readable_mesh(obj: bpy.types.Object):
+    """The object's mesh with its attributes readable by foreach_get.
 
-    In Edit Mode the edit-mesh is flushed first so moved or deleted vertices are seen.
+    In Edit Mode the mesh's attribute API points at the (empty) edit-mesh layers, so the edit-mesh is
+    flushed and a temporary copy is read instead (one C-level copy; removed afterwards).
     """
     mesh = _check_mesh_object(obj)
-    if obj.mode == "EDIT":
-        obj.update_from_editmode()
+    if obj.mode != "EDIT":
+        yield mesh
+        return
+    obj.update_from_editmode()
+    copy = mesh.copy()
+    try:
+        yield copy
+    finally:
+        bpy.data.meshes.remove(copy)
+
+
+def _state_of(mesh: bpy.types.Mesh, label: str) -> np.ndarray:
     n = len(mesh.vertices)
     out = np.empty((n, 14), np.float32)
     co = np.empty(n * 3, np.float32)
@@ -164,16 +189,25 @@ def read_state(obj: bpy.types.Object) -> np.ndarray:
     for name, _, cols in _STATE_ATTRS:
         values = _read_attr(mesh, name)
         if values is None:
-            raise ValueError(f"object {obj.name!r} is not a splat object: attribute {name!r} is missing")
+            raise ValueError(f"object {label!r} is not a splat object: attribute {name!r} is missing")
         out[:, cols] = values.reshape(n, -1)
     return out
 
 
+def read_state(obj: bpy.types.Object) -> np.ndarray:
+    """The object's state frame [N,14] float32 (positions in the local frame), read with foreach_get.
+
+    In Edit Mode the edit-mesh is flushed first so moved or deleted vertices are seen.
+    """
+    with _readable_mesh(obj) as mesh:
+        return _state_of(mesh, obj.name)
+
+
 def read_parts(obj: bpy.types.Object) -> dict[str, np.ndarray]:
     """name → bool [N] part masks stored on the object."""
-    mesh = _check_mesh_object(obj)
-    return {a.name[len(PART_PREFIX):]: _read_attr(mesh, a.name)
-            for a in list(mesh.attributes) if a.name.startswith(PART_PREFIX)}
+    with _readable_mesh(obj) as mesh:
+        return {a.name[len(PART_PREFIX):]: _read_attr(mesh, a.name)
+                for a in list(mesh.attributes) if a.name.startswith(PART_PREFIX)}
 
 
 def selected_indices(obj: bpy.types.Object) -> np.ndarray:
@@ -298,8 +332,12 @@ def splat_data(obj: bpy.types.Object):
     the displayed (activated) value otherwise — so an untouched import exports bit-identically, and edits
     from the backend or by hand are never lost. A splat whose colour changed loses its higher SH bands.
     """
-    mesh = _check_mesh_object(obj)
-    state = read_state(obj)
+    with _readable_mesh(obj) as mesh:
+        return _splat_data_of(mesh, obj.name)
+
+
+def _splat_data_of(mesh: bpy.types.Mesh, label: str):
+    state = _state_of(mesh, label)
     derived = ply.state_to_splat(state)
     raw = {name: _read_attr(mesh, name) for name in (_PLY_DC, _PLY_OPACITY, _PLY_SCALE, _PLY_ROT, _PLY_NORMAL)}
     n = state.shape[0]

@@ -145,3 +145,18 @@ def test_bad_file_is_an_error_report_not_a_traceback(tmp_path):
     with pytest.raises(RuntimeError, match="not a PLY file"):
         bpy.ops.i3d.import_ply(filepath=str(bad))
     assert len(bpy.data.objects) == 0
+
+
+def test_large_files_import_in_the_light_points_mode(tmp_path, monkeypatch):
+    """Display "Auto": at or above LIGHT_MODE_THRESHOLD splats the modifier starts in Points mode (the
+    threshold is lowered to 50 here to keep the test small); below it, ellipsoids; the panel's
+    i3d_display.mode agrees with the modifier."""
+    from interactive3d.blender_addon import geometry_nodes
+
+    monkeypatch.setattr(splat, "LIGHT_MODE_THRESHOLD", 50)
+    for n, points in ((60, True), (40, False)):
+        path = tmp_path / f"n{n}.ply"
+        ply.write_ply(path, random_splats(n, sh_degree=0))
+        obj = import_file(path)
+        assert bool(geometry_nodes.get_input(obj.modifiers[splat.MODIFIER_NAME], "points")) is points
+        assert obj.i3d_display.mode == ("POINTS" if points else "SPLATS")

@@ -111,6 +111,30 @@ def test_edit_mode_selection_maps_to_indices():
     np.testing.assert_array_equal(splat.selected_indices(obj), np.arange(100, 110))
 
 
+def test_state_update_during_edit_mode_keeps_selection_and_survives_exit():
+    """A backend update arriving while the artist is in Edit Mode: the new positions are what the
+    edit-mesh shows (exact), the 3 selected vertices stay selected, and leaving Edit Mode keeps the new
+    state (the edit-mesh does not write the old positions back)."""
+    state = random_state(50)
+    obj = splat.new_splat_object("s", state)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.object.mode_set(mode="EDIT")
+    bm = bmesh.from_edit_mesh(obj.data)
+    bm.verts.ensure_lookup_table()
+    for v in bm.verts:
+        v.select_set(v.index in (2, 7, 40))
+    bmesh.update_edit_mesh(obj.data)
+    new = random_state(50, seed=9)
+    splat.apply_state(obj, new)
+    bm = bmesh.from_edit_mesh(obj.data)
+    bm.verts.ensure_lookup_table()
+    np.testing.assert_array_equal(np.array([v.co for v in bm.verts], np.float32), new[:, :3])
+    np.testing.assert_array_equal(splat.selected_indices(obj), [2, 7, 40])
+    np.testing.assert_array_equal(splat.read_state(obj), new)  # readable in Edit Mode too
+    bpy.ops.object.mode_set(mode="OBJECT")
+    np.testing.assert_array_equal(splat.read_state(obj), new)
+
+
 def test_mesh_object_from_arrays_has_faces_colours_and_transform():
     """A 2-triangle mesh with uint8 sRGB colours: 4 vertices, 2 faces, colours read back within 1/255,
     the vertex-colour material, and the given matrix_world."""
