@@ -105,13 +105,14 @@ class DragStepResult:
     source_to_target: float  # ‖p_t − p_s‖ after the step
 
 
-def start_drag(g: Gaussians, source, target, cfg: DragConfig) -> DragState:
-    """Validate and build the initial state; ValueError if no Gaussian lies within r of p_s."""
+def start_drag(g: Gaussians, source, target, cfg: DragConfig, require_active: bool = True) -> DragState:
+    """Validate and build the initial state; ValueError if no Gaussian lies within r of p_s (unless
+    ``require_active`` is False: a resumed drag whose state is loaded afterwards)."""
     ps, pt = check_points(source, target)
     ps, pt = ps.to(g.device), pt.to(g.device)
     with torch.no_grad():
         active = ((g.means.detach() - ps) ** 2).sum(1) <= cfg.radius**2
-    if not bool(active.any()):
+    if require_active and not bool(active.any()):
         raise ValueError(f"no Gaussian lies within radius {cfg.radius} of source {ps.tolist()}")
     pts = g.means.detach()[active]
     return DragState(
@@ -287,12 +288,12 @@ class DragJob:
 
     kind = "drag"
 
-    def __init__(self, session, source, target, cfg: DragConfig, guidance=None, seed: int = 0):
+    def __init__(self, session, source, target, cfg: DragConfig, guidance=None, seed: int = 0, resume: bool = False):
         self.session = session
         self.cfg = cfg
         self.guidance = guidance
         self.generator = torch.Generator().manual_seed(seed)
-        self.state = start_drag(session.gaussians, source, target, cfg)
+        self.state = start_drag(session.gaussians, source, target, cfg, require_active=not resume)
         if getattr(session, "optimizers", None) is None:  # a session that never ran Stage I
             session.optimizers = make_optimizers(session.gaussians)
         self.total_steps = cfg.steps

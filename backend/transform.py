@@ -172,7 +172,7 @@ def factor_covariance(cov: Tensor) -> tuple[Tensor, Tensor]:
     return scales.to(cov.dtype), rotmat_to_quat(evecs).to(cov.dtype)
 
 
-def _check_matrix(matrix: Tensor, name: str = "matrix") -> Tensor:
+def check_matrix(matrix: Tensor, name: str = "matrix") -> Tensor:
     if not isinstance(matrix, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [4,4], got {type(matrix).__name__}")
     if matrix.shape != (4, 4):
@@ -227,7 +227,7 @@ def transform_part(
     """
     if mask.shape != (g.n,) or mask.dtype != torch.bool:
         raise ValueError(f"mask must be bool [{g.n}], got {mask.dtype} {tuple(mask.shape)}")
-    m = _check_matrix(matrix)
+    m = check_matrix(matrix)
     idx = mask.nonzero(as_tuple=True)[0]
     if idx.numel() == 0:
         raise ValueError("the part is empty: nothing to transform")
