@@ -117,3 +117,21 @@ class I3D_OT_export_ply(bpy.types.Operator, ExportHelper):
 
 
 classes = (I3D_OT_import_ply, I3D_OT_export_ply)
+
+
+def _menu_import(self, context) -> None:
+    self.layout.operator(I3D_OT_import_ply.bl_idname, text="Gaussian Splats (.ply, .splat)")
+
+
+def _menu_export(self, context) -> None:
+    self.layout.operator(I3D_OT_export_ply.bl_idname, text="Gaussian Splats (.ply, .splat)")
+
+
+def register_extra() -> None:
+    bpy.types.TOPBAR_MT_file_import.append(_menu_import)
+    bpy.types.TOPBAR_MT_file_export.append(_menu_export)
+
+
+def unregister_extra() -> None:
+    bpy.types.TOPBAR_MT_file_import.remove(_menu_import)
+    bpy.types.TOPBAR_MT_file_export.remove(_menu_export)

@@ -156,3 +156,24 @@ def test_wheels_are_downloaded_listed_and_install(tmp_path):
                 assert ok, (package, py, plat)
     result = install(zip_path, tmp_path)
     assert result["install"] == ["FINISHED"] and result["enabled"]
+
+
+def test_register_unregister_cycle_leaves_nothing_behind():
+    """register → unregister → register → unregister (in a fresh process): after each unregister no
+    I3D class and no Object.i3d_display property remains; after register, i3d.import_ply exists."""
+    pytest.importorskip("bpy")
+    script = r"""
+import bpy
+import interactive3d.blender_addon as addon
+out = []
+for _ in range(2):
+    addon.register()
+    out.append((hasattr(bpy.ops.i3d, "import_ply"), hasattr(bpy.types.Object, "i3d_display")))
+    addon.unregister()
+    out.append((any(n.startswith("I3D_") for n in dir(bpy.types)), hasattr(bpy.types.Object, "i3d_display")))
+print("RESULT", out)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT")][-1]
+    assert line == "RESULT [(True, True), (False, False), (True, True), (False, False)]"
