@@ -18,6 +18,7 @@ export of an unchanged splat is bit-identical to the file; see :func:`splat_data
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping
 
 import bpy
@@ -25,6 +26,8 @@ import numpy as np
 
 from . import geometry_nodes, materials
 from ._deps import ply
+
+log = logging.getLogger(__name__)
 
 ATTR_COLOR = "i3d_color"
 ATTR_OPACITY = "i3d_opacity"
@@ -299,6 +302,11 @@ def mesh_object_from_arrays(name: str, vertices: np.ndarray, faces: np.ndarray, 
         attr.data.foreach_set("color_srgb", rgba.ravel())  # the values are sRGB: Blender linearises
         mesh.color_attributes.active_color = attr
     mesh.update(calc_edges=True)
+    # Faces come over the wire: repair degenerate/duplicate ones rather than let Blender draw garbage.
+    if mesh.validate(clean_customdata=False):
+        log.warning("mesh %r had invalid faces; Blender removed them", name)
+    if hasattr(mesh, "shade_smooth"):  # 4.1+; marching-cubes surfaces look faceted otherwise
+        mesh.shade_smooth()
     mesh.materials.append(materials.vertex_color_material())
     obj = bpy.data.objects.new(name, mesh)
     obj.matrix_world = matrix

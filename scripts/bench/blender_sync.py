@@ -100,11 +100,15 @@ def main() -> None:
     t_apply = _median_time(lambda: splat.apply_state(obj, state), args.repeats)
     print(f"per-splat Python loop at {n}: {t_loop * 1e3:.0f} ms = {t_loop / t_apply:.0f}x apply_state")
 
+    # A height-field grid of ~F triangles: valid, manifold faces like a marching-cubes surface.
     rng = np.random.default_rng(0)
-    f = args.faces
-    v = f // 2 + 2
-    verts = rng.normal(size=(v, 3)).astype(np.float32)
-    faces = rng.integers(0, v, size=(f, 3)).astype(np.int32)
+    side = int(np.ceil(np.sqrt(args.faces / 2))) + 1
+    ii, jj = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
+    verts = np.stack([ii.ravel(), jj.ravel(), rng.random(side * side)], 1).astype(np.float32) / side
+    corner = (ii[:-1, :-1] * side + jj[:-1, :-1]).ravel()
+    faces = np.concatenate([np.stack([corner, corner + side, corner + 1], 1),
+                            np.stack([corner + 1, corner + side, corner + side + 1], 1)]).astype(np.int32)
+    f, v = len(faces), len(verts)
     colors = rng.integers(0, 256, size=(v, 3)).astype(np.uint8)
     t_ours = _median_time(lambda: splat.mesh_object_from_arrays("m", verts, faces, colors, np.eye(4)),
                           max(1, args.repeats // 2))
