@@ -3,11 +3,109 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+
+log = logging.getLogger("interactive3d.cli")
 
 
 def add_all(sub: argparse._SubParsersAction) -> None:
     # Each helper module adds its own parser; keep this list explicit (no registry).
     from interactive3d import demo, generate
 
+    add_serve(sub)
+    add_ping(sub)
     demo.add_demo(sub)
     generate.add_generate(sub)
+
+
+# -- i3d serve ---------------------------------------------------------------------------------------
+def _size(text: str) -> int:
+    """'1073741824', '512M', '1G' → bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    try:
+        n = int(float(t[:-1] if t[-1:] in "KMG" else t) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 1G, 512M, 1048576)") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"size must be > 0, got {text!r}")
+    return n
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the backend (ZeroMQ ROUTER) until SIGINT/SIGTERM",
+        description="Run the Interactive3D backend. Loopback by default; a non-loopback bind needs an auth key "
+        "(--auth-key-file, $I3D_AUTH_KEY_FILE or $I3D_AUTH_KEY). Stops jobs between two steps, checkpoints and "
+        "exits 0 on SIGINT/SIGTERM.",
+    )
+    p.add_argument("--bind", default="tcp://127.0.0.1:5555", help="address: tcp://HOST:PORT or ipc:///PATH (default %(default)s)")
+    p.add_argument("--state-dir", default=None, help="checkpoint folder (default $XDG_STATE_HOME/interactive3d or ~/.local/state/interactive3d)")
+    p.add_argument("--auth-key-file", default=None, help="file holding the shared HMAC-SHA256 key")
+    p.add_argument("--device", default="auto", help="cpu | cuda[:N] | auto (default %(default)s)")
+    p.add_argument("--max-bytes", type=_size, default=1 << 30, help="cap on one message's bytes, e.g. 1G (default 1 GiB)")
+    p.add_argument("--max-frames", type=int, default=64, help="cap on frames per message (default %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="job steps between checkpoints (default %(default)s)")
+    p.add_argument("--state-every", type=int, default=10, help="job steps between state frames (default %(default)s)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from interactive3d.backend.jobs import JobConfig
+    from interactive3d.backend.server import ServerConfig, default_state_dir, run
+    from interactive3d.protocol.auth import load_key
+    from interactive3d.protocol.codec import Limits
+
+    try:
+        cfg = ServerConfig(
+            bind=args.bind,
+            state_dir=args.state_dir or default_state_dir(),
+            auth_key=load_key(args.auth_key_file),
+            device=args.device,
+            limits=Limits(max_frames=args.max_frames, max_frame_bytes=args.max_bytes, max_total_bytes=args.max_bytes),
+            job=JobConfig(checkpoint_every=args.checkpoint_every, state_every=args.state_every),
+        )
+        cfg.check()
+        return run(cfg)
+    except ValueError as exc:
+        sys.stderr.write(f"i3d serve: {exc}\n")
+        return 2
+    except OSError as exc:  # e.g. zmq "Address already in use"
+        sys.stderr.write(f"i3d serve: cannot bind {args.bind}: {exc}\n")
+        return 2
+
+
+# -- i3d ping ----------------------------------------------------------------------------------------
+def add_ping(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ping",
+        help="check that a backend answers; prints its name and protocol version",
+        description="Send 'ping' to a backend. Exit 0 and print NAME protocol VERSION, or exit 1 if it does not answer.",
+    )
+    p.add_argument("--connect", default="tcp://127.0.0.1:5555", help="backend address (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default %(default)s)")
+    p.add_argument("--auth-key-file", default=None, help="shared key file (or $I3D_AUTH_KEY_FILE / $I3D_AUTH_KEY)")
+    p.set_defaults(func=_cmd_ping)
+
+
+def _cmd_ping(args: argparse.Namespace) -> int:
+    from interactive3d.protocol.auth import load_key
+    from interactive3d.protocol.client import Client, RemoteError, RequestTimeout
+
+    try:
+        key = load_key(args.auth_key_file)
+        with Client(args.connect, auth_key=key) as c:
+            r = c.request("ping", timeout=max(0.1, args.timeout), retries=0).result
+    except ValueError as exc:
+        sys.stderr.write(f"i3d ping: {exc}\n")
+        return 2
+    except RequestTimeout:
+        sys.stderr.write(f"i3d ping: no backend answered at {args.connect} within {args.timeout:g} s\n")
+        return 1
+    except RemoteError as exc:
+        sys.stderr.write(f"i3d ping: the backend at {args.connect} refused: {exc.code}: {exc.message}\n")
+        return 1
+    sys.stdout.write(f"{r.get('name')} protocol {r.get('version')} (server {r.get('server_version')}, device {r.get('device')})\n")
+    return 0

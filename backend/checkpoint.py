@@ -1,0 +1,177 @@
+"""Session checkpoints: one file per session in the server's state dir, written atomically.
+
+``<state_dir>/<session>/checkpoint.pt`` holds the session (Gaussians, optimiser moments, extra slots,
+undo/redo history) and, when a job was in flight, what is needed to continue it: the op and args that
+started it, its request buffers, the step it reached and the job's own ``state_dict()`` (RNG state
+included). Writes go to a temp file in the same folder, are fsync'ed, then ``os.replace``d over the old
+file, so a ``kill -9`` at any moment leaves the previous or the new checkpoint, never a torn one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .session import Session, SessionState
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FILE_NAME = "checkpoint.pt"
+
+
+@dataclass
+class JobRecord:
+    """How to continue a job after a restart: re-run ``op`` with ``args``/``buffers``, then load
+    ``state`` into the new job and continue at ``step``."""
+
+    op: str
+    args: dict
+    buffers: list[np.ndarray]
+    kind: str
+    job_id: str
+    step: int
+    total: int
+    state: dict | None
+    paused: bool = False
+
+
+@dataclass
+class Checkpoint:
+    session_id: str
+    name: str
+    current: SessionState
+    undo: list[SessionState] = field(default_factory=list)
+    redo: list[SessionState] = field(default_factory=list)
+    job: JobRecord | None = None
+    time: float = field(default_factory=time.time)
+
+
+def checkpoint_path(state_dir: str | Path, session_id: str) -> Path:
+    return Path(state_dir) / session_id / FILE_NAME
+
+
+def _class_path(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _state_to_plain(s: SessionState) -> dict:
+    return {
+        "label": s.label,
+        "time": s.time,
+        "gaussians": s.gaussians,
+        "optimizers": s.optimizers,
+        "extras": {k: {"class": _class_path(obj), "state": sd} for k, (obj, sd) in s.extras.items()},
+    }
+
+
+def _load_class(path: str):
+    module, _, qualname = path.partition(":")
+    if not module.startswith("interactive3d.") and not module.startswith("tests."):
+        raise ValueError(f"refusing to load extra state class {path!r} from a checkpoint (not interactive3d.*)")
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _state_from_plain(d: dict, device: torch.device, objects: dict[str, Any]) -> SessionState:
+    extras = {}
+    for k, e in d["extras"].items():
+        obj = objects.get(k)
+        if obj is None:  # one object per slot, shared by every history entry (as in a live session)
+            obj = _load_class(e["class"]).from_state_dict(e["state"], device)
+            objects[k] = obj
+        extras[k] = (obj, e["state"])
+    return SessionState(label=d["label"], gaussians=d["gaussians"], optimizers=d["optimizers"], extras=extras, time=d["time"])
+
+
+def capture(session: Session, job: JobRecord | None = None, with_history: bool = True) -> Checkpoint:
+    """Copy everything a checkpoint needs (hold ``session.lock`` only this long; writing is separate)."""
+    with session.lock:
+        return Checkpoint(
+            session_id=session.id,
+            name=session.name,
+            current=session.capture("current"),
+            undo=list(session.history.undo) if with_history else [],
+            redo=list(session.history.redo) if with_history else [],
+            job=job,
+        )
+
+
+def write(state_dir: str | Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` atomically to ``<state_dir>/<session>/checkpoint.pt``; returns the path."""
+    path = checkpoint_path(state_dir, ckpt.session_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT_VERSION,
+        "session": ckpt.session_id,
+        "name": ckpt.name,
+        "time": ckpt.time,
+        "current": _state_to_plain(ckpt.current),
+        "undo": [_state_to_plain(s) for s in ckpt.undo],
+        "redo": [_state_to_plain(s) for s in ckpt.redo],
+        "job": None if ckpt.job is None else vars(ckpt.job),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read(state_dir: str | Path, session_id: str, device: torch.device | str = "cpu") -> Checkpoint:
+    """Load a checkpoint. FileNotFoundError if there is none; ValueError if it is not one of ours."""
+    path = checkpoint_path(state_dir, session_id)
+    # Our own file in our own state dir: full unpickling is needed for optimiser and RNG states.
+    payload = torch.load(path, map_location=torch.device(device), weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path} is not an interactive3d checkpoint of format {FORMAT_VERSION}")
+    device = torch.device(device)
+    objects: dict[str, Any] = {}
+    job = payload["job"]
+    return Checkpoint(
+        session_id=payload["session"],
+        name=payload["name"],
+        current=_state_from_plain(payload["current"], device, objects),
+        undo=[_state_from_plain(s, device, objects) for s in payload["undo"]],
+        redo=[_state_from_plain(s, device, objects) for s in payload["redo"]],
+        job=None if job is None else JobRecord(**job),
+        time=payload["time"],
+    )
+
+
+def restore_session(ckpt: Checkpoint, device: torch.device | str = "cpu") -> Session:
+    """A live Session from a checkpoint (no job attached yet)."""
+    s = Session(ckpt.session_id, ckpt.name, device=device)
+    s.restore(ckpt.current)
+    s.history.undo = list(ckpt.undo)
+    s.history.redo = list(ckpt.redo)
+    return s
+
+
+def list_checkpoints(state_dir: str | Path) -> list[dict]:
+    """[{session, time}] for every checkpoint file in ``state_dir``."""
+    root = Path(state_dir)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in sorted(root.glob(f"*/{FILE_NAME}")):
+        out.append({"session": p.parent.name, "time": p.stat().st_mtime})
+    return out

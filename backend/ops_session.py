@@ -1,0 +1,165 @@
+"""Handlers of the server and session ops (specs: ``_SERVER_OPS`` in protocol/catalogue.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from interactive3d.protocol.catalogue import STATE_COLUMNS
+from interactive3d.protocol.codec import PROTOCOL_VERSION
+from interactive3d.protocol.errors import Busy, NotFound
+
+from . import checkpoint as ckpt_mod
+from .server import SERVER_NAME, Reply, Request
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("interactive3d")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def ping(req: Request) -> Reply:
+    return Reply({
+        "name": SERVER_NAME,
+        "version": PROTOCOL_VERSION,
+        "server_version": _package_version(),
+        "device": str(req.device),
+        "ops": sorted(req.server.handlers),
+    })
+
+
+def session_create(req: Request) -> Reply:
+    s = req.server.create_session(req.args["name"], identity=req.identity)
+    return Reply({"session": s.id})
+
+
+def session_list(req: Request) -> Reply:
+    srv = req.server
+    cks = [] if srv.config.state_dir is None else ckpt_mod.list_checkpoints(srv.config.state_dir)
+    return Reply({"sessions": [s.summary() for s in srv.sessions.values()], "checkpoints": cks})
+
+
+def session_close(req: Request) -> Reply:
+    req.server.close_session(req.session, checkpoint=req.args["checkpoint"])
+    return Reply({"closed": True})
+
+
+def session_resume(req: Request) -> Reply:
+    s, job, step = req.server.resume_session(req.args["session"], req.identity, req.args["paused"])
+    n = 0 if s.gaussians is None else s.gaussians.n
+    return Reply({"session": s.id, "count": n, "job": job, "step": step})
+
+
+def session_checkpoint(req: Request) -> Reply:
+    s = req.session
+    if req.server.config.state_dir is None:
+        raise NotFound("this server has no state dir (start it with --state-dir)")
+    runner = s.job
+    if runner is not None and not runner.finished:
+        with s.lock:  # between two steps: the job record and the session state agree
+            c = ckpt_mod.capture(s, runner.record())
+        step = runner.step
+    else:
+        c, step = ckpt_mod.capture(s), 0
+    path = ckpt_mod.write(req.server.config.state_dir, c)
+    return Reply({"path": str(path), "step": step})
+
+
+def _job_status(req: Request) -> dict:
+    r = req.session.job
+    if r is None:
+        return {"job": None, "kind": None, "state": "idle", "step": 0, "total": 0, "metrics": {}}
+    return r.status()
+
+
+def _active_job(req: Request):
+    r = req.session.job
+    if r is None or r.finished:
+        raise NotFound(f"session {req.session.id} has no job in flight")
+    return r
+
+
+def job_status(req: Request) -> Reply:
+    return Reply(_job_status(req))
+
+
+def job_pause(req: Request) -> Reply:
+    _active_job(req).pause()
+    return Reply(_job_status(req))
+
+
+def job_resume(req: Request) -> Reply:
+    _active_job(req).resume()
+    return Reply(_job_status(req))
+
+
+def job_cancel(req: Request) -> Reply:
+    _active_job(req).cancel()
+    return Reply(_job_status(req))
+
+
+def _history_result(req: Request) -> dict:
+    s = req.session
+    with s.lock:
+        n = 0 if s.gaussians is None else s.gaussians.n
+    return {**s.history.labels(), "count": n}
+
+
+def _idle(req: Request) -> None:
+    if req.session.job_active:
+        raise Busy(f"session {req.session.id} has job {req.session.job.job_id} in flight; cancel it or wait for it first")
+
+
+def history_undo(req: Request) -> Reply:
+    _idle(req)
+    try:
+        label = req.session.undo()
+    except LookupError as exc:
+        raise NotFound(str(exc)) from None
+    return Reply({**_history_result(req), "label": label})
+
+
+def history_redo(req: Request) -> Reply:
+    _idle(req)
+    try:
+        label = req.session.redo()
+    except LookupError as exc:
+        raise NotFound(str(exc)) from None
+    return Reply({**_history_result(req), "label": label})
+
+
+def history_list(req: Request) -> Reply:
+    return Reply(_history_result(req))
+
+
+def state_get(req: Request) -> Reply:
+    s = req.session
+    with s.lock:
+        g = s.gaussians
+        if g is None:
+            return Reply({"count": 0, "columns": list(STATE_COLUMNS), "parts": [], "part_counts": {}}, [np.zeros((0, 14), np.float32)])
+        frame = g.state_array()
+        parts = g.part_names()
+        counts = {p: int(g.part_mask(p).sum()) for p in parts}
+    return Reply({"count": int(frame.shape[0]), "columns": list(STATE_COLUMNS), "parts": parts, "part_counts": counts}, [frame])
+
+
+HANDLERS: dict = {
+    "ping": ping,
+    "session.create": session_create,
+    "session.list": session_list,
+    "session.close": session_close,
+    "session.resume": session_resume,
+    "session.checkpoint": session_checkpoint,
+    "job.status": job_status,
+    "job.pause": job_pause,
+    "job.resume": job_resume,
+    "job.cancel": job_cancel,
+    "history.undo": history_undo,
+    "history.redo": history_redo,
+    "history.list": history_list,
+    "state.get": state_get,
+}

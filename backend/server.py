@@ -1,0 +1,499 @@
+"""The backend server: a ZeroMQ ROUTER loop that validates every message and dispatches it to a handler.
+
+Dispatch table (explicit, no registry): ``ops_session.HANDLERS``, ``ops_stage1.HANDLERS``,
+``ops_interactions.HANDLERS``, ``ops_stage2.HANDLERS`` (+ ``extra_handlers`` given to :class:`Server`,
+for tests and experiments), each a dict ``op → handler``. Every op needs an :class:`OpSpec` in
+``protocol/catalogue.py`` (or ``extra_ops``): args and buffers are validated generically before the
+handler runs, so handlers only do semantic checks.
+
+A handler gets a :class:`Request` and returns a :class:`Reply` (or raises a protocol error from
+``interactive3d.protocol.errors``). Any other exception becomes an ``internal`` error reply, logged
+with its traceback; the server never dies of a message.
+
+Jobs run on worker threads (:mod:`.jobs`); their events come back to this thread through a queue and an
+inproc wake-up socket, since zmq sockets must stay on one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import msgpack
+import numpy as np
+import torch
+import zmq
+
+from interactive3d.protocol import catalogue
+from interactive3d.protocol.auth import Signer, is_loopback
+from interactive3d.protocol.catalogue import OpSpec
+from interactive3d.protocol.codec import Limits, PROTOCOL_VERSION, buffer_frames, decode, error_header, pack_header
+from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, ProtocolError, Unauthorized, UnknownOp
+
+from . import checkpoint as ckpt_mod
+from .jobs import JobConfig, JobOrigin, JobRunner
+from .session import DEFAULT_HISTORY_DEPTH, SESSION_ID_RE, Session
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "interactive3d-backend"
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+
+
+def default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "interactive3d")
+
+
+def resolve_device(device: str) -> torch.device:
+    """"cpu", "cuda", "cuda:N" or "auto" (CUDA when available). ValueError for CUDA without CUDA."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be cpu, cuda[:N] or auto, got {device!r}")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Server settings (``i3d serve`` flags).
+
+    Attributes:
+        bind: ZeroMQ address (``tcp://127.0.0.1:5555``, ``ipc:///tmp/i3d.sock``).
+        state_dir: where checkpoints go; None disables checkpoints (tests).
+        auth_key: shared HMAC key; required for a non-loopback bind.
+        device: "cpu" | "cuda" | "auto".
+        limits: caps on incoming messages.
+        job: progress/state/checkpoint intervals of jobs.
+        history_depth: undo entries kept per session.
+        max_sessions: open sessions at most.
+        shutdown_timeout: seconds to wait for a job's current step at shutdown.
+    """
+
+    bind: str = DEFAULT_BIND
+    state_dir: str | None = None
+    auth_key: bytes | None = None
+    device: str = "auto"
+    limits: Limits = Limits()
+    job: JobConfig = JobConfig()
+    history_depth: int = DEFAULT_HISTORY_DEPTH
+    max_sessions: int = 64
+    shutdown_timeout: float = 120.0
+
+    def check(self) -> None:
+        if not isinstance(self.bind, str) or "://" not in self.bind:
+            raise ValueError(f"bind must look like tcp://host:port or ipc:///path, got {self.bind!r}")
+        if not is_loopback(self.bind) and not self.auth_key:
+            raise ValueError(
+                f"refusing to bind {self.bind}: a non-loopback address needs an auth key "
+                "(--auth-key-file, $I3D_AUTH_KEY_FILE or $I3D_AUTH_KEY)"
+            )
+
+
+@dataclass
+class Reply:
+    """What a handler returns: the result map and reply arrays (sent zero-copy)."""
+
+    result: dict = field(default_factory=dict)
+    buffers: list = field(default_factory=list)
+
+
+@dataclass
+class Request:
+    """What a handler gets.
+
+    Attributes:
+        op, id: the op name and the request id.
+        args: validated args with defaults filled in (``args["session"]`` when the op acts on one).
+        buffers: request arrays, read-only views of the received frames (``np.array(b)`` to mutate).
+        session: the resolved :class:`Session` when the op's spec says ``session=True``, else None.
+        server: the :class:`Server` (sessions, device, config).
+        resume: set only when session.resume re-runs the op that started a checkpointed job.
+    """
+
+    op: str
+    id: str
+    args: dict
+    buffers: list[np.ndarray]
+    session: Session | None
+    server: "Server"
+    resume: ckpt_mod.JobRecord | None = None
+    paused: bool = False
+    identity: bytes | None = None  # the sender's ROUTER identity (events of sessions it creates go there)
+
+    @property
+    def device(self) -> torch.device:
+        return self.server.device
+
+    def get_session(self, session_id: str) -> Session:
+        """Another open session (e.g. the source of a merge); NotFound if it is not open."""
+        return self.server.get_session(session_id)
+
+    def start_job(self, job: Any, label: str | None = None, record: bool = True) -> str:
+        """Run ``job`` (see backend/jobs.py) on this request's session; returns the job id.
+
+        Records an undo point labelled ``label`` (default: the op name) before the first step, unless
+        ``record`` is False. Raises Busy if the session already has a job in flight. Build the job (and
+        do every validation) before calling this; mutate nothing before it.
+        """
+        s = self.session
+        if s is None:
+            raise ValueError(f"op {self.op!r} has no session: start_job needs an OpSpec with session=True")
+        if s.job_active:
+            raise Busy(f"session {s.id} already has job {s.job.job_id} ({s.job.kind}, {s.job.state})")
+        start, job_id = 0, uuid.uuid4().hex[:12]
+        if self.resume is not None:
+            load = getattr(job, "load_state_dict", None)
+            if self.resume.state is not None and callable(load):
+                load(self.resume.state)
+            start, job_id = int(self.resume.step), self.resume.job_id
+        elif record:
+            s.record(label or self.op)
+        runner = JobRunner(
+            s, job, job_id, JobOrigin(self.op, dict(self.args), list(self.buffers), self.id),
+            self.server._post_event, self.server.config.state_dir, self.server.config.job, start_step=start,
+        )
+        s.job = runner
+        runner.start(paused=self.paused)
+        log.info("job started op=%s session=%s job=%s kind=%s step=%d/%d", self.op, s.id, job_id, runner.kind, start, runner.total)
+        return job_id
+
+
+Handler = Callable[[Request], "Reply | dict | None"]
+
+
+def _plain(v: Any) -> Any:
+    """Convert numpy scalars/arrays and tuples in a result map to msgpack-able values."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, torch.Tensor):
+        return v.detach().cpu().tolist()
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+class Server:
+    """The backend. ``Server(config).serve_forever()`` until :meth:`request_stop` (signals do that).
+
+    Args:
+        config: settings.
+        extra_ops: op specs beyond the catalogue (tests, experiments).
+        extra_handlers: handlers for them (or overriding nothing: duplicates are an error).
+        context: zmq context (default: a new one, terminated at shutdown).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig = ServerConfig(),
+        extra_ops: Sequence[OpSpec] = (),
+        extra_handlers: Mapping[str, Handler] | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        config.check()
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.specs: dict[str, OpSpec] = dict(catalogue.OPS)
+        for s in extra_ops:
+            if s.name in self.specs:
+                raise ValueError(f"extra op {s.name!r} is already in the catalogue")
+            self.specs[s.name] = s
+        # The ops modules import Request/Reply from here, so they are imported when a server is built.
+        from . import ops_interactions, ops_session, ops_stage1, ops_stage2
+
+        self.handlers: dict[str, Handler] = {}
+        for table in (ops_session.HANDLERS, ops_stage1.HANDLERS, ops_interactions.HANDLERS, ops_stage2.HANDLERS, dict(extra_handlers or {})):
+            for op, h in table.items():
+                if op in self.handlers:
+                    raise ValueError(f"two handlers for op {op!r}")
+                if op not in self.specs:
+                    # Not dispatchable: nothing could validate its args. Logged, not fatal, so one module's
+                    # work in progress cannot take the whole backend down.
+                    log.error("handler for op %r has no OpSpec in the catalogue; op disabled", op)
+                    continue
+                self.handlers[op] = h
+        self.sessions: dict[str, Session] = {}
+        self._subscribers: dict[str, bytes] = {}  # session → identity that gets its events
+        self._signer = Signer(config.auth_key) if config.auth_key else None
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._stopping = threading.Event()
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self._wake_addr = f"inproc://i3d-wake-{id(self):x}"
+        self._wake_local = threading.local()
+        self._router: zmq.Socket | None = None
+        self._wake_pull: zmq.Socket | None = None
+        self.bound_address: str | None = None
+        self._loop_thread: int | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------------
+    def bind(self) -> str:
+        """Bind the sockets; returns the bound address (the real port for ``tcp://127.0.0.1:*``)."""
+        r = self._ctx.socket(zmq.ROUTER)
+        r.setsockopt(zmq.LINGER, 0)
+        r.setsockopt(zmq.SNDHWM, 1000)
+        r.setsockopt(zmq.RCVHWM, 1000)
+        # Hard guard far above the caps (a too_large reply needs the message to arrive first).
+        r.setsockopt(zmq.MAXMSGSIZE, 2 * max(self.config.limits.max_frame_bytes, self.config.limits.max_header_bytes) + 4096)
+        r.bind(self.config.bind)
+        self._router = r
+        self.bound_address = r.getsockopt(zmq.LAST_ENDPOINT).decode()
+        w = self._ctx.socket(zmq.PULL)
+        w.setsockopt(zmq.LINGER, 0)
+        w.bind(self._wake_addr)
+        self._wake_pull = w
+        log.info("listening address=%s device=%s auth=%s state_dir=%s", self.bound_address, self.device, bool(self._signer), self.config.state_dir)
+        return self.bound_address
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop (safe from a signal handler or another thread)."""
+        self._stopping.set()
+
+    def serve_forever(self) -> None:
+        if self._router is None:
+            self.bind()
+        self._loop_thread = threading.get_ident()
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._wake_pull, zmq.POLLIN)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    ready = dict(poller.poll(200))
+                except zmq.ZMQError as exc:
+                    if exc.errno == zmq.EINTR:  # a signal arrived; the flag says whether to stop
+                        continue
+                    raise
+                if self._wake_pull in ready:
+                    while self._wake_pull.poll(0):
+                        self._wake_pull.recv(copy=False)
+                if self._router in ready:
+                    for _ in range(100):  # fairness with events
+                        try:
+                            frames = self._router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(frames)
+                self._flush_events()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop jobs between two steps, checkpoint every session, close the sockets."""
+        for s in list(self.sessions.values()):
+            self._stop_and_checkpoint(s)
+        self._flush_events()
+        for sock in (self._router, self._wake_pull):
+            if sock is not None:
+                sock.close(linger=0)
+        self._router = self._wake_pull = None
+        if self._own_ctx:
+            self._ctx.term()
+        log.info("stopped")
+
+    def _stop_and_checkpoint(self, s: Session) -> None:
+        runner = s.job
+        if runner is not None and not runner.finished:
+            runner.stop()
+            if not runner.join(self.config.shutdown_timeout):
+                log.error("job %s did not stop within %.0f s; checkpointing without it", runner.job_id, self.config.shutdown_timeout)
+        if self.config.state_dir is None:
+            return
+        try:
+            keep = runner is not None and runner.state in ("stopped",)
+            rec = runner.record() if keep else None
+            ckpt_mod.write(self.config.state_dir, ckpt_mod.capture(s, rec))
+        except Exception:  # noqa: BLE001 - one session's failed checkpoint must not block the others
+            log.exception("checkpoint of session %s failed at shutdown", s.id)
+
+    # -- sessions -----------------------------------------------------------------------------------
+    def get_session(self, session_id: Any) -> Session:
+        s = self.sessions.get(session_id) if isinstance(session_id, str) else None
+        if s is None:
+            raise NotFound(f"no open session {session_id!r} (session.list shows open and resumable ones)")
+        return s
+
+    def create_session(self, name: str = "", identity: bytes | None = None) -> Session:
+        if len(self.sessions) >= self.config.max_sessions:
+            raise Busy(f"{len(self.sessions)} sessions are open (max_sessions={self.config.max_sessions}); close one")
+        s = Session(uuid.uuid4().hex[:16], name, device=self.device, history_depth=self.config.history_depth)
+        self.sessions[s.id] = s
+        if identity is not None:
+            self._subscribers[s.id] = identity
+        return s
+
+    def close_session(self, s: Session, checkpoint: bool = False) -> None:
+        runner = s.job
+        if runner is not None and not runner.finished:
+            runner.cancel()
+            runner.join(self.config.shutdown_timeout)
+        if checkpoint and self.config.state_dir is not None:
+            ckpt_mod.write(self.config.state_dir, ckpt_mod.capture(s))
+        self.sessions.pop(s.id, None)
+        self._subscribers.pop(s.id, None)
+
+    def resume_session(self, session_id: str, identity: bytes | None, paused: bool) -> tuple[Session, str | None, int]:
+        """Re-open ``session_id`` from its checkpoint and restart its job; (session, job id, step)."""
+        if not SESSION_ID_RE.match(session_id):
+            raise InvalidArgs(f"session.resume: arg 'session' is not a valid session id: {session_id!r}")
+        if session_id in self.sessions:
+            raise Busy(f"session {session_id} is already open")
+        if self.config.state_dir is None:
+            raise NotFound("this server has no state dir, so no checkpoints")
+        try:
+            c = ckpt_mod.read(self.config.state_dir, session_id, self.device)
+        except FileNotFoundError:
+            raise NotFound(f"no checkpoint for session {session_id!r} in {self.config.state_dir}") from None
+        s = ckpt_mod.restore_session(c, self.device)
+        s.history.depth = self.config.history_depth
+        self.sessions[s.id] = s
+        if identity is not None:
+            self._subscribers[s.id] = identity
+        if c.job is None:
+            return s, None, 0
+        spec, handler = self.specs.get(c.job.op), self.handlers.get(c.job.op)
+        if spec is None or handler is None:
+            log.warning("checkpointed job op %s of session %s is not served here; session restored without it", c.job.op, s.id)
+            return s, None, 0
+        req = Request(c.job.op, uuid.uuid4().hex, dict(c.job.args), list(c.job.buffers), s, self, resume=c.job, paused=paused or c.job.paused)
+        try:
+            handler(req)
+        except Exception:
+            self.sessions.pop(s.id, None)
+            raise
+        return s, s.job.job_id if s.job is not None else None, c.job.step
+
+    # -- events from job threads ---------------------------------------------------------------------
+    def _post_event(self, session_id: str, header: dict, buffers: list) -> None:
+        """Queue an event for the server thread (any thread) and wake the loop."""
+        self._outbox.put((session_id, header, buffers))
+        if threading.get_ident() == self._loop_thread or self._router is None:
+            return
+        sock = getattr(self._wake_local, "sock", None)
+        if sock is None or self._stopping.is_set():
+            try:
+                sock = self._ctx.socket(zmq.PUSH)
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.connect(self._wake_addr)
+                self._wake_local.sock = sock
+            except zmq.ZMQError:
+                return
+        try:
+            sock.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the loop also polls with a timeout; a lost wake-up only delays the event
+
+    def _flush_events(self) -> None:
+        while True:
+            try:
+                sid, header, buffers = self._outbox.get_nowait()
+            except queue.Empty:
+                return
+            ident = self._subscribers.get(sid)
+            if ident is None or self._router is None:
+                continue
+            self._send(ident, {"v": PROTOCOL_VERSION, **header, "data": _plain(header.get("data", {}))}, buffers)
+
+    # -- messages -----------------------------------------------------------------------------------
+    def _send(self, identity: bytes, header: dict, buffers: Sequence[Any] = ()) -> None:
+        try:
+            specs, frames = buffer_frames(buffers)
+            h = {**header, "buffers": specs}
+            raw = self._signer.sign(h, pack_header, frames) if self._signer else pack_header(h)
+        except (TypeError, ValueError, OverflowError) as exc:
+            log.error("cannot encode %s for %s: %s", header.get("op") or header.get("event") or "reply", header.get("id"), exc)
+            rid = header.get("id", "")
+            h = error_header(rid if isinstance(rid, str) else "", "internal", f"the backend could not encode its reply: {exc}")
+            frames = []
+            raw = self._signer.sign(h, pack_header, []) if self._signer else pack_header(h)
+        try:
+            self._router.send_multipart([identity, raw, *frames], copy=False, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # peer gone or its queue full: drop, as ROUTER does
+            log.warning("dropping a message to a peer: %s", exc)
+
+    def _error(self, identity: bytes, rid: str, exc: ProtocolError) -> None:
+        self._send(identity, error_header(rid, exc.code, exc.message))
+
+    def _handle(self, frames: list) -> None:
+        t0 = time.perf_counter()
+        identity, body = frames[0].bytes, frames[1:]
+        verified = [False]
+
+        def verify(raw: bytes, header: dict, views: list) -> None:
+            self._signer.verify(raw, header, views)
+            verified[0] = True
+
+        try:
+            msg = decode(body, self.config.limits, verify if self._signer else None)
+        except ProtocolError as exc:
+            if self._signer is not None and not verified[0] and exc.code != "unauthorized":
+                exc = Unauthorized("message is not signed (authentication is required)")
+            log.warning("rejected message code=%s message=%s", exc.code, exc.message)
+            self._error(identity, exc.request_id, exc)
+            return
+        rid = msg.id
+        op = msg.header.get("op")
+        try:
+            if "id" not in msg.header:
+                raise ProtocolError("header has no 'id'", code="bad_message")
+            if not isinstance(op, str):
+                raise ProtocolError(f"header field 'op' must be a string, got {type(op).__name__}", code="bad_message")
+            spec, handler = self.specs.get(op), self.handlers.get(op)
+            if spec is None or handler is None:
+                raise UnknownOp(f"unknown op {op[:100]!r}" + ("" if spec is None else " (no handler in this server)"))
+            args = catalogue.validate_request(spec, msg.header.get("args", {}), msg.buffers)
+            session = None
+            sid = args.get("session")
+            if spec.session:
+                session = self.get_session(sid)
+            if isinstance(sid, str) and sid in self.sessions:
+                self._subscribers[sid] = identity  # events follow the client's latest socket
+            if spec.starts_job and session is not None and session.job_active:
+                raise Busy(f"session {session.id} already has job {session.job.job_id} ({session.job.kind}, {session.job.state})")
+            req = Request(op, rid, args, msg.buffers, session, self, identity=identity)
+            out = handler(req)
+            if out is None:
+                out = Reply()
+            elif isinstance(out, dict):
+                out = Reply(result=out)
+            if not isinstance(out, Reply):
+                raise TypeError(f"handler for {op} returned {type(out).__name__}, expected Reply or dict")
+            self._send(identity, {"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": _plain(out.result)}, out.buffers)
+            log.debug("op=%s id=%s ok ms=%.1f", op, rid, (time.perf_counter() - t0) * 1e3)
+        except ProtocolError as exc:
+            log.info("op=%s id=%s error code=%s message=%s", op, rid, exc.code, exc.message)
+            self._error(identity, rid, exc)
+        except Exception as exc:  # noqa: BLE001 - the server never dies of a message
+            log.exception("op=%s id=%s failed", op, rid)
+            self._error(identity, rid, ProtocolError(f"{type(exc).__name__}: {exc}", code="internal"))
+
+
+def run(config: ServerConfig, extra_ops: Sequence[OpSpec] = (), extra_handlers: Mapping[str, Handler] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; returns the exit code (0 after a graceful shutdown)."""
+    server = Server(config, extra_ops, extra_handlers)
+    server.bind()
+
+    def on_signal(signum, _frame) -> None:
+        log.info("signal %s: stopping after the current step", signal.Signals(signum).name)
+        server.request_stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    server.serve_forever()
+    return 0

@@ -1,0 +1,181 @@
+"""A session: one object's Gaussians, optimiser state, extra stage state, undo history, and its job.
+
+Concurrency: ``session.lock`` (re-entrant) is held by the job thread during every step; handlers that
+read or mutate the session take it too, so an edit lands *between* two optimisation steps.
+
+History: :meth:`Session.record` pushes an exact snapshot (parameters, buffers such as part masks,
+optimiser moments, every extra slot) before an edit; :meth:`undo` / :meth:`redo` swap snapshots.
+
+Extra state of other stages lives in named slots, ``session.extras["stage2"] = obj``, where ``obj``
+implements :class:`Extra` (``state_dict`` / ``load_state_dict`` / ``from_state_dict``). Slots are part of
+history snapshots and of checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from .gaussians import Gaussians, make_optimizers
+
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # ids name folders in the state dir
+DEFAULT_HISTORY_DEPTH = 32
+
+
+@runtime_checkable
+class Extra(Protocol):
+    """Extra per-session state of a stage (e.g. the Stage II field), checkpointable and undoable.
+
+    ``state_dict()`` must return tensors/arrays/plain values that ``copy.deepcopy`` and ``torch.save``
+    handle; ``load_state_dict`` restores it exactly in place; ``from_state_dict`` rebuilds an object
+    after a restart (checkpoints store the class as ``module:qualname``; only ``interactive3d.*``
+    classes are loaded).
+    """
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device) -> "Extra": ...
+
+
+@dataclass
+class SessionState:
+    """An exact copy of a session's mutable state (one history entry)."""
+
+    label: str
+    gaussians: dict | None  # Gaussians.snapshot() (numpy copies) or None
+    optimizers: dict | None  # name → optimiser state_dict (deep copies) or None
+    extras: dict[str, tuple[Any, dict]]  # slot → (object, deep-copied state_dict)
+    time: float = field(default_factory=time.time)
+
+
+def _copy_optimizers(optimizers: dict | None) -> dict | None:
+    if optimizers is None:
+        return None
+    return {k: copy.deepcopy(v.state_dict()) for k, v in optimizers.items()}
+
+
+def restore_optimizers(g: Gaussians, states: dict | None) -> dict | None:
+    """Optimisers for ``g`` (as :func:`make_optimizers` builds them) with ``states`` loaded."""
+    if states is None:
+        return None
+    opts = make_optimizers(g)
+    for k, sd in states.items():
+        if k not in opts:
+            raise ValueError(f"optimiser state for unknown group {k!r}; session.optimizers must come from make_optimizers")
+        opts[k].load_state_dict(copy.deepcopy(sd))
+    return opts
+
+
+class History:
+    """Undo and redo stacks of :class:`SessionState` (newest last), bounded to ``depth`` entries."""
+
+    def __init__(self, depth: int = DEFAULT_HISTORY_DEPTH) -> None:
+        if depth < 1:
+            raise ValueError(f"history depth must be >= 1, got {depth}")
+        self.depth = depth
+        self.undo: list[SessionState] = []
+        self.redo: list[SessionState] = []
+
+    def labels(self) -> dict[str, list[str]]:
+        return {"undo": [s.label for s in self.undo], "redo": [s.label for s in reversed(self.redo)]}
+
+
+class Session:
+    """One object being edited. Create through the server (``session.create``), not directly, in ops."""
+
+    def __init__(self, session_id: str, name: str = "", device: torch.device | str = "cpu", history_depth: int = DEFAULT_HISTORY_DEPTH) -> None:
+        if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):
+            raise ValueError(f"session id must match {SESSION_ID_RE.pattern}, got {session_id!r}")
+        self.id = session_id
+        self.name = name
+        self.device = torch.device(device)
+        self.gaussians: Gaussians | None = None
+        self.optimizers: dict[str, torch.optim.Optimizer] | None = None
+        self.extras: dict[str, Any] = {}
+        self.lock = threading.RLock()
+        self.history = History(history_depth)
+        self.job = None  # backend.jobs.JobRunner of the current or last job
+        self.created = time.time()
+
+    # -- snapshots --------------------------------------------------------------------------------
+    def capture(self, label: str = "") -> SessionState:
+        """An exact copy of the current state (take ``self.lock`` around it when a job may run)."""
+        with self.lock:
+            return SessionState(
+                label=label,
+                gaussians=None if self.gaussians is None else self.gaussians.snapshot(),
+                optimizers=_copy_optimizers(self.optimizers),
+                extras={k: (v, copy.deepcopy(v.state_dict())) for k, v in self.extras.items()},
+            )
+
+    def restore(self, state: SessionState) -> None:
+        """Make ``state`` current (new parameter tensors; optimisers rebuilt with their moments)."""
+        with self.lock:
+            if state.gaussians is None:
+                self.gaussians, self.optimizers = None, None
+            else:
+                self.gaussians = Gaussians.from_snapshot(state.gaussians, device=self.device)
+                self.optimizers = restore_optimizers(self.gaussians, state.optimizers)
+            extras = {}
+            for k, (obj, sd) in state.extras.items():
+                obj.load_state_dict(copy.deepcopy(sd))
+                extras[k] = obj
+            self.extras = extras
+
+    # -- history ----------------------------------------------------------------------------------
+    def record(self, label: str) -> None:
+        """Push the current state as an undo point before an edit labelled ``label``; clears redo."""
+        state = self.capture(label)
+        h = self.history
+        h.undo.append(state)
+        del h.undo[: max(0, len(h.undo) - h.depth)]
+        h.redo.clear()
+
+    def undo(self) -> str:
+        """Restore the state before the last recorded edit; returns its label. LookupError if none."""
+        with self.lock:
+            h = self.history
+            if not h.undo:
+                raise LookupError("nothing to undo")
+            prev = h.undo.pop()
+            h.redo.append(self.capture(prev.label))
+            self.restore(prev)
+            return prev.label
+
+    def redo(self) -> str:
+        """Re-apply the last undone edit; returns its label. LookupError if none."""
+        with self.lock:
+            h = self.history
+            if not h.redo:
+                raise LookupError("nothing to redo")
+            nxt = h.redo.pop()
+            h.undo.append(self.capture(nxt.label))
+            self.restore(nxt)
+            return nxt.label
+
+    # -- job --------------------------------------------------------------------------------------
+    @property
+    def job_active(self) -> bool:
+        """A job is running, pausing, paused or cancelling (not finished)."""
+        return self.job is not None and not self.job.finished
+
+    def summary(self) -> dict:
+        with self.lock:
+            n = 0 if self.gaussians is None else self.gaussians.n
+        return {
+            "session": self.id,
+            "name": self.name,
+            "count": n,
+            "job": None if self.job is None else self.job.job_id,
+            "state": "idle" if self.job is None else self.job.state,
+            "history": len(self.history.undo),
+        }

@@ -1,0 +1,682 @@
+"""The message catalogue: every op of the wire protocol, its args, buffers, result, events and errors.
+
+This module is the single source of truth. The server validates every request against its
+:class:`OpSpec` *before* any handler runs (:func:`validate_request`), and the reference page
+docs/protocol.md is generated from it::
+
+    python -m interactive3d.protocol.catalogue --markdown > docs/protocol.md
+
+Sections: each backend module owns one list below (``_SERVER_OPS``, ``_STAGE1_OPS``,
+``_INTERACTION_OPS``, ``_STAGE2_OPS``); :data:`OPS` is their concatenation. Adding an op: append an
+``OpSpec`` to your section, a handler to your ``backend/ops_*.py`` ``HANDLERS`` dict, then regenerate
+docs/protocol.md (a test compares it with the generated text). See docs/backend-api.md.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from .codec import DTYPES, PROTOCOL_VERSION
+from .errors import ERROR_CODES, InvalidArgs
+
+# Columns of the [N,14] float32 state frame, all activated values (docs/conventions.md).
+STATE_COLUMNS: tuple[str, ...] = ("x", "y", "z", "r", "g", "b", "opacity", "sx", "sy", "sz", "qw", "qx", "qy", "qz")
+
+# Event kinds a job streams (header field "event"); "data" holds the payload map.
+EVENT_KINDS: dict[str, str] = {
+    "progress": 'data {"step": steps done, "total": total steps, "metrics": {name: float}}',
+    "state": 'data {"step", "count": N, "columns": STATE_COLUMNS}; buffers [state [N,14] float32]',
+    "paused": 'data {"step"}: the job stopped between two steps',
+    "resumed": 'data {"step"}: the job continues',
+    "done": 'data {"status": "done"|"cancelled", "steps": steps done, "total", ...the job\'s result fields}',
+    "error": 'data {"code", "message", "step"}: the job failed; the session keeps its last state',
+}
+
+ARG_TYPES = ("str", "int", "float", "bool", "list", "map", "any")
+FLOAT_FAMILY = ("float16", "float32", "float64")
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of an op.
+
+    Attributes:
+        name: key in ``args``.
+        type: one of "str", "int", "float" (ints accepted, converted), "bool", "list", "map", "any".
+        doc: one line for the reference page.
+        required: a missing required arg is ``invalid_args``.
+        default: filled in when the arg is optional and missing (None allowed).
+        min, max: inclusive bounds for int/float (and for every item of a numeric list).
+        finite: floats (and float items) must be finite (NaN/inf → ``invalid_args``).
+        choices: allowed values (str/int).
+        items: element type of a list ("str", "int", "float", "bool", "any").
+        length: exact list length (e.g. 3 for a point), or None.
+        nullable: None is an accepted value.
+    """
+
+    name: str
+    type: str
+    doc: str = ""
+    required: bool = False
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    finite: bool = True
+    choices: tuple | None = None
+    items: str | None = None
+    length: int | None = None
+    nullable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in ARG_TYPES:
+            raise ValueError(f"Arg {self.name!r}: type {self.type!r} not in {ARG_TYPES}")
+        if self.items is not None and self.items not in ARG_TYPES:
+            raise ValueError(f"Arg {self.name!r}: items {self.items!r} not in {ARG_TYPES}")
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One array frame of a request (or reply, for documentation).
+
+    Attributes:
+        name: what it is (documentation and error messages).
+        dtypes: accepted wire dtypes.
+        shape: expected shape; None entries are wildcards (e.g. ``(None, 14)``); ``None`` for any shape.
+        optional: may be left out — only trailing buffers can be optional.
+        finite: float contents must be finite.
+        doc: one line.
+    """
+
+    name: str
+    dtypes: tuple[str, ...]
+    shape: tuple[int | None, ...] | None = None
+    optional: bool = False
+    finite: bool = True
+    doc: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [d for d in self.dtypes if d not in DTYPES]
+        if bad:
+            raise ValueError(f"Buffer {self.name!r}: unsupported dtypes {bad}")
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One op of the protocol.
+
+    Attributes:
+        name: the op string (``"section.verb"``).
+        summary: what it does, one or two sentences.
+        args: its arguments.
+        buffers: request frames, in order.
+        result: (field, doc) pairs of the reply's result map.
+        result_buffers: reply frames, in order.
+        events: event kinds it causes (jobs).
+        errors: error codes it can answer with beyond the generic ones.
+        session: it acts on a session — ``args["session"]`` is required and resolved by the server
+            (``not_found`` when unknown) before the handler runs.
+        starts_job: it starts a job on the session (``busy`` if one is in flight).
+    """
+
+    name: str
+    summary: str
+    args: tuple[Arg, ...] = ()
+    buffers: tuple[Buffer, ...] = ()
+    result: tuple[tuple[str, str], ...] = ()
+    result_buffers: tuple[Buffer, ...] = ()
+    events: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    session: bool = False
+    starts_job: bool = False
+
+    def __post_init__(self) -> None:
+        names = [a.name for a in self.args]
+        if len(set(names)) != len(names):
+            raise ValueError(f"OpSpec {self.name!r}: duplicate arg names {names}")
+        if self.session and "session" in names:
+            raise ValueError(f"OpSpec {self.name!r}: 'session' is implied by session=True; do not declare it")
+        seen_optional = False
+        for b in self.buffers:
+            if seen_optional and not b.optional:
+                raise ValueError(f"OpSpec {self.name!r}: optional buffers must come last")
+            seen_optional = seen_optional or b.optional
+        for code in self.errors:
+            if code not in ERROR_CODES:
+                raise ValueError(f"OpSpec {self.name!r}: unknown error code {code!r}")
+        for e in self.events:
+            if e not in EVENT_KINDS:
+                raise ValueError(f"OpSpec {self.name!r}: unknown event kind {e!r}")
+
+    @property
+    def all_args(self) -> tuple[Arg, ...]:
+        if self.session:
+            return (SESSION_ARG, *self.args)
+        return self.args
+
+
+SESSION_ARG = Arg("session", "str", "session id (from session.create)", required=True)
+GENERIC_ERRORS = ("bad_message", "unsupported_version", "unknown_op", "invalid_args", "too_large", "unauthorized", "internal")
+
+
+# -- validation ------------------------------------------------------------------------------------
+def _type_ok(value: Any, type_: str) -> bool:
+    if type_ == "any":
+        return True
+    if type_ == "bool":
+        return isinstance(value, bool)
+    if type_ == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if type_ == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if type_ == "str":
+        return isinstance(value, str)
+    if type_ == "list":
+        return isinstance(value, list)
+    if type_ == "map":
+        return isinstance(value, dict)
+    return False
+
+
+def _check_scalar(op: str, where: str, value: Any, type_: str, a: Arg) -> Any:
+    if not _type_ok(value, type_):
+        raise InvalidArgs(f"{op}: {where} must be {type_}, got {type(value).__name__} {_short(value)}")
+    if type_ == "float":
+        value = float(value)
+        if a.finite and not math.isfinite(value):
+            raise InvalidArgs(f"{op}: {where} must be finite, got {value}")
+    if type_ in ("int", "float"):
+        if a.min is not None and value < a.min:
+            raise InvalidArgs(f"{op}: {where} must be >= {a.min}, got {value}")
+        if a.max is not None and value > a.max:
+            raise InvalidArgs(f"{op}: {where} must be <= {a.max}, got {value}")
+    if a.choices is not None and value not in a.choices:
+        raise InvalidArgs(f"{op}: {where} must be one of {list(a.choices)}, got {_short(value)}")
+    return value
+
+
+def _short(v: Any) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def validate_args(spec: OpSpec, args: Any) -> dict:
+    """``args`` checked against ``spec`` with defaults filled in; unknown keys are kept (tolerated).
+
+    Raises InvalidArgs naming the op, the field and the value.
+    """
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise InvalidArgs(f"{spec.name}: args must be a map, got {type(args).__name__}")
+    out = dict(args)
+    for a in spec.all_args:
+        v = args.get(a.name, _MISSING)
+        if v is _MISSING:
+            if a.required:
+                raise InvalidArgs(f"{spec.name}: missing required arg {a.name!r}")
+            out[a.name] = a.default
+            continue
+        if v is None:
+            if a.nullable or (not a.required and a.default is None):
+                out[a.name] = None
+                continue
+            raise InvalidArgs(f"{spec.name}: arg {a.name!r} must not be null")
+        if a.type == "list":
+            if not isinstance(v, list):
+                raise InvalidArgs(f"{spec.name}: arg {a.name!r} must be list, got {type(v).__name__} {_short(v)}")
+            if a.length is not None and len(v) != a.length:
+                raise InvalidArgs(f"{spec.name}: arg {a.name!r} must have {a.length} items, got {len(v)}")
+            if a.items is not None:
+                v = [_check_scalar(spec.name, f"arg {a.name!r}[{i}]", x, a.items, a) for i, x in enumerate(v)]
+            out[a.name] = v
+        else:
+            out[a.name] = _check_scalar(spec.name, f"arg {a.name!r}", v, a.type, a)
+    return out
+
+
+def validate_buffers(spec: OpSpec, buffers: Sequence[np.ndarray]) -> None:
+    """Check count, dtypes, shapes and finiteness of request buffers against ``spec.buffers``."""
+    n_req = sum(not b.optional for b in spec.buffers)
+    if len(buffers) < n_req or len(buffers) > len(spec.buffers):
+        want = f"{n_req}" if n_req == len(spec.buffers) else f"{n_req}..{len(spec.buffers)}"
+        names = ", ".join(b.name for b in spec.buffers) or "none"
+        raise InvalidArgs(f"{spec.name}: expected {want} buffers ({names}), got {len(buffers)}")
+    for b, arr in zip(spec.buffers, buffers):
+        if arr.dtype.name not in b.dtypes:
+            raise InvalidArgs(f"{spec.name}: buffer {b.name!r} must have dtype in {list(b.dtypes)}, got {arr.dtype.name}")
+        if b.shape is not None:
+            ok = len(arr.shape) == len(b.shape) and all(w is None or w == d for w, d in zip(b.shape, arr.shape))
+            if not ok:
+                want = "[" + ", ".join("*" if w is None else str(w) for w in b.shape) + "]"
+                raise InvalidArgs(f"{spec.name}: buffer {b.name!r} must have shape {want}, got {list(arr.shape)}")
+        if b.finite and arr.dtype.name in FLOAT_FAMILY + ("complex64", "complex128") and arr.size and not np.isfinite(arr).all():
+            raise InvalidArgs(f"{spec.name}: buffer {b.name!r} must be finite (has NaN or inf)")
+
+
+def validate_request(spec: OpSpec, args: Any, buffers: Sequence[np.ndarray]) -> dict:
+    """Args (defaults filled) after checking args and buffers against ``spec``."""
+    out = validate_args(spec, args)
+    validate_buffers(spec, buffers)
+    return out
+
+
+# -- the server and session ops (backend/server.py, backend/ops_session.py) ------------------------
+_JOB_RESULT = (
+    ("job", "job id or null"),
+    ("kind", "job kind (e.g. 'stage1') or null"),
+    ("state", "'idle' | 'running' | 'pausing' | 'paused' | 'cancelling' | 'done' | 'cancelled' | 'error'"),
+    ("step", "steps done"),
+    ("total", "total steps"),
+    ("metrics", "last progress metrics {name: float}"),
+)
+_HISTORY_RESULT = (
+    ("undo", "labels of undoable states, oldest first"),
+    ("redo", "labels of redoable states, next first"),
+    ("count", "Gaussians after the op"),
+)
+
+_SERVER_OPS: list[OpSpec] = [
+    OpSpec(
+        "ping",
+        "Liveness and version check; needs no session.",
+        result=(
+            ("name", "'interactive3d-backend'"),
+            ("version", "protocol version (int)"),
+            ("server_version", "package version"),
+            ("device", "torch device the backend computes on"),
+            ("ops", "names of the ops this server handles"),
+        ),
+    ),
+    OpSpec(
+        "session.create",
+        "Create an empty session (no Gaussians yet; a stage op initialises them).",
+        args=(Arg("name", "str", "optional human-readable label", default=""),),
+        result=(("session", "the new session id"),),
+    ),
+    OpSpec(
+        "session.list",
+        "Open sessions, and sessions with a checkpoint in the state dir that can be resumed.",
+        result=(
+            ("sessions", "[{session, name, count, job, state, history}] for open sessions"),
+            ("checkpoints", "[{session, step, time}] resumable from the state dir"),
+        ),
+    ),
+    OpSpec(
+        "session.close",
+        "Cancel the session's job (between two steps), optionally checkpoint, and drop the session.",
+        args=(Arg("checkpoint", "bool", "write a checkpoint first", default=False),),
+        session=True,
+        result=(("closed", "true"),),
+    ),
+    OpSpec(
+        "session.resume",
+        "Re-open a session from its last checkpoint in the state dir (after a crash or restart). A job that "
+        "was running when the checkpoint was written is restarted at the checkpointed step, paused if "
+        "paused=true. Events go to the client that sent this request.",
+        args=(
+            Arg("session", "str", "id of a checkpointed session (session.list shows them)", required=True),
+            Arg("paused", "bool", "restart the job paused", default=False),
+        ),
+        result=(
+            ("session", "the session id"),
+            ("count", "Gaussians restored"),
+            ("job", "the restarted job id or null"),
+            ("step", "step the job continues from (0 if none)"),
+        ),
+        events=("progress", "state", "done", "error"),
+        errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "session.checkpoint",
+        "Write the session's checkpoint now (atomic: temp file + rename).",
+        session=True,
+        result=(("path", "checkpoint file"), ("step", "job step recorded (0 if no job)")),
+    ),
+    OpSpec("job.status", "The session's current or last job.", session=True, result=_JOB_RESULT),
+    OpSpec(
+        "job.pause",
+        "Pause the running job after its current step (a 'paused' event follows).",
+        session=True,
+        result=_JOB_RESULT,
+        events=("paused",),
+        errors=("not_found",),
+    ),
+    OpSpec(
+        "job.resume",
+        "Continue a paused job.",
+        session=True,
+        result=_JOB_RESULT,
+        events=("resumed",),
+        errors=("not_found",),
+    ),
+    OpSpec(
+        "job.cancel",
+        "Stop the job after its current step; a 'done' event with status 'cancelled' follows.",
+        session=True,
+        result=_JOB_RESULT,
+        events=("done",),
+        errors=("not_found",),
+    ),
+    OpSpec(
+        "history.undo",
+        "Restore the state before the last recorded edit (exact: parameters, optimiser moments, parts, extras).",
+        session=True,
+        result=_HISTORY_RESULT,
+        errors=("busy", "not_found"),
+    ),
+    OpSpec("history.redo", "Re-apply the last undone edit.", session=True, result=_HISTORY_RESULT, errors=("busy", "not_found")),
+    OpSpec("history.list", "Undo and redo labels.", session=True, result=_HISTORY_RESULT),
+    OpSpec(
+        "state.get",
+        "The session's Gaussians as one [N,14] float32 state frame (activated values, STATE_COLUMNS order).",
+        session=True,
+        result=(
+            ("count", "N"),
+            ("columns", "STATE_COLUMNS"),
+            ("parts", "part names"),
+            ("part_counts", "{part: Gaussians in it}"),
+        ),
+        result_buffers=(Buffer("state", ("float32",), (None, 14), doc="[N,14] state frame"),),
+    ),
+]
+
+# -- Stage I (backend/ops_stage1.py) -----------------------------------------------------------------
+_STAGE1_OPS: list[OpSpec] = []
+
+# -- interactions (backend/ops_interactions.py) ------------------------------------------------------
+_PART_NAME_DOC = "part name: 1-64 characters of letters, digits, space, _ . -"
+_VEC3 = dict(type="list", items="float", length=3)
+_NUMERIC = ("bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64", "float32", "float64")
+_SDS_ARGS = (
+    Arg("prompt", "str", "prompt of this interaction's SDS (per-part prompt; semantic edit: the new one)", default=""),
+    Arg("negative_prompt", "str", "negative prompt", default=""),
+    Arg("fixed_t", "float", "user-fixed diffusion time in (0,1), e.g. 0.98 early, 0.3 to fine-tune (§3.1.5)", min=0.0, max=1.0, nullable=True),
+    Arg("t_min", "float", "lower end of the sampled t range", default=0.02, min=0.0, max=1.0),
+    Arg("t_max", "float", "upper end of the sampled t range", default=0.98, min=0.0, max=1.0),
+    Arg("batch", "int", "zoom-in views per step", default=1, min=1, max=16),
+    Arg("resolution", "int", "zoom-in render size (pixels, square)", default=64, min=16, max=1024),
+    Arg("seed", "int", "seed of the zoom-in cameras and SDS noise", default=0, min=0),
+)
+_INTERACTION_OPS: list[OpSpec] = [
+    OpSpec(
+        "parts.select",
+        "Define (or combine into) a named part (paper §3.1.1): by indices, a sphere, an axis-aligned box, an oriented "
+        "box (4×4 mapping the cube [-1,1]³), 2D masks from cameras (a Gaussian is in iff its centre projects inside "
+        "the mask in EVERY view; optionally only where not occluded in the rendered depth), or all. Undoable.",
+        args=(
+            Arg("name", "str", _PART_NAME_DOC, required=True),
+            Arg("kind", "str", "selector", required=True, choices=("indices", "sphere", "aabb", "box", "masks", "all")),
+            Arg("combine", "str", "how to combine with an existing part of that name", default="replace", choices=("replace", "add", "subtract", "intersect")),
+            Arg("indices", "list", "kind=indices: Gaussian indices (or the buffer)", items="int", min=0),
+            Arg("center", "list", "kind=sphere: centre (object frame)", items="float", length=3),
+            Arg("radius", "float", "kind=sphere: radius (> 0)", min=0.0),
+            Arg("min", "list", "kind=aabb: lower corner", items="float", length=3),
+            Arg("max", "list", "kind=aabb: upper corner", items="float", length=3),
+            Arg("matrix", "list", "kind=box: 16 numbers, row-major 4×4 (or the buffer)", items="float", length=16),
+            Arg("fov_x", "float", "kind=masks: horizontal field of view of the cameras (radians)", min=0.0, max=3.14),
+            Arg("occlusion_aware", "bool", "kind=masks: require centre depth ≤ rendered depth + tolerance", default=False),
+            Arg("depth_tolerance", "float", "kind=masks: depth tolerance (object units)", default=0.05, min=0.0),
+            Arg("allow_empty", "bool", "accept a selection that catches no Gaussian", default=False),
+        ),
+        buffers=(
+            Buffer("data", _NUMERIC, None, optional=True, doc="indices [K] int (kind=indices), box matrix [4,4] (kind=box) or masks [B,H,W] uint8/bool (kind=masks)"),
+            Buffer("c2w", ("float32", "float64"), (None, 4, 4), optional=True, doc="kind=masks: Blender camera matrix_world per mask [B,4,4]"),
+        ),
+        result=(("name", "the part"), ("count", "Gaussians in it"), ("total", "Gaussians in the session")),
+        session=True,
+        errors=("not_found",),
+    ),
+    OpSpec(
+        "parts.list",
+        "Named parts and their sizes.",
+        session=True,
+        result=(("parts", "{name: count}"), ("total", "Gaussians in the session")),
+    ),
+    OpSpec(
+        "parts.forget",
+        "Drop a part's name (its Gaussians stay). Undoable.",
+        args=(Arg("name", "str", _PART_NAME_DOC, required=True),),
+        session=True,
+        result=(("parts", "remaining part names"),),
+        errors=("not_found",),
+    ),
+    OpSpec(
+        "parts.remove",
+        "Delete a part's Gaussians with their optimiser rows (paper Eq. 1), given by name or by an indices buffer "
+        "(Blender's Edit-Mode selection). Undoable.",
+        args=(
+            Arg("part", "str", "part to delete (or give indices)"),
+            Arg("indices", "list", "Gaussian indices (or the buffer)", items="int", min=0),
+        ),
+        buffers=(Buffer("indices", ("int32", "int64", "uint32", "uint64"), (None,), optional=True, doc="Gaussian indices [K]"),),
+        result=(("removed", "Gaussians deleted"), ("count", "Gaussians left")),
+        session=True,
+        errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "parts.add",
+        "Merge another Gaussian set into the session (E₁ ∪ E₂, §3.1.1) from a .ply/.splat path, another open session, "
+        "or a state-frame buffer, optionally transformed by a 4×4 first; the new rows become part `name`. Undoable.",
+        args=(
+            Arg("name", "str", "part name for the merged Gaussians (" + _PART_NAME_DOC + ")", default=""),
+            Arg("path", "str", "a 3DGS .ply or .splat file on the backend machine"),
+            Arg("source_session", "str", "another open session to copy from"),
+            Arg("matrix", "list", "16 numbers, row-major 4×4 applied to the added set (or the buffer)", items="float", length=16),
+        ),
+        buffers=(
+            Buffer("matrix_or_state", ("float32", "float64"), None, optional=True, doc="a [4,4] transform, or the Gaussians as a state frame [M,14]"),
+            Buffer("state", ("float32",), (None, 14), optional=True, doc="the Gaussians as a state frame [M,14] (when buffer 0 is the transform)"),
+        ),
+        result=(("added", "Gaussians merged"), ("count", "Gaussians in the session"), ("name", "their part or null")),
+        session=True,
+        errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "parts.transform",
+        "Apply a 4×4 affine to a part (paper Eq. 2) about its bounding-box centre or a pivot: positions moved, rotations "
+        "composed into the quaternions, stretch/shear applied to the covariances (Σ' = AΣAᵀ re-factorised). Undoable.",
+        args=(
+            Arg("part", "str", "the part", required=True),
+            Arg("matrix", "list", "16 numbers, row-major 4×4 (or the buffer)", items="float", length=16),
+            Arg("pivot", "list", "pivot point; default the part's bounding-box centre", items="float", length=3),
+        ),
+        buffers=(Buffer("matrix", ("float32", "float64"), (4, 4), optional=True, doc="the 4×4 transform"),),
+        result=(("count", "Gaussians transformed"), ("pivot", "pivot used"), ("similarity", "true if A was ±s·R")),
+        session=True,
+        errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "interact.drag",
+        "Deformable or rigid drag (paper Eq. 3–6) as a job: P = {i: ‖μ_i − p_s‖ ≤ r}; before each step P moves by "
+        "α toward p_t (the source moves with it); L_motion (+ L_rigid in rigid mode) (+ interactive SDS with zoom-in "
+        "cameras when guidance=true); only Gaussians that may move are updated; densify & prune after. Undoable.",
+        args=(
+            Arg("source", "list", "p_s (object frame)", required=True, items="float", length=3),
+            Arg("target", "list", "p_t (object frame), ≠ p_s", required=True, items="float", length=3),
+            Arg("radius", "float", "r (> 0)", required=True, min=0.0),
+            Arg("mode", "str", "deformable: P recomputed around the moving source; rigid: P fixed + L_rigid", default="deformable", choices=("deformable", "rigid")),
+            Arg("steps", "int", "optimisation steps", default=50, min=1, max=100000),
+            Arg("step_size", "float", "α per step; default |p_t − p_s| / (steps/2)", min=0.0, nullable=True),
+            Arg("motion_weight", "float", "weight of L_motion (Eq. 5)", default=1.0, min=0.0),
+            Arg("rigid_weight", "float", "weight of L_rigid (Eq. 6)", default=30.0, min=0.0),
+            Arg("lr_scale", "float", "multiplies the session's learning rates during the drag", default=0.1, min=0.0),
+            Arg("densify_after", "bool", "fill gaps and prune after the drag", default=True),
+            Arg("guidance", "bool", "add interactive SDS with the session's guidance (needs a prompt)", default=False),
+            *_SDS_ARGS,
+        ),
+        result=(("job", "job id"), ("steps", "total steps"), ("active", "|P| at the start")),
+        events=("progress", "state", "done", "error"),
+        session=True,
+        starts_job=True,
+        errors=("busy", "not_found"),
+    ),
+    OpSpec(
+        "interact.edit",
+        "Semantic editing (paper §3.1.4) as a job: SDS with the new prompt on zoom-in views of the part; only the part's "
+        "Gaussians are updated (everything outside stays bit-identical). Needs the session's guidance. Undoable.",
+        args=(Arg("part", "str", "the part to edit", required=True), Arg("steps", "int", "optimisation steps", default=200, min=1, max=100000), *_SDS_ARGS),
+        result=(("job", "job id"), ("steps", "total steps"), ("part_size", "Gaussians in the part")),
+        events=("progress", "state", "done", "error"),
+        session=True,
+        starts_job=True,
+        errors=("busy", "not_found"),
+    ),
+    OpSpec(
+        "segment.sam",
+        "Optional: a mask from Segment Anything for clicked points on an image (needs the segment-anything package and "
+        "a checkpoint on the backend machine; not_found otherwise).",
+        args=(
+            Arg("checkpoint", "str", "path of the SAM checkpoint", required=True),
+            Arg("model_type", "str", "SAM variant", default="vit_h", choices=("vit_h", "vit_l", "vit_b")),
+            Arg("points", "list", "clicks [[x, y], …] in pixels", required=True),
+        ),
+        buffers=(Buffer("image", ("float32", "uint8"), (None, None, 3), doc="the image [H,W,3]"),),
+        result=(("count", "pixels in the mask"),),
+        result_buffers=(Buffer("mask", ("uint8",), (None, None), doc="[H,W] 1 = inside"),),
+        errors=("not_found",),
+    ),
+]
+
+# -- Stage II (backend/ops_stage2.py) ----------------------------------------------------------------
+_STAGE2_OPS: list[OpSpec] = []
+
+OPS: dict[str, OpSpec] = {}
+for _spec in (*_SERVER_OPS, *_STAGE1_OPS, *_INTERACTION_OPS, *_STAGE2_OPS):
+    if _spec.name in OPS:
+        raise ValueError(f"duplicate op {_spec.name!r} in the catalogue")
+    OPS[_spec.name] = _spec
+del _spec
+
+
+# -- the reference page ----------------------------------------------------------------------------
+def _fmt_shape(shape: tuple | None) -> str:
+    if shape is None:
+        return "any"
+    return "[" + ", ".join("*" if d is None else str(d) for d in shape) + "]"
+
+
+def _fmt_arg(a: Arg) -> str:
+    t = a.type if a.items is None else f"list[{a.items}]"
+    if a.length is not None:
+        t += f" (len {a.length})"
+    constraints = []
+    if a.min is not None:
+        constraints.append(f">= {a.min}")
+    if a.max is not None:
+        constraints.append(f"<= {a.max}")
+    if a.choices is not None:
+        constraints.append("one of " + ", ".join(f"`{c}`" for c in a.choices))
+    if a.nullable:
+        constraints.append("nullable")
+    req = "required" if a.required else f"default `{a.default!r}`"
+    extra = f" ({'; '.join(constraints)})" if constraints else ""
+    return f"| `{a.name}` | {t} | {req}{extra} | {a.doc} |"
+
+
+def _section(title: str, ops: list[OpSpec]) -> list[str]:
+    lines = [f"## {title}", ""]
+    if not ops:
+        return lines + ["(none yet)", ""]
+    for s in ops:
+        lines += [f"### `{s.name}`", "", s.summary, ""]
+        flags = []
+        if s.session:
+            flags.append("acts on a session")
+        if s.starts_job:
+            flags.append("starts a job")
+        if flags:
+            lines += ["*" + ", ".join(flags) + "*", ""]
+        if s.all_args:
+            lines += ["| arg | type | | |", "|---|---|---|---|", *(_fmt_arg(a) for a in s.all_args), ""]
+        if s.buffers:
+            lines += ["Request buffers:", ""]
+            for b in s.buffers:
+                opt = " (optional)" if b.optional else ""
+                lines.append(f"- `{b.name}` {'/'.join(b.dtypes)} {_fmt_shape(b.shape)}{opt}: {b.doc}")
+            lines.append("")
+        if s.result:
+            lines += ["Result:", ""] + [f"- `{k}`: {v}" for k, v in s.result] + [""]
+        if s.result_buffers:
+            lines += ["Reply buffers:", ""]
+            lines += [f"- `{b.name}` {'/'.join(b.dtypes)} {_fmt_shape(b.shape)}: {b.doc}" for b in s.result_buffers]
+            lines.append("")
+        if s.events:
+            lines += ["Events: " + ", ".join(f"`{e}`" for e in s.events), ""]
+        if s.errors:
+            lines += ["Errors (besides the generic ones): " + ", ".join(f"`{e}`" for e in s.errors), ""]
+    return lines
+
+
+def markdown() -> str:
+    """The reference page docs/protocol.md, generated from this catalogue."""
+    lines = [
+        "# Interactive3D wire protocol",
+        "",
+        "<!-- GENERATED by `python -m interactive3d.protocol.catalogue --markdown > docs/protocol.md`; do not edit. -->",
+        "",
+        f"Protocol version: **{PROTOCOL_VERSION}**",
+        "",
+        "## Envelope",
+        "",
+        "ZeroMQ multipart `[header, buf0, buf1, …]` (client DEALER ⇄ server ROUTER). The header is a msgpack map;",
+        "each buffer frame holds the raw little-endian C-order bytes of one array whose dtype and shape the",
+        "header declares (`prod(shape) × itemsize` must equal the frame length). Unknown header fields are ignored.",
+        "",
+        "- request: `{\"v\": 1, \"id\": str, \"op\": str, \"args\": map, \"buffers\": [{\"dtype\": str, \"shape\": [int…]}…]}`",
+        "- reply: `{\"v\": 1, \"id\": str, \"ok\": true, \"result\": map, \"buffers\": […]}`",
+        "- error reply: `{\"v\": 1, \"id\": str, \"ok\": false, \"error\": {\"code\": str, \"message\": str}}`",
+        "- event: `{\"v\": 1, \"id\": <request that started the job>, \"event\": str, \"session\": str, \"job\": str, \"data\": map, \"buffers\": […]}`",
+        "- authentication (when the server has a key): the header's last field is",
+        "  `\"auth\": {\"ts\": float, \"nonce\": str, \"sig\": bin32}`, `sig` = HMAC-SHA256(key, header packed with 32 zero",
+        "  bytes in place of `sig` ‖ buf0 ‖ buf1 ‖ …); timestamps must be within ±300 s, nonces are never reused.",
+        "",
+        "Buffer dtypes: " + ", ".join(f"`{d}`" for d in DTYPES) + ".",
+        "",
+        "Default caps (server `--max-bytes` etc.): 64 frames, 1 MiB header, 1 GiB per frame and in total.",
+        "",
+        "State frame columns (`STATE_COLUMNS`): " + ", ".join(f"`{c}`" for c in STATE_COLUMNS) + " — float32 [N,14], activated values.",
+        "",
+        "## Error codes",
+        "",
+        "| code | meaning |",
+        "|---|---|",
+    ]
+    meanings = {
+        "bad_message": "the envelope cannot be decoded (garbage, non-map header, missing keys, frame/size mismatch, unsupported dtype)",
+        "unsupported_version": "header `v` is not this protocol version",
+        "unknown_op": "no such op (or this server has no handler for it)",
+        "invalid_args": "args or buffers do not match the op's spec (type, range, NaN, shape, dtype, count), or fail semantic checks",
+        "too_large": "over a size cap (frames, bytes)",
+        "not_found": "unknown session, job, part or file",
+        "busy": "the session has a job in flight",
+        "unauthorized": "authentication is on and the message is unsigned, wrongly signed, stale or replayed",
+        "internal": "unexpected backend exception (logged with traceback); the server keeps running",
+    }
+    lines += [f"| `{c}` | {meanings[c]} |" for c in ERROR_CODES]
+    lines += ["", "## Events", "", "| event | payload |", "|---|---|"]
+    lines += [f"| `{k}` | {v} |" for k, v in EVENT_KINDS.items()]
+    lines += [""]
+    lines += _section("Server and session ops", _SERVER_OPS)
+    lines += _section("Stage I ops", _STAGE1_OPS)
+    lines += _section("Interaction ops", _INTERACTION_OPS)
+    lines += _section("Stage II ops", _STAGE2_OPS)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv != ["--markdown"]:
+        sys.stderr.write("usage: python -m interactive3d.protocol.catalogue --markdown > docs/protocol.md\n")
+        return 2
+    sys.stdout.write(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

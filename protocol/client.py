@@ -1,0 +1,198 @@
+"""The one client of the backend (ZeroMQ DEALER), used by the Blender add-on and by scripts.
+
+- :meth:`Client.send` queues a request and returns its id without waiting (Blender's UI thread).
+- :meth:`Client.poll` returns replies and events that have arrived (call it from a timer).
+- :meth:`Client.request` waits for one reply, with the ZeroMQ guide's *Lazy Pirate* pattern: on a
+  timeout the socket is closed (LINGER 0) and a fresh one reconnects before the request is sent again,
+  so a restarted backend is picked up. Replies and events that arrive meanwhile are queued for
+  :meth:`poll`, never lost.
+
+Example::
+
+    with Client("tcp://127.0.0.1:5555") as c:
+        print(c.request("ping").result["version"])
+        sid = c.request("session.create").result["session"]
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import zmq
+
+from .auth import Signer
+from .codec import Limits, Message, buffer_frames, decode, pack_header, PROTOCOL_VERSION
+from .errors import ConnectionLost, ProtocolError, RemoteError, RequestTimeout
+
+__all__ = ["Client", "Reply", "Message", "RemoteError", "RequestTimeout", "ConnectionLost"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reply:
+    """A successful reply: its result map and its arrays (read-only views of the received frames)."""
+
+    id: str
+    result: dict
+    buffers: list[np.ndarray] = field(default_factory=list)
+    header: dict = field(default_factory=dict)
+
+
+class Client:
+    """A DEALER connection to one backend address.
+
+    Args:
+        address: ``tcp://host:port`` or ``ipc:///path``.
+        auth_key: shared HMAC key (sign requests, verify replies); None when the server has none.
+        limits: caps on received messages.
+        hwm: send/receive high-water marks (messages).
+        context: a zmq.Context to use (default: the process's shared instance).
+
+    Not thread-safe: use one Client per thread.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        auth_key: bytes | None = None,
+        limits: Limits = Limits(max_total_bytes=4 << 30, max_frame_bytes=4 << 30),
+        hwm: int = 1000,
+        context: zmq.Context | None = None,
+    ) -> None:
+        if not isinstance(address, str) or "://" not in address:
+            raise ValueError(f"address must look like tcp://host:port or ipc:///path, got {address!r}")
+        self.address = address
+        self.limits = limits
+        self.hwm = int(hwm)
+        self._signer = Signer(auth_key) if auth_key else None
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._connect()
+
+    # -- socket life cycle ------------------------------------------------------------------------
+    def _connect(self) -> None:
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, self.hwm)
+        s.setsockopt(zmq.RCVHWM, self.hwm)
+        s.connect(self.address)
+        self._sock = s
+
+    def reconnect(self) -> None:
+        """Close the socket (dropping anything queued in it) and connect a fresh one."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        self._connect()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- sending and receiving ---------------------------------------------------------------------
+    def send(self, op: str, args: dict | None = None, buffers: Sequence[Any] = (), request_id: str | None = None) -> str:
+        """Send a request without waiting; returns its id. Raises TypeError for an unsendable buffer."""
+        if self._sock is None:
+            raise RuntimeError("client is closed")
+        rid = request_id or uuid.uuid4().hex
+        specs, frames = buffer_frames(buffers)
+        header = {"v": PROTOCOL_VERSION, "id": rid, "op": op, "args": dict(args or {}), "buffers": specs}
+        raw = self._signer.sign(header, pack_header, frames) if self._signer else pack_header(header)
+        try:
+            # Queued by zmq until the peer is connected; never blocks the caller (Blender's UI thread).
+            self._sock.send_multipart([raw, *frames], copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            raise ConnectionLost(f"send queue to {self.address} is full ({self.hwm} messages): is the backend running?") from None
+        return rid
+
+    def _recv_one(self) -> Message | None:
+        frames = self._sock.recv_multipart(copy=False)
+        try:
+            msg = decode(frames, self.limits)
+        except ProtocolError as exc:
+            log.warning("dropping an undecodable message from %s: %s", self.address, exc)
+            return None
+        if self._signer is not None:
+            try:
+                self._signer.verify(msg.raw_header, msg.header, [f.buffer for f in frames[1:]], check_replay=False)
+            except ProtocolError as exc:
+                # A server that rejects our key answers unsigned 'unauthorized': surface that one.
+                if not (msg.kind == "reply" and msg.error.get("code") == "unauthorized"):
+                    log.warning("dropping a message with a bad signature from %s: %s", self.address, exc)
+                    return None
+        return msg
+
+    def _drain(self, timeout_ms: int) -> list[Message]:
+        out: list[Message] = []
+        if self._sock is None:
+            return out
+        if self._sock.poll(max(0, int(timeout_ms)), zmq.POLLIN):
+            while True:
+                msg = self._recv_one()
+                if msg is not None:
+                    out.append(msg)
+                if not self._sock.poll(0, zmq.POLLIN):
+                    break
+        return out
+
+    def poll(self, timeout_ms: int = 0) -> list[Message]:
+        """Replies and events received so far (waiting up to ``timeout_ms`` if there are none)."""
+        out = list(self._inbox)
+        self._inbox.clear()
+        out += self._drain(0 if out else timeout_ms)
+        return out
+
+    def request(
+        self,
+        op: str,
+        args: dict | None = None,
+        buffers: Sequence[Any] = (),
+        timeout: float = 10.0,
+        retries: int = 2,
+    ) -> Reply:
+        """Send a request and wait for its reply (Lazy Pirate: ``retries`` re-sends on fresh sockets).
+
+        Raises:
+            RemoteError: the backend answered with an error (``.code``, ``.message``).
+            ConnectionLost: no reply after ``1 + retries`` attempts of ``timeout`` seconds each.
+        """
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        rid = uuid.uuid4().hex
+        for attempt in range(retries + 1):
+            self.send(op, args, buffers, request_id=rid)
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                for msg in self._drain(int(left * 1000) + 1):
+                    if msg.kind == "reply" and msg.id == rid:
+                        return self._to_reply(op, msg)
+                    self._inbox.append(msg)
+            log.info("no reply to %s from %s after %.1f s (attempt %d/%d); reconnecting", op, self.address, timeout, attempt + 1, retries + 1)
+            self.reconnect()
+        raise ConnectionLost(f"no reply to {op!r} from {self.address} after {retries + 1} attempt(s) of {timeout:g} s")
+
+    @staticmethod
+    def _to_reply(op: str, msg: Message) -> Reply:
+        if not msg.ok:
+            err = msg.error
+            raise RemoteError(str(err.get("code", "internal")), str(err.get("message", "")), op)
+        return Reply(id=msg.id, result=msg.result, buffers=msg.buffers, header=msg.header)
