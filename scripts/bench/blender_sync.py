@@ -1,6 +1,7 @@
 """Benchmark: applying backend state frames to a splat object, and importing a mesh, in headless bpy.
 
-    python scripts/bench/blender_sync.py [--sizes 10000 100000 1000000] [--faces 200000] [--repeats 5]
+    python scripts/bench/blender_sync.py [--sizes 10000 100000 1000000] [--faces 200000] [--ply 200000]
+                                         [--repeats 5]
 
 Prints the median wall time of
   * apply_state on an existing object of the same size (the steady-state sync step; goal ≤ 50 ms at 100k),
@@ -8,7 +9,8 @@ Prints the median wall time of
     the smallest size, a per-splat Python loop (what foreach_set avoids);
   * apply_state when N changes (mesh rebuilt), read_state, and re-evaluating the modifier (depsgraph) in
     the light points mode;
-  * mesh_object_from_arrays for a mesh of F faces against Blender's own Mesh.from_pydata.
+  * mesh_object_from_arrays for a mesh of F faces against Blender's own Mesh.from_pydata;
+  * i3d.import_ply / export of an SH-degree-3 .ply against Blender's own wm.ply_import of the same file.
 Timings are not asserted anywhere; compare ratios within one run.
 """
 
@@ -41,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--faces", type=int, default=200_000)
+    parser.add_argument("--ply", type=int, default=200_000, help="splats in the .ply import test (0: skip)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
@@ -121,6 +124,37 @@ def main() -> None:
     t_py = _median_time(pydata, 1)
     print(f"mesh import {f} faces, {v} vertices, colours: mesh_object_from_arrays {t_ours * 1e3:.0f} ms; "
           f"from_pydata without colours {t_py * 1e3:.0f} ms ({t_py / t_ours:.1f}x)")
+    if args.ply:
+        _bench_ply(bpy, args.ply)
+
+
+def _bench_ply(bpy, n: int) -> None:
+    import os
+    import tempfile
+
+    from interactive3d.blender_addon.operators.io import export_splat_file, import_splat_file
+    from interactive3d.protocol import ply
+
+    rng = np.random.default_rng(0)
+    f = np.float32
+    data = ply.SplatData(
+        means=rng.normal(size=(n, 3)).astype(f), sh_dc=rng.normal(size=(n, 3)).astype(f),
+        sh_rest=rng.normal(size=(n, 15, 3)).astype(f) * 0.1, opacity_logits=rng.normal(size=n).astype(f),
+        log_scales=rng.uniform(-5, -1, (n, 3)).astype(f), quats=rng.normal(size=(n, 4)).astype(f))
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "in.ply"), os.path.join(tmp, "out.ply")
+        ply.write_ply(src, data)
+        t0 = time.perf_counter()
+        obj = import_splat_file(bpy.context, src)
+        t_imp = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        export_splat_file(obj, dst)
+        t_exp = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bpy.ops.wm.ply_import(filepath=src)
+        t_native = time.perf_counter() - t0
+    print(f".ply with {n} splats (SH degree 3): i3d import {t_imp * 1e3:.0f} ms, export {t_exp * 1e3:.0f} ms; "
+          f"Blender wm.ply_import {t_native * 1e3:.0f} ms (import ratio {t_imp / t_native:.2f}x)")
 
 
 if __name__ == "__main__":
