@@ -470,8 +470,8 @@ _INTERACTION_OPS: list[OpSpec] = [
             Arg("matrix", "list", "16 numbers, row-major 4×4 applied to the added set (or the buffer)", items="float", length=16),
         ),
         buffers=(
-            Buffer("matrix_or_state", ("float32", "float64"), None, optional=True, doc="a [4,4] transform, or the Gaussians as a state frame [M,14]"),
-            Buffer("state", ("float32",), (None, 14), optional=True, doc="the Gaussians as a state frame [M,14] (when buffer 0 is the transform)"),
+            Buffer("a", ("float32", "float64"), None, optional=True, doc="the Gaussians as a state frame [M,14] or the [4,4] transform (either order)"),
+            Buffer("b", ("float32", "float64"), None, optional=True, doc="the other one of the two"),
         ),
         result=(("added", "Gaussians merged"), ("count", "Gaussians in the session"), ("name", "their part or null")),
         session=True,
