@@ -53,7 +53,7 @@ def _matrix(args: dict, buffers: list, key: str = "matrix") -> torch.Tensor | No
     """A 4×4 from the first [4,4] buffer or from 16 row-major numbers in ``args[key]``; None if neither."""
     mats = [b for b in buffers if tuple(b.shape) == (4, 4)]
     if mats:
-        m = np.asarray(mats[0], dtype=np.float64)
+        m = np.array(mats[0], dtype=np.float64)
     elif args.get(key) is not None:
         m = np.asarray(args[key], dtype=np.float64).reshape(-1)
         if m.shape != (16,):
@@ -251,7 +251,7 @@ def _gaussians_to_merge(req) -> Gaussians:
             if other.gaussians is None or other.gaussians.n == 0:
                 raise InvalidArgs(f"session {args['source_session']!r} has no Gaussians")
             return other.gaussians.clone()
-    st = np.asarray(states[0], dtype=np.float32)
+    st = np.array(states[0], dtype=np.float32)  # a writable copy of the read-only frame
     if st.shape[0] == 0:
         raise InvalidArgs("the state buffer is empty")
     if (st[:, 7:10] <= 0).any() or (st[:, 6] < 0).any() or (st[:, 6] > 1).any():

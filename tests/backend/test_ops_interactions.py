@@ -196,3 +196,24 @@ def test_history_survives_checkpoint_and_resume(tmp_path):
             np.testing.assert_array_equal(_state(c, sid)[0], initial)
     finally:
         srv2.stop()
+
+
+def test_add_from_ply_and_state_first(client, session, tmp_path):
+    """parts.add from a .ply path with a [4,4] buffer, and from [state, matrix] (the add-on's order):
+    the merged centres equal the file's / payload's centres moved by the matrix (to 1e-6)."""
+    from interactive3d.protocol import ply
+
+    before, _ = _state(client, session)
+    payload = before[:20].copy()
+    path = tmp_path / "part.ply"
+    ply.write_ply(path, ply.state_to_splat(payload))
+    m = np.eye(4, dtype=np.float32)
+    m[:3, 3] = (0.0, 0.0, 1.5)
+    r = client.request("parts.add", {"session": session, "name": "fromfile", "path": str(path)}, [m]).result
+    assert r["added"] == 20
+    st, _ = _state(client, session)
+    np.testing.assert_allclose(st[-20:, :3], payload[:, :3] + [0.0, 0.0, 1.5], atol=1e-6)
+    r = client.request("parts.add", {"session": session, "name": "fromstate"}, [payload, m]).result
+    st, res = _state(client, session)
+    assert r["count"] == N + 40 and res["part_counts"]["fromstate"] == 20
+    np.testing.assert_allclose(st[-20:, :3], payload[:, :3] + [0.0, 0.0, 1.5], atol=1e-6)
