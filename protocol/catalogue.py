@@ -387,7 +387,50 @@ _SERVER_OPS: list[OpSpec] = [
 ]
 
 # -- Stage I (backend/ops_stage1.py) -----------------------------------------------------------------
-_STAGE1_OPS: list[OpSpec] = []
+_STAGE1_OPS: list[OpSpec] = [
+    OpSpec(
+        "gaussians.init",
+        "Initialise the session's Gaussians (an undo point): 'random' points in a sphere/ellipsoid (paper: "
+        "4096), 'points' from a buffer with optional colours, 'ply' from a 3DGS .ply, 'mesh' from surface "
+        "samples of a mesh file (texture/vertex/face colours). Replaces existing Gaussians.",
+        args=(
+            Arg("kind", "str", "random | points | ply | mesh", required=True, choices=("random", "points", "ply", "mesh")),
+            Arg("n", "int", "random/mesh: number of Gaussians", default=4096, min=1, max=10_000_000),
+            Arg("radius", "float", "random: sphere radius", default=0.5, min=1e-6, max=1e6),
+            Arg("axes", "list", "random: ellipsoid semi-axes [a,b,c] (overrides radius)", items="float", length=3, min=1e-6, max=1e6),
+            Arg("seed", "int", "random/mesh: seed", default=0, min=0, max=2**63 - 1),
+            Arg("sh_degree", "int", "random/points/mesh: SH degree", default=0, min=0, max=3),
+            Arg("path", "str", "ply/mesh: file path on the backend machine"),
+            Arg("fit_radius", "float", "mesh: centre and scale the mesh into this radius", min=1e-6, max=1e6),
+            Arg("opacity", "float", "points/mesh: initial opacity", default=0.1, min=1e-4, max=0.9999),
+            Arg("scale", "float", "points: isotropic scale (default: RMS distance to 3 nearest neighbours)", min=1e-8, max=1e6),
+        ),
+        buffers=(
+            Buffer("points", ("float32", "float64"), (None, 3), optional=True, doc="kind 'points': [N,3] positions"),
+            Buffer("colors", ("float32", "float64", "uint8"), (None, 3), optional=True,
+                   doc="kind 'points': [N,3] colours in [0,1] (float) or 0..255 (uint8)"),
+        ),
+        session=True,
+        result=(("count", "Gaussians created"), ("sh_degree", "SH degree")),
+        errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "gaussians.load_ply",
+        "Replace the session's Gaussians by a 3DGS .ply (INRIA layout; extra SH bands and properties tolerated).",
+        args=(Arg("path", "str", ".ply (or .splat) path on the backend machine", required=True),),
+        session=True,
+        result=(("count", "Gaussians loaded"), ("sh_degree", "SH degree")),
+        errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "gaussians.save_ply",
+        "Write the session's Gaussians as a 3DGS .ply (INRIA layout, pre-activation; atomic write).",
+        args=(Arg("path", "str", "output path on the backend machine (its folder must exist)", required=True),),
+        session=True,
+        result=(("path", "absolute path written"), ("count", "Gaussians written")),
+        errors=("not_found",),
+    ),
+]
 
 # -- interactions (backend/ops_interactions.py) ------------------------------------------------------
 _PART_NAME_DOC = "part name: 1-64 characters of letters, digits, space, _ . -"
