@@ -87,12 +87,21 @@ def _sds_config(args: dict, prompt_key: str = "prompt") -> InteractiveSDSConfig:
 
 
 def _session_guidance(session, required: bool):
-    """The guidance Stage I built for this session (ops_stage1 keeps it on the session), or None."""
-    gd = getattr(session, "guidance", None)
+    """The guidance for an interaction's SDS: the one the session's last job used (Stage I keeps its
+    SD / PixArt-α / oracle guidance on the job; drag and edit jobs pass it on), else an oracle built
+    from the session's reference object (``stage1.set_reference``), else None / InvalidArgs."""
+    last = getattr(getattr(session, "job", None), "job", None)
+    gd = getattr(last, "guidance", None)
     if gd is not None:
         return gd
+    from .stage1 import OracleReference, oracle_render_fn  # imports the renderer: only when needed
+    from .guidance import OracleGuidance
+
+    ref = session.extras.get(OracleReference.SLOT)
+    if ref is not None:
+        return OracleGuidance(ref.gaussians, oracle_render_fn)
     if required:
-        raise InvalidArgs("no guidance on this session: start Stage I with a guidance first, or set guidance=false")
+        raise InvalidArgs("no guidance on this session: run stage1.start with a guidance (or stage1.set_reference) first, or set guidance=false")
     return None
 
 
