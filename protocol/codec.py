@@ -51,7 +51,7 @@ class Limits:
         max_frames: most frames per message, header included.
         max_header_bytes: most bytes in the header frame.
         max_frame_bytes: most bytes in one buffer frame.
-        max_total_bytes: most bytes in all frames together.
+        max_total_bytes: most bytes in all buffer frames together (the header has its own cap).
     """
 
     max_frames: int = 64
@@ -138,7 +138,8 @@ def _as_wire_array(a: Any) -> np.ndarray:
     want = _NP_DTYPES[name]
     if arr.dtype != want:  # big-endian input: the only case besides non-contiguity that copies
         arr = arr.astype(want)
-    return np.ascontiguousarray(arr)
+    # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")
 
 
 def buffer_frames(buffers: Sequence[Any]) -> tuple[list[dict], list[memoryview]]:
@@ -248,7 +249,6 @@ def decode(frames: Sequence[Any], limits: Limits = Limits(), verify=None) -> Mes
         if n > limits.max_frame_bytes:
             raise TooLarge(f"frame {i + 1} is {n} bytes, over the per-frame cap of {limits.max_frame_bytes}")
         total += n
-    total += views[0].nbytes
     if total > limits.max_total_bytes:
         raise TooLarge(f"message is {total} bytes, over the total cap of {limits.max_total_bytes}")
     raw = views[0].tobytes()
@@ -275,7 +275,9 @@ def decode(frames: Sequence[Any], limits: Limits = Limits(), verify=None) -> Mes
                 raise BadMessage(
                     f"buffers[{i}] declares {shape} {dt.name} = {declared} bytes but its frame has {view.nbytes} bytes"
                 )
-            arrays.append(np.frombuffer(view, dtype=dt, count=count).reshape(shape))
+            arr = np.frombuffer(view, dtype=dt, count=count).reshape(shape)
+            arr.flags.writeable = False  # a view of the frame: copy before mutating
+            arrays.append(arr)
     except ProtocolError as exc:
         exc.request_id = exc.request_id or rid
         raise

@@ -23,6 +23,7 @@ from interactive3d.backend.gaussians import init_random, make_optimizers
 from interactive3d.backend.jobs import JobConfig
 from interactive3d.backend.server import Reply, Request, Server, ServerConfig
 from interactive3d.protocol.catalogue import Arg, Buffer, OpSpec
+from interactive3d.protocol.codec import DTYPES
 from interactive3d.protocol.errors import InvalidArgs
 
 TEST_OPS = [
@@ -42,7 +43,13 @@ TEST_OPS = [
         result=(("job", "job id"),),
         events=("progress", "state", "done", "error"),
     ),
-    OpSpec("test.echo", "Echo args and buffers back.", args=(Arg("x", "float", default=0.0),), buffers=(Buffer("a", ("float32", "float64", "int32"), None, optional=True),), result=(("args", "the args"),)),
+    OpSpec(
+        "test.echo",
+        "Echo args and up to 4 buffers of any dtype and shape back.",
+        args=(Arg("x", "float", default=0.0),),
+        buffers=tuple(Buffer(f"b{i}", DTYPES, None, optional=True) for i in range(3)) + (Buffer("f", ("float32",), None, optional=True),),
+        result=(("args", "the args"),),
+    ),
     OpSpec("test.crash", "Raise an unexpected exception (internal error path)."),
 ]
 

@@ -1,0 +1,208 @@
+"""The server over real ZeroMQ sockets (server loop on a thread, the real client and raw DEALERs).
+
+Holds: bit-identical round trips of every dtype (incl. empty, 0-d, a 100k×14 state frame); a typed
+error for each malformed message and the server still answers ping; random frames for a bounded time
+never kill it; handler exceptions become `internal`; with a key, unsigned/wrongly-signed requests get
+`unauthorized`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _server_helpers import ThreadedServer
+from interactive3d.protocol.client import Client, ConnectionLost, RemoteError
+from interactive3d.protocol.codec import DTYPES, Limits, decode, encode
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(scope="module")
+def server():
+    ts = ThreadedServer(limits=Limits(max_frames=8, max_frame_bytes=8 << 20, max_total_bytes=16 << 20))
+    yield ts
+    ts.stop()
+
+
+@pytest.fixture()
+def client(server):
+    c = Client(server.address)
+    yield c
+    c.close()
+
+
+class Raw:
+    """A bare DEALER to send arbitrary frames and read the reply's header."""
+
+    def __init__(self, address: str) -> None:
+        self.s = zmq.Context.instance().socket(zmq.DEALER)
+        self.s.setsockopt(zmq.LINGER, 0)
+        self.s.connect(address)
+
+    def ask(self, frames: list, timeout_ms: int = 5000) -> dict:
+        self.s.send_multipart(frames)
+        assert self.s.poll(timeout_ms), "no reply"
+        return decode(self.s.recv_multipart()).header
+
+    def close(self) -> None:
+        self.s.close(0)
+
+
+def _sample(dtype: str, shape: tuple) -> np.ndarray:
+    n = int(np.prod(shape))
+    return (np.arange(n) % 7).astype(dtype).reshape(shape) if dtype != "bool" else (np.arange(n) % 2 == 0).reshape(shape)
+
+
+def test_ping(client):
+    r = client.request("ping").result
+    assert r["name"] == "interactive3d-backend" and r["version"] == 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_echo_round_trip_every_dtype(client, dtype):
+    """Through the server and back: same dtype, shape and bytes for empty, 0-d and 3-d arrays."""
+    arrays = [_sample(dtype, s) for s in [(0,), (), (2, 3, 4)]]
+    out = client.request("test.echo", {}, arrays).buffers
+    assert len(out) == 3
+    for a, b in zip(arrays, out):
+        assert b.dtype == a.dtype and b.shape == a.shape and a.tobytes() == b.tobytes()
+
+
+def test_state_frame_round_trip(client):
+    """A 100k×14 float32 frame comes back bit-identical."""
+    a = np.random.default_rng(1).standard_normal((100_000, 14)).astype(np.float32)
+    b = client.request("test.echo", {"x": 1.5}, [a]).buffers[0]
+    assert b.shape == (100_000, 14) and np.array_equal(a, b)
+
+
+def _hdr(**kw) -> bytes:
+    h = {"v": 1, "id": "m1", "op": "test.echo", "args": {}, "buffers": []}
+    h.update(kw)
+    return msgpack.packb(h, use_bin_type=True)
+
+
+MALFORMED = [
+    ("garbage bytes", [b"\xc1\x00\xff\xfe"], "bad_message"),
+    ("non-map header", [msgpack.packb([1, "op"])], "bad_message"),
+    ("missing id", [msgpack.packb({"v": 1, "op": "ping"})], "bad_message"),
+    ("missing op", [msgpack.packb({"v": 1, "id": "m1"})], "bad_message"),
+    ("unknown version", [_hdr(v=7)], "unsupported_version"),
+    ("unknown op", [_hdr(op="no.such.op")], "unknown_op"),
+    ("declared size != frame", [_hdr(buffers=[{"dtype": "float32", "shape": [4]}]), b"\0" * 12], "bad_message"),
+    ("missing frame", [_hdr(buffers=[{"dtype": "float32", "shape": [1]}])], "bad_message"),
+    ("extra frame", [_hdr(), b"\0\0\0\0"], "bad_message"),
+    ("unsupported dtype", [_hdr(buffers=[{"dtype": "U4", "shape": [1]}]), b"\0" * 16], "bad_message"),
+    ("dtype not allowed by the op", [_hdr(buffers=[{"dtype": "uint8", "shape": [1]}] * 4), b"\0", b"\0", b"\0", b"\0"], "invalid_args"),
+    ("too many buffers for the op", [_hdr(buffers=[{"dtype": "uint8", "shape": [1]}] * 5), *[b"\0"] * 5], "invalid_args"),
+    ("NaN where finite is required (arg)", [_hdr(args={"x": float("nan")})], "invalid_args"),
+    ("NaN where finite is required (buffer)", [_hdr(buffers=[{"dtype": "float32", "shape": [1]}]), np.float32(np.nan).tobytes()], "invalid_args"),
+    ("wrong arg type", [_hdr(args={"x": "one"})], "invalid_args"),
+    ("args not a map", [_hdr(args=[1])], "invalid_args"),
+    ("over the frame-count cap", [_hdr()] + [b""] * 8, "too_large"),
+    ("over the per-frame cap", [_hdr(buffers=[{"dtype": "uint8", "shape": [(8 << 20) + 1]}]), b"\0" * ((8 << 20) + 1)], "too_large"),
+    ("unknown session", [_hdr(op="state.get", args={"session": "nope"})], "not_found"),
+    ("handler exception", [_hdr(op="test.crash")], "internal"),
+]
+
+
+@pytest.mark.parametrize("name, frames, code", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_gets_typed_error_then_ping_works(server, client, name, frames, code):
+    raw = Raw(server.address)
+    try:
+        h = raw.ask(frames)
+    finally:
+        raw.close()
+    assert h["ok"] is False and h["error"]["code"] == code, (name, h)
+    assert client.request("ping", timeout=5).result["version"] == 1
+
+
+def test_error_reply_carries_request_id(server):
+    raw = Raw(server.address)
+    try:
+        h = raw.ask([_hdr(id="abc", v=3)])
+    finally:
+        raw.close()
+    assert h["id"] == "abc" and h["error"]["code"] == "unsupported_version"
+
+
+def test_remote_error_is_typed(client):
+    with pytest.raises(RemoteError) as e:
+        client.request("state.get", {"session": "missing"})
+    assert e.value.code == "not_found" and "missing" in e.value.message
+
+
+_scalars = st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=8) | st.binary(max_size=8)
+_values = st.recursive(_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3), max_leaves=8)
+_ops = st.sampled_from(["ping", "session.create", "session.list", "state.get", "job.cancel", "history.undo", "test.echo", "test.init", "test.fit", "nope"])
+_arg_keys = st.sampled_from(["session", "n", "x", "steps", "sleep", "name", "checkpoint", "paused", "seed"])
+_bufspec = st.fixed_dictionaries({"dtype": st.sampled_from(["float32", "uint8", "bool", "int64", "U3", "x"]), "shape": st.lists(st.integers(-1, 5), max_size=3)})
+_header = st.fixed_dictionaries(
+    {"v": st.sampled_from([1, 1, 1, 2, "1"]), "id": st.text(max_size=6), "op": _ops},
+    optional={"args": st.dictionaries(_arg_keys, _values, max_size=4), "buffers": st.lists(_bufspec, max_size=3), "extra": _values},
+).map(lambda h: msgpack.packb(h, use_bin_type=True))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.one_of(st.binary(max_size=64), _header), min_size=1, max_size=5))
+def test_fuzz_random_frames(fuzz_server, frames):
+    """Random frames (≤300 messages, a few seconds): every one gets an error or ok reply, never a crash."""
+    h = fuzz_server.ask(frames)
+    assert isinstance(h.get("ok"), bool)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(server):
+    raw = Raw(server.address)
+    yield raw
+    raw.close()
+    c = Client(server.address)
+    try:
+        assert c.request("ping", timeout=5).result["name"] == "interactive3d-backend"  # survived
+    finally:
+        c.close()
+
+
+def test_auth():
+    """With a key: the right key works; unsigned and wrongly-signed requests get `unauthorized` and
+    have no effect (no session is created)."""
+    key = b"0123456789abcdef0123456789abcdef"
+    ts = ThreadedServer(auth_key=key)
+    try:
+        good, nokey, badkey = Client(ts.address, auth_key=key), Client(ts.address), Client(ts.address, auth_key=b"wrong-key")
+        assert good.request("ping").result["version"] == 1
+        for c in (nokey, badkey):
+            with pytest.raises(RemoteError) as e:
+                c.request("session.create", timeout=5)
+            assert e.value.code == "unauthorized"
+        raw = Raw(ts.address)
+        assert raw.ask([b"garbage"])["error"]["code"] == "unauthorized"
+        raw.close()
+        assert good.request("session.list").result["sessions"] == []
+        for c in (good, nokey, badkey):
+            c.close()
+    finally:
+        ts.stop()
+
+
+def test_non_loopback_bind_needs_key():
+    from interactive3d.backend.server import Server, ServerConfig
+
+    with pytest.raises(ValueError, match="auth key"):
+        Server(ServerConfig(bind="tcp://0.0.0.0:0", device="cpu"))
+
+
+def test_request_timeout_when_nobody_listens():
+    c = Client("tcp://127.0.0.1:9")  # discard port: nothing answers
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        c.request("ping", timeout=0.2, retries=1)
+    assert time.monotonic() - t0 < 2.0
+    c.close()

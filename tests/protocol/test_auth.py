@@ -1,0 +1,93 @@
+"""HMAC-SHA256 signatures: a signed message verifies; any flipped byte of header or buffers, a wrong
+key, a stale timestamp or a replayed nonce is rejected as unauthorized."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from interactive3d.protocol.auth import Signer, is_loopback, load_key
+from interactive3d.protocol.codec import buffer_frames, decode, pack_header
+from interactive3d.protocol.errors import ProtocolError
+
+KEY = b"k" * 32
+
+
+def _signed(signer: Signer, buffers=()):
+    specs, frames = buffer_frames(buffers)
+    raw = signer.sign({"v": 1, "id": "a", "op": "ping", "args": {"x": 1}, "buffers": specs}, pack_header, frames)
+    return [raw, *[bytes(f) for f in frames]]
+
+
+def _verify(signer: Signer, frames):
+    return decode(frames, verify=signer.verify)
+
+
+def test_signed_message_verifies_once():
+    frames = _signed(Signer(KEY), [np.arange(10, dtype=np.float32)])
+    recv = Signer(KEY)
+    assert _verify(recv, frames).op == "ping"
+    with pytest.raises(ProtocolError, match="replayed") as e:
+        _verify(recv, frames)  # same nonce again
+    assert e.value.code == "unauthorized"
+
+
+def test_any_flipped_byte_is_rejected():
+    """Every single-byte change in the header (outside the signature's own bytes) or a buffer fails."""
+    frames = _signed(Signer(KEY), [np.arange(4, dtype=np.uint8)])
+    header, buf = frames
+    positions = list(range(0, len(header) - 34, 3))
+    rejected = 0
+    for i in positions:
+        bad = bytearray(header)
+        bad[i] ^= 0x01
+        try:
+            _verify(Signer(KEY), [bytes(bad), buf])
+        except ProtocolError as e:
+            rejected += e.code in ("unauthorized", "bad_message", "unsupported_version")
+    assert rejected == len(positions)
+    with pytest.raises(ProtocolError) as e:
+        _verify(Signer(KEY), [header, b"\x00\x01\x02\x04"])
+    assert e.value.code == "unauthorized"
+
+
+def test_wrong_key_unsigned_and_stale_are_rejected():
+    with pytest.raises(ProtocolError, match="bad signature"):
+        _verify(Signer(KEY), _signed(Signer(b"other-key")))
+    with pytest.raises(ProtocolError, match="not signed"):
+        _verify(Signer(KEY), [pack_header({"v": 1, "id": "a", "op": "ping", "buffers": []})])
+    old = Signer(KEY)
+    real_time = time.time
+    try:
+        time.time = lambda: real_time() - 1000.0  # the sender's clock is 1000 s behind
+        frames = _signed(old)
+    finally:
+        time.time = real_time
+    with pytest.raises(ProtocolError, match="stale"):
+        _verify(Signer(KEY), frames)
+
+
+def test_load_key(tmp_path):
+    f = tmp_path / "key"
+    f.write_bytes(b"  secret\n")
+    assert load_key(str(f), env={}) == b"secret"
+    assert load_key(None, env={"I3D_AUTH_KEY_FILE": str(f)}) == b"secret"
+    assert load_key(None, env={"I3D_AUTH_KEY": "abc"}) == b"abc"
+    assert load_key(None, env={}) is None
+    with pytest.raises(ValueError, match="empty"):
+        load_key(None, env={"I3D_AUTH_KEY": " "})
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_key(str(tmp_path / "missing"), env={})
+
+
+@pytest.mark.parametrize(
+    "addr, local",
+    [
+        ("tcp://127.0.0.1:5555", True), ("tcp://localhost:1", True), ("tcp://[::1]:5", True),
+        ("ipc:///tmp/x", True), ("tcp://0.0.0.0:5555", False), ("tcp://*:5555", False), ("tcp://10.0.0.2:1", False),
+    ],
+)
+def test_is_loopback(addr, local):
+    assert is_loopback(addr) is local
