@@ -140,11 +140,10 @@ def select_mask(session, g: Gaussians, args: dict, buffers: list) -> torch.Tenso
 
 def _select_masks(g: Gaussians, args: dict, buffers: list) -> torch.Tensor:
     from .cameras import cameras_from_blender
-    from .render import render
 
     if len(buffers) < 2:
         raise ValueError("kind 'masks' needs two buffers: masks [B,H,W] and camera c2w [B,4,4]")
-    masks, c2w = np.asarray(buffers[0]), np.asarray(buffers[1], dtype=np.float32)
+    masks, c2w = np.asarray(buffers[0]), np.array(buffers[1], dtype=np.float32)  # c2w: writable copy
     if masks.ndim != 3 or c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or c2w.shape[0] != masks.shape[0]:
         raise ValueError(f"masks [B,H,W] and c2w [B,4,4] must agree, got {list(masks.shape)} and {list(c2w.shape)}")
     if args.get("fov_x") is None:
@@ -154,6 +153,8 @@ def _select_masks(g: Gaussians, args: dict, buffers: list) -> torch.Tensor:
     cfg = selection.MaskSelectConfig(bool(args["occlusion_aware"]), float(args["depth_tolerance"]))
     depth = None
     if cfg.occlusion_aware:
+        from .render import render
+
         with torch.no_grad():
             depth = render(g, cams).depth
     return selection.select_by_masks(g.means.detach(), cams, torch.from_numpy(masks != 0), depth, cfg)

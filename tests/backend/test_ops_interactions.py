@@ -217,3 +217,24 @@ def test_add_from_ply_and_state_first(client, session, tmp_path):
     st, res = _state(client, session)
     assert r["count"] == N + 40 and res["part_counts"]["fromstate"] == 20
     np.testing.assert_allclose(st[-20:, :3], payload[:, :3] + [0.0, 0.0, 1.5], atol=1e-6)
+
+
+def test_select_by_masks_op_matches_direct(client, session):
+    """parts.select kind=masks (2 views, Blender c2w + fov_x over the wire) selects exactly what
+    selection.select_by_masks selects on the same state (same count, same rows)."""
+    pytest.importorskip("interactive3d.backend.cameras")
+    from interactive3d.backend import selection as S
+    from interactive3d.backend.cameras import cameras_from_blender, look_at
+
+    eyes = torch.tensor([[1.6, -1.6, 0.6], [1.2, 0.3, 2.0]])
+    c2w = look_at(eyes, torch.zeros(2, 3)).float()
+    masks = np.zeros((2, 48, 64), np.uint8)
+    masks[:, 10:30, 20:50] = 1
+    fov = math.radians(50)
+    r = client.request(
+        "parts.select", {"session": session, "name": "painted", "kind": "masks", "fov_x": fov}, [masks, c2w.numpy()]
+    ).result
+    st, _ = _state(client, session)
+    cams = cameras_from_blender(c2w, fov, 64, 48)
+    direct = S.select_by_masks(torch.from_numpy(st[:, :3]), cams, torch.from_numpy(masks != 0))
+    assert r["count"] == int(direct.sum()) > 0
