@@ -75,22 +75,25 @@ def _state_to_plain(s: SessionState) -> dict:
     }
 
 
-def _load_class(path: str):
+TRUSTED_MODULES = ("interactive3d.",)
+
+
+def _load_class(path: str, trusted: tuple[str, ...]):
     module, _, qualname = path.partition(":")
-    if not module.startswith("interactive3d.") and not module.startswith("tests."):
-        raise ValueError(f"refusing to load extra state class {path!r} from a checkpoint (not interactive3d.*)")
+    if not module.startswith(trusted):
+        raise ValueError(f"refusing to load extra state class {path!r} from a checkpoint (trusted: {trusted})")
     obj = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
 
 
-def _state_from_plain(d: dict, device: torch.device, objects: dict[str, Any]) -> SessionState:
+def _state_from_plain(d: dict, device: torch.device, objects: dict[str, Any], trusted: tuple[str, ...]) -> SessionState:
     extras = {}
     for k, e in d["extras"].items():
         obj = objects.get(k)
         if obj is None:  # one object per slot, shared by every history entry (as in a live session)
-            obj = _load_class(e["class"]).from_state_dict(e["state"], device)
+            obj = _load_class(e["class"], trusted).from_state_dict(e["state"], device)
             objects[k] = obj
         extras[k] = (obj, e["state"])
     return SessionState(label=d["label"], gaussians=d["gaussians"], optimizers=d["optimizers"], extras=extras, time=d["time"])
@@ -136,8 +139,11 @@ def write(state_dir: str | Path, ckpt: Checkpoint) -> Path:
     return path
 
 
-def read(state_dir: str | Path, session_id: str, device: torch.device | str = "cpu") -> Checkpoint:
-    """Load a checkpoint. FileNotFoundError if there is none; ValueError if it is not one of ours."""
+def read(state_dir: str | Path, session_id: str, device: torch.device | str = "cpu", trusted: tuple[str, ...] = TRUSTED_MODULES) -> Checkpoint:
+    """Load a checkpoint. FileNotFoundError if there is none; ValueError if it is not one of ours.
+
+    Extra-slot classes are imported only from modules whose names start with one of ``trusted``.
+    """
     path = checkpoint_path(state_dir, session_id)
     # Our own file in our own state dir: full unpickling is needed for optimiser and RNG states.
     payload = torch.load(path, map_location=torch.device(device), weights_only=False)
@@ -149,9 +155,9 @@ def read(state_dir: str | Path, session_id: str, device: torch.device | str = "c
     return Checkpoint(
         session_id=payload["session"],
         name=payload["name"],
-        current=_state_from_plain(payload["current"], device, objects),
-        undo=[_state_from_plain(s, device, objects) for s in payload["undo"]],
-        redo=[_state_from_plain(s, device, objects) for s in payload["redo"]],
+        current=_state_from_plain(payload["current"], device, objects, trusted),
+        undo=[_state_from_plain(s, device, objects, trusted) for s in payload["undo"]],
+        redo=[_state_from_plain(s, device, objects, trusted) for s in payload["redo"]],
         job=None if job is None else JobRecord(**job),
         time=payload["time"],
     )
