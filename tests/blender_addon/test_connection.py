@@ -1,0 +1,238 @@
+"""The add-on's connection: world→local conversions (pure), and the connection state machine against a
+real backend subprocess (handshake through sync_step, blocking connect, an unreachable address going
+DISCONNECTED without raising, the local backend spawned by the add-on with its log file)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from interactive3d.blender_addon import connection
+from interactive3d.protocol.client import Client
+from interactive3d.protocol.errors import RequestTimeout
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# -- a real backend process ------------------------------------------------------------------------------
+class BackendProcess:
+    """A backend subprocess on an ipc:// socket in a short temp dir (ipc paths are limited to ~100 chars).
+
+    ``module`` "tests.backend._server_helpers" serves every real op plus the test ops (test.init,
+    test.fit with a per-step sleep) the server tests use; "interactive3d.cli" runs ``i3d serve``.
+    """
+
+    def __init__(self, module: str = "tests.backend._server_helpers", extra: tuple[str, ...] = ()) -> None:
+        self.dir = tempfile.mkdtemp(prefix="i3d-e2-")
+        self.address = f"ipc://{self.dir}/b.sock"
+        self.state_dir = os.path.join(self.dir, "state")
+        self.module, self.extra = module, extra
+        self.proc: subprocess.Popen | None = None
+        self.log = os.path.join(self.dir, "backend.log")
+
+    def start(self, timeout: float = 90.0) -> "BackendProcess":
+        cmd = [sys.executable, "-m", self.module]
+        if self.module == "interactive3d.cli":
+            cmd += ["serve", "--device", "cpu"]
+        cmd += ["--bind", self.address, "--state-dir", self.state_dir, *self.extra]
+        with open(self.log, "ab") as f:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        wait_for_ping(self.address, timeout, self.proc)
+        return self
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no final checkpoint."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_for_ping(address: str, timeout: float, proc: subprocess.Popen | None = None) -> dict:
+    deadline = time.monotonic() + timeout
+    with Client(address) as c:
+        while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"backend exited with {proc.returncode} before answering")
+            try:
+                return c.request("ping", timeout=1.0, retries=0).result
+            except RequestTimeout:
+                if time.monotonic() > deadline:
+                    raise
+                c.reconnect()
+
+
+def sync_until(conn, predicate, timeout: float = 30.0, scene=None) -> int:
+    """Call sync_step (as the UI timer would) until predicate(conn); returns the messages applied."""
+    deadline = time.monotonic() + timeout
+    n = 0
+    while not predicate(conn):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met in {timeout} s; status {conn.status}, job {conn.job}, error {conn.last_error}")
+        n += connection.sync_step(conn, scene=scene, timeout_ms=50)
+    return n
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = BackendProcess(module="interactive3d.cli").start()
+    yield b
+    b.cleanup()
+
+
+# -- pure conversions ------------------------------------------------------------------------------------------
+def _object_matrix() -> np.ndarray:
+    """A splat object's matrix_world: rotation about an oblique axis, non-uniform scale, translation."""
+    axis = np.array([1.0, 2.0, 3.0]) / np.sqrt(14.0)
+    a = 0.7
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    r = np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+    m = np.eye(4)
+    m[:3, :3] = r @ np.diag([2.0, 0.5, 1.5])
+    m[:3, 3] = [0.3, -1.2, 2.0]
+    return m
+
+
+def test_world_local_point_round_trip_and_transform_conjugation():
+    """Points: local_to_world(world_to_local(p)) == p within 1e-12 (float64). Transforms: for every local
+    point q, M @ T_local @ q == T_world @ M @ q within 1e-12 — so the backend moves each splat exactly where
+    the artist's world-space motion puts it. relative_matrix maps one object's local frame to another's."""
+    m = _object_matrix()
+    rng = np.random.default_rng(0)
+    for p in rng.normal(size=(20, 3)):
+        q = connection.world_to_local_point(m, p)
+        np.testing.assert_allclose(connection.local_to_world_point(m, q), p, atol=1e-12)
+        np.testing.assert_allclose(m @ np.append(q, 1.0), np.append(p, 1.0), atol=1e-12)
+    t_world = np.eye(4)
+    t_world[:3, :3] = np.diag([1.0, 1.3, 0.8])
+    t_world[:3, 3] = [0.0, 0.0, 1.0]
+    t_local = connection.world_to_local_transform(m, t_world)
+    pts = np.concatenate([rng.normal(size=(50, 3)), np.ones((50, 1))], axis=1).T
+    np.testing.assert_allclose(m @ t_local @ pts, t_world @ m @ pts, atol=1e-12)
+    other = np.eye(4)
+    other[:3, 3] = [5.0, 0.0, 0.0]
+    rel = connection.relative_matrix(m, other)
+    np.testing.assert_allclose(m @ rel, other, atol=1e-12)
+
+
+def test_world_local_length_is_exact_for_uniform_scale():
+    """A radius of 0.4 world units is 0.2 local units on an object scaled ×2 (exact), and round-trips."""
+    m = np.diag([2.0, 2.0, 2.0, 1.0])
+    m[:3, 3] = [1.0, 1.0, 1.0]
+    assert connection.world_to_local_length(m, 0.4) == pytest.approx(0.2, abs=1e-15)
+    m2 = _object_matrix()
+    r = connection.world_to_local_length(m2, 0.37)
+    assert connection.local_to_world_length(m2, r) == pytest.approx(0.37, rel=1e-12)
+
+
+def test_bad_frames_are_rejected_with_the_field_named():
+    """Singular matrices, wrong shapes, NaN points and negative radii raise ValueError naming the field."""
+    with pytest.raises(ValueError, match="matrix_world must be a 4x4"):
+        connection.world_to_local_point(np.eye(3), [0, 0, 0])
+    with pytest.raises(ValueError, match="point must be 3 finite"):
+        connection.world_to_local_point(np.eye(4), [0, np.nan, 0])
+    with pytest.raises(ValueError, match="singular"):
+        connection.world_to_local_length(np.diag([1.0, 0.0, 1.0, 1.0]), 1.0)
+    with pytest.raises(ValueError, match="length must be finite and >= 0"):
+        connection.world_to_local_length(np.eye(4), -1.0)
+    with pytest.raises(ValueError, match="transform must be finite"):
+        connection.world_to_local_transform(np.eye(4), np.full((4, 4), np.inf))
+
+
+# -- the state machine against a real backend -------------------------------------------------------------
+def test_non_blocking_handshake_through_sync_step(backend):
+    """connect() only sends: status CONNECTING; sync_step (no blocking) completes ping → session.create:
+    CONNECTED with a session id and the server's op list; exactly those 2 replies were applied."""
+    conn = connection.Connection(timeout_s=10.0)
+    try:
+        conn.connect(backend.address)
+        assert conn.status == connection.CONNECTING and conn.session is None
+        applied = sync_until(conn, lambda c: c.status == connection.CONNECTED)
+        assert applied == 2
+        assert conn.session and "session.create" in conn.server_info["ops"]
+        assert conn.server_info["name"] == "interactive3d-backend"
+        assert not conn.pending
+    finally:
+        conn.disconnect()
+
+
+def test_blocking_connect_and_reattach_to_the_open_session(backend):
+    """Batch mode: connect(blocking=True) returns CONNECTED with a session; a second connect (as after a
+    network drop) re-attaches to the same session id (job.status answers) instead of creating one."""
+    conn = connection.Connection(timeout_s=10.0)
+    try:
+        conn.connect(backend.address, blocking=True)
+        assert conn.status == connection.CONNECTED
+        sid = conn.session
+        conn.connect(backend.address, blocking=True)
+        assert conn.status == connection.CONNECTED and conn.session == sid
+        assert sid in [s["session"] for s in conn.call("session.list", session=False)["sessions"]]
+    finally:
+        conn.disconnect()
+
+
+def test_unreachable_backend_goes_disconnected_without_raising():
+    """Nobody listens: within timeout_s (0.5 s) + a few polls sync_step sets DISCONNECTED with a message
+    naming the address and op; sync_step never raises; a blocking connect raises RequestTimeout (which
+    i3d.connect reports) and also leaves DISCONNECTED."""
+    d = tempfile.mkdtemp(prefix="i3d-e2-")
+    address = f"ipc://{d}/nobody.sock"
+    conn = connection.Connection(timeout_s=0.5)
+    try:
+        conn.connect(address)
+        t0 = time.monotonic()
+        sync_until(conn, lambda c: c.status == connection.DISCONNECTED, timeout=5.0)
+        assert time.monotonic() - t0 < 2.0
+        assert address in conn.last_error and "'ping'" in conn.last_error
+        assert conn.client is None and connection.sync_step(conn) == 0
+        with pytest.raises(RequestTimeout):
+            conn.connect(address, blocking=True)
+        assert conn.status == connection.DISCONNECTED
+    finally:
+        conn.disconnect()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_start_backend_spawns_i3d_serve_with_a_log_and_connects():
+    """start_backend runs `python -m interactive3d.cli serve --bind ADDR` with the given Python, writing
+    its output to <log_dir>/backend.log; the connection then reaches CONNECTED; stop_backend ends the
+    process with exit code 0 (graceful SIGTERM shutdown)."""
+    d = tempfile.mkdtemp(prefix="i3d-e2-")
+    address = f"ipc://{d}/local.sock"
+    conn = connection.Connection(timeout_s=60.0)
+    try:
+        log_path = conn.start_backend(sys.executable, address, os.path.join(d, "logs"), ["--device", "cpu"])
+        assert log_path == os.path.join(d, "logs", "backend.log")
+        conn.connect(address)  # before the server binds: zmq queues the ping
+        sync_until(conn, lambda c: c.status == connection.CONNECTED, timeout=90.0)
+        assert conn.process.poll() is None
+        assert conn.stop_backend() == 0
+        with open(log_path) as f:
+            text = f.read()
+        assert "serve --bind " + address in text and "listening" in text
+        with pytest.raises(ValueError, match="python must be an executable file"):
+            conn.start_backend(os.path.join(d, "no-python"), address, d)
+    finally:
+        conn.disconnect()
+        conn.stop_backend()
+        shutil.rmtree(d, ignore_errors=True)
