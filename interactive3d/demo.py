@@ -122,6 +122,9 @@ def stop_backend(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         proc.wait(timeout)
 
 
+_IDEMPOTENT_OPS = frozenset({"ping", "state.get", "job.status", "history.list", "session.list"})
+
+
 class Backend:
     """A session on a backend, reached through :class:`interactive3d.protocol.client.Client`.
 
@@ -130,7 +133,7 @@ class Backend:
     """
 
     def __init__(self, address: str, connect_timeout: float = 60.0, proc: subprocess.Popen | None = None):
-        from interactive3d.protocol.client import Client
+        from interactive3d.protocol.client import Client, ConnectionLost
 
         self.address, self.proc = address, proc
         self.client = Client(address)
@@ -140,7 +143,7 @@ class Backend:
             try:
                 self.pong = self.client.request("ping", {}, timeout=2.0, retries=0).result
                 break
-            except Exception as exc:  # noqa: BLE001 - any failure here means "not up yet"; retried until the deadline
+            except ConnectionLost as exc:  # not up yet: retried until the deadline
                 if proc is not None and proc.poll() is not None:
                     raise PipelineError(f"backend exited with code {proc.returncode} before answering ping at {address}") from exc
                 if time.monotonic() > deadline:
@@ -152,15 +155,19 @@ class Backend:
 
     def call(self, op: str, args: dict | None = None, buffers: list | None = None, timeout: float = 120.0):
         """One request → its Reply; a remote error becomes PipelineError naming the op and the code."""
-        from interactive3d.protocol.client import RemoteError
+        from interactive3d.protocol.client import ConnectionLost, RemoteError
 
         args = dict(args or {})
         if self.session is not None and "session" not in args and op not in ("ping", "session.create", "session.list"):
             args["session"] = self.session
+        # Only reads are re-sent on a timeout (Lazy Pirate); an edit or a job must not run twice.
+        retries = 2 if op in _IDEMPOTENT_OPS else 0
         try:
-            return self.client.request(op, args, buffers or [], timeout=timeout)
+            return self.client.request(op, args, buffers or [], timeout=timeout, retries=retries)
         except RemoteError as exc:
             raise PipelineError(f"{op} failed: {exc.code}: {exc.message}") from exc
+        except ConnectionLost as exc:
+            raise PipelineError(f"{op}: no reply from the backend at {self.address} within {timeout:.0f} s") from exc
 
     def run_job(self, op: str, args: dict, label: str, total: int, metric: str | None = None, timeout: float = 3600.0) -> dict:
         """Start a job with ``op`` and wait for its ``done`` event, drawing a progress bar; returns
@@ -298,7 +305,6 @@ class StageReport:
 def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig, connect: str | None = None) -> dict:
     """Run the whole demo; returns the report (also written to ``out_dir``/report.json)."""
     from interactive3d import sample
-    from interactive3d.protocol import ply
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -311,9 +317,7 @@ def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig, connect: str | None = 
     surf = sample.sample_surface(obj, cfg.reference_points, seed=cfg.seed)
     area = float(sum(p.mesh.area for p in obj.parts))
     reference = sample.surface_state(surf, area)
-    ref_path, hat_path = out / "reference.ply", out / "hat.ply"
-    ply.write_ply(ref_path, ply.state_to_splat(reference))
-    ply.write_ply(hat_path, ply.state_to_splat(sample.hat_state(max(cfg.reference_points // 20, 200), seed=cfg.seed)))
+    hat = sample.hat_state(max(cfg.reference_points // 20, 200), seed=cfg.seed)
 
     with tempfile.TemporaryDirectory(prefix="i3d-demo-") as tmp:
         proc = None
@@ -323,7 +327,7 @@ def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig, connect: str | None = 
             proc = spawn_backend(address, str(out / "backend_state"), str(out / "backend.log"))
         backend = Backend(address, proc=proc)
         try:
-            _pipeline(backend, out, cfg, obj, reference, ref_path, hat_path, stages)
+            _pipeline(backend, out, cfg, obj, reference, hat, stages)
         finally:
             backend.close()
             if proc is not None:
@@ -350,7 +354,7 @@ def _timed(stages: dict, name: str, t0: float, **fields) -> dict:
     return entry
 
 
-def _pipeline(backend: Backend, out: Path, cfg: DemoConfig, obj, reference: np.ndarray, ref_path: Path, hat_path: Path, stages: dict) -> None:
+def _pipeline(backend: Backend, out: Path, cfg: DemoConfig, obj, reference: np.ndarray, hat: np.ndarray, stages: dict) -> None:
     """Every backend step of the demo, each one protocol op (or job) and its measured numbers."""
     from interactive3d.protocol import ply
 
@@ -386,15 +390,16 @@ def _pipeline(backend: Backend, out: Path, cfg: DemoConfig, obj, reference: np.n
         "drag arm", cfg.drag_steps,
     )
     dragged, _ = backend.state()
-    near_t = np.linalg.norm(dragged[:, :3] - (src + off), axis=1) <= ARM_RADIUS
-    left = np.linalg.norm(dragged[:, :3] - src, axis=1) <= 0.5 * ARM_RADIUS
-    drag_metrics = {
-        "moved_set": int(in_p.sum()),
-        "centroid_error": float(np.linalg.norm(dragged[near_t, :3].mean(0) - before[in_p, :3].mean(0) - off)) if near_t.any() else float("inf"),
-        "left_behind": int(left.sum()),
-        "count_after": int(dragged.shape[0]),
-        "job": drag["result"],
-    }
+    res = drag["result"]
+    drag_metrics = {"moved_set": int(in_p.sum()), "added": int(res.get("added", 0)), "pruned": int(res.get("pruned", 0)),
+                    "count_after": int(dragged.shape[0]), "source_final": res.get("source")}
+    if int(res.get("pruned", 0)) == 0 and dragged.shape[0] >= before.shape[0]:
+        # Densification only appends rows, so rows 0..N-1 are the same Gaussians: exact per-point metrics.
+        drag_metrics.update(rigid_drag_metrics(before[in_p, :3], dragged[: before.shape[0]][in_p, :3], off))
+    else:
+        near_t = np.linalg.norm(dragged[:, :3] - (src + off), axis=1) <= ARM_RADIUS
+        drag_metrics["translation_error"] = float(np.linalg.norm(dragged[near_t, :3].mean(0) - before[in_p, :3].mean(0) - off))
+    drag_metrics["left_behind"] = int((np.linalg.norm(dragged[:, :3] - src, axis=1) <= 0.5 * ARM_RADIUS).sum())
     _timed(stages, "drag", t0, **drag_metrics)
 
     t0 = time.perf_counter()
@@ -415,7 +420,8 @@ def _pipeline(backend: Backend, out: Path, cfg: DemoConfig, obj, reference: np.n
     t0 = time.perf_counter()
     place = np.eye(4, dtype=np.float32)
     place[:3, 3] = HAT_POSITION
-    added = backend.call("parts.add", {"name": "hat", "path": str(hat_path)}, [place]).result
+    # Sent as a state frame (not a path) so that a remote backend needs no file from this machine.
+    added = backend.call("parts.add", {"name": "hat"}, [hat, place]).result
     with_hat, _ = backend.state()
     _timed(stages, "add_hat", t0, reply=added, count=int(with_hat.shape[0]), added=int(with_hat.shape[0] - head_after.shape[0]))
 
@@ -488,7 +494,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     st = report["stages"]
     summary = [
         f"Stage I    PSNR {st['init']['psnr']:.2f} → {st['stage1']['psnr']:.2f} dB  ({st['stage1']['seconds']:.1f} s, {st['stage1']['count']} Gaussians)",
-        f"drag       centroid error {st['drag']['centroid_error']:.3f}  ({st['drag']['seconds']:.1f} s)",
+        f"drag       translation error {st['drag']['translation_error']:.4f}, rigidity error {st['drag'].get('rigidity_error', float('nan')):.4f}  ({st['drag']['seconds']:.1f} s)",
         f"undo       bit-identical: {st['undo']['bit_identical']}",
         f"distill    PSNR {st['distill']['psnr']}  ({st['distill']['seconds']:.1f} s)",
         f"mesh       Chamfer {st['mesh']['chamfer']:.4f}  ({st['mesh']['vertices']} vertices)",
