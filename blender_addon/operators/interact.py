@@ -120,10 +120,10 @@ class I3D_OT_transform_selected(bpy.types.Operator):
             bpy.data.objects.remove(old)
         empty = bpy.data.objects.new(TRANSFORM_EMPTY, None)
         empty.empty_display_type = "ARROWS"
-        empty.location = _centroid_world(obj, idx)
+        empty.location = _centroid_world(obj, idx).tolist()
         empty["i3d_object"] = obj.name
         # The starting matrix, so that confirm sends (now · start⁻¹): the motion the artist made.
-        empty["i3d_start"] = [v for row in np.array(empty.matrix_basis) for v in row]
+        empty["i3d_start"] = [float(v) for v in np.array(empty.matrix_basis).ravel()]  # IDProperties need Python floats
         context.scene.collection.objects.link(empty)
         for other in context.selected_objects:
             other.select_set(False)
@@ -293,7 +293,7 @@ class I3D_OT_add_part(bpy.types.Operator):
     def execute(self, context):
         conn = connection.get()
         target = bpy.data.objects.get(conn.object_name or "")
-        args = {"name": self.name or None}
+        args = {"name": self.name} if self.name else {}
         if self.filepath:
             src_matrix = np.eye(4)
             args["path"] = bpy.path.abspath(self.filepath)
