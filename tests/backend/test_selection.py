@@ -151,3 +151,22 @@ def test_occlusion_aware_excludes_hidden():
     aware = S.select_by_masks(means, cams, masks, rendered, S.MaskSelectConfig(occlusion_aware=True))
     assert int(plain.sum()) == 800
     assert aware[:400].all() and not aware[400:].any()
+
+
+def test_occlusion_aware_with_rendered_depth():
+    """Same two walls as opaque splats, depth rendered by backend/render.py: occlusion-aware selection
+    keeps all 400 front Gaussians and none of the 400 hidden behind them."""
+    pytest.importorskip("interactive3d.backend.render")
+    from interactive3d.backend import gaussians as G
+    from interactive3d.backend.render import render
+
+    t = torch.linspace(-0.3, 0.3, 20)
+    yy, zz = torch.meshgrid(t, t, indexing="ij")
+    wall = torch.stack([torch.zeros(400), yy.reshape(-1), zz.reshape(-1)], 1)
+    means = torch.cat([wall + torch.tensor([0.5, 0.0, 0.0]), wall - torch.tensor([0.5, 0.0, 0.0])])
+    g = G.Gaussians.from_activated(means, torch.full((800, 3), 0.5), torch.full((800,), 0.99), torch.full((800, 3), 0.03))
+    cams = _cams([[2.5, 0.0, 0.0]])
+    with torch.no_grad():
+        depth = render(g, cams).depth
+    aware = S.select_by_masks(means, cams, torch.ones(1, 64, 64, dtype=torch.bool), depth, S.MaskSelectConfig(occlusion_aware=True))
+    assert aware[:400].all() and not aware[400:].any()
