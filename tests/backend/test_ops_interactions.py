@@ -238,3 +238,16 @@ def test_select_by_masks_op_matches_direct(client, session):
     cams = cameras_from_blender(c2w, fov, 64, 48)
     direct = S.select_by_masks(torch.from_numpy(st[:, :3]), cams, torch.from_numpy(masks != 0))
     assert r["count"] == int(direct.sum()) > 0
+
+
+def test_edits_land_between_steps_of_a_running_job(client, session):
+    """While an optimisation job runs (the test fit job, 30 steps), parts.remove and parts.transform are
+    answered at once and applied between two steps; the job still finishes 'done' with N − 10 Gaussians."""
+    r = client.request("test.fit", {"session": session, "steps": 50, "sleep": 0.03}).result
+    removed = client.request("parts.remove", {"session": session}, [np.arange(10, dtype=np.int64)]).result
+    assert removed == {"removed": 10, "count": N - 10}
+    client.request("parts.transform", {"session": session, "part": "right", "matrix": [1, 0, 0, 0, 0, 1, 0, 0.1, 0, 0, 1, 0, 0, 0, 0, 1]})
+    status = client.request("job.status", {"session": session}).result
+    assert status["state"] == "running" and 0 < status["step"] < 50  # the edits landed mid-job
+    done = _wait_done(client, r["job"])
+    assert done["event"] == "done" and done["data"]["count"] == N - 10
