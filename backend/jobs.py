@@ -104,6 +104,7 @@ class JobRunner:
         state_dir: str | None,
         cfg: JobConfig = JobConfig(),
         start_step: int = 0,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         total = getattr(job, "total_steps", None)
         if not isinstance(total, int) or isinstance(total, bool) or total < 0:
@@ -121,6 +122,7 @@ class JobRunner:
         self.state = "running"  # running | pausing | paused | cancelling | done | cancelled | error | stopped
         self.error: str | None = None
         self._emit_fn = emit
+        self._on_exit = on_exit  # called on the worker thread as it ends (the server closes its wake socket)
         self._state_dir = state_dir
         self.cfg = cfg
         self._cond = threading.Condition()
@@ -235,6 +237,13 @@ class JobRunner:
             self._emit("resumed", {"step": self.step})
 
     def _run(self) -> None:
+        try:
+            self._run_steps()
+        finally:
+            if self._on_exit is not None:
+                self._on_exit()
+
+    def _run_steps(self) -> None:
         cfg = self.cfg
         try:
             while self.step < self.total:
@@ -243,7 +252,7 @@ class JobRunner:
                     break
                 with self.session.lock:
                     metrics = self.job.step(self.step)
-                self.step += 1
+                    self.step += 1  # inside the lock: a checkpoint taken under it sees state and step agree
                 self.metrics = _finite_metrics(metrics)
                 i = self.step
                 if cfg.progress_every and (i % cfg.progress_every == 0 or i == self.total):

@@ -162,6 +162,7 @@ class Request:
         runner = JobRunner(
             s, job, job_id, JobOrigin(self.op, dict(self.args), list(self.buffers), self.id),
             self.server._post_event, self.server.config.state_dir, self.server.config.job, start_step=start,
+            on_exit=self.server._release_thread,
         )
         s.job = runner
         runner.start(paused=self.paused)
@@ -304,7 +305,8 @@ class Server:
                 sock.close(linger=0)
         self._router = self._wake_pull = None
         if self._own_ctx:
-            self._ctx.term()
+            # destroy, not term: a job thread that did not stop in time must not hang the exit
+            self._ctx.destroy(linger=0)
         log.info("stopped")
 
     def _stop_and_checkpoint(self, s: Session) -> None:
@@ -385,8 +387,10 @@ class Server:
         self._outbox.put((session_id, header, buffers))
         if threading.get_ident() == self._loop_thread or self._router is None:
             return
+        if self._stopping.is_set():
+            return  # shutdown flushes the queue; the context may be going away
         sock = getattr(self._wake_local, "sock", None)
-        if sock is None or self._stopping.is_set():
+        if sock is None:
             try:
                 sock = self._ctx.socket(zmq.PUSH)
                 sock.setsockopt(zmq.LINGER, 0)
@@ -398,6 +402,13 @@ class Server:
             sock.send(b"", zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the loop also polls with a timeout; a lost wake-up only delays the event
+
+    def _release_thread(self) -> None:
+        """Close the calling thread's wake-up socket (a job thread calls this as it ends)."""
+        sock = getattr(self._wake_local, "sock", None)
+        if sock is not None:
+            sock.close(linger=0)
+            self._wake_local.sock = None
 
     def _flush_events(self) -> None:
         while True:

@@ -182,10 +182,14 @@ class Client:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
+                reply = None
                 for msg in self._drain(int(left * 1000) + 1):
-                    if msg.kind == "reply" and msg.id == rid:
-                        return self._to_reply(op, msg)
-                    self._inbox.append(msg)
+                    if reply is None and msg.kind == "reply" and msg.id == rid:
+                        reply = msg
+                    else:
+                        self._inbox.append(msg)  # events and other replies wait for poll()
+                if reply is not None:
+                    return self._to_reply(op, reply)
             log.info("no reply to %s from %s after %.1f s (attempt %d/%d); reconnecting", op, self.address, timeout, attempt + 1, retries + 1)
             self.reconnect()
         raise ConnectionLost(f"no reply to {op!r} from {self.address} after {retries + 1} attempt(s) of {timeout:g} s")
