@@ -15,14 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # imported lazily at call time: cameras.py belongs to the renderer
-    from .cameras import Cameras
+from .cameras import Cameras, project_points
 
 
 class SegmentorUnavailableError(RuntimeError):
@@ -109,7 +106,7 @@ class MaskSelectConfig:
 
 def select_by_masks(
     means: Tensor,  # [N,3]
-    cameras: "Cameras",  # B views
+    cameras: Cameras,  # B views
     masks: Tensor,  # [B,H,W] bool / uint8 (non-zero = inside), row 0 at the top
     rendered_depth: Tensor | None = None,  # [B,H,W] or [B,H,W,1]; needed when occlusion_aware
     cfg: MaskSelectConfig = MaskSelectConfig(),
@@ -120,8 +117,6 @@ def select_by_masks(
     column u) covers the projected coordinates [u, u+1) × [v, v+1) (gsplat's pixel convention).
     Rendered depth ≤ 0 (background) counts as unoccluded.
     """
-    from .cameras import project_points
-
     _check_points(means)
     b = len(cameras)
     if masks.ndim != 3 or masks.shape[0] != b:
