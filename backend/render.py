@@ -1,0 +1,383 @@
+"""Differentiable Gaussian splatting (3D Gaussian Splatting, Kerbl et al. 2023; paper §3.1).
+
+One public entry, :func:`render`. On CUDA tensors it calls gsplat's ``rasterization``; elsewhere it
+runs the pure-torch twin below with the same maths as gsplat's kernels:
+
+1. 3D covariance Σ = R S Sᵀ Rᵀ from w-first quaternions and scales; world → camera (OpenCV).
+2. EWA projection Σ' = J W Σ Wᵀ Jᵀ with the perspective Jacobian J (its x/z, y/z clamped to 1.3× the
+   frustum as gsplat does), plus the 0.3 px² low-pass on the 2D covariance; conic = Σ'⁻¹.
+3. Culling: near plane (z > 0.01), far plane, non-positive determinant, bounding box outside the image.
+   Per-axis radius ⌈3.33·σ⌉ px (gsplat's bound; at 3.33σ a fully opaque Gaussian falls under 1/255).
+4. Per (Gaussian, pixel) pair inside the radius box: α = min(0.999, o·exp(−½ dᵀ Σ'⁻¹ d)), pairs with
+   α < 1/255 skipped; front-to-back compositing in depth order with transmittance T_i = Π_{j<i}(1−α_j),
+   stopping where T would fall to 1e-4 (gsplat); colour Σ c_i α_i T_i + T_final·background;
+   expected depth Σ z_i α_i T_i / Σ α_i T_i.
+
+The torch rasteriser is vectorised over all (view, Gaussian, pixel) pairs: pairs are listed from each
+Gaussian's radius box, sorted by pixel with a stable sort of the depth-ordered list, and the
+transmittance is a segmented cumulative sum of log(1−α) (float64, so long pixel segments stay exact).
+There is no Python loop over Gaussians, pixels or views.
+
+Colour comes from spherical harmonics up to degree 3 (the real SH basis of 3DGS/gsplat) evaluated with
+the view direction (Gaussian centre − camera centre), then 0.5 is added and the result clamped to [0,1]
+(docs/conventions.md). The same per-view colours are handed to gsplat, so both paths agree.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .cameras import Cameras
+from .gaussians import Gaussians
+
+logger = logging.getLogger(__name__)
+
+EPS2D = 0.3  # low-pass filter added to the 2D covariance (px²), hard-coded in gsplat's kernels
+ALPHA_MAX = 0.999  # gsplat's clamp (the INRIA code uses 0.99)
+ALPHA_MIN = 1.0 / 255.0
+T_MIN = 1e-4  # compositing stops before transmittance falls to this
+RADIUS_SIGMAS = 3.33
+
+# Real spherical-harmonics constants (Sloan 2013; the 3DGS / gsplat basis).
+SH_C0 = 0.28209479177387814
+SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C3 = (
+    -0.5900435899266435,
+    2.890611442640554,
+    -0.4570457994644658,
+    0.3731763325901154,
+    -0.4570457994644658,
+    1.445305721320277,
+    -0.5900435899266435,
+)
+
+
+@dataclass
+class RenderOutput:
+    """Result of :func:`render` for B views of N Gaussians.
+
+    Attributes:
+        rgb: [B,H,W,3] colour in [0,1] over the background.
+        alpha: [B,H,W,1] accumulated opacity.
+        depth: [B,H,W,1] expected camera-space depth (Σ w z / Σ w; 0 where nothing was hit).
+        means2d: [B,N,2] projected centres in pixels; ``retain_grad``'ed when it requires grad, so
+            after ``backward()`` its ``.grad`` holds the view-space positional gradient densify reads.
+        radii: [B,N] int pixel radius (max over the two axes), 0 = culled / not visible.
+    """
+
+    rgb: Tensor  # [B,H,W,3]
+    alpha: Tensor  # [B,H,W,1]
+    depth: Tensor  # [B,H,W,1]
+    means2d: Tensor  # [B,N,2]
+    radii: Tensor  # [B,N]
+
+
+@dataclass
+class Projection:
+    """Per-view projected Gaussians (the output of gsplat's ``fully_fused_projection``, unpacked).
+
+    Attributes:
+        means2d: [B,N,2] pixel centres. conics: [B,N,3] upper triangle (a, b, c) of Σ'⁻¹.
+        covars2d: [B,N,2,2] 2D covariance including the low-pass. depths: [B,N] camera z.
+        radii: [B,N,2] int per-axis pixel radius, 0 where culled.
+    """
+
+    means2d: Tensor
+    conics: Tensor
+    covars2d: Tensor
+    depths: Tensor
+    radii: Tensor
+
+
+# -- maths shared by both paths ------------------------------------------------------------------
+def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
+    """Σ = R S Sᵀ Rᵀ. quats [...,4] w-first (normalised here), scales [...,3] → [...,3,3]."""
+    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    R = torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(q.shape[:-1] + (3, 3))
+    M = R * scales[..., None, :]
+    return M @ M.transpose(-1, -2)
+
+
+def sh_basis(degree: int, dirs: Tensor) -> Tensor:
+    """Real SH basis up to ``degree`` (0..3) at unit directions [...,3] → [...,(degree+1)²]."""
+    if degree not in (0, 1, 2, 3):
+        raise ValueError(f"sh degree must be 0..3, got {degree}")
+    out = [torch.full_like(dirs[..., 0], SH_C0)]
+    if degree >= 1:
+        x, y, z = dirs.unbind(-1)
+        out += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
+    if degree >= 2:
+        xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+        out += [
+            SH_C2[0] * xy,
+            SH_C2[1] * yz,
+            SH_C2[2] * (2 * zz - xx - yy),
+            SH_C2[3] * xz,
+            SH_C2[4] * (xx - yy),
+        ]
+    if degree >= 3:
+        out += [
+            SH_C3[0] * y * (3 * xx - yy),
+            SH_C3[1] * xy * z,
+            SH_C3[2] * y * (4 * zz - xx - yy),
+            SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
+            SH_C3[4] * x * (4 * zz - xx - yy),
+            SH_C3[5] * z * (xx - yy),
+            SH_C3[6] * x * (xx - 3 * yy),
+        ]
+    return torch.stack(out, dim=-1)
+
+
+def view_colors(g: Gaussians, cams: Cameras) -> Tensor:
+    """[B,N,3] colour in [0,1] of every Gaussian seen from every camera (SH with view directions)."""
+    sh = g.params["sh"]  # [N,K,3]
+    b = len(cams)
+    if g.sh_degree == 0:
+        rgb = (SH_C0 * sh[:, 0] + 0.5).clamp(0.0, 1.0)
+        return rgb[None].expand(b, -1, -1)
+    centers = cams.centers().to(sh.device, sh.dtype)  # [B,3]
+    dirs = g.means[None] - centers[:, None]  # [B,N,3]
+    dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    k = (g.sh_degree + 1) ** 2
+    basis = sh_basis(g.sh_degree, dirs)  # [B,N,K]
+    return (torch.einsum("bnk,nkc->bnc", basis, sh[:, :k]) + 0.5).clamp(0.0, 1.0)
+
+
+def project(
+    means: Tensor,  # [N,3]
+    covars: Tensor,  # [N,3,3]
+    viewmats: Tensor,  # [B,4,4]
+    Ks: Tensor,  # [B,3,3]
+    width: int,
+    height: int,
+    eps2d: float = EPS2D,
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+) -> Projection:
+    """EWA projection of 3D Gaussians (gsplat's ``fully_fused_projection``, pinhole, unpacked)."""
+    R = viewmats[:, :3, :3]
+    t = viewmats[:, :3, 3]
+    mc = torch.einsum("bij,nj->bni", R, means) + t[:, None]  # [B,N,3]
+    cc = torch.einsum("bij,njk,blk->bnil", R, covars, R)  # [B,N,3,3]
+    tx, ty, tz = mc.unbind(-1)
+    in_depth = (tz > near_plane) & (tz < far_plane)
+    # Culled Gaussians get z = 1 so nothing downstream divides by ~0 (their gradients stay finite).
+    tz = torch.where(in_depth, tz, torch.ones_like(tz))
+    fx, fy = Ks[:, 0, 0, None], Ks[:, 1, 1, None]  # [B,1]
+    cx, cy = Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+    # gsplat clamps the Jacobian's evaluation point to 1.3× the frustum (stable for off-screen centres)
+    ux = (tx / tz).clamp(-(cx / fx + 0.3 * tan_x), (width - cx) / fx + 0.3 * tan_x)
+    uy = (ty / tz).clamp(-(cy / fy + 0.3 * tan_y), (height - cy) / fy + 0.3 * tan_y)
+    zero = torch.zeros_like(tz)
+    J = torch.stack([fx / tz, zero, -fx * ux / tz, zero, fy / tz, -fy * uy / tz], dim=-1).reshape(tz.shape + (2, 3))
+    cov2d = J @ cc @ J.transpose(-1, -2)  # [B,N,2,2]
+    cov2d = cov2d + eps2d * torch.eye(2, dtype=cov2d.dtype, device=cov2d.device)
+    means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], dim=-1)  # [B,N,2]
+    a, b, c = cov2d[..., 0, 0], 0.5 * (cov2d[..., 0, 1] + cov2d[..., 1, 0]), cov2d[..., 1, 1]
+    det_raw = a * c - b * b
+    det = det_raw.clamp_min(1e-10)
+    conics = torch.stack([c / det, -b / det, a / det], dim=-1)
+    with torch.no_grad():
+        radius = torch.ceil(RADIUS_SIGMAS * torch.stack([a, c], -1).clamp_min(0).sqrt())  # [B,N,2]
+        valid = (det_raw > 0) & in_depth
+        mx, my = means2d[..., 0], means2d[..., 1]
+        inside = (mx + radius[..., 0] > 0) & (mx - radius[..., 0] < width) & (my + radius[..., 1] > 0) & (my - radius[..., 1] < height)
+        radii = torch.where((valid & inside)[..., None], radius, torch.zeros_like(radius)).int()
+    return Projection(means2d, conics, cov2d, mc[..., 2], radii)
+
+
+# -- the torch rasteriser -------------------------------------------------------------------------
+def _pairs(proj: Projection, opacities: Tensor, width: int, height: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """List (Gaussian, pixel) pairs inside each visible Gaussian's box, front to back per view.
+
+    The box spans min(3.33, √(2·ln(o/α_min))) σ per axis: beyond that even the centre-weighted alpha
+    o·exp(−½k²) is under 1/255, so no pair that could pass the alpha test is missed.
+    Returns flat Gaussian ids into B·N, pixel x, pixel y and flat pixel ids into B·H·W (int64, [M]).
+    """
+    depths, radii = proj.depths, proj.radii
+    b, n = depths.shape
+    dev = depths.device
+    visible = radii.amax(-1) > 0  # [B,N]
+    order = torch.argsort(torch.where(visible, depths, torch.full_like(depths, float("inf"))), dim=1, stable=True)
+    flat = (torch.arange(b, device=dev)[:, None] * n + order)[visible.gather(1, order)]  # [V] by (view, depth)
+    m2 = proj.means2d.reshape(-1, 2).index_select(0, flat)
+    sig = proj.covars2d.reshape(-1, 4)[:, [0, 3]].index_select(0, flat).clamp_min(0).sqrt()  # [V,2]
+    o = opacities.clamp_min(ALPHA_MIN)[None].expand(b, n).reshape(-1).index_select(0, flat)
+    k = torch.sqrt(2.0 * torch.log(o / ALPHA_MIN)).clamp_max(RADIUS_SIGMAS)
+    r = torch.minimum(sig * k[:, None], radii.reshape(-1, 2).index_select(0, flat).to(sig.dtype))
+    # pixel (x, y) is covered when its centre x + 0.5 lies within [m − r, m + r]
+    x0 = torch.ceil(m2[:, 0] - r[:, 0] - 0.5).clamp(0, width - 1).long()
+    x1 = torch.floor(m2[:, 0] + r[:, 0] - 0.5).clamp(0, width - 1).long()
+    y0 = torch.ceil(m2[:, 1] - r[:, 1] - 0.5).clamp(0, height - 1).long()
+    y1 = torch.floor(m2[:, 1] + r[:, 1] - 0.5).clamp(0, height - 1).long()
+    wx = (x1 - x0 + 1).clamp_min(0)
+    wy = (y1 - y0 + 1).clamp_min(0)
+    counts = wx * wy
+    total = int(counts.sum())
+    rep = torch.repeat_interleave(torch.arange(flat.shape[0], device=dev), counts, output_size=total)
+    local = torch.arange(total, device=dev) - (torch.cumsum(counts, 0) - counts).index_select(0, rep)
+    wxr = wx.index_select(0, rep)
+    py = local // wxr
+    px = x0.index_select(0, rep) + (local - py * wxr)
+    py = py + y0.index_select(0, rep)
+    gid = flat.index_select(0, rep)
+    pix = (gid // n) * (height * width) + py * width + px
+    return gid, px, py, pix
+
+
+def _pair_alpha(pf: Tensor, px: Tensor, py: Tensor) -> Tensor:
+    """α of each pair from gathered per-Gaussian features pf [M, ≥6] = (mx, my, a, b, c, o, …)."""
+    dx = px.to(pf.dtype) + 0.5 - pf[:, 0]
+    dy = py.to(pf.dtype) + 0.5 - pf[:, 1]
+    sigma = 0.5 * (pf[:, 2] * dx * dx + pf[:, 4] * dy * dy) + pf[:, 3] * dx * dy
+    return (pf[:, 5] * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
+
+
+def rasterize_torch(
+    proj: Projection,
+    opacities: Tensor,  # [N]
+    colors: Tensor,  # [B,N,3]
+    background: Tensor,  # [B,3]
+    width: int,
+    height: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Front-to-back alpha compositing of projected Gaussians → rgb [B,H,W,3], alpha, depth [B,H,W,1]."""
+    b, n = proj.depths.shape
+    hw = height * width
+    dev, dtype = colors.device, colors.dtype
+    # one gather per pair (and one scatter in backward) for every per-Gaussian quantity
+    feats = torch.cat(
+        [
+            proj.means2d.reshape(b * n, 2),
+            proj.conics.reshape(b * n, 3),
+            opacities[None, :, None].expand(b, n, 1).reshape(b * n, 1),
+            colors.reshape(b * n, 3),
+            proj.depths.reshape(b * n, 1),
+        ],
+        dim=1,
+    )  # [B·N, 10]
+    with torch.no_grad():
+        gid, px, py, pix = _pairs(proj, opacities.detach(), width, height)
+        keep = (_pair_alpha(feats.detach().index_select(0, gid), px, py) >= ALPHA_MIN).nonzero()[:, 0]
+        pix = pix.index_select(0, keep)
+        # stable sort by pixel keeps the per-view depth order inside every pixel's segment
+        pix, perm = torch.sort(pix, stable=True)
+        perm = keep.index_select(0, perm)
+        gid, px, py = gid.index_select(0, perm), px.index_select(0, perm), py.index_select(0, perm)
+        _, seg_counts = torch.unique_consecutive(pix, return_counts=True)
+        seg_start = torch.repeat_interleave(torch.cumsum(seg_counts, 0) - seg_counts, seg_counts)
+    pf = feats.index_select(0, gid)  # [M,10]
+    alpha = _pair_alpha(pf, px, py)
+    log1m = torch.log1p(-alpha.double())
+    excl = torch.cumsum(log1m, 0) - log1m  # Σ_{j<i} log(1−α_j) over the whole list
+    trans = torch.exp(excl - excl.index_select(0, seg_start)).to(dtype)  # within the pixel's segment
+    with torch.no_grad():
+        on = trans * (1.0 - alpha) > T_MIN  # gsplat stops before T would drop to 1e-4
+    w = torch.where(on, alpha * trans, torch.zeros_like(alpha))  # [M]
+    vals = torch.cat([pf[:, 6:10], torch.ones_like(w)[:, None]], dim=1) * w[:, None]  # rgb, z, 1
+    acc = torch.zeros(b * hw, 5, dtype=dtype, device=dev).index_add(0, pix, vals)
+    acc = acc.reshape(b, height, width, 5)
+    alpha_img = acc[..., 4:5]
+    rgb = acc[..., :3] + (1.0 - alpha_img) * background[:, None, None, :]
+    depth = acc[..., 3:4] / alpha_img.clamp_min(1e-10)
+    return rgb, alpha_img, depth
+
+
+# -- public entry ---------------------------------------------------------------------------------
+def _background(background: Tensor | None, b: int, device, dtype) -> Tensor:
+    if background is None:
+        return torch.zeros(b, 3, device=device, dtype=dtype)
+    bg = torch.as_tensor(background, device=device, dtype=dtype)
+    if bg.shape == (3,):
+        return bg[None].expand(b, 3)
+    if bg.shape == (b, 3):
+        return bg
+    raise ValueError(f"background must be [3] or [{b},3], got {tuple(bg.shape)}")
+
+
+def render(
+    g: Gaussians,
+    cams: Cameras,
+    background: Tensor | None = None,  # [3] or [B,3], black when None
+    backend: str = "auto",
+    near_plane: float = 0.01,
+    far_plane: float = 1e10,
+) -> RenderOutput:
+    """Render B views of the Gaussians.
+
+    Args:
+        g: the Gaussians (parameters on one device).
+        cams: B cameras (moved to the Gaussians' device).
+        background: colour behind the object, [3] or [B,3] in [0,1].
+        backend: "auto" (gsplat for CUDA tensors, else torch), "torch" or "gsplat".
+    """
+    if backend not in ("auto", "torch", "gsplat"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
+    if g.n == 0:
+        raise ValueError("render: the Gaussian set is empty (n = 0)")
+    if not (0 < near_plane < far_plane):
+        raise ValueError(f"need 0 < near_plane < far_plane, got {near_plane}, {far_plane}")
+    dev, dtype = g.device, g.means.dtype
+    cams = cams.to(dev)
+    viewmats, Ks = cams.viewmats.to(dtype), cams.Ks.to(dtype)
+    if not (torch.isfinite(viewmats).all() and torch.isfinite(Ks).all()):
+        raise ValueError("render: camera matrices must be finite")
+    b, w, h = len(cams), cams.width, cams.height
+    bg = _background(background, b, dev, dtype)
+    colors = view_colors(g, cams)  # [B,N,3]
+    use_gsplat = backend == "gsplat" or (backend == "auto" and dev.type == "cuda")
+    if use_gsplat:
+        return _render_gsplat(g, viewmats, Ks, w, h, colors, bg, near_plane, far_plane)
+    proj = project(g.means, quat_scale_to_covar(g.params["quats"], g.scales), viewmats, Ks, w, h, EPS2D, near_plane, far_plane)
+    if proj.means2d.requires_grad:
+        proj.means2d.retain_grad()
+    rgb, alpha, depth = rasterize_torch(proj, g.opacities, colors, bg, w, h)
+    return RenderOutput(rgb, alpha, depth, proj.means2d, proj.radii.amax(-1))
+
+
+def _render_gsplat(g, viewmats, Ks, w, h, colors, bg, near_plane, far_plane) -> RenderOutput:
+    from gsplat import rasterization  # CUDA-only path; imported lazily so CPU use needs no kernels
+
+    if g.device.type != "cuda":
+        raise ValueError(f"backend 'gsplat' needs CUDA tensors, the Gaussians are on {g.device}")
+    rc, ra, meta = rasterization(
+        g.means,
+        g.rotations,
+        g.scales,
+        g.opacities,
+        colors,  # [B,N,3] per-view colours (SH already evaluated, same clamp as the torch path)
+        viewmats,
+        Ks,
+        w,
+        h,
+        near_plane=near_plane,
+        far_plane=far_plane,
+        eps2d=EPS2D,
+        sh_degree=None,
+        packed=False,
+        absgrad=False,
+        rasterize_mode="classic",
+        backgrounds=bg,
+        render_mode="RGB+ED",
+    )
+    means2d = meta["means2d"]
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    radii = meta["radii"]
+    if radii.ndim == 3:  # gsplat ≥ 1.5 gives per-axis radii [B,N,2]
+        radii = radii.amax(-1)
+    return RenderOutput(rc[..., :3], ra, rc[..., 3:4], means2d, radii.int())
