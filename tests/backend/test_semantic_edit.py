@@ -85,3 +85,21 @@ def test_semantic_edit_outside_part_bit_identical():
     assert not torch.equal(after["p/sh"][part], before["p/sh"][part])  # the part did change
     assert len(guidance.calls) == 5 and guidance.calls[0][2] == 0.3 and guidance.calls[0][4] == (1, 32, 32, 3)
     assert guidance.calls[0][0].prompt == "make it red"
+
+
+def test_zoom_in_cameras_frame_the_part():
+    """Interactive SDS (§3.1.5): the region sphere of a part (region_of) given to the zoom-in cameras puts
+    every centre of the part inside each of 8 sampled 32×32 views, and the part spans ≥ 40% of the
+    image width in each view (the camera is near the part, not orbiting the whole object)."""
+    from interactive3d.backend.cameras import project_points, zoom_in_cameras
+    from interactive3d.backend.interactive_sds import region_of
+
+    g = G.init_random(3000, radius=0.5, seed=0)
+    part = (g.means.detach() - torch.tensor([0.3, 0.0, 0.0])).norm(dim=1) <= 0.12
+    region = region_of(g.means, part)
+    sample = zoom_in_cameras(region.center, region.radius, 8, 32, 32, torch.Generator().manual_seed(0))
+    pix, depth = project_points(g.means.detach()[part], sample.cameras)
+    assert (depth > 0).all()
+    assert ((pix >= 0) & (pix < 32)).all()
+    span = pix[..., 0].amax(1) - pix[..., 0].amin(1)
+    assert (span >= 0.4 * 32).all()
