@@ -15,8 +15,10 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from .cameras import zoom_in_cameras
 from .gaussians import Gaussians
 from .guidance import PromptSpec
+from .render import render
 
 
 class Guidance(Protocol):
@@ -86,9 +88,6 @@ def interactive_sds_loss(
     step: int = 0,
 ) -> SDSResult:
     """Render zoom-in views of ``region`` and return the weighted SDS loss (differentiable in g)."""
-    from .cameras import zoom_in_cameras
-    from .render import render
-
     sample = zoom_in_cameras(
         region.center,
         region.radius,
