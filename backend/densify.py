@@ -1,0 +1,284 @@
+"""Adaptive density control of 3D Gaussian Splatting (Kerbl et al. 2023, §5.2), as used by Stage I.
+
+Every ``every`` steps inside [from_step, until_step):
+- **clone** Gaussians whose average view-space positional gradient exceeds ``grad_threshold`` and whose
+  largest scale is ≤ ``percent_dense·extent`` (under-reconstruction: a copy is added in place);
+- **split** those above the threshold with a larger scale (over-reconstruction: ``split_count`` samples
+  drawn from the Gaussian replace it, scales divided by ``split_scale_div`` = 0.8·split_count = 1.6);
+- **prune** Gaussians with opacity < ``prune_opacity``, largest world scale > ``prune_scale·extent``
+  and, optionally, a screen radius > ``prune_screen_px`` pixels.
+Every ``opacity_reset_every`` steps opacities are clamped to ``opacity_reset_value`` (and their Adam
+moments zeroed), which lets pruning remove floaters.
+
+The statistics (accumulated gradient norms, view counts, largest screen radius) live in the Gaussians'
+buffers ``densify:grad``, ``densify:count`` and ``densify:radii``, so :func:`gaussians.keep` /
+:func:`gaussians.append` keep them in step with the parameters and checkpoints carry them. Every change
+of the number of Gaussians goes through ``keep``/``append`` (parameters, Adam moments and buffers —
+part masks included, which clones and split children inherit from their parent).
+
+The view-space gradient is the gradient of ``RenderOutput.means2d`` (pixels) converted to NDC units as
+3DGS measures it (× W/2, × H/2) and multiplied by the number of views in the batch, since the loss is a
+mean over views (as gsplat's DefaultStrategy), so the 0.0002 threshold keeps its 3DGS meaning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .gaussians import Gaussians, append, keep
+
+GRAD = "densify:grad"
+COUNT = "densify:count"
+RADII = "densify:radii"
+STAT_BUFFERS = (GRAD, COUNT, RADII)
+
+
+@dataclass(frozen=True)
+class DensifyConfig:
+    """Densify & prune schedule and thresholds (3DGS defaults, steps scaled to a Stage I run).
+
+    Attributes:
+        grad_threshold: average NDC view-space gradient norm above which a Gaussian is densified.
+        percent_dense: clone/split boundary on the largest scale, as a fraction of ``extent``.
+        extent: scene radius (objects of radius ~1 → 1.0).
+        split_count: children per split Gaussian; split_scale_div: their scale divisor (0.8·count).
+        prune_opacity: prune below this opacity. prune_scale: prune a largest scale above
+            ``prune_scale·extent`` (None: off). prune_screen_px: prune a screen radius above this (None: off).
+        from_step, until_step, every: densify/prune at steps s with from_step ≤ s < until_step and
+            s % every == 0 (s > 0).
+        opacity_reset_every: reset opacities every this many steps (None: never); opacity_reset_value:
+            the reset's ceiling.
+        max_gaussians: never grow past this count (the largest gradients win).
+    """
+
+    grad_threshold: float = 0.0002
+    percent_dense: float = 0.01
+    extent: float = 1.0
+    split_count: int = 2
+    split_scale_div: float = 1.6
+    prune_opacity: float = 0.005
+    prune_scale: float | None = 0.1
+    prune_screen_px: float | None = None
+    from_step: int = 100
+    until_step: int = 1500
+    every: int = 100
+    opacity_reset_every: int | None = 3000
+    opacity_reset_value: float = 0.01
+    max_gaussians: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("grad_threshold", "percent_dense", "extent", "split_scale_div"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"DensifyConfig.{name} must be > 0, got {v!r}")
+        for name in ("split_count", "every", "max_gaussians"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"DensifyConfig.{name} must be a positive integer, got {v!r}")
+        if not (0.0 <= self.prune_opacity < 1.0):
+            raise ValueError(f"DensifyConfig.prune_opacity must be in [0,1), got {self.prune_opacity}")
+        if not (0.0 < self.opacity_reset_value < 1.0):
+            raise ValueError(f"DensifyConfig.opacity_reset_value must be in (0,1), got {self.opacity_reset_value}")
+        if self.opacity_reset_every is not None and (not isinstance(self.opacity_reset_every, int) or self.opacity_reset_every < 1):
+            raise ValueError(f"DensifyConfig.opacity_reset_every must be a positive integer or None, got {self.opacity_reset_every!r}")
+        if not (isinstance(self.from_step, int) and isinstance(self.until_step, int) and 0 <= self.from_step):
+            raise ValueError(f"DensifyConfig.from_step/until_step must be integers >= 0, got {self.from_step}, {self.until_step}")
+        for name in ("prune_scale", "prune_screen_px"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"DensifyConfig.{name} must be > 0 or None, got {v!r}")
+
+    def densify_at(self, step: int) -> bool:
+        return step > 0 and self.from_step <= step < self.until_step and step % self.every == 0
+
+    def reset_at(self, step: int) -> bool:
+        return self.opacity_reset_every is not None and step > 0 and step % self.opacity_reset_every == 0
+
+
+@dataclass(frozen=True)
+class DensifyStepResult:
+    """What one hook call did (counts of Gaussians)."""
+
+    cloned: int = 0
+    split: int = 0  # parents split (each replaced by split_count children)
+    pruned: int = 0
+    opacity_reset: bool = False
+
+
+def ensure_state(g: Gaussians) -> None:
+    """Create the zeroed statistics buffers if they are missing (idempotent)."""
+    for name in STAT_BUFFERS:
+        if name not in g.buffers or g.buffers[name].shape != (g.n,):
+            g.buffers[name] = torch.zeros(g.n, dtype=torch.float32, device=g.device)
+
+
+def reset_state(g: Gaussians) -> None:
+    for name in STAT_BUFFERS:
+        g.buffers[name] = torch.zeros(g.n, dtype=torch.float32, device=g.device)
+
+
+@torch.no_grad()
+def update_state(g: Gaussians, means2d_grad: Tensor, radii: Tensor, width: int, height: int) -> None:
+    """Accumulate view-space gradient norms and view counts of the Gaussians visible in each view.
+
+    Args:
+        means2d_grad: [B,N,2] gradient of RenderOutput.means2d (pixels).
+        radii: [B,N] pixel radii (0 = not visible).
+    """
+    ensure_state(g)
+    b, n = radii.shape
+    if means2d_grad.shape != (b, n, 2) or n != g.n:
+        raise ValueError(f"means2d grad {tuple(means2d_grad.shape)} and radii {tuple(radii.shape)} do not match {g.n} Gaussians")
+    scale = torch.tensor([0.5 * width * b, 0.5 * height * b], dtype=means2d_grad.dtype, device=means2d_grad.device)
+    norms = (means2d_grad * scale).norm(dim=-1)  # [B,N] in NDC units
+    vis = radii > 0
+    dev = g.device
+    g.buffers[GRAD] += torch.where(vis, norms, torch.zeros_like(norms)).sum(0).to(dev, torch.float32)
+    g.buffers[COUNT] += vis.sum(0).to(dev, torch.float32)
+    g.buffers[RADII] = torch.maximum(g.buffers[RADII], radii.amax(0).to(dev, torch.float32))
+
+
+def _inherited_buffers(g: Gaussians, idx: Tensor, repeats: int = 1) -> dict[str, Tensor]:
+    """Buffer rows of new Gaussians copied from their parents (part masks), statistics zeroed."""
+    out = {}
+    for name, buf in g.buffers.items():
+        rows = buf.index_select(0, idx)
+        if repeats > 1:
+            rows = rows.repeat((repeats,) + (1,) * (rows.ndim - 1))
+        out[name] = torch.zeros_like(rows) if name in STAT_BUFFERS else rows
+    return out
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """[...,4] w-first (normalised here) → [...,3,3]."""
+    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        dim=-1,
+    ).reshape(q.shape[:-1] + (3, 3))
+
+
+@torch.no_grad()
+def densify(
+    g: Gaussians,
+    optimizers: dict[str, torch.optim.Optimizer] | None,
+    cfg: DensifyConfig,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int]:
+    """Clone and split by the accumulated statistics (3DGS rules); returns (cloned, split parents).
+
+    Split children are drawn from N(μ, Σ) of their parent with ``generator`` (CPU) and get log-scale
+    log(s / split_scale_div); other parameters are copied. Clones are exact copies. Statistics reset.
+    """
+    ensure_state(g)
+    n = g.n
+    avg = g.buffers[GRAD] / g.buffers[COUNT].clamp_min(1.0)
+    big_grad = avg >= cfg.grad_threshold
+    max_scale = g.scales.amax(dim=-1)
+    small = max_scale <= cfg.percent_dense * cfg.extent
+    clone_sel, split_sel = big_grad & small, big_grad & ~small
+    # Respect the cap: keep the candidates with the largest gradients.
+    room = cfg.max_gaussians - n
+    grow = int(clone_sel.sum()) + (cfg.split_count - 1) * int(split_sel.sum())
+    if grow > room:
+        cand = (clone_sel | split_sel).nonzero()[:, 0]
+        cost = torch.where(clone_sel[cand], 1, cfg.split_count - 1)
+        order = torch.argsort(avg[cand], descending=True, stable=True)
+        fits = torch.cumsum(cost[order], 0) <= max(room, 0)
+        chosen = torch.zeros(n, dtype=torch.bool, device=g.device)
+        chosen[cand[order][fits]] = True
+        clone_sel, split_sel = clone_sel & chosen, split_sel & chosen
+    clone_idx = clone_sel.nonzero()[:, 0]
+    split_idx = split_sel.nonzero()[:, 0]
+    if clone_idx.numel():
+        new = {k: v.detach().index_select(0, clone_idx) for k, v in g.params.items()}
+        append(g, optimizers, new, _inherited_buffers(g, clone_idx))
+    if split_idx.numel():
+        k = cfg.split_count
+        p = {name: v.detach().index_select(0, split_idx) for name, v in g.params.items()}
+        scales = torch.exp(p["log_scales"])  # [S,3]
+        noise = torch.randn((k, split_idx.numel(), 3), generator=generator).to(scales.device, scales.dtype)
+        rot = quat_to_rotmat(p["quats"])  # [S,3,3]
+        offsets = torch.einsum("sij,ksj->ksi", rot, noise * scales[None])  # [k,S,3]
+        new = {name: v.repeat((k,) + (1,) * (v.ndim - 1)) for name, v in p.items()}
+        new["means"] = (p["means"][None] + offsets).reshape(-1, 3)
+        new["log_scales"] = torch.log(scales / cfg.split_scale_div).repeat(k, 1)
+        append(g, optimizers, new, _inherited_buffers(g, split_idx, k))
+        # the split parents go; clones and children were appended after the original n rows
+        mask = torch.ones(g.n, dtype=torch.bool, device=g.device)
+        mask[split_idx] = False
+        keep(g, optimizers, mask)
+    reset_state(g)
+    return int(clone_idx.numel()), int(split_idx.numel())
+
+
+@torch.no_grad()
+def prune(g: Gaussians, optimizers: dict[str, torch.optim.Optimizer] | None, cfg: DensifyConfig) -> int:
+    """Remove transparent, oversized (world) and optionally screen-oversized Gaussians; returns the count.
+
+    Never removes every Gaussian: if all would go, the set is left unchanged.
+    """
+    ensure_state(g)
+    bad = g.opacities < cfg.prune_opacity
+    if cfg.prune_scale is not None:
+        bad |= g.scales.amax(dim=-1) > cfg.prune_scale * cfg.extent
+    if cfg.prune_screen_px is not None:
+        bad |= g.buffers[RADII] > cfg.prune_screen_px
+    removed = int(bad.sum())
+    if removed == 0 or removed == g.n:
+        return 0
+    keep(g, optimizers, ~bad)
+    return removed
+
+
+@torch.no_grad()
+def reset_opacity(g: Gaussians, optimizers: dict[str, torch.optim.Optimizer] | None, value: float) -> None:
+    """Clamp opacities to ``value`` and zero the opacity optimiser's moments (3DGS opacity reset)."""
+    p = g.params["opacity_logits"]
+    p.clamp_(max=math.log(value / (1.0 - value)))
+    if optimizers is not None and "opacity_logits" in optimizers:
+        state = optimizers["opacity_logits"].state.get(p)
+        if state:
+            for key, v in state.items():
+                if key != "step" and isinstance(v, Tensor) and v.shape == p.shape:
+                    v.zero_()
+
+
+def step_post_backward(
+    g: Gaussians,
+    optimizers: dict[str, torch.optim.Optimizer] | None,
+    out,
+    step: int,
+    cfg: DensifyConfig,
+    generator: torch.Generator | None = None,
+) -> DensifyStepResult:
+    """The strategy hook, called after ``loss.backward()`` and before the optimisers step (as gsplat).
+
+    Accumulates the statistics from ``out`` (a RenderOutput whose ``means2d.grad`` is set) while
+    step < until_step, then densifies & prunes on schedule and resets opacities on schedule. Parameters
+    that were replaced carry no ``.grad``, so the following optimiser step leaves them untouched.
+    """
+    ensure_state(g)
+    cloned = split = pruned = 0
+    if step < cfg.until_step:
+        grad = out.means2d.grad
+        if grad is None:
+            raise ValueError("step_post_backward: out.means2d has no .grad (call it after backward on a render that requires grad)")
+        _, h, w, _ = out.rgb.shape
+        update_state(g, grad, out.radii, w, h)
+        if cfg.densify_at(step):
+            cloned, split = densify(g, optimizers, cfg, generator)
+            pruned = prune(g, optimizers, cfg)
+    reset = cfg.reset_at(step)
+    if reset:
+        reset_opacity(g, optimizers, cfg.opacity_reset_value)
+    return DensifyStepResult(cloned, split, pruned, reset)
