@@ -1,10 +1,14 @@
 """Session checkpoints: one file per session in the server's state dir, written atomically.
 
 ``<state_dir>/<session>/checkpoint.pt`` holds the session (Gaussians, optimiser moments, extra slots,
-undo/redo history) and, when a job was in flight, what is needed to continue it: the op and args that
+the ids of its undo/redo entries) and, when a job was in flight, what is needed to continue it: the op and args that
 started it, its request buffers, the step it reached and the job's own ``state_dict()`` (RNG state
 included). Writes go to a temp file in the same folder, are fsync'ed, then ``os.replace``d over the old
 file, so a ``kill -9`` at any moment leaves the previous or the new checkpoint, never a torn one.
+
+History entries never change once recorded, so each is written once to ``history/<uid>.pt`` (same
+atomic write) and a periodic checkpoint only rewrites the current state; entries no longer referenced
+are deleted after the new checkpoint is in place.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 FILE_NAME = "checkpoint.pt"
+HISTORY_DIR = "history"
 
 
 @dataclass
@@ -112,30 +117,43 @@ def capture(session: Session, job: JobRecord | None = None, with_history: bool =
         )
 
 
-def write(state_dir: str | Path, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` atomically to ``<state_dir>/<session>/checkpoint.pt``; returns the path."""
-    path = checkpoint_path(state_dir, ckpt.session_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT_VERSION,
-        "session": ckpt.session_id,
-        "name": ckpt.name,
-        "time": ckpt.time,
-        "current": _state_to_plain(ckpt.current),
-        "undo": [_state_to_plain(s) for s in ckpt.undo],
-        "redo": [_state_to_plain(s) for s in ckpt.redo],
-        "job": None if ckpt.job is None else vars(ckpt.job),
-    }
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=path.parent)
+def _atomic_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write(state_dir: str | Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` atomically to ``<state_dir>/<session>/checkpoint.pt``; returns the path."""
+    path = checkpoint_path(state_dir, ckpt.session_id)
+    hist = path.parent / HISTORY_DIR
+    hist.mkdir(parents=True, exist_ok=True)
+    for s in (*ckpt.undo, *ckpt.redo):
+        f = hist / f"{s.uid}.pt"
+        if not f.exists():
+            _atomic_save(_state_to_plain(s), f)
+    payload = {
+        "format": FORMAT_VERSION,
+        "session": ckpt.session_id,
+        "name": ckpt.name,
+        "time": ckpt.time,
+        "current": _state_to_plain(ckpt.current),
+        "undo": [s.uid for s in ckpt.undo],
+        "redo": [s.uid for s in ckpt.redo],
+        "job": None if ckpt.job is None else vars(ckpt.job),
+    }
+    _atomic_save(payload, path)
+    keep = {f"{s.uid}.pt" for s in (*ckpt.undo, *ckpt.redo)}
+    for f in hist.iterdir():
+        if f.name not in keep and not f.name.startswith(".tmp-"):
+            f.unlink(missing_ok=True)
     return path
 
 
@@ -152,12 +170,19 @@ def read(state_dir: str | Path, session_id: str, device: torch.device | str = "c
     device = torch.device(device)
     objects: dict[str, Any] = {}
     job = payload["job"]
+
+    def entry(uid: str) -> SessionState:
+        d = torch.load(path.parent / HISTORY_DIR / f"{uid}.pt", map_location=device, weights_only=False)
+        st = _state_from_plain(d, device, objects, trusted)
+        st.uid = uid
+        return st
+
     return Checkpoint(
         session_id=payload["session"],
         name=payload["name"],
         current=_state_from_plain(payload["current"], device, objects, trusted),
-        undo=[_state_from_plain(s, device, objects, trusted) for s in payload["undo"]],
-        redo=[_state_from_plain(s, device, objects, trusted) for s in payload["redo"]],
+        undo=[entry(u) for u in payload["undo"]],
+        redo=[entry(u) for u in payload["redo"]],
         job=None if job is None else JobRecord(**job),
         time=payload["time"],
     )

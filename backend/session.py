@@ -17,6 +17,7 @@ import copy
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -55,6 +56,7 @@ class SessionState:
     optimizers: dict | None  # name → optimiser state_dict (deep copies) or None
     extras: dict[str, tuple[Any, dict]]  # slot → (object, deep-copied state_dict)
     time: float = field(default_factory=time.time)
+    uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # names its file in checkpoints (written once)
 
 
 def _copy_optimizers(optimizers: dict | None) -> dict | None:

@@ -109,7 +109,8 @@ def test_checkpoint_round_trip(tmp_path):
     now = _fingerprint(s)
     path = ck.write(tmp_path, ck.capture(s))
     assert path == tmp_path / "s1" / "checkpoint.pt"
-    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt", "history"]
+    assert len(list((path.parent / "history").iterdir())) == 1  # the one undo entry
     with pytest.raises(ValueError, match="refusing"):  # only trusted modules' classes are imported
         ck.read(tmp_path, "s1")
     r = ck.restore_session(ck.read(tmp_path, "s1", trusted=("interactive3d.", Field.__module__)))
@@ -133,9 +134,31 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         ck.write(tmp_path, ck.capture(s))
     assert (tmp_path / "s1" / "checkpoint.pt").read_bytes() == good
-    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["checkpoint.pt"]
+    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["checkpoint.pt", "history"]
 
 
 def test_session_id_is_checked():
     with pytest.raises(ValueError, match="session id"):
         Session("../etc")
+
+
+def test_history_entries_written_once_and_pruned(tmp_path):
+    """Periodic checkpoints do not rewrite history entries (same file, same mtime); entries dropped from
+    the history (redo cleared by a new edit) are deleted."""
+    s = _session()
+    s.record("a")
+    s.record("b")
+    ck.write(tmp_path, ck.capture(s))
+    hist = tmp_path / "s1" / "history"
+    first = {p.name: p.stat().st_mtime_ns for p in hist.iterdir()}
+    assert len(first) == 2
+    _step(s)
+    ck.write(tmp_path, ck.capture(s))
+    assert {p.name: p.stat().st_mtime_ns for p in hist.iterdir()} == first
+    s.undo()  # "b" moves to redo (a fresh capture of the state it replaced)
+    s.record("c")  # clears redo
+    ck.write(tmp_path, ck.capture(s))
+    names = {p.name for p in hist.iterdir()}
+    assert names == {f"{e.uid}.pt" for e in s.history.undo} and len(names) == 2
+    r = ck.restore_session(ck.read(tmp_path, "s1", trusted=("interactive3d.", Field.__module__)))
+    assert r.history.labels() == {"undo": ["a", "c"], "redo": []}
