@@ -72,10 +72,17 @@ def test_select_counts_and_list(client, session):
     assert parts["some"] == 4 and parts["right"] == int((pts[:, 0] >= 0.1).sum())
 
 
-def test_transform_matches_direct_call_and_undo_is_exact(client, session):
+def _raw(server, sid):
+    """The session's exact parameter and buffer tensors (snapshot) from the in-process server."""
+    return server.server.sessions[sid].gaussians.snapshot()
+
+
+def test_transform_matches_direct_call_and_undo_is_exact(server, client, session):
     """parts.transform (stretch + shear about the bbox centre) equals transform_part on the same state to
-    float32 bit-identity; history.undo restores the exact frame, redo re-applies it exactly."""
+    float32 bit-identity; history.undo restores the exact parameter tensors and part masks, redo re-applies
+    them exactly."""
     before, _ = _state(client, session)
+    raw_before = _raw(server, session)
     m = np.array([[1.5, 0.2, 0, 0.1], [0, 0.7, 0, 0], [0, 0, 1.2, -0.05], [0, 0, 0, 1]], np.float32)
     r = client.request("parts.transform", {"session": session, "part": "right"}, [m]).result
     after, _ = _state(client, session)
@@ -84,10 +91,15 @@ def test_transform_matches_direct_call_and_undo_is_exact(client, session):
     T.transform_part(g, mask, torch.from_numpy(m))
     assert r["count"] == int(mask.sum()) and not r["similarity"]
     np.testing.assert_array_equal(after, g.state_array())
+    raw_after = _raw(server, session)
     client.request("history.undo", {"session": session})
     np.testing.assert_array_equal(_state(client, session)[0], before)
+    undone = _raw(server, session)
+    assert undone.keys() == raw_before.keys() and all(np.array_equal(undone[k], raw_before[k]) for k in undone)
     client.request("history.redo", {"session": session})
     np.testing.assert_array_equal(_state(client, session)[0], after)
+    redone = _raw(server, session)
+    assert all(np.array_equal(redone[k], raw_after[k]) for k in redone)
 
 
 def test_remove_and_merge(client, session, tmp_path):
