@@ -263,3 +263,27 @@ def test_edits_land_between_steps_of_a_running_job(client, session):
     assert status["state"] == "running" and status["step"] < 50  # the edits landed before the job ended
     done = _wait_done(client, r["job"])
     assert done["event"] == "done" and done["data"]["count"] == N - 10
+
+
+def test_semantic_edit_job_with_oracle_reference(server, client, session):
+    """interact.edit (3 steps, 16×16 zoom-in views, fixed t 0.5) with the oracle guidance built from the
+    session's reference slot: the job ends 'done' and every parameter row outside the part is
+    bit-identical while the part's rows changed; one undo restores the exact tensors."""
+    stage1 = pytest.importorskip("interactive3d.backend.stage1")
+    s = server.server.sessions[session]
+    with s.lock:
+        ref = s.gaussians.clone()
+        ref.params["sh"].data[:, 0, 0] = 2.0  # a redder reference
+        s.extras[stage1.OracleReference.SLOT] = stage1.OracleReference(ref)
+    raw_before = _raw(server, session)
+    part = raw_before["buffer/part:right"]
+    r = client.request("interact.edit", {"session": session, "part": "right", "prompt": "make it red", "steps": 3, "resolution": 16, "fixed_t": 0.5}).result
+    assert r["part_size"] == int(part.sum())
+    assert _wait_done(client, r["job"])["event"] == "done"
+    raw_after = _raw(server, session)
+    for k in ("param/means", "param/log_scales", "param/quats", "param/opacity_logits", "param/sh"):
+        assert np.array_equal(raw_after[k][~part], raw_before[k][~part]), k
+    assert not np.array_equal(raw_after["param/sh"][part], raw_before["param/sh"][part])
+    client.request("history.undo", {"session": session})
+    undone = _raw(server, session)
+    assert all(np.array_equal(undone[k], raw_before[k]) for k in raw_before)
