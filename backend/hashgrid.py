@@ -6,8 +6,8 @@ are indexed directly while they fit in the level's table, else hashed with the p
 its cell's eight corner features; the levels' features are concatenated.
 
 Backends:
-  * ``"torch"``  — pure PyTorch, CPU and GPU, vectorised over levels and corners; autograd does the
-    backward (a gather whose gradient is an index-add into the table). The reference twin of the others.
+  * ``"torch"``  — pure PyTorch, CPU and GPU, vectorised over levels and corners; the backward is an
+    index-add into the table (a small autograd Function). The reference twin of the others.
   * ``"triton"`` — a fused forward and backward kernel on CUDA (see :mod:`_hashgrid_triton` below in this
     file; compiled on first use). Untested without a GPU: a parity test skips on CPU.
   * ``"tcnn"``   — tiny-cuda-nn's HashGrid when importable (not on PyPI).
@@ -117,10 +117,19 @@ class _LevelMeta:
         self.sizes = torch.tensor(sizes, dtype=torch.int64, device=device)  # [L]
         self.offsets = torch.tensor(offsets, dtype=torch.int64, device=device)  # [L]
         self.hashed = torch.tensor(cfg.level_hashed(), dtype=torch.bool, device=device)  # [L]
-
-
-# the eight cell corners as 0/1 offsets [8,3], x fastest
-_CORNERS = torch.tensor([[(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1] for c in range(8)], dtype=torch.int64)
+        # int32 helpers of the fast index path
+        t = 2**cfg.log2_table_size
+        self.res_f = self.res.float()
+        self.res_hi = (self.res - 1).clamp_min(0).float()
+        self.mask = t - 1
+        self.primes = torch.tensor([p % t for p in PRIMES], dtype=torch.int32, device=device)  # [3]
+        st = self.res + 1
+        self.strides = torch.stack([torch.ones_like(st), st, st * st], dim=-1).to(torch.int32)  # [L,3]
+        self.offsets32 = self.offsets.to(torch.int32)
+        hashed = cfg.level_hashed()
+        self.n_direct = hashed.index(True) if True in hashed else len(hashed)
+        if any(not h for h in hashed[self.n_direct :]):
+            raise ValueError("direct-indexed levels must precede hashed ones (per_level_scale >= 1 guarantees it)")
 
 
 def hash_indices(
@@ -128,33 +137,65 @@ def hash_indices(
     cfg: HashGridConfig,
     meta: _LevelMeta,
 ) -> tuple[Tensor, Tensor]:
-    """Table rows and trilinear weights of every (point, level, corner).
+    """Table rows and trilinear weights of every (point, level, corner); corner k = (k&1, k>>1&1, k>>2&1).
+
+    Works per axis on [N,L,2] (the cell's low and high coordinate) and combines the three axes by
+    broadcasting, so the 8-corner integer work is one xor/add per corner. The hash is computed in int32
+    with the primes reduced mod 2^T: the low T bits of products and xors do not depend on the wrapped
+    high bits, so ``& (2^T − 1)`` gives exactly InstantNGP's uint32 hash mod 2^T.
 
     Returns:
         idx: [N,L,8] int64 rows of the flat table (level offsets included).
         w: [N,L,8] trilinear weights (same dtype as x).
     """
-    res = meta.res.to(x.dtype)  # [L]
-    pos = x[:, None, :] * res[None, :, None]  # [N,L,3]
-    cell = torch.floor(pos)
-    frac = pos - cell  # [N,L,3]
-    cell = cell.long()
-    # clamp the cell so x == 1 stays inside the last cell (frac becomes 1 there)
-    hi = (meta.res - 1).clamp_min(0)[None, :, None]
-    cell_c = torch.minimum(cell, hi)
-    frac = frac + (cell - cell_c).to(x.dtype)
-    corners = _CORNERS.to(x.device)  # [8,3]
-    c = cell_c[:, :, None, :] + corners[None, None]  # [N,L,8,3]
-    # direct index (levels whose grid fits) and spatial hash (the rest), chosen per level
-    stride = meta.res + 1  # [L]
-    direct = c[..., 0] + c[..., 1] * stride[None, :, None] + c[..., 2] * (stride * stride)[None, :, None]
-    hashed = (c[..., 0] * PRIMES[0]) ^ (c[..., 1] * PRIMES[1]) ^ (c[..., 2] * PRIMES[2])
-    local = torch.where(meta.hashed[None, :, None], hashed, direct) % meta.sizes[None, :, None]
-    idx = local + meta.offsets[None, :, None]
-    # trilinear weights: product over axes of frac or 1-frac
-    f = frac[:, :, None, :]  # [N,L,1,3]
-    w = torch.where(corners[None, None].bool(), f, 1.0 - f).prod(dim=-1)  # [N,L,8]
+    n = x.shape[0]
+    res_f = meta.res_f.to(x.dtype)  # [L]
+    pos = x[:, None, :] * res_f[None, :, None]  # [N,L,3]
+    cell = torch.minimum(torch.floor(pos), meta.res_hi.to(x.dtype)[None, :, None])  # x == 1 stays in the last cell
+    frac = pos - cell  # [N,L,3], 1 at x == 1
+    c0 = cell.to(torch.int32)
+    c = torch.stack([c0, c0 + 1], dim=-1)  # [N,L,3,2]
+    # coarse levels (a prefix) index directly: x + y·(R+1) + z·(R+1)²; finer ones hash: xor of c_a·P_a
+    # (int32 wrap-around) and the low T bits. Each group only computes its own formula.
+    k = meta.n_direct
+    parts = []
+    if k > 0:
+        dp = c[:, :k] * meta.strides[:k, :, None]  # [N,k,3,2]
+        parts.append(dp[:, :, 0, None, None, :] + dp[:, :, 1, None, :, None] + dp[:, :, 2, :, None, None])
+    if k < c.shape[1]:
+        hp = c[:, k:] * meta.primes[None, None, :, None]  # [N,L-k,3,2]
+        parts.append((hp[:, :, 0, None, None, :] ^ hp[:, :, 1, None, :, None] ^ hp[:, :, 2, :, None, None]) & meta.mask)
+    local = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # [N,L,2z,2y,2x]
+    # int64 for the gather/index_add (CPU index_add_ with int32 indices is ~10× slower)
+    idx = (local + meta.offsets32[None, :, None, None, None]).reshape(n, -1, 8).long()
+    wa = torch.stack([1.0 - frac, frac], dim=-1)  # [N,L,3,2]
+    w = (wa[:, :, 0, None, None, :] * wa[:, :, 1, None, :, None] * wa[:, :, 2, :, None, None]).reshape(n, -1, 8)
     return idx, w
+
+
+class _InterpolateTable(torch.autograd.Function):
+    """out[n,l] = Σ_c w[n,l,c]·table[idx[n,l,c]]; the table gradient is one index_add (CPU's embedding
+    backward is ~5× slower), the weight gradient a gather."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, idx: Tensor, w: Tensor) -> Tensor:
+        n, l, c = idx.shape
+        feats = table.index_select(0, idx.reshape(-1)).reshape(n, l, c, -1)  # [N,L,8,F]
+        ctx.save_for_backward(table, idx, w)
+        return (feats * w[..., None]).sum(dim=2)  # [N,L,F]
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        table, idx, w = ctx.saved_tensors
+        g_table = g_w = None
+        if ctx.needs_input_grad[0]:
+            vals = (g[:, :, None, :] * w[..., None]).reshape(-1, table.shape[1])
+            g_table = torch.zeros_like(table).index_add_(0, idx.reshape(-1), vals)
+        if ctx.needs_input_grad[2]:
+            n, l, c = idx.shape
+            feats = table.index_select(0, idx.reshape(-1)).reshape(n, l, c, -1)
+            g_w = (feats * g[:, :, None, :]).sum(dim=-1)
+        return g_table, None, g_w
 
 
 def encode_torch(
@@ -166,8 +207,7 @@ def encode_torch(
     """Pure-torch hash encoding → [N, L·F]. Differentiable w.r.t. ``table`` (and ``x`` through the weights)."""
     idx, w = hash_indices(x, cfg, meta)
     n, l = idx.shape[:2]
-    feats = nn.functional.embedding(idx.reshape(-1), table).reshape(n, l, 8, -1)  # [N,L,8,F]
-    out = (feats * w[..., None].to(table.dtype)).sum(dim=2)  # [N,L,F]
+    out = _InterpolateTable.apply(table, idx, w.to(table.dtype))  # [N,L,F]
     return out.reshape(n, l * table.shape[1])
 
 
