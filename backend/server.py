@@ -23,11 +23,11 @@ import signal
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import msgpack
 import numpy as np
 import torch
 import zmq
@@ -45,6 +45,8 @@ from .session import DEFAULT_HISTORY_DEPTH, SESSION_ID_RE, Session
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "interactive3d-backend"
+REPLY_CACHE_ENTRIES = 256
+REPLY_CACHE_BYTES = 64 << 20
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
 
@@ -242,6 +244,8 @@ class Server:
         self._wake_pull: zmq.Socket | None = None
         self.bound_address: str | None = None
         self._loop_thread: int | None = None
+        self._recent: OrderedDict[str, tuple[list, int]] = OrderedDict()  # request id → reply frames
+        self._recent_bytes = 0
 
     # -- life cycle ---------------------------------------------------------------------------------
     def bind(self) -> str:
@@ -422,7 +426,8 @@ class Server:
             self._send(ident, {"v": PROTOCOL_VERSION, **header, "data": _plain(header.get("data", {}))}, buffers)
 
     # -- messages -----------------------------------------------------------------------------------
-    def _send(self, identity: bytes, header: dict, buffers: Sequence[Any] = ()) -> None:
+    def _send(self, identity: bytes, header: dict, buffers: Sequence[Any] = ()) -> list:
+        """Encode (sign) and send; returns the frames sent (without the identity)."""
         try:
             specs, frames = buffer_frames(buffers)
             h = {**header, "buffers": specs}
@@ -433,13 +438,31 @@ class Server:
             h = error_header(rid if isinstance(rid, str) else "", "internal", f"the backend could not encode its reply: {exc}")
             frames = []
             raw = self._signer.sign(h, pack_header, []) if self._signer else pack_header(h)
+        self._send_frames(identity, [raw, *frames])
+        return [raw, *frames]
+
+    def _send_frames(self, identity: bytes, frames: list) -> None:
         try:
-            self._router.send_multipart([identity, raw, *frames], copy=False, flags=zmq.NOBLOCK)
+            self._router.send_multipart([identity, *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # peer gone or its queue full: drop, as ROUTER does
             log.warning("dropping a message to a peer: %s", exc)
 
-    def _error(self, identity: bytes, rid: str, exc: ProtocolError) -> None:
-        self._send(identity, error_header(rid, exc.code, exc.message))
+    def _error(self, identity: bytes, rid: str, exc: ProtocolError) -> list:
+        return self._send(identity, error_header(rid, exc.code, exc.message))
+
+    def _remember(self, rid: str, frames: list) -> None:
+        """Keep a successful reply so that a Lazy Pirate retry of the same request id gets it again instead of
+        running a non-idempotent op twice (bounded by count and bytes)."""
+        if not rid:
+            return
+        nbytes = sum(len(f) if isinstance(f, bytes) else memoryview(f).nbytes for f in frames)
+        if nbytes > REPLY_CACHE_BYTES // 4:
+            return
+        self._recent[rid] = (frames, nbytes)
+        self._recent_bytes += nbytes
+        while len(self._recent) > REPLY_CACHE_ENTRIES or self._recent_bytes > REPLY_CACHE_BYTES:
+            _, (_, n) = self._recent.popitem(last=False)
+            self._recent_bytes -= n
 
     def _handle(self, frames: list) -> None:
         t0 = time.perf_counter()
@@ -460,6 +483,11 @@ class Server:
             return
         rid = msg.id
         op = msg.header.get("op")
+        cached = self._recent.get(rid) if rid else None
+        if cached is not None:
+            log.info("op=%s id=%s retried: sending the reply again", op, rid)
+            self._send_frames(identity, cached[0])
+            return
         try:
             if "id" not in msg.header:
                 raise ProtocolError("header has no 'id'", code="bad_message")
@@ -485,7 +513,8 @@ class Server:
                 out = Reply(result=out)
             if not isinstance(out, Reply):
                 raise TypeError(f"handler for {op} returned {type(out).__name__}, expected Reply or dict")
-            self._send(identity, {"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": _plain(out.result)}, out.buffers)
+            sent = self._send(identity, {"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": _plain(out.result)}, out.buffers)
+            self._remember(rid, sent)  # only successes: a failed op changed nothing and may be retried
             log.debug("op=%s id=%s ok ms=%.1f", op, rid, (time.perf_counter() - t0) * 1e3)
         except ProtocolError as exc:
             log.info("op=%s id=%s error code=%s message=%s", op, rid, exc.code, exc.message)

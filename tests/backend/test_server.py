@@ -247,3 +247,20 @@ def test_session_close(client, tmp_path):
     finally:
         c.close()
         ts.stop()
+
+
+def test_retried_request_id_is_not_run_twice(tmp_path):
+    """A Lazy Pirate retry re-sends the same request id: the server answers it with the first reply
+    (same session id) instead of creating a second session."""
+    ts = ThreadedServer()
+    raw = Raw(ts.address)
+    try:
+        frames = encode({"id": "retry-1", "op": "session.create", "args": {}}, [])
+        a, b = raw.ask(frames), raw.ask(frames)
+        assert a["ok"] and a["result"] == b["result"]
+        c = Client(ts.address)
+        assert len(c.request("session.list").result["sessions"]) == 1
+        c.close()
+    finally:
+        raw.close()
+        ts.stop()
