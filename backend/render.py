@@ -239,12 +239,13 @@ def _pairs(proj: Projection, opacities: Tensor, width: int, height: int) -> tupl
     return gid, px, py, pix
 
 
-def _pair_alpha(pf: Tensor, px: Tensor, py: Tensor) -> Tensor:
-    """α of each pair from gathered per-Gaussian features pf [M, ≥6] = (mx, my, a, b, c, o, …)."""
-    dx = px.to(pf.dtype) + 0.5 - pf[:, 0]
-    dy = py.to(pf.dtype) + 0.5 - pf[:, 1]
-    sigma = 0.5 * (pf[:, 2] * dx * dx + pf[:, 4] * dy * dy) + pf[:, 3] * dx * dy
-    return (pf[:, 5] * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
+def _pair_alpha(pf: tuple[Tensor, ...], px: Tensor, py: Tensor) -> Tensor:
+    """α of each pair from the gathered per-Gaussian columns pf = (mx, my, a, b, c, o, …), each [M]."""
+    mx, my, ca, cb, cc, o = pf[:6]
+    dx = px - mx
+    dy = py - my
+    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+    return (o * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
 
 
 def rasterize_torch(
@@ -272,23 +273,25 @@ def rasterize_torch(
     )  # [B·N, 10]
     with torch.no_grad():
         gid, px, py, pix = _pairs(proj, opacities.detach(), width, height)
-        keep = (_pair_alpha(feats.detach().index_select(0, gid), px, py) >= ALPHA_MIN).nonzero()[:, 0]
+        pxf, pyf = px.to(dtype) + 0.5, py.to(dtype) + 0.5  # pixel centres
+        keep = (_pair_alpha(feats.detach().index_select(0, gid).unbind(1), pxf, pyf) >= ALPHA_MIN).nonzero()[:, 0]
         pix = pix.index_select(0, keep)
         # stable sort by pixel keeps the per-view depth order inside every pixel's segment
         pix, perm = torch.sort(pix, stable=True)
         perm = keep.index_select(0, perm)
-        gid, px, py = gid.index_select(0, perm), px.index_select(0, perm), py.index_select(0, perm)
+        gid, pxf, pyf = gid.index_select(0, perm), pxf.index_select(0, perm), pyf.index_select(0, perm)
         _, seg_counts = torch.unique_consecutive(pix, return_counts=True)
         seg_start = torch.repeat_interleave(torch.cumsum(seg_counts, 0) - seg_counts, seg_counts)
-    pf = feats.index_select(0, gid)  # [M,10]
-    alpha = _pair_alpha(pf, px, py)
+    # unbind (not column slices) so backward assembles one [M,10] gradient instead of ten
+    pf = feats.index_select(0, gid).unbind(1)  # 10 × [M]
+    alpha = _pair_alpha(pf, pxf, pyf)
     log1m = torch.log1p(-alpha.double())
     excl = torch.cumsum(log1m, 0) - log1m  # Σ_{j<i} log(1−α_j) over the whole list
     trans = torch.exp(excl - excl.index_select(0, seg_start)).to(dtype)  # within the pixel's segment
     with torch.no_grad():
         on = trans * (1.0 - alpha) > T_MIN  # gsplat stops before T would drop to 1e-4
     w = torch.where(on, alpha * trans, torch.zeros_like(alpha))  # [M]
-    vals = torch.cat([pf[:, 6:10], torch.ones_like(w)[:, None]], dim=1) * w[:, None]  # rgb, z, 1
+    vals = torch.stack([pf[6] * w, pf[7] * w, pf[8] * w, pf[9] * w, w], dim=1)  # rgb, z, 1 weighted
     acc = torch.zeros(b * hw, 5, dtype=dtype, device=dev).index_add(0, pix, vals)
     acc = acc.reshape(b, height, width, 5)
     alpha_img = acc[..., 4:5]
