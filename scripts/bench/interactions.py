@@ -1,6 +1,6 @@
 """Wall time of each Stage I interaction op itself (no optimisation steps) at 10k/100k/1M Gaussians.
 
-    python scripts/bench/interactions.py [--sizes 10000 100000 1000000] [--repeats 5]
+    python scripts/bench/interactions.py [--sizes 10000 100000 1000000] [--repeats 5] [--threads 1]
 
 Goal (issue 4): ≤ 50 ms per op at 100k on CPU. Each figure is printed with its ratio to a baseline
 measured in the same run: one copy of every parameter tensor (``Gaussians.clone``), the least any op
@@ -89,8 +89,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 is steadier on a shared CPU")
     args = ap.parse_args()
-    torch.set_grad_enabled(True)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CPU")
     for n in args.sizes:
         res = bench(n, args.repeats)
