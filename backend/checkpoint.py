@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -195,6 +196,13 @@ def restore_session(ckpt: Checkpoint, device: torch.device | str = "cpu") -> Ses
     s.history.undo = list(ckpt.undo)
     s.history.redo = list(ckpt.redo)
     return s
+
+
+def remove(state_dir: str | Path, session_id: str) -> None:
+    """Delete a session's checkpoint folder (nothing if there is none)."""
+    folder = checkpoint_path(state_dir, session_id).parent
+    if folder.is_dir() and folder.parent == Path(state_dir):
+        shutil.rmtree(folder)
 
 
 def list_checkpoints(state_dir: str | Path) -> list[dict]:

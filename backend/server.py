@@ -349,8 +349,11 @@ class Server:
         if runner is not None and not runner.finished:
             runner.cancel()
             runner.join(self.config.shutdown_timeout)
-        if checkpoint and self.config.state_dir is not None:
-            ckpt_mod.write(self.config.state_dir, ckpt_mod.capture(s))
+        if self.config.state_dir is not None:
+            if checkpoint:
+                ckpt_mod.write(self.config.state_dir, ckpt_mod.capture(s))
+            else:  # closed for good: its periodic checkpoints must not show up as resumable
+                ckpt_mod.remove(self.config.state_dir, s.id)
         self.sessions.pop(s.id, None)
         self._subscribers.pop(s.id, None)
 

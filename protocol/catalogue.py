@@ -309,8 +309,9 @@ _SERVER_OPS: list[OpSpec] = [
     ),
     OpSpec(
         "session.close",
-        "Cancel the session's job (between two steps), optionally checkpoint, and drop the session.",
-        args=(Arg("checkpoint", "bool", "write a checkpoint first", default=False),),
+        "Cancel the session's job (between two steps) and drop the session. With checkpoint=true it stays "
+        "resumable; otherwise its checkpoint folder is deleted.",
+        args=(Arg("checkpoint", "bool", "write a checkpoint first (keep it resumable)", default=False),),
         session=True,
         result=(("closed", "true"),),
     ),

@@ -244,6 +244,10 @@ def test_session_close(client, tmp_path):
         with pytest.raises(RemoteError) as e:
             c.request("session.resume", {"session": "../x"})
         assert e.value.code == "invalid_args"
+        c.request("session.checkpoint", {"session": sid})
+        c.request("session.close", {"session": sid})  # without checkpoint: closed for good
+        assert not (tmp_path / sid).exists()
+        assert c.request("session.list").result["checkpoints"] == []
     finally:
         c.close()
         ts.stop()
