@@ -290,3 +290,20 @@ def test_semantic_edit_job_with_oracle_reference(server, client, session):
     client.request("history.undo", {"session": session})
     undone = _raw(server, session)
     assert all(np.array_equal(undone[k], raw_before[k]) for k in raw_before)
+
+
+def test_add_from_another_session(client, session):
+    """parts.add with source_session copies the other session's 300 Gaussians (exact centres, rotated
+    90° about z by the matrix) and leaves the source session unchanged."""
+    other = client.request("session.create", {}).result["session"]
+    client.request("test.init", {"session": other, "n": 300, "seed": 7})
+    src, _ = _state(client, other)
+    rot = [0, -1, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]
+    r = client.request("parts.add", {"session": session, "name": "guest", "source_session": other, "matrix": rot}).result
+    assert r["added"] == 300 and r["count"] == N + 300
+    st, _ = _state(client, session)
+    np.testing.assert_allclose(st[-300:, :3], np.stack([-src[:, 1], src[:, 0], src[:, 2]], 1), atol=1e-6)
+    np.testing.assert_array_equal(_state(client, other)[0], src)
+    with pytest.raises(RemoteError) as err:
+        client.request("parts.add", {"session": session, "source_session": "nosuchsession"})
+    assert err.value.code == "not_found"
