@@ -93,11 +93,13 @@ class I3D_OT_connect(bpy.types.Operator):
                                       description="Backend address; empty: the one in the preferences")
     new_session: bpy.props.BoolProperty(name="New Session", default=False,
                                         description="Start a fresh session instead of re-attaching")
+    timeout: bpy.props.FloatProperty(name="Timeout", default=0.0, min=0.0, unit="TIME",
+                                     description="Seconds without a reply before giving up; 0: the preferences'")
 
     def execute(self, context):
         settings = preferences.get(context)
         conn = connection.get()
-        conn.timeout_s = settings.timeout_s
+        conn.timeout_s = self.timeout or settings.timeout_s
         address = self.address or settings.address
         if self.new_session:
             conn.session = None
