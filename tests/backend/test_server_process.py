@@ -67,17 +67,23 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_cli_serve_and_ping(tmp_path):
+    """With a key file on both sides ping succeeds; without the key it exits 1 saying unauthorized."""
     addr = f"ipc://{tmp_path}/cli.sock"
     log = tmp_path / "serve.log"
-    proc = _spawn(["-m", "interactive3d.cli", "serve", "--bind", addr, "--state-dir", str(tmp_path / "st"), "--device", "cpu"], log)
+    keyfile = tmp_path / "key"
+    keyfile.write_text("a-shared-secret-for-the-test\n")
+    proc = _spawn(["-m", "interactive3d.cli", "serve", "--bind", addr, "--state-dir", str(tmp_path / "st"), "--device", "cpu", "--auth-key-file", str(keyfile)], log)
+    ping = [sys.executable, "-m", "interactive3d.cli", "ping", "--connect", addr, "--timeout", "1"]
     try:
         out = None
         for _ in range(90):
-            out = subprocess.run([sys.executable, "-m", "interactive3d.cli", "ping", "--connect", addr, "--timeout", "1"], cwd=ROOT, capture_output=True, text=True)
+            out = subprocess.run([*ping, "--auth-key-file", str(keyfile)], cwd=ROOT, capture_output=True, text=True)
             if out.returncode == 0:
                 break
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("interactive3d-backend protocol 1")
+        nokey = subprocess.run(ping, cwd=ROOT, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if not k.startswith("I3D_AUTH")})
+        assert nokey.returncode == 1 and "unauthorized" in nokey.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0  # graceful
     finally:
