@@ -236,3 +236,18 @@ def test_start_backend_spawns_i3d_serve_with_a_log_and_connects():
         conn.disconnect()
         conn.stop_backend()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_progress_text_with_eta():
+    """Progress shown in the panel/status bar: 'stage1.start 25/100 running · ETA 30s' when 25 steps took
+    10 s (75 left at 0.4 s each), minutes past 60 s; nothing for an idle job."""
+    job = connection.JobProgress(job="j", kind="stage1.start", state="running", started_at=100.0)
+    job.update(25, 100, now=110.0)
+    assert job.eta_s == pytest.approx(30.0)
+    pytest.importorskip("bpy")
+    from interactive3d.blender_addon.ui import format_progress
+
+    assert format_progress(job) == "stage1.start 25/100 running · ETA 30s"
+    job.update(5, 100, now=110.0)
+    assert format_progress(job).endswith("ETA 3m10s")
+    assert format_progress(connection.JobProgress()) == ""

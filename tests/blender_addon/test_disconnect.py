@@ -34,7 +34,7 @@ def scene():
 @pytest.mark.slow
 def test_backend_killed_mid_job_then_reconnect_resumes(scene):
     """Job: the server tests' real optimisation job (test.fit: AdamW on colours, 0.1 s per step, 40
-    steps, checkpoint every 5). Killed after ≥ 12 steps: within the 2 s timeout + heartbeat (< 6 s) the status is
+    steps, checkpoint every 5); scene.i3d shows step ≥ 12 of 40 with an ETA > 0. Killed after ≥ 12 steps: within the 2 s timeout + heartbeat (< 6 s) the status is
     DISCONNECTED (scene.i3d.status too), sync_step returned normally every time, i3d.pause's poll refuses.
     Restarted: i3d.connect re-attaches the same session id (session.resume), the job continues from a
     checkpointed step ≥ 10 (not from 0) and ends 'done' at step 40 with the 200 splats' colours fitted
@@ -51,6 +51,9 @@ def test_backend_killed_mid_job_then_reconnect_resumes(scene):
         conn.call("test.fit", {"steps": STEPS, "sleep": 0.1}, kind="job")
         conn.timeout_s, conn.heartbeat_s = 2.0, 0.2  # a short liveness window for the test
         sync_until(conn, lambda c: c.job.step >= 12, timeout=60.0)
+        # The sync step mirrored the progress onto the scene (panel and status bar read it).
+        assert scene.i3d.job_state == "running" and scene.i3d.step >= 12 and scene.i3d.total == STEPS
+        assert scene.i3d.eta > 0.0
 
         backend.kill()
         t0 = time.monotonic()

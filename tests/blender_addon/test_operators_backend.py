@@ -99,6 +99,28 @@ def test_remove_selected_then_undo_redo(conn):
     assert len(obj.data.vertices) == 260
 
 
+def test_remove_selected_in_edit_mode(conn):
+    """The artist's path: the object in Edit Mode, 25 vertices selected with bmesh (as a selection tool
+    does), i3d.remove_selected: the object (still in Edit Mode) has 275 vertices, exactly the others."""
+    import bmesh
+
+    obj, state = adopted_object()
+    bpy.context.view_layer.objects.active = obj
+    obj.select_set(True)
+    bpy.ops.object.mode_set(mode="EDIT")
+    bm = bmesh.from_edit_mesh(obj.data)
+    bm.verts.ensure_lookup_table()
+    for v in bm.verts:
+        v.select_set(v.index % 12 == 0)
+    bmesh.update_edit_mesh(obj.data)
+    mask = np.arange(300) % 12 == 0
+    assert bpy.ops.i3d.remove_selected() == {"FINISHED"}
+    assert obj.mode == "EDIT"
+    np.testing.assert_array_equal(splat.read_state(obj)[:, :3], state[~mask, :3])
+    bpy.ops.object.mode_set(mode="OBJECT")
+    assert len(obj.data.vertices) == 300 - mask.sum() == 275
+
+
 def test_remove_with_nothing_selected_is_refused(conn):
     """No selection: the operator reports and cancels (RuntimeError from bpy.ops in background mode),
     nothing is sent: still 300 splats."""
