@@ -77,6 +77,7 @@ class SDSResult:
     loss: Tensor  # scalar, weighted
     images: Tensor  # [B,H,W,3] the local renderings
     t: Any  # the guidance's timestep(s)
+    render: Any = None  # the RenderOutput (means2d gradients feed densification)
 
 
 def interactive_sds_loss(
@@ -112,4 +113,4 @@ def interactive_sds_loss(
         cameras=cams,  # context some guidances need (the oracle renders its target there)
         background=None,
     )
-    return SDSResult(loss=cfg.weight * res.loss, images=out.rgb, t=res.t)
+    return SDSResult(loss=cfg.weight * res.loss, images=out.rgb, t=res.t, render=out)

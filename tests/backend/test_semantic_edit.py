@@ -75,10 +75,11 @@ def test_semantic_edit_outside_part_bit_identical():
 
     g, opt = _stepped(n=400)
     part = g.means.detach()[:, 0] > 0.15
+    g.set_part("edit", part)
     before = _state(g, opt)
     guidance = _RedGuidance()
     cfg = SemanticEditConfig(steps=5, sds=InteractiveSDSConfig(prompt="make it red", fixed_t=0.3, width=32, height=32))
-    semantic_edit(g, opt, part, guidance, cfg)
+    semantic_edit(g, opt, "edit", guidance, cfg)
     after = _state(g, opt)
     for k in before:
         assert torch.equal(after[k][~part], before[k][~part]), k
@@ -103,3 +104,25 @@ def test_zoom_in_cameras_frame_the_part():
     assert ((pix >= 0) & (pix < 32)).all()
     span = pix[..., 0].amax(1) - pix[..., 0].amin(1)
     assert (span >= 0.4 * 32).all()
+
+
+def test_semantic_edit_densifies_inside_the_part_only():
+    """With densification on (every 2 steps from step 1, any visible gradient qualifies): the part grows,
+    the new rows belong to the part, and the rows outside it are bit-identical, in the same order."""
+    pytest.importorskip("interactive3d.backend.render")
+    from interactive3d.backend.densify import DensifyConfig
+    from interactive3d.backend.interactive_sds import InteractiveSDSConfig
+    from interactive3d.backend.semantic_edit import SemanticEditConfig, semantic_edit
+
+    g, opt = _stepped(n=400)
+    part = g.means.detach()[:, 0] > 0.15
+    g.set_part("edit", part)
+    before = {k: v.detach().clone() for k, v in g.params.items()}
+    dcfg = DensifyConfig(grad_threshold=1e-12, from_step=1, every=2, until_step=100, prune_scale=None, opacity_reset_every=None)
+    sds = InteractiveSDSConfig(prompt="make it red", fixed_t=0.3, width=32, height=32)
+    res = semantic_edit(g, opt, "edit", _RedGuidance(), SemanticEditConfig(steps=3, sds=sds, densify=dcfg))
+    grown = g.part_mask("edit")
+    assert res[2].added > 0 and int(grown.sum()) == int(part.sum()) + sum(r.added for r in res)
+    assert int((~grown).sum()) == int((~part).sum())
+    for k, v in g.params.items():
+        assert torch.equal(v.detach()[~grown], before[k][~part]), k
