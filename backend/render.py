@@ -240,12 +240,13 @@ def _pairs(proj: Projection, opacities: Tensor, width: int, height: int) -> tupl
 
 
 def _pair_alpha(pf: tuple[Tensor, ...], px: Tensor, py: Tensor) -> Tensor:
-    """α of each pair from the gathered per-Gaussian columns pf = (mx, my, a, b, c, o, …), each [M]."""
-    mx, my, ca, cb, cc, o = pf[:6]
+    """α of each pair from the gathered per-Gaussian columns pf = (mx, my, a/2, b, c/2, log o, …),
+    each [M]: α = min(0.999, exp(log o − σ)), σ = ½(a dx² + c dy²) + b dx dy (fewest big-tensor ops)."""
+    mx, my, ha, cb, hc, logo = pf[:6]
     dx = px - mx
     dy = py - my
-    sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-    return (o * torch.exp(-sigma)).clamp_max(ALPHA_MAX)
+    sigma = dx * (ha * dx + cb * dy) + hc * dy * dy
+    return torch.exp(logo - sigma).clamp_max(ALPHA_MAX)
 
 
 def rasterize_torch(
@@ -264,8 +265,8 @@ def rasterize_torch(
     feats = torch.cat(
         [
             proj.means2d.reshape(b * n, 2),
-            proj.conics.reshape(b * n, 3),
-            opacities[None, :, None].expand(b, n, 1).reshape(b * n, 1),
+            proj.conics.reshape(b * n, 3) * proj.conics.new_tensor([0.5, 1.0, 0.5]),
+            torch.log(opacities.clamp_min(1e-30))[None, :, None].expand(b, n, 1).reshape(b * n, 1),
             colors.reshape(b * n, 3),
             proj.depths.reshape(b * n, 1),
         ],
