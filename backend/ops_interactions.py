@@ -20,6 +20,7 @@ import torch
 
 from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound
 from . import selection
+from .densify import DensifyConfig
 from .drag import DragConfig, DragJob
 from .gaussians import Gaussians
 from .interactive_sds import InteractiveSDSConfig
@@ -350,8 +351,10 @@ def handle_drag(req) -> dict:
 def handle_edit(req) -> dict:
     s = req.session
     args = req.args
+    every = int(args.get("densify_every") or 0)
     try:
-        cfg = SemanticEditConfig(steps=int(args["steps"]), sds=_sds_config(args), seed=int(args["seed"]))
+        dcfg = DensifyConfig(from_step=every, every=every, until_step=int(args["steps"]), opacity_reset_every=None) if every else None
+        cfg = SemanticEditConfig(steps=int(args["steps"]), sds=_sds_config(args), seed=int(args["seed"]), densify=dcfg)
     except ValueError as exc:
         raise _invalid(exc) from None
     with s.lock:

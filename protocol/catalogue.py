@@ -564,7 +564,12 @@ _INTERACTION_OPS: list[OpSpec] = [
         "interact.edit",
         "Semantic editing (paper §3.1.4) as a job: SDS with the new prompt on zoom-in views of the part; only the part's "
         "Gaussians are updated (everything outside stays bit-identical). Needs the session's guidance. Undoable.",
-        args=(Arg("part", "str", "the part to edit", required=True), Arg("steps", "int", "optimisation steps", default=200, min=1, max=100000), *_SDS_ARGS),
+        args=(
+            Arg("part", "str", "the part to edit", required=True),
+            Arg("steps", "int", "optimisation steps", default=200, min=1, max=100000),
+            Arg("densify_every", "int", "densify & prune inside the part every this many steps (0 = off)", default=0, min=0),
+            *_SDS_ARGS,
+        ),
         result=(("job", "job id"), ("steps", "total steps"), ("part_size", "Gaussians in the part")),
         events=("progress", "state", "done", "error"),
         session=True,
