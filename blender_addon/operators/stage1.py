@@ -19,7 +19,12 @@ def job_args_from_scene(scene, settings: preferences.Settings, guidance: str) ->
     """Args of ``stage1.start`` from the panel settings (prompt, steps, CFG, timestep)."""
     p = scene.i3d
     args = {"guidance": guidance, "prompt": p.prompt, "negative_prompt": p.negative_prompt, "steps": p.steps,
-            "guidance_scale": p.cfg, "seed": p.seed, "model": settings.model}
+            "guidance_scale": p.cfg, "seed": p.seed}
+    # The preference names one model; a PixArt run with the SD default left there uses the backend's default.
+    if guidance == "sd" or (guidance == "pixart" and settings.model != preferences.Settings.model):
+        args["model"] = settings.model
+        # Blender's "Allow Online Access" also governs whether the backend may download weights.
+        args["local_files_only"] = not bpy.app.online_access
     if p.t_mode == "FIXED":
         args["fixed_t"] = p.t_fixed
     else:

@@ -251,3 +251,34 @@ def test_progress_text_with_eta():
     job.update(5, 100, now=110.0)
     assert format_progress(job).endswith("ETA 3m10s")
     assert format_progress(connection.JobProgress()) == ""
+
+
+def test_mesh_reply_becomes_a_coloured_mesh_at_the_splat_object_transform():
+    """A stage2.mesh reply (vertices [V,3] float32, faces [F,3] int32, colours [V,3] uint8) applied by the
+    sync path: a new mesh object with V=4 vertices, F=2 faces, a colour attribute whose first vertex is
+    (255, 0, 0)/255 in sRGB, and exactly the splat object's matrix_world."""
+    bpy = pytest.importorskip("bpy")
+    from interactive3d.blender_addon import splat
+    from interactive3d.protocol.codec import Message
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    state = np.zeros((3, 14), np.float32)
+    state[:, 6], state[:, 7:10], state[:, 10] = 0.5, 0.1, 1.0
+    obj = splat.new_splat_object("splats", state)
+    obj.location, obj.scale = (1.0, 2.0, 3.0), (2.0, 2.0, 2.0)
+    bpy.context.view_layer.update()
+    conn = connection.Connection()
+    conn.object_name = obj.name
+    conn.pending["r1"] = connection.Pending("stage2.mesh", "mesh", time.monotonic())
+    verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], np.float32)
+    faces = np.array([[0, 1, 2], [1, 3, 2]], np.int32)
+    colors = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]], np.uint8)
+    conn.handle(Message(header={"v": 1, "id": "r1", "ok": True, "result": {}}, buffers=[verts, faces, colors]))
+    mesh_obj = bpy.data.objects[conn.meshes[-1]]
+    assert len(mesh_obj.data.vertices) == 4 and len(mesh_obj.data.polygons) == 2
+    np.testing.assert_allclose(np.array(mesh_obj.matrix_world), np.array(obj.matrix_world), atol=1e-7)
+    attr = mesh_obj.data.color_attributes.active_color
+    rgba = np.empty(4 * len(attr.data), np.float32)
+    attr.data.foreach_get("color_srgb", rgba)
+    np.testing.assert_allclose(rgba[:4], [1.0, 0.0, 0.0, 1.0], atol=1e-6)
+    assert not conn.pending
