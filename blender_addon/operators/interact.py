@@ -12,6 +12,7 @@ import numpy as np
 import bpy
 
 from .. import connection, splat
+from .._deps import ply
 from .connection import ensure_timer, is_blocking, run_request, splat_object
 
 # The backend part that holds the Blender selection while a transform is in progress.
@@ -295,9 +296,14 @@ class I3D_OT_add_part(bpy.types.Operator):
         target = bpy.data.objects.get(conn.object_name or "")
         args = {"name": self.name} if self.name else {}
         if self.filepath:
+            # Read here and send the state frame: the backend may run on another machine.
+            path = bpy.path.abspath(self.filepath)
+            try:
+                buffers = [ply.splat_to_state(ply.read_any(path)).astype(np.float32)]
+            except (OSError, ValueError) as exc:
+                self.report({"ERROR"}, f"Cannot read {path!r}: {exc}")
+                return {"CANCELLED"}
             src_matrix = np.eye(4)
-            args["path"] = bpy.path.abspath(self.filepath)
-            buffers = []
             src = None
         else:
             src = bpy.data.objects.get(self.source_object) if self.source_object else context.active_object

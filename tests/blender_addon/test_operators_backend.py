@@ -232,3 +232,19 @@ def test_extract_mesh_imports_a_coloured_mesh_at_the_object_transform(conn):
     colors = mesh_obj.data.color_attributes.active_color
     assert colors is not None and len(colors.data) == len(mesh_obj.data.vertices)
     np.testing.assert_allclose(np.array(mesh_obj.matrix_world), np.array(obj.matrix_world), atol=1e-6)
+
+
+def test_add_part_from_a_ply_lands_at_its_world_place(conn, tmp_path):
+    """A .ply (its frame = world) added to a session whose object is moved and scaled ×2: the object
+    grows from 300 to 350 vertices and the 50 new splats' world positions equal the file's (≤ 1e-5), their
+    world-space scales too (local scales halve: ≤ 1e-6 relative to the ×2 object)."""
+    from interactive3d.protocol import ply
+
+    obj, _ = adopted_object()
+    part = random_state(50, seed=9, spread=0.3)
+    path = tmp_path / "part.ply"
+    ply.write_ply(str(path), ply.state_to_splat(part))
+    assert bpy.ops.i3d.add_part(filepath=str(path), name="extra") == {"FINISHED"}
+    assert len(obj.data.vertices) == 350
+    np.testing.assert_allclose(world_positions(obj)[300:], part[:, :3], atol=1e-5)
+    np.testing.assert_allclose(splat.read_state(obj)[300:, 7:10] * 2.0, part[:, 7:10], rtol=1e-5)
