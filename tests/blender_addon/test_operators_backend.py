@@ -201,21 +201,38 @@ def test_drag_moves_the_source_region_toward_the_target(conn):
         assert (np.linalg.norm(after - dst, axis=1) <= 0.3).sum() >= inside.sum() // 2
 
 
-def test_generate_with_oracle_guidance_few_steps(conn, tmp_path):
-    """i3d.generate (random init of 256 points, oracle guidance toward a reference .ply, 4 steps, wait):
-    a splat object appears with 256+ splats whose state differs from the init."""
+def test_generate_with_oracle_guidance_then_semantic_edit(conn, tmp_path):
+    """i3d.generate on a random init of 256 points (oracle guidance toward a reference .ply, 4 steps at
+    32×32, wait): the job ends 'done' at step 4 and the state the sync path applied differs from the init
+    (max |Δ| > 1e-4). Then i3d.semantic_edit on 20 selected splats (2 steps, the session's oracle
+    guidance): 'done', and every unselected splat keeps its position bit for bit."""
     if "stage1.start" not in conn.server_info.get("ops", []):
         pytest.skip("the backend has no stage1.start op yet")
     from interactive3d.protocol import ply
 
     ref = tmp_path / "ref.ply"
     ply.write_ply(str(ref), ply.state_to_splat(random_state(200, seed=5, spread=0.4)))
+    conn.call("gaussians.init", {"kind": "random", "n": 256, "radius": 0.5, "seed": 1}, kind="edit")
+    obj = bpy.data.objects[conn.object_name]
+    init = splat.read_state(obj)
+    assert init.shape == (256, 14)
     p = bpy.context.scene.i3d
     p.steps, p.guidance = 4, "oracle"
-    assert bpy.ops.i3d.generate(init_points=256, reference_path=str(ref), resolution=32, batch=1, wait=True) == {"FINISHED"}
+    assert bpy.ops.i3d.generate(init="NONE", reference_path=str(ref), resolution=32, batch=1, wait=True) == {"FINISHED"}
+    assert conn.job.state == "done" and conn.job.step == 4
+    after = splat.read_state(obj)
+    assert len(after) >= 1
+    if after.shape == init.shape:
+        assert np.abs(after - init).max() > 1e-4
+
+    n = len(after)
+    mask = np.zeros(n, bool)
+    mask[:20] = True
+    select(obj, mask)
+    assert bpy.ops.i3d.semantic_edit(prompt="a red part", steps=2, wait=True) == {"FINISHED"}
     assert conn.job.state == "done"
-    obj = bpy.data.objects[conn.object_name]
-    assert splat.is_splat_object(obj) and len(obj.data.vertices) >= 1
+    edited = splat.read_state(obj)
+    np.testing.assert_array_equal(edited[:n][~mask, :3], after[~mask, :3])
 
 
 def test_extract_mesh_imports_a_coloured_mesh_at_the_object_transform(conn):
