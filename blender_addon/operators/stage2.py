@@ -81,7 +81,7 @@ class I3D_OT_refine_region(bpy.types.Operator):
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        region = {"name": self.name, "center": center.tolist(), "radius": radius, "levels": self.levels,
+        region = {"name": self.name, "center": center.tolist(), "radius": radius, "n_levels": self.levels,
                   "log2_table_size": self.capacity}
         if not run_request(self, "stage2.add_part", region, kind="ignore"):
             return {"CANCELLED"}
