@@ -53,6 +53,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import zmq
+
     from interactive3d.backend.jobs import JobConfig
     from interactive3d.backend.server import ServerConfig, default_state_dir, run
     from interactive3d.protocol.auth import load_key
@@ -72,7 +74,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"i3d serve: {exc}\n")
         return 2
-    except OSError as exc:  # e.g. zmq "Address already in use"
+    except (OSError, zmq.ZMQError) as exc:  # e.g. "Address already in use"
         sys.stderr.write(f"i3d serve: cannot bind {args.bind}: {exc}\n")
         return 2
 

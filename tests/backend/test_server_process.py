@@ -93,6 +93,14 @@ def test_cli_serve_and_ping(tmp_path):
     no_key_env = {k: v for k, v in os.environ.items() if not k.startswith("I3D_AUTH")}
     refused = subprocess.run([sys.executable, "-m", "interactive3d.cli", "serve", "--bind", "tcp://0.0.0.0:0"], cwd=ROOT, capture_output=True, text=True, env=no_key_env)
     assert refused.returncode == 2 and "auth key" in refused.stderr
+    import socket
+
+    with socket.socket() as busy:  # a port somebody else holds
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = subprocess.run([sys.executable, "-m", "interactive3d.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}", "--device", "cpu", "--state-dir", str(tmp_path / "st2")], cwd=ROOT, capture_output=True, text=True)
+    assert taken.returncode == 2 and "cannot bind" in taken.stderr
     helptext = subprocess.run([sys.executable, "-m", "interactive3d.cli", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "serve" in helptext and "ping" in helptext
 
