@@ -202,10 +202,11 @@ def project(
 
 # -- the torch rasteriser -------------------------------------------------------------------------
 def _pairs(proj: Projection, opacities: Tensor, width: int, height: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """List (Gaussian, pixel) pairs inside each visible Gaussian's box, front to back per view.
+    """List the (Gaussian, pixel) pairs that can pass the α ≥ 1/255 test, front to back per view.
 
-    The box spans min(3.33, √(2·ln(o/α_min))) σ per axis: beyond that even the centre-weighted alpha
-    o·exp(−½k²) is under 1/255, so no pair that could pass the alpha test is missed.
+    o·exp(−½ dᵀC d) ≥ 1/255 ⟺ dᵀC d ≤ q = 2·ln(255·o): the pixels of an ellipse, capped at gsplat's
+    3.33σ. They are listed scanline by scanline (each row's x-interval solved in closed form), so
+    nothing is generated and then thrown away.
     Returns flat Gaussian ids into B·N, pixel x, pixel y and flat pixel ids into B·H·W (int64, [M]).
     """
     depths, radii = proj.depths, proj.radii
@@ -215,26 +216,33 @@ def _pairs(proj: Projection, opacities: Tensor, width: int, height: int) -> tupl
     order = torch.argsort(torch.where(visible, depths, torch.full_like(depths, float("inf"))), dim=1, stable=True)
     flat = (torch.arange(b, device=dev)[:, None] * n + order)[visible.gather(1, order)]  # [V] by (view, depth)
     m2 = proj.means2d.reshape(-1, 2).index_select(0, flat)
-    sig = proj.covars2d.reshape(-1, 4)[:, [0, 3]].index_select(0, flat).clamp_min(0).sqrt()  # [V,2]
-    o = opacities.clamp_min(ALPHA_MIN)[None].expand(b, n).reshape(-1).index_select(0, flat)
-    k = torch.sqrt(2.0 * torch.log(o / ALPHA_MIN)).clamp_max(RADIUS_SIGMAS)
-    r = torch.minimum(sig * k[:, None], radii.reshape(-1, 2).index_select(0, flat).to(sig.dtype))
-    # pixel (x, y) is covered when its centre x + 0.5 lies within [m − r, m + r]
-    x0 = torch.ceil(m2[:, 0] - r[:, 0] - 0.5).clamp(0, width - 1).long()
-    x1 = torch.floor(m2[:, 0] + r[:, 0] - 0.5).clamp(0, width - 1).long()
-    y0 = torch.ceil(m2[:, 1] - r[:, 1] - 0.5).clamp(0, height - 1).long()
-    y1 = torch.floor(m2[:, 1] + r[:, 1] - 0.5).clamp(0, height - 1).long()
-    wx = (x1 - x0 + 1).clamp_min(0)
-    wy = (y1 - y0 + 1).clamp_min(0)
-    counts = wx * wy
-    total = int(counts.sum())
-    rep = torch.repeat_interleave(torch.arange(flat.shape[0], device=dev), counts, output_size=total)
-    local = torch.arange(total, device=dev) - (torch.cumsum(counts, 0) - counts).index_select(0, rep)
-    wxr = wx.index_select(0, rep)
-    py = local // wxr
-    px = x0.index_select(0, rep) + (local - py * wxr)
-    py = py + y0.index_select(0, rep)
-    gid = flat.index_select(0, rep)
+    con = proj.conics.reshape(-1, 3).index_select(0, flat).double()  # (a, b, c) of C = Σ'⁻¹
+    o = opacities.double()[None].expand(b, n).reshape(-1).index_select(0, flat)
+    # q slightly inflated so rounding never drops a pair; the exact test is applied on the pairs
+    q = (2.0 * torch.log((o / ALPHA_MIN).clamp_min(1.0))).clamp_max(RADIUS_SIGMAS**2) * (1 + 1e-6) + 1e-9
+    ca, cb, cc = con.unbind(-1)
+    det = (ca * cc - cb * cb).clamp_min(1e-30)
+    ry = torch.sqrt(q * ca / det)  # half height of the ellipse (= k·σ_y)
+    my = m2[:, 1].double()
+    y0 = torch.ceil(my - ry - 0.5).clamp(0, height - 1).long()
+    y1 = torch.floor(my + ry - 0.5).clamp(0, height - 1).long()
+    nrows = (y1 - y0 + 1).clamp_min(0)
+    nr = int(nrows.sum())
+    row_g = torch.repeat_interleave(torch.arange(flat.shape[0], device=dev), nrows, output_size=nr)
+    row_y = y0.index_select(0, row_g) + torch.arange(nr, device=dev) - (torch.cumsum(nrows, 0) - nrows).index_select(0, row_g)
+    dy = row_y.double() + 0.5 - my.index_select(0, row_g)
+    ra, rb = ca.index_select(0, row_g), cb.index_select(0, row_g)
+    disc = ra * q.index_select(0, row_g) - det.index_select(0, row_g) * dy * dy
+    half = torch.sqrt(disc.clamp_min(0.0)) / ra
+    cx = m2[:, 0].double().index_select(0, row_g) - rb * dy / ra
+    x0 = torch.ceil(cx - half - 0.5).clamp(0, width - 1).long()
+    x1 = torch.floor(cx + half - 0.5).clamp(0, width - 1).long()
+    wx = torch.where(disc >= 0, (x1 - x0 + 1).clamp_min(0), torch.zeros_like(x0))
+    total = int(wx.sum())
+    rep = torch.repeat_interleave(torch.arange(nr, device=dev), wx, output_size=total)
+    px = x0.index_select(0, rep) + torch.arange(total, device=dev) - (torch.cumsum(wx, 0) - wx).index_select(0, rep)
+    py = row_y.index_select(0, rep)
+    gid = flat.index_select(0, row_g).index_select(0, rep)
     pix = (gid // n) * (height * width) + py * width + px
     return gid, px, py, pix
 
@@ -274,18 +282,17 @@ def rasterize_torch(
     )  # [B·N, 10]
     with torch.no_grad():
         gid, px, py, pix = _pairs(proj, opacities.detach(), width, height)
-        pxf, pyf = px.to(dtype) + 0.5, py.to(dtype) + 0.5  # pixel centres
-        keep = (_pair_alpha(feats.detach().index_select(0, gid).unbind(1), pxf, pyf) >= ALPHA_MIN).nonzero()[:, 0]
-        pix = pix.index_select(0, keep)
         # stable sort by pixel keeps the per-view depth order inside every pixel's segment
         pix, perm = torch.sort(pix, stable=True)
-        perm = keep.index_select(0, perm)
-        gid, pxf, pyf = gid.index_select(0, perm), pxf.index_select(0, perm), pyf.index_select(0, perm)
+        gid = gid.index_select(0, perm)
+        pxf = px.index_select(0, perm).to(dtype) + 0.5  # pixel centres
+        pyf = py.index_select(0, perm).to(dtype) + 0.5
         _, seg_counts = torch.unique_consecutive(pix, return_counts=True)
         seg_start = torch.repeat_interleave(torch.cumsum(seg_counts, 0) - seg_counts, seg_counts)
     # unbind (not column slices) so backward assembles one [M,10] gradient instead of ten
     pf = feats.index_select(0, gid).unbind(1)  # 10 × [M]
     alpha = _pair_alpha(pf, pxf, pyf)
+    alpha = torch.where(alpha >= ALPHA_MIN, alpha, torch.zeros_like(alpha))  # the exact 1/255 test
     log1m = torch.log1p(-alpha.double())
     excl = torch.cumsum(log1m, 0) - log1m  # Σ_{j<i} log(1−α_j) over the whole list
     trans = torch.exp(excl - excl.index_select(0, seg_start)).to(dtype)  # within the pixel's segment
