@@ -294,7 +294,6 @@ class Connection:
         """Messages that arrived (waiting up to ``timeout_ms``), after the liveness checks."""
         if self.client is None:
             return []
-        now = time.monotonic()
         msgs = self.client.poll(timeout_ms)
         now = time.monotonic()
         if msgs:
@@ -312,7 +311,7 @@ class Connection:
                 self.send("ping", kind="heartbeat", session=False)
         return []
 
-    def handle(self, msg, scene=None) -> None:
+    def handle(self, msg) -> None:
         """Apply one reply or event."""
         if msg.kind == "reply":
             p = self.pending.pop(msg.id, None)

@@ -161,8 +161,9 @@ class I3D_OT_start_backend(bpy.types.Operator):
             return {"CANCELLED"}
         self.report({"INFO"}, f"Backend starting (pid {conn.process.pid}); log: {path}")
         if self.connect:
-            # Connecting before the server binds is fine: zmq queues the ping until it is up.
-            return bpy.ops.i3d.connect(address=settings.address) if not is_blocking() else {"FINISHED"}
+            # Connecting before the server binds is fine: zmq queues the ping until it is up. Batch mode
+            # blocks on it, so allow for the backend's start-up (importing torch takes seconds).
+            return bpy.ops.i3d.connect(address=settings.address, timeout=0.0 if not is_blocking() else 120.0)
         return {"FINISHED"}
 
 
