@@ -282,3 +282,64 @@ def test_mesh_reply_becomes_a_coloured_mesh_at_the_splat_object_transform():
     attr.data.foreach_get("color_srgb", rgba)
     np.testing.assert_allclose(rgba[:4], [1.0, 0.0, 0.0, 1.0], atol=1e-6)
     assert not conn.pending
+
+
+class _FakeLayout:
+    """Stands in for UILayout (panels never draw headless): checks every prop and operator name a panel
+    uses against Blender's RNA, so a renamed property or operator fails here instead of in the UI."""
+
+    def __init__(self, bpy, seen):
+        self.bpy, self.seen = bpy, seen
+
+    def row(self, **kw):
+        return self
+
+    column = box = row
+
+    def label(self, **kw):
+        self.seen.append(("label", kw.get("text", "")))
+
+    def prop(self, data, name, **kw):
+        assert name in data.bl_rna.properties, f"{type(data).__name__} has no property {name!r}"
+        self.seen.append(("prop", name))
+
+    def progress(self, **kw):
+        self.seen.append(("progress", kw.get("text", "")))
+
+    def operator(self, idname, **kw):
+        module, name = idname.split(".")
+        op = getattr(getattr(self.bpy.ops, module), name)
+        props = op.get_rna_type().properties
+        self.seen.append(("operator", idname))
+
+        class _Props:
+            def __setattr__(self, key, value):
+                assert key in props, f"{idname} has no property {key!r}"
+
+        return _Props()
+
+
+def test_panels_draw_with_existing_properties_and_operators():
+    """Every panel of the N-panel tab draws against a fake layout: 5 panels, every prop/operator name
+    exists in RNA (the Generate panel shows the progress label for a running job: 'stage1.start 3/10')."""
+    bpy = pytest.importorskip("bpy")
+    from interactive3d import blender_addon as addon
+    from interactive3d.blender_addon import ui
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    if hasattr(bpy.types, "I3D_OT_connect"):
+        addon.unregister()
+    addon.register()
+    try:
+        conn = connection.get()
+        conn.job = connection.JobProgress(job="j", kind="stage1.start", state="running", started_at=time.monotonic())
+        conn.job.update(3, 10, time.monotonic() + 1.0)
+        seen: list = []
+        for panel in ui.classes:
+            panel.draw(type("P", (), {"layout": _FakeLayout(bpy, seen)})(), bpy.context)
+        assert len(ui.classes) == 5
+        ops = {name for kind, name in seen if kind == "operator"}
+        assert {"i3d.generate", "i3d.drag", "i3d.remove_selected", "i3d.extract_mesh", "i3d.undo"} <= ops
+        assert any(kind == "label" and text.startswith("stage1.start 3/10") for kind, text in seen)
+    finally:
+        addon.unregister()
