@@ -252,6 +252,7 @@ class Server:
         """Bind the sockets; returns the bound address (the real port for ``tcp://127.0.0.1:*``)."""
         r = self._ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.LINGER, 0)
+        r.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client's fresh socket (same routing id) takes over its route
         r.setsockopt(zmq.SNDHWM, 1000)
         r.setsockopt(zmq.RCVHWM, 1000)
         # Hard guard far above the caps (a too_large reply needs the message to arrive first).

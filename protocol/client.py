@@ -75,11 +75,15 @@ class Client:
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._inbox: collections.deque[Message] = collections.deque()
+        self.routing_id = b"i3d-" + uuid.uuid4().hex.encode()
         self._connect()
 
     # -- socket life cycle ------------------------------------------------------------------------
     def _connect(self) -> None:
         s = self._ctx.socket(zmq.DEALER)
+        # One routing id for the client's whole life: after a reconnect the server (ROUTER_HANDOVER)
+        # routes job events to the fresh socket as before.
+        s.setsockopt(zmq.ROUTING_ID, self.routing_id)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, self.hwm)
         s.setsockopt(zmq.RCVHWM, self.hwm)

@@ -43,6 +43,27 @@ def test_events_during_blocking_requests_are_kept(server):
         c.close()
 
 
+def test_events_follow_a_reconnected_client(server):
+    """After reconnect() (a fresh socket, as a Lazy Pirate retry makes) the job's events keep arriving
+    without naming the session again: the client keeps its routing id and the server hands it over."""
+    c = Client(server.address)
+    try:
+        sid = c.request("session.create").result["session"]
+        c.request("test.init", {"session": sid, "n": 16})
+        c.request("test.fit", {"session": sid, "steps": 40, "sleep": 0.02})
+        c.reconnect()
+        c.request("ping")  # any request re-establishes the route; it does not name the session
+        c.poll(0)
+        steps = []
+        deadline = time.monotonic() + 20
+        while not steps or steps[-1] != 40:
+            assert time.monotonic() < deadline, steps
+            steps += [m.data["step"] for m in c.poll(100) if m.event == "progress"]
+        assert steps == list(range(steps[0], 41)) and steps[0] < 40
+    finally:
+        c.close()
+
+
 def test_send_and_poll(server):
     c = Client(server.address)
     try:
