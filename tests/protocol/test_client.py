@@ -34,8 +34,11 @@ def test_events_during_blocking_requests_are_kept(server):
         c.request("test.fit", {"session": sid, "steps": 30, "sleep": 0.01})
         while c.request("job.status", {"session": sid}).result["state"] != "done":
             c.request("ping")
-        time.sleep(0.2)  # the done event is sent right after the state flips
         msgs = c.poll(0)
+        deadline = time.monotonic() + 10
+        while not any(m.event == "done" for m in msgs):  # sent right after the state flips
+            assert time.monotonic() < deadline
+            msgs += c.poll(100)
         steps = [m.data["step"] for m in msgs if m.event == "progress"]
         assert steps == list(range(1, 31))
         assert [m.data["status"] for m in msgs if m.event == "done"] == ["done"]
