@@ -343,3 +343,24 @@ def test_panels_draw_with_existing_properties_and_operators():
         assert any(kind == "label" and text.startswith("stage1.start 3/10") for kind, text in seen)
     finally:
         addon.unregister()
+
+
+def test_non_blocking_reattach_and_unknown_session_fallback(backend):
+    """UI path re-attach: with a known open session, connect + sync_step re-attaches it (job.status then
+    state.get; same id). With a session id the backend never had (no checkpoint either), job.status and
+    session.resume answer not_found and the connection falls back to a fresh session — CONNECTED with a
+    new id and a message saying the old one could not be resumed; no error is left for the user."""
+    conn = connection.Connection(timeout_s=10.0)
+    try:
+        conn.connect(backend.address, blocking=True)
+        sid = conn.session
+        conn.connect(backend.address)
+        sync_until(conn, lambda c: c.status == connection.CONNECTED and not c.pending)
+        assert conn.session == sid
+        conn.session = "0123456789abcdef"
+        conn.connect(backend.address)
+        sync_until(conn, lambda c: c.status == connection.CONNECTED and not c.pending)
+        assert conn.session not in (sid, "0123456789abcdef")
+        assert "could not be resumed" in conn.last_message and conn.last_error == ""
+    finally:
+        conn.disconnect()
