@@ -332,7 +332,7 @@ class Connection:
         """Apply an error reply; True when a follow-up recovered from it (re-attaching a session)."""
         text = f"{p.op}: {code}: {message}"
         log.warning("backend error %s", text)
-        if p.kind == "reattach" and code == "not_found":
+        if p.kind == "reattach" and code in ("not_found", "invalid_args"):
             # The session is not open on this backend: try its checkpoint, then a fresh session.
             self.then("session.resume", {"paused": False}, kind="session")
             return True
