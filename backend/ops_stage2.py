@@ -1,3 +1,162 @@
-"""Handlers of the Stage II ops (specs: their section in protocol/catalogue.py; see docs/backend-api.md)."""
+"""Handlers of the Stage II ops (specs: ``_STAGE2_OPS`` in protocol/catalogue.py; see docs/backend-api.md).
 
-HANDLERS: dict = {}
+- ``stage2.distill``: the Eq. 7 distillation job (Gaussians → hash-grid field), creating the field on
+  its first step (undoable).
+- ``stage2.occupancy``: recompute the occupancy grid from the (refined) field (an undo point); the grid
+  comes back as a uint8 [R,R,R] buffer.
+- ``stage2.add_part``: a refinement part = region sphere ∩ occupancy, with its own hash tables (undoable).
+- ``stage2.refine``: the Eq. 8–9 refinement job on chosen parts (targets: fresh Gaussian renders).
+- ``stage2.extract_mesh``: marching cubes → file (glb/obj/ply) and arrays.
+- ``stage2.preview``: the running/last distillation's low-resolution preview image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound
+
+from .distill import DistillConfig, DistillJob
+from .hashgrid import HashGridConfig
+from .mesh import MeshConfig, MeshError, export_mesh, extract_mesh
+from .nerf import NeRFConfig, RenderConfig, occupancy_from_field
+from .refine import PartConfig, RefineConfig, RefineJob, RegionError, region_cells
+from .server import Reply, Request
+from .stage2 import SLOT, PartInfo
+
+log = logging.getLogger(__name__)
+
+
+def _state(req: Request):
+    st = req.session.extras.get(SLOT)
+    if st is None:
+        raise NotFound(f"{req.op}: session {req.session.id} has no Stage II field (run stage2.distill first)")
+    return st
+
+
+def _idle(req: Request) -> None:
+    s = req.session
+    if s.job_active:
+        raise Busy(f"{req.op}: session {s.id} has job {s.job.job_id} ({s.job.kind}) in flight")
+
+
+def distill(req: Request) -> Reply:
+    s, a = req.session, req.args
+    try:
+        nerf_cfg = NeRFConfig(
+            grid=HashGridConfig(
+                n_levels=a["levels"], n_features=a["features"], log2_table_size=a["log2_table_size"],
+                base_resolution=a["base_resolution"], per_level_scale=a["per_level_scale"],
+            ),
+            aabb_radius=a["aabb_radius"],
+            background=tuple(a["background"]),
+        )
+        cfg = DistillConfig(
+            steps=a["steps"], resolution=a["resolution"], rays_per_step=a["rays_per_step"], view_pool=a["view_pool"],
+            render=RenderConfig(n_samples=a["n_samples"], stratified=True), background=tuple(a["background"]),
+            preview_every=a["preview_every"], seed=a["seed"],
+        )
+        # a resumed job continues the checkpointed field: never reset it again
+        job = DistillJob(s, cfg, nerf_cfg, reset=bool(a["reset"]) and req.resume is None, backend=a["backend"])
+    except ValueError as exc:
+        raise InvalidArgs(f"stage2.distill: {exc}") from exc
+    job_id = req.start_job(job, label="stage2.distill")
+    return Reply({"job": job_id, "total": cfg.steps})
+
+
+def occupancy(req: Request) -> Reply:
+    s, a = req.session, req.args
+    _idle(req)
+    with s.lock:
+        st = _state(req)
+        s.record("stage2.occupancy")
+        st.occupancy = occupancy_from_field(st.refined, a["resolution"], threshold=a["threshold"])
+        occ = st.occupancy.occ
+        n = int(occ.sum())
+    return Reply({"resolution": a["resolution"], "occupied": n, "fraction": n / occ.numel()}, [occ.cpu().numpy().astype(np.uint8)])
+
+
+def add_part(req: Request) -> Reply:
+    s, a = req.session, req.args
+    name, radius = a["name"], a["radius"]
+    if radius <= 0:
+        raise InvalidArgs(f"stage2.add_part: radius must be > 0, got {radius}")
+    _idle(req)
+    with s.lock:
+        st = _state(req)
+        if name in st.parts:
+            raise InvalidArgs(f"stage2.add_part: part {name!r} already exists")
+        if st.occupancy is None:
+            st_occ = occupancy_from_field(st.refined, 32)
+        else:
+            st_occ = st.occupancy
+        try:
+            pcfg = PartConfig(n_levels=a["levels"], n_features=a["features"], log2_table_size=a["log2_table_size"])
+            pcfg.grid()
+            cells = region_cells(st_occ, torch.tensor(a["center"], dtype=torch.float32), radius)
+        except RegionError as exc:
+            raise InvalidArgs(f"stage2.add_part: {exc}") from exc
+        except ValueError as exc:
+            raise InvalidArgs(f"stage2.add_part: {exc}") from exc
+        s.record("stage2.add_part")
+        st.occupancy = st_occ
+        st.refined.add_part(name, cells, st_occ, pcfg, seed=a["seed"])
+        st.parts[name] = PartInfo(pcfg, tuple(a["center"]), float(radius))
+    return Reply({"part": name, "cells": int(cells.sum()), "parts": sorted(st.parts)})
+
+
+def refine(req: Request) -> Reply:
+    s, a = req.session, req.args
+    try:
+        cfg = RefineConfig(steps=a["steps"], rays_per_step=a["rays_per_step"], render=RenderConfig(n_samples=a["n_samples"], stratified=True), seed=a["seed"])
+        with s.lock:
+            _state(req)
+            job = RefineJob(s, list(a["parts"]), cfg, views=a["views"], resolution=a["resolution"], background=tuple(a["background"]))
+    except ValueError as exc:
+        raise InvalidArgs(f"stage2.refine: {exc}") from exc
+    job_id = req.start_job(job, label="stage2.refine")
+    return Reply({"job": job_id, "total": cfg.steps})
+
+
+def extract(req: Request) -> Reply:
+    s, a = req.session, req.args
+    _idle(req)
+    try:
+        cfg = MeshConfig(resolution=a["resolution"], threshold=a["threshold"], min_component_fraction=a["min_component_fraction"])
+        with s.lock:
+            m = extract_mesh(_state(req).refined, cfg)
+        path = None
+        if a["path"]:
+            path = str(export_mesh(m, os.path.expanduser(a["path"]), a["format"]))
+    except MeshError as exc:
+        raise InvalidArgs(f"stage2.extract_mesh: {exc}") from exc
+    except OSError as exc:
+        raise InvalidArgs(f"stage2.extract_mesh: cannot write {a['path']!r}: {exc}") from exc
+    return Reply(
+        {"vertices": int(len(m.vertices)), "faces": int(len(m.faces)), "path": path, "removed_components": m.removed_components},
+        [m.vertices, m.faces, m.colors],
+    )
+
+
+def preview(req: Request) -> Reply:
+    s = req.session
+    runner = s.job
+    job = getattr(runner, "job", None)
+    img = getattr(job, "preview", None)
+    if not isinstance(job, DistillJob) or img is None:
+        raise NotFound(f"stage2.preview: session {s.id} has no distillation preview yet")
+    return Reply({"step": int(runner.step), "height": int(img.shape[0]), "width": int(img.shape[1])}, [np.ascontiguousarray(img, np.float32)])
+
+
+HANDLERS: dict = {
+    "stage2.distill": distill,
+    "stage2.occupancy": occupancy,
+    "stage2.add_part": add_part,
+    "stage2.refine": refine,
+    "stage2.extract_mesh": extract,
+    "stage2.preview": preview,
+}

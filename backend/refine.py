@@ -261,3 +261,73 @@ class Refiner:
             img, PromptSpec(cfg.prompt, ""), sample.elevation_deg, sample.azimuth_deg, step=i, fixed_t=cfg.fixed_t, generator=self.generator, cameras=cams, background=None
         )
         return res.loss
+
+
+class RefineJob:
+    """Refinement as a server job: ``Refiner`` steps on ``session.extras["stage2"]``'s chosen parts.
+
+    Without a guidance the targets are fresh Gaussian renders of the session (e.g. after further Stage I
+    edits) from ``views`` zoom-in cameras around the parts' region, rendered at the first step.
+    """
+
+    kind = "stage2.refine"
+
+    def __init__(self, session, parts: list[str], cfg: RefineConfig = RefineConfig(), views: int = 8, resolution: int = 64, guidance=None,
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+        from .stage2 import SLOT
+
+        st = session.extras.get(SLOT)
+        if st is None:
+            raise ValueError("the session has no Stage II field: run stage2.distill first")
+        missing = [p for p in parts if p not in st.parts]
+        if not parts or missing:
+            raise ValueError(f"parts must name existing refinement parts {sorted(st.parts)}, got {parts}")
+        if guidance is None and (session.gaussians is None or session.gaussians.n == 0):
+            raise ValueError("refinement without guidance needs the session's Gaussians as targets")
+        self.session, self.parts, self.cfg = session, list(parts), cfg
+        self.views, self.resolution, self.guidance = views, resolution, guidance
+        self.bg = torch.tensor(background, dtype=torch.float32)
+        self.total_steps = cfg.steps
+        self.refiner: Refiner | None = None
+        self._pending: dict | None = None
+        self.last_loss: float | None = None
+
+    def _build(self) -> Refiner:
+        from .cameras import zoom_in_cameras
+        from .distill import gaussian_targets
+        from .stage2 import SLOT
+
+        st = self.session.extras[SLOT]
+        targets = None
+        if self.guidance is None:
+            lo = torch.stack([st.refined.parts[n].box_lo for n in self.parts]).min(0).values.cpu()
+            hi = torch.stack([st.refined.parts[n].box_hi for n in self.parts]).max(0).values.cpu()
+            gen = torch.Generator().manual_seed(self.cfg.seed + 7)
+            cams = zoom_in_cameras(0.5 * (lo + hi), float(0.5 * (hi - lo).norm()), self.views, self.resolution, self.resolution, gen).cameras
+            cams = cams.to(st.device)
+            targets = (cams, gaussian_targets(self.session.gaussians, cams, self.bg.to(st.device)))
+        r = Refiner(st.refined, self.parts, self.cfg, targets=targets, guidance=self.guidance, occupancy=st.occupancy)
+        if self._pending is not None:
+            r.generator.set_state(self._pending["rng"])
+            r.optimizer.load_state_dict(self._pending["optimizer"])
+            self._pending = None
+        return r
+
+    def step(self, i: int) -> dict[str, float]:
+        if self.refiner is None:
+            self.refiner = self._build()
+        m = self.refiner.step(i)
+        self.last_loss = m["loss"]
+        return m
+
+    def result(self) -> dict:
+        return {"loss": self.last_loss, "parts": self.parts}
+
+    def state_dict(self) -> dict:
+        if self.refiner is None:
+            return dict(self._pending) if self._pending else {}
+        return {"rng": self.refiner.generator.get_state(), "optimizer": self.refiner.optimizer.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        if d:
+            self._pending = d

@@ -593,7 +593,114 @@ _INTERACTION_OPS: list[OpSpec] = [
 ]
 
 # -- Stage II (backend/ops_stage2.py) ----------------------------------------------------------------
-_STAGE2_OPS: list[OpSpec] = []
+_STAGE2_OPS: list[OpSpec] = [
+    OpSpec(
+        "stage2.distill",
+        "Distil the session's Gaussians into the hash-grid NeRF (paper Eq. 7: L1 between NeRF and Gaussian "
+        "renders from random orbit cameras). Creates the field at the first step (undoable), or continues the "
+        "existing one unless reset=true. The field options apply when a field is created.",
+        args=(
+            Arg("steps", "int", "optimisation steps (paper: 10000)", default=1000, min=1, max=1_000_000),
+            Arg("resolution", "int", "Gaussian render size (square)", default=64, min=8, max=1024),
+            Arg("rays_per_step", "int", "random target pixels per step", default=4096, min=1, max=1 << 20),
+            Arg("view_pool", "int", "render this many orbit views once and draw rays from all (0: new cameras each step)", default=0, min=0, max=4096),
+            Arg("n_samples", "int", "samples per ray across the AABB", default=64, min=4, max=1024),
+            Arg("levels", "int", "hash grid levels", default=16, min=1, max=32),
+            Arg("features", "int", "features per level", default=2, min=1, max=8),
+            Arg("log2_table_size", "int", "log2 entries per level table", default=19, min=4, max=24),
+            Arg("base_resolution", "int", "coarsest grid resolution", default=16, min=1, max=1024),
+            Arg("per_level_scale", "float", "resolution growth per level", default=1.447, min=1.0, max=4.0),
+            Arg("aabb_radius", "float", "scene box half-size", default=1.0, min=1e-3, max=1e3),
+            Arg("background", "list", "background colour", items="float", length=3, default=[1.0, 1.0, 1.0], min=0.0, max=1.0),
+            Arg("backend", "str", "hash-grid backend", default="auto", choices=("auto", "torch", "triton", "tcnn")),
+            Arg("preview_every", "int", "steps between previews (stage2.preview)", default=10, min=0, max=1_000_000),
+            Arg("reset", "bool", "start from a fresh field", default=False),
+            Arg("seed", "int", "seed", default=0, min=0, max=2**31 - 1),
+        ),
+        session=True,
+        starts_job=True,
+        result=(("job", "job id"), ("total", "total steps")),
+        events=("progress", "state", "paused", "resumed", "done", "error"),
+        errors=("busy",),
+    ),
+    OpSpec(
+        "stage2.occupancy",
+        "Recompute the occupancy grid (paper: 32³) from the field's density (an undo point).",
+        args=(
+            Arg("resolution", "int", "grid resolution", default=32, min=1, max=256),
+            Arg("threshold", "float", "density threshold", default=0.01, min=0.0, max=1e6),
+        ),
+        session=True,
+        result=(("resolution", "R"), ("occupied", "occupied cells"), ("fraction", "occupied fraction")),
+        result_buffers=(Buffer("occupancy", ("uint8",), (None, None, None), doc="[R,R,R] 1 = occupied, indexed [x,y,z]"),),
+        errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "stage2.add_part",
+        "Add a refinement part (paper Eq. 9): the region sphere ∩ occupancy grid = O_part, with its own multi-level "
+        "hash tables and residual MLPs. An undo point. Errors: radius ≤ 0, a region with no occupied cell.",
+        args=(
+            Arg("name", "str", "part name", required=True),
+            Arg("center", "list", "region centre (object frame)", items="float", length=3, required=True),
+            Arg("radius", "float", "region radius (> 0)", required=True),
+            Arg("levels", "int", "levels of the part's tables (paper: 8)", default=8, min=1, max=32),
+            Arg("features", "int", "features per level (paper: 2)", default=2, min=1, max=8),
+            Arg("log2_table_size", "int", "log2 entries per table (paper: 19)", default=19, min=4, max=24),
+            Arg("seed", "int", "seed", default=0, min=0, max=2**31 - 1),
+        ),
+        session=True,
+        result=(("part", "name"), ("cells", "cells in O_part"), ("parts", "all part names")),
+        errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "stage2.refine",
+        "Refine the chosen parts (paper Eq. 8–9) toward fresh Gaussian renders from zoom-in cameras around their "
+        "region; the base field and other parts stay bit-identical.",
+        args=(
+            Arg("parts", "list", "names of the parts to train", items="str", required=True),
+            Arg("steps", "int", "optimisation steps", default=200, min=1, max=1_000_000),
+            Arg("views", "int", "zoom-in target views", default=8, min=1, max=256),
+            Arg("resolution", "int", "target render size", default=64, min=8, max=1024),
+            Arg("rays_per_step", "int", "random target pixels per step", default=2048, min=1, max=1 << 20),
+            Arg("n_samples", "int", "samples per ray", default=64, min=4, max=1024),
+            Arg("background", "list", "background colour", items="float", length=3, default=[1.0, 1.0, 1.0], min=0.0, max=1.0),
+            Arg("seed", "int", "seed", default=0, min=0, max=2**31 - 1),
+        ),
+        session=True,
+        starts_job=True,
+        result=(("job", "job id"), ("total", "total steps")),
+        events=("progress", "state", "paused", "resumed", "done", "error"),
+        errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "stage2.extract_mesh",
+        "Marching cubes on the (refined) field's density with vertex colours and floater removal; optionally "
+        "written to path (glb/obj/ply); the arrays come back for the add-on.",
+        args=(
+            Arg("resolution", "int", "density grid resolution (cap 512)", default=256, min=2, max=512),
+            Arg("threshold", "float", "density iso-level", default=10.0, min=0.0, max=1e9),
+            Arg("min_component_fraction", "float", "drop components smaller than this × the largest", default=0.05, min=0.0, max=0.999),
+            Arg("path", "str", "output file on the backend machine (none: arrays only)"),
+            Arg("format", "str", "file format (default: from the path's suffix)", choices=("glb", "obj", "ply")),
+        ),
+        session=True,
+        result=(("vertices", "V"), ("faces", "F"), ("path", "written file or null"), ("removed_components", "floaters dropped")),
+        result_buffers=(
+            Buffer("vertices", ("float32",), (None, 3), doc="[V,3] positions"),
+            Buffer("faces", ("int32",), (None, 3), doc="[F,3] vertex indices"),
+            Buffer("colors", ("uint8",), (None, 4), doc="[V,4] RGBA vertex colours"),
+        ),
+        errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "stage2.preview",
+        "The current or last distillation's low-resolution preview render (a fixed front view).",
+        session=True,
+        result=(("step", "job step"), ("height", "H"), ("width", "W")),
+        result_buffers=(Buffer("image", ("float32",), (None, None, 3), doc="[H,W,3] in [0,1], row 0 at the top"),),
+        errors=("not_found",),
+    ),
+]
 
 OPS: dict[str, OpSpec] = {}
 for _spec in (*_SERVER_OPS, *_STAGE1_OPS, *_INTERACTION_OPS, *_STAGE2_OPS):

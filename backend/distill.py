@@ -1,0 +1,229 @@
+"""Gaussian → InstantNGP distillation (paper §3.2.1, Eq. 7).
+
+    L_distill = E_cam ‖ R_NeRF(cam) − R_GS(cam) ‖₁
+
+Cameras are drawn from the Stage I orbit distribution; the Gaussian renders are targets (no gradient);
+the hash grid trains with lr 0.01 and the MLPs with 1e-3 (Adam), as the official configs. Each step
+renders a random subset of the target pixels (``rays_per_step``; all of them when None). The occupancy
+grid is refreshed from the field every ``occupancy_every`` steps and skips empty space while rendering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .nerf import NeRFField, OccupancyGrid, RenderConfig, Rays, camera_rays, occupancy_from_field, render_image, render_rays
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation schedule (paper: 10k steps; defaults here are the interactive ones)."""
+
+    steps: int = 1000
+    resolution: int = 64  # square Gaussian renders per camera
+    batch: int = 1  # cameras per step
+    rays_per_step: int | None = 4096  # random pixels per step (None: every pixel of the batch)
+    lr_grid: float = 0.01
+    lr_mlp: float = 1e-3
+    render: RenderConfig = field(default_factory=lambda: RenderConfig(n_samples=64, stratified=True))
+    occupancy_resolution: int = 32
+    occupancy_every: int = 16  # steps between occupancy refreshes (0: never skip empty space)
+    occupancy_warmup: int = 32  # no skipping before this step (the blob init is not the object yet)
+    occupancy_samples: int = 2  # density queries per cell per refresh (centre + jittered)
+    elevation_range_deg: tuple[float, float] = (-10.0, 45.0)
+    distance_range: tuple[float, float] = (1.5, 2.0)
+    fov_range_deg: tuple[float, float] = (40.0, 70.0)
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    view_pool: int = 0  # >0: render this many orbit views of the Gaussians once and draw every step's
+    # rays from all of them (many views per step, one Gaussian render per view); 0: fresh cameras each step
+    preview_every: int = 10
+    preview_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not 8 <= self.resolution <= 1024:
+            raise ValueError(f"resolution must be in [8, 1024], got {self.resolution}")
+        if self.view_pool < 0:
+            raise ValueError(f"view_pool must be >= 0, got {self.view_pool}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.rays_per_step is not None and self.rays_per_step < 1:
+            raise ValueError(f"rays_per_step must be >= 1 or None, got {self.rays_per_step}")
+        if not (self.lr_grid > 0 and self.lr_mlp > 0):
+            raise ValueError(f"learning rates must be > 0, got {self.lr_grid}, {self.lr_mlp}")
+
+
+def make_optimizer(f: NeRFField, cfg: DistillConfig) -> torch.optim.Adam:
+    """Adam with the official lrs: 0.01 for the hash tables, 1e-3 for the MLPs."""
+    mlp = list(f.density_mlp.parameters()) + list(f.color_mlp.parameters())
+    return torch.optim.Adam([{"params": f.grid.parameters(), "lr": cfg.lr_grid}, {"params": mlp, "lr": cfg.lr_mlp}], betas=(0.9, 0.99), eps=1e-15)
+
+
+def sample_cameras(cfg: DistillConfig, generator: torch.Generator):
+    """Random cameras from the Stage I orbit distribution (backend/cameras.py)."""
+    from .cameras import OrbitConfig, sample_orbit
+
+    ocfg = OrbitConfig(
+        elevation_range_deg=cfg.elevation_range_deg,
+        distance_range=cfg.distance_range,
+        fov_range_deg=cfg.fov_range_deg,
+        width=cfg.resolution,
+        height=cfg.resolution,
+    )
+    return sample_orbit(cfg.batch, ocfg, generator).cameras
+
+
+def gaussian_targets(g, cams, background: Tensor) -> Tensor:
+    """R_GS(cam): [B,H,W,3] Gaussian renders, no gradient (the distillation targets)."""
+    from .render import render
+
+    with torch.no_grad():
+        return render(g, cams, background).rgb.detach()
+
+
+@dataclass
+class DistillStepResult:
+    loss: float
+    seconds: float
+
+
+def distill_step(
+    f: NeRFField,
+    optimizer: torch.optim.Optimizer,
+    cams,
+    target: Tensor,  # [B,H,W,3]
+    cfg: DistillConfig,
+    generator: torch.Generator,
+    occupancy: OccupancyGrid | None = None,
+) -> DistillStepResult:
+    """One Eq. 7 step: L1 between the NeRF render of random target pixels and the targets."""
+    t0 = time.perf_counter()
+    dev = f.device
+    b, h, w = target.shape[:3]
+    n = b * h * w
+    if cfg.rays_per_step is None or cfg.rays_per_step >= n:
+        sel = torch.arange(n)
+    else:
+        sel = torch.randint(0, n, (cfg.rays_per_step,), generator=generator)
+    pix = torch.stack([sel // (h * w), (sel // w) % h, sel % w], dim=-1).to(dev)
+    rays = camera_rays(cams, pix)
+    bg = torch.tensor(cfg.background, dtype=torch.float32, device=dev)
+    out = render_rays(f, rays, cfg.render, occupancy, bg, generator)
+    loss = (out.rgb - target.reshape(-1, 3)[sel.to(target.device)].to(dev)).abs().mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return DistillStepResult(float(loss.detach()), time.perf_counter() - t0)
+
+
+class DistillJob:
+    """Eq. 7 as a server job (backend/jobs.py) on the session's Gaussians and Stage II state.
+
+    The job installs its :class:`~.stage2.Stage2State` in ``session.extras["stage2"]`` at its first step
+    (after the runner recorded the undo point, so undo removes a fresh field), or reuses the existing one
+    unless ``reset``. ``target_fn(cams) → [B,H,W,3]`` overrides the Gaussian renders (tests, other
+    sources). The latest low-resolution preview (a NeRF render from a fixed front camera every
+    ``preview_every`` steps) is :attr:`preview` ([S,S,3] float32), served by the ``stage2.preview`` op.
+    """
+
+    kind = "stage2.distill"
+
+    def __init__(self, session, cfg: DistillConfig = DistillConfig(), nerf_cfg=None, target_fn: Callable | None = None, reset: bool = False, backend: str = "auto") -> None:
+        from .nerf import NeRFConfig
+
+        g = session.gaussians
+        if target_fn is None and (g is None or g.n == 0):
+            raise ValueError("the session has no Gaussians to distil (run Stage I or gaussians.init first)")
+        self.session, self.cfg = session, cfg
+        self.nerf_cfg = nerf_cfg if nerf_cfg is not None else NeRFConfig()
+        self.reset, self.backend = reset, backend
+        self.total_steps = cfg.steps
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.state = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._pending_opt: dict | None = None
+        self.bg = torch.tensor(cfg.background, dtype=torch.float32, device=session.device)
+        self.target_fn = target_fn or (lambda cams: gaussian_targets(session.gaussians, cams, self.bg))
+        self.preview: np.ndarray | None = None
+        self.last_loss: float | None = None
+        self._pool = None  # (cameras, targets) when cfg.view_pool > 0; rebuilt deterministically after a resume
+
+    def _ensure_state(self):
+        if self.state is None:
+            from .stage2 import SLOT, Stage2State
+
+            st = self.session.extras.get(SLOT)
+            if st is None or self.reset:
+                st = Stage2State(self.nerf_cfg, device=self.session.device, backend=self.backend, seed=self.cfg.seed)
+                self.session.extras[SLOT] = st
+            self.state = st
+            self.optimizer = make_optimizer(st.field, self.cfg)
+            if self._pending_opt is not None:
+                self.optimizer.load_state_dict(self._pending_opt)
+                self._pending_opt = None
+        return self.state
+
+    def _views(self):
+        cfg = self.cfg
+        if cfg.view_pool == 0:
+            cams = sample_cameras(cfg, self.generator).to(self.state.device)
+            return cams, self.target_fn(cams)
+        if self._pool is None:
+            gen = torch.Generator().manual_seed(cfg.seed + 1)
+            one = dataclasses.replace(cfg, batch=cfg.view_pool)
+            cams = sample_cameras(one, gen).to(self.state.device)
+            targets = torch.cat([self.target_fn(cams[i : i + 8]) for i in range(0, cfg.view_pool, 8)])
+            self._pool = (cams, targets)
+        return self._pool
+
+    def step(self, i: int) -> dict[str, float]:
+        cfg = self.cfg
+        st = self._ensure_state()
+        st.field.train()
+        cams, target = self._views()
+        occ = st.occupancy if (cfg.occupancy_every and i >= cfg.occupancy_warmup) else None
+        r = distill_step(st.field, self.optimizer, cams, target, cfg, self.generator, occ)
+        if cfg.occupancy_every and (i + 1) % cfg.occupancy_every == 0:
+            st.occupancy = occupancy_from_field(st.field, cfg.occupancy_resolution, samples_per_cell=cfg.occupancy_samples, seed=i)
+        if cfg.preview_every and ((i + 1) % cfg.preview_every == 0 or i + 1 == self.total_steps):
+            self.preview = self.render_preview()
+        st.distilled_steps += 1
+        self.last_loss = r.loss
+        return {"loss": r.loss, "step_seconds": r.seconds}
+
+    @torch.no_grad()
+    def render_preview(self) -> np.ndarray:
+        from .cameras import orbit_cameras
+
+        s = self.cfg.preview_size
+        one = lambda v: torch.tensor([float(v)])
+        cams = orbit_cameras(one(15.0), one(0.0), one(sum(self.cfg.distance_range) / 2), one(sum(self.cfg.fov_range_deg) / 2), s, s).to(self.state.device)
+        img = render_image(self.state.field, cams, RenderConfig(n_samples=self.cfg.render.n_samples), self.state.occupancy, self.bg).rgb[0]
+        return img.clamp(0, 1).float().cpu().numpy()
+
+    def result(self) -> dict:
+        return {"loss": self.last_loss, "distilled_steps": None if self.state is None else self.state.distilled_steps}
+
+    def state_dict(self) -> dict:
+        opt = self.optimizer.state_dict() if self.optimizer is not None else self._pending_opt
+        return {"rng": self.generator.get_state(), "optimizer": opt}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.generator.set_state(d["rng"])
+        if d.get("optimizer") is not None:
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(d["optimizer"])
+            else:
+                self._pending_opt = d["optimizer"]

@@ -1,0 +1,94 @@
+"""The Stage II state of a session: the distilled field, its occupancy grid and its refinement parts.
+
+Lives in ``session.extras["stage2"]`` (backend/session.py's Extra protocol): ``state_dict`` /
+``load_state_dict`` / ``from_state_dict`` make it part of checkpoints and of undo/redo snapshots, so
+"add part", a distillation or a refinement can be undone exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .hashgrid import HashGridConfig
+from .nerf import NeRFConfig, NeRFField, OccupancyGrid
+from .refine import PartConfig, RefinedField
+
+SLOT = "stage2"
+
+
+def _nerf_cfg_from(d: dict) -> NeRFConfig:
+    d = dict(d)
+    d["grid"] = HashGridConfig(**d["grid"])
+    d["background"] = tuple(d["background"])
+    return NeRFConfig(**d)
+
+
+@dataclass
+class PartInfo:
+    cfg: PartConfig
+    center: tuple[float, float, float]
+    radius: float
+
+
+class Stage2State:
+    """The field (``refined.base``), the refined field with its parts, and the occupancy grid."""
+
+    def __init__(self, cfg: NeRFConfig, device: torch.device | str = "cpu", backend: str = "auto", seed: int = 0) -> None:
+        self.cfg, self.backend, self.device = cfg, backend, torch.device(device)
+        self.refined = RefinedField(NeRFField(cfg, backend=backend, device=device, seed=seed))
+        self.occupancy: OccupancyGrid | None = None
+        self.parts: dict[str, PartInfo] = {}
+        self.distilled_steps = 0
+
+    @property
+    def field(self) -> NeRFField:
+        return self.refined.base
+
+    # -- Extra protocol ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "cfg": dataclasses.asdict(self.cfg),
+            "backend": self.backend,
+            "field": {k: v.detach().cpu().clone() for k, v in self.field.state_dict().items()},
+            "occupancy": None if self.occupancy is None else self.occupancy.occ.cpu().clone(),
+            "parts": {
+                n: {
+                    "cfg": dataclasses.asdict(info.cfg),
+                    "center": list(info.center),
+                    "radius": info.radius,
+                    "state": {k: v.detach().cpu().clone() for k, v in self.refined.parts[n].state_dict().items()},
+                }
+                for n, info in self.parts.items()
+            },
+            "distilled_steps": self.distilled_steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        cfg = _nerf_cfg_from(state["cfg"])
+        if cfg != self.cfg:
+            self.cfg = cfg
+            self.refined = RefinedField(NeRFField(cfg, backend=state["backend"], device=self.device))
+        self.field.load_state_dict({k: v.to(self.device) for k, v in state["field"].items()})
+        occ = state["occupancy"]
+        self.occupancy = None if occ is None else OccupancyGrid(occ.to(self.device), cfg.aabb_radius)
+        # parts: rebuild the set exactly (undo of "add part" removes it)
+        for name in list(self.refined.parts):
+            del self.refined.parts[name]
+        self.parts = {}
+        for name, p in state["parts"].items():
+            pcfg = PartConfig(**p["cfg"])
+            cells = p["state"]["cells"].to(self.device)
+            grid = OccupancyGrid(cells, cfg.aabb_radius)
+            part = self.refined.add_part(name, cells, grid, pcfg)
+            part.load_state_dict({k: v.to(self.device) for k, v in p["state"].items()})
+            self.parts[name] = PartInfo(pcfg, tuple(p["center"]), float(p["radius"]))
+        self.distilled_steps = int(state["distilled_steps"])
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device) -> "Stage2State":
+        obj = cls(_nerf_cfg_from(state["cfg"]), device=device, backend=state["backend"])
+        obj.load_state_dict(state)
+        return obj

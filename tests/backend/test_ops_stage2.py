@@ -1,0 +1,93 @@
+"""backend/ops_stage2.py through a real server and ZeroMQ client: distill (job) → preview → occupancy →
+add part → refine (job) → mesh, undo of a part, and typed errors for bad inputs."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from interactive3d.protocol.client import Client
+from interactive3d.protocol.errors import RemoteError
+
+from _server_helpers import ThreadedServer
+
+# a tiny field so every job step is fast on CPU
+FIELD = {"levels": 4, "log2_table_size": 12, "base_resolution": 8, "per_level_scale": 1.5}
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ThreadedServer()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def client(server):
+    with Client(server.address) as c:
+        yield c
+
+
+def _wait_done(client, job, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for msg in client.poll(200):
+            if msg.header.get("job") == job and msg.header.get("event") in ("done", "error"):
+                return msg.header
+    raise AssertionError(f"job {job} did not finish")
+
+
+def _shell_session(client) -> str:
+    sid = client.request("session.create", {}).result["session"]
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(800, 3, generator=g)
+    p = (0.5 * p / p.norm(dim=-1, keepdim=True)).numpy().astype(np.float32)
+    rgb = np.clip((p + 0.5), 0, 1).astype(np.float32)
+    client.request("gaussians.init", {"session": sid, "kind": "points", "opacity": 0.9, "scale": 0.05}, [p, rgb])
+    return sid
+
+
+def _code(client, op, args):
+    with pytest.raises(RemoteError) as err:
+        client.request(op, args)
+    return err.value.code
+
+
+def test_stage2_pipeline_and_errors(client, tmp_path):
+    """Distil 6 steps (done event, finite loss), preview [32,32,3] in [0,1]; occupancy 32³ uint8 with
+    occupied cells; add_part: radius 0 → invalid_args, a region in empty space → invalid_args, a valid
+    region → cells > 0, undo removes it (add again succeeds); refine 3 steps → done; extract_mesh at 32³
+    writes a GLB and returns float32/int32/uint8 arrays; resolution 4096 → invalid_args (cap 512)."""
+    sid = _shell_session(client)
+    assert _code(client, "stage2.occupancy", {"session": sid}) == "not_found"
+    r = client.request("stage2.distill", {"session": sid, "steps": 6, "resolution": 16, "view_pool": 4, "rays_per_step": 256, "n_samples": 16, "preview_every": 3, **FIELD}).result
+    done = _wait_done(client, r["job"])
+    assert done["event"] == "done" and np.isfinite(done["data"]["loss"]), done
+    pv = client.request("stage2.preview", {"session": sid})
+    img = np.array(pv.buffers[0])
+    assert img.shape == (32, 32, 3) and img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
+
+    occ = client.request("stage2.occupancy", {"session": sid, "resolution": 32})
+    grid = np.array(occ.buffers[0])
+    assert grid.shape == (32, 32, 32) and grid.dtype == np.uint8 and occ.result["occupied"] == int(grid.sum()) > 0
+
+    assert _code(client, "stage2.add_part", {"session": sid, "name": "p", "center": [0.0, 0.0, 0.0], "radius": 0.0}) == "invalid_args"
+    assert _code(client, "stage2.add_part", {"session": sid, "name": "p", "center": [0.97, 0.97, 0.97], "radius": 0.02}) == "invalid_args"
+    args = {"session": sid, "name": "p", "center": [0.3, 0.0, 0.0], "radius": 0.3, "levels": 4, "log2_table_size": 12}
+    assert client.request("stage2.add_part", args).result["cells"] > 0
+    assert _code(client, "stage2.add_part", args) == "invalid_args"  # duplicate name
+    client.request("history.undo", {"session": sid})
+    assert client.request("stage2.add_part", args).result["parts"] == ["p"]
+
+    r = client.request("stage2.refine", {"session": sid, "parts": ["p"], "steps": 3, "views": 2, "resolution": 16, "rays_per_step": 128, "n_samples": 16}).result
+    assert _wait_done(client, r["job"])["event"] == "done"
+    assert _code(client, "stage2.refine", {"session": sid, "parts": ["nope"], "steps": 1}) == "invalid_args"
+
+    out = tmp_path / "m.glb"
+    m = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "threshold": 10.0, "path": str(out)})
+    v, f, c = (np.array(b) for b in m.buffers)
+    assert v.dtype == np.float32 and f.dtype == np.int32 and c.dtype == np.uint8 and c.shape == (len(v), 4)
+    assert m.result["vertices"] == len(v) > 0 and out.is_file()
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 4096}) == "invalid_args"
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "threshold": 1e9}) == "invalid_args"
