@@ -8,8 +8,8 @@ its cell's eight corner features; the levels' features are concatenated.
 Backends:
   * ``"torch"``  — pure PyTorch, CPU and GPU, vectorised over levels and corners; the backward is an
     index-add into the table (a small autograd Function). The reference twin of the others.
-  * ``"triton"`` — a fused forward and backward kernel on CUDA (see :mod:`_hashgrid_triton` below in this
-    file; compiled on first use). Untested without a GPU: a parity test skips on CPU.
+  * ``"triton"`` — a fused forward and backward kernel on CUDA (:mod:`hashgrid_triton`,
+    compiled on first use). Untested without a GPU: a parity test skips on CPU.
   * ``"tcnn"``   — tiny-cuda-nn's HashGrid when importable (not on PyPI).
   * ``"auto"``   — tcnn if importable on CUDA, else triton on CUDA when triton imports, else torch.
 """
