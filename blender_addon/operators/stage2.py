@@ -1,7 +1,7 @@
 """Stage II: i3d.to_nerf (distil the Gaussians into a hash-grid NeRF), i3d.refine_region (a region
 sphere with part-specific hash tables), i3d.extract_mesh (marching cubes → a mesh object with vertex
 colours at the splat object's transform). Backend ops ``stage2.distill``, ``stage2.add_part``,
-``stage2.refine``, ``stage2.mesh``.
+``stage2.refine``, ``stage2.extract_mesh``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ class I3D_OT_to_nerf(bpy.types.Operator):
 
     steps: bpy.props.IntProperty(name="Steps", default=0, min=0, description="0: the panel's distil steps")
     resolution: bpy.props.IntProperty(name="Resolution", default=0, min=0, description="0: the backend's default")
+    levels: bpy.props.IntProperty(name="Hash Levels", default=0, min=0, max=32, description="0: the backend's default (16)")
+    capacity: bpy.props.IntProperty(name="Capacity (log2)", default=0, min=0, max=24,
+                                    description="log2 of the hash-table entries; 0: the backend's default (19)")
+    rays_per_step: bpy.props.IntProperty(name="Rays per Step", default=0, min=0, description="0: the backend's default")
     wait: bpy.props.BoolProperty(name="Wait", default=False)
 
     @classmethod
@@ -41,8 +45,10 @@ class I3D_OT_to_nerf(bpy.types.Operator):
     def execute(self, context):
         p = context.scene.i3d
         args = {"steps": self.steps or p.nerf_steps, "seed": p.seed}
-        if self.resolution:
-            args["resolution"] = self.resolution
+        for key, value in (("resolution", self.resolution), ("levels", self.levels),
+                           ("log2_table_size", self.capacity), ("rays_per_step", self.rays_per_step)):
+            if value:
+                args[key] = value
         if not run_request(self, "stage2.distill", args, kind="job"):
             return {"CANCELLED"}
         return _maybe_wait(self, context, self.wait)
@@ -81,7 +87,7 @@ class I3D_OT_refine_region(bpy.types.Operator):
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        region = {"name": self.name, "center": center.tolist(), "radius": radius, "n_levels": self.levels,
+        region = {"name": self.name, "center": center.tolist(), "radius": radius, "levels": self.levels,
                   "log2_table_size": self.capacity}
         if not run_request(self, "stage2.add_part", region, kind="ignore"):
             return {"CANCELLED"}
@@ -110,9 +116,9 @@ class I3D_OT_extract_mesh(bpy.types.Operator):
         p = context.scene.i3d
         path = bpy.path.abspath(self.filepath) if self.filepath else os.path.join(
             connection.user_dir(__package__.rsplit(".", 1)[0]), "mesh.glb")
-        args = {"resolution": self.resolution or p.mesh_resolution, "path": path}
+        args = {"resolution": self.resolution or p.mesh_resolution, "threshold": p.mesh_threshold, "path": path}
         # Marching cubes at 256³ can take a while on CPU: a longer timeout for the blocking path.
-        if not run_request(self, "stage2.mesh", args, kind="mesh", timeout=max(60.0, connection.get().timeout_s)):
+        if not run_request(self, "stage2.extract_mesh", args, kind="mesh", timeout=max(60.0, connection.get().timeout_s)):
             return {"CANCELLED"}
         if is_blocking():
             conn = connection.get()

@@ -235,16 +235,18 @@ def test_generate_with_oracle_guidance_then_semantic_edit(conn, tmp_path):
     np.testing.assert_array_equal(edited[:n][~mask, :3], after[~mask, :3])
 
 
+@pytest.mark.slow
 def test_to_nerf_refine_region_extract_mesh(conn):
-    """Stage II through the operators: i3d.to_nerf (20 distil steps at 32², wait) ends 'done';
+    """Stage II through the operators (~18 s on 2 cores): i3d.to_nerf (20 distil steps at 32², 4 hash
+    levels of 2^12, 1024 rays per step, wait) ends 'done';
     i3d.refine_region (sphere at the object's centre, 2 levels, 2^10 entries, 3 steps, wait) ends 'done';
     i3d.extract_mesh (32³) imports a mesh object with ≥ 1 face, one colour per vertex, and the splat
     object's matrix_world (≤ 1e-6)."""
     ops = conn.server_info.get("ops", [])
-    if not {"stage2.distill", "stage2.add_part", "stage2.refine", "stage2.mesh"} <= set(ops):
-        pytest.skip("the backend has no stage2.distill / add_part / refine / mesh ops yet")
+    if not {"stage2.distill", "stage2.add_part", "stage2.refine", "stage2.extract_mesh"} <= set(ops):
+        pytest.skip("the backend has no stage2.distill / add_part / refine / extract_mesh ops yet")
     obj, _ = adopted_object(n=2000, seed=1)
-    assert bpy.ops.i3d.to_nerf(steps=20, resolution=32, wait=True) == {"FINISHED"}
+    assert bpy.ops.i3d.to_nerf(steps=20, resolution=32, levels=4, capacity=12, rays_per_step=1024, wait=True) == {"FINISHED"}
     assert conn.job.state == "done"
     assert bpy.ops.i3d.refine_region(use_scene=False, center=tuple(obj.location), radius=0.6, levels=2,
                                      capacity=10, steps=3, wait=True) == {"FINISHED"}
