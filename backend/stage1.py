@@ -1,0 +1,262 @@
+"""Stage I trainer (paper §3.1): Gaussian splatting optimised by score distillation.
+
+One step = sample a batch of orbit cameras → render → guidance loss (SDS) → backward → densify/prune
+hook → AdamW step (paper's learning rates). Every random draw (cameras, background, t, ε) comes from the
+job's own ``torch.Generator``, so a run is a pure function of (initial Gaussians, optimiser state,
+seed, step) and pause/resume or checkpoint/restore reproduce an uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .cameras import OrbitConfig, sample_orbit
+from .densify import DensifyConfig, step_post_backward
+from .gaussians import Gaussians, LearningRates, make_optimizers
+from .guidance import PromptSpec
+from .render import render
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Stage I hyper-parameters (paper §4 implementation details).
+
+    Attributes:
+        steps: optimisation steps (the paper runs ~20k in 50 min on an A100).
+        batch: views per step.
+        resolution: square render size (paper: 256 on GPU; use 64 on a CPU).
+        elevation_range_deg, azimuth_range_deg, distance_range, fov_range_deg: orbit camera ranges
+            (threestudio-like, objects of radius ~1).
+        lr: AdamW learning rates, betas (0.9, 0.999), weight decay 0.01.
+        background: constant RGB background in [0,1]; ``random_background`` draws one colour per view
+            instead (keeps the object from blending into a fixed background).
+        densify: densify & prune schedule (3DGS); None disables it.
+        snapshot_every: emit a state snapshot every K steps.
+        fixed_t: a user-fixed diffusion t in (0,1) (paper §3.1.5); None samples from the guidance's range.
+        t_range: per-job t range (fractions) overriding the guidance's annealed range.
+        seed: seed of the job's generator (cameras, backgrounds, t, noise).
+    """
+
+    steps: int = 2000
+    batch: int = 4
+    resolution: int = 256
+    elevation_range_deg: tuple[float, float] = (-10.0, 45.0)
+    azimuth_range_deg: tuple[float, float] = (-180.0, 180.0)
+    distance_range: tuple[float, float] = (1.5, 2.0)
+    fov_range_deg: tuple[float, float] = (40.0, 70.0)
+    lr: LearningRates = LearningRates()
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    random_background: bool = False
+    densify: DensifyConfig | None = field(default_factory=DensifyConfig)
+    snapshot_every: int = 10
+    fixed_t: float | None = None
+    t_range: tuple[float, float] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "resolution", "snapshot_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Stage1Config.{name} must be a positive integer, got {value!r}")
+        if self.resolution > 4096:
+            raise ValueError(f"Stage1Config.resolution must be <= 4096, got {self.resolution}")
+        if len(self.background) != 3 or not all(0.0 <= c <= 1.0 for c in self.background):
+            raise ValueError(f"Stage1Config.background must be 3 values in [0,1], got {self.background}")
+        if self.fixed_t is not None and not (0.0 < self.fixed_t < 1.0):
+            raise ValueError(f"Stage1Config.fixed_t must be in (0,1), got {self.fixed_t}")
+        if self.t_range is not None and not (0.0 <= self.t_range[0] <= self.t_range[1] <= 1.0):
+            raise ValueError(f"Stage1Config.t_range must be (lo, hi) in [0,1], got {self.t_range}")
+        for name in ("elevation_range_deg", "azimuth_range_deg", "distance_range", "fov_range_deg"):
+            lo, hi = getattr(self, name)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ValueError(f"Stage1Config.{name} must be finite (lo, hi) with lo <= hi, got {(lo, hi)}")
+        if self.distance_range[0] <= 0 or not (0 < self.fov_range_deg[0] and self.fov_range_deg[1] < 180):
+            raise ValueError("Stage1Config.distance_range must be > 0 and fov_range_deg inside (0, 180)")
+
+    def orbit(self) -> OrbitConfig:
+        return OrbitConfig(
+            elevation_range_deg=self.elevation_range_deg,
+            azimuth_range_deg=self.azimuth_range_deg,
+            distance_range=self.distance_range,
+            fov_range_deg=self.fov_range_deg,
+            width=self.resolution,
+            height=self.resolution,
+        )
+
+
+@dataclass
+class Stage1StepResult:
+    loss: float
+    grad_norm: float
+    t_mean: float
+    count: int
+    seconds: float
+
+
+def stage1_step(
+    g: Gaussians,
+    optimizers: dict[str, torch.optim.Optimizer],
+    guidance,
+    prompt: PromptSpec | None,
+    cfg: Stage1Config,
+    generator: torch.Generator,
+    step: int,
+) -> Stage1StepResult:
+    """One Stage I step in place on ``g`` and its optimisers.
+
+    Args:
+        guidance: a guidance callable (backend/guidance.py); None runs render-only steps (no update).
+        prompt: the prompt (required by diffusion guidances; the oracle ignores its text).
+        generator: CPU generator for every random draw of the step (split samples included).
+    """
+    t0 = time.perf_counter()
+    sample = sample_orbit(cfg.batch, cfg.orbit(), generator)
+    cams = sample.cameras.to(g.device)
+    if cfg.random_background:
+        background = torch.rand(cfg.batch, 3, generator=generator).to(g.device)
+    else:
+        background = torch.tensor(cfg.background, dtype=torch.float32, device=g.device)
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    out = render(g, cams, background)
+    if guidance is None:
+        return Stage1StepResult(0.0, 0.0, 0.0, g.n, time.perf_counter() - t0)
+    res = guidance(
+        out.rgb,
+        prompt,
+        sample.elevation_deg,
+        sample.azimuth_deg,
+        step=step,
+        fixed_t=cfg.fixed_t,
+        t_range=cfg.t_range,
+        generator=generator,
+        cameras=cams,
+        background=background,
+    )
+    res.loss.backward()
+    if cfg.densify is not None:
+        # Statistics live in g.buffers, so they follow keep()/append() and checkpoints.
+        step_post_backward(g, optimizers, out, step, cfg.densify, generator)
+    for opt in optimizers.values():
+        opt.step()
+    return Stage1StepResult(
+        loss=float(res.loss.detach()),
+        grad_norm=float(res.grad_norm),
+        t_mean=float(res.t.float().mean()),
+        count=g.n,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+class Stage1Job:
+    """Stage I as a server job (backend/jobs.py): ``total_steps`` calls of :meth:`step`, each one
+    :func:`stage1_step` on the session's Gaussians and optimisers, under the session's lock (taken by
+    the job runner), so edits from other ops land between two steps.
+
+    The job's own progress (the generator state) is in :meth:`state_dict`; the Gaussians (with their
+    densification statistics buffers) and optimiser moments are the session's and are checkpointed with it.
+    """
+
+    kind = "stage1"
+
+    def __init__(
+        self,
+        session,
+        guidance,
+        prompt: PromptSpec | None,
+        cfg: Stage1Config = Stage1Config(),
+        load_guidance: Callable[[], object] | None = None,
+    ) -> None:
+        """
+        Args:
+            session: the session (``gaussians``, ``optimizers``).
+            guidance: a guidance callable, or None for render-only steps.
+            prompt: the prompt for diffusion guidances.
+            load_guidance: builds the guidance on the job's worker thread at its first step (loading
+                Stable Diffusion takes seconds; the server thread must stay responsive). Overrides
+                ``guidance``.
+        """
+        g = session.gaussians
+        if g is None or g.n == 0:
+            raise ValueError("the session has no Gaussians: initialise them first (gaussians.init)")
+        self.session = session
+        self.guidance = guidance
+        self.load_guidance = load_guidance
+        self.prompt = prompt
+        self.cfg = cfg
+        self.total_steps = cfg.steps
+        self.state_every = cfg.snapshot_every
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        if getattr(session, "optimizers", None) is None:
+            session.optimizers = make_optimizers(g, cfg.lr)
+        else:
+            set_learning_rates(session.optimizers, cfg.lr)
+        self.steps_done = 0
+        self.last: Stage1StepResult | None = None
+
+    def step(self, i: int) -> dict[str, float]:
+        if self.load_guidance is not None:
+            self.guidance, self.load_guidance = self.load_guidance(), None
+        s = self.session
+        r = stage1_step(s.gaussians, s.optimizers, self.guidance, self.prompt, self.cfg, self.generator, i)
+        self.steps_done = i + 1
+        self.last = r
+        return {"loss": r.loss, "grad_norm": r.grad_norm, "t": r.t_mean, "count": float(r.count), "step_seconds": r.seconds}
+
+    def result(self) -> dict:
+        return {"steps": self.steps_done, "count": self.session.gaussians.n, "loss": None if self.last is None else self.last.loss}
+
+    def state_dict(self) -> dict:
+        return {"rng": self.generator.get_state(), "steps_done": self.steps_done}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.generator.set_state(d["rng"])
+        self.steps_done = int(d["steps_done"])
+
+
+def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], lr: LearningRates) -> None:
+    """Apply the config's learning rates, betas and weight decay to existing per-group optimisers."""
+    for name, opt in optimizers.items():
+        for group in opt.param_groups:
+            group["lr"] = getattr(lr, name)
+            group["betas"] = lr.betas
+            group["weight_decay"] = lr.weight_decay
+
+
+class OracleReference:
+    """The session's reference object for the oracle guidance (session.extras["stage1.reference"]).
+
+    A checkpointable, undoable extra slot (backend/session.py's Extra protocol): its state is the
+    reference Gaussians' exact snapshot.
+    """
+
+    SLOT = "stage1.reference"
+
+    def __init__(self, gaussians: Gaussians) -> None:
+        if gaussians.n == 0:
+            raise ValueError("the oracle reference has zero Gaussians")
+        self.gaussians = gaussians
+
+    def state_dict(self) -> dict:
+        return {"snapshot": self.gaussians.snapshot()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gaussians = Gaussians.from_snapshot(state["snapshot"], device=self.gaussians.device)
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device) -> "OracleReference":
+        return cls(Gaussians.from_snapshot(state["snapshot"], device=device))
+
+
+def oracle_render_fn(reference: Gaussians, cameras, background) -> Tensor:
+    """Target images [B,H,W,3] of the oracle: the reference rendered at the sampled cameras."""
+    return render(reference, cameras, background).rgb

@@ -1,0 +1,157 @@
+"""Stage I trainer (backend/stage1.py): SDS gradients through the SD path, oracle convergence, exact resume."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from _tiny_diffusion import tiny_sd_guidance
+from interactive3d.backend.cameras import orbit_cameras
+from interactive3d.backend.gaussians import (
+    PARAM_NAMES,
+    Gaussians,
+    LearningRates,
+    deep_copy_optimizers,
+    init_random,
+    make_optimizers,
+    rgb_to_sh_dc,
+)
+from interactive3d.backend.guidance import OracleGuidance, PromptSpec
+from interactive3d.backend.render import render
+from interactive3d.backend.stage1 import Stage1Config, Stage1Job, stage1_step
+
+
+def reference_object(n: int = 600, seed: int = 5) -> Gaussians:
+    """A two-colour object: a red lower ellipsoid and a blue upper sphere, opaque, well inside radius 0.6."""
+    g = init_random(n, radius=0.5, seed=seed)
+    with torch.no_grad():
+        m = g.params["means"]
+        m[:, 2] = m[:, 2] * 1.2
+        top = m[:, 2] > 0.1
+        rgb = torch.where(top[:, None], torch.tensor([0.1, 0.2, 0.9]), torch.tensor([0.9, 0.15, 0.1]))
+        g.params["sh"][:, 0] = rgb_to_sh_dc(rgb)
+        g.params["opacity_logits"].fill_(math.log(0.9 / 0.1))
+        g.params["log_scales"].add_(math.log(1.5))
+    return g
+
+
+def heldout_psnr(g: Gaussians, ref: Gaussians, res: int = 64) -> float:
+    """PSNR (dB) over 4 fixed held-out views (elevations 20/30°, azimuths 30/120/210/300°, never sampled
+    at exactly these values) against the reference rendered with the same cameras and white background."""
+    cams = orbit_cameras(
+        torch.tensor([20.0, 30.0, 20.0, 30.0]), torch.tensor([30.0, 120.0, 210.0, 300.0]), torch.full((4,), 1.8),
+        torch.full((4,), 50.0), res, res,
+    )
+    with torch.no_grad():
+        a = render(g, cams, torch.ones(3)).rgb
+        b = render(ref, cams, torch.ones(3)).rgb
+    mse = float(((a - b) ** 2).mean())
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def _oracle(ref: Gaussians) -> OracleGuidance:
+    return OracleGuidance(ref, lambda r, cams, bg: render(r, cams, bg).rgb)
+
+
+def test_sd_step_gives_finite_nonzero_gradients_on_every_group():
+    """One Stage I step with the tiny Stable Diffusion guidance (tokenizer → CLIP → VAE → UNet with CFG,
+    the same class and code path as SD 2.1): every parameter group (means, log_scales, quats,
+    opacity_logits, sh) receives a finite gradient with non-zero norm, and the optimiser moves every group.
+    Scales are made anisotropic first: for isotropic Gaussians the rotation gradient is exactly zero."""
+    g = init_random(300, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        g.params["log_scales"].add_(0.5 * torch.randn(300, 3, generator=gen))
+        g.params["quats"].copy_(torch.randn(300, 4, generator=gen))
+    before = {k: v.detach().clone() for k, v in g.params.items()}
+    opt = make_optimizers(g)
+    cfg = Stage1Config(steps=1, batch=2, resolution=32, densify=None)
+    r = stage1_step(g, opt, tiny_sd_guidance(), PromptSpec("a red chair"), cfg, torch.Generator().manual_seed(0), 0)
+    assert math.isfinite(r.loss) and r.grad_norm > 0
+    for name in PARAM_NAMES:
+        grad = g.params[name].grad
+        assert grad is not None, name
+        assert torch.isfinite(grad).all(), name
+        assert grad.norm() > 0, name
+        assert not torch.equal(before[name], g.params[name].detach()), name
+
+
+@pytest.mark.slow
+def test_oracle_guidance_drives_random_init_to_reference():
+    """The closed-form oracle through the full SDS path (t ~ U[0.02,0.98], ε, w(t) = 1−ᾱ, reparameterised
+    loss, AdamW) pulls a grey random init (200 Gaussians in a sphere) toward the two-colour reference:
+    held-out PSNR rises by ≥ 6 dB within 40 steps at 64×64, batch 1 (measured 8.3 → 20.2 dB, +11.9 dB).
+    Colour/opacity lrs are 5× the paper's (0.05) and the position lr 2× (0.01) so the CPU test stays
+    short; with the paper's lrs the same run gains +6 dB in ~110 steps (batch 2, 300 Gaussians)."""
+    ref = reference_object(300)
+    g = init_random(200, radius=0.5, seed=1)
+    cfg = Stage1Config(steps=40, batch=1, resolution=64, densify=None,
+                       lr=LearningRates(sh=0.05, opacity_logits=0.05, means=0.01))
+    opt = make_optimizers(g, cfg.lr)
+    oracle = _oracle(ref)
+    gen = torch.Generator().manual_seed(0)
+    p0 = heldout_psnr(g, ref)
+    for i in range(cfg.steps):
+        stage1_step(g, opt, oracle, PromptSpec("reference"), cfg, gen, i)
+    p1 = heldout_psnr(g, ref)
+    assert p1 - p0 >= 6.0, (p0, p1)
+
+
+def _session(g):
+    return SimpleNamespace(gaussians=g, optimizers=None)
+
+
+def test_checkpoint_resume_is_bit_identical():
+    """8 steps uninterrupted == 4 steps, checkpoint (Gaussians snapshot + optimiser state dicts + job
+    state), rebuild everything from the checkpoint in fresh objects, 4 more steps: every parameter and
+    every Adam moment is bit-identical (torch.equal), with random backgrounds and densification on."""
+    ref = reference_object(200)
+    cfg = Stage1Config(steps=8, batch=1, resolution=32, random_background=True)
+    cfg = replace(cfg, densify=replace(cfg.densify, **_eager_densify()))
+
+    a = _session(init_random(150, seed=2))
+    job_a = Stage1Job(a, _oracle(ref), PromptSpec("x"), cfg)
+    for i in range(8):
+        job_a.step(i)
+
+    b = _session(init_random(150, seed=2))
+    job_b = Stage1Job(b, _oracle(ref), PromptSpec("x"), cfg)
+    for i in range(4):
+        job_b.step(i)
+    snap, opt_state, job_state = b.gaussians.snapshot(), deep_copy_optimizers(b.optimizers), job_b.state_dict()
+
+    c = _session(Gaussians.from_snapshot(snap))
+    c.optimizers = make_optimizers(c.gaussians, cfg.lr)
+    for name, opt in c.optimizers.items():
+        opt.load_state_dict(opt_state[name])
+    job_c = Stage1Job(c, _oracle(ref), PromptSpec("x"), cfg)
+    job_c.load_state_dict(job_state)
+    for i in range(4, 8):
+        job_c.step(i)
+
+    assert a.gaussians.n == c.gaussians.n > 150  # densification ran (and identically)
+    for name in PARAM_NAMES:
+        assert torch.equal(a.gaussians.params[name], c.gaussians.params[name]), name
+        sa = a.optimizers[name].state[a.gaussians.params[name]]
+        sc = c.optimizers[name].state[c.gaussians.params[name]]
+        assert torch.equal(sa["exp_avg"], sc["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sc["exp_avg_sq"]), name
+
+
+def _eager_densify() -> dict:
+    """Densify/prune at steps 2, 4, 6 with a tiny threshold so the count changes inside the 8 steps."""
+    return {"from_step": 1, "every": 2, "until_step": 100, "grad_threshold": 1e-9, "opacity_reset_every": None}
+
+
+def test_job_refuses_empty_session_and_bad_config():
+    with pytest.raises(ValueError, match="no Gaussians"):
+        Stage1Job(_session(None), None, None)
+    with pytest.raises(ValueError, match="steps"):
+        Stage1Config(steps=0)
+    with pytest.raises(ValueError, match="fixed_t"):
+        Stage1Config(fixed_t=1.0)
+    with pytest.raises(ValueError, match="background"):
+        Stage1Config(background=(2.0, 0.0, 0.0))
