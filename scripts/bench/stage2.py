@@ -1,0 +1,116 @@
+"""Stage II benchmark: hash-grid throughput per backend, distillation step time, marching cubes.
+
+    python scripts/bench/stage2.py [--batch 262144] [--steps 5] [--mc-res 256] [--quick]
+
+Prints samples/s forward and forward+backward of the 16×2×2^19 hash grid (official config) for every
+backend available on this machine, as ratios to the pure-torch path measured in the same run (and, on
+CUDA, as a share of ≈0.8e9 samples/s, the memory-bandwidth ceiling of an H100); ms per distillation step
+(64×64 targets, 4096 rays × 64 samples); marching cubes at 256³ split into density-grid and
+marching-cubes time. Timings are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from interactive3d.backend.distill import DistillConfig, distill_step, make_optimizer
+from interactive3d.backend.hashgrid import HashGrid, HashGridConfig, _tcnn_available, _triton_available
+from interactive3d.backend.mesh import density_grid
+from interactive3d.backend.nerf import NeRFConfig, NeRFField, RenderConfig
+
+H100_CEILING = 0.8e9  # samples/s forward, the issue's bandwidth bound
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, dev, reps):
+    fn()
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    _sync(dev)
+    return (time.perf_counter() - t0) / reps
+
+
+def bench_hashgrid(batch: int, reps: int) -> None:
+    cfg = HashGridConfig()
+    devs = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for dev in devs:
+        backends = ["torch"]
+        if dev.type == "cuda":
+            backends += [b for b, ok in (("triton", _triton_available()), ("tcnn", _tcnn_available())) if ok]
+        x = torch.rand(batch, 3, device=dev, generator=torch.Generator(dev).manual_seed(0))
+        base = None
+        for b in backends:
+            g = HashGrid(cfg, backend=b, device=dev, seed=0)
+            fwd = _time(lambda: g(x), dev, reps)
+
+            def fb():
+                g.zero_grad(set_to_none=True)
+                g(x).sum().backward()
+
+            both = _time(fb, dev, reps)
+            sps_f, sps_b = batch / fwd, batch / both
+            if base is None:
+                base = (sps_f, sps_b)
+            line = f"hashgrid {dev.type:4s} {b:6s} fwd {sps_f / 1e6:9.2f} M/s (x{sps_f / base[0]:6.2f})  fwd+bwd {sps_b / 1e6:9.2f} M/s (x{sps_b / base[1]:6.2f})"
+            if dev.type == "cuda":
+                line += f"  fwd = {100 * sps_f / H100_CEILING:5.1f}% of 0.8e9/s"
+            print(line, flush=True)
+
+
+def bench_distill(steps: int, nerf_cfg: NeRFConfig, label: str) -> None:
+    from interactive3d.backend.cameras import OrbitConfig, sample_orbit
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    f = NeRFField(nerf_cfg, backend="auto", device=dev)
+    cfg = DistillConfig(rays_per_step=4096, render=RenderConfig(n_samples=64, stratified=True))
+    opt = make_optimizer(f, cfg)
+    gen = torch.Generator().manual_seed(0)
+    cams = sample_orbit(1, OrbitConfig(), gen).cameras.to(dev)
+    target = torch.rand(1, 64, 64, 3, device=dev)
+    t = _time(lambda: distill_step(f, opt, cams, target, cfg, gen), dev, steps)
+    print(f"distill step ({label}, {dev.type}, 4096 rays x 64 samples, no occupancy skipping): {1e3 * t:8.1f} ms", flush=True)
+
+
+def bench_mc(res: int) -> None:
+    from skimage.measure import marching_cubes
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    f = NeRFField(NeRFConfig(), backend="auto", device=dev)
+    t0 = time.perf_counter()
+    vol = density_grid(f, res)
+    t1 = time.perf_counter()
+    v, fc, _, _ = marching_cubes(vol, level=10.0)
+    t2 = time.perf_counter()
+    print(f"mesh {res}^3 ({dev.type}): density grid {t1 - t0:7.2f} s ({res**3 / (t1 - t0) / 1e6:.2f} M queries/s), "
+          f"marching cubes {t2 - t1:6.2f} s ({len(fc)} faces)", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=1 << 18)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--mc-res", type=int, default=256)
+    p.add_argument("--quick", action="store_true", help="batch 2^15, 2 steps, 96³ marching cubes")
+    a = p.parse_args()
+    if a.quick:
+        a.batch, a.reps, a.steps, a.mc_res = 1 << 15, 1, 2, 96
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
+    bench_hashgrid(a.batch, a.reps)
+    bench_distill(a.steps, NeRFConfig(), "official 16x2x2^19")
+    bench_distill(a.steps, NeRFConfig(grid=HashGridConfig(n_levels=8, log2_table_size=14), hidden=32), "test 8x2x2^14")
+    bench_mc(a.mc_res)
+
+
+if __name__ == "__main__":
+    main()
