@@ -431,6 +431,71 @@ _STAGE1_OPS: list[OpSpec] = [
         result=(("path", "absolute path written"), ("count", "Gaussians written")),
         errors=("not_found",),
     ),
+    OpSpec(
+        "gaussians.render",
+        "Render the session's Gaussians from Blender cameras (matrix_world, horizontal fov).",
+        args=(
+            Arg("fov_x", "float", "horizontal field of view, radians", required=True, min=1e-3, max=3.1),
+            Arg("width", "int", "image width", default=256, min=1, max=4096),
+            Arg("height", "int", "image height", default=256, min=1, max=4096),
+            Arg("background", "list", "RGB background in [0,1]", default=[1.0, 1.0, 1.0], items="float", length=3, min=0.0, max=1.0),
+        ),
+        buffers=(Buffer("c2w", ("float32", "float64"), None, doc="[4,4] or [B,4,4] Blender camera matrix_world (B ≤ 64)"),),
+        session=True,
+        result=(("count", "images rendered (B)"),),
+        result_buffers=(
+            Buffer("rgb", ("float32",), (None, None, None, 3), doc="[B,H,W,3] in [0,1], row 0 at the top"),
+            Buffer("alpha", ("float32",), (None, None, None, 1), doc="[B,H,W,1]"),
+        ),
+    ),
+    OpSpec(
+        "stage1.set_reference",
+        "Set the oracle guidance's reference object: a .ply, or a copy of the session's current Gaussians.",
+        args=(Arg("path", "str", "reference .ply; omitted: the session's current Gaussians"),),
+        session=True,
+        result=(("count", "Gaussians in the reference"),),
+        errors=("not_found",),
+    ),
+    OpSpec(
+        "stage1.start",
+        "Start Stage I (paper §3.1): batches of orbit views rendered and optimised with SDS (AdamW, paper "
+        "lrs), densify & prune. guidance 'sd' (Stable Diffusion, default stabilityai/stable-diffusion-2-1-base), "
+        "'pixart' (PixArt-α), 'oracle' (closed-form denoiser toward a reference object; no weights), 'none' "
+        "(renders only). The model loads on the job thread; a model that is certainly unavailable is refused "
+        "with not_found.",
+        args=(
+            Arg("guidance", "str", "sd | pixart | oracle | none", default="sd", choices=("sd", "pixart", "oracle", "none")),
+            Arg("prompt", "str", "text prompt (required for sd/pixart)", default=""),
+            Arg("negative_prompt", "str", "negative prompt", default=""),
+            Arg("view_dependent", "bool", "append front/side/back/overhead view to the prompt", default=True),
+            Arg("model", "str", "hub id or local diffusers folder (default per guidance)"),
+            Arg("local_files_only", "bool", "never download weights", default=False),
+            Arg("reference_path", "str", "oracle: reference .ply (default: stage1.set_reference's)"),
+            Arg("steps", "int", "optimisation steps", default=2000, min=1, max=1_000_000),
+            Arg("batch", "int", "views per step", default=4, min=1, max=64),
+            Arg("resolution", "int", "square render size (paper: 256)", default=256, min=8, max=2048),
+            Arg("guidance_scale", "float", "classifier-free guidance scale", default=100.0, min=0.0, max=1000.0),
+            Arg("t_range", "list", "[t_min, t_max] fractions at step 0", default=[0.02, 0.98], items="float", length=2, min=0.0, max=1.0),
+            Arg("t_min", "float", "t_range[0] (alternative spelling; overrides t_range)", min=0.0, max=1.0),
+            Arg("t_max", "float", "t_range[1] (alternative spelling; overrides t_range)", min=0.0, max=1.0),
+            Arg("t_range_end", "list", "[t_min, t_max] reached after anneal_steps (linear)", items="float", length=2, min=0.0, max=1.0),
+            Arg("anneal_steps", "int", "length of the t-range annealing", default=0, min=0, max=1_000_000),
+            Arg("fixed_t", "float", "user-fixed t in (0,1) (paper §3.1.5; overrides the range)", min=1e-4, max=0.9999),
+            Arg("elevation_range_deg", "list", "camera elevation range", default=[-10.0, 45.0], items="float", length=2, min=-89.0, max=89.0),
+            Arg("distance_range", "list", "camera distance range", default=[1.5, 2.0], items="float", length=2, min=1e-3, max=1e4),
+            Arg("fov_range_deg", "list", "camera fov range", default=[40.0, 70.0], items="float", length=2, min=1.0, max=179.0),
+            Arg("background", "list", "RGB background in [0,1]", default=[1.0, 1.0, 1.0], items="float", length=3, min=0.0, max=1.0),
+            Arg("random_background", "bool", "one random background colour per view", default=False),
+            Arg("densify", "bool", "densify & prune (3DGS schedule)", default=True),
+            Arg("snapshot_every", "int", "state snapshot interval (steps)", default=10, min=1, max=1_000_000),
+            Arg("seed", "int", "seed of cameras, backgrounds, t and noise", default=0, min=0, max=2**63 - 1),
+        ),
+        session=True,
+        starts_job=True,
+        result=(("job", "job id"), ("total", "steps"), ("count", "Gaussians at the start"), ("guidance", "guidance kind")),
+        events=("progress", "state", "done", "error"),
+        errors=("not_found", "busy"),
+    ),
 ]
 
 # -- interactions (backend/ops_interactions.py) ------------------------------------------------------

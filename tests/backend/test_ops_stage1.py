@@ -100,3 +100,130 @@ def test_bad_inputs_get_typed_errors_and_change_nothing(server, tmp_path):
     for op, args, bufs, code in cases:
         assert _code(c, op, args, bufs) == code, (op, args)
     assert np.array_equal(_state(c, sid), before)
+
+
+def _run_job(c: Client, args: dict, timeout: float = 120.0) -> tuple[list, dict]:
+    """Start stage1.start and collect its events until 'done' (or 'error')."""
+    import time
+
+    job = c.request("stage1.start", args).result["job"]
+    events, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in c.poll(100):
+            if m.kind != "event" or m.header.get("job") != job:
+                continue
+            events.append(m)
+            if m.header["event"] in ("done", "error"):
+                return events, m.header["data"]
+    raise AssertionError(f"job {job} did not finish; saw {[m.header['event'] for m in events]}")
+
+
+def test_stage1_oracle_job_through_protocol(server, tmp_path):
+    """A 4-step oracle job toward a .ply reference: progress events for steps 1..4 with finite loss, a
+    final state frame, 'done' with status done and steps 4, and the Gaussians changed. Then the
+    session's own reference (stage1.set_reference) drives a second 2-step job."""
+    c = server
+    ref, sid = _session(c), _session(c)
+    c.request("gaussians.init", {"session": ref, "kind": "random", "n": 80, "seed": 7})
+    ref_path = str(tmp_path / "ref.ply")
+    c.request("gaussians.save_ply", {"session": ref, "path": ref_path})
+    c.request("gaussians.init", {"session": sid, "kind": "random", "n": 80})
+    before = _state(c, sid)
+    args = {"session": sid, "guidance": "oracle", "reference_path": ref_path, "steps": 4, "batch": 1,
+            "resolution": 24, "densify": False, "seed": 1}
+    events, done = _run_job(c, args)
+    progress = [m.header["data"] for m in events if m.header["event"] == "progress"]
+    assert [p["step"] for p in progress] == [1, 2, 3, 4]
+    assert all(np.isfinite(p["metrics"]["loss"]) and p["metrics"]["loss"] > 0 for p in progress)
+    assert done["status"] == "done" and done["steps"] == 4
+    assert any(m.header["event"] == "state" for m in events)
+    assert not np.array_equal(_state(c, sid), before)
+    assert c.request("stage1.set_reference", {"session": sid}).result["count"] == 80
+    _, done = _run_job(c, {"session": sid, "guidance": "oracle", "steps": 2, "batch": 1, "resolution": 24})
+    assert done["status"] == "done" and done["steps"] == 2
+
+
+def test_stage1_bad_inputs_typed_errors(server, tmp_path):
+    """Every bad stage1.start / gaussians.render request is refused with its code before any job starts."""
+    c = server
+    empty, sid = _session(c), _session(c)
+    c.request("gaussians.init", {"session": sid, "kind": "random", "n": 32})
+    base = {"session": sid, "steps": 2, "resolution": 16, "batch": 1}
+    nan_cam = np.eye(4, dtype=np.float32)
+    nan_cam[0, 3] = np.nan
+    cases = [
+        ("stage1.start", {**base, "session": empty, "guidance": "oracle"}, [], "invalid_args"),  # zero Gaussians
+        ("stage1.start", {**base, "guidance": "sd", "prompt": "  "}, [], "invalid_args"),  # empty prompt
+        ("stage1.start", {**base, "guidance": "sd", "prompt": "a cat", "model": str(tmp_path / "no-model")}, [], "not_found"),
+        ("stage1.start", {**base, "guidance": "sd", "prompt": "a cat", "model": "not a model id"}, [], "not_found"),
+        ("stage1.start", {**base, "guidance": "sd", "prompt": "a cat", "local_files_only": True}, [], "not_found"),
+        ("stage1.start", {**base, "guidance": "pixart", "prompt": "a cat", "local_files_only": True}, [], "not_found"),
+        ("stage1.start", {**base, "guidance": "oracle"}, [], "invalid_args"),  # no reference
+        ("stage1.start", {**base, "guidance": "oracle", "reference_path": str(tmp_path / "nope.ply")}, [], "not_found"),
+        ("stage1.start", {**base, "guidance": "none", "fixed_t": 1.5}, [], "invalid_args"),
+        ("stage1.start", {**base, "guidance": "none", "t_range": [0.9, 0.1]}, [], "invalid_args"),
+        ("stage1.start", {**base, "guidance": "none", "guidance_scale": float("nan")}, [], "invalid_args"),
+        ("stage1.start", {**base, "guidance": "none", "elevation_range_deg": [10.0, float("inf")]}, [], "invalid_args"),
+        ("stage1.start", {**base, "guidance": "dalle"}, [], "invalid_args"),
+        ("gaussians.render", {"session": sid, "fov_x": 0.8, "width": 8, "height": 8}, [nan_cam], "invalid_args"),
+        ("gaussians.render", {"session": sid, "fov_x": float("nan"), "width": 8, "height": 8}, [np.eye(4, dtype=np.float32)], "invalid_args"),
+        ("gaussians.render", {"session": sid, "fov_x": 0.8, "width": 8, "height": 8}, [np.zeros((4, 4), np.float32)], "invalid_args"),
+        ("gaussians.render", {"session": empty, "fov_x": 0.8, "width": 8, "height": 8}, [np.eye(4, dtype=np.float32)], "invalid_args"),
+    ]
+    for op, args, bufs, code in cases:
+        assert _code(c, op, args, bufs) == code, (op, args)
+    assert c.request("job.status", {"session": sid}).result["state"] == "idle"
+
+
+def test_render_op_image(server):
+    """gaussians.render from a Blender camera 2 units along +Y looking at the origin: [1,16,16,3] rgb and
+    [1,16,16,1] alpha, object in the centre pixel (alpha > 0.5) and background white in the corner."""
+    c = server
+    sid = _session(c)
+    c.request("gaussians.init", {"session": sid, "kind": "points", "opacity": 0.99, "scale": 0.2},
+              [np.zeros((1, 3), np.float32), np.array([[0, 0, 255]], np.uint8)])
+    c2w = np.array([[-1, 0, 0, 0], [0, 0, 1, 2], [0, 1, 0, 0], [0, 0, 0, 1]], np.float32)  # looks down −Y
+    rep = c.request("gaussians.render", {"session": sid, "fov_x": 0.8, "width": 16, "height": 16}, [c2w])
+    rgb, alpha = rep.buffers
+    assert rgb.shape == (1, 16, 16, 3) and alpha.shape == (1, 16, 16, 1)
+    assert alpha[0, 8, 8, 0] > 0.5 and rgb[0, 8, 8, 2] > rgb[0, 8, 8, 0] + 0.3
+    assert np.allclose(rgb[0, 0, 0], 1.0, atol=1e-3)
+
+
+def test_bad_inputs_through_backend_subprocess(tmp_path):
+    """The same typed errors from a real `i3d serve` subprocess (zero Gaussians, empty prompt, unknown
+    model path, non-finite camera), then a 2-step oracle job still completes on that server."""
+    import subprocess
+    import sys
+    import time
+
+    addr = f"ipc://{tmp_path}/b.sock"
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "interactive3d.cli", "serve", "--bind", addr, "--device", "cpu"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    c = Client(addr)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                c.request("ping", timeout=1.0, retries=0)
+                break
+            except TimeoutError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
+        empty, sid = _session(c), _session(c)
+        c.request("gaussians.init", {"session": sid, "kind": "random", "n": 40})
+        nan_cam = np.eye(4, dtype=np.float32)
+        nan_cam[1, 1] = np.inf
+        assert _code(c, "stage1.start", {"session": empty, "guidance": "none"}) == "invalid_args"
+        assert _code(c, "stage1.start", {"session": sid, "guidance": "sd", "prompt": ""}) == "invalid_args"
+        assert _code(c, "stage1.start", {"session": sid, "guidance": "sd", "prompt": "a cat",
+                                         "model": str(tmp_path / "missing")}) == "not_found"
+        assert _code(c, "gaussians.render", {"session": sid, "fov_x": 0.8}, [nan_cam]) == "invalid_args"
+        c.request("stage1.set_reference", {"session": sid})
+        _, done = _run_job(c, {"session": sid, "guidance": "oracle", "steps": 2, "batch": 1, "resolution": 16})
+        assert done["status"] == "done" and done["steps"] == 2
+    finally:
+        c.close()
+        proc.terminate()
+        proc.wait(60)
+        log.close()
