@@ -127,3 +127,23 @@ def test_config_validation(kwargs, match):
 def test_prompt_validation():
     with pytest.raises(ValueError, match="prompt"):
         PromptSpec("   ")
+
+
+def test_from_pretrained_local_folder_round_trip(tmp_path, sd):
+    """The loading path used for SD 2.1: tiny components saved with save_pretrained into a diffusers
+    folder layout (tokenizer/, text_encoder/, vae/, unet/, scheduler/) load back with
+    local_files_only=True and give the same SDS loss as the in-memory object to 1e-5 relative."""
+    from diffusers import DDPMScheduler
+
+    sd.tokenizer.save_pretrained(tmp_path / "tokenizer")
+    sd.text_encoder.save_pretrained(tmp_path / "text_encoder")
+    sd.vae.save_pretrained(tmp_path / "vae")
+    sd.unet.save_pretrained(tmp_path / "unet")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(tmp_path / "scheduler")
+    loaded = StableDiffusionGuidance.from_pretrained(str(tmp_path), local_files_only=True, device="cpu")
+    assert loaded.dtype == torch.float32 and loaded.resolution == sd.resolution
+    losses = []
+    for g in (sd, loaded):
+        out = g(_images(seed=4), PromptSpec("a cat"), torch.zeros(2), torch.zeros(2), generator=torch.Generator().manual_seed(2))
+        losses.append(out.loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

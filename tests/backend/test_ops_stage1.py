@@ -227,3 +227,24 @@ def test_bad_inputs_through_backend_subprocess(tmp_path):
         proc.terminate()
         proc.wait(60)
         log.close()
+
+
+def test_stage1_sd_job_from_local_model_folder(server, tmp_path):
+    """guidance 'sd' with model = a local diffusers folder (tiny components saved with save_pretrained):
+    the job loads it on its worker thread and runs 2 SDS steps to 'done' with finite, positive loss."""
+    from diffusers import DDPMScheduler
+
+    from _tiny_diffusion import tiny_sd_guidance
+
+    sd = tiny_sd_guidance()
+    for name in ("tokenizer", "text_encoder", "vae", "unet"):
+        getattr(sd, name).save_pretrained(tmp_path / name)
+    DDPMScheduler(beta_schedule="scaled_linear").save_pretrained(tmp_path / "scheduler")
+    c = server
+    sid = _session(c)
+    c.request("gaussians.init", {"session": sid, "kind": "random", "n": 60})
+    events, done = _run_job(c, {"session": sid, "guidance": "sd", "prompt": "a red chair", "model": str(tmp_path),
+                                "local_files_only": True, "steps": 2, "batch": 1, "resolution": 32})
+    assert done["status"] == "done" and done["steps"] == 2
+    losses = [m.header["data"]["metrics"]["loss"] for m in events if m.header["event"] == "progress"]
+    assert len(losses) == 2 and all(np.isfinite(x) and x > 0 for x in losses)
