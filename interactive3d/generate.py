@@ -138,7 +138,7 @@ def run_generate(out_dir: str | os.PathLike, cfg: GenerateConfig, connect: str |
             )
             _timed(stages, "distill", t0, steps=cfg.distill_steps, psnr=distill["result"].get("psnr", distill["metrics"].get("psnr")), job=distill["result"])
             t0 = time.perf_counter()
-            reply = backend.call("stage2.mesh", {"path": str(out / "mesh.glb"), "resolution": cfg.mesh_resolution}, timeout=600.0)
+            reply = backend.call("stage2.extract_mesh", {"path": str(out / "mesh.glb"), "resolution": cfg.mesh_resolution}, timeout=600.0)
             verts, faces, colors = (np.array(b) for b in reply.buffers[:3])
             _timed(stages, "mesh", t0, resolution=cfg.mesh_resolution, vertices=int(len(verts)), faces=int(len(faces)))
         finally:
