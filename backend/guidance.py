@@ -416,11 +416,11 @@ class PixArtGuidance(_SDSBase):
     ) -> "PixArtGuidance":
         """Load PixArt-α from a hub id or a local diffusers folder (fp16 on CUDA)."""
         from diffusers import AutoencoderKL, DDPMScheduler, PixArtTransformer2DModel
-        from transformers import T5EncoderModel, T5Tokenizer
+        from transformers import AutoTokenizer, T5EncoderModel
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
-        tokenizer = _load(T5Tokenizer, model, "tokenizer", local_files_only)
+        tokenizer = _load(AutoTokenizer, model, "tokenizer", local_files_only)
         text_encoder = _load(T5EncoderModel, model, "text_encoder", local_files_only, torch_dtype=dtype)
         vae = _load(AutoencoderKL, model, "vae", local_files_only, torch_dtype=dtype)
         transformer = _load(PixArtTransformer2DModel, model, "transformer", local_files_only, torch_dtype=dtype)

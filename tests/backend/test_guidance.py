@@ -12,6 +12,7 @@ from interactive3d.backend.guidance import (
     GuidanceConfig,
     GuidanceWeightsMissing,
     OracleGuidance,
+    PixArtGuidance,
     PromptSpec,
     StableDiffusionGuidance,
     linear_alphas_cumprod,
@@ -145,5 +146,23 @@ def test_from_pretrained_local_folder_round_trip(tmp_path, sd):
     losses = []
     for g in (sd, loaded):
         out = g(_images(seed=4), PromptSpec("a cat"), torch.zeros(2), torch.zeros(2), generator=torch.Generator().manual_seed(2))
+        losses.append(out.loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_pixart_from_pretrained_local_folder(tmp_path):
+    """PixArt-α's loading path (AutoTokenizer, T5EncoderModel, AutoencoderKL, PixArtTransformer2DModel,
+    DDPMScheduler from a diffusers folder, local_files_only) reproduces the in-memory loss to 1e-5."""
+    from diffusers import DDPMScheduler
+
+    pix = tiny_pixart_guidance()
+    for name in ("tokenizer", "text_encoder", "vae", "transformer"):
+        getattr(pix, name).save_pretrained(tmp_path / name)
+    DDPMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02).save_pretrained(tmp_path / "scheduler")
+    loaded = PixArtGuidance.from_pretrained(str(tmp_path), local_files_only=True, device="cpu")
+    loaded.max_sequence_length = pix.max_sequence_length
+    losses = []
+    for g in (pix, loaded):
+        out = g(_images(seed=4), PromptSpec("a vase"), torch.zeros(2), torch.zeros(2), generator=torch.Generator().manual_seed(2))
         losses.append(out.loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
