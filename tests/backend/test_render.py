@@ -49,6 +49,18 @@ def test_covariance_and_sh_match_gsplat_reference():
         assert torch.allclose(R.sh_basis(deg, dirs), gsplat_ref._eval_sh_bases_fast(k, dirs), atol=1e-6), deg
 
 
+def test_view_colours_match_gsplat_spherical_harmonics():
+    """Per-view colours (SH degree 3, direction = centre − camera position) equal gsplat's
+    _spherical_harmonics + 0.5, clamped to [0,1], to 1e-5, and differ between two views (view dependence)."""
+    g = _random_gaussians(300, seed=4, sh_degree=3)
+    cams = _cams(2)
+    ours = R.view_colors(g, cams).detach()
+    dirs = g.means.detach()[None] - cams.centers()[:, None]
+    ref = gsplat_ref._spherical_harmonics(3, dirs, g.params["sh"].detach()[None].expand(2, -1, -1, -1))
+    assert torch.allclose(ours, (ref + 0.5).clamp(0, 1), atol=1e-5)
+    assert (ours[0] - ours[1]).abs().max() > 0.05
+
+
 def test_projection_matches_gsplat_fully_fused_projection():
     """means2d, conics, depths agree with gsplat's _fully_fused_projection to 1e-4 relative on 2000
     random Gaussians seen by 3 cameras (some near/off-screen, some behind a close camera), and the
