@@ -222,12 +222,14 @@ class DemoConfig:
     stage1_resolution: int = 48
     stage1_batch: int = 1
     drag_steps: int = 30
-    distill_steps: int = 200
+    distill_steps: int = 150
     distill_resolution: int = 48
-    distill_rays: int = 2048
+    distill_rays: int = 1024
+    distill_samples: int = 48
+    distill_view_pool: int = 16  # render this many Gaussian views once and draw rays from them
     distill_levels: int = 12
     distill_log2_table: int = 16
-    refine_steps: int = 40
+    refine_steps: int = 30
     mesh_resolution: int = 96
     eval_views: int = 4
     eval_resolution: int = 64
@@ -240,7 +242,8 @@ class DemoConfig:
             return cls(quick=True)
         return cls(
             quick=False, n_init=4096, reference_points=8000, stage1_steps=600, stage1_resolution=64, stage1_batch=2,
-            drag_steps=50, distill_steps=1000, distill_resolution=64, refine_steps=200, mesh_resolution=160,
+            drag_steps=50, distill_steps=1000, distill_resolution=64, distill_rays=4096, distill_samples=64,
+            distill_view_pool=0, distill_levels=16, distill_log2_table=19, refine_steps=200, mesh_resolution=160,
             sheet_resolution=256, sheet_samples=16,
         )
 
@@ -505,7 +508,7 @@ def _stage2(backend: Backend, out: Path, cfg: DemoConfig, obj, edited: np.ndarra
     distill = backend.run_job(
         "stage2.distill",
         {"steps": cfg.distill_steps, "resolution": cfg.distill_resolution, "rays_per_step": cfg.distill_rays,
-         "levels": cfg.distill_levels, "log2_table_size": cfg.distill_log2_table, "seed": cfg.seed},
+         "n_samples": cfg.distill_samples, "view_pool": cfg.distill_view_pool, "levels": cfg.distill_levels, "log2_table_size": cfg.distill_log2_table, "seed": cfg.seed},
         "distill", cfg.distill_steps, metric="loss",
     )
     preview = backend.call("stage2.preview")
@@ -516,7 +519,9 @@ def _stage2(backend: Backend, out: Path, cfg: DemoConfig, obj, edited: np.ndarra
     region = {"center": list(HAT_POSITION), "radius": 0.2}
     part = backend.call("stage2.add_part", {"name": "hat", **region, "levels": 8, "log2_table_size": cfg.distill_log2_table}).result
     refine = backend.run_job(
-        "stage2.refine", {"parts": ["hat"], "steps": cfg.refine_steps, "resolution": cfg.distill_resolution, "seed": cfg.seed},
+        "stage2.refine",
+        {"parts": ["hat"], "steps": cfg.refine_steps, "resolution": cfg.distill_resolution, "rays_per_step": cfg.distill_rays,
+         "n_samples": cfg.distill_samples, "seed": cfg.seed},
         "refine hat", cfg.refine_steps, metric="loss",
     )
     _timed(stages, "refine", t0, steps=cfg.refine_steps, part=part, job=refine["result"], last_metrics=refine["metrics"])
