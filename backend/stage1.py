@@ -196,10 +196,6 @@ class Stage1Job:
         self.total_steps = cfg.steps
         self.state_every = cfg.snapshot_every
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        if getattr(session, "optimizers", None) is None:
-            session.optimizers = make_optimizers(g, cfg.lr)
-        else:
-            set_learning_rates(session.optimizers, cfg.lr)
         self.steps_done = 0
         self.last: Stage1StepResult | None = None
 
@@ -207,6 +203,12 @@ class Stage1Job:
         if self.load_guidance is not None:
             self.guidance, self.load_guidance = self.load_guidance(), None
         s = self.session
+        # Here rather than in __init__ (a job must not mutate the session before it starts); cheap, and
+        # it also re-applies the config's lrs to optimisers rebuilt by undo/redo or a checkpoint restore.
+        if s.optimizers is None:
+            s.optimizers = make_optimizers(s.gaussians, self.cfg.lr)
+        else:
+            set_learning_rates(s.optimizers, self.cfg.lr)
         r = stage1_step(s.gaussians, s.optimizers, self.guidance, self.prompt, self.cfg, self.generator, i)
         self.steps_done = i + 1
         self.last = r
