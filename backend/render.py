@@ -25,7 +25,6 @@ the view direction (Gaussian centre − camera centre), then 0.5 is added and th
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -33,8 +32,6 @@ from torch import Tensor
 
 from .cameras import Cameras
 from .gaussians import Gaussians
-
-logger = logging.getLogger(__name__)
 
 EPS2D = 0.3  # low-pass filter added to the 2D covariance (px²), hard-coded in gsplat's kernels
 ALPHA_MAX = 0.999  # gsplat's clamp (the INRIA code uses 0.99)

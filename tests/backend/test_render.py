@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from interactive3d.backend.cameras import orbit_cameras
-from interactive3d.backend.gaussians import Gaussians, init_random, make_optimizers
+from interactive3d.backend.gaussians import Gaussians, init_random
 from interactive3d.backend import render as R
 from interactive3d.backend.render import render
 
