@@ -8,13 +8,14 @@ runs the pure-torch twin below with the same maths as gsplat's kernels:
    frustum as gsplat does), plus the 0.3 px² low-pass on the 2D covariance; conic = Σ'⁻¹.
 3. Culling: near plane (z > 0.01), far plane, non-positive determinant, bounding box outside the image.
    Per-axis radius ⌈3.33·σ⌉ px (gsplat's bound; at 3.33σ a fully opaque Gaussian falls under 1/255).
-4. Per (Gaussian, pixel) pair inside the radius box: α = min(0.999, o·exp(−½ dᵀ Σ'⁻¹ d)), pairs with
+4. Per (Gaussian, pixel) pair within the radius: α = min(0.999, o·exp(−½ dᵀ Σ'⁻¹ d)), pairs with
    α < 1/255 skipped; front-to-back compositing in depth order with transmittance T_i = Π_{j<i}(1−α_j),
    stopping where T would fall to 1e-4 (gsplat); colour Σ c_i α_i T_i + T_final·background;
    expected depth Σ z_i α_i T_i / Σ α_i T_i.
 
-The torch rasteriser is vectorised over all (view, Gaussian, pixel) pairs: pairs are listed from each
-Gaussian's radius box, sorted by pixel with a stable sort of the depth-ordered list, and the
+The torch rasteriser is vectorised over all (view, Gaussian, pixel) pairs: pairs are listed scanline by
+scanline inside each Gaussian's α ≥ 1/255 ellipse (capped at 3.33σ), sorted by pixel with a stable
+sort of the depth-ordered list, and the
 transmittance is a segmented cumulative sum of log(1−α) (float64, so long pixel segments stay exact).
 There is no Python loop over Gaussians, pixels or views.
 
