@@ -191,7 +191,9 @@ def project(
     conics = torch.stack([c / det, -b / det, a / det], dim=-1)
     with torch.no_grad():
         radius = torch.ceil(RADIUS_SIGMAS * torch.stack([a, c], -1).clamp_min(0).sqrt())  # [B,N,2]
-        valid = (det_raw > 0) & in_depth
+        # non-finite parameters must not reach the integer pixel ranges of the rasteriser
+        finite = torch.isfinite(means2d).all(-1) & torch.isfinite(conics).all(-1) & torch.isfinite(radius).all(-1)
+        valid = (det_raw > 0) & in_depth & finite
         mx, my = means2d[..., 0], means2d[..., 1]
         inside = (mx + radius[..., 0] > 0) & (mx - radius[..., 0] < width) & (my + radius[..., 1] > 0) & (my - radius[..., 1] < height)
         radii = torch.where((valid & inside)[..., None], radius, torch.zeros_like(radius)).int()

@@ -170,6 +170,23 @@ def test_culling_background_and_means2d_grad():
     assert torch.equal(far.alpha, torch.zeros(2, 32, 40, 1)) and torch.equal(far.depth, torch.zeros(2, 32, 40, 1))
 
 
+def test_non_finite_gaussian_is_culled():
+    """A Gaussian with a NaN centre and one with an infinite scale get radius 0 and leave the image
+    equal to the render without them (1e-6: only float rounding of the batched projection differs)."""
+    g = _random_gaussians(30, seed=8, spread=0.3)
+    cams = _cams(1)
+    clean = render(g, cams).rgb.detach()
+    bad = g.clone()
+    with torch.no_grad():
+        extra = {k: v[:2].clone() for k, v in bad.params.items()}
+        extra["means"][0, 0] = float("nan")
+        extra["log_scales"][1, 0] = float("inf")
+    bad = Gaussians({k: torch.cat([bad.params[k].detach(), extra[k]]).requires_grad_(True) for k in extra})
+    out = render(bad, cams)
+    assert (out.radii[0, 30:] == 0).all()
+    assert float((out.rgb.detach() - clean).abs().max()) < 1e-6  # batched matmuls may round differently
+
+
 def test_single_gaussian_depth_and_centre():
     """One near-opaque round Gaussian at the origin seen from distance 2: the centre pixel's expected
     depth is 2 (1e-5), the centre pixels (0.5 px off its 5 px-σ centre) have alpha 0.99·exp(−0.5·0.5/σ²)
