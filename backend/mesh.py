@@ -34,6 +34,8 @@ class MeshConfig:
     threshold: float = 10.0  # iso-level of σ (threestudio's isosurface_threshold default is 25 for exp density; 10 is milder)
     chunk: int = 1 << 18  # density queries per chunk
     min_component_fraction: float = 0.05  # components with fewer faces than this × the largest are floaters
+    fill_cavities: bool = True  # empty voxels not connected to the grid's border are interior voids (occluded,
+    # so unsupervised by distillation): fill them so only the outer surface is meshed
     max_resolution: int = MAX_RESOLUTION
 
     def __post_init__(self) -> None:
@@ -81,6 +83,12 @@ def extract_mesh(field, cfg: MeshConfig = MeshConfig()) -> MeshResult:
     vol = density_grid(field, cfg.resolution, cfg.chunk)
     if not (vol.max() > cfg.threshold > vol.min()):
         raise MeshError(f"no surface at threshold {cfg.threshold}: density range [{vol.min():.4g}, {vol.max():.4g}]")
+    if cfg.fill_cavities:
+        from scipy.ndimage import binary_fill_holes
+
+        solid = vol > cfg.threshold
+        voids = binary_fill_holes(solid) & ~solid
+        vol = np.where(voids, np.float32(2.0 * abs(cfg.threshold) + 1.0), vol)
     step = 2 * r / (cfg.resolution - 1)
     verts, faces, _, _ = marching_cubes(vol, level=cfg.threshold, spacing=(step, step, step))
     verts = verts - r

@@ -64,6 +64,30 @@ def test_sphere_chamfer_colours_and_floater_removed(tmp_path):
     assert np.abs(m.colors[:, 0].astype(int) - want_r).max() <= 1
 
 
+class _Hollow(torch.nn.Module):
+    """The sphere r=0.5 with an empty interior ball r=0.2 (an occluded void, as distillation leaves)."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base, self.cfg, self.device = base, base.cfg, base.device
+
+    def forward(self, x):
+        out = self.base(x)
+        return FieldOutput(torch.where(x.norm(dim=-1) < 0.2, torch.zeros_like(out.density), out.density), out.rgb)
+
+
+def test_interior_voids_filled():
+    """A hollow sphere meshes as the outer surface only when fill_cavities is on (default): same face
+    count as the solid sphere, all vertices at r ≈ 0.5 (> 0.45); with it off the inner r=0.2 surface
+    appears (more faces, vertices at r < 0.25)."""
+    solid = extract_mesh(_sphere_field(), MeshConfig(resolution=48, threshold=1.0))
+    filled = extract_mesh(_Hollow(_sphere_field()), MeshConfig(resolution=48, threshold=1.0))
+    raw = extract_mesh(_Hollow(_sphere_field()), MeshConfig(resolution=48, threshold=1.0, fill_cavities=False))
+    assert len(filled.faces) == len(solid.faces)
+    assert np.linalg.norm(filled.vertices, axis=1).min() > 0.45
+    assert len(raw.faces) > len(solid.faces) and np.linalg.norm(raw.vertices, axis=1).min() < 0.25
+
+
 def test_export_formats_load_in_trimesh(tmp_path):
     """GLB/OBJ/PLY written atomically reload in trimesh with the same vertex count and colours."""
     import trimesh
