@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interactive3d.demo import Backend, PipelineError, _timed, run_blender_scene, spawn_backend, stop_backend
+from interactive3d.demo import Backend, PipelineError, _timed, _write_glb, run_blender_scene, spawn_backend, stop_backend
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ class GenerateConfig:
     distill_steps: int = 2000
     distill_resolution: int = 64
     mesh_resolution: int = 160
+    mesh_threshold: float = 10.0  # density iso-level of marching cubes
     seed: int = 0
     blend: bool = True
 
@@ -126,7 +127,8 @@ def run_generate(out_dir: str | os.PathLike, cfg: GenerateConfig, connect: str |
                 "stage1.start",
                 {"guidance": "sd", "model": model, "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt,
                  "steps": cfg.steps, "resolution": cfg.resolution, "batch": cfg.batch, "guidance_scale": cfg.guidance_scale,
-                 "seed": cfg.seed},
+                 # A folder resolved here is complete: the backend must not try the network for it.
+                 "local_files_only": connect is None, "seed": cfg.seed},
                 "stage I", cfg.steps, metric="loss",
             )
             state, _ = backend.state()
@@ -138,8 +140,13 @@ def run_generate(out_dir: str | os.PathLike, cfg: GenerateConfig, connect: str |
             )
             _timed(stages, "distill", t0, steps=cfg.distill_steps, psnr=distill["result"].get("psnr", distill["metrics"].get("psnr")), job=distill["result"])
             t0 = time.perf_counter()
-            reply = backend.call("stage2.extract_mesh", {"path": str(out / "mesh.glb"), "resolution": cfg.mesh_resolution}, timeout=600.0)
+            reply = backend.call(
+                "stage2.extract_mesh", {"path": str(out / "mesh.glb"), "resolution": cfg.mesh_resolution, "threshold": cfg.mesh_threshold},
+                timeout=600.0,
+            )
             verts, faces, colors = (np.array(b) for b in reply.buffers[:3])
+            if not (out / "mesh.glb").is_file():  # a remote backend wrote it on its own machine
+                _write_glb(out / "mesh.glb", verts, faces, colors)
             _timed(stages, "mesh", t0, resolution=cfg.mesh_resolution, vertices=int(len(verts)), faces=int(len(faces)))
         finally:
             backend.close()
@@ -180,6 +187,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distill-steps", type=int, default=GenerateConfig.distill_steps)
     p.add_argument("--distill-resolution", type=int, default=GenerateConfig.distill_resolution)
     p.add_argument("--mesh-resolution", type=int, default=GenerateConfig.mesh_resolution)
+    p.add_argument("--mesh-threshold", type=float, default=GenerateConfig.mesh_threshold, help="density iso-level")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-blend", action="store_true", help="skip writing scene.blend")
     p.set_defaults(func=_cmd_generate)
@@ -189,7 +197,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     cfg = GenerateConfig(
         prompt=args.prompt, negative_prompt=args.negative, model=args.model, steps=args.steps, resolution=args.resolution,
         batch=args.batch, guidance_scale=args.cfg, n_init=args.n_init, distill_steps=args.distill_steps,
-        distill_resolution=args.distill_resolution, mesh_resolution=args.mesh_resolution, seed=args.seed, blend=not args.no_blend,
+        distill_resolution=args.distill_resolution, mesh_resolution=args.mesh_resolution, mesh_threshold=args.mesh_threshold, seed=args.seed, blend=not args.no_blend,
     )
     try:
         report = run_generate(args.out, cfg, connect=args.connect)
