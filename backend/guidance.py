@@ -450,12 +450,19 @@ class PixArtGuidance(_SDSBase):
         both = torch.cat([self.embeddings([negative] * len(prompts)), self.embeddings(prompts)])
         emb, mask = both[..., :-1], both[..., -1]
         x = torch.cat([latents_noisy, latents_noisy]).to(self.dtype)
+        cond = {"resolution": None, "aspect_ratio": None}
+        if getattr(self.transformer, "use_additional_conditions", False):  # the 1024² model
+            n = x.shape[0]
+            cond = {
+                "resolution": torch.tensor([[self.resolution, self.resolution]] * n, device=x.device, dtype=self.dtype),
+                "aspect_ratio": torch.ones(n, 1, device=x.device, dtype=self.dtype),
+            }
         out = self.transformer(
             x,
             encoder_hidden_states=emb,
             encoder_attention_mask=mask,
             timestep=torch.cat([t, t]),
-            added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            added_cond_kwargs=cond,
         ).sample
         eps = out[:, : latents_noisy.shape[1]]  # drop the learned-variance channels
         return _cfg_combine(eps.float(), self.config.guidance_scale)

@@ -81,18 +81,21 @@ def tiny_sd_guidance(config: GuidanceConfig = GuidanceConfig(), seed: int = 0) -
     return StableDiffusionGuidance(tiny_clip_tokenizer(), text, tiny_vae(), unet, scheduler.alphas_cumprod, config)
 
 
-def tiny_pixart_guidance(config: GuidanceConfig = GuidanceConfig(), seed: int = 0) -> PixArtGuidance:
-    """PixArt-α-style guidance: T5 encoder (d_model 32) → PixArt transformer (1 layer) at 16² latents."""
+def tiny_pixart_guidance(
+    config: GuidanceConfig = GuidanceConfig(), seed: int = 0, additional_conditions: bool = False
+) -> PixArtGuidance:
+    """PixArt-α-style guidance: T5 encoder (d_model 32) → PixArt transformer (1 layer) at 16² latents.
+    ``additional_conditions`` builds it like the 1024² model (resolution and aspect-ratio embeddings)."""
     from diffusers import DDPMScheduler, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     t5 = T5EncoderModel(T5Config(vocab_size=64, d_model=32, d_kv=8, num_heads=4, num_layers=1, d_ff=64))
     transformer = PixArtTransformer2DModel(
-        sample_size=16, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=2,
-        caption_channels=32, in_channels=4, out_channels=8, cross_attention_dim=16, attention_bias=True,
+        sample_size=16, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=3,
+        caption_channels=32, in_channels=4, out_channels=8, cross_attention_dim=24, attention_bias=True,
         activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
-        norm_elementwise_affine=False, norm_eps=1e-6,
+        norm_elementwise_affine=False, norm_eps=1e-6, use_additional_conditions=additional_conditions,
     )
     scheduler = DDPMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
     return PixArtGuidance(

@@ -94,10 +94,12 @@ def test_timestep_schedule_fixed_and_annealed(sd):
         g.sample_t(1, 0, 1.5, None)
 
 
-def test_pixart_sds_step_gradients_finite_and_nonzero():
+@pytest.mark.parametrize("additional_conditions", [False, True])
+def test_pixart_sds_step_gradients_finite_and_nonzero(additional_conditions):
     """PixArt-α path (T5 encoder + PixArtTransformer2DModel, ε half of the 8 output channels): finite,
-    non-zero image gradients, with the prompt's attention mask passed to the transformer."""
-    pix = tiny_pixart_guidance()
+    non-zero image gradients, with the prompt's attention mask passed to the transformer; also with the
+    1024² model's resolution/aspect-ratio conditioning."""
+    pix = tiny_pixart_guidance(additional_conditions=additional_conditions)
     images = _images()
     out = pix(images, PromptSpec("a blue vase", negative_prompt="blurry"), torch.zeros(2), torch.tensor([0.0, 180.0]),
               generator=torch.Generator().manual_seed(0))
