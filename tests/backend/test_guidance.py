@@ -168,3 +168,20 @@ def test_pixart_from_pretrained_local_folder(tmp_path):
         out = g(_images(seed=4), PromptSpec("a vase"), torch.zeros(2), torch.zeros(2), generator=torch.Generator().manual_seed(2))
         losses.append(out.loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_sd_fp16_on_cuda_gradients_finite():
+    """fp16 UNet/VAE/text encoder on CUDA (how SD 2.1 runs there): the image gradient is finite and
+    non-zero, and the loss is float32."""
+    sd = tiny_sd_guidance()
+    cuda = StableDiffusionGuidance(
+        sd.tokenizer, sd.text_encoder.to("cuda", torch.float16), sd.vae.to("cuda", torch.float16),
+        sd.unet.to("cuda", torch.float16), sd.alphas_cumprod,
+    )
+    images = torch.rand(2, 32, 32, 3, device="cuda", requires_grad=True)
+    out = cuda(images, PromptSpec("a cat"), torch.zeros(2), torch.zeros(2), generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
