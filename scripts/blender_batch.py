@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=None, help="Stage I render size")
     p.add_argument("--distill-steps", type=int, default=None)
     p.add_argument("--mesh-resolution", type=int, default=None)
+    p.add_argument("--mesh-threshold", type=float, default=None, help="density iso-level (default: the add-on's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="CPU-sized steps and field (the default with --demo)")
     return p
 
 
@@ -242,6 +244,8 @@ def run_job(job: PromptJob, name: str, out: Path, address: str, local: bool, def
         p.guidance = "oracle" if reference is not None else "sd"
         p.nerf_steps = defaults["distill_steps"]
         p.mesh_resolution = defaults["mesh_resolution"]
+        if defaults.get("mesh_threshold") is not None:
+            p.mesh_threshold = defaults["mesh_threshold"]
         _op(bpy.ops.i3d.connect(address=address, new_session=True), "i3d.connect", conn)
         gen = {"wait": True, "init": "RANDOM"}
         if reference is not None:
@@ -253,7 +257,11 @@ def run_job(job: PromptJob, name: str, out: Path, address: str, local: bool, def
             raise RuntimeError(f"Stage I ended {conn.job.state}: {conn.job.message or conn.last_error}")
         conn.wait_idle(timeout=120.0)
         outcome.gaussians = conn.count
-        _op(bpy.ops.i3d.to_nerf(wait=True, steps=defaults["distill_steps"]), "i3d.to_nerf (distillation)", conn)
+        nerf = {"wait": True, "steps": defaults["distill_steps"]}
+        if defaults["quick"]:
+            # CPU-sized field and rays (the backend's defaults are the paper's, for a GPU).
+            nerf.update(resolution=48, levels=12, capacity=16, rays_per_step=1024)
+        _op(bpy.ops.i3d.to_nerf(**nerf), "i3d.to_nerf (distillation)", conn)
         if conn.job.state != "done":
             raise RuntimeError(f"distillation ended {conn.job.state}: {conn.job.message or conn.last_error}")
         mesh_path = out / f"{name}.glb"
@@ -330,15 +338,17 @@ def main(argv: list[str]) -> int:
     print(f"blender_batch: add-on from {source}", file=sys.stderr)
     from interactive3d.blender_addon import connection
 
-    quick = args.demo
+    quick = args.demo or args.quick
     defaults = {
-        "steps": args.steps or (300 if quick else 2000),
+        "steps": args.steps or (150 if quick else 2000),
         "cfg": 100.0,
         "seed": args.seed,
-        "distill_steps": args.distill_steps or (300 if quick else 2000),
+        "distill_steps": args.distill_steps or (150 if quick else 2000),
         "mesh_resolution": args.mesh_resolution or (96 if quick else 160),
         "resolution": args.resolution,
         "model": args.model,
+        "quick": quick,
+        "mesh_threshold": args.mesh_threshold,
     }
     proc = None
     tmp = tempfile.TemporaryDirectory(prefix="i3d-batch-")

@@ -46,3 +46,55 @@ def test_script_args_after_double_dash(batch):
     assert batch.script_args(["blender", "-b", "-P", "x.py", "--", "--demo", "--out", "d"]) == ["--demo", "--out", "d"]
     assert batch.script_args(["x.py", "--demo", "--out", "d"]) == ["--demo", "--out", "d"]
     assert batch.slug(3, "A Red Robot!") == "03_a_red_robot"
+
+
+_CHECK = r"""
+import json, sys
+import bpy
+out = {}
+for path in sys.argv[1:]:
+    bpy.ops.wm.open_mainfile(filepath=path)
+    out[path] = {ob.name: {"type": ob.type, "vertices": len(ob.data.vertices) if ob.type == "MESH" else 0,
+                           "polygons": len(ob.data.polygons) if ob.type == "MESH" else 0,
+                           "attributes": sorted(a.name for a in ob.data.attributes) if ob.type == "MESH" else []}
+                 for ob in bpy.data.objects}
+print("BLENDS " + json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_batch_prompts_with_a_tiny_model(tmp_path, batch):
+    """`python scripts/blender_batch.py --prompts F` (the bpy module) with a tiny local SD model: the two
+    good prompts each give a .blend that bpy opens with the splat object (i3d_* attributes) and the
+    coloured mesh, plus a .glb; the malformed line (4) is reported by number on stderr and skipped; the
+    summary table lists all three; exit code 0 (every run prompt succeeded)."""
+    import json
+    import os
+    import subprocess
+
+    from test_generate import build_tiny_sd
+
+    build_tiny_sd(tmp_path / "tiny-sd")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# batch\na red robot\na blue car ; steps=2\na tree ; steps=many\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    cmd = [sys.executable, str(SCRIPT), "--prompts", str(prompts), "--out", str(out), "--model", str(tmp_path / "tiny-sd"),
+           "--steps", "3", "--resolution", "32", "--distill-steps", "10", "--mesh-resolution", "48", "--mesh-threshold", "1.0", "--quick"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=500, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "skipping line 4" in proc.stderr and "option steps needs a int" in proc.stderr
+    assert "SKIPPED" in proc.stdout and proc.stdout.count(" ok ") == 2
+    summary = json.loads((out / "summary.json").read_text())
+    blends = [j["blend"] for j in summary["jobs"]]
+    assert [Path(b).name for b in blends] == ["01_a_red_robot.blend", "02_a_blue_car.blend"]
+    assert all((out / f"{Path(b).stem}.glb").is_file() for b in blends)
+    check = subprocess.run([sys.executable, "-c", _CHECK, *blends], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr[-2000:]
+    seen = json.loads([l for l in check.stdout.splitlines() if l.startswith("BLENDS ")][-1][len("BLENDS "):])
+    for path, job in zip(blends, summary["jobs"]):
+        objs = seen[path]
+        splat = [o for o in objs.values() if "i3d_color" in o["attributes"]]
+        meshes = [o for o in objs.values() if o["polygons"] > 0]
+        assert len(splat) == 1 and splat[0]["vertices"] == job["gaussians"]
+        assert len(meshes) == 1 and meshes[0]["vertices"] == job["mesh_vertices"]
