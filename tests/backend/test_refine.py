@@ -67,6 +67,7 @@ def test_features_zero_outside_and_parts_disjoint():
     assert not (a.contains(x) & b.contains(x)).any()  # the two regions are apart; cells do not overlap
 
 
+@pytest.mark.slow
 def test_refinement_inside_up_outside_unchanged_base_bit_identical():
     """Target = base with red inside Q. After 60 L1 steps on part 'a' (4 levels × 2 × 2^12): PSNR inside
     Q's projection rises ≥ 2 dB, PSNR outside changes < 0.1 dB, the base field's tables and MLPs and
