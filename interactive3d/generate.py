@@ -148,6 +148,8 @@ def run_generate(out_dir: str | os.PathLike, cfg: GenerateConfig, connect: str |
             if not (out / "mesh.glb").is_file():  # a remote backend wrote it on its own machine
                 _write_glb(out / "mesh.glb", verts, faces, colors)
             _timed(stages, "mesh", t0, resolution=cfg.mesh_resolution, vertices=int(len(verts)), faces=int(len(faces)))
+            if connect is not None:
+                backend.call("session.close", {})  # a shared backend keeps no finished session behind
         finally:
             backend.close()
             if proc is not None:

@@ -102,7 +102,7 @@ def test_generate_with_a_tiny_local_model_runs_to_a_mesh(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "interactive3d.cli", "generate", "a red robot", "--out", str(out),
            "--model", str(tmp_path / "tiny-sd"), "--steps", "3", "--resolution", "32", "--n-init", "512",
-           "--distill-steps", "20", "--distill-resolution", "32", "--mesh-resolution", "48", "--mesh-threshold", "1.0"]
+           "--distill-steps", "10", "--distill-resolution", "32", "--mesh-resolution", "48", "--mesh-threshold", "1.0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=_env(tmp_path, offline=True))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads((out / "report.json").read_text())
