@@ -120,3 +120,34 @@ def test_refiner_bad_inputs():
         Refiner(f, ["a"])
     with pytest.raises(ValueError, match="already exists"):
         f.add_part("a", region_cells(occ, CENTER, RADIUS), occ, PART)
+
+
+@pytest.mark.slow
+def test_refinement_with_interactive_sds_oracle():
+    """Eq. 8 path: interactive SDS on zoom-in cameras around the part with the user's t = 0.3, scored by
+    the closed-form oracle denoiser whose reference is the red-inside target. 15 steps at 32×32 raise
+    PSNR inside Q's projection by ≥ 2 dB on fixed views; the base stays bit-identical."""
+    from interactive3d.backend.guidance import GuidanceConfig, OracleGuidance
+
+    base, occ = _setup()
+    target_field = _RedInside(base)
+    oracle = OracleGuidance(target_field, lambda ref, cams, bg: render_image(ref, cams, RCFG).rgb, GuidanceConfig())
+    eyes = torch.tensor([[2.0, 0.3, 0.5], [1.8, -0.8, 0.2]])
+    cams = look_at_cams(eyes, CENTER, width=24, height=24, fov_deg=40)
+    with torch.no_grad():
+        target = render_image(target_field, cams, RCFG).rgb
+        before = render_image(base, cams, RCFG, occupancy=occ).rgb
+    inside = (target - before).abs().amax(-1) > 1e-3
+    f = RefinedField(base)
+    f.add_part("a", region_cells(occ, CENTER, RADIUS), occ, PART, seed=1)
+    base_sd = {k: v.clone() for k, v in base.state_dict().items()}
+    cfg = RefineConfig(steps=15, lr_grid=0.03, lr_mlp=0.01, prompt="a red patch", fixed_t=0.3, sds_size=32, render=RenderConfig(n_samples=32, stratified=True))
+    r = Refiner(f, ["a"], cfg, guidance=oracle, occupancy=occ)
+    for i in range(cfg.steps):
+        r.step(i)
+    with torch.no_grad():
+        after = render_image(f, cams, RCFG, occupancy=occ).rgb
+    gain = psnr(after, target, inside) - psnr(before, target, inside)
+    print(f"SDS inside gain {gain:.2f} dB")
+    assert gain >= 2.0, gain
+    assert all(torch.equal(v, base_sd[k]) for k, v in base.state_dict().items())
