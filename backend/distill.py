@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .nerf import NeRFField, OccupancyGrid, RenderConfig, Rays, camera_rays, occupancy_from_field, render_image, render_rays
+from .nerf import NeRFField, OccupancyGrid, RenderConfig, camera_rays, occupancy_from_field, render_image, render_rays
 
 logger = logging.getLogger(__name__)
 
