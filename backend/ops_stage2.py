@@ -111,11 +111,23 @@ def add_part(req: Request) -> Reply:
 
 def refine(req: Request) -> Reply:
     s, a = req.session, req.args
+    loader = None
+    if a["guidance"] == "sd":
+        from .guidance import DEFAULT_SD_MODEL, StableDiffusionGuidance
+
+        model, local, device = a["model"] or DEFAULT_SD_MODEL, a["local_files_only"], req.device
+
+        def loader():
+            return StableDiffusionGuidance.from_pretrained(model, device=device, local_files_only=local)
+
     try:
-        cfg = RefineConfig(steps=a["steps"], rays_per_step=a["rays_per_step"], render=RenderConfig(n_samples=a["n_samples"], stratified=True), seed=a["seed"])
+        cfg = RefineConfig(
+            steps=a["steps"], rays_per_step=a["rays_per_step"], render=RenderConfig(n_samples=a["n_samples"], stratified=True), seed=a["seed"],
+            prompt=a["prompt"] or "", fixed_t=a["fixed_t"], sds_size=a["resolution"],
+        )
         with s.lock:
             _state(req)
-            job = RefineJob(s, list(a["parts"]), cfg, views=a["views"], resolution=a["resolution"], background=tuple(a["background"]))
+            job = RefineJob(s, list(a["parts"]), cfg, views=a["views"], resolution=a["resolution"], background=tuple(a["background"]), load_guidance=loader)
     except ValueError as exc:
         raise InvalidArgs(f"stage2.refine: {exc}") from exc
     job_id = req.start_job(job, label="stage2.refine")

@@ -272,7 +272,7 @@ class RefineJob:
     kind = "stage2.refine"
 
     def __init__(self, session, parts: list[str], cfg: RefineConfig = RefineConfig(), views: int = 8, resolution: int = 64, guidance=None,
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> None:
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), load_guidance=None) -> None:
         from .stage2 import SLOT
 
         st = session.extras.get(SLOT)
@@ -281,10 +281,14 @@ class RefineJob:
         missing = [p for p in parts if p not in st.parts]
         if not parts or missing:
             raise ValueError(f"parts must name existing refinement parts {sorted(st.parts)}, got {parts}")
-        if guidance is None and (session.gaussians is None or session.gaussians.n == 0):
+        if guidance is not None or load_guidance is not None:
+            if not cfg.prompt:
+                raise ValueError("refinement with guidance needs a prompt")
+        elif session.gaussians is None or session.gaussians.n == 0:
             raise ValueError("refinement without guidance needs the session's Gaussians as targets")
         self.session, self.parts, self.cfg = session, list(parts), cfg
         self.views, self.resolution, self.guidance = views, resolution, guidance
+        self.load_guidance = load_guidance  # heavy model loading deferred to the worker thread's first step
         self.bg = torch.tensor(background, dtype=torch.float32)
         self.total_steps = cfg.steps
         self.refiner: Refiner | None = None
@@ -297,6 +301,8 @@ class RefineJob:
         from .stage2 import SLOT
 
         st = self.session.extras[SLOT]
+        if self.guidance is None and self.load_guidance is not None:
+            self.guidance = self.load_guidance()
         targets = None
         if self.guidance is None:
             lo = torch.stack([st.refined.parts[n].box_lo for n in self.parts]).min(0).values.cpu()

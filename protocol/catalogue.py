@@ -719,10 +719,17 @@ _STAGE2_OPS: list[OpSpec] = [
     ),
     OpSpec(
         "stage2.refine",
-        "Refine the chosen parts (paper Eq. 8–9) toward fresh Gaussian renders from zoom-in cameras around their "
-        "region; the base field and other parts stay bit-identical.",
+        "Refine the chosen parts (paper Eq. 8–9): toward fresh Gaussian renders from zoom-in cameras around their "
+        "region, or with interactive SDS (zoom-in cameras, the user's t) when guidance='sd' (weights loaded at the "
+        "first step; a missing model ends the job with an error event). The base field and other parts stay "
+        "bit-identical.",
         args=(
             Arg("parts", "list", "names of the parts to train", items="str", required=True),
+            Arg("guidance", "str", "'none': L1 toward fresh Gaussian renders; 'sd': interactive SDS (Eq. 8)", default="none", choices=("none", "sd")),
+            Arg("prompt", "str", "guidance 'sd': the part's prompt"),
+            Arg("fixed_t", "float", "guidance 'sd': the user's diffusion time t (e.g. 0.3)", min=0.001, max=0.999),
+            Arg("model", "str", "guidance 'sd': model id or local path (default SD 2.1 base)"),
+            Arg("local_files_only", "bool", "guidance 'sd': never download", default=True),
             Arg("steps", "int", "optimisation steps", default=200, min=1, max=1_000_000),
             Arg("views", "int", "zoom-in target views", default=8, min=1, max=256),
             Arg("resolution", "int", "target render size", default=64, min=8, max=1024),

@@ -83,6 +83,10 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
     r = client.request("stage2.refine", {"session": sid, "parts": ["p"], "steps": 3, "views": 2, "resolution": 16, "rays_per_step": 128, "n_samples": 16}).result
     assert _wait_done(client, r["job"])["event"] == "done"
     assert _code(client, "stage2.refine", {"session": sid, "parts": ["nope"], "steps": 1}) == "invalid_args"
+    assert _code(client, "stage2.refine", {"session": sid, "parts": ["p"], "guidance": "sd"}) == "invalid_args"  # no prompt
+    r = client.request("stage2.refine", {"session": sid, "parts": ["p"], "guidance": "sd", "prompt": "a hat", "fixed_t": 0.3,
+                                         "model": str(tmp_path / "no-such-model"), "steps": 2}).result
+    assert _wait_done(client, r["job"])["event"] == "error"  # weights are loaded on the worker: missing → error event
 
     out = tmp_path / "m.glb"
     m = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "threshold": 10.0, "path": str(out)})
