@@ -98,3 +98,24 @@ def test_batch_prompts_with_a_tiny_model(tmp_path, batch):
         meshes = [o for o in objs.values() if o["polygons"] > 0]
         assert len(splat) == 1 and splat[0]["vertices"] == job["gaussians"]
         assert len(meshes) == 1 and meshes[0]["vertices"] == job["mesh_vertices"]
+
+
+@pytest.mark.slow
+def test_batch_demo_object_with_oracle(tmp_path):
+    """`--demo`: the offline robot with the oracle guidance through the add-on's operators (short runs):
+    exit 0, demo.blend opens in bpy with the splat object and a mesh of > 100 faces, demo.glb exists."""
+    import json
+    import subprocess
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), "--demo", "--out", str(out), "--steps", "40", "--resolution", "32",
+           "--distill-steps", "30", "--mesh-resolution", "48"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    job = json.loads((out / "summary.json").read_text())["jobs"][0]
+    assert job["ok"] and (out / "demo.glb").is_file()
+    check = subprocess.run([sys.executable, "-c", _CHECK, job["blend"]], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr[-2000:]
+    objs = json.loads([l for l in check.stdout.splitlines() if l.startswith("BLENDS ")][-1][len("BLENDS "):])[job["blend"]]
+    assert any("i3d_color" in o["attributes"] and o["vertices"] == job["gaussians"] for o in objs.values())
+    assert any(o["polygons"] > 100 and "i3d_color" not in o["attributes"] for o in objs.values())
