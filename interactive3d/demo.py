@@ -577,7 +577,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     ]
     if "distill" in st:
         summary += [
-            f"distill    PSNR {st['distill']['psnr']}  ({st['distill']['seconds']:.1f} s)",
+            f"distill    PSNR {st['distill']['psnr']:.2f} dB at the preview view, L1 {st['distill']['l1']:.4f}  ({st['distill']['seconds']:.1f} s)",
             f"mesh       Chamfer {st['mesh']['chamfer']:.4f}  ({st['mesh']['vertices']} vertices)",
         ]
     else:
