@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .files import atomic_write
 
 SH_C0 = 0.28209479177387814
 
@@ -92,22 +93,6 @@ def _property_names(m: int) -> list[str]:
     return names
 
 
-def _atomic_write(path: str | os.PathLike, chunks: list[bytes]) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_ply(path: str | os.PathLike, data: SplatData) -> None:
     """Write ``data`` as a binary little-endian INRIA 3DGS .ply (extra properties appended as float)."""
     m = data.sh_rest.shape[1]
@@ -130,7 +115,7 @@ def write_ply(path: str | os.PathLike, data: SplatData) -> None:
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {data.n}"]
     header += [f"property float {name}" for name in names]
     header.append("end_header")
-    _atomic_write(path, [("\n".join(header) + "\n").encode("ascii"), table.tobytes()])
+    atomic_write(path, [("\n".join(header) + "\n").encode("ascii"), table.tobytes()])
 
 
 def _parse_header(f) -> tuple[str, int, list[tuple[str, str]], int]:
@@ -275,7 +260,7 @@ def write_splat(path: str | os.PathLike, data: SplatData) -> None:
     rgba = np.concatenate([state[:, 3:6], state[:, 6:7]], axis=1)
     rec["rgba"] = np.clip(np.round(rgba * 255.0), 0, 255).astype(np.uint8)
     rec["rot"] = np.clip(np.round(state[:, 10:14] * 128.0 + 128.0), 0, 255).astype(np.uint8)
-    _atomic_write(path, [rec.tobytes()])
+    atomic_write(path, [rec.tobytes()])
 
 
 def read_splat(path: str | os.PathLike) -> SplatData:

@@ -1,5 +1,8 @@
 """protocol/ply.py: the INRIA 3DGS .ply layout and .splat, checked against an independent reader."""
 
+import os
+import stat
+
 import numpy as np
 import plyfile
 import pytest
@@ -125,3 +128,18 @@ def test_splat_format_round_trip_within_quantisation(tmp_path):
     # rotation: 8-bit quantisation of each component, then renormalised; same rotation up to sign
     dots = np.abs((a[:, 10:] * b[:, 10:]).sum(1))
     assert dots.min() > 0.999
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_written_files_get_umask_permissions_and_leave_no_temp(tmp_path):
+    """Outputs are created as open() would (0o666 & ~umask: 0o644 under umask 022), not mkstemp's 0o600,
+    and the atomic write leaves no temp file beside them."""
+    old = os.umask(0o022)
+    try:
+        ply.write_ply(tmp_path / "a.ply", _random_splats(8))
+        ply.write_splat(tmp_path / "a.splat", _random_splats(8))
+    finally:
+        os.umask(old)
+    for name in ("a.ply", "a.splat"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ply", "a.splat"]
