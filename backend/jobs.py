@@ -21,6 +21,7 @@ while the server thread keeps answering. Every ``progress_every`` steps it emits
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -124,6 +125,10 @@ class JobRunner:
         self._emit_fn = emit
         self._on_exit = on_exit  # called on the worker thread as it ends (the server closes its wake socket)
         self._state_dir = state_dir
+        # a job may carry its own snapshot cadence (stage1.start's snapshot_every); the server's default otherwise
+        own = getattr(job, "state_every", None)
+        if isinstance(own, int) and not isinstance(own, bool) and own >= 0:
+            cfg = dataclasses.replace(cfg, state_every=own)
         self.cfg = cfg
         self._cond = threading.Condition()
         self._pause = False
@@ -207,6 +212,17 @@ class JobRunner:
         header = {"event": event, "id": self.origin.request_id, "session": self.session.id, "job": self.job_id, "data": data}
         self._emit_fn(self.session.id, header, buffers or [])
 
+    def _emit_progress(self, i: int) -> None:
+        data: dict = {"step": i, "total": self.total, "metrics": self.metrics}
+        buffers: list = []
+        take = getattr(self.job, "take_preview", None)  # a job's new low-resolution preview rides along
+        img = take() if callable(take) else None
+        if img is not None:
+            img = np.ascontiguousarray(img, dtype=np.float32)
+            data["preview"] = [int(img.shape[0]), int(img.shape[1])]
+            buffers = [img]
+        self._emit("progress", data, buffers)
+
     def _state_frame(self) -> np.ndarray:
         with self.session.lock:
             fn = getattr(self.job, "state_payload", None)
@@ -256,7 +272,7 @@ class JobRunner:
                 self.metrics = _finite_metrics(metrics)
                 i = self.step
                 if cfg.progress_every and (i % cfg.progress_every == 0 or i == self.total):
-                    self._emit("progress", {"step": i, "total": self.total, "metrics": self.metrics})
+                    self._emit_progress(i)
                 if cfg.state_every and i % cfg.state_every == 0 and i < self.total:
                     self._emit_state()
                 if cfg.checkpoint_every and i % cfg.checkpoint_every == 0 and i < self.total:

@@ -36,6 +36,7 @@ TEST_OPS = [
             Arg("sleep", "float", default=0.0, min=0.0, max=5.0, doc="extra seconds per step (slows the job down for control tests)"),
             Arg("seed", "int", default=0),
             Arg("lr", "float", default=0.05, min=0.0),
+            Arg("state_every", "int", default=None, min=0, doc="the job's own state-event cadence (None: the server's)"),
         ),
         buffers=(Buffer("target", ("float32",), (3,), optional=True, doc="target rgb"),),
         session=True,
@@ -110,6 +111,8 @@ def _fit(req: Request) -> Reply:
     target = torch.tensor([0.9, 0.2, 0.1]) if not req.buffers else torch.from_numpy(req.buffers[0].copy())
     a = req.args
     job = FitJob(req.session, a["steps"], target, a["sleep"], a["seed"], a["lr"])
+    if a["state_every"] is not None:
+        job.state_every = a["state_every"]
     return Reply({"job": req.start_job(job, label="test.fit")})
 
 

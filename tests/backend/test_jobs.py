@@ -76,6 +76,14 @@ def test_events_and_done(client):
     assert st["state"] == "done" and st["step"] == 12
 
 
+def test_job_state_every_overrides_server_default(client):
+    """A job's own cadence (stage1.start's snapshot_every) wins over the server's state_every=10."""
+    sid = _session(client)
+    client.request(START_OP, {"session": sid, "steps": 7, "state_every": 3})
+    evs = _wait(client, lambda m: m.event == "done")
+    assert [m.data["step"] for m in evs if m.event == "state"] == [3, 6, 7]
+
+
 def test_cancel_within_one_step(client):
     """After the cancel reply at step k, the job stops at k or k+1 and says 'cancelled'."""
     sid = _session(client)
