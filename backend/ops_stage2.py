@@ -58,7 +58,7 @@ def distill(req: Request) -> Reply:
         cfg = DistillConfig(
             steps=a["steps"], resolution=a["resolution"], rays_per_step=a["rays_per_step"], view_pool=a["view_pool"],
             render=RenderConfig(n_samples=a["n_samples"], stratified=True), background=tuple(a["background"]),
-            preview_every=a["preview_every"], seed=a["seed"],
+            preview_every=a["preview_every"], opacity_weight=a["opacity_weight"], depth_weight=a["depth_weight"], seed=a["seed"],
         )
         # a resumed job continues the checkpointed field: never reset it again
         job = DistillJob(s, cfg, nerf_cfg, reset=bool(a["reset"]) and req.resume is None, backend=a["backend"])
@@ -138,7 +138,10 @@ def extract(req: Request) -> Reply:
     s, a = req.session, req.args
     _idle(req)
     try:
-        cfg = MeshConfig(resolution=a["resolution"], threshold=a["threshold"], min_component_fraction=a["min_component_fraction"])
+        cfg = MeshConfig(
+            resolution=a["resolution"], surface=a["surface"], opacity_level=a["opacity_level"], threshold=a["threshold"],
+            min_component_fraction=a["min_component_fraction"],
+        )
         with s.lock:
             m = extract_mesh(_state(req).refined, cfg)
         path = None

@@ -29,7 +29,8 @@ STATE_COLUMNS: tuple[str, ...] = ("x", "y", "z", "r", "g", "b", "opacity", "sx",
 
 # Event kinds a job streams (header field "event"); "data" holds the payload map.
 EVENT_KINDS: dict[str, str] = {
-    "progress": 'data {"step": steps done, "total": total steps, "metrics": {name: float}}',
+    "progress": 'data {"step": steps done, "total": total steps, "metrics": {name: float}}; jobs with a preview '
+    '(stage2.distill) add "preview": [H, W] and one float32 [H,W,3] buffer when a new preview was rendered',
     "state": 'data {"step", "count": N, "columns": STATE_COLUMNS}; buffers [state [N,14] float32]',
     "paused": 'data {"step"}: the job stopped between two steps',
     "resumed": 'data {"step"}: the job continues',
@@ -678,7 +679,9 @@ _STAGE2_OPS: list[OpSpec] = [
             Arg("aabb_radius", "float", "scene box half-size", default=1.0, min=1e-3, max=1e3),
             Arg("background", "list", "background colour", items="float", length=3, default=[1.0, 1.0, 1.0], min=0.0, max=1.0),
             Arg("backend", "str", "hash-grid backend", default="auto", choices=("auto", "torch", "triton", "tcnn")),
-            Arg("preview_every", "int", "steps between previews (stage2.preview)", default=10, min=0, max=1_000_000),
+            Arg("preview_every", "int", "steps between previews (sent with progress events and by stage2.preview)", default=10, min=0, max=1_000_000),
+            Arg("opacity_weight", "float", "weight of |NeRF opacity − Gaussian alpha| (0 with depth_weight 0: the paper's Eq. 7 alone)", default=0.1, min=0.0, max=100.0),
+            Arg("depth_weight", "float", "weight of |NeRF depth − Gaussian depth| where the Gaussians are opaque", default=0.03, min=0.0, max=100.0),
             Arg("reset", "bool", "start from a fresh field", default=False),
             Arg("seed", "int", "seed", default=0, min=0, max=2**31 - 1),
         ),
@@ -746,11 +749,14 @@ _STAGE2_OPS: list[OpSpec] = [
     ),
     OpSpec(
         "stage2.extract_mesh",
-        "Marching cubes on the (refined) field's density with vertex colours and floater removal; optionally "
-        "written to path (glb/obj/ply); the arrays come back for the add-on.",
+        "Marching cubes on the (refined) field with vertex colours and floater removal; optionally "
+        "written to path (glb/obj/ply); the arrays come back for the add-on. The surface is where a ray from "
+        "outside has gathered opacity_level of opacity (default), or the density iso-level threshold.",
         args=(
             Arg("resolution", "int", "density grid resolution (cap 512)", default=256, min=2, max=512),
-            Arg("threshold", "float", "density iso-level", default=10.0, min=0.0, max=1e9),
+            Arg("surface", "str", "'opacity': accumulated opacity from outside = opacity_level; 'density': σ = threshold", default="opacity", choices=("opacity", "density")),
+            Arg("opacity_level", "float", "opacity of the surface when surface='opacity'", default=0.5, min=0.001, max=0.999),
+            Arg("threshold", "float", "density iso-level when surface='density'", default=10.0, min=0.0, max=1e9),
             Arg("min_component_fraction", "float", "drop components smaller than this × the largest", default=0.05, min=0.0, max=0.999),
             Arg("path", "str", "output file on the backend machine (none: arrays only)"),
             Arg("format", "str", "file format (default: from the path's suffix)", choices=("glb", "obj", "ply")),

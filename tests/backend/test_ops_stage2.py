@@ -29,10 +29,13 @@ def client(server):
         yield c
 
 
-def _wait_done(client, job, timeout=120.0):
+def _wait_done(client, job, timeout=120.0, seen=None):
+    """The job's done/error header; its events so far are appended to ``seen`` when given."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for msg in client.poll(200):
+            if msg.header.get("job") == job and seen is not None:
+                seen.append(msg)
             if msg.header.get("job") == job and msg.header.get("event") in ("done", "error"):
                 return msg.header
     raise AssertionError(f"job {job} did not finish")
@@ -62,8 +65,14 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
     sid = _shell_session(client)
     assert _code(client, "stage2.occupancy", {"session": sid}) == "not_found"
     r = client.request("stage2.distill", {"session": sid, "steps": 6, "resolution": 16, "view_pool": 4, "rays_per_step": 256, "n_samples": 16, "preview_every": 3, **FIELD}).result
-    done = _wait_done(client, r["job"])
+    seen = []
+    done = _wait_done(client, r["job"], seen=seen)
     assert done["event"] == "done" and np.isfinite(done["data"]["loss"]), done
+    # the previews (steps 3 and 6) ride on the progress events of those steps, [32,32,3] float32
+    with_preview = [m for m in seen if m.event == "progress" and "preview" in m.data]
+    assert [m.data["step"] for m in with_preview] == [3, 6]
+    assert all(m.data["preview"] == [32, 32] and np.array(m.buffers[0]).shape == (32, 32, 3) for m in with_preview)
+    assert all(not m.buffers for m in seen if m.event == "progress" and "preview" not in m.data)
     pv = client.request("stage2.preview", {"session": sid})
     img = np.array(pv.buffers[0])
     assert img.shape == (32, 32, 3) and img.dtype == np.float32 and 0 <= img.min() and img.max() <= 1
@@ -89,9 +98,12 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
     assert _wait_done(client, r["job"])["event"] == "error"  # weights are loaded on the worker: missing → error event
 
     out = tmp_path / "m.glb"
-    m = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "threshold": 10.0, "path": str(out)})
+    m = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "path": str(out)})
     v, f, c = (np.array(b) for b in m.buffers)
     assert v.dtype == np.float32 and f.dtype == np.int32 and c.dtype == np.uint8 and c.shape == (len(v), 4)
     assert m.result["vertices"] == len(v) > 0 and out.is_file()
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 4096}) == "invalid_args"
-    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "threshold": 1e9}) == "invalid_args"
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "density", "threshold": 1e9}) == "invalid_args"
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "sdf"}) == "invalid_args"
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "opacity_level": 1.0}) == "invalid_args"
+    assert _code(client, "stage2.distill", {"session": sid, "steps": 1, "depth_weight": -1.0}) == "invalid_args"
