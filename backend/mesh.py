@@ -1,26 +1,38 @@
-"""Mesh extraction from the Stage II field: density grid → marching cubes → vertex colours → export.
+"""Mesh extraction from the Stage II field: density grid → surface → marching cubes → colours → export.
 
-The density is sampled on a regular grid over the AABB (default 256³, in chunks so memory stays bounded),
-the iso-surface at ``threshold`` is extracted with scikit-image's marching cubes, vertices are coloured by
-querying the field there, connected components smaller than ``min_component_fraction`` of the largest
-(floaters) are dropped, and the mesh is written as GLB/OBJ/PLY with trimesh. The arrays are returned too
-(vertices [V,3] float32, faces [F,3] int32, colours [V,4] uint8 RGBA) for the add-on.
+The density is sampled on a regular grid over the AABB (default 256³, in chunks so memory stays bounded).
+Which iso-surface is the object's surface depends on ``surface``:
+
+- ``"opacity"`` (default): where a ray from outside the box has gathered ``opacity_level`` (0.5) of
+  opacity, i.e. the optical depth τ(x) = ∫σ ds from outside reaches −ln(1 − level). τ is accumulated
+  along the six axis directions and the smallest is kept (the most transparent way in). This is the
+  surface the volume renderer shows, wherever the field's density ramp sits, so no density threshold
+  needs tuning per scene; occluded interior voids have a large τ and are solid by construction.
+- ``"density"``: σ = ``threshold`` (threestudio's ``isosurface_threshold``); interior voids (occluded,
+  so unsupervised by distillation) are filled when ``fill_cavities``.
+
+Marching cubes is scikit-image's; vertices are coloured by querying the field there; connected
+components smaller than ``min_component_fraction`` of the largest (floaters) are dropped; the mesh is
+written as GLB/OBJ/PLY with trimesh. The arrays are returned too (vertices [V,3] float32, faces [F,3]
+int32, colours [V,4] uint8 RGBA) for the add-on.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..protocol.files import atomic_write
+
 logger = logging.getLogger(__name__)
 
 FORMATS = ("glb", "obj", "ply")
+SURFACES = ("opacity", "density")
 MAX_RESOLUTION = 512  # 512³ = 134M density queries; beyond that the grid alone needs > 0.5 GB
 
 
@@ -31,16 +43,22 @@ class MeshError(ValueError):
 @dataclass(frozen=True)
 class MeshConfig:
     resolution: int = 256
-    threshold: float = 10.0  # iso-level of σ (threestudio's isosurface_threshold default is 25 for exp density; 10 is milder)
+    surface: str = "opacity"  # "opacity": accumulated opacity from outside = opacity_level; "density": σ = threshold
+    opacity_level: float = 0.5
+    threshold: float = 10.0  # iso-level of σ for surface="density" (threestudio uses 25 for exp density; 10 is milder)
     chunk: int = 1 << 18  # density queries per chunk
     min_component_fraction: float = 0.05  # components with fewer faces than this × the largest are floaters
-    fill_cavities: bool = True  # empty voxels not connected to the grid's border are interior voids (occluded,
-    # so unsupervised by distillation): fill them so only the outer surface is meshed
+    fill_cavities: bool = True  # surface="density": empty voxels not connected to the grid's border are interior
+    # voids (occluded, so unsupervised by distillation): fill them so only the outer surface is meshed
     max_resolution: int = MAX_RESOLUTION
 
     def __post_init__(self) -> None:
         if not (2 <= self.resolution <= self.max_resolution):
             raise MeshError(f"resolution must be in [2, {self.max_resolution}], got {self.resolution}")
+        if self.surface not in SURFACES:
+            raise MeshError(f"surface must be one of {SURFACES}, got {self.surface!r}")
+        if not (0.0 < self.opacity_level < 1.0):
+            raise MeshError(f"opacity_level must be in (0, 1), got {self.opacity_level}")
         if not np.isfinite(self.threshold):
             raise MeshError(f"threshold must be finite, got {self.threshold}")
         if not (0.0 <= self.min_component_fraction < 1.0):
@@ -74,6 +92,24 @@ def density_grid(field, resolution: int, chunk: int = 1 << 18) -> np.ndarray:
     return out.reshape(resolution, resolution, resolution)
 
 
+def optical_depth_from_outside(density: np.ndarray, step: float) -> np.ndarray:
+    """τ [R,R,R] float32: ∫σ ds from the box faces to each grid point along ±x, ±y, ±z, the smallest of
+    the six (trapezoid rule, so τ at a face point is half a cell of its own density)."""
+    tau = np.full(density.shape, np.inf, np.float32)
+    half = np.float32(0.5 * step) * density
+    for axis in range(3):
+        for flip in (False, True):
+            d = np.flip(density, axis) if flip else density
+            c = np.cumsum(d, axis=axis, dtype=np.float32)
+            c *= np.float32(step)
+            if flip:
+                c = np.flip(c, axis)
+            c -= half
+            np.minimum(tau, c, out=tau)
+            del c
+    return tau
+
+
 def extract_mesh(field, cfg: MeshConfig = MeshConfig()) -> MeshResult:
     """Marching cubes on the field's density with vertex colours and floater removal."""
     import trimesh
@@ -81,16 +117,23 @@ def extract_mesh(field, cfg: MeshConfig = MeshConfig()) -> MeshResult:
 
     r = field.cfg.aabb_radius if hasattr(field, "cfg") else field.aabb_radius
     vol = density_grid(field, cfg.resolution, cfg.chunk)
-    if not (vol.max() > cfg.threshold > vol.min()):
-        raise MeshError(f"no surface at threshold {cfg.threshold}: density range [{vol.min():.4g}, {vol.max():.4g}]")
-    if cfg.fill_cavities:
-        from scipy.ndimage import binary_fill_holes
-
-        solid = vol > cfg.threshold
-        voids = binary_fill_holes(solid) & ~solid
-        vol = np.where(voids, np.float32(2.0 * abs(cfg.threshold) + 1.0), vol)
     step = 2 * r / (cfg.resolution - 1)
-    verts, faces, _, _ = marching_cubes(vol, level=cfg.threshold, spacing=(step, step, step))
+    if cfg.surface == "opacity":
+        vol = optical_depth_from_outside(vol, step)
+        level = float(-np.log1p(-cfg.opacity_level))
+        if not (vol.max() > level):
+            raise MeshError(f"no surface at opacity {cfg.opacity_level}: the field is transparent (largest optical depth {vol.max():.4g})")
+    else:
+        level = cfg.threshold
+        if not (vol.max() > level > vol.min()):
+            raise MeshError(f"no surface at threshold {cfg.threshold}: density range [{vol.min():.4g}, {vol.max():.4g}]")
+        if cfg.fill_cavities:
+            from scipy.ndimage import binary_fill_holes
+
+            solid = vol > level
+            voids = binary_fill_holes(solid) & ~solid
+            vol = np.where(voids, np.float32(2.0 * abs(level) + 1.0), vol)
+    verts, faces, _, _ = marching_cubes(vol, level=level, spacing=(step, step, step))
     verts = verts - r
     faces = faces[:, ::-1]  # skimage winds inward for "density > level inside"; flip so normals face out
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
@@ -125,12 +168,5 @@ def export_mesh(mesh: MeshResult, path: str | os.PathLike, fmt: str | None = Non
     if isinstance(data, str):
         data = data.encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, [data])
     return path

@@ -57,7 +57,16 @@ class I3D_PG_scene(bpy.types.PropertyGroup):
                                            description="log2 of the entries per refinement hash table")
     refine_steps: bpy.props.IntProperty(name="Refine Steps", default=10000, min=1, max=1000000)
     mesh_resolution: bpy.props.IntProperty(name="Resolution", default=256, min=8, max=1024)
-    mesh_threshold: bpy.props.FloatProperty(name="Density Threshold", default=10.0, min=0.0)
+    mesh_surface: bpy.props.EnumProperty(
+        name="Surface",
+        items=(("OPACITY", "Opacity", "Where a ray from outside has gathered the given opacity (what renders)"),
+               ("DENSITY", "Density", "The density iso-level (marching cubes threshold)")),
+        default="OPACITY",
+    )
+    mesh_opacity: bpy.props.FloatProperty(name="Opacity", default=0.5, min=0.001, max=0.999,
+                                          description="Accumulated opacity at the surface (Opacity surface)")
+    mesh_threshold: bpy.props.FloatProperty(name="Density Threshold", default=10.0, min=0.0,
+                                            description="Density iso-level (Density surface)")
     # -- status (written by the sync step) ----------------------------------------------------------------
     status: bpy.props.StringProperty(name="Status", default="DISCONNECTED")
     session: bpy.props.StringProperty(name="Session", default="")

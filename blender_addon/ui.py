@@ -138,6 +138,9 @@ class I3D_PT_stage2(_Panel, bpy.types.Panel):
         col.prop(p, "refine_steps")
         box.operator("i3d.refine_region", icon="SPHERE")
         layout.prop(p, "mesh_resolution")
+        row = layout.row(align=True)
+        row.prop(p, "mesh_surface", text="")
+        row.prop(p, "mesh_opacity" if p.mesh_surface == "OPACITY" else "mesh_threshold", text="")
         layout.operator("i3d.extract_mesh", icon="MESH_DATA")
 
 

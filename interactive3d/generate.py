@@ -94,7 +94,7 @@ class GenerateConfig:
     distill_steps: int = 2000
     distill_resolution: int = 64
     mesh_resolution: int = 160
-    mesh_threshold: float = 10.0  # density iso-level of marching cubes
+    mesh_threshold: float | None = None  # None: the 50 % opacity surface; a number: that density iso-level
     seed: int = 0
     blend: bool = True
 
@@ -141,7 +141,9 @@ def run_generate(out_dir: str | os.PathLike, cfg: GenerateConfig, connect: str |
             _timed(stages, "distill", t0, steps=cfg.distill_steps, psnr=distill["result"].get("psnr", distill["metrics"].get("psnr")), job=distill["result"])
             t0 = time.perf_counter()
             reply = backend.call(
-                "stage2.extract_mesh", {"path": str(out / "mesh.glb"), "resolution": cfg.mesh_resolution, "threshold": cfg.mesh_threshold},
+                "stage2.extract_mesh",
+                {"path": str(out / "mesh.glb"), "resolution": cfg.mesh_resolution,
+                 **({} if cfg.mesh_threshold is None else {"surface": "density", "threshold": cfg.mesh_threshold})},
                 timeout=600.0,
             )
             verts, faces, colors = (np.array(b) for b in reply.buffers[:3])
@@ -189,7 +191,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distill-steps", type=int, default=GenerateConfig.distill_steps)
     p.add_argument("--distill-resolution", type=int, default=GenerateConfig.distill_resolution)
     p.add_argument("--mesh-resolution", type=int, default=GenerateConfig.mesh_resolution)
-    p.add_argument("--mesh-threshold", type=float, default=GenerateConfig.mesh_threshold, help="density iso-level")
+    p.add_argument("--mesh-threshold", type=float, default=None,
+                   help="mesh this density iso-level instead of the 50%% opacity surface")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-blend", action="store_true", help="skip writing scene.blend")
     p.set_defaults(func=_cmd_generate)

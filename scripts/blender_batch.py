@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", type=int, default=None, help="Stage I render size")
     p.add_argument("--distill-steps", type=int, default=None)
     p.add_argument("--mesh-resolution", type=int, default=None)
-    p.add_argument("--mesh-threshold", type=float, default=None, help="density iso-level (default: the add-on's)")
+    p.add_argument("--mesh-threshold", type=float, default=None,
+                   help="mesh the density iso-level instead of the 50%% opacity surface (the add-on's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="CPU-sized steps and field (the default with --demo)")
     return p
@@ -244,7 +245,7 @@ def run_job(job: PromptJob, name: str, out: Path, address: str, local: bool, def
         p.nerf_steps = defaults["distill_steps"]
         p.mesh_resolution = defaults["mesh_resolution"]
         if defaults.get("mesh_threshold") is not None:
-            p.mesh_threshold = defaults["mesh_threshold"]
+            p.mesh_surface, p.mesh_threshold = "DENSITY", defaults["mesh_threshold"]
         _op(bpy.ops.i3d.connect(address=address, new_session=True), "i3d.connect", conn)
         gen = {"wait": True, "init": "RANDOM"}
         if reference is not None:

@@ -116,7 +116,8 @@ class I3D_OT_extract_mesh(bpy.types.Operator):
         p = context.scene.i3d
         path = bpy.path.abspath(self.filepath) if self.filepath else os.path.join(
             connection.user_dir(__package__.rsplit(".", 1)[0]), "mesh.glb")
-        args = {"resolution": self.resolution or p.mesh_resolution, "threshold": p.mesh_threshold, "path": path}
+        args = {"resolution": self.resolution or p.mesh_resolution, "surface": p.mesh_surface.lower(),
+                "opacity_level": p.mesh_opacity, "threshold": p.mesh_threshold, "path": path}
         # Marching cubes at 256³ can take a while on CPU: a longer timeout for the blocking path.
         if not run_request(self, "stage2.extract_mesh", args, kind="mesh", timeout=max(60.0, connection.get().timeout_s)):
             return {"CANCELLED"}

@@ -47,7 +47,7 @@ def test_sphere_chamfer_colours_and_floater_removed(tmp_path):
     """64³ marching cubes of the analytic sphere r=0.5: Chamfer to 4000 exact surface points < 2% of the
     diameter (it is ~0.3%); outward normals (positive volume ≈ 4/3·π·0.5³ within 3%); the floater is
     dropped (1 component removed); vertex colours follow the field (red = (x+1)/2·255 to ±1)."""
-    m = extract_mesh(_WithFloater(_sphere_field()), MeshConfig(resolution=64, threshold=1.0))
+    m = extract_mesh(_WithFloater(_sphere_field()), MeshConfig(resolution=64, surface="density", threshold=1.0))
     assert m.vertices.dtype == np.float32 and m.faces.dtype == np.int32 and m.colors.dtype == np.uint8
     assert m.colors.shape == (len(m.vertices), 4)
     assert m.removed_components == 1
@@ -76,13 +76,50 @@ class _Hollow(torch.nn.Module):
         return FieldOutput(torch.where(x.norm(dim=-1) < 0.2, torch.zeros_like(out.density), out.density), out.rgb)
 
 
+class _Ball(torch.nn.Module):
+    """σ = 400·sigmoid((0.5 − r)/0.01), optionally hollow inside r = 0.2. Along a radial ray from outside
+    the optical depth is τ(r) = 400·0.01·softplus((0.5 − r)/0.01), so the 50 % opacity surface is the
+    sphere r* = 0.5 − 0.01·ln(exp(ln2/4) − 1) ≈ 0.5167."""
+
+    R_STAR = 0.5 - 0.01 * float(np.log(np.expm1(np.log(2) / 4.0)))
+
+    def __init__(self, hollow: bool = False):
+        super().__init__()
+        self.cfg, self.device, self.hollow = NeRFConfig(), torch.device("cpu"), hollow
+
+    def forward(self, x):
+        r = x.norm(dim=-1)
+        d = 400.0 * torch.sigmoid((0.5 - r) / 0.01)
+        if self.hollow:
+            d = torch.where(r < 0.2, torch.zeros_like(d), d)
+        return FieldOutput(d, torch.full_like(x, 0.5))
+
+
+def test_opacity_surface_of_a_soft_ball_and_its_voids():
+    """surface='opacity' (default) meshes where the accumulated opacity from outside is 0.5: at 96³ every
+    vertex lies within half a grid cell (0.0105) of the analytic r* (measured +0.003 … +0.008: off the
+    axes the six axis paths cross the edge obliquely, which moves the surface out a little), Chamfer to
+    that sphere < 2 % of its diameter (1.3 % measured, mostly vertex spacing); a ball hollow inside
+    meshes identically (τ there is large, so no void is seen)."""
+    solid = extract_mesh(_Ball(), MeshConfig(resolution=96))
+    r = np.linalg.norm(solid.vertices, axis=1)
+    print(f"r* {_Ball.R_STAR:.4f}: vertices r in [{r.min():.4f}, {r.max():.4f}], mean {r.mean():.4f}")
+    assert np.abs(r - _Ball.R_STAR).max() < 0.5 * 2.0 / 95
+    g = torch.Generator().manual_seed(0)
+    gt = torch.randn(4000, 3, generator=g)
+    gt = (_Ball.R_STAR * gt / gt.norm(dim=-1, keepdim=True)).numpy()
+    assert _chamfer(solid.vertices, gt) < 0.02 * 2 * _Ball.R_STAR
+    hollow = extract_mesh(_Ball(hollow=True), MeshConfig(resolution=96))
+    assert np.array_equal(hollow.faces, solid.faces) and np.array_equal(hollow.vertices, solid.vertices)
+
+
 def test_interior_voids_filled():
     """A hollow sphere meshes as the outer surface only when fill_cavities is on (default): same face
     count as the solid sphere, all vertices at r ≈ 0.5 (> 0.45); with it off the inner r=0.2 surface
     appears (more faces, vertices at r < 0.25)."""
-    solid = extract_mesh(_sphere_field(), MeshConfig(resolution=48, threshold=1.0))
-    filled = extract_mesh(_Hollow(_sphere_field()), MeshConfig(resolution=48, threshold=1.0))
-    raw = extract_mesh(_Hollow(_sphere_field()), MeshConfig(resolution=48, threshold=1.0, fill_cavities=False))
+    solid = extract_mesh(_sphere_field(), MeshConfig(resolution=48, surface="density", threshold=1.0))
+    filled = extract_mesh(_Hollow(_sphere_field()), MeshConfig(resolution=48, surface="density", threshold=1.0))
+    raw = extract_mesh(_Hollow(_sphere_field()), MeshConfig(resolution=48, surface="density", threshold=1.0, fill_cavities=False))
     assert len(filled.faces) == len(solid.faces)
     assert np.linalg.norm(filled.vertices, axis=1).min() > 0.45
     assert len(raw.faces) > len(solid.faces) and np.linalg.norm(raw.vertices, axis=1).min() < 0.25
@@ -92,7 +129,7 @@ def test_export_formats_load_in_trimesh(tmp_path):
     """GLB/OBJ/PLY written atomically reload in trimesh with the same vertex count and colours."""
     import trimesh
 
-    m = extract_mesh(_WithFloater(_sphere_field()), MeshConfig(resolution=24, threshold=1.0))
+    m = extract_mesh(_WithFloater(_sphere_field()), MeshConfig(resolution=24, surface="density", threshold=1.0))
     for fmt in ("glb", "obj", "ply"):
         p = export_mesh(m, tmp_path / f"m.{fmt}")
         loaded = trimesh.load(p, force="mesh", process=False)
@@ -120,7 +157,7 @@ def test_glb_imports_in_bpy_with_vertex_colours(tmp_path):
     """bpy.ops.import_scene.gltf reads the GLB: same face count, a colour attribute whose mean green is
     the field's 0.25 (linear 0.0508 after sRGB decoding, or 0.25 if kept as sRGB) to 0.01."""
     pytest.importorskip("bpy")
-    m = extract_mesh(_sphere_field(), MeshConfig(resolution=20, threshold=1.0))
+    m = extract_mesh(_sphere_field(), MeshConfig(resolution=20, surface="density", threshold=1.0))
     m.colors[:, :3] = (64, 64, 191)
     p = export_mesh(m, tmp_path / "s.glb")
     out = subprocess.run([sys.executable, "-c", _BPY_IMPORT, str(p)], capture_output=True, text=True, timeout=120)
@@ -137,7 +174,69 @@ def test_bad_inputs():
     with pytest.raises(MeshError, match="resolution"):
         MeshConfig(resolution=4096)
     with pytest.raises(MeshError, match="no surface"):
-        extract_mesh(_sphere_field(), MeshConfig(resolution=8, threshold=1e9))
+        extract_mesh(_sphere_field(), MeshConfig(resolution=8, surface="density", threshold=1e9))
+    with pytest.raises(MeshError, match="transparent"):
+        extract_mesh(_sphere_field(), MeshConfig(resolution=8, opacity_level=1 - 1e-12))
+    for bad in ({"surface": "sdf"}, {"opacity_level": 0.0}, {"opacity_level": 1.0}):
+        with pytest.raises(MeshError):
+            MeshConfig(**bad)
     m = MeshResult(np.zeros((3, 3), np.float32), np.array([[0, 1, 2]], np.int32), np.zeros((3, 4), np.uint8), 0)
     with pytest.raises(MeshError, match="format"):
         export_mesh(m, "/tmp/x.fbx")
+
+
+def _surfel_sphere(n: int = 10000, tangent: float = 0.015, normal: float = 0.004):
+    """A Gaussian sample of the sphere r = 0.5: flat opaque discs on the surface, tangent to it (as
+    Stage I Gaussians on a surface are), coloured by position."""
+    from interactive3d.backend.gaussians import Gaussians
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(n, 3, generator=g)
+    nrm = p / p.norm(dim=-1, keepdim=True)
+    q = torch.stack([1 + nrm[:, 2], -nrm[:, 1], nrm[:, 0], torch.zeros(n)], -1)  # rotates +z onto the normal
+    q = q / q.norm(dim=-1, keepdim=True)
+    rgb = torch.stack([(nrm[:, 0] + 1) / 2, (nrm[:, 1] + 1) / 2, 0.3 + 0.4 * (nrm[:, 2] > 0).float()], -1)
+    scales = torch.tensor([tangent, tangent, normal]).expand(n, 3).clone()
+    return Gaussians.from_activated(0.5 * nrm, rgb, torch.full((n,), 0.9), scales, q)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("geometry", [True, False], ids=["default-loss", "eq7-only"])
+def test_mesh_of_a_distilled_sphere_sample(tmp_path, geometry):
+    """Distil a Gaussian sample of the sphere r = 0.5 (80 steps on a 24-view pool of 128² renders,
+    8-level 2^14 grid, 64 samples per ray: ≈ 12 s on CPU), extract the default (50 % opacity) surface at
+    96³. With the default loss (Eq. 7 + opacity 0.1 + depth 0.03) the Chamfer distance to the exact sphere
+    is < 2 % of its diameter (1.4 % measured; radius 0.498 ± 0.012). Eq. 7 alone gives a rougher surface
+    (2.0 % measured, radius 0.487 ± 0.021; asserted < 3 %). The GLB reloads in trimesh with the vertex
+    colours (red follows x: correlation > 0.9, 0.98 measured)."""
+    import trimesh
+
+    from interactive3d.backend.distill import DistillConfig, DistillJob
+    from interactive3d.backend.nerf import RenderConfig
+    from interactive3d.backend.stage2 import SLOT
+
+    class _Session:
+        def __init__(self, g):
+            self.gaussians, self.device, self.extras = g, torch.device("cpu"), {}
+
+    s = _Session(_surfel_sphere())
+    cfg = DistillConfig(
+        steps=80, resolution=128, view_pool=24, rays_per_step=1024, lr_grid=0.03, lr_mlp=0.01,
+        render=RenderConfig(n_samples=64, stratified=True), occupancy_warmup=16, occupancy_every=8, preview_every=0,
+        **({} if geometry else {"opacity_weight": 0.0, "depth_weight": 0.0}),
+    )
+    field_cfg = NeRFConfig(grid=HashGridConfig(n_levels=8, n_features=2, log2_table_size=14), hidden=32)
+    job = DistillJob(s, cfg, field_cfg, backend="torch")
+    for i in range(cfg.steps):
+        job.step(i)
+    m = extract_mesh(s.extras[SLOT].field, MeshConfig(resolution=96))
+    gt = torch.randn(4000, 3, generator=torch.Generator().manual_seed(1))
+    gt = (0.5 * gt / gt.norm(dim=-1, keepdim=True)).numpy()
+    ch = _chamfer(m.vertices, gt)
+    r = np.linalg.norm(m.vertices, axis=1)
+    print(f"geometry terms {geometry}: Chamfer {ch:.4f}, vertex radius {r.mean():.4f} ± {r.std():.4f}, {len(m.faces)} faces")
+    assert ch < (0.02 if geometry else 0.03) * 1.0, ch
+    loaded = trimesh.load(export_mesh(m, tmp_path / "sphere.glb"), force="mesh", process=False)
+    assert len(loaded.faces) == len(m.faces)
+    red = np.asarray(loaded.visual.vertex_colors)[:, 0].astype(float)
+    assert np.corrcoef(red, np.asarray(loaded.vertices)[:, 0])[0, 1] > 0.9
