@@ -151,8 +151,12 @@ class Request:
         s = self.session
         if s is None:
             raise ValueError(f"op {self.op!r} has no session: start_job needs an OpSpec with session=True")
+        spec = self.server.specs.get(self.op)
+        suspend = None
         if s.job_active:
-            raise Busy(f"session {s.id} already has job {s.job.job_id} ({s.job.kind}, {s.job.state})")
+            if not (spec is not None and spec.preempts and preemptible(s)):
+                raise Busy(f"session {s.id} already has job {s.job.job_id} ({s.job.kind}, {s.job.state})")
+            suspend = s.job
         start, job_id = 0, uuid.uuid4().hex[:12]
         if self.resume is not None:
             load = getattr(job, "load_state_dict", None)
@@ -161,10 +165,14 @@ class Request:
             start, job_id = int(self.resume.step), self.resume.job_id
         elif record:
             s.record(label or self.op)
+        if suspend is not None:
+            # the Stage I job stops before its next step and waits; _job_ended hands the session back to it
+            s.suspended = (suspend, suspend.state == "running")
+            suspend.pause()
         runner = JobRunner(
             s, job, job_id, JobOrigin(self.op, dict(self.args), list(self.buffers), self.id),
             self.server._post_event, self.server.config.state_dir, self.server.config.job, start_step=start,
-            on_exit=self.server._release_thread,
+            on_exit=lambda: self.server._job_ended(s, runner),
         )
         s.job = runner
         runner.start(paused=self.paused)
@@ -173,6 +181,16 @@ class Request:
 
 
 Handler = Callable[[Request], "Reply | dict | None"]
+
+
+PREEMPTIBLE_KINDS = ("stage1",)
+
+
+def preemptible(s: Session) -> bool:
+    """The session's job is a Stage I job that is running, pausing or paused (not cancelling, not
+    already preempted): an op with ``preempts`` may start its own job in front of it."""
+    j = s.job
+    return s.suspended is None and j is not None and not j.finished and j.kind in PREEMPTIBLE_KINDS and j.state in ("running", "pausing", "paused")
 
 
 def _plain(v: Any) -> Any:
@@ -315,6 +333,8 @@ class Server:
         log.info("stopped")
 
     def _stop_and_checkpoint(self, s: Session) -> None:
+        if s.suspended is not None:  # a Stage I job paused for an interaction: only the latter is checkpointed
+            s.suspended[0].stop()
         runner = s.job
         if runner is not None and not runner.finished:
             runner.stop()
@@ -346,6 +366,8 @@ class Server:
         return s
 
     def close_session(self, s: Session, checkpoint: bool = False) -> None:
+        if s.suspended is not None:
+            s.suspended[0].cancel()
         runner = s.job
         if runner is not None and not runner.finished:
             runner.cancel()
@@ -410,6 +432,18 @@ class Server:
             sock.send(b"", zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the loop also polls with a timeout; a lost wake-up only delays the event
+
+    def _job_ended(self, s: Session, runner: JobRunner) -> None:
+        """Called on a job's thread as it ends: give the session back to a Stage I job it preempted."""
+        self._release_thread()
+        with s.lock:
+            if s.suspended is None or s.job is not runner:
+                return
+            (suspended, was_running), s.suspended = s.suspended, None
+            s.job = suspended
+        if was_running:
+            suspended.resume()
+        log.info("session %s: job %s ended; %s job %s is back (%s)", s.id, runner.job_id, suspended.kind, suspended.job_id, suspended.state)
 
     def _release_thread(self) -> None:
         """Close the calling thread's wake-up socket (a job thread calls this as it ends)."""
@@ -507,7 +541,7 @@ class Server:
                 session = self.get_session(sid)
             if isinstance(sid, str) and sid in self.sessions:
                 self._subscribers[sid] = identity  # events follow the client's latest socket
-            if spec.starts_job and session is not None and session.job_active:
+            if spec.starts_job and session is not None and session.job_active and not (spec.preempts and preemptible(session)):
                 raise Busy(f"session {session.id} already has job {session.job.job_id} ({session.job.kind}, {session.job.state})")
             req = Request(op, rid, args, msg.buffers, session, self, identity=identity)
             out = handler(req)

@@ -106,6 +106,7 @@ class Session:
         self.lock = threading.RLock()
         self.history = History(history_depth)
         self.job = None  # backend.jobs.JobRunner of the current or last job
+        self.suspended = None  # (JobRunner, was_running): a Stage I job paused for an interaction job
         self.created = time.time()
 
     # -- snapshots --------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ class Session:
     @property
     def job_active(self) -> bool:
         """A job is running, pausing, paused or cancelling (not finished)."""
-        return self.job is not None and not self.job.finished
+        return (self.job is not None and not self.job.finished) or self.suspended is not None
 
     def summary(self) -> dict:
         with self.lock:

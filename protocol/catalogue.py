@@ -123,6 +123,9 @@ class OpSpec:
         session: it acts on a session — ``args["session"]`` is required and resolved by the server
             (``not_found`` when unknown) before the handler runs.
         starts_job: it starts a job on the session (``busy`` if one is in flight).
+        preempts: its job may start while a Stage I job runs or is paused: the Stage I job pauses
+            (``paused`` event) until this job ends, then carries on as it was (``resumed`` if it was
+            running); ``busy`` while another job holds the session.
     """
 
     name: str
@@ -135,6 +138,7 @@ class OpSpec:
     errors: tuple[str, ...] = ()
     session: bool = False
     starts_job: bool = False
+    preempts: bool = False
 
     def __post_init__(self) -> None:
         names = [a.name for a in self.args]
@@ -624,6 +628,7 @@ _INTERACTION_OPS: list[OpSpec] = [
         events=("progress", "state", "done", "error"),
         session=True,
         starts_job=True,
+        preempts=True,
         errors=("busy", "not_found"),
     ),
     OpSpec(
@@ -640,6 +645,7 @@ _INTERACTION_OPS: list[OpSpec] = [
         events=("progress", "state", "done", "error"),
         session=True,
         starts_job=True,
+        preempts=True,
         errors=("busy", "not_found"),
     ),
     OpSpec(
@@ -824,6 +830,8 @@ def _section(title: str, ops: list[OpSpec]) -> list[str]:
             flags.append("acts on a session")
         if s.starts_job:
             flags.append("starts a job")
+        if s.preempts:
+            flags.append("pauses a Stage I job for its duration")
         if flags:
             lines += ["*" + ", ".join(flags) + "*", ""]
         if s.all_args:

@@ -1,0 +1,117 @@
+"""Interaction jobs (drag, semantic edit) while a Stage I job runs or is paused (issue 4, "applicable while
+the Stage I job is paused or running").
+
+The interaction's job starts in front of the Stage I job: Stage I stops before its next step (``paused``
+event), the interaction runs to its end, and Stage I carries on as it was — resumed if it was running,
+still paused if the artist had paused it. Real server, real ZeroMQ client, the real Stage I job with the
+oracle guidance.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from _server_helpers import ThreadedServer
+from interactive3d.protocol.client import Client, RemoteError
+
+
+@pytest.fixture(scope="module")
+def client():
+    ts = ThreadedServer()
+    c = Client(ts.address)
+    yield c
+    c.close()
+    ts.stop()
+
+
+def _stage1_session(c: Client, tmp_path, steps: int) -> tuple[str, str]:
+    ref = c.request("session.create").result["session"]
+    c.request("gaussians.init", {"session": ref, "kind": "random", "n": 150, "seed": 7})
+    path = str(tmp_path / "ref.ply")
+    c.request("gaussians.save_ply", {"session": ref, "path": path})
+    sid = c.request("session.create").result["session"]
+    c.request("gaussians.init", {"session": sid, "kind": "random", "n": 150, "seed": 1})
+    job = c.request("stage1.start", {"session": sid, "guidance": "oracle", "reference_path": path, "steps": steps,
+                                     "batch": 1, "resolution": 24, "densify": False, "seed": 1}).result["job"]
+    return sid, job
+
+
+def _events_until(c: Client, pred, timeout: float = 60.0) -> list:
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in c.poll(50):
+            if m.kind == "event":
+                seen.append(m)
+                if pred(m):
+                    return seen
+    raise AssertionError(f"timed out; saw {[(m.header.get('job'), m.event) for m in seen]}")
+
+
+def _drag_args(c: Client, sid: str, steps: int) -> dict:
+    st = np.array(c.request("state.get", {"session": sid}).buffers[0])
+    src = st[0, :3].astype(float)
+    return {"session": sid, "source": src.tolist(), "target": (src + [0.2, 0.0, 0.0]).tolist(), "radius": 0.3,
+            "mode": "rigid", "steps": steps, "densify_after": False}
+
+
+def _status(c: Client, sid: str) -> dict:
+    return c.request("job.status", {"session": sid}).result
+
+
+def test_drag_while_stage1_runs_pauses_it_then_it_resumes(client, tmp_path):
+    """A drag started while Stage I runs: Stage I emits 'paused', takes no step while the drag runs, the
+    drag ends 'done' with its source moved by the offset (to 1e-3), Stage I emits 'resumed' and goes on
+    stepping. Meanwhile a second drag and an undo are 'busy'."""
+    c = client
+    sid, s1 = _stage1_session(c, tmp_path, steps=100_000)
+    _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "progress" and m.data["step"] >= 3)
+    args = _drag_args(c, sid, steps=60)
+    drag = c.request("interact.drag", args).result["job"]
+    for op, a in (("interact.drag", args), ("history.undo", {"session": sid}), ("stage1.start", {"session": sid})):
+        with pytest.raises(RemoteError) as err:
+            c.request(op, a)
+        assert err.value.code == "busy", op
+    seen = _events_until(c, lambda m: m.header.get("job") == drag and m.event in ("done", "error"))
+    assert seen[-1].event == "done", seen[-1].data
+    paused = [i for i, m in enumerate(seen) if m.header.get("job") == s1 and m.event == "paused"]
+    assert len(paused) == 1
+    s1_steps_after = [m for m in seen[paused[0]:] if m.header.get("job") == s1 and m.event == "progress"]
+    assert s1_steps_after == []  # no Stage I step while the drag ran
+    _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "resumed")
+    step_then = _status(c, sid)["step"]
+    _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "progress" and m.data["step"] >= step_then + 2)
+    st = _status(c, sid)
+    assert st["job"] == s1 and st["kind"] == "stage1" and st["state"] == "running"
+    c.request("job.cancel", {"session": sid})
+    _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "done")
+
+
+def test_drag_while_stage1_is_paused_leaves_it_paused(client, tmp_path):
+    """With Stage I paused by the artist, a drag runs (the Gaussians near the source move by the offset)
+    and Stage I is still paused at the same step afterwards, the session's job again; cancelling it
+    then ends it 'cancelled' at that step."""
+    c = client
+    sid, s1 = _stage1_session(c, tmp_path, steps=100_000)
+    _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "progress")
+    c.request("job.pause", {"session": sid})
+    _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "paused")
+    step = _status(c, sid)["step"]
+    before = np.array(c.request("state.get", {"session": sid}).buffers[0])
+    args = _drag_args(c, sid, steps=10)
+    drag = c.request("interact.drag", args).result["job"]
+    seen = _events_until(c, lambda m: m.header.get("job") == drag and m.event in ("done", "error"))
+    assert seen[-1].event == "done", seen[-1].data
+    deadline = time.monotonic() + 10
+    while _status(c, sid)["job"] != s1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    st = _status(c, sid)
+    assert st["job"] == s1 and st["state"] == "paused" and st["step"] == step
+    after = np.array(c.request("state.get", {"session": sid}).buffers[0])
+    moved = np.linalg.norm(after[0, :3] - before[0, :3] - [0.2, 0.0, 0.0])
+    assert moved < 1e-3, moved
+    c.request("job.cancel", {"session": sid})  # cancel from paused ends the job between two steps
+    done = _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "done")[-1]
+    assert done.data["status"] == "cancelled" and done.data["steps"] == step
