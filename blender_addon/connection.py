@@ -44,6 +44,7 @@ DISCONNECTED, CONNECTING, CONNECTED = "DISCONNECTED", "CONNECTING", "CONNECTED"
 # Job states as the backend reports them (catalogue _JOB_RESULT); "idle" when there is no job.
 JOB_ACTIVE = ("running", "pausing", "paused", "cancelling")
 JOB_FINISHED = ("done", "cancelled", "error")
+STAGE1_KINDS = ("stage1", "stage1.start")  # the job kind as job.status names it / the op that starts it
 DEFAULT_OBJECT_NAME = "Interactive3D"
 
 
@@ -163,6 +164,10 @@ class Connection:
         self.object_name: str | None = None
         self.count = 0  # Gaussians in the last state frame applied
         self.job = JobProgress()
+        # A Stage I job the backend paused for an interaction job (drag, semantic edit): its events still
+        # update it; it is the session's job again when the interaction ends (then kept in `ended`).
+        self.suspended: JobProgress | None = None
+        self.ended: JobProgress | None = None
         self.history: dict = {"undo": [], "redo": []}
         self.pending: dict[str, Pending] = {}
         self.last_error = ""
@@ -180,7 +185,19 @@ class Connection:
 
     @property
     def job_active(self) -> bool:
-        return self.job.state in JOB_ACTIVE
+        return self.job.state in JOB_ACTIVE or self.suspended is not None
+
+    def can_interact(self, preempts: bool = False) -> bool:
+        """Whether an interaction may be sent now: with no job in flight; with a paused Stage I job (the
+        splats hold still, so Edit-Mode indices are valid); and for ops whose job pauses Stage I for its
+        own duration (``preempts``: drag, semantic edit) also while Stage I runs."""
+        if not self.connected:
+            return False
+        if not self.job_active:
+            return True
+        if self.suspended is not None or self.job.kind not in STAGE1_KINDS:
+            return False
+        return self.job.state in (("running", "pausing", "paused") if preempts else ("paused",))
 
     def _fail(self, message: str) -> None:
         """Mark the backend unreachable: close the client, keep session/object for a reconnect."""
@@ -223,6 +240,7 @@ class Connection:
         self.session = None
         self.pending.clear()
         self.job = JobProgress()
+        self.suspended = None
         self.last_error = ""
 
     # -- sending -------------------------------------------------------------------------------------------
@@ -325,8 +343,19 @@ class Connection:
             if self.session is not None and msg.header.get("session") not in (None, self.session):
                 return
             handler = _EVENT_HANDLERS.get(msg.event)
-            if handler is not None:
-                handler(self, msg.data, list(msg.buffers), msg.header.get("job"))
+            if handler is None:
+                return
+            job = msg.header.get("job")
+            if self.suspended is not None and job == self.suspended.job:
+                self.job, self.suspended = self.suspended, self.job  # the paused Stage I job's own event
+                try:
+                    handler(self, msg.data, list(msg.buffers), job)
+                finally:
+                    self.job, self.suspended = self.suspended, self.job
+                return
+            handler(self, msg.data, list(msg.buffers), job)
+            if self.suspended is not None and job == self.job.job and self.job.state in JOB_FINISHED:
+                self.ended, self.job, self.suspended = self.job, self.suspended, None  # Stage I is back
 
     def _on_error(self, p: Pending, code: str, message: str) -> bool:
         """Apply an error reply; True when a follow-up recovered from it (re-attaching a session)."""
@@ -349,12 +378,16 @@ class Connection:
 
     # -- waiting (batch mode) --------------------------------------------------------------------------
     def wait_job(self, timeout: float = 600.0, scene=None) -> str:
-        """Block until the session's job ends (or the backend is lost); returns the job state."""
+        """Block until the session's job ends (or the backend is lost); returns the job state. An
+        interaction that paused a Stage I job counts as ended when it ends (``ended`` keeps it)."""
         deadline = time.monotonic() + timeout
+        waiting_for = self.job.job
         while time.monotonic() < deadline:
             sync_step(self, scene=scene, timeout_ms=100)
             if self.status == DISCONNECTED:
                 return self.job.state
+            if self.ended is not None and self.ended.job == waiting_for and self.job.job != waiting_for:
+                return self.ended.state
             if (self.job.state in JOB_FINISHED or self.job.state == "paused") and not self.pending:
                 return self.job.state
         raise TimeoutError(f"job {self.job.job} still {self.job.state} after {timeout:g} s")
@@ -437,6 +470,8 @@ def _on_job_status(conn: Connection, p: Pending, result: dict, buffers: list) ->
 
 
 def _on_job_started(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
+    if conn.job.state in JOB_ACTIVE and conn.job.kind in STAGE1_KINDS and result.get("job") != conn.job.job:
+        conn.suspended = conn.job  # the backend paused Stage I for this job (catalogue: preempts)
     conn.job = JobProgress(job=result.get("job"), kind=p.op, state="running", step=0,
                            total=int(result.get("total", result.get("steps", 0)) or 0),
                            started_at=time.monotonic())

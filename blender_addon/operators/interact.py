@@ -20,9 +20,10 @@ SELECTION_PART = "blender_selection"
 TRANSFORM_EMPTY = "I3D Transform"
 
 
-def _job_poll(context) -> bool:
-    conn = connection.get()
-    return conn.connected and not conn.job_active
+def _job_poll(context, preempts: bool = False) -> bool:
+    """Interactions need no job in flight, or a paused Stage I job; drag and semantic edit (their jobs
+    pause Stage I for their duration, see Connection.can_interact) also a running one."""
+    return connection.get().can_interact(preempts)
 
 
 def _selection(op_self, context):
@@ -185,7 +186,7 @@ class I3D_OT_drag(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return _job_poll(context)
+        return _job_poll(context, preempts=True)
 
     def invoke(self, context, event):
         return self.execute(context)
@@ -230,11 +231,13 @@ def _sds_args(p) -> dict:
 def _maybe_wait(op_self, context, wait: bool):
     conn = connection.get()
     if is_blocking() and wait:
+        started = conn.job.job
         state = conn.wait_job(scene=context.scene)
         if conn.status == connection.DISCONNECTED:
             op_self.report({"ERROR"}, f"Backend lost during the job: {conn.last_error}")
             return {"CANCELLED"}
-        op_self.report({"INFO"}, f"Job {state} at step {conn.job.step}")
+        job = conn.ended if conn.ended is not None and conn.ended.job == started else conn.job
+        op_self.report({"INFO"}, f"Job {state} at step {job.step}")
     else:
         ensure_timer()
     return {"FINISHED"}
@@ -253,7 +256,7 @@ class I3D_OT_semantic_edit(bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        return _job_poll(context)
+        return _job_poll(context, preempts=True)
 
     def execute(self, context):
         p = context.scene.i3d

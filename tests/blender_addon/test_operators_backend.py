@@ -235,6 +235,44 @@ def test_generate_with_oracle_guidance_then_semantic_edit(conn, tmp_path):
     np.testing.assert_array_equal(edited[:n][~mask, :3], after[~mask, :3])
 
 
+def test_drag_while_generating_pauses_stage1_then_it_carries_on(conn, tmp_path):
+    """i3d.generate (oracle, 100000 steps, not waiting) runs; i3d.drag is enabled meanwhile (its job
+    pauses Stage I on the backend) while i3d.remove_selected is not (indices shift while Stage I runs).
+    The drag (rigid, 10 steps, wait) ends 'done' and the connection's job is Stage I again, which
+    resumes and keeps stepping; Stop cancels it."""
+    import time
+
+    from interactive3d.protocol import ply
+
+    ref = tmp_path / "ref.ply"
+    ply.write_ply(str(ref), ply.state_to_splat(random_state(200, seed=5, spread=0.4)))
+    conn.call("gaussians.init", {"kind": "random", "n": 256, "radius": 0.5, "seed": 1}, kind="edit")
+    p = bpy.context.scene.i3d
+    p.steps, p.guidance = 100_000, "oracle"
+    assert bpy.ops.i3d.generate(init="NONE", reference_path=str(ref), resolution=24, batch=1, wait=False) == {"FINISHED"}
+    stage1 = conn.job.job
+    deadline = time.monotonic() + 30
+    while conn.job.step < 3 and time.monotonic() < deadline:
+        connection.sync_step(conn, timeout_ms=50)
+    assert conn.job.state == "running" and conn.job.step >= 3
+    assert bpy.ops.i3d.drag.poll() and not bpy.ops.i3d.remove_selected.poll()
+
+    obj = bpy.data.objects[conn.object_name]
+    src = world_positions(obj)[0]
+    p.drag_source, p.drag_target, p.drag_radius = src.tolist(), (src + [0.0, 0.0, 0.2]).tolist(), 0.3
+    p.drag_mode, p.drag_steps = "rigid", 10
+    assert bpy.ops.i3d.drag(wait=True) == {"FINISHED"}
+    assert conn.ended is not None and conn.ended.state == "done" and conn.ended.step == 10
+    assert conn.job.job == stage1 and conn.suspended is None
+    step = conn.job.step
+    deadline = time.monotonic() + 30
+    while conn.job.step < step + 2 and time.monotonic() < deadline:
+        connection.sync_step(conn, timeout_ms=50)
+    assert conn.job.state == "running" and conn.job.step >= step + 2
+    assert bpy.ops.i3d.stop() == {"FINISHED"}
+    assert conn.wait_job(timeout=30) == "cancelled"
+
+
 @pytest.mark.slow
 def test_to_nerf_refine_region_extract_mesh(conn):
     """Stage II through the operators (~18 s on 2 cores): i3d.to_nerf (20 distil steps at 32², 4 hash
