@@ -12,6 +12,7 @@ Run as a module to serve with the extra ops:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import threading
@@ -166,3 +167,17 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@contextlib.contextmanager
+def threaded_client():
+    """A :class:`ThreadedServer` and a client connected to it, both closed on exit."""
+    from interactive3d.protocol.client import Client
+
+    ts = ThreadedServer()
+    c = Client(ts.address)
+    try:
+        yield c
+    finally:
+        c.close()
+        ts.stop()

@@ -5,18 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _server_helpers import ThreadedServer
+from _server_helpers import threaded_client
 from interactive3d.protocol.client import Client
 from interactive3d.protocol.errors import RemoteError
 
 
 @pytest.fixture(scope="module")
 def server():
-    ts = ThreadedServer()
-    c = Client(ts.address)
-    yield c
-    c.close()
-    ts.stop()
+    with threaded_client() as c:
+        yield c
 
 
 def _session(c: Client) -> str:

@@ -14,17 +14,14 @@ import time
 import numpy as np
 import pytest
 
-from _server_helpers import ThreadedServer
+from _server_helpers import threaded_client
 from interactive3d.protocol.client import Client, RemoteError
 
 
 @pytest.fixture(scope="module")
 def client():
-    ts = ThreadedServer()
-    c = Client(ts.address)
-    yield c
-    c.close()
-    ts.stop()
+    with threaded_client() as c:
+        yield c
 
 
 def _stage1_session(c: Client, tmp_path, steps: int) -> tuple[str, str]:
