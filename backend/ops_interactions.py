@@ -236,6 +236,8 @@ def handle_remove(req) -> dict:
             raise InvalidArgs("refusing to remove every Gaussian of the session")
         s.record(label)
         res = remove_part(g, s.optimizers, mask)
+        if args.get("part"):
+            del g.buffers[f"part:{args['part']}"]  # the part is gone, not an empty name (undo restores it)
         return {"removed": res.removed, "count": res.remaining}
 
 

@@ -103,12 +103,13 @@ def test_transform_matches_direct_call_and_undo_is_exact(server, client, session
 
 
 def test_remove_and_merge(client, session, tmp_path):
-    """parts.remove drops exactly the part; parts.add merges a state-frame payload with a translation as
+    """parts.remove drops exactly the part (and its name); parts.add merges a state-frame payload with a translation as
     part 'copy' (count and positions exact); undo twice returns the original frame bit for bit."""
     before, _ = _state(client, session)
     n_right = int((before[:, 0] >= 0.1).sum())
     r = client.request("parts.remove", {"session": session, "part": "right"}).result
     assert r == {"removed": n_right, "count": N - n_right}
+    assert "right" not in client.request("parts.list", {"session": session}).result["parts"]
     payload = before[:10].copy()
     m = np.eye(4, dtype=np.float32)
     m[:3, 3] = (2.0, 0.0, 0.0)
@@ -120,6 +121,7 @@ def test_remove_and_merge(client, session, tmp_path):
     client.request("history.undo", {"session": session})
     client.request("history.undo", {"session": session})
     np.testing.assert_array_equal(_state(client, session)[0], before)
+    assert client.request("parts.list", {"session": session}).result["parts"]["right"] == n_right
 
 
 def test_rigid_drag_job_and_undo(client, session):
