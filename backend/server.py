@@ -441,6 +441,10 @@ class Server:
                 return
             (suspended, was_running), s.suspended = s.suspended, None
             s.job = suspended
+        try:  # the interaction's last checkpoint has no job: record the Stage I job again right away
+            suspended.write_checkpoint(keep_job=True)
+        except Exception:  # noqa: BLE001 - a failed checkpoint must not strand the paused job
+            log.exception("checkpoint of session %s after job %s failed", s.id, runner.job_id)
         if was_running:
             suspended.resume()
         log.info("session %s: job %s ended; %s job %s is back (%s)", s.id, runner.job_id, suspended.kind, suspended.job_id, suspended.state)

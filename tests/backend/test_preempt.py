@@ -115,3 +115,35 @@ def test_drag_while_stage1_is_paused_leaves_it_paused(client, tmp_path):
     c.request("job.cancel", {"session": sid})  # cancel from paused ends the job between two steps
     done = _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "done")[-1]
     assert done.data["status"] == "cancelled" and done.data["steps"] == step
+
+
+def test_checkpoint_after_the_interaction_records_the_stage1_job(tmp_path):
+    """With a state dir, the checkpoint written when the drag ends records the Stage I job again (op,
+    step, paused), so a crash right after an interaction still resumes generation."""
+    from _server_helpers import ThreadedServer
+
+    from interactive3d.backend import checkpoint
+
+    ts = ThreadedServer(state_dir=str(tmp_path / "state"))
+    c = Client(ts.address)
+    try:
+        sid, s1 = _stage1_session(c, tmp_path, steps=100_000)
+        _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "progress")
+        c.request("job.pause", {"session": sid})
+        _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "paused")
+        step = _status(c, sid)["step"]
+        drag = c.request("interact.drag", _drag_args(c, sid, steps=5)).result["job"]
+        _events_until(c, lambda m: m.header.get("job") == drag and m.event == "done")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ck = checkpoint.read(str(tmp_path / "state"), sid)
+            if ck.job is not None and ck.job.op == "stage1.start":
+                break
+            time.sleep(0.05)
+        assert ck.job is not None and ck.job.op == "stage1.start" and ck.job.job_id == s1 and ck.job.step == step
+        assert ck.job.paused
+        c.request("job.cancel", {"session": sid})
+    finally:
+        c.close()
+        ts.stop()
+
