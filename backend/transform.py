@@ -9,7 +9,9 @@ the part's bounding box by default):
 Σ' is re-factorised into the stored scale and rotation. When A is a (possibly mirrored) similarity
 ``A = ±s R`` the rotation is composed into the quaternion directly (exact, keeps each Gaussian's axis
 order); otherwise Σ' is eigendecomposed in float64 in closed form (:func:`eigh3`) into a proper frame.
-Higher spherical-harmonics bands are not rotated (the default Stage I degree is 0).
+View-dependent colour turns with the part: the spherical-harmonics bands of degree ≥ 1 are rotated by
+the orthogonal factor O of A's polar decomposition (O = A/s exactly for similarities, mirrors included),
+so that the colour seen along d afterwards is the colour seen along Oᵀd before (:func:`sh_rotation`).
 """
 
 from __future__ import annotations
@@ -338,9 +340,49 @@ def transform_part(
         g.params["means"][rows] = new_mu.to(dtype)
         g.params["log_scales"][rows] = new_log_s.to(dtype)
         g.params["quats"][rows] = new_q.to(dtype)
+        moved = ("means", "log_scales", "quats")
+        if g.sh_degree > 0:
+            rot = sh_rotation(orthogonal_factor(a), g.sh_degree).to(g.params["sh"].device, g.params["sh"].dtype)
+            sh = g.params["sh"][rows]
+            g.params["sh"][rows] = torch.einsum("ij,njc->nic", rot, sh)
+            moved += ("sh",)
         if optimizers is not None:
-            reset_moments(g, optimizers, mask, ("means", "log_scales", "quats"))
+            reset_moments(g, optimizers, mask, moved)
     return TransformResult(count=int(idx.numel()), pivot=c.to(dtype), similarity=sim is not None)
+
+
+def _fibonacci_dirs(n: int, dtype=torch.float64) -> Tensor:
+    """[n,3] unit directions spread evenly over the sphere."""
+    i = torch.arange(n, dtype=dtype) + 0.5
+    z = 1.0 - 2.0 * i / n
+    r = (1.0 - z * z).clamp_min(0.0).sqrt()
+    phi = math.pi * (3.0 - math.sqrt(5.0)) * i
+    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+
+
+def sh_rotation(o: Tensor, degree: int) -> Tensor:
+    """[K,K] (K = (degree+1)²) block-diagonal matrix taking SH coefficients c to c' with
+    Σ c'·Y(d) = Σ c·Y(oᵀd) for an orthogonal [3,3] o (rotation or mirror): each band l is fitted by least
+    squares on 64 directions, where the fit is exact because band l of Y(oᵀd) lies in the span of band l."""
+    from .render import sh_basis
+
+    o = o.double()
+    d = _fibonacci_dirs(64)
+    before, after = sh_basis(degree, d), sh_basis(degree, d @ o)  # Y(d), Y(oᵀd) (rows of d @ o are oᵀd)
+    k = (degree + 1) ** 2
+    out = torch.zeros(k, k, dtype=torch.float64)
+    out[0, 0] = 1.0
+    for band in range(1, degree + 1):
+        sl = slice(band * band, (band + 1) * (band + 1))
+        out[sl, sl] = torch.linalg.lstsq(before[:, sl], after[:, sl]).solution
+    return out
+
+
+def orthogonal_factor(a: Tensor) -> Tensor:
+    """The orthogonal factor O of the polar decomposition A = O P (P symmetric positive): the rotation
+    (or mirror) part of a stretch, shear or similarity [3,3]."""
+    u, _, vh = torch.linalg.svd(a.double())
+    return u @ vh
 
 
 def reset_moments(
