@@ -59,6 +59,9 @@ class Checkpoint:
     undo: list[SessionState] = field(default_factory=list)
     redo: list[SessionState] = field(default_factory=list)
     job: JobRecord | None = None
+    # a Stage I job paused behind ``job`` (an interaction that preempts it); its ``paused`` says how it
+    # goes on once ``job`` ends: False resumes it, True leaves it paused as the artist had it
+    suspended: JobRecord | None = None
     time: float = field(default_factory=time.time)
 
 
@@ -106,8 +109,15 @@ def _state_from_plain(d: dict, device: torch.device, objects: dict[str, Any], tr
 
 
 def capture(session: Session, job: JobRecord | None = None, with_history: bool = True) -> Checkpoint:
-    """Copy everything a checkpoint needs (hold ``session.lock`` only this long; writing is separate)."""
+    """Copy everything a checkpoint needs (hold ``session.lock`` only this long; writing is separate).
+
+    With a ``job`` record, a Stage I job the session holds suspended behind it is recorded too."""
     with session.lock:
+        suspended = None
+        if job is not None and session.suspended is not None:
+            runner, was_running = session.suspended
+            suspended = runner.record()
+            suspended.paused = not was_running
         return Checkpoint(
             session_id=session.id,
             name=session.name,
@@ -115,6 +125,7 @@ def capture(session: Session, job: JobRecord | None = None, with_history: bool =
             undo=list(session.history.undo) if with_history else [],
             redo=list(session.history.redo) if with_history else [],
             job=job,
+            suspended=suspended,
         )
 
 
@@ -149,6 +160,7 @@ def write(state_dir: str | Path, ckpt: Checkpoint) -> Path:
         "undo": [s.uid for s in ckpt.undo],
         "redo": [s.uid for s in ckpt.redo],
         "job": None if ckpt.job is None else vars(ckpt.job),
+        "suspended": None if ckpt.suspended is None else vars(ckpt.suspended),
     }
     _atomic_save(payload, path)
     keep = {f"{s.uid}.pt" for s in (*ckpt.undo, *ckpt.redo)}
@@ -170,7 +182,7 @@ def read(state_dir: str | Path, session_id: str, device: torch.device | str = "c
         raise ValueError(f"{path} is not an interactive3d checkpoint of format {FORMAT_VERSION}")
     device = torch.device(device)
     objects: dict[str, Any] = {}
-    job = payload["job"]
+    job, suspended = payload["job"], payload.get("suspended")  # files from before preemption have no "suspended"
 
     def entry(uid: str) -> SessionState:
         d = torch.load(path.parent / HISTORY_DIR / f"{uid}.pt", map_location=device, weights_only=False)
@@ -185,6 +197,7 @@ def read(state_dir: str | Path, session_id: str, device: torch.device | str = "c
         undo=[entry(u) for u in payload["undo"]],
         redo=[entry(u) for u in payload["redo"]],
         job=None if job is None else JobRecord(**job),
+        suspended=None if suspended is None else JobRecord(**suspended),
         time=payload["time"],
     )
 

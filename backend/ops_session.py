@@ -50,7 +50,8 @@ def session_close(req: Request) -> Reply:
 def session_resume(req: Request) -> Reply:
     s, job, step = req.server.resume_session(req.args["session"], req.identity, req.args["paused"])
     n = 0 if s.gaussians is None else s.gaussians.n
-    return Reply({"session": s.id, "count": n, "job": job, "step": step})
+    behind = None if s.suspended is None else s.suspended[0].job_id
+    return Reply({"session": s.id, "count": n, "job": job, "step": step, "suspended": behind})
 
 
 def session_checkpoint(req: Request) -> Reply:

@@ -333,7 +333,7 @@ class Server:
         log.info("stopped")
 
     def _stop_and_checkpoint(self, s: Session) -> None:
-        if s.suspended is not None:  # a Stage I job paused for an interaction: only the latter is checkpointed
+        if s.suspended is not None:  # a Stage I job paused for an interaction: recorded with it (checkpoint.capture)
             s.suspended[0].stop()
         runner = s.job
         if runner is not None and not runner.finished:
@@ -399,17 +399,33 @@ class Server:
             self._subscribers[s.id] = identity
         if c.job is None:
             return s, None, 0
-        spec, handler = self.specs.get(c.job.op), self.handlers.get(c.job.op)
-        if spec is None or handler is None:
-            log.warning("checkpointed job op %s of session %s is not served here; session restored without it", c.job.op, s.id)
-            return s, None, 0
-        req = Request(c.job.op, uuid.uuid4().hex, dict(c.job.args), list(c.job.buffers), s, self, resume=c.job, paused=paused or c.job.paused)
         try:
-            handler(req)
+            if c.suspended is not None and self._restart_job(s, c.suspended, paused=True):
+                # a Stage I job was paused behind an interaction: it is back paused, the interaction starts
+                # in front of it (preempts), and Stage I goes on afterwards as the checkpoint says
+                if not self._restart_job(s, c.job, paused or c.job.paused):
+                    return s, s.job.job_id, c.suspended.step
+                s.suspended = (s.suspended[0], not (paused or c.suspended.paused))
+                return s, s.job.job_id, c.job.step
+            if not self._restart_job(s, c.job, paused or c.job.paused):
+                return s, None, 0
         except Exception:
+            for runner in (s.job, s.suspended and s.suspended[0]):
+                if runner:
+                    runner.cancel()
             self.sessions.pop(s.id, None)
             raise
         return s, s.job.job_id if s.job is not None else None, c.job.step
+
+    def _restart_job(self, s: Session, rec: ckpt_mod.JobRecord, paused: bool) -> bool:
+        """Re-run the op that started a checkpointed job, continuing from its record; False if the op
+        is not served here (the session is then restored without the job)."""
+        handler = self.handlers.get(rec.op)
+        if rec.op not in self.specs or handler is None:
+            log.warning("checkpointed job op %s of session %s is not served here; session restored without it", rec.op, s.id)
+            return False
+        handler(Request(rec.op, uuid.uuid4().hex, dict(rec.args), list(rec.buffers), s, self, resume=rec, paused=paused))
+        return True
 
     # -- events from job threads ---------------------------------------------------------------------
     def _post_event(self, session_id: str, header: dict, buffers: list) -> None:

@@ -334,6 +334,8 @@ _SERVER_OPS: list[OpSpec] = [
             ("count", "Gaussians restored"),
             ("job", "the restarted job id or null"),
             ("step", "step the job continues from (0 if none)"),
+            ("suspended", "id of a Stage I job restarted paused behind that job (an interaction that preempts "
+                          "it), which goes on when the interaction ends; null if none"),
         ),
         events=("progress", "state", "done", "error"),
         errors=("not_found", "busy"),

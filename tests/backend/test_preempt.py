@@ -147,3 +147,75 @@ def test_checkpoint_after_the_interaction_records_the_stage1_job(tmp_path):
         c.close()
         ts.stop()
 
+
+
+@pytest.mark.slow
+def test_kill9_mid_drag_resumes_the_drag_then_stage1(tmp_path):
+    """`kill -9` while a drag runs in front of a running Stage I job: the periodic checkpoint holds both.
+    After a restart, session.resume restarts the drag (same job id, a checkpoint step at most one interval
+    behind the last reported one) with Stage I paused behind it at the step it had when the drag began;
+    the drag ends 'done', then Stage I emits 'resumed' and steps on from there."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    addr, state, log = f"ipc://{tmp_path}/p.sock", tmp_path / "state", tmp_path / "server.log"
+    every = 3
+
+    def spawn():
+        with open(log, "ab") as f:
+            return subprocess.Popen([sys.executable, str(root / "tests" / "backend" / "_server_helpers.py"), "--bind", addr,
+                                     "--state-dir", str(state), "--checkpoint-every", str(every)],
+                                    cwd=root, stdout=f, stderr=subprocess.STDOUT)
+
+    def wait_up(c, proc):
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                return c.request("ping", timeout=1.0, retries=0)
+            except TimeoutError:
+                continue
+        raise AssertionError("server did not come up")
+
+    proc = spawn()
+    c = Client(addr)
+    try:
+        wait_up(c, proc)
+        sid, s1 = _stage1_session(c, tmp_path, steps=100_000)
+        _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "progress" and m.data["step"] >= 4)
+        drag = c.request("interact.drag", _drag_args(c, sid, steps=100_000)).result["job"]
+        seen = _events_until(c, lambda m: m.header.get("job") == drag and m.event == "progress" and m.data["step"] >= 2 * every + 1)
+        s1_step = _paused_step(seen, s1)
+        last = max(m.data["step"] for m in seen if m.header.get("job") == drag and m.event == "progress")
+        proc.kill()  # SIGKILL: nothing gets written now
+        proc.wait(30)
+
+        proc = spawn()
+        wait_up(c, proc)
+        r = c.request("session.resume", {"session": sid}).result
+        assert r["job"] == drag and r["suspended"] == s1
+        assert r["step"] > 0 and r["step"] % every == 0 and r["step"] >= last - every - 1
+        st = _status(c, sid)
+        assert st["job"] == drag and st["kind"] == "drag" and st["state"] == "running"
+        c.request("job.cancel", {"session": sid})  # ends the drag; Stage I goes on as it was: running
+        seen = _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "progress")
+        assert [m.event for m in seen if m.header.get("job") == drag and m.event in ("done", "error")] == ["done"]
+        assert [m.event for m in seen if m.header.get("job") == s1 and m.event in ("paused", "resumed")][-1] == "resumed"
+        assert seen[-1].data["step"] == s1_step + 1  # the step after the one Stage I stopped at
+        st = _status(c, sid)
+        assert st["job"] == s1 and st["state"] == "running"
+        c.request("job.cancel", {"session": sid})
+    finally:
+        c.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
+def _paused_step(seen: list, job: str) -> int:
+    """The last step a job reported before it was paused (its 'paused' event carries it)."""
+    paused = [m.data["step"] for m in seen if m.header.get("job") == job and m.event == "paused"]
+    assert paused, "Stage I was not paused by the drag"
+    return paused[-1]
