@@ -227,3 +227,15 @@ def list_checkpoints(state_dir: str | Path) -> list[dict]:
     for p in sorted(root.glob(f"*/{FILE_NAME}")):
         out.append({"session": p.parent.name, "time": p.stat().st_mtime})
     return out
+
+
+def prune(state_dir: str | Path, max_age_s: float, now: float | None = None) -> list[str]:
+    """Delete the checkpoint folders of sessions not written for more than ``max_age_s`` seconds (crashed
+    or never-closed sessions nobody resumed); returns their ids. ``max_age_s`` <= 0 keeps everything."""
+    if max_age_s <= 0:
+        return []
+    limit = (time.time() if now is None else now) - max_age_s
+    old = [c["session"] for c in list_checkpoints(state_dir) if c["time"] < limit]
+    for sid in old:
+        remove(state_dir, sid)
+    return old

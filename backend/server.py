@@ -80,6 +80,8 @@ class ServerConfig:
         history_depth: undo entries kept per session.
         max_sessions: open sessions at most.
         shutdown_timeout: seconds to wait for a job's current step at shutdown.
+        keep_checkpoints_days: at start-up, checkpoints of sessions untouched for longer are deleted
+            (0 keeps them all).
     """
 
     bind: str = DEFAULT_BIND
@@ -91,6 +93,7 @@ class ServerConfig:
     history_depth: int = DEFAULT_HISTORY_DEPTH
     max_sessions: int = 64
     shutdown_timeout: float = 120.0
+    keep_checkpoints_days: float = 30.0
 
     def check(self) -> None:
         if not isinstance(self.bind, str) or "://" not in self.bind:
@@ -100,6 +103,8 @@ class ServerConfig:
                 f"refusing to bind {self.bind}: a non-loopback address needs an auth key "
                 "(--auth-key-file, $I3D_AUTH_KEY_FILE or $I3D_AUTH_KEY)"
             )
+        if not self.keep_checkpoints_days >= 0:  # also NaN
+            raise ValueError(f"keep_checkpoints_days must be >= 0 (0 keeps all), got {self.keep_checkpoints_days!r}")
 
 
 @dataclass
@@ -586,6 +591,10 @@ def run(config: ServerConfig, extra_ops: Sequence[OpSpec] = (), extra_handlers: 
     """Serve until SIGINT/SIGTERM; returns the exit code (0 after a graceful shutdown)."""
     server = Server(config, extra_ops, extra_handlers)
     server.bind()
+    if config.state_dir is not None:
+        gone = ckpt_mod.prune(config.state_dir, config.keep_checkpoints_days * 86400.0)
+        if gone:
+            log.info("deleted %d checkpoint(s) older than %g days: %s", len(gone), config.keep_checkpoints_days, " ".join(gone))
 
     def on_signal(signum, _frame) -> None:
         log.info("signal %s: stopping after the current step", signal.Signals(signum).name)

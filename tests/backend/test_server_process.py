@@ -66,12 +66,27 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(30)
 
 
+def _stale_checkpoint(state: Path, days: float) -> Path:
+    """A real checkpoint folder whose file was last written ``days`` ago."""
+    from interactive3d.backend import checkpoint
+    from interactive3d.backend.gaussians import init_random
+    from interactive3d.backend.session import Session
+
+    s = Session("stale0")
+    s.gaussians = init_random(10, seed=0)
+    path = checkpoint.write(state, checkpoint.capture(s))
+    t = time.time() - days * 86400
+    os.utime(path, (t, t))
+    return path.parent
+
+
 def test_cli_serve_and_ping(tmp_path):
     """With a key file on both sides ping succeeds; without the key it exits 1 saying unauthorized."""
     addr = f"ipc://{tmp_path}/cli.sock"
     log = tmp_path / "serve.log"
     keyfile = tmp_path / "key"
     keyfile.write_text("a-shared-secret-for-the-test\n")
+    stale = _stale_checkpoint(tmp_path / "st", days=31)  # deleted at start-up (--keep-checkpoints-days 30)
     proc = _spawn(["-m", "interactive3d.cli", "serve", "--bind", addr, "--state-dir", str(tmp_path / "st"), "--device", "cpu", "--auth-key-file", str(keyfile)], log)
     ping = [sys.executable, "-m", "interactive3d.cli", "ping", "--connect", addr, "--timeout", "1"]
     try:
@@ -82,6 +97,7 @@ def test_cli_serve_and_ping(tmp_path):
                 break
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("interactive3d-backend protocol 1")
+        assert not stale.exists() and (tmp_path / "st").is_dir()
         nokey = subprocess.run(ping, cwd=ROOT, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if not k.startswith("I3D_AUTH")})
         assert nokey.returncode == 1 and "unauthorized" in nokey.stderr
         proc.send_signal(signal.SIGTERM)
@@ -93,6 +109,8 @@ def test_cli_serve_and_ping(tmp_path):
     no_key_env = {k: v for k, v in os.environ.items() if not k.startswith("I3D_AUTH")}
     refused = subprocess.run([sys.executable, "-m", "interactive3d.cli", "serve", "--bind", "tcp://0.0.0.0:0"], cwd=ROOT, capture_output=True, text=True, env=no_key_env)
     assert refused.returncode == 2 and "auth key" in refused.stderr
+    bad_keep = subprocess.run([sys.executable, "-m", "interactive3d.cli", "serve", "--keep-checkpoints-days", "-1"], cwd=ROOT, capture_output=True, text=True)
+    assert bad_keep.returncode == 2 and "keep_checkpoints_days" in bad_keep.stderr
     import socket
 
     with socket.socket() as busy:  # a port somebody else holds

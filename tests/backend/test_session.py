@@ -120,6 +120,24 @@ def test_checkpoint_round_trip(tmp_path):
     assert ck.list_checkpoints(tmp_path)[0]["session"] == "s1"
 
 
+def test_prune_deletes_only_checkpoints_older_than_the_limit(tmp_path):
+    """A checkpoint last written 40 days ago goes with a 30-day limit (folder and history); a fresh one and,
+    with limit 0, every one stays."""
+    for sid in ("fresh", "stale"):
+        s = Session(sid)
+        s.gaussians = init_random(20, seed=2)
+        s.record("edit")  # a history entry, so the folder has more than the one file
+        ck.write(tmp_path, ck.capture(s))
+    old = tmp_path / "stale" / "checkpoint.pt"
+    t = old.stat().st_mtime - 40 * 86400
+    os.utime(old, (t, t))
+    assert ck.prune(tmp_path, 0) == []
+    assert ck.prune(tmp_path, 30 * 86400) == ["stale"]
+    assert not (tmp_path / "stale").exists()
+    assert [c["session"] for c in ck.list_checkpoints(tmp_path)] == ["fresh"]
+    assert ck.restore_session(ck.read(tmp_path, "fresh")).gaussians.n == 20
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A failure while writing leaves the previous checkpoint intact and no temp file behind."""
     s = _session()
