@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import torch
 
@@ -181,3 +183,24 @@ def threaded_client():
     finally:
         c.close()
         ts.stop()
+
+
+def spawn_helper_server(addr: str, state: Path, log: Path, checkpoint_every: int) -> subprocess.Popen:
+    """This module as a backend subprocess (real ops + the test ops), its output appended to ``log``."""
+    with open(log, "ab") as f:
+        return subprocess.Popen([sys.executable, __file__, "--bind", addr, "--state-dir", str(state), "--checkpoint-every", str(checkpoint_every)],
+                                cwd=Path(__file__).resolve().parents[2], stdout=f, stderr=subprocess.STDOUT)
+
+
+def wait_up(c, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    """Ping until the server answers; AssertionError with its log if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            c.request("ping", timeout=1.0, retries=0)
+            return
+        except TimeoutError:
+            continue
+    raise AssertionError("server did not come up")

@@ -155,34 +155,15 @@ def test_kill9_mid_drag_resumes_the_drag_then_stage1(tmp_path):
     After a restart, session.resume restarts the drag (same job id, a checkpoint step at most one interval
     behind the last reported one) with Stage I paused behind it at the step it had when the drag began;
     the drag ends 'done', then Stage I emits 'resumed' and steps on from there."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    from _server_helpers import spawn_helper_server, wait_up
 
-    root = Path(__file__).resolve().parents[2]
     addr, state, log = f"ipc://{tmp_path}/p.sock", tmp_path / "state", tmp_path / "server.log"
     every = 3
 
-    def spawn():
-        with open(log, "ab") as f:
-            return subprocess.Popen([sys.executable, str(root / "tests" / "backend" / "_server_helpers.py"), "--bind", addr,
-                                     "--state-dir", str(state), "--checkpoint-every", str(every)],
-                                    cwd=root, stdout=f, stderr=subprocess.STDOUT)
-
-    def wait_up(c, proc):
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-2000:]
-            try:
-                return c.request("ping", timeout=1.0, retries=0)
-            except TimeoutError:
-                continue
-        raise AssertionError("server did not come up")
-
-    proc = spawn()
+    proc = spawn_helper_server(addr, state, log, every)
     c = Client(addr)
     try:
-        wait_up(c, proc)
+        wait_up(c, proc, log)
         sid, s1 = _stage1_session(c, tmp_path, steps=100_000)
         _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "progress" and m.data["step"] >= 4)
         drag = c.request("interact.drag", _drag_args(c, sid, steps=100_000)).result["job"]
@@ -192,8 +173,8 @@ def test_kill9_mid_drag_resumes_the_drag_then_stage1(tmp_path):
         proc.kill()  # SIGKILL: nothing gets written now
         proc.wait(30)
 
-        proc = spawn()
-        wait_up(c, proc)
+        proc = spawn_helper_server(addr, state, log, every)
+        wait_up(c, proc, log)
         r = c.request("session.resume", {"session": sid}).result
         assert r["job"] == drag and r["suspended"] == s1
         assert r["step"] > 0 and r["step"] % every == 0 and r["step"] >= last - every - 1

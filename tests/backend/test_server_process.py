@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _server_helpers import spawn_helper_server, wait_up as _wait_up
 from interactive3d.protocol.client import Client
 
 ROOT = Path(__file__).resolve().parents[2]
-HELPER = ROOT / "tests" / "backend" / "_server_helpers.py"
 CKPT_EVERY = 5
 
 
@@ -33,20 +33,7 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def _helper(addr: str, state: Path, log: Path) -> subprocess.Popen:
-    return _spawn([str(HELPER), "--bind", addr, "--state-dir", str(state), "--checkpoint-every", str(CKPT_EVERY)], log)
-
-
-def _wait_up(c: Client, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            c.request("ping", timeout=1.0, retries=0)
-            return
-        except TimeoutError:
-            continue
-    raise AssertionError("server did not come up")
+    return spawn_helper_server(addr, state, log, CKPT_EVERY)
 
 
 def _events_until(c: Client, pred, timeout: float = 60.0) -> list:
