@@ -204,6 +204,8 @@ class JobRunner:
         if self._state_dir is None:
             return None
         with self.session.lock:
+            if self.session.job is not self:  # paused behind an interaction: that job's checkpoints record this one
+                return None
             c = ckpt_mod.capture(self.session, self.record(keep_job))
         return str(ckpt_mod.write(self._state_dir, c))
 

@@ -118,8 +118,9 @@ def test_drag_while_stage1_is_paused_leaves_it_paused(client, tmp_path):
 
 
 def test_checkpoint_after_the_interaction_records_the_stage1_job(tmp_path):
-    """With a state dir, the checkpoint written when the drag ends records the Stage I job again (op,
-    step, paused), so a crash right after an interaction still resumes generation."""
+    """With a state dir, a checkpoint during the drag records the drag and the paused Stage I job behind
+    it; the one written when the drag ends records the Stage I job again (op, step, paused), so a crash
+    right after an interaction still resumes generation."""
     from _server_helpers import ThreadedServer
 
     from interactive3d.backend import checkpoint
@@ -132,7 +133,15 @@ def test_checkpoint_after_the_interaction_records_the_stage1_job(tmp_path):
         c.request("job.pause", {"session": sid})
         _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "paused")
         step = _status(c, sid)["step"]
-        drag = c.request("interact.drag", _drag_args(c, sid, steps=5)).result["job"]
+        drag = c.request("interact.drag", _drag_args(c, sid, steps=100_000)).result["job"]
+        # while the drag runs, the paused Stage I job writes no checkpoint of its own; the session's
+        # checkpoint holds the drag with Stage I behind it, to stay paused afterwards
+        assert ts.server.sessions[sid].suspended[0].write_checkpoint() is None
+        c.request("session.checkpoint", {"session": sid})
+        ck = checkpoint.read(str(tmp_path / "state"), sid)
+        assert ck.job.op == "interact.drag" and ck.job.job_id == drag
+        assert ck.suspended.op == "stage1.start" and ck.suspended.job_id == s1 and ck.suspended.step == step and ck.suspended.paused
+        c.request("job.cancel", {"session": sid})
         _events_until(c, lambda m: m.header.get("job") == drag and m.event == "done")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -167,8 +176,9 @@ def test_kill9_mid_drag_resumes_the_drag_then_stage1(tmp_path):
         sid, s1 = _stage1_session(c, tmp_path, steps=100_000)
         _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "progress" and m.data["step"] >= 4)
         drag = c.request("interact.drag", _drag_args(c, sid, steps=100_000)).result["job"]
+        # Stage I's 'paused' may come after a few drag steps (it finishes the step it was in first)
+        s1_step = _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "paused")[-1].data["step"]
         seen = _events_until(c, lambda m: m.header.get("job") == drag and m.event == "progress" and m.data["step"] >= 2 * every + 1)
-        s1_step = _paused_step(seen, s1)
         last = max(m.data["step"] for m in seen if m.header.get("job") == drag and m.event == "progress")
         proc.kill()  # SIGKILL: nothing gets written now
         proc.wait(30)
@@ -194,9 +204,3 @@ def test_kill9_mid_drag_resumes_the_drag_then_stage1(tmp_path):
             proc.kill()
             proc.wait(30)
 
-
-def _paused_step(seen: list, job: str) -> int:
-    """The last step a job reported before it was paused (its 'paused' event carries it)."""
-    paused = [m.data["step"] for m in seen if m.header.get("job") == job and m.event == "paused"]
-    assert paused, "Stage I was not paused by the drag"
-    return paused[-1]
