@@ -70,10 +70,11 @@ def session_checkpoint(req: Request) -> Reply:
 
 
 def _job_status(req: Request) -> dict:
-    r = req.session.job
+    s = req.session
+    r, behind = s.job, s.suspended
     if r is None:
-        return {"job": None, "kind": None, "state": "idle", "step": 0, "total": 0, "metrics": {}}
-    return r.status()
+        return {"job": None, "kind": None, "state": "idle", "step": 0, "total": 0, "metrics": {}, "suspended": None}
+    return {**r.status(), "suspended": None if behind is None else behind[0].job_id}
 
 
 def _active_job(req: Request):

@@ -449,6 +449,7 @@ def _on_session(conn: Connection, p: Pending, result: dict, buffers: list) -> No
         if result.get("job"):
             conn.job = JobProgress(job=result["job"], state="running", step=int(result.get("step", 0)),
                                    started_at=time.monotonic(), first_step=int(result.get("step", 0)))
+        _note_suspended(conn, result.get("suspended"))
         if result.get("count"):
             conn.then("state.get", kind="state")
 
@@ -467,6 +468,16 @@ def _on_job_status(conn: Connection, p: Pending, result: dict, buffers: list) ->
     conn.job.kind = str(result.get("kind") or "")
     conn.job.update(int(result.get("step", 0)), int(result.get("total", 0)), time.monotonic())
     conn.job.metrics = dict(result.get("metrics") or {})
+    _note_suspended(conn, result.get("suspended"))
+
+
+def _note_suspended(conn: Connection, job_id) -> None:
+    """Track the Stage I job the backend holds paused behind the current job (after a resume or a
+    reconnect the add-on learns of it only from the reply)."""
+    if not job_id:
+        conn.suspended = None
+    elif conn.suspended is None or conn.suspended.job != job_id:
+        conn.suspended = JobProgress(job=str(job_id), kind="stage1", state="paused")
 
 
 def _on_job_started(conn: Connection, p: Pending, result: dict, buffers: list) -> None:

@@ -279,6 +279,7 @@ _JOB_RESULT = (
     ("step", "steps done"),
     ("total", "total steps"),
     ("metrics", "last progress metrics {name: float}"),
+    ("suspended", "id of the Stage I job paused behind this job (it preempts Stage I) or null"),
 )
 _HISTORY_RESULT = (
     ("undo", "labels of undoable states, oldest first"),

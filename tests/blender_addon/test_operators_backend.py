@@ -273,6 +273,48 @@ def test_drag_while_generating_pauses_stage1_then_it_carries_on(conn, tmp_path):
     assert conn.wait_job(timeout=30) == "cancelled"
 
 
+def test_reconnect_during_a_drag_learns_the_stage1_job_behind_it(conn, tmp_path):
+    """An add-on that knows only the session id (job state forgotten, as after reopening the .blend)
+    reconnects while a drag runs in front of Stage I: the re-attach reply names the drag as the job and
+    Stage I as suspended; when the drag ends, Stage I is the connection's job again and keeps stepping."""
+    import time
+
+    from interactive3d.protocol import ply
+
+    ref = tmp_path / "ref.ply"
+    ply.write_ply(str(ref), ply.state_to_splat(random_state(200, seed=5, spread=0.4)))
+    conn.call("gaussians.init", {"kind": "random", "n": 256, "radius": 0.5, "seed": 1}, kind="edit")
+    p = bpy.context.scene.i3d
+    p.steps, p.guidance = 100_000, "oracle"
+    assert bpy.ops.i3d.generate(init="NONE", reference_path=str(ref), resolution=24, batch=1, wait=False) == {"FINISHED"}
+    stage1 = conn.job.job
+    deadline = time.monotonic() + 30
+    while conn.job.step < 2 and time.monotonic() < deadline:
+        connection.sync_step(conn, timeout_ms=50)
+    obj = bpy.data.objects[conn.object_name]
+    src = world_positions(obj)[0]
+    p.drag_source, p.drag_target, p.drag_radius = src.tolist(), (src + [0.0, 0.0, 0.2]).tolist(), 0.3
+    p.drag_mode, p.drag_steps = "rigid", 100_000
+    assert bpy.ops.i3d.drag(wait=False) == {"FINISHED"}
+    drag = conn.job.job
+    assert conn.suspended is not None and conn.suspended.job == stage1
+
+    conn.job, conn.suspended = connection.JobProgress(), None  # forget, keep the session id
+    conn.connect(conn.address, blocking=True)
+    assert conn.connected and conn.job.job == drag and conn.job.state == "running"
+    assert conn.suspended is not None and conn.suspended.job == stage1
+    assert bpy.ops.i3d.stop() == {"FINISHED"}  # stops the drag only
+    assert conn.wait_job(timeout=30) == "cancelled"
+    assert conn.job.job == stage1 and conn.suspended is None
+    step = conn.job.step
+    deadline = time.monotonic() + 30
+    while conn.job.step < step + 2 and time.monotonic() < deadline:
+        connection.sync_step(conn, timeout_ms=50)
+    assert conn.job.state == "running" and conn.job.step >= step + 2
+    assert bpy.ops.i3d.stop() == {"FINISHED"}
+    assert conn.wait_job(timeout=30) == "cancelled"
+
+
 @pytest.mark.slow
 def test_to_nerf_refine_region_extract_mesh(conn):
     """Stage II through the operators (~18 s on 2 cores): i3d.to_nerf (20 distil steps at 32², 4 hash
