@@ -235,13 +235,9 @@ def test_generate_with_oracle_guidance_then_semantic_edit(conn, tmp_path):
     np.testing.assert_array_equal(edited[:n][~mask, :3], after[~mask, :3])
 
 
-def test_drag_while_generating_pauses_stage1_then_it_carries_on(conn, tmp_path):
-    """i3d.generate (oracle, 100000 steps, not waiting) runs; i3d.drag is enabled meanwhile (its job
-    pauses Stage I on the backend) while i3d.remove_selected is not (indices shift while Stage I runs).
-    The drag (rigid, 10 steps, wait) ends 'done' and the connection's job is Stage I again, which
-    resumes and keeps stepping; Stop cancels it."""
-    import time
-
+def _generate_then_aim_drag(conn, tmp_path, drag_steps: int) -> str:
+    """Start i3d.generate (oracle, 100000 steps, not waiting) until it reported 3 steps, and aim the drag
+    (rigid, the first splat 0.2 up, radius 0.3); returns the Stage I job id."""
     from interactive3d.protocol import ply
 
     ref = tmp_path / "ref.ply"
@@ -250,51 +246,49 @@ def test_drag_while_generating_pauses_stage1_then_it_carries_on(conn, tmp_path):
     p = bpy.context.scene.i3d
     p.steps, p.guidance = 100_000, "oracle"
     assert bpy.ops.i3d.generate(init="NONE", reference_path=str(ref), resolution=24, batch=1, wait=False) == {"FINISHED"}
-    stage1 = conn.job.job
-    deadline = time.monotonic() + 30
-    while conn.job.step < 3 and time.monotonic() < deadline:
-        connection.sync_step(conn, timeout_ms=50)
+    _sync_until(conn, lambda: conn.job.step >= 3)
     assert conn.job.state == "running" and conn.job.step >= 3
-    assert bpy.ops.i3d.drag.poll() and not bpy.ops.i3d.remove_selected.poll()
-
-    obj = bpy.data.objects[conn.object_name]
-    src = world_positions(obj)[0]
+    src = world_positions(bpy.data.objects[conn.object_name])[0]
     p.drag_source, p.drag_target, p.drag_radius = src.tolist(), (src + [0.0, 0.0, 0.2]).tolist(), 0.3
-    p.drag_mode, p.drag_steps = "rigid", 10
-    assert bpy.ops.i3d.drag(wait=True) == {"FINISHED"}
-    assert conn.ended is not None and conn.ended.state == "done" and conn.ended.step == 10
+    p.drag_mode, p.drag_steps = "rigid", drag_steps
+    return conn.job.job
+
+
+def _sync_until(conn, pred, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        connection.sync_step(conn, timeout_ms=50)
+
+
+def _stage1_steps_on_then_stop(conn, stage1: str) -> None:
+    """Stage I is the connection's job again, takes two more steps, and Stop cancels it."""
     assert conn.job.job == stage1 and conn.suspended is None
     step = conn.job.step
-    deadline = time.monotonic() + 30
-    while conn.job.step < step + 2 and time.monotonic() < deadline:
-        connection.sync_step(conn, timeout_ms=50)
+    _sync_until(conn, lambda: conn.job.step >= step + 2)
     assert conn.job.state == "running" and conn.job.step >= step + 2
     assert bpy.ops.i3d.stop() == {"FINISHED"}
     assert conn.wait_job(timeout=30) == "cancelled"
+
+
+def test_drag_while_generating_pauses_stage1_then_it_carries_on(conn, tmp_path):
+    """i3d.generate (oracle, 100000 steps, not waiting) runs; i3d.drag is enabled meanwhile (its job
+    pauses Stage I on the backend) while i3d.remove_selected is not (indices shift while Stage I runs).
+    The drag (rigid, 10 steps, wait) ends 'done' and the connection's job is Stage I again, which
+    resumes and keeps stepping; Stop cancels it."""
+    stage1 = _generate_then_aim_drag(conn, tmp_path, drag_steps=10)
+    assert bpy.ops.i3d.drag.poll() and not bpy.ops.i3d.remove_selected.poll()
+    assert bpy.ops.i3d.drag(wait=True) == {"FINISHED"}
+    assert conn.ended is not None and conn.ended.state == "done" and conn.ended.step == 10
+    _stage1_steps_on_then_stop(conn, stage1)
 
 
 def test_reconnect_during_a_drag_learns_the_stage1_job_behind_it(conn, tmp_path):
     """An add-on that knows only the session id (job state forgotten, as after reopening the .blend)
     reconnects while a drag runs in front of Stage I: the re-attach reply names the drag as the job and
     Stage I as suspended; when the drag ends, Stage I is the connection's job again and keeps stepping."""
-    import time
-
-    from interactive3d.protocol import ply
-
-    ref = tmp_path / "ref.ply"
-    ply.write_ply(str(ref), ply.state_to_splat(random_state(200, seed=5, spread=0.4)))
-    conn.call("gaussians.init", {"kind": "random", "n": 256, "radius": 0.5, "seed": 1}, kind="edit")
-    p = bpy.context.scene.i3d
-    p.steps, p.guidance = 100_000, "oracle"
-    assert bpy.ops.i3d.generate(init="NONE", reference_path=str(ref), resolution=24, batch=1, wait=False) == {"FINISHED"}
-    stage1 = conn.job.job
-    deadline = time.monotonic() + 30
-    while conn.job.step < 2 and time.monotonic() < deadline:
-        connection.sync_step(conn, timeout_ms=50)
-    obj = bpy.data.objects[conn.object_name]
-    src = world_positions(obj)[0]
-    p.drag_source, p.drag_target, p.drag_radius = src.tolist(), (src + [0.0, 0.0, 0.2]).tolist(), 0.3
-    p.drag_mode, p.drag_steps = "rigid", 100_000
+    stage1 = _generate_then_aim_drag(conn, tmp_path, drag_steps=100_000)
     assert bpy.ops.i3d.drag(wait=False) == {"FINISHED"}
     drag = conn.job.job
     assert conn.suspended is not None and conn.suspended.job == stage1
@@ -305,14 +299,7 @@ def test_reconnect_during_a_drag_learns_the_stage1_job_behind_it(conn, tmp_path)
     assert conn.suspended is not None and conn.suspended.job == stage1
     assert bpy.ops.i3d.stop() == {"FINISHED"}  # stops the drag only
     assert conn.wait_job(timeout=30) == "cancelled"
-    assert conn.job.job == stage1 and conn.suspended is None
-    step = conn.job.step
-    deadline = time.monotonic() + 30
-    while conn.job.step < step + 2 and time.monotonic() < deadline:
-        connection.sync_step(conn, timeout_ms=50)
-    assert conn.job.state == "running" and conn.job.step >= step + 2
-    assert bpy.ops.i3d.stop() == {"FINISHED"}
-    assert conn.wait_job(timeout=30) == "cancelled"
+    _stage1_steps_on_then_stop(conn, stage1)
 
 
 @pytest.mark.slow
