@@ -242,16 +242,6 @@ def _stretch_factor(a: Tensor, scales: Tensor, quats: Tensor) -> tuple[Tensor, T
     return new_s, torch.stack(_rotmat_to_quat_c(frame), -1)
 
 
-def factor_covariance(cov: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric positive-definite [N,3,3] → (scales [N,3], unit quats [N,4]) with Σ = R diag(s²) Rᵀ.
-
-    Closed-form eigendecomposition in float64 (:func:`eigh3`); the eigenvector frame is proper.
-    """
-    evals, evecs = eigh3(cov.double())
-    scales = evals.clamp_min(0.0).sqrt()
-    return scales.to(cov.dtype), rotmat_to_quat(evecs).to(cov.dtype)
-
-
 def check_matrix(matrix: Tensor, name: str = "matrix") -> Tensor:
     if not isinstance(matrix, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [4,4], got {type(matrix).__name__}")
