@@ -57,8 +57,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import zmq
 
-    from interactive3d.backend.jobs import JobConfig
-    from interactive3d.backend.server import ServerConfig, default_state_dir, run
+    from interactive3d.backend.service.jobs import JobConfig
+    from interactive3d.backend.service.server import (
+        ServerConfig,
+        default_state_dir,
+        run,
+    )
     from interactive3d.protocol.auth import load_key
     from interactive3d.protocol.codec import Limits
 

@@ -289,7 +289,7 @@ class HeldoutViews:
     def __init__(self, reference: np.ndarray, views: int, resolution: int, seed: int = 1234):
         import torch
 
-        from interactive3d.backend.cameras import OrbitConfig, sample_orbit
+        from interactive3d.backend.stage1.cameras import OrbitConfig, sample_orbit
 
         gen = torch.Generator().manual_seed(seed)
         self.cameras = sample_orbit(views, OrbitConfig(width=resolution, height=resolution), gen).cameras
@@ -298,8 +298,8 @@ class HeldoutViews:
     def render(self, state: np.ndarray) -> np.ndarray:  # [B,H,W,3]
         import torch
 
-        from interactive3d.backend.gaussians import Gaussians
-        from interactive3d.backend.render import render
+        from interactive3d.backend.stage1.gaussians import Gaussians
+        from interactive3d.backend.stage1.render import render
 
         t = torch.from_numpy(np.ascontiguousarray(state, dtype=np.float32))
         g = Gaussians.from_activated(t[:, 0:3], t[:, 3:6], t[:, 6], t[:, 7:10], t[:, 10:14])
@@ -475,15 +475,15 @@ STAGE2_OPS = frozenset({"stage2.distill", "stage2.add_part", "stage2.refine", "s
 
 def preview_psnr(preview: np.ndarray, state: np.ndarray) -> float:
     """Distillation PSNR at the distillation preview's camera: the NeRF's preview [S,S,3] against our own
-    render of the Gaussians there. The preview camera is backend/distill.py's fixed front view with its
+    render of the Gaussians there. The preview camera is backend/stage2/distill.py's fixed front view with its
     default ranges: elevation 15°, azimuth 0°, distance 1.75 (mean of 1.5–2.0), fov 55° (mean of 40–70°).
     One 32-pixel view: conservative (the Gaussians' low-pass filter at that size differs from the
     field's point samples); the job's training L1 is reported next to it."""
     import torch
 
-    from interactive3d.backend.cameras import orbit_cameras
-    from interactive3d.backend.gaussians import Gaussians
-    from interactive3d.backend.render import render
+    from interactive3d.backend.stage1.cameras import orbit_cameras
+    from interactive3d.backend.stage1.gaussians import Gaussians
+    from interactive3d.backend.stage1.render import render
 
     s = int(preview.shape[0])
     one = lambda v: torch.tensor([float(v)])  # noqa: E731

@@ -271,7 +271,7 @@ def validate_request(spec: OpSpec, args: Any, buffers: Sequence[np.ndarray]) -> 
     return out
 
 
-# -- the server and session ops (backend/server.py, backend/ops_session.py) ------------------------
+# -- the server and session ops (backend/service/server.py, backend/service/ops_session.py) ------------------------
 _JOB_RESULT = (
     ("job", "job id or null"),
     ("kind", "job kind (e.g. 'stage1') or null"),
@@ -395,7 +395,7 @@ _SERVER_OPS: list[OpSpec] = [
     ),
 ]
 
-# -- Stage I (backend/ops_stage1.py) -----------------------------------------------------------------
+# -- Stage I (backend/service/ops_stage1.py) -----------------------------------------------------------------
 _STAGE1_OPS: list[OpSpec] = [
     OpSpec(
         "gaussians.init",
@@ -506,7 +506,7 @@ _STAGE1_OPS: list[OpSpec] = [
     ),
 ]
 
-# -- interactions (backend/ops_interactions.py) ------------------------------------------------------
+# -- interactions (backend/service/ops_interactions.py) ------------------------------------------------------
 _PART_NAME_DOC = "part name: 1-64 characters of letters, digits, space, _ . -"
 _VEC3 = dict(type="list", items="float", length=3)
 _NUMERIC = ("bool", "uint8", "int8", "int16", "int32", "int64", "uint16", "uint32", "uint64", "float32", "float64")
@@ -667,7 +667,7 @@ _INTERACTION_OPS: list[OpSpec] = [
     ),
 ]
 
-# -- Stage II (backend/ops_stage2.py) ----------------------------------------------------------------
+# -- Stage II (backend/service/ops_stage2.py) ----------------------------------------------------------------
 _STAGE2_OPS: list[OpSpec] = [
     OpSpec(
         "stage2.distill",

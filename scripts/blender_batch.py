@@ -164,7 +164,7 @@ def ensure_addon() -> str:
 def backend_python(requested: str | None) -> str:
     """A Python that can run the backend (torch etc.): --backend-python, $I3D_PYTHON, or this one."""
     python = requested or os.environ.get("I3D_PYTHON") or sys.executable
-    probe = subprocess.run([python, "-c", "import interactive3d.backend.server"], capture_output=True, text=True, timeout=120)
+    probe = subprocess.run([python, "-c", "import interactive3d.backend.service.server"], capture_output=True, text=True, timeout=120)
     if probe.returncode != 0:
         raise SystemExit(
             f"blender_batch: {python} cannot run the backend ({probe.stderr.strip().splitlines()[-1:]}); pass "
@@ -225,7 +225,6 @@ def _op(result: set, what: str, conn) -> None:
 def run_job(job: PromptJob, name: str, out: Path, address: str, local: bool, defaults: dict, reference: Path | None) -> Outcome:
     """One prompt (or the demo object) through the add-on's operators; raises nothing."""
     import bpy
-
     from interactive3d.blender_addon import connection
 
     t0 = time.perf_counter()
@@ -396,7 +395,6 @@ def _set_model(model: str) -> None:
     """Point the add-on's preferences at ``model`` (what i3d.generate sends). Registered from the checkout
     the add-on has no preferences entry yet: one is added, as enabling it in Blender would."""
     import bpy
-
     from interactive3d.blender_addon import preferences
 
     addons = bpy.context.preferences.addons

@@ -15,9 +15,8 @@ import statistics
 import time
 
 import torch
-
-from interactive3d.backend import gaussians as G
-from interactive3d.backend import parts, selection, transform
+from interactive3d.backend.interact import parts, selection, transform
+from interactive3d.backend.stage1 import gaussians as G
 
 
 def _time(fn, repeats: int) -> float:
@@ -73,7 +72,7 @@ def bench(n: int, repeats: int) -> dict[str, float]:
         "clone+merge n/10": merge,
     }
     try:
-        from interactive3d.backend.cameras import look_at, cameras_from_blender
+        from interactive3d.backend.stage1.cameras import cameras_from_blender, look_at
     except ImportError:
         pass
     else:

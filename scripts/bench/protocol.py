@@ -25,8 +25,8 @@ import time
 
 import numpy as np
 import zmq
-
-from interactive3d.backend.server import Reply, Server, ServerConfig
+from interactive3d.backend.service.requests import Reply
+from interactive3d.backend.service.server import Server, ServerConfig
 from interactive3d.protocol.catalogue import Buffer, OpSpec
 from interactive3d.protocol.client import Client
 

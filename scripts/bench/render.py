@@ -17,10 +17,10 @@ import statistics
 import time
 
 import torch
-
-from interactive3d.backend import render as R
-from interactive3d.backend.cameras import orbit_cameras
-from interactive3d.backend.gaussians import init_random
+from interactive3d.backend.maths import rotations as Rot
+from interactive3d.backend.stage1 import render as R
+from interactive3d.backend.stage1.cameras import orbit_cameras
+from interactive3d.backend.stage1.gaussians import init_random
 
 
 def _time(fn, repeats: int) -> float:
@@ -35,7 +35,7 @@ def _time(fn, repeats: int) -> float:
 
 def dense_render(g, cams, bg):
     """Baseline: all Gaussians × all pixels, depth-sorted cumprod (same maths, no pair list)."""
-    proj = R.project(g.means, R.quat_scale_to_covar(g.params["quats"], g.scales), cams.viewmats, cams.Ks, cams.width, cams.height)
+    proj = R.project(g.means, Rot.quat_scale_to_covar(g.params["quats"], g.scales), cams.viewmats, cams.Ks, cams.width, cams.height)
     colors = R.view_colors(g, cams)
     ys, xs = torch.meshgrid(torch.arange(cams.height) + 0.5, torch.arange(cams.width) + 0.5, indexing="ij")
     pix = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)  # [P,2]

@@ -22,21 +22,24 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "backend"))
 
-from interactive3d.backend.cameras import OrbitConfig, sample_orbit  # noqa: E402
-from interactive3d.backend.gaussians import init_random, make_optimizers  # noqa: E402
-from interactive3d.backend.guidance import GuidanceConfig, PromptSpec, StableDiffusionGuidance  # noqa: E402
-from interactive3d.backend.render import render  # noqa: E402
-from interactive3d.backend.stage1 import Stage1Config, stage1_step  # noqa: E402
+from interactive3d.backend.stage1.cameras import OrbitConfig, sample_orbit  # noqa: E402
+from interactive3d.backend.stage1.gaussians import init_random, make_optimizers  # noqa: E402
+from interactive3d.backend.stage1.guidance import (  # noqa: E402
+    GuidanceConfig,
+    PromptSpec,
+    StableDiffusionGuidance,
+)
+from interactive3d.backend.stage1.render import render  # noqa: E402
+from interactive3d.backend.stage1.trainer import Stage1Config, stage1_step  # noqa: E402
 
 
 def sd21_sized_guidance(device: str, dtype: torch.dtype) -> StableDiffusionGuidance:
     """SD 2.1-base shapes with random weights: UNet (320,640,1280,1280), linear projection, 1024-d cross
     attention, 64² latents; the SD VAE (128,256,512,512). The text encoder is a 1-layer 1024-d CLIP (text
     embeddings are cached per prompt, so its size does not affect the per-step cost)."""
+    from _tiny_diffusion import tiny_clip_tokenizer
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from _tiny_diffusion import tiny_clip_tokenizer
 
     unet = UNet2DConditionModel(
         sample_size=64,

@@ -16,11 +16,19 @@ import time
 
 import numpy as np
 import torch
-
-from interactive3d.backend.distill import DistillConfig, distill_step, make_optimizer
-from interactive3d.backend.hashgrid import HashGrid, HashGridConfig, _tcnn_available, _triton_available
-from interactive3d.backend.mesh import density_grid, optical_depth_from_outside
-from interactive3d.backend.nerf import NeRFConfig, NeRFField, RenderConfig
+from interactive3d.backend.stage2.distill import (
+    DistillConfig,
+    distill_step,
+    make_optimizer,
+)
+from interactive3d.backend.stage2.hashgrid import (
+    HashGrid,
+    HashGridConfig,
+    _tcnn_available,
+    _triton_available,
+)
+from interactive3d.backend.stage2.mesh import density_grid, optical_depth_from_outside
+from interactive3d.backend.stage2.nerf import NeRFConfig, NeRFField, RenderConfig
 
 H100_CEILING = 0.8e9  # samples/s forward, the bandwidth bound
 
@@ -68,7 +76,7 @@ def bench_hashgrid(batch: int, reps: int) -> None:
 
 
 def bench_distill(steps: int, nerf_cfg: NeRFConfig, label: str) -> None:
-    from interactive3d.backend.cameras import OrbitConfig, sample_orbit
+    from interactive3d.backend.stage1.cameras import OrbitConfig, sample_orbit
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     f = NeRFField(nerf_cfg, backend="auto", device=dev)

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from interactive3d.backend.gaussians import init_random, make_optimizers
-from interactive3d.backend.jobs import JobConfig
-from interactive3d.backend.server import Reply, Request, Server, ServerConfig
+from interactive3d.backend.service.jobs import JobConfig
+from interactive3d.backend.service.requests import Reply, Request
+from interactive3d.backend.service.server import Server, ServerConfig
+from interactive3d.backend.stage1.gaussians import init_random, make_optimizers
 from interactive3d.protocol.catalogue import Arg, Buffer, OpSpec
 from interactive3d.protocol.codec import DTYPES
 from interactive3d.protocol.errors import InvalidArgs
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--auth-key", default=None)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from interactive3d.backend.server import run
+    from interactive3d.backend.service.server import run
 
     cfg = ServerConfig(
         bind=a.bind, state_dir=a.state_dir, device="cpu", auth_key=a.auth_key.encode() if a.auth_key else None,

@@ -1,4 +1,4 @@
-"""Shared helpers of the Stage II tests: small OpenCV cameras without depending on backend/cameras.py."""
+"""Shared helpers of the Stage II tests: small OpenCV cameras without depending on backend/stage1/cameras.py."""
 
 import math
 

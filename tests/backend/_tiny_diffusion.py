@@ -12,8 +12,7 @@ import os
 import tempfile
 
 import torch
-
-from interactive3d.backend.guidance import (
+from interactive3d.backend.stage1.guidance import (
     GuidanceConfig,
     PixArtGuidance,
     StableDiffusionGuidance,

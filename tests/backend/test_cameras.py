@@ -1,12 +1,11 @@
-"""Tests of backend/cameras.py: the Blender ↔ OpenCV camera conversion (round trip, centre pixel,
+"""Tests of backend/stage1/cameras.py: the Blender ↔ OpenCV camera conversion (round trip, centre pixel,
 real Blender camera projection and lens), orbit sampling and the adaptive zoom-in cameras."""
 
 import math
 
 import pytest
 import torch
-
-from interactive3d.backend import cameras as C
+from interactive3d.backend.stage1 import cameras as C
 
 
 def _random_c2w(b, seed=0):

@@ -1,4 +1,4 @@
-"""Tests of backend/densify.py: clone / split / prune / opacity reset change the set exactly as the
+"""Tests of backend/stage1/densify.py: clone / split / prune / opacity reset change the set exactly as the
 3DGS rules say on constructed cases, keep optimiser moments and part masks in step, and the hook
 accumulates the view-space gradient of a real render."""
 
@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
-
-from interactive3d.backend import densify as D
-from interactive3d.backend.cameras import orbit_cameras
-from interactive3d.backend.gaussians import Gaussians, make_optimizers
-from interactive3d.backend.render import render
+from interactive3d.backend.stage1 import densify as D
+from interactive3d.backend.stage1.cameras import orbit_cameras
+from interactive3d.backend.stage1.gaussians import Gaussians, make_optimizers
+from interactive3d.backend.stage1.render import render
 
 
 def _set(scales, opacities, grads, counts=None):

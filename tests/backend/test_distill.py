@@ -1,18 +1,27 @@
-"""Gaussian → hash-grid distillation (backend/distill.py, paper Eq. 7) on CPU."""
+"""Gaussian → hash-grid distillation (backend/stage2/distill.py, paper Eq. 7) on CPU."""
 
 import time
 
 import pytest
 import torch
-
 from _stage2_helpers import psnr
-from interactive3d.backend.cameras import OrbitConfig, sample_orbit
-from interactive3d.backend.distill import DistillConfig, DistillJob, distill_step, make_optimizer
-from interactive3d.backend.gaussians import Gaussians
-from interactive3d.backend.hashgrid import HashGridConfig
-from interactive3d.backend.nerf import NeRFConfig, NeRFField, RenderConfig, render_image
-from interactive3d.backend.render import render
-from interactive3d.backend.stage2 import SLOT, Stage2State
+from interactive3d.backend.stage1.cameras import OrbitConfig, sample_orbit
+from interactive3d.backend.stage1.gaussians import Gaussians
+from interactive3d.backend.stage1.render import render
+from interactive3d.backend.stage2.distill import (
+    DistillConfig,
+    DistillJob,
+    distill_step,
+    make_optimizer,
+)
+from interactive3d.backend.stage2.hashgrid import HashGridConfig
+from interactive3d.backend.stage2.nerf import (
+    NeRFConfig,
+    NeRFField,
+    RenderConfig,
+    render_image,
+)
+from interactive3d.backend.stage2.state import SLOT, Stage2State
 
 # test field: 8 levels × 2 features × 2^14 (base 16, ×1.447), MLPs of width 32
 TEST_FIELD = NeRFConfig(grid=HashGridConfig(n_levels=8, n_features=2, log2_table_size=14), hidden=32)

@@ -1,11 +1,10 @@
-"""backend/drag.py (paper Eq. 3–6): motion and rigid losses alone, and with an oracle SDS guidance."""
+"""backend/interact/drag.py (paper Eq. 3–6): motion and rigid losses alone, and with an oracle SDS guidance."""
 
 import numpy as np
 import pytest
 import torch
-
-from interactive3d.backend import drag as D
-from interactive3d.backend import gaussians as G
+from interactive3d.backend.interact import drag as D
+from interactive3d.backend.stage1 import gaussians as G
 
 
 def _object():
@@ -165,10 +164,10 @@ def test_drag_with_oracle_guidance_keeps_far_gaussians():
     zoom-in cameras around the swept region, fixed t = 0.3): the SDS loss is finite and > 0 every step,
     the part still arrives (centroid error < 5% of |d|), and every Gaussian farther than r from the
     swept segment is bit-identical."""
-    pytest.importorskip("interactive3d.backend.render")
-    from interactive3d.backend.guidance import OracleGuidance
-    from interactive3d.backend.interactive_sds import InteractiveSDSConfig
-    from interactive3d.backend.render import render
+    pytest.importorskip("interactive3d.backend.stage1.render")
+    from interactive3d.backend.interact.interactive_sds import InteractiveSDSConfig
+    from interactive3d.backend.stage1.guidance import OracleGuidance
+    from interactive3d.backend.stage1.render import render
 
     g, part_ids = _robot()
     ps, d = torch.tensor([0.55, 0.0, -0.08]), torch.tensor([0.0, 0.15, 0.25])

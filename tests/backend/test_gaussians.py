@@ -1,9 +1,8 @@
-"""backend/gaussians.py: parameters, Adam moments and per-Gaussian buffers change together."""
+"""backend/stage1/gaussians.py: parameters, Adam moments and per-Gaussian buffers change together."""
 
 import numpy as np
 import torch
-
-from interactive3d.backend import gaussians as G
+from interactive3d.backend.stage1 import gaussians as G
 
 
 def _stepped(n=50, seed=0):

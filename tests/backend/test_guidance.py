@@ -1,4 +1,4 @@
-"""SDS guidance (backend/guidance.py) with tiny real diffusers models and the closed-form oracle."""
+"""SDS guidance (backend/stage1/guidance.py) with tiny real diffusers models and the closed-form oracle."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-
 from _tiny_diffusion import tiny_pixart_guidance, tiny_sd_guidance
-from interactive3d.backend.guidance import (
+from interactive3d.backend.stage1.guidance import (
     GuidanceConfig,
     GuidanceWeightsMissing,
     OracleGuidance,

@@ -1,11 +1,16 @@
-"""Hash encoding (backend/hashgrid.py): layout, interpolation, gradients, and backend parity."""
+"""Hash encoding (backend/stage2/hashgrid.py): layout, interpolation, gradients, and backend parity."""
 
 import math
 
 import pytest
 import torch
-
-from interactive3d.backend.hashgrid import HashGrid, HashGridConfig, PRIMES, encode_torch, hash_indices
+from interactive3d.backend.stage2.hashgrid import (
+    PRIMES,
+    HashGrid,
+    HashGridConfig,
+    encode_torch,
+    hash_indices,
+)
 
 SMALL = HashGridConfig(n_levels=4, n_features=2, log2_table_size=10, base_resolution=4, per_level_scale=2.0)
 

@@ -1,4 +1,4 @@
-"""Initial Gaussian sets (backend/init.py): points, meshes, .ply conversions."""
+"""Initial Gaussian sets (backend/stage1/init.py): points, meshes, .ply conversions."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-
-from interactive3d.backend import init as init_mod
-from interactive3d.backend.gaussians import init_random
+from interactive3d.backend.stage1 import init as init_mod
+from interactive3d.backend.stage1.gaussians import init_random
 from interactive3d.protocol import ply as ply_io
 
 

@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-
 from _server_helpers import ThreadedServer
 from interactive3d.protocol.client import Client, RemoteError
 
@@ -151,7 +150,7 @@ def test_job_error_becomes_error_event(client, server):
         def step(self, i):
             raise RuntimeError("step exploded")
 
-    from interactive3d.backend.server import Request
+    from interactive3d.backend.service.requests import Request
 
     Request("x", "rid", {}, [], s, server.server).start_job(Boom())
     evs = _wait(client, lambda m: m.event == "error")

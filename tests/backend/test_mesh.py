@@ -1,4 +1,4 @@
-"""Mesh extraction (backend/mesh.py): marching cubes of the field's density, colours, floaters, export."""
+"""Mesh extraction (backend/stage2/mesh.py): marching cubes of the field's density, colours, floaters, export."""
 
 import json
 import subprocess
@@ -7,10 +7,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-from interactive3d.backend.hashgrid import HashGridConfig
-from interactive3d.backend.mesh import MeshConfig, MeshError, MeshResult, export_mesh, extract_mesh
-from interactive3d.backend.nerf import FieldOutput, NeRFConfig, NeRFField
+from interactive3d.backend.stage2.hashgrid import HashGridConfig
+from interactive3d.backend.stage2.mesh import (
+    MeshConfig,
+    MeshError,
+    MeshResult,
+    export_mesh,
+    extract_mesh,
+)
+from interactive3d.backend.stage2.nerf import FieldOutput, NeRFConfig, NeRFField
 
 TINY = NeRFConfig(grid=HashGridConfig(n_levels=2, n_features=2, log2_table_size=10, base_resolution=4), hidden=8)
 
@@ -188,7 +193,7 @@ def test_bad_inputs():
 def _surfel_sphere(n: int = 10000, tangent: float = 0.015, normal: float = 0.004):
     """A Gaussian sample of the sphere r = 0.5: flat opaque discs on the surface, tangent to it (as
     Stage I Gaussians on a surface are), coloured by position."""
-    from interactive3d.backend.gaussians import Gaussians
+    from interactive3d.backend.stage1.gaussians import Gaussians
 
     g = torch.Generator().manual_seed(0)
     p = torch.randn(n, 3, generator=g)
@@ -210,10 +215,9 @@ def test_mesh_of_a_distilled_sphere_sample(tmp_path, geometry):
     (2.0 % measured, radius 0.487 ± 0.021; asserted < 3 %). The GLB reloads in trimesh with the vertex
     colours (red follows x: correlation > 0.9, 0.98 measured)."""
     import trimesh
-
-    from interactive3d.backend.distill import DistillConfig, DistillJob
-    from interactive3d.backend.nerf import RenderConfig
-    from interactive3d.backend.stage2 import SLOT
+    from interactive3d.backend.stage2.distill import DistillConfig, DistillJob
+    from interactive3d.backend.stage2.nerf import RenderConfig
+    from interactive3d.backend.stage2.state import SLOT
 
     class _Session:
         def __init__(self, g):

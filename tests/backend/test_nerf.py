@@ -1,16 +1,15 @@
-"""Stage II field and volume rendering (backend/nerf.py)."""
+"""Stage II field and volume rendering (backend/stage2/nerf.py)."""
 
 import math
 
 import pytest
 import torch
-
-from interactive3d.backend.hashgrid import HashGridConfig
-from interactive3d.backend.nerf import (
+from interactive3d.backend.stage2.hashgrid import HashGridConfig
+from interactive3d.backend.stage2.nerf import (
     NeRFConfig,
     NeRFField,
-    RenderConfig,
     Rays,
+    RenderConfig,
     camera_rays,
     occupancy_from_field,
     render_image,

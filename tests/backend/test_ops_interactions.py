@@ -1,4 +1,4 @@
-"""backend/ops_interactions.py through a real server and ZeroMQ client: every interaction is a validated,
+"""backend/service/ops_interactions.py through a real server and ZeroMQ client: every interaction is a validated,
 undoable protocol op; bad arguments get typed errors and change nothing."""
 
 import math
@@ -7,13 +7,11 @@ import time
 import numpy as np
 import pytest
 import torch
-
-from interactive3d.backend import gaussians as G
-from interactive3d.backend import transform as T
+from _server_helpers import ThreadedServer
+from interactive3d.backend.interact import transform as T
+from interactive3d.backend.stage1 import gaussians as G
 from interactive3d.protocol.client import Client
 from interactive3d.protocol.errors import RemoteError
-
-from _server_helpers import ThreadedServer
 
 N = 2000
 
@@ -239,9 +237,9 @@ def test_add_from_ply_and_state_first(client, session, tmp_path):
 def test_select_by_masks_op_matches_direct(client, session):
     """parts.select kind=masks (2 views, Blender c2w + fov_x over the wire) selects exactly what
     selection.select_by_masks selects on the same state (same count, same rows)."""
-    pytest.importorskip("interactive3d.backend.cameras")
-    from interactive3d.backend import selection as S
-    from interactive3d.backend.cameras import cameras_from_blender, look_at
+    pytest.importorskip("interactive3d.backend.stage1.cameras")
+    from interactive3d.backend.interact import selection as S
+    from interactive3d.backend.stage1.cameras import cameras_from_blender, look_at
 
     eyes = torch.tensor([[1.6, -1.6, 0.6], [1.2, 0.3, 2.0]])
     c2w = look_at(eyes, torch.zeros(2, 3)).float()
@@ -274,7 +272,7 @@ def test_semantic_edit_job_with_oracle_reference(server, client, session):
     """interact.edit (3 steps, 16×16 zoom-in views, fixed t 0.5) with the oracle guidance built from the
     session's reference slot: the job ends 'done' and every parameter row outside the part is
     bit-identical while the part's rows changed; one undo restores the exact tensors."""
-    stage1 = pytest.importorskip("interactive3d.backend.stage1")
+    stage1 = pytest.importorskip("interactive3d.backend.stage1.trainer")
     s = server.server.sessions[session]
     with s.lock:
         ref = s.gaussians.clone()

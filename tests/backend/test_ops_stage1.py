@@ -1,4 +1,4 @@
-"""Stage I ops (backend/ops_stage1.py) through a real server and the real ZeroMQ client."""
+"""Stage I ops (backend/service/ops_stage1.py) through a real server and the real ZeroMQ client."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""backend/ops_stage2.py through a real server and ZeroMQ client: distill (job) → preview → occupancy →
+"""backend/service/ops_stage2.py through a real server and ZeroMQ client: distill (job) → preview → occupancy →
 add part → refine (job) → mesh, undo of a part, and typed errors for bad inputs."""
 
 import time

@@ -1,10 +1,9 @@
-"""backend/parts.py (paper Eq. 1): remove a part with its optimiser rows; merge another set."""
+"""backend/interact/parts.py (paper Eq. 1): remove a part with its optimiser rows; merge another set."""
 
 import pytest
 import torch
-
-from interactive3d.backend import gaussians as G
-from interactive3d.backend import parts as P
+from interactive3d.backend.interact import parts as P
+from interactive3d.backend.stage1 import gaussians as G
 
 
 def _stepped(n=100, seed=0):

@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pytest
-
 from _server_helpers import threaded_client
 from interactive3d.protocol.client import Client, RemoteError
 
@@ -122,9 +121,7 @@ def test_checkpoint_after_the_interaction_records_the_stage1_job(tmp_path):
     it; the one written when the drag ends records the Stage I job again (op, step, paused), so a crash
     right after an interaction still resumes generation."""
     from _server_helpers import ThreadedServer
-
-    from interactive3d.backend import checkpoint
-
+    from interactive3d.backend.service import checkpoint
     ts = ThreadedServer(state_dir=str(tmp_path / "state"))
     c = Client(ts.address)
     try:

@@ -1,12 +1,25 @@
-"""Interactive hash refinement (backend/refine.py, paper Eq. 8–9) on CPU with a small base field."""
+"""Interactive hash refinement (backend/stage2/refine.py, paper Eq. 8–9) on CPU with a small base field."""
 
 import pytest
 import torch
-
 from _stage2_helpers import look_at_cams, psnr
-from interactive3d.backend.hashgrid import HashGridConfig
-from interactive3d.backend.nerf import FieldOutput, NeRFConfig, NeRFField, RenderConfig, camera_rays, occupancy_from_field, render_image
-from interactive3d.backend.refine import PartConfig, RefineConfig, RefinedField, Refiner, RegionError, region_cells
+from interactive3d.backend.stage2.hashgrid import HashGridConfig
+from interactive3d.backend.stage2.nerf import (
+    FieldOutput,
+    NeRFConfig,
+    NeRFField,
+    RenderConfig,
+    camera_rays,
+    occupancy_from_field,
+    render_image,
+)
+from interactive3d.backend.stage2.parts import (
+    PartConfig,
+    RefinedField,
+    RegionError,
+    region_cells,
+)
+from interactive3d.backend.stage2.refine import RefineConfig, Refiner
 
 BASE = NeRFConfig(grid=HashGridConfig(n_levels=4, n_features=2, log2_table_size=12, base_resolution=8, per_level_scale=1.5), hidden=32)
 PART = PartConfig(n_levels=4, n_features=2, log2_table_size=12, base_resolution=8, per_level_scale=1.5, hidden=16)
@@ -127,7 +140,7 @@ def test_refinement_with_interactive_sds_oracle():
     """Eq. 8 path: interactive SDS on zoom-in cameras around the part with the user's t = 0.3, scored by
     the closed-form oracle denoiser whose reference is the red-inside target. 15 steps at 32×32 raise
     PSNR inside Q's projection by ≥ 2 dB on fixed views; the base stays bit-identical."""
-    from interactive3d.backend.guidance import GuidanceConfig, OracleGuidance
+    from interactive3d.backend.stage1.guidance import GuidanceConfig, OracleGuidance
 
     base, occ = _setup()
     target_field = _RedInside(base)

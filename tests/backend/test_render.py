@@ -1,4 +1,4 @@
-"""Tests of backend/render.py: projection parity with gsplat's torch reference, compositing against a
+"""Tests of backend/stage1/render.py: projection parity with gsplat's torch reference, compositing against a
 per-pixel brute force, gradients (gradcheck), culling, backgrounds, the view-space gradient that densify
 reads, and (GPU only) the torch rasteriser against gsplat's CUDA kernels."""
 
@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-
-from interactive3d.backend.cameras import orbit_cameras
-from interactive3d.backend.gaussians import Gaussians, init_random
-from interactive3d.backend import render as R
-from interactive3d.backend.render import render
+from interactive3d.backend.maths import rotations as Rot
+from interactive3d.backend.stage1 import render as R
+from interactive3d.backend.stage1.cameras import orbit_cameras
+from interactive3d.backend.stage1.gaussians import Gaussians, init_random
+from interactive3d.backend.stage1.render import render
 
 gsplat_ref = pytest.importorskip("gsplat.cuda._torch_impl")
 
@@ -40,7 +40,7 @@ def _cams(b=3, w=40, h=32, dist=1.8):
 def test_covariance_and_sh_match_gsplat_reference():
     """Σ = R S Sᵀ Rᵀ and the SH basis up to degree 3 equal gsplat's torch twins to 1e-6."""
     g = _random_gaussians(200)
-    ours = R.quat_scale_to_covar(g.params["quats"], g.scales)
+    ours = Rot.quat_scale_to_covar(g.params["quats"], g.scales)
     ref, _ = gsplat_ref._quat_scale_to_covar_preci(g.params["quats"], g.scales, compute_preci=False)
     assert torch.allclose(ours, ref, atol=1e-6)
     dirs = torch.nn.functional.normalize(torch.randn(500, 3, generator=torch.Generator().manual_seed(1)), dim=-1)
@@ -67,7 +67,7 @@ def test_projection_matches_gsplat_fully_fused_projection():
     per-axis radii (⌈3.33σ⌉, 0 when culled) are identical integers."""
     g = _random_gaussians(2000, spread=1.5)
     cams = _cams(3, dist=1.2)
-    covars = R.quat_scale_to_covar(g.params["quats"], g.scales).detach()
+    covars = Rot.quat_scale_to_covar(g.params["quats"], g.scales).detach()
     means = g.means.detach()
     ours = R.project(means, covars, cams.viewmats, cams.Ks, cams.width, cams.height)
     radii, means2d, depths, conics, _ = gsplat_ref._fully_fused_projection(means, covars, cams.viewmats, cams.Ks, cams.width, cams.height)
@@ -81,7 +81,7 @@ def test_projection_matches_gsplat_fully_fused_projection():
 
 def _brute_force(g, cams, bg):
     """Per-pixel loop reference of the compositing rule (independent of the pair/segment machinery)."""
-    covars = R.quat_scale_to_covar(g.params["quats"], g.scales).detach()
+    covars = Rot.quat_scale_to_covar(g.params["quats"], g.scales).detach()
     proj = R.project(g.means.detach(), covars, cams.viewmats, cams.Ks, cams.width, cams.height)
     colors = R.view_colors(g, cams).detach()
     opac = g.opacities.detach()

@@ -1,12 +1,11 @@
-"""backend/selection.py: 3D selectors (indices, sphere, boxes) and 2-view mask selection."""
+"""backend/interact/selection.py: 3D selectors (indices, sphere, boxes) and 2-view mask selection."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
-
-from interactive3d.backend import selection as S
+from interactive3d.backend.interact import selection as S
 
 
 def _grid(n=11):
@@ -78,7 +77,7 @@ def test_sam_missing_is_a_clear_error(tmp_path):
             S.sam_masks(np.zeros((8, 8, 3)), np.array([[4, 4]]), ckpt)
 
 
-# -- 2D masks (needs backend/cameras.py) ---------------------------------------------------------
+# -- 2D masks (needs backend/stage1/cameras.py) ---------------------------------------------------------
 def _scene():
     """Known parts: a 'body' ball (r 0.4 at the origin, 3000 Gaussians) and an 'arm' box
     x∈[0.45,0.9], |y|,|z| ≤ 0.1 (600 Gaussians)."""
@@ -92,7 +91,7 @@ def _scene():
 
 def _silhouette(cams, box_points, size):
     """Mask [B,H,W] of the pixels hit by dense samples of the arm box (the part as a painter sees it)."""
-    from interactive3d.backend.cameras import project_points
+    from interactive3d.backend.stage1.cameras import project_points
 
     pix, depth = project_points(box_points, cams)
     masks = torch.zeros(len(cams), size, size, dtype=torch.bool)
@@ -104,7 +103,7 @@ def _silhouette(cams, box_points, size):
 
 
 def _cams(eyes, size=64):
-    from interactive3d.backend.cameras import cameras_from_blender, look_at
+    from interactive3d.backend.stage1.cameras import cameras_from_blender, look_at
 
     eyes = torch.tensor(eyes, dtype=torch.float32)
     return cameras_from_blender(look_at(eyes, torch.zeros_like(eyes)), math.radians(50), size, size)
@@ -118,7 +117,7 @@ def test_two_view_mask_selection_iou():
     """2 views (front-right and top-right) of the scene, masks = the arm's silhouettes: IoU with the true
     arm ≥ 0.95 (measured 1.0); one view straight down the arm's axis catches body Gaussians behind it
     (IoU < 0.95), which is why every view must agree."""
-    pytest.importorskip("interactive3d.backend.cameras")
+    pytest.importorskip("interactive3d.backend.stage1.cameras")
     means, truth = _scene()
     gen = torch.Generator().manual_seed(1)
     dense = torch.rand(100_000, 3, generator=gen) * torch.tensor([0.45, 0.2, 0.2]) + torch.tensor([0.45, -0.1, -0.1])
@@ -135,8 +134,8 @@ def test_occlusion_aware_excludes_hidden():
     """A front wall (x = 0.5) hides a back wall (x = −0.5) from a camera on +x. With a mask over the
     whole image and the depth of the front wall, occlusion-aware selection keeps all 400 front
     Gaussians and none of the 400 hidden ones; without it, all 800 are selected."""
-    pytest.importorskip("interactive3d.backend.cameras")
-    from interactive3d.backend.cameras import project_points
+    pytest.importorskip("interactive3d.backend.stage1.cameras")
+    from interactive3d.backend.stage1.cameras import project_points
 
     t = torch.linspace(-0.3, 0.3, 20)
     yy, zz = torch.meshgrid(t, t, indexing="ij")
@@ -154,11 +153,11 @@ def test_occlusion_aware_excludes_hidden():
 
 
 def test_occlusion_aware_with_rendered_depth():
-    """Same two walls as opaque splats, depth rendered by backend/render.py: occlusion-aware selection
+    """Same two walls as opaque splats, depth rendered by backend/stage1/render.py: occlusion-aware selection
     keeps all 400 front Gaussians and none of the 400 hidden behind them."""
-    pytest.importorskip("interactive3d.backend.render")
-    from interactive3d.backend import gaussians as G
-    from interactive3d.backend.render import render
+    pytest.importorskip("interactive3d.backend.stage1.render")
+    from interactive3d.backend.stage1 import gaussians as G
+    from interactive3d.backend.stage1.render import render
 
     t = torch.linspace(-0.3, 0.3, 20)
     yy, zz = torch.meshgrid(t, t, indexing="ij")

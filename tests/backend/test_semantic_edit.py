@@ -1,10 +1,9 @@
-"""backend/masked_optim.py + backend/semantic_edit.py: updates restricted to a part (paper §3.1.4)."""
+"""backend/interact/masked_optim.py + backend/interact/semantic_edit.py: updates restricted to a part (paper §3.1.4)."""
 
 import pytest
 import torch
-
-from interactive3d.backend import gaussians as G
-from interactive3d.backend.masked_optim import masked_step
+from interactive3d.backend.interact.masked_optim import masked_step
+from interactive3d.backend.stage1 import gaussians as G
 
 
 def _stepped(n=300, seed=0):
@@ -58,7 +57,7 @@ class _RedGuidance:
         self.calls = []
 
     def __call__(self, images, prompt, elevation_deg, azimuth_deg, step=0, fixed_t=None, t_range=None, generator=None, **ctx):
-        from interactive3d.backend.guidance import GuidanceOutput
+        from interactive3d.backend.stage1.guidance import GuidanceOutput
 
         loss = (images - torch.tensor([1.0, 0.0, 0.0])).pow(2).mean()
         self.calls.append((prompt, t_range, fixed_t, step, tuple(images.shape), float(loss.detach())))
@@ -69,9 +68,12 @@ def test_semantic_edit_outside_part_bit_identical():
     """5 semantic-edit steps through the real renderer: every parameter and Adam moment outside the part
     is bit-identical, the part's parameters changed, and the guidance got the
     edit's prompt and fixed t (0.3) on zoom-in renders of the configured size."""
-    pytest.importorskip("interactive3d.backend.render")
-    from interactive3d.backend.interactive_sds import InteractiveSDSConfig
-    from interactive3d.backend.semantic_edit import SemanticEditConfig, semantic_edit
+    pytest.importorskip("interactive3d.backend.stage1.render")
+    from interactive3d.backend.interact.interactive_sds import InteractiveSDSConfig
+    from interactive3d.backend.interact.semantic_edit import (
+        SemanticEditConfig,
+        semantic_edit,
+    )
 
     g, opt = _stepped(n=400)
     part = g.means.detach()[:, 0] > 0.15
@@ -92,8 +94,8 @@ def test_zoom_in_cameras_frame_the_part():
     """Interactive SDS (§3.1.5): the region sphere of a part (region_of) given to the zoom-in cameras puts
     every centre of the part inside each of 8 sampled 32×32 views, and the part spans ≥ 40% of the
     image width in each view (the camera is near the part, not orbiting the whole object)."""
-    from interactive3d.backend.cameras import project_points, zoom_in_cameras
-    from interactive3d.backend.interactive_sds import region_of
+    from interactive3d.backend.interact.interactive_sds import region_of
+    from interactive3d.backend.stage1.cameras import project_points, zoom_in_cameras
 
     g = G.init_random(3000, radius=0.5, seed=0)
     part = (g.means.detach() - torch.tensor([0.3, 0.0, 0.0])).norm(dim=1) <= 0.12
@@ -109,10 +111,13 @@ def test_zoom_in_cameras_frame_the_part():
 def test_semantic_edit_densifies_inside_the_part_only():
     """With densification on (every 2 steps from step 1, any visible gradient qualifies): the part grows,
     the new rows belong to the part, and the rows outside it are bit-identical, in the same order."""
-    pytest.importorskip("interactive3d.backend.render")
-    from interactive3d.backend.densify import DensifyConfig
-    from interactive3d.backend.interactive_sds import InteractiveSDSConfig
-    from interactive3d.backend.semantic_edit import SemanticEditConfig, semantic_edit
+    pytest.importorskip("interactive3d.backend.stage1.render")
+    from interactive3d.backend.interact.interactive_sds import InteractiveSDSConfig
+    from interactive3d.backend.interact.semantic_edit import (
+        SemanticEditConfig,
+        semantic_edit,
+    )
+    from interactive3d.backend.stage1.densify import DensifyConfig
 
     g, opt = _stepped(n=400)
     part = g.means.detach()[:, 0] > 0.15

@@ -15,10 +15,9 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
+from _server_helpers import ThreadedServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from _server_helpers import ThreadedServer
 from interactive3d.protocol.client import Client, ConnectionLost, RemoteError
 from interactive3d.protocol.codec import DTYPES, Limits, decode, encode
 
@@ -193,7 +192,7 @@ def test_auth():
 
 
 def test_non_loopback_bind_needs_key():
-    from interactive3d.backend.server import Server, ServerConfig
+    from interactive3d.backend.service.server import Server, ServerConfig
 
     with pytest.raises(ValueError, match="auth key"):
         Server(ServerConfig(bind="tcp://0.0.0.0:0", device="cpu"))
@@ -211,8 +210,13 @@ def test_request_timeout_when_nobody_listens():
 def test_every_handler_has_a_spec():
     """Each op in the four HANDLERS tables is dispatchable (has an OpSpec), and each handled op's spec
     documents it in docs/protocol.md (regenerate after adding ops: see docs/backend-api.md)."""
-    from interactive3d.backend import ops_interactions, ops_session, ops_stage1, ops_stage2
-    from interactive3d.backend.server import Server, ServerConfig
+    from interactive3d.backend.service import (
+        ops_interactions,
+        ops_session,
+        ops_stage1,
+        ops_stage2,
+    )
+    from interactive3d.backend.service.server import Server, ServerConfig
 
     tables = [ops_session.HANDLERS, ops_stage1.HANDLERS, ops_interactions.HANDLERS, ops_stage2.HANDLERS]
     s = Server(ServerConfig(bind="tcp://127.0.0.1:*", device="cpu"))

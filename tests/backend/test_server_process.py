@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from _server_helpers import spawn_helper_server, wait_up as _wait_up
+from _server_helpers import spawn_helper_server
+from _server_helpers import wait_up as _wait_up
 from interactive3d.protocol.client import Client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,9 +55,9 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _stale_checkpoint(state: Path, days: float) -> Path:
     """A real checkpoint folder whose file was last written ``days`` ago."""
-    from interactive3d.backend import checkpoint
-    from interactive3d.backend.gaussians import init_random
-    from interactive3d.backend.session import Session
+    from interactive3d.backend.service import checkpoint
+    from interactive3d.backend.service.session import Session
+    from interactive3d.backend.stage1.gaussians import init_random
 
     s = Session("stale0")
     s.gaussians = init_random(10, seed=0)

@@ -8,10 +8,9 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from interactive3d.backend import checkpoint as ck
-from interactive3d.backend.gaussians import init_random, make_optimizers
-from interactive3d.backend.session import Session
+from interactive3d.backend.service import checkpoint as ck
+from interactive3d.backend.service.session import Session
+from interactive3d.backend.stage1.gaussians import init_random, make_optimizers
 
 
 class Field:

@@ -1,4 +1,4 @@
-"""Stage I trainer (backend/stage1.py): SDS gradients through the SD path, oracle convergence, exact resume."""
+"""Stage I trainer (backend/stage1/trainer.py): SDS gradients through the SD path, oracle convergence, exact resume."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from _tiny_diffusion import tiny_sd_guidance
-from interactive3d.backend.cameras import orbit_cameras
-from interactive3d.backend.gaussians import (
+from interactive3d.backend.stage1.cameras import orbit_cameras
+from interactive3d.backend.stage1.gaussians import (
     PARAM_NAMES,
     Gaussians,
     LearningRates,
@@ -20,9 +19,9 @@ from interactive3d.backend.gaussians import (
     make_optimizers,
     rgb_to_sh_dc,
 )
-from interactive3d.backend.guidance import OracleGuidance, PromptSpec
-from interactive3d.backend.render import render
-from interactive3d.backend.stage1 import Stage1Config, Stage1Job, stage1_step
+from interactive3d.backend.stage1.guidance import OracleGuidance, PromptSpec
+from interactive3d.backend.stage1.render import render
+from interactive3d.backend.stage1.trainer import Stage1Config, Stage1Job, stage1_step
 
 
 def reference_object(n: int = 600, seed: int = 5) -> Gaussians:

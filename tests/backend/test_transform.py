@@ -1,12 +1,12 @@
-"""backend/transform.py (paper Eq. 2): positions, quaternions and Σ' = AΣAᵀ after a 4×4 affine."""
+"""backend/interact/transform.py (paper Eq. 2): positions, quaternions and Σ' = AΣAᵀ after a 4×4 affine."""
 
 import math
 
 import pytest
 import torch
-
-from interactive3d.backend import gaussians as G
-from interactive3d.backend import transform as T
+from interactive3d.backend.interact import transform as T
+from interactive3d.backend.maths import rotations as Rot
+from interactive3d.backend.stage1 import gaussians as G
 
 
 def _one_gaussian(scales=(0.1, 0.02, 0.05), quat=(0.9, 0.1, -0.3, 0.2), mean=(0.3, -0.2, 0.1)):
@@ -24,7 +24,7 @@ def _affine(a, t=(0.0, 0.0, 0.0)):
 
 
 def _cov(g):
-    return T.covariance(g.scales.detach().double(), g.rotations.detach().double())
+    return Rot.quat_scale_to_covar(g.rotations.detach().double(), g.scales.detach().double())
 
 
 def test_stretch_matches_analytic_covariance():
@@ -48,7 +48,7 @@ def test_similarity_composes_quaternion(mirror):
     g = _one_gaussian()
     cov0 = _cov(g)
     s0 = g.scales.detach().clone()
-    r = T.quat_to_rotmat(torch.tensor([[0.3, -0.5, 0.7, 0.2]]))[0]
+    r = Rot.quat_to_rotmat(torch.tensor([[0.3, -0.5, 0.7, 0.2]]))[0]
     a = (-1.7 if mirror else 1.7) * r
     res = T.transform_part(g, torch.ones(1, dtype=torch.bool), _affine(a))
     assert res.similarity
@@ -80,7 +80,7 @@ def test_bbox_pivot_keeps_centre_fixed():
     g = G.init_random(100, seed=1)
     part = torch.ones(100, dtype=torch.bool)
     c0 = T.bbox_center(g.means.detach())
-    rot = T.quat_to_rotmat(torch.tensor([[math.cos(0.25 * math.pi), 0.0, 0.0, math.sin(0.25 * math.pi)]]))[0]
+    rot = Rot.quat_to_rotmat(torch.tensor([[math.cos(0.25 * math.pi), 0.0, 0.0, math.sin(0.25 * math.pi)]]))[0]
     res = T.transform_part(g, part, _affine(rot))
     assert torch.allclose(res.pivot, c0, atol=1e-7)
     # A 90° turn about z maps an axis-aligned box to an axis-aligned box with the same centre.
@@ -120,8 +120,8 @@ def test_rotmat_quat_round_trip():
     q[:500, 0] *= 1e-4  # near half turns: w tiny but not zero
     special = [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [0.0, 0.6, -0.8, 0.0], [1e-5, 0.3, 0.4, -0.866], [0.0, -0.5, 0.5, 0.7071]]
     q = torch.cat([q, torch.tensor(special, dtype=torch.float64)])
-    r = T.quat_to_rotmat(q)
-    assert (T.quat_to_rotmat(T.rotmat_to_quat(r)) - r).abs().max() < 1e-7
+    r = Rot.quat_to_rotmat(q)
+    assert (Rot.quat_to_rotmat(Rot.rotmat_to_quat(r)) - r).abs().max() < 1e-7
 
 
 def test_eigh3_matches_reconstruction_including_degenerate():
@@ -129,10 +129,10 @@ def test_eigh3_matches_reconstruction_including_degenerate():
     matrices and on repeated-eigenvalue cases (isotropic, two equal, near-flat)."""
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(2000, 3, 3, dtype=torch.float64, generator=gen)
-    r = T.quat_to_rotmat(torch.randn(6, 4, dtype=torch.float64, generator=gen))
+    r = Rot.quat_to_rotmat(torch.randn(6, 4, dtype=torch.float64, generator=gen))
     d = torch.tensor([[1, 1, 1], [2, 1, 1], [2, 2, 1], [1e-6, 1e-6, 1], [3, 2, 1], [1e-8, 0.5, 0.5]], dtype=torch.float64)
     for cov in (a @ a.transpose(1, 2), r @ torch.diag_embed(d) @ r.transpose(1, 2)):
-        evals, evecs = T.eigh3(cov)
+        evals, evecs = Rot.eigh3(cov)
         rec = evecs @ torch.diag_embed(evals) @ evecs.transpose(1, 2)
         assert ((rec - cov).abs().amax((1, 2)) / cov.abs().amax((1, 2))).max() < 1e-8
         assert torch.allclose(torch.linalg.det(evecs), torch.ones(len(cov), dtype=torch.float64), atol=1e-12)
@@ -150,9 +150,9 @@ def test_stretch_refactorisation_reproduces_a_sigma_a_transpose():
     s[500:1000, :2] = 1e-4
     q = torch.randn(20000, 4, dtype=torch.float64, generator=gen)
     a = torch.tensor([[1.5, 0.3, 0.0], [0.0, 0.8, 0.2], [0.1, 0.0, 2.0]], dtype=torch.float64)
-    want = a @ T.covariance(s, q) @ a.T
+    want = a @ Rot.quat_scale_to_covar(q, s) @ a.T
     new_s, new_q = T._stretch_factor(a, s, q)
-    got = T.covariance(new_s, new_q)
+    got = Rot.quat_scale_to_covar(new_q, new_s)
     assert ((got - want).abs().amax((1, 2)) / want.abs().amax((1, 2))).max() < 1e-8
     assert torch.allclose(new_q.norm(dim=-1), torch.ones(20000, dtype=torch.float64), atol=1e-12)
 
@@ -171,13 +171,13 @@ def test_view_dependent_colour_turns_with_the_part(degree, kind):
     """After a transform with orthogonal factor O, the SH colour of each Gaussian seen along d equals
     the colour it had along Oᵀd (to 1e-5 in float32) for every degree; the DC band is untouched. For a
     rotation (and a mirror) O = A/s; for a rotate-then-stretch A = R·diag(2,1,1)·… O is the polar factor."""
-    from interactive3d.backend.render import sh_basis
+    from interactive3d.backend.stage1.render import sh_basis
 
     g = G.init_random(40, seed=3, sh_degree=degree)
     with torch.no_grad():
         g.params["sh"].normal_(generator=torch.Generator().manual_seed(4))
     before = g.params["sh"].detach().double().clone()
-    r = T.quat_to_rotmat(torch.tensor([[0.8, 0.2, -0.5, 0.3]], dtype=torch.float64))[0]
+    r = Rot.quat_to_rotmat(torch.tensor([[0.8, 0.2, -0.5, 0.3]], dtype=torch.float64))[0]
     a = {"rotation": 1.5 * r, "mirror": r @ torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)),
          "rotate-and-stretch": r @ torch.diag(torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64))}[kind]
     T.transform_part(g, torch.ones(40, dtype=torch.bool), _affine(a.float()))

@@ -1,6 +1,6 @@
 """The Stage II state of a session: the distilled field, its occupancy grid and its refinement parts.
 
-Lives in ``session.extras["stage2"]`` (backend/session.py's Extra protocol): ``state_dict`` /
+Lives in ``session.extras["stage2"]`` (backend/service/session.py's Extra protocol): ``state_dict`` /
 ``load_state_dict`` / ``from_state_dict`` make it part of checkpoints and of undo/redo snapshots, so
 "add part", a distillation or a refinement can be undone exactly.
 """
@@ -14,7 +14,7 @@ import torch
 
 from .hashgrid import HashGridConfig
 from .nerf import NeRFConfig, NeRFField, OccupancyGrid
-from .refine import PartConfig, RefinedField
+from .parts import PartConfig, RefinedField
 
 SLOT = "stage2"
 

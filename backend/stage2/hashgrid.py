@@ -247,7 +247,6 @@ class HashGrid(nn.Module):
             return encode_torch(x.to(self.table.dtype), self.table, self.cfg, self.meta)
         if self.backend == "triton":
             from . import hashgrid_triton
-
             return hashgrid_triton.encode(x.float().contiguous(), self.table, self.cfg, self.meta)
         return self._tcnn(x.float()).float()
 

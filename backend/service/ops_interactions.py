@@ -17,16 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound
-from . import selection
-from .densify import DensifyConfig
-from .drag import DragConfig, DragJob
-from .gaussians import Gaussians
-from .interactive_sds import InteractiveSDSConfig
-from .parts import check_part_name, merge_gaussians, remove_part
-from .semantic_edit import SemanticEditConfig, SemanticEditJob
-from .transform import check_matrix, transform_part
+
+from ..interact import selection
+from ..interact.drag import DragConfig, DragJob
+from ..interact.interactive_sds import InteractiveSDSConfig
+from ..interact.parts import check_part_name, merge_gaussians, remove_part
+from ..interact.semantic_edit import SemanticEditConfig, SemanticEditJob
+from ..interact.transform import check_matrix, transform_part
+from ..stage1.densify import DensifyConfig
+from ..stage1.gaussians import Gaussians
+from .requests import Reply
 
 COMBINE = ("replace", "add", "subtract", "intersect")
 SELECT_KINDS = ("indices", "sphere", "aabb", "box", "masks", "all")
@@ -95,8 +96,11 @@ def _session_guidance(session, required: bool):
     gd = getattr(last, "guidance", None)
     if gd is not None:
         return gd
-    from .stage1 import OracleReference, oracle_render_fn  # imports the renderer: only when needed
-    from .guidance import OracleGuidance
+    from ..stage1.guidance import OracleGuidance
+    from ..stage1.trainer import (  # imports the renderer: only when needed
+        OracleReference,
+        oracle_render_fn,
+    )
 
     ref = session.extras.get(OracleReference.SLOT)
     if ref is not None:
@@ -140,7 +144,7 @@ def select_mask(session, g: Gaussians, args: dict, buffers: list) -> torch.Tenso
 
 
 def _select_masks(g: Gaussians, args: dict, buffers: list) -> torch.Tensor:
-    from .cameras import cameras_from_blender
+    from ..stage1.cameras import cameras_from_blender
 
     if len(buffers) < 2:
         raise ValueError("kind 'masks' needs two buffers: masks [B,H,W] and camera c2w [B,4,4]")
@@ -154,7 +158,7 @@ def _select_masks(g: Gaussians, args: dict, buffers: list) -> torch.Tensor:
     cfg = selection.MaskSelectConfig(bool(args["occlusion_aware"]), float(args["depth_tolerance"]))
     depth = None
     if cfg.occlusion_aware:
-        from .render import render
+        from ..stage1.render import render
 
         with torch.no_grad():
             depth = render(g, cams).depth
@@ -248,8 +252,9 @@ def _gaussians_to_merge(req) -> Gaussians:
     if len(sources) + (1 if states else 0) != 1:
         raise InvalidArgs("give exactly one of: path (.ply/.splat), source_session, or a state buffer [M,14]")
     if args.get("path"):
-        from .init import ply_to_gaussians
         from interactive3d.protocol import ply as ply_io
+
+        from ..stage1.init import ply_to_gaussians
 
         path = Path(args["path"]).expanduser()
         if not path.is_file():
@@ -376,7 +381,6 @@ def handle_sam(req):
         raise NotFound(str(exc)) from None
     except ValueError as exc:
         raise _invalid(exc) from None
-    from .server import Reply  # here, not at import time: server.py imports this module
 
     return Reply({"count": int(mask.sum())}, [mask.astype(np.uint8)])
 

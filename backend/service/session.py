@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .gaussians import Gaussians, make_optimizers
+from ..stage1.gaussians import Gaussians, make_optimizers
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # ids name folders in the state dir
 DEFAULT_HISTORY_DEPTH = 32

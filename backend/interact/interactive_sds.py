@@ -15,14 +15,14 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from .cameras import zoom_in_cameras
-from .gaussians import Gaussians
-from .guidance import PromptSpec
-from .render import render
+from ..stage1.cameras import zoom_in_cameras
+from ..stage1.gaussians import Gaussians
+from ..stage1.guidance import PromptSpec
+from ..stage1.render import render
 
 
 class Guidance(Protocol):
-    """The call interface of ``backend/guidance.py`` (SD, PixArt-α, oracle) → GuidanceOutput."""
+    """The call interface of ``backend/stage1/guidance.py`` (SD, PixArt-α, oracle) → GuidanceOutput."""
 
     def __call__(self, images: Tensor, prompt: PromptSpec, elevation_deg: Tensor, azimuth_deg: Tensor, **kw) -> Any: ...
 

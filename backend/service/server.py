@@ -24,27 +24,41 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import zmq
-
 from interactive3d.protocol import catalogue
 from interactive3d.protocol.auth import Signer, is_loopback
 from interactive3d.protocol.catalogue import OpSpec
-from interactive3d.protocol.codec import Limits, PROTOCOL_VERSION, buffer_frames, decode, error_header, pack_header
-from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, ProtocolError, Unauthorized, UnknownOp
+from interactive3d.protocol.codec import (
+    PROTOCOL_VERSION,
+    Limits,
+    buffer_frames,
+    decode,
+    error_header,
+    pack_header,
+)
+from interactive3d.protocol.errors import (
+    Busy,
+    InvalidArgs,
+    NotFound,
+    ProtocolError,
+    Unauthorized,
+    UnknownOp,
+)
 
 from . import checkpoint as ckpt_mod
-from .jobs import JobConfig, JobOrigin, JobRunner
+from . import ops_interactions, ops_session, ops_stage1, ops_stage2
+from .jobs import JobConfig, JobRunner
+from .requests import Handler, Reply, Request, preemptible
 from .session import DEFAULT_HISTORY_DEPTH, SESSION_ID_RE, Session
 
 log = logging.getLogger(__name__)
 
-SERVER_NAME = "interactive3d-backend"
 REPLY_CACHE_ENTRIES = 256
 REPLY_CACHE_BYTES = 64 << 20
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
@@ -107,97 +121,6 @@ class ServerConfig:
             raise ValueError(f"keep_checkpoints_days must be >= 0 (0 keeps all), got {self.keep_checkpoints_days!r}")
 
 
-@dataclass
-class Reply:
-    """What a handler returns: the result map and reply arrays (sent zero-copy)."""
-
-    result: dict = field(default_factory=dict)
-    buffers: list = field(default_factory=list)
-
-
-@dataclass
-class Request:
-    """What a handler gets.
-
-    Attributes:
-        op, id: the op name and the request id.
-        args: validated args with defaults filled in (``args["session"]`` when the op acts on one).
-        buffers: request arrays, read-only views of the received frames (``np.array(b)`` to mutate).
-        session: the resolved :class:`Session` when the op's spec says ``session=True``, else None.
-        server: the :class:`Server` (sessions, device, config).
-        resume: set only when session.resume re-runs the op that started a checkpointed job.
-    """
-
-    op: str
-    id: str
-    args: dict
-    buffers: list[np.ndarray]
-    session: Session | None
-    server: "Server"
-    resume: ckpt_mod.JobRecord | None = None
-    paused: bool = False
-    identity: bytes | None = None  # the sender's ROUTER identity (events of sessions it creates go there)
-
-    @property
-    def device(self) -> torch.device:
-        return self.server.device
-
-    def get_session(self, session_id: str) -> Session:
-        """Another open session (e.g. the source of a merge); NotFound if it is not open."""
-        return self.server.get_session(session_id)
-
-    def start_job(self, job: Any, label: str | None = None, record: bool = True) -> str:
-        """Run ``job`` (see backend/jobs.py) on this request's session; returns the job id.
-
-        Records an undo point labelled ``label`` (default: the op name) before the first step, unless
-        ``record`` is False. Raises Busy if the session already has a job in flight. Build the job (and
-        do every validation) before calling this; mutate nothing before it.
-        """
-        s = self.session
-        if s is None:
-            raise ValueError(f"op {self.op!r} has no session: start_job needs an OpSpec with session=True")
-        spec = self.server.specs.get(self.op)
-        suspend = None
-        if s.job_active:
-            if not (spec is not None and spec.preempts and preemptible(s)):
-                raise Busy(f"session {s.id} already has job {s.job.job_id} ({s.job.kind}, {s.job.state})")
-            suspend = s.job
-        start, job_id = 0, uuid.uuid4().hex[:12]
-        if self.resume is not None:
-            load = getattr(job, "load_state_dict", None)
-            if self.resume.state is not None and callable(load):
-                load(self.resume.state)
-            start, job_id = int(self.resume.step), self.resume.job_id
-        elif record:
-            s.record(label or self.op)
-        if suspend is not None:
-            # the Stage I job stops before its next step and waits; _job_ended hands the session back to it
-            s.suspended = (suspend, suspend.state == "running")
-            suspend.pause()
-        runner = JobRunner(
-            s, job, job_id, JobOrigin(self.op, dict(self.args), list(self.buffers), self.id),
-            self.server._post_event, self.server.config.state_dir, self.server.config.job, start_step=start,
-            on_exit=lambda: self.server._job_ended(s, runner),
-        )
-        s.job = runner
-        runner.start(paused=self.paused)
-        log.info("job started op=%s session=%s job=%s kind=%s step=%d/%d", self.op, s.id, job_id, runner.kind, start, runner.total)
-        return job_id
-
-
-Handler = Callable[[Request], "Reply | dict | None"]
-
-
-PREEMPTIBLE_KINDS = ("stage1",)
-
-
-def preemptible(s: Session) -> bool:
-    """The session's job is a Stage I job that is running, pausing or paused (not cancelling, not
-    already preempted): an op with ``preempts`` may start its own job in front of it."""
-    j = s.job
-    return s.suspended is None and j is not None and not j.finished and j.kind in PREEMPTIBLE_KINDS and j.state in ("running", "pausing", "paused")
-
-
 def _plain(v: Any) -> Any:
     """Convert numpy scalars/arrays and tuples in a result map to msgpack-able values."""
     if isinstance(v, dict):
@@ -240,9 +163,6 @@ class Server:
             if s.name in self.specs:
                 raise ValueError(f"extra op {s.name!r} is already in the catalogue")
             self.specs[s.name] = s
-        # The ops modules import Request/Reply from here, so they are imported when a server is built.
-        from . import ops_interactions, ops_session, ops_stage1, ops_stage2
-
         self.handlers: dict[str, Handler] = {}
         for table in (ops_session.HANDLERS, ops_stage1.HANDLERS, ops_interactions.HANDLERS, ops_stage2.HANDLERS, dict(extra_handlers or {})):
             for op, h in table.items():

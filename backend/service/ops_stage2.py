@@ -17,16 +17,16 @@ import os
 
 import numpy as np
 import torch
-
 from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound
 
-from .distill import DistillConfig, DistillJob
-from .hashgrid import HashGridConfig
-from .mesh import MeshConfig, MeshError, export_mesh, extract_mesh
-from .nerf import NeRFConfig, RenderConfig, occupancy_from_field
-from .refine import PartConfig, RefineConfig, RefineJob, RegionError, region_cells
-from .server import Reply, Request
-from .stage2 import SLOT, PartInfo
+from ..stage2.distill import DistillConfig, DistillJob
+from ..stage2.hashgrid import HashGridConfig
+from ..stage2.mesh import MeshConfig, MeshError, export_mesh, extract_mesh
+from ..stage2.nerf import NeRFConfig, RenderConfig, occupancy_from_field
+from ..stage2.parts import PartConfig, RegionError, region_cells
+from ..stage2.refine import RefineConfig, RefineJob
+from ..stage2.state import SLOT, PartInfo
+from .requests import Reply, Request
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def refine(req: Request) -> Reply:
     s, a = req.session, req.args
     loader = None
     if a["guidance"] == "sd":
-        from .guidance import DEFAULT_SD_MODEL, StableDiffusionGuidance
+        from ..stage1.guidance import DEFAULT_SD_MODEL, StableDiffusionGuidance
 
         model, local, device = a["model"] or DEFAULT_SD_MODEL, a["local_files_only"], req.device
 

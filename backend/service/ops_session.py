@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-
 from interactive3d.protocol.catalogue import STATE_COLUMNS
 from interactive3d.protocol.codec import PROTOCOL_VERSION
 from interactive3d.protocol.errors import Busy, NotFound
 
 from . import checkpoint as ckpt_mod
-from .server import SERVER_NAME, Reply, Request
+from .requests import SERVER_NAME, Reply, Request
 
 
 def _package_version() -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .gaussians import Gaussians, append, keep, make_optimizers
+from ..stage1.gaussians import Gaussians, append, keep, make_optimizers
 from .interactive_sds import InteractiveSDSConfig, Region, interactive_sds_loss
 from .masked_optim import masked_step
 
@@ -282,7 +282,7 @@ def drag(
 
 
 class DragJob:
-    """A drag as a server job (backend/jobs.py): one :func:`drag_step` per job step on the session's
+    """A drag as a server job (backend/service/jobs.py): one :func:`drag_step` per job step on the session's
     Gaussians and optimisers, densify & prune after the last step. Arguments are validated (and the
     active set built) in the constructor, so a bad drag is refused before any job starts."""
 

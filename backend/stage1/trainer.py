@@ -114,7 +114,7 @@ def stage1_step(
     """One Stage I step in place on ``g`` and its optimisers.
 
     Args:
-        guidance: a guidance callable (backend/guidance.py); None runs render-only steps (no update).
+        guidance: a guidance callable (backend/stage1/guidance.py); None runs render-only steps (no update).
         prompt: the prompt (required by diffusion guidances; the oracle ignores its text).
         generator: CPU generator for every random draw of the step (split samples included).
     """
@@ -158,7 +158,7 @@ def stage1_step(
 
 
 class Stage1Job:
-    """Stage I as a server job (backend/jobs.py): ``total_steps`` calls of :meth:`step`, each one
+    """Stage I as a server job (backend/service/jobs.py): ``total_steps`` calls of :meth:`step`, each one
     :func:`stage1_step` on the session's Gaussians and optimisers, under the session's lock (taken by
     the job runner), so edits from other ops land between two steps.
 
@@ -237,7 +237,7 @@ def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], lr: Learnin
 class OracleReference:
     """The session's reference object for the oracle guidance (session.extras["stage1.reference"]).
 
-    A checkpointable, undoable extra slot (backend/session.py's Extra protocol): its state is the
+    A checkpointable, undoable extra slot (backend/service/session.py's Extra protocol): its state is the
     reference Gaussians' exact snapshot.
     """
 

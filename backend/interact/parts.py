@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .gaussians import Gaussians, append, keep, num_sh_bases
+from ..stage1.gaussians import Gaussians, append, keep, num_sh_bases
 from .transform import transform_gaussians
 
 _PART_NAME = re.compile(r"^[A-Za-z0-9_.\- ]{1,64}$")

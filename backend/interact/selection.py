@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import Cameras, project_points
+from ..stage1.cameras import Cameras, project_points
 
 
 class SegmentorUnavailableError(RuntimeError):
@@ -160,7 +161,10 @@ def sam_masks(
     if not ckpt.is_file():
         raise SegmentorUnavailableError(f"SAM checkpoint not found: {str(ckpt)!r}")
     try:
-        from segment_anything import SamPredictor, sam_model_registry  # optional dependency
+        from segment_anything import (  # optional dependency
+            SamPredictor,
+            sam_model_registry,
+        )
     except ImportError as exc:
         raise SegmentorUnavailableError(
             "SAM needs the optional package segment-anything "

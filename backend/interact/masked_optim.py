@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .gaussians import Gaussians
+from ..stage1.gaussians import Gaussians
 
 
 def masked_step(

@@ -26,8 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from ..protocol.files import atomic_write
+from interactive3d.protocol.files import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Each step renders zoom-in views of the part (interactive SDS, §3.1.5) with the edit's own prompt and
 timestep, back-propagates the SDS loss and steps the optimisers restricted to the part
 (:func:`masked_step`): every parameter and Adam moment outside the part stays bit-identical.
-Optionally the part densifies (3DGS clone/split by view-space gradients, backend/densify.py) with the
+Optionally the part densifies (3DGS clone/split by view-space gradients, backend/stage1/densify.py) with the
 statistics of the rows outside the part zeroed first, so only the part grows; new rows inherit the
 part's mask and are appended, rows outside keep their values (and their relative order).
 """
@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import densify as densify_mod
-from .densify import DensifyConfig
-from .gaussians import Gaussians, keep, make_optimizers
+from ..stage1 import densify as densify_mod
+from ..stage1.densify import DensifyConfig
+from ..stage1.gaussians import Gaussians, keep, make_optimizers
 from .interactive_sds import InteractiveSDSConfig, interactive_sds_loss, region_of
 from .masked_optim import masked_step
 
@@ -103,7 +103,7 @@ def semantic_edit(
 
 
 class SemanticEditJob:
-    """A semantic edit as a server job (backend/jobs.py): one :func:`semantic_edit_step` per job step.
+    """A semantic edit as a server job (backend/service/jobs.py): one :func:`semantic_edit_step` per job step.
     The part is resolved and checked in the constructor, so a bad edit is refused before it starts."""
 
     kind = "semantic_edit"

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..maths.rotations import quat_to_rotmat
 from .gaussians import Gaussians, append, keep
 
 GRAD = "densify:grad"
@@ -151,20 +152,6 @@ def _inherited_buffers(g: Gaussians, idx: Tensor, repeats: int = 1) -> dict[str,
             rows = rows.repeat((repeats,) + (1,) * (rows.ndim - 1))
         out[name] = torch.zeros_like(rows) if name in STAT_BUFFERS else rows
     return out
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """[...,4] w-first (normalised here) → [...,3,3]."""
-    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(q.shape[:-1] + (3, 3))
 
 
 @torch.no_grad()

@@ -16,13 +16,12 @@ import re
 
 import numpy as np
 import torch
-
 from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound
 from interactive3d.protocol.ply import PlyFormatError
 
-from . import init as init_mod
-from .gaussians import Gaussians, init_random, make_optimizers
-from .guidance import (
+from ..stage1 import init as init_mod
+from ..stage1.gaussians import Gaussians, init_random, make_optimizers
+from ..stage1.guidance import (
     DEFAULT_PIXART_MODEL,
     DEFAULT_SD_MODEL,
     GuidanceConfig,
@@ -31,7 +30,7 @@ from .guidance import (
     PromptSpec,
     StableDiffusionGuidance,
 )
-from .server import Reply, Request
+from .requests import Reply, Request
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +117,8 @@ def gaussians_save_ply(req: Request) -> Reply:
 
 
 def gaussians_render(req: Request) -> Reply:
-    from .cameras import cameras_from_blender
-    from .render import render
+    from ..stage1.cameras import cameras_from_blender
+    from ..stage1.render import render
 
     s, a = req.session, req.args
     c2w = torch.from_numpy(np.array(req.buffers[0], dtype=np.float32))
@@ -143,7 +142,7 @@ def gaussians_render(req: Request) -> Reply:
 
 
 def stage1_set_reference(req: Request) -> Reply:
-    from .stage1 import OracleReference
+    from ..stage1.trainer import OracleReference
 
     s, a = req.session, req.args
     if a["path"]:
@@ -184,8 +183,13 @@ def _check_model(kind: str, model: str, local_files_only: bool) -> None:
 
 def stage1_start(req: Request) -> Reply:
     # Imported on use: the trainer pulls in the renderer and densification (B1's modules).
-    from .densify import DensifyConfig
-    from .stage1 import OracleReference, Stage1Config, Stage1Job, oracle_render_fn
+    from ..stage1.densify import DensifyConfig
+    from ..stage1.trainer import (
+        OracleReference,
+        Stage1Config,
+        Stage1Job,
+        oracle_render_fn,
+    )
 
     s, a = req.session, req.args
     with s.lock:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..maths.rotations import quat_scale_to_covar
 from .cameras import Cameras
 from .gaussians import Gaussians
 
@@ -93,22 +94,6 @@ class Projection:
 
 
 # -- maths shared by both paths ------------------------------------------------------------------
-def quat_scale_to_covar(quats: Tensor, scales: Tensor) -> Tensor:
-    """Σ = R S Sᵀ Rᵀ. quats [...,4] w-first (normalised here), scales [...,3] → [...,3,3]."""
-    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    w, x, y, z = q.unbind(-1)
-    R = torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(q.shape[:-1] + (3, 3))
-    M = R * scales[..., None, :]
-    return M @ M.transpose(-1, -2)
-
-
 def sh_basis(degree: int, dirs: Tensor) -> Tensor:
     """Real SH basis up to ``degree`` (0..3) at unit directions [...,3] → [...,(degree+1)²]."""
     if degree not in (0, 1, 2, 3):
@@ -361,7 +346,9 @@ def render(
 
 
 def _render_gsplat(g, viewmats, Ks, w, h, colors, bg, near_plane, far_plane) -> RenderOutput:
-    from gsplat import rasterization  # CUDA-only path; imported lazily so CPU use needs no kernels
+    from gsplat import (
+        rasterization,  # CUDA-only path; imported lazily so CPU use needs no kernels
+    )
 
     if g.device.type != "cuda":
         raise ValueError(f"backend 'gsplat' needs CUDA tensors, the Gaussians are on {g.device}")

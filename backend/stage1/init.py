@@ -14,9 +14,9 @@ import os
 
 import numpy as np
 import torch
+from interactive3d.protocol import ply as ply_io
 from torch import Tensor
 
-from ..protocol import ply as ply_io
 from .gaussians import Gaussians, init_random, num_sh_bases
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .nerf import NeRFField, OccupancyGrid, RenderConfig, camera_rays, occupancy_from_field, render_image, render_rays
+from .nerf import (
+    NeRFField,
+    OccupancyGrid,
+    RenderConfig,
+    camera_rays,
+    occupancy_from_field,
+    render_image,
+    render_rays,
+)
+from .state import SLOT, Stage2State
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +94,8 @@ def make_optimizer(f: NeRFField, cfg: DistillConfig) -> torch.optim.Adam:
 
 
 def sample_cameras(cfg: DistillConfig, generator: torch.Generator):
-    """Random cameras from the Stage I orbit distribution (backend/cameras.py)."""
-    from .cameras import OrbitConfig, sample_orbit
+    """Random cameras from the Stage I orbit distribution (backend/stage1/cameras.py)."""
+    from ..stage1.cameras import OrbitConfig, sample_orbit
 
     ocfg = OrbitConfig(
         elevation_range_deg=cfg.elevation_range_deg,
@@ -101,7 +110,7 @@ def sample_cameras(cfg: DistillConfig, generator: torch.Generator):
 def gaussian_targets(g, cams, background: Tensor, geometry: bool = False) -> Tensor:
     """R_GS(cam), no gradient (the distillation targets): [B,H,W,3] rgb, or with ``geometry``
     [B,H,W,5] rgb + alpha + expected camera-space depth z."""
-    from .render import render
+    from ..stage1.render import render
 
     with torch.no_grad():
         out = render(g, cams, background)
@@ -163,7 +172,7 @@ def distill_step(
 
 
 class DistillJob:
-    """Eq. 7 as a server job (backend/jobs.py) on the session's Gaussians and Stage II state.
+    """Eq. 7 as a server job (backend/service/jobs.py) on the session's Gaussians and Stage II state.
 
     The job installs its :class:`~.stage2.Stage2State` in ``session.extras["stage2"]`` at its first step
     (after the runner recorded the undo point, so undo removes a fresh field), or reuses the existing one
@@ -199,8 +208,6 @@ class DistillJob:
 
     def _ensure_state(self):
         if self.state is None:
-            from .stage2 import SLOT, Stage2State
-
             st = self.session.extras.get(SLOT)
             if st is None or self.reset:
                 st = Stage2State(self.nerf_cfg, device=self.session.device, backend=self.backend, seed=self.cfg.seed)
@@ -243,7 +250,7 @@ class DistillJob:
 
     @torch.no_grad()
     def render_preview(self) -> np.ndarray:
-        from .cameras import orbit_cameras
+        from ..stage1.cameras import orbit_cameras
 
         s = self.cfg.preview_size
         one = lambda v: torch.tensor([float(v)])

@@ -1,0 +1,1 @@
+"""Maths shared by both stages: rotations, quaternions and covariances."""
