@@ -7,4 +7,5 @@ Subpackages follow the paper and the architecture; imports run one way, service 
 - ``interact/`` §3.1.1–3.1.5: selection, parts, transforms, drag, semantic edit, interactive SDS
 - ``stage2/``   §3.2: hash grid (+ Triton kernels), NeRF field, distillation, refinement parts, mesh
 - ``maths/``    rotations, quaternions and covariances (w-first)
+- ``accel/``    which GPU fast path (gsplat, Triton, tiny-cuda-nn, nerfacc) runs on which device
 """

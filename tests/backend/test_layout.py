@@ -1,5 +1,5 @@
 """The backend's layout (issue: "A layout that shows the method"): imports run one way,
-service → interact / stage2 → stage1 → maths, with no import circle between modules, lazy imports included."""
+service → interact / stage2 → stage1 → maths (and accel, the fast-path record), with no import circle between modules, lazy imports included."""
 
 import ast
 from pathlib import Path
@@ -10,10 +10,11 @@ BACKEND = Path(__file__).resolve().parents[2] / "backend"
 # which subpackages each layer may import (besides itself)
 ALLOWED = {
     "maths": set(),
-    "stage1": {"maths"},
-    "interact": {"stage1", "maths"},
-    "stage2": {"stage1", "maths"},
-    "service": {"interact", "stage1", "stage2", "maths"},
+    "accel": set(),  # which GPU fast path runs where (self-tests and fallbacks)
+    "stage1": {"maths", "accel"},
+    "interact": {"stage1", "maths", "accel"},
+    "stage2": {"stage1", "maths", "accel"},
+    "service": {"interact", "stage1", "stage2", "maths", "accel"},
 }
 
 
