@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,14 +102,39 @@ class PipelineError(RuntimeError):
     """A step of the demo/generate pipeline failed; the message says which step and why."""
 
 
-def spawn_backend(address: str, state_dir: str, log_path: str, device: str = "auto") -> subprocess.Popen:
-    """Start ``i3d serve`` as a subprocess (its log goes to ``log_path``)."""
-    cmd = [sys.executable, "-m", "interactive3d.cli", "serve", "--bind", address, "--state-dir", state_dir, "--device", device]
+def spawn_backend(
+    address: str, state_dir: str, log_path: str, device: str = "auto", exit_with_parent: bool = False, extra_args: Sequence[str] = ()
+) -> subprocess.Popen:
+    """Start ``i3d serve`` as a subprocess (its log goes to ``log_path``).
+
+    ``exit_with_parent`` (Linux): the backend gets SIGTERM when this process dies, even by SIGKILL, so it
+    checkpoints its session and exits instead of living on as an orphan (a batch worker killed mid-job).
+    """
+    cmd = [sys.executable, "-m", "interactive3d.cli", "serve", "--bind", address, "--state-dir", state_dir, "--device", device, *extra_args]
+    preexec = _parent_death_signal() if exit_with_parent else None
     logf = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     try:
-        return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=preexec)
     finally:
         logf.close()
+
+
+def _parent_death_signal():
+    """A preexec_fn that asks Linux for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG); None elsewhere.
+
+    prctl is looked up here, in the parent: between fork and exec the child only makes that one call
+    (no import, no allocation that could wait on a lock another thread of the parent held)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, sigterm)
 
 
 def stop_backend(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -174,7 +200,13 @@ class Backend:
         {"result": done payload, "metrics": last progress metrics, "seconds": wall time}."""
         t0 = time.perf_counter()
         reply = self.call(op, args)
-        job = reply.result.get("job")
+        return self.wait_job(reply.result.get("job"), op, label, total, metric, timeout, t0)
+
+    def wait_job(self, job: str | None, op: str, label: str, total: int, metric: str | None = None,
+                 timeout: float = 3600.0, t0: float | None = None) -> dict:
+        """Wait for the ``done`` event of a running job (one just started, or one ``session.resume``
+        restarted), drawing a progress bar; returns as :meth:`run_job`."""
+        t0 = time.perf_counter() if t0 is None else t0
         bar = ProgressBar(label, total)
         last: dict = {}
         deadline = time.monotonic() + timeout
