@@ -14,6 +14,8 @@ import argparse
 import json
 import logging
 import os
+import signal
+import socket
 import sys
 import tempfile
 import time
@@ -97,48 +99,95 @@ class GenerateConfig:
     mesh_threshold: float | None = None  # None: the 50 % opacity surface; a number: that density iso-level
     seed: int = 0
     blend: bool = True
+    # "sd": Stable Diffusion SDS with ``model``; "oracle": the demo's closed-form denoiser toward the sample
+    # robot (interactive3d/sample.py) — no weights, for runs where none can be loaded (CPU tests, smoke runs)
+    guidance: str = "sd"
+    # Field and ray budget of the distillation; None: the backend's defaults (the paper's, sized for a GPU)
+    distill_rays: int | None = None
+    distill_samples: int | None = None
+    distill_view_pool: int | None = None
+    distill_levels: int | None = None
+    distill_log2_table: int | None = None
 
 
-def run_generate(out_dir: str | os.PathLike, cfg: GenerateConfig, connect: str | None = None) -> dict:
-    """Stage I (SDS) → Stage II (distil) → mesh; writes splats.ply, mesh.glb, scene.blend, report.json."""
+GUIDANCES = ("sd", "oracle")
+ORACLE_REFERENCE_POINTS = 4000  # surface samples of the sample robot → the oracle's reference Gaussians
+RESUME_FILE = "resume.json"  # what a spawned backend's session reached; run_generate(resume=True) reads it
+
+
+def run_generate(
+    out_dir: str | os.PathLike, cfg: GenerateConfig, connect: str | None = None, *, device: str = "auto", resume: bool = False
+) -> dict:
+    """Stage I (SDS) → Stage II (distil) → mesh; writes splats.ply, mesh.glb, scene.blend, report.json.
+
+    With a spawned backend (``connect`` None) its checkpoints go to ``out_dir``/backend_state and the stages
+    reached are kept in ``out_dir``/resume.json. ``resume=True`` continues from there: the session is
+    re-opened with ``session.resume`` (the backend restarts an interrupted Stage I or distillation job at
+    its last checkpoint) and finished stages are not run again; without a usable checkpoint it starts over.
+    ``device`` is the spawned backend's (``cpu``, ``cuda``, ``auto``).
+    """
     from interactive3d.protocol import ply
 
     if not cfg.prompt.strip():
         raise PipelineError("prompt must not be empty")
+    if cfg.guidance not in GUIDANCES:
+        raise PipelineError(f"guidance must be one of {GUIDANCES}, got {cfg.guidance!r}")
     out = Path(out_dir).resolve()
     t_start = time.perf_counter()
-    model = cfg.model if connect is not None else resolve_model(cfg.model)
+    model = cfg.model if connect is not None or cfg.guidance != "sd" else resolve_model(cfg.model)
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": asdict(cfg), "model": model, "stages": {}}
     stages = report["stages"]
+    progress = _Progress(out / RESUME_FILE) if connect is None else None
+    previous = progress.load() if progress is not None and resume else None
+    if progress is not None and not resume:
+        progress.clear()
     with tempfile.TemporaryDirectory(prefix="i3d-gen-") as tmp:
         proc, address = None, connect
         if address is None:
+            if previous is not None:
+                _wait_for_previous_backend(previous.get("backend"), out / "backend_state")
             address = f"ipc://{tmp}/backend.sock"
-            proc = spawn_backend(address, str(out / "backend_state"), str(out / "backend.log"))
+            proc = spawn_backend(address, str(out / "backend_state"), str(out / "backend.log"), device=device, exit_with_parent=True)
+            progress.update(backend={"host": socket.gethostname(), "pid": proc.pid})
         backend = Backend(address, proc=proc)
         try:
-            t0 = time.perf_counter()
-            backend.session = backend.call("session.create", {}).result["session"]
-            backend.call("gaussians.init", {"kind": "random", "n": cfg.n_init, "radius": cfg.init_radius, "seed": cfg.seed})
-            _timed(stages, "init", t0, backend=backend.pong)
-            t0 = time.perf_counter()
-            job = backend.run_job(
-                "stage1.start",
-                {"guidance": "sd", "model": model, "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt,
-                 "steps": cfg.steps, "resolution": cfg.resolution, "batch": cfg.batch, "guidance_scale": cfg.guidance_scale,
-                 # A folder resolved here is complete: the backend must not try the network for it.
-                 "local_files_only": connect is None, "seed": cfg.seed},
-                "stage I", cfg.steps, metric="loss",
-            )
-            state, _ = backend.state()
-            _timed(stages, "stage1", t0, steps=cfg.steps, count=int(state.shape[0]), job=job["result"], last_metrics=job["metrics"])
-            t0 = time.perf_counter()
-            distill = backend.run_job(
-                "stage2.distill", {"steps": cfg.distill_steps, "resolution": cfg.distill_resolution, "seed": cfg.seed},
-                "distill", cfg.distill_steps, metric="psnr",
-            )
-            _timed(stages, "distill", t0, steps=cfg.distill_steps, psnr=distill["result"].get("psnr", distill["metrics"].get("psnr")), job=distill["result"])
+            done, resumed_job = _resume_session(backend, progress, previous, report) if previous is not None else (set(), None)
+            if "init" not in done:
+                t0 = time.perf_counter()
+                backend.session = backend.call("session.create", {}).result["session"]
+                if cfg.guidance == "oracle":
+                    _set_oracle_reference(backend, cfg.seed)
+                backend.call("gaussians.init", {"kind": "random", "n": cfg.n_init, "radius": cfg.init_radius, "seed": cfg.seed})
+                _timed(stages, "init", t0, backend=backend.pong)
+                if progress is not None:
+                    progress.update(session=backend.session, done=["init"], running=None, stages=stages)
+            if "stage1" not in done:
+                t0 = time.perf_counter()
+                stage1_args = {
+                    "guidance": cfg.guidance, "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt, "steps": cfg.steps,
+                    "resolution": cfg.resolution, "batch": cfg.batch, "seed": cfg.seed,
+                }
+                if cfg.guidance == "sd":
+                    # A folder resolved here is complete: the backend must not try the network for it.
+                    stage1_args.update(model=model, guidance_scale=cfg.guidance_scale, local_files_only=connect is None)
+                job = _run_or_wait(backend, progress, done, resumed_job, "stage1", "stage1.start", stage1_args, "stage I", cfg.steps, "loss")
+                state, _ = backend.state()
+                _timed(stages, "stage1", t0, steps=cfg.steps, count=int(state.shape[0]), job=job["result"], last_metrics=job["metrics"])
+                if progress is not None:
+                    progress.update(done=["init", "stage1"], running=None, stages=stages)
+            else:
+                state, _ = backend.state()
+            if "distill" not in done:
+                t0 = time.perf_counter()
+                distill = _run_or_wait(
+                    backend, progress, done, resumed_job, "distill", "stage2.distill",
+                    {"steps": cfg.distill_steps, "resolution": cfg.distill_resolution, "seed": cfg.seed, **_distill_budget(cfg)},
+                    "distill", cfg.distill_steps, "psnr",
+                )
+                _timed(stages, "distill", t0, steps=cfg.distill_steps, psnr=distill["result"].get("psnr", distill["metrics"].get("psnr")), job=distill["result"])
+                if progress is not None:
+                    progress.update(done=["init", "stage1", "distill"], running=None, stages=stages)
             t0 = time.perf_counter()
             reply = backend.call(
                 "stage2.extract_mesh",
@@ -171,6 +220,110 @@ def run_generate(out_dir: str | os.PathLike, cfg: GenerateConfig, connect: str |
     return report
 
 
+def _distill_budget(cfg: GenerateConfig) -> dict:
+    named = {"rays_per_step": cfg.distill_rays, "n_samples": cfg.distill_samples, "view_pool": cfg.distill_view_pool,
+             "levels": cfg.distill_levels, "log2_table_size": cfg.distill_log2_table}
+    return {k: v for k, v in named.items() if v is not None}
+
+
+# -- resuming a spawned backend's session (batch workers lost mid-job) ------------------------------------
+class _Progress:
+    """``resume.json``: the session id, the stages done, the job running and the backend's host/pid.
+    Rewritten atomically (temp file + rename) after each stage, so a kill leaves the old or the new one."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict = {}
+
+    def load(self) -> dict | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("session"), str):
+            return None
+        self.data = data
+        return data
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.data = {}
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.data, default=float))
+        os.replace(tmp, self.path)
+
+
+def _wait_for_previous_backend(previous: dict | None, state_dir: Path, timeout: float = 120.0) -> None:
+    """The backend of an interrupted run on this host may still be writing its shutdown checkpoint (it got
+    SIGTERM when its parent died): wait for it to exit before a new backend reads the state dir.
+    Only a live process whose command line names this state dir is waited on (a reused pid is not)."""
+    if not previous or previous.get("host") != socket.gethostname():
+        return
+    pid = int(previous.get("pid", 0))
+
+    def alive() -> bool:
+        try:
+            return pid > 0 and str(state_dir) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:  # gone (or no /proc: nothing to wait on)
+            return False
+
+    deadline, signalled = time.monotonic() + timeout, None
+    while alive():
+        if time.monotonic() > deadline:
+            if signalled is signal.SIGKILL:
+                return
+            signalled = signal.SIGKILL if signalled else signal.SIGTERM
+            log.warning("backend %d of the interrupted run is still up after %.0f s; sending %s", pid, timeout, signalled.name)
+            os.kill(pid, signalled)
+            deadline = time.monotonic() + timeout
+        time.sleep(0.2)
+
+
+def _resume_session(backend: Backend, progress: _Progress, previous: dict, report: dict) -> tuple[set[str], str | None]:
+    """Re-open the interrupted session: (the stages already done, the id of the job ``session.resume``
+    restarted or None); (empty set, None) to start over."""
+    try:
+        r = backend.call("session.resume", {"session": previous["session"], "paused": False}).result
+    except PipelineError as exc:
+        log.warning("cannot resume session %s (%s); starting over", previous["session"], exc)
+        progress.update(session=None, done=[], running=None, stages={})
+        return set(), None
+    backend.session = r["session"]
+    done = set(previous.get("done", []))
+    report["stages"].update(previous.get("stages") or {})
+    report["resumed"] = {"session": r["session"], "job": r.get("job"), "step": int(r.get("step") or 0),
+                         "running": previous.get("running"), "done": sorted(done)}
+    log.info("resumed session %s: done %s, %s restarted at step %s", r["session"], sorted(done), previous.get("running"), r.get("step"))
+    return done, r.get("job")
+
+
+def _run_or_wait(backend: Backend, progress: _Progress | None, done: set[str], resumed_job: str | None, stage: str, op: str,
+                 args: dict, label: str, total: int, metric: str) -> dict:
+    """Start ``stage``'s job, or — when it was running at the interruption — wait for the job that
+    ``session.resume`` restarted (none: it had finished before its last checkpoint)."""
+    if done and progress is not None and progress.data.get("running") == stage:
+        if resumed_job is None:
+            return {"result": {"status": "done", "resumed": "finished before the interruption"}, "metrics": {}, "seconds": 0.0}
+        return backend.wait_job(resumed_job, op, label, total, metric)
+    if progress is not None:
+        progress.update(running=stage)
+    return backend.run_job(op, args, label, total, metric=metric)
+
+
+def _set_oracle_reference(backend: Backend, seed: int) -> None:
+    """The sample robot's surface Gaussians as the oracle's reference (sent over the wire, as the demo)."""
+    from interactive3d import sample
+
+    obj = sample.build_sample_object()
+    surf = sample.sample_surface(obj, ORACLE_REFERENCE_POINTS, seed=seed)
+    reference = sample.surface_state(surf, float(sum(p.mesh.area for p in obj.parts)))
+    backend.call("gaussians.init", {"kind": "points", "opacity": 0.9}, [reference[:, 0:3].copy(), reference[:, 3:6].copy()])
+    backend.call("stage1.set_reference", {})
+
+
 def add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate",
@@ -195,6 +348,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="mesh this density iso-level instead of the 50%% opacity surface")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-blend", action="store_true", help="skip writing scene.blend")
+    p.add_argument("--guidance", choices=GUIDANCES, default="sd",
+                   help="sd: Stable Diffusion with --model (default); oracle: the demo's weight-free guidance toward the sample robot")
     p.set_defaults(func=_cmd_generate)
 
 
@@ -203,6 +358,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         prompt=args.prompt, negative_prompt=args.negative, model=args.model, steps=args.steps, resolution=args.resolution,
         batch=args.batch, guidance_scale=args.cfg, n_init=args.n_init, distill_steps=args.distill_steps,
         distill_resolution=args.distill_resolution, mesh_resolution=args.mesh_resolution, mesh_threshold=args.mesh_threshold, seed=args.seed, blend=not args.no_blend,
+        guidance=args.guidance,
     )
     try:
         report = run_generate(args.out, cfg, connect=args.connect)
