@@ -21,75 +21,19 @@ import importlib
 import importlib.util
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MAX_PROMPT_CHARS = 500
-_OPTION_TYPES = {"steps": int, "seed": int, "cfg": float, "negative": str}
-
-
-@dataclass(frozen=True)
-class PromptJob:
-    line: int  # 1-based line number in the prompt file (0 for the demo job)
-    prompt: str
-    options: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class BadLine:
-    line: int
-    text: str
-    reason: str
-
-
-def parse_prompt_file(text: str) -> tuple[list[PromptJob], list[BadLine]]:
-    """Prompt jobs and the malformed lines (with the reason), in file order."""
-    jobs: list[PromptJob] = []
-    bad: list[BadLine] = []
-    for no, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        prompt, *opts = [p.strip() for p in line.split(";")]
-        reason = None
-        if not prompt:
-            reason = "empty prompt"
-        elif len(prompt) > MAX_PROMPT_CHARS:
-            reason = f"prompt longer than {MAX_PROMPT_CHARS} characters ({len(prompt)})"
-        elif any(ord(c) < 32 for c in prompt):
-            reason = "control characters in the prompt"
-        options: dict = {}
-        for opt in opts:
-            if reason:
-                break
-            key, sep, value = opt.partition("=")
-            key, value = key.strip(), value.strip()
-            if not sep or key not in _OPTION_TYPES:
-                reason = f"unknown option {opt!r} (known: {', '.join(_OPTION_TYPES)})"
-                break
-            try:
-                options[key] = _OPTION_TYPES[key](value)
-            except ValueError:
-                reason = f"option {key} needs a {_OPTION_TYPES[key].__name__}, got {value!r}"
-                break
-            if key == "steps" and options[key] < 1:
-                reason = f"steps must be ≥ 1, got {options[key]}"
-        if reason:
-            bad.append(BadLine(no, raw, reason))
-        else:
-            jobs.append(PromptJob(no, prompt, options))
-    return jobs, bad
-
-
-def slug(index: int, prompt: str) -> str:
-    s = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:40] or "prompt"
-    return f"{index:02d}_{s}"
+try:  # installed (the venv, or Blender's Python after `pip install interactive3d`)
+    from interactive3d.prompts import BadLine, PromptJob, parse_prompt_file, slug
+except ImportError:  # Blender's Python with the checkout: interactive3d/ is a plain package folder
+    sys.path.insert(0, str(REPO))
+    from interactive3d.prompts import BadLine, PromptJob, parse_prompt_file, slug
 
 
 def script_args(argv: list[str]) -> list[str]:
