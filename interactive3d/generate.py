@@ -11,6 +11,7 @@ well under a second with a message that says how to get it, instead of deep insi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -135,6 +136,16 @@ def run_generate(
     out = Path(out_dir).resolve()
     t_start = time.perf_counter()
     model = cfg.model if connect is not None or cfg.guidance != "sd" else resolve_model(cfg.model)
+    stage1_args = {
+        "guidance": cfg.guidance, "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt, "steps": cfg.steps,
+        "resolution": cfg.resolution, "batch": cfg.batch, "seed": cfg.seed,
+    }
+    if cfg.guidance == "sd":
+        # A folder resolved here is complete: the backend must not try the network for it.
+        stage1_args.update(model=model, guidance_scale=cfg.guidance_scale, local_files_only=connect is None)
+    distill_args = {"steps": cfg.distill_steps, "resolution": cfg.distill_resolution, "seed": cfg.seed, **_distill_budget(cfg)}
+    _check_args("stage1.start", stage1_args)  # before a backend starts: a bad setting fails in milliseconds
+    _check_args("stage2.distill", distill_args)
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": asdict(cfg), "model": model, "stages": {}}
     stages = report["stages"]
@@ -164,13 +175,6 @@ def run_generate(
                     progress.update(session=backend.session, done=["init"], running=None, stages=stages)
             if "stage1" not in done:
                 t0 = time.perf_counter()
-                stage1_args = {
-                    "guidance": cfg.guidance, "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt, "steps": cfg.steps,
-                    "resolution": cfg.resolution, "batch": cfg.batch, "seed": cfg.seed,
-                }
-                if cfg.guidance == "sd":
-                    # A folder resolved here is complete: the backend must not try the network for it.
-                    stage1_args.update(model=model, guidance_scale=cfg.guidance_scale, local_files_only=connect is None)
                 job = _run_or_wait(backend, progress, done, resumed_job, "stage1", "stage1.start", stage1_args, "stage I", cfg.steps, "loss")
                 state, _ = backend.state()
                 _timed(stages, "stage1", t0, steps=cfg.steps, count=int(state.shape[0]), job=job["result"], last_metrics=job["metrics"])
@@ -181,9 +185,7 @@ def run_generate(
             if "distill" not in done:
                 t0 = time.perf_counter()
                 distill = _run_or_wait(
-                    backend, progress, done, resumed_job, "distill", "stage2.distill",
-                    {"steps": cfg.distill_steps, "resolution": cfg.distill_resolution, "seed": cfg.seed, **_distill_budget(cfg)},
-                    "distill", cfg.distill_steps, "psnr",
+                    backend, progress, done, resumed_job, "distill", "stage2.distill", distill_args, "distill", cfg.distill_steps, "psnr"
                 )
                 _timed(stages, "distill", t0, steps=cfg.distill_steps, psnr=distill["result"].get("psnr", distill["metrics"].get("psnr")), job=distill["result"])
                 if progress is not None:
@@ -201,6 +203,11 @@ def run_generate(
             _timed(stages, "mesh", t0, resolution=cfg.mesh_resolution, vertices=int(len(verts)), faces=int(len(faces)))
             if connect is not None:
                 backend.call("session.close", {})  # a shared backend keeps no finished session behind
+        except Exception:
+            if progress is not None:
+                # A run that failed (rather than being interrupted) is not continued: a retry starts over.
+                progress.clear()
+            raise
         finally:
             backend.close()
             if proc is not None:
@@ -218,6 +225,17 @@ def run_generate(
     report["total_seconds"] = time.perf_counter() - t_start
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def _check_args(op: str, args: dict) -> None:
+    """``args`` against the protocol catalogue's bounds for ``op`` (as the backend will check them)."""
+    from interactive3d.protocol.catalogue import OPS, validate_args
+    from interactive3d.protocol.errors import ProtocolError
+
+    try:
+        validate_args(dataclasses.replace(OPS[op], session=False), args)
+    except ProtocolError as exc:
+        raise PipelineError(f"invalid settings: {exc}") from exc
 
 
 def _distill_budget(cfg: GenerateConfig) -> dict:
@@ -308,9 +326,11 @@ def _run_or_wait(backend: Backend, progress: _Progress | None, done: set[str], r
         if resumed_job is None:
             return {"result": {"status": "done", "resumed": "finished before the interruption"}, "metrics": {}, "seconds": 0.0}
         return backend.wait_job(resumed_job, op, label, total, metric)
-    if progress is not None:
-        progress.update(running=stage)
-    return backend.run_job(op, args, label, total, metric=metric)
+    t0 = time.perf_counter()
+    job = backend.call(op, args).result.get("job")
+    if progress is not None:  # recorded once the backend took the job (a refused start leaves nothing to resume)
+        progress.update(running=stage, job=job)
+    return backend.wait_job(job, op, label, total, metric, t0=t0)
 
 
 def _set_oracle_reference(backend: Backend, seed: int) -> None:
