@@ -17,6 +17,9 @@ def add_all(sub: argparse._SubParsersAction) -> None:
     add_ping(sub)
     demo.add_demo(sub)
     generate.add_generate(sub)
+    from interactive3d import batch  # Ray itself is imported only when a batch runs
+
+    batch.add_batch(sub)
 
 
 # -- i3d serve ---------------------------------------------------------------------------------------

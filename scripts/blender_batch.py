@@ -12,6 +12,14 @@ to DIR/summary.json. ``--demo`` runs the offline demo object with the oracle gui
 Prompt file: one prompt per line; blank lines and lines starting with ``#`` are ignored; options may
 follow the prompt after ``;`` as ``key=value`` (steps, seed, cfg, negative), e.g.
 ``a red robot ; steps=500 ; negative=blurry``. A malformed line is reported with its number and skipped.
+
+On a Ray cluster (``pip install 'interactive3d[cluster]'`` where this runs and on the workers):
+
+    python scripts/blender_batch.py --ray ADDRESS --prompts FILE --out DIR [any `i3d batch` flag]
+
+submits the same batch as ``i3d batch`` (one task per prompt, each on its own GPU; finished prompts are
+skipped on a rerun) and, as each prompt finishes, imports its splats and mesh into DIR/<slug>/<slug>.blend
+on this machine. Blender's own Python needs Ray for this (or use the bpy module of the venv).
 """
 
 from __future__ import annotations
@@ -260,6 +268,8 @@ def summary_table(outcomes: list[Outcome], bad: list[BadLine]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if "--ray" in script_args(argv):
+        return ray_main(script_args(argv))
     args = build_parser().parse_args(script_args(argv))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -333,6 +343,69 @@ def main(argv: list[str]) -> int:
     (out / "summary.json").write_text(json.dumps(
         {"jobs": [o.__dict__ for o in outcomes], "skipped": [b.__dict__ for b in bad]}, indent=2))
     return 0 if all(o.ok for o in outcomes) and outcomes else 1
+
+
+# -- --ray: the batch on a Ray cluster, the scenes here ----------------------------------------------------
+def ray_main(argv: list[str]) -> int:
+    """``--ray ADDRESS``: run the batch with ``i3d batch``'s machinery, then one .blend per finished prompt."""
+    from interactive3d import batch
+
+    p = argparse.ArgumentParser(prog="blender_batch.py --ray", description="the batch on a Ray cluster; a .blend per prompt here")
+    batch.add_batch_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        base, bcfg, seeds = batch.config_from_args(args)
+        items, bad = batch.load_items(args.prompts, seeds, args.seed)
+    except batch.BatchError as exc:
+        print(f"blender_batch: {exc}", file=sys.stderr)
+        return 2
+    for b in bad:
+        print(f"blender_batch: skipping line {b.line} of {args.prompts}: {b.reason}: {b.text.strip()[:80]!r}", file=sys.stderr)
+    try:
+        outcomes = batch.run_batch(items, base, args.out, bcfg, ray_address=args.ray)
+    except batch.BatchError as exc:
+        print(f"blender_batch: {exc}", file=sys.stderr)
+        return 2
+    blends = {}
+    for o in outcomes:
+        if o.status in ("done", "skipped"):
+            try:
+                blends[o.slug] = str(scene_from_outputs(Path(o.dir), o.slug))
+            except Exception as exc:  # noqa: BLE001 - one unreadable output must not stop the others; reported
+                o.status, o.error = "failed", f"import into Blender: {type(exc).__name__}: {exc}"
+    print(batch.summary_table(outcomes, bad))
+    summary = Path(args.out) / "summary.json"
+    data = json.loads(summary.read_text())
+    for entry in data["items"]:
+        entry["blend"] = blends.get(entry["slug"], "")
+    data["bad_lines"] = [b.__dict__ for b in bad]
+    summary.write_text(json.dumps(data, indent=2))
+    if any(o.status == "cancelled" for o in outcomes):
+        return 130
+    return 0 if outcomes and all(o.slug in blends for o in outcomes) else 1
+
+
+def scene_from_outputs(folder: Path, name: str) -> Path:
+    """A fresh scene with the prompt's splat object (the add-on's .ply import) and its mesh (Blender's
+    glTF importer, which puts it where the add-on would), saved as ``folder/<name>.blend``."""
+    import bpy
+
+    ensure_addon()
+    from interactive3d.blender_addon.operators.io import import_splat_file
+
+    _clear_scene(bpy)
+    splats = import_splat_file(bpy.context, str(folder / "splats.ply"))
+    splats.name = f"{name}_splats"
+    before = set(bpy.data.objects)
+    result = bpy.ops.import_scene.gltf(filepath=str(folder / "mesh.glb"))
+    if "FINISHED" not in result:
+        raise RuntimeError(f"glTF import of {folder / 'mesh.glb'} failed: {result}")
+    for obj in set(bpy.data.objects) - before:
+        if obj.type == "MESH":
+            obj.name = f"{name}_mesh"
+    blend = folder / f"{name}.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend), copy=True)
+    return blend
 
 
 def _set_model(model: str) -> None:
