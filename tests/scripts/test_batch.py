@@ -135,7 +135,8 @@ def first_run(ray_address, tmp_path_factory):
 def test_bad_prompt_is_retried_then_reported_and_the_others_finish(first_run):
     """Two of three finish with their files (splats.ply with as many Gaussians as reported, a mesh with
     faces, report.json, complete.json); the bad one failed twice (retries=1) with the backend's
-    "invalid settings" (before any backend starts), is reported in the log, the summary table and summary.json, and has no complete.json."""
+    'invalid settings: ... steps must be <= 1000000' (checked against the protocol catalogue before a backend
+    starts), is reported in the log, the summary table and summary.json, and has no complete.json."""
     from interactive3d.protocol import ply
 
     out, outcomes = first_run["out"], first_run["outcomes"]
@@ -231,6 +232,48 @@ def test_blender_batch_ray_writes_a_blend_per_finished_prompt(first_run, ray_add
         meshes = [v for v in objs.values() if v["polygons"] > 0 and "i3d_color" not in v["attributes"]]
         assert len(splat) == 1 and splat[0]["vertices"] == o.gaussians
         assert len(meshes) == 1 and meshes[0]["polygons"] == o.mesh_faces
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_and_keeps_the_checkpoint(ray_address, tmp_path):
+    """SIGINT to `i3d batch` while a prompt is in its Stage I: exit code 130 within 60 s, the prompt is
+    'cancelled' in the table and summary.json, its backend has stopped (it got SIGTERM from the
+    cancelled task and wrote its checkpoint), and resume.json still names the running Stage I, so the
+    same command continues from there."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a slow cup ; steps=100000\n")
+    out = tmp_path / "out"
+    item = batch.load_items(str(prompts), None, 0)[0][0]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "interactive3d.cli", "batch", "--prompts", str(prompts), "--out", str(out), "--ray", ray_address, *SMALL_FLAGS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        progress: dict = {}
+        while progress.get("running") != "stage1":
+            assert time.monotonic() < deadline and proc.poll() is None, "Stage I never started"
+            time.sleep(0.2)
+            try:
+                progress = json.loads((out / item.slug / "resume.json").read_text())
+            except (OSError, ValueError):
+                pass
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "interrupted; cancelling 1 job(s)" in stderr and " cancelled " in stdout
+    assert json.loads((out / "summary.json").read_text())["items"][0]["status"] == "cancelled"
+    backend = Path(f"/proc/{progress['backend']['pid']}")
+    deadline = time.monotonic() + 60
+    while backend.exists() and str(out) in backend.joinpath("cmdline").read_bytes().decode(errors="replace"):
+        assert time.monotonic() < deadline, "the cancelled prompt's backend is still running"
+        time.sleep(0.2)
+    assert json.loads((out / item.slug / "resume.json").read_text())["running"] == "stage1"
+    assert list((out / item.slug / "backend_state").glob("*/checkpoint.pt"))
+    assert batch.read_complete(out / item.slug) is None
 
 
 def test_a_job_asking_for_gpus_the_cluster_lacks_is_refused(ray_address, tmp_path):
