@@ -272,7 +272,10 @@ def test_ctrl_c_cancels_and_keeps_the_checkpoint(ray_address, tmp_path):
         assert time.monotonic() < deadline, "the cancelled prompt's backend is still running"
         time.sleep(0.2)
     assert json.loads((out / item.slug / "resume.json").read_text())["running"] == "stage1"
-    assert list((out / item.slug / "backend_state").glob("*/checkpoint.pt"))
+    from interactive3d.backend.service import checkpoint
+
+    ck = checkpoint.read(out / item.slug / "backend_state", progress["session"])
+    assert ck.job is not None and ck.job.op == "stage1.start" and ck.job.total == 100000  # resumable
     assert batch.read_complete(out / item.slug) is None
 
 
