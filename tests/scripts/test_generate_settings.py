@@ -1,9 +1,7 @@
 """run_generate checks its settings against the protocol catalogue before it starts a backend, so a bad
-setting (a batch prompt's steps=2000000) fails in well under a second and writes nothing."""
+setting (a batch prompt's steps=2000000) fails at once, naming the field, and writes nothing."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -17,8 +15,6 @@ from interactive3d.generate import GenerateConfig, run_generate
      ({"distill_levels": 99}, "'levels' must be <= 32"), ({"guidance": "clip"}, "guidance must be one of")],
 )
 def test_bad_settings_fail_before_a_backend_starts(tmp_path, change, named):
-    t0 = time.perf_counter()
     with pytest.raises(PipelineError, match=named):
         run_generate(tmp_path / "out", GenerateConfig(prompt="a cup", **{"guidance": "oracle", **change}))
-    assert time.perf_counter() - t0 < 5.0  # no backend (whose start alone takes seconds)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()  # refused before the output folder and the backend exist
