@@ -324,11 +324,15 @@ def _drive(ray, todo, base, out, cfg, outcomes, bar, finished, total, stream, on
 
 def _cancel(ray, pending: dict, outcomes: dict, grace: float) -> None:
     """ray.cancel every task in flight: first a KeyboardInterrupt in the task (its backend gets SIGTERM
-    and checkpoints, so a rerun continues there), after ``grace`` seconds a forced kill."""
+    and checkpoints, so a rerun continues there), after ``grace`` seconds (or a second Ctrl+C) a forced
+    kill (the backend still gets SIGTERM from its dying parent)."""
     for ref in pending:
         ray.cancel(ref, force=False)
     refs = list(pending)
-    done, rest = ray.wait(refs, num_returns=len(refs), timeout=grace) if refs else ([], [])
+    try:
+        done, rest = ray.wait(refs, num_returns=len(refs), timeout=grace) if refs else ([], [])
+    except KeyboardInterrupt:  # a second Ctrl+C: no grace
+        done, rest = [], refs
     for ref in rest:
         ray.cancel(ref, force=True)
     for ref in refs:
