@@ -26,10 +26,9 @@ from ..stage1.guidance import (
     DEFAULT_SD_MODEL,
     GuidanceConfig,
     OracleGuidance,
-    PixArtGuidance,
     PromptSpec,
-    StableDiffusionGuidance,
 )
+from ..stage1.guidance_cache import GuidanceSpec, default_model
 from .requests import Reply, Request
 
 log = logging.getLogger(__name__)
@@ -197,11 +196,15 @@ def stage1_start(req: Request) -> Reply:
             raise InvalidArgs("stage1.start: the session has no Gaussians (call gaussians.init first)")
     kind = a["guidance"]
     prompt = None
+    # The session's prompt, negative prompt and model (GuidanceSpec) fill what this request leaves out.
+    spec = s.guidance
+    text = a["prompt"] if a["prompt"] and a["prompt"].strip() else (spec.prompt if spec is not None else "")
+    negative = a["negative_prompt"] or (spec.negative_prompt if spec is not None and not a["prompt"] else "")
     if kind in ("sd", "pixart"):
-        if not a["prompt"] or not a["prompt"].strip():
+        if not text.strip():
             raise InvalidArgs(f"stage1.start: prompt must be a non-empty string for guidance {kind!r}")
-    if a["prompt"] and a["prompt"].strip():
-        prompt = PromptSpec(a["prompt"], a["negative_prompt"], a["view_dependent"])
+    if text.strip():
+        prompt = PromptSpec(text, negative, a["view_dependent"])
     elif kind == "oracle":
         prompt = PromptSpec("reference object", view_dependent=False)
     try:
@@ -214,9 +217,15 @@ def stage1_start(req: Request) -> Reply:
             t_range_end=tuple(a["t_range_end"]) if a["t_range_end"] is not None else None,
             anneal_steps=a["anneal_steps"],
         )
+        if not a["densify"]:
+            dcfg = None
+        elif a["densify_schedule"] == "run":
+            dcfg = DensifyConfig.for_run(a["steps"])  # 3DGS's schedule scaled to this run's length
+        else:
+            dcfg = DensifyConfig()
         cfg = Stage1Config(
             steps=a["steps"], batch=a["batch"], resolution=a["resolution"], background=tuple(a["background"]),
-            random_background=a["random_background"], densify=DensifyConfig() if a["densify"] else None,
+            random_background=a["random_background"], densify=dcfg,
             snapshot_every=a["snapshot_every"], fixed_t=a["fixed_t"], seed=a["seed"],
             elevation_range_deg=tuple(a["elevation_range_deg"]), distance_range=tuple(a["distance_range"]),
             fov_range_deg=tuple(a["fov_range_deg"]),
@@ -224,29 +233,42 @@ def stage1_start(req: Request) -> Reply:
     except ValueError as exc:
         raise InvalidArgs(f"stage1.start: {exc}") from exc
 
-    guidance, loader = None, None
+    guidance, loader, new_spec, ref_from_path = None, None, None, None
     device = req.device
+    model = None
     if kind == "oracle":
         if a["reference_path"]:
-            ref = _load_ply(a["reference_path"], device)
+            ref = ref_from_path = _load_ply(a["reference_path"], device)
         else:
             slot = s.extras.get(OracleReference.SLOT)
             if slot is None:
                 raise InvalidArgs("stage1.start: guidance 'oracle' needs reference_path or a stage1.set_reference first")
             ref = slot.gaussians
         guidance = OracleGuidance(ref, oracle_render_fn, gcfg)
+        new_spec = GuidanceSpec("oracle", prompt=text, negative_prompt=negative, view_dependent=a["view_dependent"],
+                                guidance_scale=a["guidance_scale"])
     elif kind in ("sd", "pixart"):
-        model = a["model"] or (DEFAULT_SD_MODEL if kind == "sd" else DEFAULT_PIXART_MODEL)
-        _check_model(kind, model, a["local_files_only"])
-        cls = StableDiffusionGuidance if kind == "sd" else PixArtGuidance
-        local = a["local_files_only"]
+        same_kind = spec is not None and spec.kind == kind
+        model = a["model"] or (spec.model if same_kind and spec.model else default_model(kind))
+        local = a["local_files_only"] or (same_kind and not a["model"] and spec.local_files_only)
+        _check_model(kind, model, local)
+        cache = req.server.guidance_cache
 
         def loader():
-            return cls.from_pretrained(model, config=gcfg, device=device, local_files_only=local)
+            # loaded once per (model, dtype, device) for the whole server; this job gets its own config
+            return cache.get(kind, model, device, local_files_only=local, config=gcfg)
+
+        new_spec = GuidanceSpec(kind, model, local, text, negative, a["view_dependent"], a["guidance_scale"])
 
     job = Stage1Job(s, guidance, prompt, cfg, load_guidance=loader)
     job_id = req.start_job(job, label="stage1")
-    return Reply({"job": job_id, "total": cfg.steps, "count": s.gaussians.n, "guidance": kind})
+    if new_spec is not None:
+        with s.lock:
+            s.guidance = new_spec  # the session's guidance from now on (drag, edit, refinement, checkpoints)
+            if ref_from_path is not None:
+                s.extras[OracleReference.SLOT] = OracleReference(ref_from_path)
+    return Reply({"job": job_id, "total": cfg.steps, "count": s.gaussians.n, "guidance": kind, "model": model,
+                  "densify_steps": 0 if cfg.densify is None else len(cfg.densify.plan(cfg.steps).densify_steps)})
 
 
 HANDLERS: dict = {

@@ -20,6 +20,7 @@ so back-propagation carries exactly the SDS gradient into the Gaussians.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -157,6 +158,15 @@ class _SDSBase:
         self.config = config
         self.alphas_cumprod = alphas_cumprod.detach().float()  # [T]
         self.num_train_timesteps = int(alphas_cumprod.shape[0])
+
+    def with_config(self, config: GuidanceConfig) -> "_SDSBase":
+        """The same guidance (same modules, same text-embedding cache) with another config: how one loaded
+        model serves jobs with different CFG scales and t schedules (backend/stage1/guidance_cache.py)."""
+        if not isinstance(config, GuidanceConfig):
+            raise TypeError(f"config must be a GuidanceConfig, got {type(config).__name__}")
+        view = copy.copy(self)
+        view.config = config
+        return view
 
     # -- timesteps -----------------------------------------------------------------------------
     def t_bounds(self, step: int, t_range: tuple[float, float] | None = None) -> tuple[int, int]:

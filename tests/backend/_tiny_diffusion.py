@@ -100,3 +100,16 @@ def tiny_pixart_guidance(
     return PixArtGuidance(
         tiny_clip_tokenizer(), t5, tiny_vae(), transformer, scheduler.alphas_cumprod, config, max_sequence_length=16
     )
+
+
+def save_tiny_sd(folder, seed: int = 0) -> str:
+    """A local diffusers folder with the tiny SD components (what ``from_pretrained`` reads); returns its path."""
+    from diffusers import DDPMScheduler
+
+    sd = tiny_sd_guidance(seed=seed)
+    for name in ("tokenizer", "text_encoder", "vae", "unet"):
+        getattr(sd, name).save_pretrained(os.path.join(folder, name))
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(os.path.join(folder, "scheduler"))
+    with open(os.path.join(folder, "model_index.json"), "w") as f:
+        json.dump({"_class_name": "StableDiffusionPipeline"}, f)
+    return str(folder)
