@@ -401,9 +401,11 @@ _STAGE1_OPS: list[OpSpec] = [
         "gaussians.init",
         "Initialise the session's Gaussians (an undo point): 'random' points in a sphere/ellipsoid (paper: "
         "4096), 'points' from a buffer with optional colours, 'ply' from a 3DGS .ply, 'mesh' from surface "
-        "samples of a mesh file (texture/vertex/face colours). Replaces existing Gaussians.",
+        "samples of a mesh file (texture/vertex/face colours), 'shap_e' from n surface samples of Shap-E's mesh for "
+        "the prompt (paper §4, as GSGen; the pipeline is loaded once per server, on this request; fit_radius "
+        "default 0.6). Replaces existing Gaussians.",
         args=(
-            Arg("kind", "str", "random | points | ply | mesh", required=True, choices=("random", "points", "ply", "mesh")),
+            Arg("kind", "str", "random | points | ply | mesh | shap_e", required=True, choices=("random", "points", "ply", "mesh", "shap_e")),
             Arg("n", "int", "random/mesh: number of Gaussians", default=4096, min=1, max=10_000_000),
             Arg("radius", "float", "random: sphere radius", default=0.5, min=1e-6, max=1e6),
             Arg("axes", "list", "random: ellipsoid semi-axes [a,b,c] (overrides radius)", items="float", length=3, min=1e-6, max=1e6),
@@ -413,6 +415,12 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("fit_radius", "float", "mesh: centre and scale the mesh into this radius", min=1e-6, max=1e6),
             Arg("opacity", "float", "points/mesh: initial opacity", default=0.1, min=1e-4, max=0.9999),
             Arg("scale", "float", "points: isotropic scale (default: RMS distance to 3 nearest neighbours)", min=1e-8, max=1e6),
+            Arg("prompt", "str", "shap_e: the text prompt (default: the session's)", default=""),
+            Arg("model", "str", "shap_e: hub id or local diffusers folder (default openai/shap-e)"),
+            Arg("local_files_only", "bool", "shap_e: never download weights", default=False),
+            Arg("shap_e_steps", "int", "shap_e: denoising steps of the prior", default=64, min=1, max=1000),
+            Arg("shap_e_guidance_scale", "float", "shap_e: classifier-free guidance scale of the prior", default=15.0, min=0.0, max=1000.0),
+            Arg("shap_e_grid", "int", "shap_e: SDF grid size of the mesh decoder", default=128, min=8, max=512),
         ),
         buffers=(
             Buffer("points", ("float32", "float64"), (None, 3), optional=True, doc="kind 'points': [N,3] positions"),

@@ -1,7 +1,7 @@
 """Handlers of the Stage I ops (specs: ``_STAGE1_OPS`` in protocol/catalogue.py; see docs/backend-api.md).
 
 - ``gaussians.init``: initialise the session's Gaussians (random sphere/ellipsoid, a points buffer with
-  colours, a 3DGS .ply, or a mesh) — an undoable history entry.
+  colours, a 3DGS .ply, a mesh, or Shap-E's mesh for a prompt) — an undoable history entry.
 - ``gaussians.load_ply`` / ``gaussians.save_ply``: 3DGS .ply files (INRIA layout).
 - ``gaussians.render``: render the session from Blender cameras (previews, held-out metrics).
 - ``stage1.set_reference``: the oracle guidance's reference object (a .ply or the current Gaussians).
@@ -22,8 +22,6 @@ from interactive3d.protocol.ply import PlyFormatError
 from ..stage1 import init as init_mod
 from ..stage1.gaussians import Gaussians, init_random, make_optimizers
 from ..stage1.guidance import (
-    DEFAULT_PIXART_MODEL,
-    DEFAULT_SD_MODEL,
     GuidanceConfig,
     OracleGuidance,
     PromptSpec,
@@ -79,6 +77,8 @@ def gaussians_init(req: Request) -> Reply:
             if points.shape[0] == 0:
                 raise InvalidArgs("gaussians.init: points buffer is empty (zero Gaussians)")
             g = init_mod.init_from_points(points, colors, opacity=a["opacity"], scale=a["scale"], sh_degree=a["sh_degree"], device=dev)
+        elif kind == "shap_e":
+            g = _init_shap_e(req)
         elif kind == "ply":
             if not a["path"]:
                 raise InvalidArgs("gaussians.init: kind 'ply' needs path")
@@ -95,6 +95,28 @@ def gaussians_init(req: Request) -> Reply:
             raise
         raise InvalidArgs(f"gaussians.init ({kind}): {exc}") from exc
     return _set_gaussians(req, g, f"init {kind}")
+
+
+def _init_shap_e(req: Request) -> Gaussians:
+    """Gaussians on Shap-E's mesh for the prompt (paper §4, as GSGen); the pipeline comes from the server's
+    model cache (loaded once). Runs in the handler: seconds on a GPU once loaded."""
+    from ..stage1.shap_e import ShapEConfig, ShapEUnavailable, init_from_shap_e
+
+    a, s = req.args, req.session
+    prompt = a["prompt"] or (s.guidance.prompt if s.guidance is not None else "")
+    if not prompt.strip():
+        raise InvalidArgs("gaussians.init: kind 'shap_e' needs a prompt (or a session prompt from stage1.start)")
+    model = a["model"] or default_model("shap_e")
+    _check_model("shap_e", model, a["local_files_only"])
+    cfg = ShapEConfig(
+        n=a["n"], steps=a["shap_e_steps"], guidance_scale=a["shap_e_guidance_scale"], grid_size=a["shap_e_grid"],
+        fit_radius=a["fit_radius"] if a["fit_radius"] is not None else ShapEConfig.fit_radius, opacity=a["opacity"], seed=a["seed"],
+    )
+    try:
+        pipe = req.server.guidance_cache.get("shap_e", model, req.device, local_files_only=a["local_files_only"])
+    except ShapEUnavailable as exc:
+        raise NotFound(str(exc)) from exc
+    return init_from_shap_e(pipe, prompt, cfg, sh_degree=a["sh_degree"], device=req.device)
 
 
 def gaussians_load_ply(req: Request) -> Reply:
@@ -158,7 +180,7 @@ def stage1_set_reference(req: Request) -> Reply:
 
 def _check_model(kind: str, model: str, local_files_only: bool) -> None:
     """Fail fast (not_found) when the weights are certainly unavailable; loading happens on the job thread."""
-    sub = "unet" if kind == "sd" else "transformer"
+    sub = {"sd": "unet", "pixart": "transformer", "shap_e": "prior"}[kind]
     expanded = os.path.expanduser(model)
     if os.path.isdir(expanded):
         if not os.path.isfile(os.path.join(expanded, sub, "config.json")):
@@ -167,7 +189,7 @@ def _check_model(kind: str, model: str, local_files_only: bool) -> None:
     if not _HUB_ID.match(model):
         raise NotFound(
             f"model {model!r} is neither a local folder nor a hub id 'org/name'; pass a folder made with "
-            f"save_pretrained or `huggingface-cli download {DEFAULT_SD_MODEL if kind == 'sd' else DEFAULT_PIXART_MODEL}`"
+            f"save_pretrained or `huggingface-cli download {default_model(kind)}`"
         )
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     if offline:

@@ -38,13 +38,20 @@ logger = logging.getLogger(__name__)
 
 DIFFUSION_KINDS = ("sd", "pixart")
 SPEC_KINDS = ("sd", "pixart", "oracle")
+# What the cache holds: the SDS guidances, and Shap-E (Stage I's initialisation, backend/stage1/shap_e.py),
+# which shares the same memory and the same load-once rule.
+CACHE_KINDS = ("sd", "pixart", "shap_e")
 # SD 2.1-base in fp16 is ≈2.6 GB, PixArt-α with its T5-XXL encoder ≈11 GB: both fit at once.
 DEFAULT_CACHE_BYTES = 16 << 30
 
 
 def default_model(kind: str) -> str:
-    if kind not in DIFFUSION_KINDS:
-        raise ValueError(f"guidance kind must be one of {DIFFUSION_KINDS}, got {kind!r}")
+    if kind not in CACHE_KINDS:
+        raise ValueError(f"model kind must be one of {CACHE_KINDS}, got {kind!r}")
+    if kind == "shap_e":
+        from .shap_e import DEFAULT_SHAP_E_MODEL
+
+        return DEFAULT_SHAP_E_MODEL
     return DEFAULT_SD_MODEL if kind == "sd" else DEFAULT_PIXART_MODEL
 
 
@@ -115,6 +122,10 @@ def module_bytes(guidance) -> int:
 
 
 def _pretrained(kind: str, model: str, device: torch.device, dtype: torch.dtype, local_files_only: bool):
+    if kind == "shap_e":
+        from .shap_e import load_shap_e
+
+        return load_shap_e(model, device, local_files_only, dtype)
     cls = StableDiffusionGuidance if kind == "sd" else PixArtGuidance
     return cls.from_pretrained(model, device=device, local_files_only=local_files_only, dtype=dtype)
 
@@ -160,7 +171,8 @@ class GuidanceCache:
         local_files_only: bool = False,
         config: GuidanceConfig | None = None,
     ):
-        """The guidance for (kind, model, dtype, device), loaded at most once while it stays cached.
+        """The guidance (or, kind "shap_e", the Shap-E pipeline) for (kind, model, dtype, device), loaded at
+        most once while it stays cached.
 
         Returns the shared object or, with ``config``, a view of it with that config (same modules).
         Raises GuidanceWeightsMissing (from the loader) when the weights cannot be found.
