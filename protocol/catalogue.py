@@ -498,6 +498,7 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("t_max", "float", "t_range[1] (alternative spelling; overrides t_range)", min=0.0, max=1.0),
             Arg("t_range_end", "list", "[t_min, t_max] reached after anneal_steps (linear)", items="float", length=2, min=0.0, max=1.0),
             Arg("anneal_steps", "int", "length of the t-range annealing", default=0, min=0, max=1_000_000),
+            Arg("anneal_start", "int", "step where the t-range annealing starts (threestudio [start, v0, v1, end])", default=0, min=0, max=1_000_000),
             Arg("fixed_t", "float", "user-fixed t in (0,1) (paper §3.1.5; overrides the range)", min=1e-4, max=0.9999),
             Arg("elevation_range_deg", "list", "camera elevation range", default=[-10.0, 45.0], items="float", length=2, min=-89.0, max=89.0),
             Arg("distance_range", "list", "camera distance range", default=[1.5, 2.0], items="float", length=2, min=1e-3, max=1e4),
@@ -516,6 +517,16 @@ _STAGE1_OPS: list[OpSpec] = [
                 ("model", "the diffusion model (sd/pixart)"), ("densify_steps", "densify & prune steps scheduled")),
         events=("progress", "state", "done", "error"),
         errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "presets.resolve",
+        "The op arguments of a run preset for this backend (backend/service/presets.py): 'paper' = 10k Stage I + 10k "
+        "Stage II steps at 256², zoom-in renders 256², threestudio's t annealing, 4096 Shap-E points; 'fast', 'preview' "
+        "lighter. On a non-CUDA backend the preset is scaled down and the note says so.",
+        args=(Arg("name", "str", "paper | fast | preview", required=True, choices=("paper", "fast", "preview")),),
+        result=(("preset", "name"), ("device", "the backend's device type"), ("scaled", "true when scaled down for the device"),
+                ("note", "what was run as written or scaled, one sentence"), ("values", "the resolved preset's fields"),
+                ("ops", "op name → arguments (gaussians.init, stage1.start, stage2.distill, stage2.refine, interact.drag, interact.edit)")),
     ),
 ]
 

@@ -6,6 +6,7 @@
 - ``gaussians.render``: render the session from Blender cameras (previews, held-out metrics).
 - ``stage1.set_reference``: the oracle guidance's reference object (a .ply or the current Gaussians).
 - ``stage1.start``: the Stage I job (SD / PixArt-α / oracle / no guidance).
+- ``presets.resolve``: the op arguments of a run preset (paper / fast / preview) for this backend's device.
 """
 
 from __future__ import annotations
@@ -238,6 +239,7 @@ def stage1_start(req: Request) -> Reply:
             ),
             t_range_end=tuple(a["t_range_end"]) if a["t_range_end"] is not None else None,
             anneal_steps=a["anneal_steps"],
+            anneal_start=a["anneal_start"],
         )
         if not a["densify"]:
             dcfg = None
@@ -293,6 +295,12 @@ def stage1_start(req: Request) -> Reply:
                   "densify_steps": 0 if cfg.densify is None else len(cfg.densify.plan(cfg.steps).densify_steps)})
 
 
+def presets_resolve(req: Request) -> Reply:
+    from . import presets
+
+    return Reply(presets.resolve(req.args["name"], req.device.type).as_result())
+
+
 HANDLERS: dict = {
     "gaussians.init": gaussians_init,
     "gaussians.load_ply": gaussians_load_ply,
@@ -300,4 +308,5 @@ HANDLERS: dict = {
     "gaussians.render": gaussians_render,
     "stage1.set_reference": stage1_set_reference,
     "stage1.start": stage1_start,
+    "presets.resolve": presets_resolve,
 }
