@@ -129,12 +129,14 @@ class DensifyConfig:
         run of ``total_steps``: same fractions of the run, hence the same number of densify steps and resets.
 
         A 10k-step run densifies every 33 steps from 167 until 5000 and resets at 1000, 2000, 3000 and 4000.
-        Thresholds keep their 3DGS values; ``overrides`` replace any field.
+        Thresholds keep their 3DGS values; ``overrides`` replace any field. Runs under 1500 steps densify
+        every ``MIN_EVERY`` = 5 steps rather than every step or two.
         """
         if not isinstance(total_steps, int) or total_steps < 1:
             raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
         f = total_steps / REFERENCE_STEPS
-        every = max(1, round(100 * f))
+        # at least MIN_EVERY steps of view statistics per decision (short CPU runs would densify every step)
+        every = max(MIN_EVERY, round(100 * f))
         fields = dict(
             from_step=max(1, round(500 * f)),
             until_step=max(1, round(15_000 * f)),
@@ -147,6 +149,7 @@ class DensifyConfig:
 
 # 3DGS's schedule is written for this many iterations (Kerbl et al. 2023, train.py defaults).
 REFERENCE_STEPS = 30_000
+MIN_EVERY = 5
 
 
 @dataclass(frozen=True)

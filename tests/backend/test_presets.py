@@ -64,7 +64,7 @@ def test_preset_through_the_protocol_reaches_the_job():
             c.request("job.cancel", {"session": sid})
             job = ts.server.sessions[sid].job.job
             assert reply["total"] == 1000 and job.cfg.densify == DensifyConfig.for_run(1000)
-            assert reply["densify_steps"] == len(DensifyConfig.for_run(1000).plan(1000).densify_steps) == 161  # every 3 steps, 17..498
+            assert reply["densify_steps"] == len(DensifyConfig.for_run(1000).plan(1000).densify_steps) == 96  # every 5 steps, 20..495
             assert (job.guidance.config.anneal_start, job.guidance.config.t_range_end) == (500, (0.02, 0.5))
     finally:
         ts.stop()
