@@ -174,6 +174,7 @@ class Connection:
         self.last_message = ""
         self.preset_note = ""  # what the backend made of the Generate preset (scaled down on a CPU, …)
         self.init_note = ""  # how Generate initialised (Shap-E, or why not)
+        self.preset_ops: dict = {}  # op → arguments of the last preset the backend resolved (zoom-in sizes, …)
         self.last_received = 0.0
         self.meshes: list[str] = []  # names of mesh objects imported from the backend, newest last
         self.process: subprocess.Popen | None = None
@@ -565,6 +566,7 @@ def _on_preset(conn: Connection, p: Pending, result: dict, buffers: list) -> Non
     chained requests, then the chain goes on."""
     conn.last_message = conn.preset_note = str(result.get("note", ""))
     ops = dict(result.get("ops") or {})
+    conn.preset_ops = ops
     chain = []
     for item in p.context.get("chain") or []:
         item = dict(item)
