@@ -100,7 +100,7 @@ def test_session_guidance_shared_by_every_job(tiny_sd, tmp_path):
     stage1.start with neither prompt nor model uses the session's (still 1 load, its own CFG scale). After a drag
     without guidance and with a reference object set, a semantic edit uses the session's SD (the cached UNet),
     not the oracle; oracle=true gives the oracle. A guided drag without a prompt uses the session's prompt.
-    Distillation then refinement with guidance 'sd' reuse the cached model. A second session with the same
+    Distillation then refinement with guidance 'sd' reuse the cached model, and so does an edit after them. A second session with the same
     model: still 1 load. The session's guidance survives a checkpoint round trip."""
     ts = ThreadedServer()
     srv = ts.server
@@ -147,6 +147,8 @@ def test_session_guidance_shared_by_every_job(tiny_sd, tmp_path):
                                       "resolution": 32, "rays_per_step": 64, "n_samples": 8})
             refine = s.job.job
             assert refine.guidance.unet is base.unet and refine.cfg.prompt == "a red chair"
+            _run(c, "interact.edit", {"session": sid, "part": "right", "prompt": "a blue part", "steps": 1, "resolution": 32, "fixed_t": 0.5})
+            assert s.job.job.guidance.loaded.unet is base.unet  # after a distillation and a refinement too
             assert cache.loads == 1
 
             other = c.request("session.create", {}).result["session"]
