@@ -172,6 +172,9 @@ class Connection:
         self.pending: dict[str, Pending] = {}
         self.last_error = ""
         self.last_message = ""
+        self.preset_note = ""  # what the backend made of the Generate preset (scaled down on a CPU, …)
+        self.init_note = ""  # how Generate initialised (Shap-E, or why not)
+        self.preset_ops: dict = {}  # op → arguments of the last preset the backend resolved (zoom-in sizes, …)
         self.last_received = 0.0
         self.meshes: list[str] = []  # names of mesh objects imported from the backend, newest last
         self.process: subprocess.Popen | None = None
@@ -272,6 +275,19 @@ class Connection:
         else:
             self.send(op, args, kind=kind, session=session)
 
+    def then_chain(self, chain: Sequence[dict] | None) -> None:
+        """Send the first request of ``chain`` (dicts op/args/kind/context), carrying the rest in its context:
+        the handler of its reply sends the next one (Generate: preset → initialisation → Stage I), so nothing
+        waits on the network in the UI thread. Blocking inside :meth:`call` (batch mode)."""
+        if not chain or self.client is None:
+            return
+        first, rest = dict(chain[0]), list(chain[1:])
+        context = dict(first.get("context") or {}, chain=rest)
+        if self._blocking:
+            self.call(first["op"], first.get("args"), kind=first["kind"], timeout=first.get("timeout"), **context)
+        else:
+            self.send(first["op"], first.get("args"), kind=first["kind"], timeout=first.get("timeout"), **context)
+
     def call(self, op: str, args: dict | None = None, buffers: Sequence[Any] = (), kind: str = "ignore",
              session: bool | None = None, timeout: float | None = None, **context):
         """Blocking request (batch mode): the reply is applied by ``kind`` and its result returned.
@@ -370,6 +386,12 @@ class Connection:
             self.session = None
             self.job = JobProgress()
             self.then("session.create", {"name": "blender"}, kind="session", session=False)
+            return True
+        if p.kind == "init_shap_e" and code in ("not_found", "invalid_args") and p.context.get("fallback"):
+            # Shap-E is not available on the backend: say so and start from the random sphere instead
+            self.last_message = self.init_note = f"Shap-E not available ({message[:160]}); random initialisation"
+            log.info("%s", self.last_message)
+            self.then_chain([{"op": "gaussians.init", "args": p.context["fallback"], "kind": "chain_edit"}, *(p.context.get("chain") or [])])
             return True
         self.last_error = text
         if p.kind in ("ping", "session", "reattach"):
@@ -528,10 +550,41 @@ def _ignore(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     pass
 
 
+def _on_chain_edit(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
+    _on_edit(conn, p, result, buffers)
+    conn.then_chain(p.context.get("chain"))
+
+
+def _on_init_shap_e(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
+    _on_edit(conn, p, result, buffers)
+    conn.last_message = conn.init_note = f"initialised from Shap-E: {result.get('count', 0)} points"
+    conn.then_chain(p.context.get("chain"))
+
+
+def _on_preset(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
+    """The backend's resolved preset (scaled for its device, with a note): its op arguments go into the
+    chained requests, then the chain goes on."""
+    conn.last_message = conn.preset_note = str(result.get("note", ""))
+    ops = dict(result.get("ops") or {})
+    conn.preset_ops = ops
+    chain = []
+    for item in p.context.get("chain") or []:
+        item = dict(item)
+        preset_args = dict(ops.get(item["op"]) or {})
+        if item["op"] == "gaussians.init":
+            preset_args = {k: v for k, v in preset_args.items() if k != "kind"}  # the operator chose the kind
+            if item.get("context", {}).get("fallback"):
+                item["context"] = dict(item["context"], fallback=dict(item["context"]["fallback"], n=preset_args.get("n", 4096)))
+        item["args"] = {**(item.get("args") or {}), **preset_args, **(item.get("context") or {}).get("explicit", {})}
+        chain.append(item)
+    conn.then_chain(chain)
+
+
 _REPLY_HANDLERS: dict[str, Callable] = {
     "ping": _on_ping, "heartbeat": _ignore, "session": _on_session, "reattach": _on_reattach,
     "status": _on_job_status, "job": _on_job_started, "state": _on_state, "edit": _on_edit,
     "history": _on_history, "mesh": _on_mesh, "ignore": _ignore,
+    "chain_edit": _on_chain_edit, "init_shap_e": _on_init_shap_e, "preset": _on_preset,
 }
 
 

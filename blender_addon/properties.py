@@ -32,6 +32,13 @@ class I3D_PG_scene(bpy.types.PropertyGroup):
     t_fixed: bpy.props.FloatProperty(name="t", default=0.3, min=0.0, max=1.0,
                                      description="e.g. 0.98 early, 0.3 to fine-tune details")
     guidance: bpy.props.EnumProperty(name="Guidance", items=GUIDANCE_ITEMS, default="sd")
+    preset: bpy.props.EnumProperty(
+        name="Preset", default="NONE",
+        description="Run schedule resolved by the backend for its device (scaled down, and said so, on a CPU)",
+        items=(("NONE", "Custom", "The steps and timestep set here"),
+               ("paper", "Paper", "10k Stage I + 10k Stage II steps at 256², zoom-in 256², t annealing"),
+               ("fast", "Fast", "A third of the paper's steps, 128² zoom-in"),
+               ("preview", "Preview", "600 + 600 steps, 128² Stage I renders")))
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0)
     # -- interactions ------------------------------------------------------------------------------------
     edit_prompt: bpy.props.StringProperty(name="Edit Prompt", default="", description="Prompt for the selected part")

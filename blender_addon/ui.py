@@ -63,6 +63,7 @@ class I3D_PT_generate(_Panel, bpy.types.Panel):
         layout.prop(p, "negative_prompt")
         col = layout.column(align=True)
         col.prop(p, "guidance")
+        col.prop(p, "preset")
         col.prop(p, "steps")
         col.prop(p, "cfg")
         col.prop(p, "seed")
@@ -81,6 +82,9 @@ class I3D_PT_generate(_Panel, bpy.types.Panel):
         else:
             row.operator("i3d.resume", icon="PLAY", text="")
         row.operator("i3d.stop", icon="CANCEL", text="")
+        for note in (conn.preset_note, conn.init_note):  # what the preset and the initialisation became
+            if note:
+                layout.label(text=note, icon="INFO")
         text = format_progress(conn.job)
         if text:
             layout.label(text=text, icon="SORTTIME")

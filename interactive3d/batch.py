@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interactive3d.generate import GUIDANCES, GenerateConfig
+from interactive3d.generate import GUIDANCES, PRESET_NAMES, GenerateConfig
 from interactive3d.prompts import OPTION_TYPES_BATCH, BadLine, PromptJob, parse_prompt_file, stable_slug
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,12 @@ OUTPUT_FILES = ("splats.ply", "mesh.glb", "report.json")
 # it off, Ray takes 127.0.0.1 as the node address.
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
-# Pipeline sizes by name; flags given on the command line override them. "preview" is CPU-sized (the
-# demo's --quick field and ray budget); "default" is GenerateConfig's (sized for a GPU).
-PRESETS: dict[str, dict[str, Any]] = {
+# Field and ray budgets by name (--sizes); flags given on the command line override them. "small" is
+# CPU-sized (the demo's --quick field and ray budget); "default" leaves them to the backend (sized for a
+# GPU). The run schedule itself comes from --preset (paper|fast|preview, resolved by the backend).
+SIZES: dict[str, dict[str, Any]] = {
     "default": {},
-    "preview": dict(
+    "small": dict(
         steps=300, resolution=64, n_init=2048, distill_steps=300, distill_resolution=48, distill_rays=1024,
         distill_samples=48, distill_view_pool=16, distill_levels=12, distill_log2_table=16, mesh_resolution=96,
     ),
@@ -421,7 +422,9 @@ def add_batch_arguments(p: argparse.ArgumentParser, prompts_required: bool = Tru
     p.add_argument("--lost-worker-retries", type=int, default=BatchConfig.lost_worker_retries,
                    help="re-runs (from the checkpoint) of a task whose worker died (default %(default)s)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds: one job per prompt × seed")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="pipeline sizes (flags below override them)")
+    p.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                   help="run schedule as `i3d generate --preset` (resolved by each worker's backend for its device)")
+    p.add_argument("--sizes", choices=sorted(SIZES), default="default", help="field and ray budgets (flags below override them)")
     p.add_argument("--model", default=None, help="hub id or local diffusers folder (each worker resolves it)")
     p.add_argument("--guidance", choices=GUIDANCES, default="sd", help="sd (default) or oracle (the demo's weight-free guidance)")
     p.add_argument("--negative", default=None, help="negative prompt")
@@ -439,7 +442,7 @@ def add_batch_arguments(p: argparse.ArgumentParser, prompts_required: bool = Tru
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[GenerateConfig, BatchConfig, list[int] | None]:
-    values: dict[str, Any] = dict(PRESETS[args.preset])
+    values: dict[str, Any] = dict(SIZES[args.sizes], preset=args.preset)
     values.update({k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None})
     if args.model is not None:
         values["model"] = args.model

@@ -11,7 +11,7 @@ log = logging.getLogger("interactive3d.cli")
 
 def add_all(sub: argparse._SubParsersAction) -> None:
     # Each helper module adds its own parser; keep this list explicit (no registry).
-    from interactive3d import demo, generate
+    from interactive3d import demo, evaluate, generate
 
     add_serve(sub)
     add_ping(sub)
@@ -20,6 +20,7 @@ def add_all(sub: argparse._SubParsersAction) -> None:
     from interactive3d import batch  # Ray itself is imported only when a batch runs
 
     batch.add_batch(sub)
+    evaluate.add_eval(sub)
 
 
 # -- i3d serve ---------------------------------------------------------------------------------------
@@ -52,6 +53,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=64, help="cap on frames per message (default %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=50, help="job steps between checkpoints (default %(default)s)")
     p.add_argument("--state-every", type=int, default=10, help="job steps between state frames (default %(default)s)")
+    p.add_argument("--guidance-cache", type=_size, default=16 << 30,
+                   help="memory bound of the diffusion models kept loaded for all jobs, e.g. 24G (default 16G)")
     p.add_argument("--keep-checkpoints-days", type=float, default=30.0,
                    help="at start-up, delete checkpoints of sessions untouched for longer; 0 keeps all (default %(default)s)")
     p.set_defaults(func=_cmd_serve)
@@ -78,6 +81,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             limits=Limits(max_frames=args.max_frames, max_frame_bytes=args.max_bytes, max_total_bytes=args.max_bytes),
             job=JobConfig(checkpoint_every=args.checkpoint_every, state_every=args.state_every),
             keep_checkpoints_days=args.keep_checkpoints_days,
+            guidance_cache_bytes=args.guidance_cache,
         )
         cfg.check()
         return run(cfg)

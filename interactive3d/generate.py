@@ -30,6 +30,7 @@ from interactive3d.demo import Backend, PipelineError, _timed, _write_glb, run_b
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+DEFAULT_SHAP_E_MODEL = "openai/shap-e"  # backend/stage1/shap_e.py's default (not imported: it pulls in torch)
 # What StableDiffusionGuidance loads (no safety checker, no fp32/fp16 duplicates).
 _MODEL_FILES = [
     "model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/config.json", "text_encoder/model.safetensors",
@@ -85,17 +86,25 @@ def resolve_model(model: str, offline: bool | None = None) -> str:
 
 @dataclass(frozen=True)
 class GenerateConfig:
+    """What ``i3d generate`` runs. Sizes left None come from the preset (``presets.resolve`` on the backend,
+    scaled there for its device), else from ``DEFAULTS``."""
+
     prompt: str
     negative_prompt: str = ""
     model: str = DEFAULT_MODEL
-    steps: int = 2000
-    resolution: int = 256  # paper: SD guidance at 256×256 renders (use less on a CPU)
-    batch: int = 1
+    preset: str | None = None  # paper | fast | preview
+    init: str = "auto"  # auto: Shap-E when its weights are already local, else a random sphere; shap_e; random
+    shap_e_model: str = DEFAULT_SHAP_E_MODEL
+    shap_e_steps: int | None = None  # None: the preset's, else 64
+    shap_e_grid: int | None = None  # None: the preset's, else 128
+    steps: int | None = None
+    resolution: int | None = None  # paper: SD guidance at 256×256 renders (use less on a CPU)
+    batch: int | None = None
     guidance_scale: float = 100.0  # CFG as threestudio/gsgen
-    n_init: int = 4096
+    n_init: int | None = None
     init_radius: float = 0.6
-    distill_steps: int = 2000
-    distill_resolution: int = 64
+    distill_steps: int | None = None
+    distill_resolution: int | None = None
     mesh_resolution: int = 160
     mesh_threshold: float | None = None  # None: the 50 % opacity surface; a number: that density iso-level
     seed: int = 0
@@ -112,6 +121,10 @@ class GenerateConfig:
 
 
 GUIDANCES = ("sd", "oracle")
+# Sizes without a preset (what `i3d generate` ran before presets existed).
+DEFAULTS = {"steps": 2000, "resolution": 256, "batch": 1, "n_init": 4096, "distill_steps": 2000, "distill_resolution": 64}
+INIT_MODES = ("auto", "shap_e", "random")
+PRESET_NAMES = ("paper", "fast", "preview")  # backend/service/presets.py (not imported: it is the backend's)
 ORACLE_REFERENCE_POINTS = 4000  # surface samples of the sample robot → the oracle's reference Gaussians
 RESUME_FILE = "resume.json"  # what a spawned backend's session reached; run_generate(resume=True) reads it
 
@@ -136,14 +149,10 @@ def run_generate(
     out = Path(out_dir).resolve()
     t_start = time.perf_counter()
     model = cfg.model if connect is not None or cfg.guidance != "sd" else resolve_model(cfg.model)
-    stage1_args = {
-        "guidance": cfg.guidance, "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt, "steps": cfg.steps,
-        "resolution": cfg.resolution, "batch": cfg.batch, "seed": cfg.seed,
-    }
-    if cfg.guidance == "sd":
-        # A folder resolved here is complete: the backend must not try the network for it.
-        stage1_args.update(model=model, guidance_scale=cfg.guidance_scale, local_files_only=connect is None)
-    distill_args = {"steps": cfg.distill_steps, "resolution": cfg.distill_resolution, "seed": cfg.seed, **_distill_budget(cfg)}
+    if cfg.init not in INIT_MODES:
+        raise PipelineError(f"init must be one of {INIT_MODES}, got {cfg.init!r}")
+    sizes = {name: _pick(cfg, name, None) for name in DEFAULTS}
+    stage1_args, distill_args = _stage_args(cfg, sizes, {}, model, connect)
     _check_args("stage1.start", stage1_args)  # before a backend starts: a bad setting fails in milliseconds
     _check_args("stage2.distill", distill_args)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,20 +173,37 @@ def run_generate(
         backend = Backend(address, proc=proc)
         try:
             done, resumed_job = _resume_session(backend, progress, previous, report) if previous is not None else (set(), None)
+            t0 = time.perf_counter()
             if "init" not in done:
-                t0 = time.perf_counter()
                 backend.session = backend.call("session.create", {}).result["session"]
+            ops: dict = {}
+            if cfg.preset is not None:  # resolved by the backend for its device (and again on a resume: it is cheap)
+                resolved = backend.call("presets.resolve", {"name": cfg.preset}).result
+                ops = resolved["ops"]
+                report["preset"] = {k: resolved[k] for k in ("preset", "device", "scaled", "note", "values")}
+                sys.stderr.write(f"i3d generate: {resolved['note']}\n")
+                sizes = {
+                    "steps": _pick(cfg, "steps", ops.get("stage1.start", {}).get("steps")),
+                    "resolution": _pick(cfg, "resolution", ops.get("stage1.start", {}).get("resolution")),
+                    "batch": _pick(cfg, "batch", ops.get("stage1.start", {}).get("batch")),
+                    "n_init": _pick(cfg, "n_init", ops.get("gaussians.init", {}).get("n")),
+                    "distill_steps": _pick(cfg, "distill_steps", ops.get("stage2.distill", {}).get("steps")),
+                    "distill_resolution": _pick(cfg, "distill_resolution", ops.get("stage2.distill", {}).get("resolution")),
+                }
+                stage1_args, distill_args = _stage_args(cfg, sizes, ops, model, connect)
+            if "init" not in done:
                 if cfg.guidance == "oracle":
                     _set_oracle_reference(backend, cfg.seed)
-                backend.call("gaussians.init", {"kind": "random", "n": cfg.n_init, "radius": cfg.init_radius, "seed": cfg.seed})
-                _timed(stages, "init", t0, backend=backend.pong)
+                report["init"] = _init(backend, cfg, sizes["n_init"], ops.get("gaussians.init", {}))
+                _timed(stages, "init", t0, backend=backend.pong, kind=report["init"]["kind"])
                 if progress is not None:
                     progress.update(session=backend.session, done=["init"], running=None, stages=stages)
             if "stage1" not in done:
                 t0 = time.perf_counter()
-                job = _run_or_wait(backend, progress, done, resumed_job, "stage1", "stage1.start", stage1_args, "stage I", cfg.steps, "loss")
+                job = _run_or_wait(backend, progress, done, resumed_job, "stage1", "stage1.start", stage1_args, "stage I", sizes["steps"], "loss")
                 state, _ = backend.state()
-                _timed(stages, "stage1", t0, steps=cfg.steps, count=int(state.shape[0]), job=job["result"], last_metrics=job["metrics"])
+                _timed(stages, "stage1", t0, steps=sizes["steps"], resolution=sizes["resolution"], count=int(state.shape[0]),
+                       job=job["result"], last_metrics=job["metrics"])
                 if progress is not None:
                     progress.update(done=["init", "stage1"], running=None, stages=stages)
             else:
@@ -185,9 +211,9 @@ def run_generate(
             if "distill" not in done:
                 t0 = time.perf_counter()
                 distill = _run_or_wait(
-                    backend, progress, done, resumed_job, "distill", "stage2.distill", distill_args, "distill", cfg.distill_steps, "psnr"
+                    backend, progress, done, resumed_job, "distill", "stage2.distill", distill_args, "distill", sizes["distill_steps"], "psnr"
                 )
-                _timed(stages, "distill", t0, steps=cfg.distill_steps, psnr=distill["result"].get("psnr", distill["metrics"].get("psnr")), job=distill["result"])
+                _timed(stages, "distill", t0, steps=sizes["distill_steps"], psnr=distill["result"].get("psnr", distill["metrics"].get("psnr")), job=distill["result"])
                 if progress is not None:
                     progress.update(done=["init", "stage1", "distill"], running=None, stages=stages)
             t0 = time.perf_counter()
@@ -225,6 +251,59 @@ def run_generate(
     report["total_seconds"] = time.perf_counter() - t_start
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     return report
+
+
+def _pick(cfg: GenerateConfig, name: str, preset_value):
+    """An explicit setting wins, then the preset's value, then DEFAULTS."""
+    value = getattr(cfg, name)
+    if value is not None:
+        return value
+    return preset_value if preset_value is not None else DEFAULTS[name]
+
+
+def _stage_args(cfg: GenerateConfig, sizes: dict, ops: dict, model: str, connect: str | None) -> tuple[dict, dict]:
+    """(stage1.start args, stage2.distill args) from the settings, the sizes and the preset's op args."""
+    preset_s1 = ops.get("stage1.start", {})
+    s1 = dict(preset_s1 or {"densify_schedule": "run"})
+    s1.update({"guidance": cfg.guidance, "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt, "steps": sizes["steps"],
+               "resolution": sizes["resolution"], "batch": sizes["batch"], "seed": cfg.seed})
+    if cfg.guidance == "sd":
+        # A folder resolved here is complete: the backend must not try the network for it.
+        s1.update(model=model, guidance_scale=cfg.guidance_scale, local_files_only=connect is None)
+    else:
+        for k in ("model", "guidance_scale", "local_files_only"):
+            s1.pop(k, None)
+    if s1.get("anneal_start") is not None and s1["steps"] != preset_s1.get("steps"):
+        s1["anneal_start"] = s1["steps"] // 2  # threestudio's half-way t_max drop, at half of this run
+    distill = {"steps": sizes["distill_steps"], "resolution": sizes["distill_resolution"], "seed": cfg.seed, **_distill_budget(cfg)}
+    return s1, distill
+
+
+def _init(backend: Backend, cfg: GenerateConfig, n: int, preset_init: dict) -> dict:
+    """gaussians.init: Shap-E points for the prompt (paper §4) or a random sphere; says which and why."""
+    from interactive3d.protocol.errors import RemoteError
+
+    random_args = {"kind": "random", "n": n, "radius": cfg.init_radius, "seed": cfg.seed}
+    if cfg.init == "random" or (cfg.init == "auto" and cfg.guidance == "oracle"):
+        backend.call("gaussians.init", random_args)
+        return {"kind": "random", "note": "random sphere (" + ("--init random" if cfg.init == "random" else "oracle guidance") + ")"}
+    args = {"kind": "shap_e", "prompt": cfg.prompt, "model": cfg.shap_e_model, "n": n, "seed": cfg.seed,
+            "shap_e_steps": cfg.shap_e_steps or preset_init.get("shap_e_steps", 64),
+            "shap_e_grid": cfg.shap_e_grid or preset_init.get("shap_e_grid", 128),
+            # auto never starts a multi-gigabyte download: Shap-E is used when it is already local
+            "local_files_only": cfg.init == "auto"}
+    try:
+        backend.call("gaussians.init", args, timeout=1800.0)
+        return {"kind": "shap_e", "model": cfg.shap_e_model, "note": f"{n} points from Shap-E ({cfg.shap_e_model})"}
+    except (RemoteError, PipelineError) as exc:
+        if cfg.init == "shap_e":
+            raise PipelineError(f"Shap-E initialisation failed: {exc}") from exc
+        note = (f"Shap-E ({cfg.shap_e_model}) is not available locally ({str(exc)[:300]}); starting from a random sphere of "
+                f"{n} points. Download it with `huggingface-cli download {DEFAULT_SHAP_E_MODEL}` (or pass --shap-e "
+                "/path/to/folder, or --init shap_e to allow the download) to start from Shap-E as the paper does.")
+        sys.stderr.write(f"i3d generate: {note}\n")
+        backend.call("gaussians.init", random_args)
+        return {"kind": "random", "note": note}
 
 
 def _check_args(op: str, args: dict) -> None:
@@ -356,13 +435,22 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local diffusers folder (default {DEFAULT_MODEL})")
     p.add_argument("--connect", default=None, help="address of a running backend (default: spawn a local one)")
     p.add_argument("--negative", default="", help="negative prompt")
-    p.add_argument("--steps", type=int, default=GenerateConfig.steps, help="Stage I steps")
-    p.add_argument("--resolution", type=int, default=GenerateConfig.resolution, help="Stage I render size")
-    p.add_argument("--batch", type=int, default=GenerateConfig.batch)
+    p.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                   help="run schedule: paper = 10k Stage I + 10k Stage II steps at 256², zoom-in 256², t annealing "
+                   "(scaled down, and said so, on a CPU backend); explicit size flags override it")
+    p.add_argument("--init", choices=INIT_MODES, default="auto",
+                   help="auto: Shap-E points when its weights are local, else a random sphere (said on stderr); "
+                   "shap_e: Shap-E (downloads if needed); random")
+    p.add_argument("--shap-e", default=DEFAULT_SHAP_E_MODEL, dest="shap_e", help=f"Shap-E hub id or folder (default {DEFAULT_SHAP_E_MODEL})")
+    p.add_argument("--shap-e-steps", type=int, default=None, help="Shap-E prior steps (default: the preset's, else 64)")
+    p.add_argument("--shap-e-grid", type=int, default=None, help="Shap-E mesh grid (default: the preset's, else 128)")
+    p.add_argument("--steps", type=int, default=None, help=f"Stage I steps (default: the preset's, else {DEFAULTS['steps']})")
+    p.add_argument("--resolution", type=int, default=None, help=f"Stage I render size (default: the preset's, else {DEFAULTS['resolution']})")
+    p.add_argument("--batch", type=int, default=None)
     p.add_argument("--cfg", type=float, default=GenerateConfig.guidance_scale, help="classifier-free guidance scale")
-    p.add_argument("--n-init", type=int, default=GenerateConfig.n_init)
-    p.add_argument("--distill-steps", type=int, default=GenerateConfig.distill_steps)
-    p.add_argument("--distill-resolution", type=int, default=GenerateConfig.distill_resolution)
+    p.add_argument("--n-init", type=int, default=None, help=f"initial points (default {DEFAULTS['n_init']})")
+    p.add_argument("--distill-steps", type=int, default=None)
+    p.add_argument("--distill-resolution", type=int, default=None)
     p.add_argument("--mesh-resolution", type=int, default=GenerateConfig.mesh_resolution)
     p.add_argument("--mesh-threshold", type=float, default=None,
                    help="mesh this density iso-level instead of the 50%% opacity surface")
@@ -375,7 +463,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     cfg = GenerateConfig(
-        prompt=args.prompt, negative_prompt=args.negative, model=args.model, steps=args.steps, resolution=args.resolution,
+        prompt=args.prompt, negative_prompt=args.negative, model=args.model, preset=args.preset, init=args.init,
+        shap_e_model=args.shap_e, shap_e_steps=args.shap_e_steps, shap_e_grid=args.shap_e_grid, steps=args.steps, resolution=args.resolution,
         batch=args.batch, guidance_scale=args.cfg, n_init=args.n_init, distill_steps=args.distill_steps,
         distill_resolution=args.distill_resolution, mesh_resolution=args.mesh_resolution, mesh_threshold=args.mesh_threshold, seed=args.seed, blend=not args.no_blend,
         guidance=args.guidance,

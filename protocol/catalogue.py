@@ -401,9 +401,11 @@ _STAGE1_OPS: list[OpSpec] = [
         "gaussians.init",
         "Initialise the session's Gaussians (an undo point): 'random' points in a sphere/ellipsoid (paper: "
         "4096), 'points' from a buffer with optional colours, 'ply' from a 3DGS .ply, 'mesh' from surface "
-        "samples of a mesh file (texture/vertex/face colours). Replaces existing Gaussians.",
+        "samples of a mesh file (texture/vertex/face colours), 'shap_e' from n surface samples of Shap-E's mesh for "
+        "the prompt (paper §4, as GSGen; the pipeline is loaded once per server, on this request; fit_radius "
+        "default 0.6). Replaces existing Gaussians.",
         args=(
-            Arg("kind", "str", "random | points | ply | mesh", required=True, choices=("random", "points", "ply", "mesh")),
+            Arg("kind", "str", "random | points | ply | mesh | shap_e", required=True, choices=("random", "points", "ply", "mesh", "shap_e")),
             Arg("n", "int", "random/mesh: number of Gaussians", default=4096, min=1, max=10_000_000),
             Arg("radius", "float", "random: sphere radius", default=0.5, min=1e-6, max=1e6),
             Arg("axes", "list", "random: ellipsoid semi-axes [a,b,c] (overrides radius)", items="float", length=3, min=1e-6, max=1e6),
@@ -413,6 +415,12 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("fit_radius", "float", "mesh: centre and scale the mesh into this radius", min=1e-6, max=1e6),
             Arg("opacity", "float", "points/mesh: initial opacity", default=0.1, min=1e-4, max=0.9999),
             Arg("scale", "float", "points: isotropic scale (default: RMS distance to 3 nearest neighbours)", min=1e-8, max=1e6),
+            Arg("prompt", "str", "shap_e: the text prompt (default: the session's)", default=""),
+            Arg("model", "str", "shap_e: hub id or local diffusers folder (default openai/shap-e)"),
+            Arg("local_files_only", "bool", "shap_e: never download weights", default=False),
+            Arg("shap_e_steps", "int", "shap_e: denoising steps of the prior", default=64, min=1, max=1000),
+            Arg("shap_e_guidance_scale", "float", "shap_e: classifier-free guidance scale of the prior", default=15.0, min=0.0, max=1000.0),
+            Arg("shap_e_grid", "int", "shap_e: SDF grid size of the mesh decoder", default=128, min=8, max=512),
         ),
         buffers=(
             Buffer("points", ("float32", "float64"), (None, 3), optional=True, doc="kind 'points': [N,3] positions"),
@@ -469,14 +477,16 @@ _STAGE1_OPS: list[OpSpec] = [
         "Start Stage I (paper §3.1): batches of orbit views rendered and optimised with SDS (AdamW, paper "
         "lrs), densify & prune. guidance 'sd' (Stable Diffusion, default stabilityai/stable-diffusion-2-1-base), "
         "'pixart' (PixArt-α), 'oracle' (closed-form denoiser toward a reference object; no weights), 'none' "
-        "(renders only). The model loads on the job thread; a model that is certainly unavailable is refused "
-        "with not_found.",
+        "(renders only). The model loads on the job thread, once per (model, dtype, device) for the whole server "
+        "(a memory-bounded cache shared with drag, semantic edit and refinement); a model that is certainly "
+        "unavailable is refused with not_found. Guidance, model, prompt and negative prompt become the session's "
+        "(kept in checkpoints) and fill what later requests leave out.",
         args=(
             Arg("guidance", "str", "sd | pixart | oracle | none", default="sd", choices=("sd", "pixart", "oracle", "none")),
-            Arg("prompt", "str", "text prompt (required for sd/pixart)", default=""),
+            Arg("prompt", "str", "text prompt (required for sd/pixart; default: the session's)", default=""),
             Arg("negative_prompt", "str", "negative prompt", default=""),
             Arg("view_dependent", "bool", "append front/side/back/overhead view to the prompt", default=True),
-            Arg("model", "str", "hub id or local diffusers folder (default per guidance)"),
+            Arg("model", "str", "hub id or local diffusers folder (default: the session's, else per guidance)"),
             Arg("local_files_only", "bool", "never download weights", default=False),
             Arg("reference_path", "str", "oracle: reference .ply (default: stage1.set_reference's)"),
             Arg("steps", "int", "optimisation steps", default=2000, min=1, max=1_000_000),
@@ -488,6 +498,7 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("t_max", "float", "t_range[1] (alternative spelling; overrides t_range)", min=0.0, max=1.0),
             Arg("t_range_end", "list", "[t_min, t_max] reached after anneal_steps (linear)", items="float", length=2, min=0.0, max=1.0),
             Arg("anneal_steps", "int", "length of the t-range annealing", default=0, min=0, max=1_000_000),
+            Arg("anneal_start", "int", "step where the t-range annealing starts (threestudio [start, v0, v1, end])", default=0, min=0, max=1_000_000),
             Arg("fixed_t", "float", "user-fixed t in (0,1) (paper §3.1.5; overrides the range)", min=1e-4, max=0.9999),
             Arg("elevation_range_deg", "list", "camera elevation range", default=[-10.0, 45.0], items="float", length=2, min=-89.0, max=89.0),
             Arg("distance_range", "list", "camera distance range", default=[1.5, 2.0], items="float", length=2, min=1e-3, max=1e4),
@@ -495,14 +506,27 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("background", "list", "RGB background in [0,1]", default=[1.0, 1.0, 1.0], items="float", length=3, min=0.0, max=1.0),
             Arg("random_background", "bool", "one random background colour per view", default=False),
             Arg("densify", "bool", "densify & prune (3DGS schedule)", default=True),
+            Arg("densify_schedule", "str", "fixed: densify every 100 steps from 100 until 1500; run: 3DGS's 30k "
+                "schedule scaled to `steps` (paper presets)", default="fixed", choices=("fixed", "run")),
             Arg("snapshot_every", "int", "state snapshot interval (steps)", default=10, min=1, max=1_000_000),
             Arg("seed", "int", "seed of cameras, backgrounds, t and noise", default=0, min=0, max=2**63 - 1),
         ),
         session=True,
         starts_job=True,
-        result=(("job", "job id"), ("total", "steps"), ("count", "Gaussians at the start"), ("guidance", "guidance kind")),
+        result=(("job", "job id"), ("total", "steps"), ("count", "Gaussians at the start"), ("guidance", "guidance kind"),
+                ("model", "the diffusion model (sd/pixart)"), ("densify_steps", "densify & prune steps scheduled")),
         events=("progress", "state", "done", "error"),
         errors=("not_found", "busy"),
+    ),
+    OpSpec(
+        "presets.resolve",
+        "The op arguments of a run preset for this backend (backend/service/presets.py): 'paper' = 10k Stage I + 10k "
+        "Stage II steps at 256², zoom-in renders 256², threestudio's t annealing, 4096 Shap-E points; 'fast', 'preview' "
+        "lighter. On a non-CUDA backend the preset is scaled down and the note says so.",
+        args=(Arg("name", "str", "paper | fast | preview", required=True, choices=("paper", "fast", "preview")),),
+        result=(("preset", "name"), ("device", "the backend's device type"), ("scaled", "true when scaled down for the device"),
+                ("note", "what was run as written or scaled, one sentence"), ("values", "the resolved preset's fields"),
+                ("ops", "op name → arguments (gaussians.init, stage1.start, stage2.distill, stage2.refine, interact.drag, interact.edit)")),
     ),
 ]
 
@@ -624,7 +648,8 @@ _INTERACTION_OPS: list[OpSpec] = [
             Arg("rigid_weight", "float", "weight of L_rigid (Eq. 6)", default=30.0, min=0.0),
             Arg("lr_scale", "float", "multiplies the session's learning rates during the drag", default=0.1, min=0.0),
             Arg("densify_after", "bool", "fill gaps and prune after the drag", default=True),
-            Arg("guidance", "bool", "add interactive SDS with the session's guidance (needs a prompt)", default=False),
+            Arg("guidance", "bool", "add interactive SDS with the session's guidance (prompt: this one or the session's)", default=False),
+            Arg("oracle", "bool", "guide with the oracle (stage1.set_reference's object) instead of the session's guidance", default=False),
             *_SDS_ARGS,
         ),
         result=(("job", "job id"), ("steps", "total steps"), ("active", "|P| at the start")),
@@ -637,11 +662,13 @@ _INTERACTION_OPS: list[OpSpec] = [
     OpSpec(
         "interact.edit",
         "Semantic editing (paper §3.1.4) as a job: SDS with the new prompt on zoom-in views of the part; only the part's "
-        "Gaussians are updated (everything outside stays bit-identical). Needs the session's guidance. Undoable.",
+        "Gaussians are updated (everything outside stays bit-identical). Uses the session's guidance (the model of its "
+        "last stage1.start with guidance sd/pixart/oracle, whatever jobs ran since), the oracle only with oracle=true. Undoable.",
         args=(
             Arg("part", "str", "the part to edit", required=True),
             Arg("steps", "int", "optimisation steps", default=200, min=1, max=100000),
             Arg("densify_every", "int", "densify & prune inside the part every this many steps (0 = off)", default=0, min=0),
+            Arg("oracle", "bool", "guide with the oracle (stage1.set_reference's object) instead of the session's guidance", default=False),
             *_SDS_ARGS,
         ),
         result=(("job", "job id"), ("steps", "total steps"), ("part_size", "Gaussians in the part")),
@@ -738,9 +765,9 @@ _STAGE2_OPS: list[OpSpec] = [
         args=(
             Arg("parts", "list", "names of the parts to train", items="str", required=True),
             Arg("guidance", "str", "'none': L1 toward fresh Gaussian renders; 'sd': interactive SDS (Eq. 8)", default="none", choices=("none", "sd")),
-            Arg("prompt", "str", "guidance 'sd': the part's prompt"),
+            Arg("prompt", "str", "guidance 'sd': the part's prompt (default: the session's)"),
             Arg("fixed_t", "float", "guidance 'sd': the user's diffusion time t (e.g. 0.3)", min=0.001, max=0.999),
-            Arg("model", "str", "guidance 'sd': model id or local path (default SD 2.1 base)"),
+            Arg("model", "str", "guidance 'sd': model id or local path (default: the session's SD model, else SD 2.1 base)"),
             Arg("local_files_only", "bool", "guidance 'sd': never download", default=True),
             Arg("steps", "int", "optimisation steps", default=200, min=1, max=1_000_000),
             Arg("views", "int", "zoom-in target views", default=8, min=1, max=256),

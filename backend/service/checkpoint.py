@@ -63,6 +63,7 @@ class Checkpoint:
     # goes on once ``job`` ends: False resumes it, True leaves it paused as the artist had it
     suspended: JobRecord | None = None
     time: float = field(default_factory=time.time)
+    guidance: dict | None = None  # the session's GuidanceSpec as plain values
 
 
 def checkpoint_path(state_dir: str | Path, session_id: str) -> Path:
@@ -126,6 +127,7 @@ def capture(session: Session, job: JobRecord | None = None, with_history: bool =
             redo=list(session.history.redo) if with_history else [],
             job=job,
             suspended=suspended,
+            guidance=None if session.guidance is None else session.guidance.to_dict(),
         )
 
 
@@ -161,6 +163,7 @@ def write(state_dir: str | Path, ckpt: Checkpoint) -> Path:
         "redo": [s.uid for s in ckpt.redo],
         "job": None if ckpt.job is None else vars(ckpt.job),
         "suspended": None if ckpt.suspended is None else vars(ckpt.suspended),
+        "guidance": ckpt.guidance,
     }
     _atomic_save(payload, path)
     keep = {f"{s.uid}.pt" for s in (*ckpt.undo, *ckpt.redo)}
@@ -199,6 +202,7 @@ def read(state_dir: str | Path, session_id: str, device: torch.device | str = "c
         job=None if job is None else JobRecord(**job),
         suspended=None if suspended is None else JobRecord(**suspended),
         time=payload["time"],
+        guidance=payload.get("guidance"),  # files from before issue 18 have none
     )
 
 
@@ -208,6 +212,10 @@ def restore_session(ckpt: Checkpoint, device: torch.device | str = "cpu") -> Ses
     s.restore(ckpt.current)
     s.history.undo = list(ckpt.undo)
     s.history.redo = list(ckpt.redo)
+    if ckpt.guidance is not None:
+        from ..stage1.guidance_cache import GuidanceSpec
+
+        s.guidance = GuidanceSpec.from_dict(ckpt.guidance)
     return s
 
 

@@ -26,6 +26,7 @@ from ..interact.parts import check_part_name, merge_gaussians, remove_part
 from ..interact.semantic_edit import SemanticEditConfig, SemanticEditJob
 from ..interact.transform import check_matrix, transform_part
 from ..stage1.densify import DensifyConfig
+from ..stage1.guidance import GuidanceConfig
 from ..stage1.gaussians import Gaussians
 from .requests import Reply
 
@@ -88,26 +89,39 @@ def _sds_config(args: dict, prompt_key: str = "prompt") -> InteractiveSDSConfig:
         raise _invalid(exc) from None
 
 
-def _session_guidance(session, required: bool):
-    """The guidance for an interaction's SDS: the one the session's last job used (Stage I keeps its
-    SD / PixArt-α / oracle guidance on the job; drag and edit jobs pass it on), else an oracle built
-    from the session's reference object (``stage1.set_reference``), else None / InvalidArgs."""
-    last = getattr(getattr(session, "job", None), "job", None)
-    gd = getattr(last, "guidance", None)
-    if gd is not None:
-        return gd
+def _session_guidance(req, required: bool, oracle: bool = False):
+    """The guidance of an interaction's SDS: the session's (``session.guidance``, set by stage1.start with
+    guidance sd/pixart/oracle and kept whatever jobs ran since, and in checkpoints), served by the server's
+    guidance cache and loaded on the job thread at first use; the oracle (built from the session's
+    reference object, ``stage1.set_reference``) only when asked for or when it is the session's guidance.
+    None / InvalidArgs when the session has none."""
     from ..stage1.guidance import OracleGuidance
+    from ..stage1.guidance_cache import DeferredGuidance
     from ..stage1.trainer import (  # imports the renderer: only when needed
         OracleReference,
         oracle_render_fn,
     )
 
-    ref = session.extras.get(OracleReference.SLOT)
-    if ref is not None:
-        return OracleGuidance(ref.gaussians, oracle_render_fn)
-    if required:
-        raise InvalidArgs("no guidance on this session: run stage1.start with a guidance (or stage1.set_reference) first, or set guidance=false")
-    return None
+    session = req.session
+    spec = session.guidance
+    if oracle or (spec is not None and spec.kind == "oracle"):
+        ref = session.extras.get(OracleReference.SLOT)
+        if ref is None:
+            raise InvalidArgs("oracle guidance needs a reference object: call stage1.set_reference first")
+        return OracleGuidance(ref.gaussians, oracle_render_fn, spec.config() if spec is not None else GuidanceConfig())
+    if spec is None:
+        if required:
+            raise InvalidArgs(
+                "no guidance on this session: run stage1.start with guidance 'sd' or 'pixart' (its model and prompt "
+                "become the session's), or pass oracle=true after stage1.set_reference, or set guidance=false"
+            )
+        return None
+    cache, device = req.server.guidance_cache, req.device
+
+    def load():
+        return cache.get(spec.kind, spec.model, device, local_files_only=spec.local_files_only, config=spec.config())
+
+    return DeferredGuidance(load, f"{spec.kind}:{spec.model_or_default}")
 
 
 # -- selection -------------------------------------------------------------------------------------
@@ -333,6 +347,9 @@ def handle_drag(req) -> dict:
     # Default α: reach the target half-way through, the rest of the steps settle the losses.
     step_size = args.get("step_size") or (dist / max(1, steps // 2) if dist > 0 else 1.0)
     use_guidance = bool(args["guidance"])
+    spec = s.guidance
+    if use_guidance and not (args.get("prompt") or "").strip() and spec is not None and spec.prompt:
+        args = {**args, "prompt": spec.prompt, "negative_prompt": args.get("negative_prompt") or spec.negative_prompt}
     try:
         cfg = DragConfig(
             radius=float(args["radius"]), step_size=float(step_size), steps=steps, mode=args["mode"],
@@ -344,7 +361,7 @@ def handle_drag(req) -> dict:
         raise _invalid(exc) from None
     with s.lock:
         _gaussians(s)
-        guidance = _session_guidance(s, required=use_guidance) if use_guidance else None
+        guidance = _session_guidance(req, required=use_guidance, oracle=bool(args.get("oracle"))) if use_guidance else None
         if use_guidance and not cfg.sds.prompt:
             raise InvalidArgs("a drag with guidance needs a prompt")
         try:
@@ -359,6 +376,9 @@ def handle_edit(req) -> dict:
     s = req.session
     args = req.args
     every = int(args.get("densify_every") or 0)
+    spec = s.guidance
+    if not (args.get("negative_prompt") or "") and spec is not None and spec.negative_prompt:
+        args = {**args, "negative_prompt": spec.negative_prompt}  # the part's prompt is new; the negative persists
     try:
         dcfg = DensifyConfig(from_step=every, every=every, until_step=int(args["steps"]), opacity_reset_every=None) if every else None
         cfg = SemanticEditConfig(steps=int(args["steps"]), sds=_sds_config(args), seed=int(args["seed"]), densify=dcfg)
@@ -367,7 +387,7 @@ def handle_edit(req) -> dict:
     with s.lock:
         g = _gaussians(s)
         _part(g, args["part"])
-        guidance = _session_guidance(s, required=True)
+        guidance = _session_guidance(req, required=True, oracle=bool(args.get("oracle")))
         job = SemanticEditJob(s, args["part"], guidance, cfg)
         job_id = req.start_job(job, label=f"edit {args['part']}")
     return {"job": job_id, "steps": cfg.steps, "part_size": int(g.part_mask(args["part"]).sum())}

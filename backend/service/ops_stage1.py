@@ -1,11 +1,12 @@
 """Handlers of the Stage I ops (specs: ``_STAGE1_OPS`` in protocol/catalogue.py; see docs/backend-api.md).
 
 - ``gaussians.init``: initialise the session's Gaussians (random sphere/ellipsoid, a points buffer with
-  colours, a 3DGS .ply, or a mesh) — an undoable history entry.
+  colours, a 3DGS .ply, a mesh, or Shap-E's mesh for a prompt) — an undoable history entry.
 - ``gaussians.load_ply`` / ``gaussians.save_ply``: 3DGS .ply files (INRIA layout).
 - ``gaussians.render``: render the session from Blender cameras (previews, held-out metrics).
 - ``stage1.set_reference``: the oracle guidance's reference object (a .ply or the current Gaussians).
 - ``stage1.start``: the Stage I job (SD / PixArt-α / oracle / no guidance).
+- ``presets.resolve``: the op arguments of a run preset (paper / fast / preview) for this backend's device.
 """
 
 from __future__ import annotations
@@ -22,14 +23,11 @@ from interactive3d.protocol.ply import PlyFormatError
 from ..stage1 import init as init_mod
 from ..stage1.gaussians import Gaussians, init_random, make_optimizers
 from ..stage1.guidance import (
-    DEFAULT_PIXART_MODEL,
-    DEFAULT_SD_MODEL,
     GuidanceConfig,
     OracleGuidance,
-    PixArtGuidance,
     PromptSpec,
-    StableDiffusionGuidance,
 )
+from ..stage1.guidance_cache import GuidanceSpec, default_model
 from .requests import Reply, Request
 
 log = logging.getLogger(__name__)
@@ -80,6 +78,8 @@ def gaussians_init(req: Request) -> Reply:
             if points.shape[0] == 0:
                 raise InvalidArgs("gaussians.init: points buffer is empty (zero Gaussians)")
             g = init_mod.init_from_points(points, colors, opacity=a["opacity"], scale=a["scale"], sh_degree=a["sh_degree"], device=dev)
+        elif kind == "shap_e":
+            g = _init_shap_e(req)
         elif kind == "ply":
             if not a["path"]:
                 raise InvalidArgs("gaussians.init: kind 'ply' needs path")
@@ -96,6 +96,28 @@ def gaussians_init(req: Request) -> Reply:
             raise
         raise InvalidArgs(f"gaussians.init ({kind}): {exc}") from exc
     return _set_gaussians(req, g, f"init {kind}")
+
+
+def _init_shap_e(req: Request) -> Gaussians:
+    """Gaussians on Shap-E's mesh for the prompt (paper §4, as GSGen); the pipeline comes from the server's
+    model cache (loaded once). Runs in the handler: seconds on a GPU once loaded."""
+    from ..stage1.shap_e import ShapEConfig, ShapEUnavailable, init_from_shap_e
+
+    a, s = req.args, req.session
+    prompt = a["prompt"] or (s.guidance.prompt if s.guidance is not None else "")
+    if not prompt.strip():
+        raise InvalidArgs("gaussians.init: kind 'shap_e' needs a prompt (or a session prompt from stage1.start)")
+    model = a["model"] or default_model("shap_e")
+    _check_model("shap_e", model, a["local_files_only"])
+    cfg = ShapEConfig(
+        n=a["n"], steps=a["shap_e_steps"], guidance_scale=a["shap_e_guidance_scale"], grid_size=a["shap_e_grid"],
+        fit_radius=a["fit_radius"] if a["fit_radius"] is not None else ShapEConfig.fit_radius, opacity=a["opacity"], seed=a["seed"],
+    )
+    try:
+        pipe = req.server.guidance_cache.get("shap_e", model, req.device, local_files_only=a["local_files_only"])
+    except ShapEUnavailable as exc:
+        raise NotFound(str(exc)) from exc
+    return init_from_shap_e(pipe, prompt, cfg, sh_degree=a["sh_degree"], device=req.device)
 
 
 def gaussians_load_ply(req: Request) -> Reply:
@@ -159,7 +181,7 @@ def stage1_set_reference(req: Request) -> Reply:
 
 def _check_model(kind: str, model: str, local_files_only: bool) -> None:
     """Fail fast (not_found) when the weights are certainly unavailable; loading happens on the job thread."""
-    sub = "unet" if kind == "sd" else "transformer"
+    sub = {"sd": "unet", "pixart": "transformer", "shap_e": "prior"}[kind]
     expanded = os.path.expanduser(model)
     if os.path.isdir(expanded):
         if not os.path.isfile(os.path.join(expanded, sub, "config.json")):
@@ -168,7 +190,7 @@ def _check_model(kind: str, model: str, local_files_only: bool) -> None:
     if not _HUB_ID.match(model):
         raise NotFound(
             f"model {model!r} is neither a local folder nor a hub id 'org/name'; pass a folder made with "
-            f"save_pretrained or `huggingface-cli download {DEFAULT_SD_MODEL if kind == 'sd' else DEFAULT_PIXART_MODEL}`"
+            f"save_pretrained or `huggingface-cli download {default_model(kind)}`"
         )
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     if offline:
@@ -197,11 +219,15 @@ def stage1_start(req: Request) -> Reply:
             raise InvalidArgs("stage1.start: the session has no Gaussians (call gaussians.init first)")
     kind = a["guidance"]
     prompt = None
+    # The session's prompt, negative prompt and model (GuidanceSpec) fill what this request leaves out.
+    spec = s.guidance
+    text = a["prompt"] if a["prompt"] and a["prompt"].strip() else (spec.prompt if spec is not None else "")
+    negative = a["negative_prompt"] or (spec.negative_prompt if spec is not None and not a["prompt"] else "")
     if kind in ("sd", "pixart"):
-        if not a["prompt"] or not a["prompt"].strip():
+        if not text.strip():
             raise InvalidArgs(f"stage1.start: prompt must be a non-empty string for guidance {kind!r}")
-    if a["prompt"] and a["prompt"].strip():
-        prompt = PromptSpec(a["prompt"], a["negative_prompt"], a["view_dependent"])
+    if text.strip():
+        prompt = PromptSpec(text, negative, a["view_dependent"])
     elif kind == "oracle":
         prompt = PromptSpec("reference object", view_dependent=False)
     try:
@@ -213,10 +239,17 @@ def stage1_start(req: Request) -> Reply:
             ),
             t_range_end=tuple(a["t_range_end"]) if a["t_range_end"] is not None else None,
             anneal_steps=a["anneal_steps"],
+            anneal_start=a["anneal_start"],
         )
+        if not a["densify"]:
+            dcfg = None
+        elif a["densify_schedule"] == "run":
+            dcfg = DensifyConfig.for_run(a["steps"])  # 3DGS's schedule scaled to this run's length
+        else:
+            dcfg = DensifyConfig()
         cfg = Stage1Config(
             steps=a["steps"], batch=a["batch"], resolution=a["resolution"], background=tuple(a["background"]),
-            random_background=a["random_background"], densify=DensifyConfig() if a["densify"] else None,
+            random_background=a["random_background"], densify=dcfg,
             snapshot_every=a["snapshot_every"], fixed_t=a["fixed_t"], seed=a["seed"],
             elevation_range_deg=tuple(a["elevation_range_deg"]), distance_range=tuple(a["distance_range"]),
             fov_range_deg=tuple(a["fov_range_deg"]),
@@ -224,29 +257,48 @@ def stage1_start(req: Request) -> Reply:
     except ValueError as exc:
         raise InvalidArgs(f"stage1.start: {exc}") from exc
 
-    guidance, loader = None, None
+    guidance, loader, new_spec, ref_from_path = None, None, None, None
     device = req.device
+    model = None
     if kind == "oracle":
         if a["reference_path"]:
-            ref = _load_ply(a["reference_path"], device)
+            ref = ref_from_path = _load_ply(a["reference_path"], device)
         else:
             slot = s.extras.get(OracleReference.SLOT)
             if slot is None:
                 raise InvalidArgs("stage1.start: guidance 'oracle' needs reference_path or a stage1.set_reference first")
             ref = slot.gaussians
         guidance = OracleGuidance(ref, oracle_render_fn, gcfg)
+        new_spec = GuidanceSpec("oracle", prompt=text, negative_prompt=negative, view_dependent=a["view_dependent"],
+                                guidance_scale=a["guidance_scale"])
     elif kind in ("sd", "pixart"):
-        model = a["model"] or (DEFAULT_SD_MODEL if kind == "sd" else DEFAULT_PIXART_MODEL)
-        _check_model(kind, model, a["local_files_only"])
-        cls = StableDiffusionGuidance if kind == "sd" else PixArtGuidance
-        local = a["local_files_only"]
+        same_kind = spec is not None and spec.kind == kind
+        model = a["model"] or (spec.model if same_kind and spec.model else default_model(kind))
+        local = a["local_files_only"] or (same_kind and not a["model"] and spec.local_files_only)
+        _check_model(kind, model, local)
+        cache = req.server.guidance_cache
 
         def loader():
-            return cls.from_pretrained(model, config=gcfg, device=device, local_files_only=local)
+            # loaded once per (model, dtype, device) for the whole server; this job gets its own config
+            return cache.get(kind, model, device, local_files_only=local, config=gcfg)
+
+        new_spec = GuidanceSpec(kind, model, local, text, negative, a["view_dependent"], a["guidance_scale"])
 
     job = Stage1Job(s, guidance, prompt, cfg, load_guidance=loader)
     job_id = req.start_job(job, label="stage1")
-    return Reply({"job": job_id, "total": cfg.steps, "count": s.gaussians.n, "guidance": kind})
+    if new_spec is not None:
+        with s.lock:
+            s.guidance = new_spec  # the session's guidance from now on (drag, edit, refinement, checkpoints)
+            if ref_from_path is not None:
+                s.extras[OracleReference.SLOT] = OracleReference(ref_from_path)
+    return Reply({"job": job_id, "total": cfg.steps, "count": s.gaussians.n, "guidance": kind, "model": model,
+                  "densify_steps": 0 if cfg.densify is None else len(cfg.densify.plan(cfg.steps).densify_steps)})
+
+
+def presets_resolve(req: Request) -> Reply:
+    from . import presets
+
+    return Reply(presets.resolve(req.args["name"], req.device.type).as_result())
 
 
 HANDLERS: dict = {
@@ -256,4 +308,5 @@ HANDLERS: dict = {
     "gaussians.render": gaussians_render,
     "stage1.set_reference": stage1_set_reference,
     "stage1.start": stage1_start,
+    "presets.resolve": presets_resolve,
 }

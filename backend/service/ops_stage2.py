@@ -112,18 +112,24 @@ def add_part(req: Request) -> Reply:
 def refine(req: Request) -> Reply:
     s, a = req.session, req.args
     loader = None
+    spec = s.guidance  # the session's guidance (stage1.start): model and prompt unless given here
+    session_sd = spec is not None and spec.kind == "sd"
+    prompt = a["prompt"] or (spec.prompt if spec is not None else "")
     if a["guidance"] == "sd":
-        from ..stage1.guidance import DEFAULT_SD_MODEL, StableDiffusionGuidance
+        from ..stage1.guidance import DEFAULT_SD_MODEL
 
-        model, local, device = a["model"] or DEFAULT_SD_MODEL, a["local_files_only"], req.device
+        model = a["model"] or (spec.model if session_sd and spec.model else DEFAULT_SD_MODEL)
+        local, device, cache = a["local_files_only"], req.device, req.server.guidance_cache
+        config = spec.config() if spec is not None else None
 
         def loader():
-            return StableDiffusionGuidance.from_pretrained(model, device=device, local_files_only=local)
+            # the same loaded model as Stage I, drag and edit (the server's guidance cache)
+            return cache.get("sd", model, device, local_files_only=local, config=config)
 
     try:
         cfg = RefineConfig(
             steps=a["steps"], rays_per_step=a["rays_per_step"], render=RenderConfig(n_samples=a["n_samples"], stratified=True), seed=a["seed"],
-            prompt=a["prompt"] or "", fixed_t=a["fixed_t"], sds_size=a["resolution"],
+            prompt=prompt or "", fixed_t=a["fixed_t"], sds_size=a["resolution"],
         )
         with s.lock:
             _state(req)

@@ -56,6 +56,7 @@ from . import ops_interactions, ops_session, ops_stage1, ops_stage2
 from .jobs import JobConfig, JobRunner
 from .requests import Handler, Reply, Request, preemptible
 from .session import DEFAULT_HISTORY_DEPTH, SESSION_ID_RE, Session
+from ..stage1.guidance_cache import DEFAULT_CACHE_BYTES, GuidanceCache
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class ServerConfig:
         shutdown_timeout: seconds to wait for a job's current step at shutdown.
         keep_checkpoints_days: at start-up, checkpoints of sessions untouched for longer are deleted
             (0 keeps them all).
+        guidance_cache_bytes: memory bound of the loaded diffusion models shared by all jobs.
     """
 
     bind: str = DEFAULT_BIND
@@ -108,6 +110,7 @@ class ServerConfig:
     max_sessions: int = 64
     shutdown_timeout: float = 120.0
     keep_checkpoints_days: float = 30.0
+    guidance_cache_bytes: int = DEFAULT_CACHE_BYTES
 
     def check(self) -> None:
         if not isinstance(self.bind, str) or "://" not in self.bind:
@@ -175,6 +178,9 @@ class Server:
                     continue
                 self.handlers[op] = h
         self.sessions: dict[str, Session] = {}
+        # Diffusion models loaded once per (model, dtype, device) for every job of every session; owned here
+        # (not process-wide) so that two servers in one process (tests) never share weights or counts.
+        self.guidance_cache = GuidanceCache(config.guidance_cache_bytes)
         self._subscribers: dict[str, bytes] = {}  # session → identity that gets its events
         self._signer = Signer(config.auth_key) if config.auth_key else None
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()

@@ -107,6 +107,10 @@ class Session:
         self.history = History(history_depth)
         self.job = None  # backend.jobs.JobRunner of the current or last job
         self.suspended = None  # (JobRunner, was_running): a Stage I job paused for an interaction job
+        # The session's guidance (stage1.guidance_cache.GuidanceSpec: model, prompt, negative prompt), set by
+        # stage1.start and used by drag, semantic edit and refinement. A setting, not an edit: it is kept in
+        # checkpoints but not in undo history (undoing Stage I's result does not forget its prompt).
+        self.guidance = None
         self.created = time.time()
 
     # -- snapshots --------------------------------------------------------------------------------

@@ -7,8 +7,15 @@ Every ``every`` steps inside [from_step, until_step):
   drawn from the Gaussian replace it, scales divided by ``split_scale_div`` = 0.8·split_count = 1.6);
 - **prune** Gaussians with opacity < ``prune_opacity``, largest world scale > ``prune_scale·extent``
   and, optionally, a screen radius > ``prune_screen_px`` pixels.
-Every ``opacity_reset_every`` steps opacities are clamped to ``opacity_reset_value`` (and their Adam
-moments zeroed), which lets pruning remove floaters.
+Every ``opacity_reset_every`` steps *inside the densification window* opacities are clamped to
+``opacity_reset_value`` (and their Adam moments zeroed); the densify steps that follow prune what the
+optimiser does not bring back (floaters). As in 3DGS (and gsplat's DefaultStrategy) a reset never happens
+at or after ``until_step``, and none is scheduled unless a densify/prune step follows it in the window, so
+a run never ends with every opacity forced down and nothing pruned.
+
+:meth:`DensifyConfig.for_run` scales 3DGS's 30k-iteration schedule (densify from 500 until 15k every 100,
+reset every 3k) to a run of any length; :meth:`DensifyConfig.plan` lists the steps a run of N steps
+densifies/prunes and resets at.
 
 The statistics (accumulated gradient norms, view counts, largest screen radius) live in the Gaussians'
 buffers ``densify:grad``, ``densify:count`` and ``densify:radii``, so :func:`gaussians.keep` /
@@ -97,7 +104,60 @@ class DensifyConfig:
         return step > 0 and self.from_step <= step < self.until_step and step % self.every == 0
 
     def reset_at(self, step: int) -> bool:
-        return self.opacity_reset_every is not None and step > 0 and step % self.opacity_reset_every == 0
+        """An opacity reset at ``step``: on the reset period, inside [from_step, until_step), and followed
+        by at least one densify/prune step inside the window (which removes what stays transparent)."""
+        if self.opacity_reset_every is None or step <= 0 or step % self.opacity_reset_every:
+            return False
+        if not (self.from_step <= step < self.until_step):
+            return False
+        following = (step // self.every + 1) * self.every  # the next multiple of every after step
+        return following < self.until_step
+
+    def plan(self, total_steps: int) -> "DensifyPlan":
+        """The steps of a run of ``total_steps`` steps (0..total_steps−1) that densify & prune and that reset."""
+        if not isinstance(total_steps, int) or total_steps < 0:
+            raise ValueError(f"total_steps must be an integer >= 0, got {total_steps!r}")
+        steps = range(total_steps)
+        return DensifyPlan(
+            densify_steps=tuple(s for s in steps if self.densify_at(s)),
+            reset_steps=tuple(s for s in steps if self.reset_at(s)),
+        )
+
+    @classmethod
+    def for_run(cls, total_steps: int, **overrides) -> "DensifyConfig":
+        """3DGS's schedule for 30k iterations (from 500, until 15k, every 100, reset every 3k) scaled to a
+        run of ``total_steps``: same fractions of the run, hence the same number of densify steps and resets.
+
+        A 10k-step run densifies every 33 steps from 167 until 5000 and resets at 1000, 2000, 3000 and 4000.
+        Thresholds keep their 3DGS values; ``overrides`` replace any field. Runs under 1500 steps densify
+        every ``MIN_EVERY`` = 5 steps rather than every step or two.
+        """
+        if not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+        f = total_steps / REFERENCE_STEPS
+        # at least MIN_EVERY steps of view statistics per decision (short CPU runs would densify every step)
+        every = max(MIN_EVERY, round(100 * f))
+        fields = dict(
+            from_step=max(1, round(500 * f)),
+            until_step=max(1, round(15_000 * f)),
+            every=every,
+            opacity_reset_every=max(1, round(3000 * f)),
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+
+# 3DGS's schedule is written for this many iterations (Kerbl et al. 2023, train.py defaults).
+REFERENCE_STEPS = 30_000
+MIN_EVERY = 5
+
+
+@dataclass(frozen=True)
+class DensifyPlan:
+    """The steps on which a run densifies & prunes (clone/split by statistics, then prune) and resets opacities."""
+
+    densify_steps: tuple[int, ...]
+    reset_steps: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -108,6 +168,7 @@ class DensifyStepResult:
     split: int = 0  # parents split (each replaced by split_count children)
     pruned: int = 0
     opacity_reset: bool = False
+    densified: bool = False  # the step was a densify & prune step (even if nothing qualified)
 
 
 def ensure_state(g: Gaussians) -> None:
@@ -256,6 +317,7 @@ def step_post_backward(
     """
     ensure_state(g)
     cloned = split = pruned = 0
+    densified = False
     if step < cfg.until_step:
         grad = out.means2d.grad
         if grad is None:
@@ -265,7 +327,8 @@ def step_post_backward(
         if cfg.densify_at(step):
             cloned, split = densify(g, optimizers, cfg, generator)
             pruned = prune(g, optimizers, cfg)
+            densified = True
     reset = cfg.reset_at(step)
     if reset:
         reset_opacity(g, optimizers, cfg.opacity_reset_value)
-    return DensifyStepResult(cloned, split, pruned, reset)
+    return DensifyStepResult(cloned, split, pruned, reset, densified)

@@ -20,6 +20,7 @@ so back-propagation carries exactly the SDS gradient into the Gaussians.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -71,6 +72,8 @@ class GuidanceConfig:
         t_range: (t_min, t_max) as fractions of the training timesteps at step 0.
         t_range_end: t range reached after ``anneal_steps`` steps (linear annealing); None = constant.
         anneal_steps: length of the linear annealing of the t range.
+        anneal_start: step at which the annealing starts (threestudio's ``[start_step, start, end, end_step]``
+            schedules: ``max_step_percent: [5000, 0.98, 0.5, 5001]`` is anneal_start 5000, anneal_steps 1).
         fixed_t: a user-fixed t in (0, 1) (paper §3.1.5: 0.98 to change shape, ~0.3 to fine-tune);
             overrides the range. Can also be given per call.
         weighting: "sds" for w(t) = 1 − ᾱ_t, "uniform" for w = 1.
@@ -84,6 +87,7 @@ class GuidanceConfig:
     t_range: tuple[float, float] = (0.02, 0.98)
     t_range_end: tuple[float, float] | None = None
     anneal_steps: int = 0
+    anneal_start: int = 0
     fixed_t: float | None = None
     weighting: str = "sds"
     grad_clip: float | None = None
@@ -106,6 +110,8 @@ class GuidanceConfig:
             raise ValueError(f"GuidanceConfig.weighting must be 'sds' or 'uniform', got {self.weighting!r}")
         if self.anneal_steps < 0:
             raise ValueError(f"GuidanceConfig.anneal_steps must be >= 0, got {self.anneal_steps}")
+        if self.anneal_start < 0:
+            raise ValueError(f"GuidanceConfig.anneal_start must be >= 0, got {self.anneal_start}")
 
 
 @dataclass
@@ -158,6 +164,15 @@ class _SDSBase:
         self.alphas_cumprod = alphas_cumprod.detach().float()  # [T]
         self.num_train_timesteps = int(alphas_cumprod.shape[0])
 
+    def with_config(self, config: GuidanceConfig) -> "_SDSBase":
+        """The same guidance (same modules, same text-embedding cache) with another config: how one loaded
+        model serves jobs with different CFG scales and t schedules (backend/stage1/guidance_cache.py)."""
+        if not isinstance(config, GuidanceConfig):
+            raise TypeError(f"config must be a GuidanceConfig, got {type(config).__name__}")
+        view = copy.copy(self)
+        view.config = config
+        return view
+
     # -- timesteps -----------------------------------------------------------------------------
     def t_bounds(self, step: int, t_range: tuple[float, float] | None = None) -> tuple[int, int]:
         """Integer timestep range [lo, hi] at a training step (linear annealing of ``t_range``).
@@ -172,7 +187,7 @@ class _SDSBase:
             return int(round(lo * t_max)), int(round(hi * t_max))
         lo, hi = self.config.t_range
         if self.config.t_range_end is not None and self.config.anneal_steps > 0:
-            frac = min(max(step, 0) / self.config.anneal_steps, 1.0)
+            frac = min(max(step - self.config.anneal_start, 0) / self.config.anneal_steps, 1.0)
             lo = lo + frac * (self.config.t_range_end[0] - lo)
             hi = hi + frac * (self.config.t_range_end[1] - hi)
         t_max = self.num_train_timesteps - 1

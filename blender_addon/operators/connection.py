@@ -53,8 +53,16 @@ def splat_object(context) -> bpy.types.Object | None:
     return active if splat.is_splat_object(active) else None
 
 
+def run_chain(op_self, chain: list[dict]) -> bool:
+    """Start a chain of requests (connection.Connection.then_chain: each reply's handler sends the next);
+    blocking in background mode. Failures are reported as in :func:`run_request`."""
+    first = dict(chain[0])
+    context = dict(first.get("context") or {}, chain=list(chain[1:]))
+    return run_request(op_self, first["op"], first.get("args"), kind=first["kind"], timeout=first.get("timeout"), context=context)
+
+
 def run_request(op_self, op: str, args: dict | None = None, buffers=(), kind: str = "edit",
-                timeout: float | None = None) -> bool:
+                timeout: float | None = None, context: dict | None = None) -> bool:
     """Send a request to the session (blocking in background mode); report failures to the user.
 
     Returns True when the request was sent (UI) or answered successfully (background).
@@ -65,9 +73,9 @@ def run_request(op_self, op: str, args: dict | None = None, buffers=(), kind: st
         return False
     try:
         if is_blocking():
-            conn.call(op, args, buffers, kind=kind, timeout=timeout)
+            conn.call(op, args, buffers, kind=kind, timeout=timeout, **(context or {}))
         else:
-            conn.send(op, args, buffers, kind=kind, timeout=timeout)
+            conn.send(op, args, buffers, kind=kind, timeout=timeout, **(context or {}))
             ensure_timer()
     except connection.errors.RemoteError as exc:
         op_self.report({"ERROR"}, f"Backend refused {op}: {exc.code}: {exc.message}")

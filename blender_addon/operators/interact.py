@@ -225,6 +225,9 @@ def _sds_args(p) -> dict:
     args = {"prompt": p.prompt, "negative_prompt": p.negative_prompt, "t_min": p.t_min, "t_max": p.t_max}
     if p.t_mode == "FIXED":
         args["fixed_t"] = p.t_fixed
+    zoom = connection.get().preset_ops.get("interact.edit", {}).get("resolution") if p.preset != "NONE" else None
+    if zoom:
+        args["resolution"] = zoom  # the preset's zoom-in renders (paper: 256²), as the backend resolved them
     return args
 
 

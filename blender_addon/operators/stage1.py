@@ -12,7 +12,7 @@ import bpy
 
 from .. import connection, preferences
 from ..properties import GUIDANCE_ITEMS
-from .connection import ensure_timer, is_blocking, run_request
+from .connection import ensure_timer, is_blocking, run_chain, run_request
 
 
 def job_args_from_scene(scene, settings: preferences.Settings, guidance: str) -> dict:
@@ -43,7 +43,9 @@ class I3D_OT_generate(bpy.types.Operator):
                                                               *GUIDANCE_ITEMS), default="SCENE")
     init: bpy.props.EnumProperty(
         name="Initialise", default="AUTO",
-        items=(("AUTO", "Auto", "Random init when the session has no Gaussians, else continue"),
+        items=(("AUTO", "Auto", "When the session has no Gaussians: Shap-E points for the prompt if its weights are on "
+                "the backend (SD/PixArt guidance), else a random sphere (the status says which); else continue"),
+               ("SHAP_E", "Shap-E", "Start again from Shap-E points for the prompt (paper; downloads if allowed)"),
                ("RANDOM", "Random", "Start again from a random sphere of points"),
                ("NONE", "Continue", "Optimise the session's current Gaussians")))
     init_points: bpy.props.IntProperty(name="Points", default=4096, min=1, description="Random init size (paper: 4096)")
@@ -70,18 +72,35 @@ class I3D_OT_generate(bpy.types.Operator):
         if guidance in ("sd", "pixart") and not p.prompt.strip():
             self.report({"ERROR"}, "Enter a prompt first")
             return False
-        if self.init == "RANDOM" or (self.init == "AUTO" and conn.count == 0):
-            init = {"kind": "random", "n": self.init_points, "radius": self.init_radius, "seed": p.seed}
-            if not run_request(self, "gaussians.init", init, kind="edit"):
-                return False
         args = job_args_from_scene(context.scene, settings, guidance)
         if self.reference_path:
             args["reference_path"] = bpy.path.abspath(self.reference_path)
+        if p.preset != "NONE" and p.t_mode != "FIXED":
+            args.pop("t_min", None), args.pop("t_max", None)  # the preset's t schedule (annealed)
+        chain = []
+        if p.preset != "NONE":
+            chain.append({"op": "presets.resolve", "args": {"name": p.preset}, "kind": "preset"})
+        fresh = self.init in ("RANDOM", "SHAP_E") or (self.init == "AUTO" and conn.count == 0)
+        if fresh:
+            random_init = {"kind": "random", "n": self.init_points, "radius": self.init_radius, "seed": p.seed}
+            shap_e = self.init == "SHAP_E" or (self.init == "AUTO" and guidance in ("sd", "pixart"))
+            if shap_e:
+                # AUTO never starts a download (Shap-E only if its weights are already on the backend)
+                init = {"kind": "shap_e", "prompt": p.prompt, "n": self.init_points, "seed": p.seed,
+                        "local_files_only": self.init == "AUTO" or not bpy.app.online_access}
+                chain.append({"op": "gaussians.init", "args": init, "kind": "init_shap_e", "timeout": 1800.0,
+                              "context": {"fallback": random_init} if self.init == "AUTO" else {}})
+            else:
+                chain.append({"op": "gaussians.init", "args": random_init, "kind": "chain_edit"})
+        explicit = {}  # the operator's own sizes win over a preset's
         if self.resolution:
-            args["resolution"] = self.resolution
+            explicit["resolution"] = self.resolution
         if self.batch:
-            args["batch"] = self.batch
-        return run_request(self, "stage1.start", args, kind="job")
+            explicit["batch"] = self.batch
+        if p.preset != "NONE":
+            args.pop("steps", None)  # the preset's steps, not the panel's
+        chain.append({"op": "stage1.start", "args": {**args, **explicit}, "kind": "job", "context": {"explicit": explicit}})
+        return run_chain(self, chain)
 
     def execute(self, context):
         if not self._start(context):

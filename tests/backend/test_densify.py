@@ -170,3 +170,112 @@ def test_config_validation():
         D.DensifyConfig(opacity_reset_value=1.0)
     cfg = D.DensifyConfig(from_step=100, until_step=300, every=100)
     assert [s for s in range(0, 400) if cfg.densify_at(s)] == [100, 200]
+
+
+# -- the schedule of a whole run (issue 18) -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "steps, expect",
+    [
+        # 3DGS's own run: from 500 until 15k every 100, resets every 3k
+        (30_000, dict(from_step=500, until_step=15_000, every=100, resets=(3000, 6000, 9000, 12000), n_densify=145)),
+        # the paper's Stage I length
+        (10_000, dict(from_step=167, until_step=5000, every=33, resets=(1000, 2000, 3000, 4000), n_densify=146)),
+        # a short run keeps the same fractions
+        (2000, dict(from_step=33, until_step=1000, every=7, resets=(200, 400, 600, 800), n_densify=138)),
+    ],
+)
+def test_schedule_scales_with_run_length(steps, expect):
+    """for_run keeps 3DGS's fractions of the run: densify inside the first half, four resets, every reset
+    inside the window and followed by ≥ 25 densify (prune) steps; nothing densifies or resets after the window."""
+    cfg = D.DensifyConfig.for_run(steps)
+    assert (cfg.from_step, cfg.until_step, cfg.every) == (expect["from_step"], expect["until_step"], expect["every"])
+    plan = cfg.plan(steps)
+    assert plan.reset_steps == expect["resets"]
+    assert len(plan.densify_steps) == expect["n_densify"]
+    assert plan.densify_steps[0] >= cfg.from_step and plan.densify_steps[-1] < cfg.until_step
+    assert all(s % cfg.every == 0 for s in plan.densify_steps)
+    for r in plan.reset_steps:
+        assert sum(1 for s in plan.densify_steps if s > r) >= 25
+    assert max(plan.reset_steps) < cfg.until_step <= steps // 2 + 1
+
+
+def test_reset_only_inside_window_and_before_a_prune():
+    """The issue's case: the old defaults (until 1500, reset every 3000) on a 10k run reset at 3k, 6k, 9k;
+    now never (all outside the window). A reset whose window has no densify step after it is dropped."""
+    assert D.DensifyConfig().plan(10_000).reset_steps == ()
+    cfg = D.DensifyConfig(from_step=10, until_step=105, every=10, opacity_reset_every=50)
+    # 50 → densify at 60 follows; 100 → the next densify step (110) is outside the window
+    assert cfg.plan(200).reset_steps == (50,)
+    assert cfg.plan(200).densify_steps == tuple(range(10, 101, 10))
+    with pytest.raises(ValueError, match="total_steps"):
+        D.DensifyConfig.for_run(0)
+
+
+class _FakeRender:
+    """What the hook reads from a RenderOutput: means2d (with .grad), radii [1,N], rgb [1,H,W,3]."""
+
+    def __init__(self, grad):
+        n = grad.shape[1]
+        self.means2d = torch.zeros(1, n, 2, requires_grad=True)
+        self.means2d.grad = grad
+        self.radii = torch.ones(1, n)
+        self.rgb = torch.empty(1, 8, 8, 3)
+
+
+def _run_schedule(cfg, steps):
+    """Drive the hook for a whole run on a constructed set and an emulated optimiser; returns step → result.
+
+    Gaussian 0 (small, x>0) always has a large gradient → cloned at every densify step. The largest
+    Gaussian gets a large gradient while its scale is above the clone/split boundary → split. Two floaters
+    (x<0) are driven toward transparency but the "optimiser" cannot push them below 2 % by itself; the others
+    recover toward 0.8 (+0.05 logit/step). Only an opacity reset brings the floaters under the prune threshold.
+    """
+    means = torch.tensor([[0.5, 0, 0], [0.8, 0, 0], [-0.5, 0, 0], [-0.6, 0.1, 0]])
+    g = Gaussians.from_activated(
+        means, torch.full((4, 3), 0.5), torch.tensor([0.8, 0.8, 0.3, 0.3]), torch.tensor([0.005, 0.09, 0.008, 0.008])[:, None].repeat(1, 3)
+    )
+    floor, top = math.log(0.02 / 0.98), math.log(0.8 / 0.2)
+    gen = torch.Generator().manual_seed(0)
+    log = {}
+    for step in range(steps):
+        grad = torch.zeros(1, g.n, 2)
+        grad[0, 0, 0] = 1.0  # NDC ×4 → far above 2e-4
+        scales = g.scales.detach().amax(-1)
+        big = int(scales.argmax())
+        if float(scales[big]) > cfg.percent_dense * cfg.extent:
+            grad[0, big, 0] = 1.0
+        res = D.step_post_backward(g, None, _FakeRender(grad), step, cfg, gen)
+        if res != D.DensifyStepResult():
+            log[step] = res
+        with torch.no_grad():
+            p = g.params["opacity_logits"]
+            floater = g.means[:, 0] < 0
+            down = torch.where(p >= floor - 1e-4, torch.clamp(p - 0.02, min=floor), p - 0.02)
+            p.copy_(torch.where(floater, down, torch.clamp(p + 0.05, max=top)))
+    return g, log
+
+
+@pytest.mark.parametrize("steps", [2000, 10_000])
+def test_run_clones_splits_prunes_and_resets_on_schedule(steps):
+    """A whole run through the hook: clones exactly at the plan's densify steps (one per step), splits only
+    at its first densify steps (until the children are small), resets exactly at the plan's reset steps,
+    and the two floaters are pruned at the first densify step after the first reset once they fall under
+    0.005 (35 steps after the reset at 0.02 logit/step), not before. The run ends with opacities recovered."""
+    cfg = D.DensifyConfig.for_run(steps)
+    plan = cfg.plan(steps)
+    g, log = _run_schedule(cfg, steps)
+    assert tuple(s for s, r in log.items() if r.densified) == plan.densify_steps
+    assert tuple(s for s, r in log.items() if r.cloned) == plan.densify_steps
+    assert all(log[s].cloned == 1 for s in plan.densify_steps)
+    split_steps = tuple(s for s, r in log.items() if r.split)
+    assert split_steps == plan.densify_steps[: len(split_steps)] and len(split_steps) == 31  # 1+2+4+8+16 parents
+    assert tuple(s for s, r in log.items() if r.opacity_reset) == plan.reset_steps
+    prune_steps = [s for s, r in log.items() if r.pruned]
+    first_reset = plan.reset_steps[0]
+    expected = min(s for s in plan.densify_steps if s >= first_reset + 35)
+    assert prune_steps == [expected] and log[expected].pruned == 2
+    assert not bool((g.means[:, 0] < 0).any())
+    assert float(g.opacities.detach().min()) > 0.5  # nothing ends forced down
+    # the old schedule (resets outside its window) never removes the floaters
+    g_old, log_old = _run_schedule(D.DensifyConfig(), 2000)
+    assert int((g_old.means[:, 0] < 0).sum()) == 2 and not any(r.opacity_reset for r in log_old.values())

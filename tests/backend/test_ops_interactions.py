@@ -280,7 +280,7 @@ def test_semantic_edit_job_with_oracle_reference(server, client, session):
         s.extras[stage1.OracleReference.SLOT] = stage1.OracleReference(ref)
     raw_before = _raw(server, session)
     part = raw_before["buffer/part:right"]
-    r = client.request("interact.edit", {"session": session, "part": "right", "prompt": "make it red", "steps": 3, "resolution": 16, "fixed_t": 0.5}).result
+    r = client.request("interact.edit", {"session": session, "part": "right", "prompt": "make it red", "steps": 3, "resolution": 16, "fixed_t": 0.5, "oracle": True}).result
     assert r["part_size"] == int(part.sum())
     assert _wait_done(client, r["job"])["event"] == "done"
     raw_after = _raw(server, session)

@@ -340,3 +340,30 @@ def test_add_part_from_a_ply_lands_at_its_world_place(conn, tmp_path):
     assert len(obj.data.vertices) == 350
     np.testing.assert_allclose(world_positions(obj)[300:], part[:, :3], atol=1e-5)
     np.testing.assert_allclose(splat.read_state(obj)[300:, 7:10] * 2.0, part[:, 7:10], rtol=1e-5)
+
+
+def test_shap_e_init_falls_back_to_random_and_says_so(conn):
+    """Generate's Shap-E initialisation step on a backend without Shap-E weights (local files only): the
+    backend answers not_found, the connection starts the random sphere instead (128 points here), the note
+    says why, and the rest of the chain is not lost (an empty chain here)."""
+    args = {"kind": "shap_e", "prompt": "a chair", "n": 4096, "local_files_only": True, "model": "interactive3d-tests/no-shap-e"}
+    assert conn.call("gaussians.init", args, kind="init_shap_e", fallback={"kind": "random", "n": 128, "seed": 2}, chain=[]) == {}
+    assert "Shap-E not available" in conn.init_note and "no-shap-e" in conn.init_note
+    assert splat.read_state(bpy.data.objects[conn.object_name]).shape == (128, 14)
+
+
+def test_generate_with_preview_preset_runs_the_scaled_schedule(conn, tmp_path):
+    """i3d.generate with the Preview preset (oracle guidance on 256 random points, renders 24² by the operator):
+    the backend resolves the preset for its CPU (600 → 60 Stage I steps, said in the note shown in the panel)
+    and the job runs those 60 steps to 'done' although the panel says 7."""
+    from interactive3d.protocol import ply
+
+    ref = tmp_path / "ref.ply"
+    ply.write_ply(str(ref), ply.state_to_splat(random_state(200, seed=5, spread=0.4)))
+    p = bpy.context.scene.i3d
+    conn.call("gaussians.init", {"kind": "random", "n": 256, "radius": 0.5, "seed": 1}, kind="edit")
+    p.guidance, p.preset, p.steps = "oracle", "preview", 7
+    assert bpy.ops.i3d.generate(init="NONE", reference_path=str(ref), resolution=24, batch=1, wait=True) == {"FINISHED"}
+    assert "scaled down" in conn.preset_note and "600" in conn.preset_note
+    assert conn.job.state == "done" and conn.job.step == conn.job.total == 60
+    assert conn.count >= 1 and splat.read_state(bpy.data.objects[conn.object_name]).shape[1] == 14

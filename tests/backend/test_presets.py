@@ -1,0 +1,70 @@
+"""Tests of backend/service/presets.py and op ``presets.resolve`` (issue 18): the paper preset is the paper's schedule
+on a CUDA backend, scales down (and says so) elsewhere, and its arguments reach the Stage I job as written."""
+
+from __future__ import annotations
+
+import pytest
+from _server_helpers import ThreadedServer
+from interactive3d.backend.service import presets
+from interactive3d.backend.stage1.densify import DensifyConfig
+from interactive3d.backend.stage1.guidance import GuidanceConfig, linear_alphas_cumprod
+from interactive3d.backend.stage1.guidance import OracleGuidance
+from interactive3d.protocol.client import Client
+from interactive3d.protocol.errors import RemoteError
+
+
+def test_paper_preset_on_cuda_is_the_papers_schedule():
+    """10k + 10k steps at 256², zoom-in 256², 4096 Shap-E points, the 3DGS schedule scaled to 10k (resets at
+    1k..4k) and threestudio's t annealing: t_max index 979 until step 5000, 500 from step 5001."""
+    r = presets.resolve("paper", "cuda")
+    assert not r.scaled and "paper" in r.note
+    ops = r.preset.ops()
+    s1 = ops["stage1.start"]
+    assert (s1["steps"], s1["resolution"], s1["densify_schedule"]) == (10_000, 256, "run")
+    assert ops["stage2.distill"] == {"steps": 10_000, "resolution": 256}
+    assert ops["stage2.refine"]["resolution"] == ops["interact.edit"]["resolution"] == ops["interact.drag"]["resolution"] == 256
+    assert ops["gaussians.init"]["kind"] == "shap_e" and ops["gaussians.init"]["n"] == 4096
+    assert DensifyConfig.for_run(s1["steps"]).plan(s1["steps"]).reset_steps == (1000, 2000, 3000, 4000)
+    g = OracleGuidance(None, None, GuidanceConfig(t_range=tuple(s1["t_range"]), t_range_end=tuple(s1["t_range_end"]),
+                                                  anneal_start=s1["anneal_start"], anneal_steps=s1["anneal_steps"]),
+                       linear_alphas_cumprod())
+    assert g.t_bounds(0) == g.t_bounds(5000) == (20, 979)
+    assert g.t_bounds(5001) == g.t_bounds(9999) == (20, 500)
+
+
+@pytest.mark.parametrize("name", presets.PRESET_NAMES)
+def test_presets_scale_down_on_cpu_and_say_so(name):
+    """On a CPU backend: steps ÷10 (≥ 50), renders ≤ 64², one view per step; the note names the written values."""
+    full, cpu = presets.resolve(name, "cuda").preset, presets.resolve(name, "cpu")
+    assert cpu.scaled and "scaled down" in cpu.note and str(full.stage1_steps) in cpu.note
+    p = cpu.preset
+    assert p.stage1_steps == max(50, full.stage1_steps // 10) and p.distill_steps == max(50, full.distill_steps // 10)
+    assert max(p.stage1_resolution, p.distill_resolution, p.zoom_resolution) <= 64 and p.stage1_batch == 1
+    with pytest.raises(ValueError, match="preset"):
+        presets.resolve("huge", "cuda")
+
+
+def test_preset_through_the_protocol_reaches_the_job():
+    """presets.resolve on the CPU test server answers the scaled paper preset; stage1.start with its arguments
+    (renders cut to 16² for the test, cancelled after it starts) runs with the 3DGS schedule scaled to its 1000 steps
+    and t_max annealed at step 500."""
+    ts = ThreadedServer()
+    try:
+        with Client(ts.address) as c:
+            r = c.request("presets.resolve", {"name": "paper"}).result
+            assert r["scaled"] and r["device"] == "cpu" and r["values"]["stage1_steps"] == 1000
+            with pytest.raises(RemoteError) as err:
+                c.request("presets.resolve", {"name": "huge"})
+            assert err.value.code == "invalid_args"
+            sid = c.request("session.create", {}).result["session"]
+            c.request("gaussians.init", {"session": sid, "kind": "random", "n": 50})
+            c.request("stage1.set_reference", {"session": sid})
+            args = {**r["ops"]["stage1.start"], "resolution": 16, "session": sid, "guidance": "oracle"}
+            reply = c.request("stage1.start", args).result
+            c.request("job.cancel", {"session": sid})
+            job = ts.server.sessions[sid].job.job
+            assert reply["total"] == 1000 and job.cfg.densify == DensifyConfig.for_run(1000)
+            assert reply["densify_steps"] == len(DensifyConfig.for_run(1000).plan(1000).densify_steps) == 96  # every 5 steps, 20..495
+            assert (job.guidance.config.anneal_start, job.guidance.config.t_range_end) == (500, (0.02, 0.5))
+    finally:
+        ts.stop()
