@@ -210,7 +210,7 @@ def gaussians_to_ply(g: Gaussians) -> ply_io.SplatData:
 
 
 def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gaussians:
-    """Read a 3DGS .ply (or .splat) file into Gaussians (FileNotFoundError / PlyFormatError / ValueError)."""
+    """Read a splat file (INRIA or compressed .ply, .splat, .spz: protocol.ply.read_any) into Gaussians (FileNotFoundError / PlyFormatError / ValueError)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f".ply file not found: {os.fspath(path)}")
     return ply_to_gaussians(ply_io.read_any(path), device=device)
