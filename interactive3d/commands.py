@@ -11,12 +11,13 @@ log = logging.getLogger("interactive3d.cli")
 
 def add_all(sub: argparse._SubParsersAction) -> None:
     # Each helper module adds its own parser; keep this list explicit (no registry).
-    from interactive3d import demo, generate
+    from interactive3d import convert, demo, generate
 
     add_serve(sub)
     add_ping(sub)
     demo.add_demo(sub)
     generate.add_generate(sub)
+    convert.add_convert(sub)
 
 
 # -- i3d serve ---------------------------------------------------------------------------------------
