@@ -135,3 +135,28 @@ def test_textured_files_import_with_uvs_and_an_srgb_image_material(tmp_path, sce
     assert images[0].image.colorspace_settings.name == "sRGB"
     bsdf = next(n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
     assert bsdf.inputs["Base Color"].is_linked
+
+
+def test_addon_textured_mesh_object_has_uvs_image_and_colours(scene_with_splat):
+    """splat.mesh_object_from_arrays with uvs and a texture (the add-on's import of a textured
+    stage2.extract_mesh reply): per-corner UVs equal the vertex UVs, the image holds the texture (rows
+    flipped to Blender's bottom-up order, sRGB, packed), the material samples it into Base Color, and the
+    vertex colour attribute stays."""
+    v, f, c = _mesh()
+    rng = np.random.default_rng(0)
+    uvs = rng.random((len(v), 2)).astype(np.float32)
+    tex = rng.integers(0, 256, (16, 8, 4)).astype(np.uint8)
+    obj = splat.mesh_object_from_arrays("T", v, f, c, scene_with_splat.matrix_world, uvs=uvs, texture=tex)
+    me = obj.data
+    got = np.empty(len(me.loops) * 2, np.float32)
+    me.uv_layers.active.data.foreach_get("uv", got)
+    np.testing.assert_array_equal(got.reshape(-1, 2), uvs[f.ravel()])
+    node = next(n for n in me.materials[0].node_tree.nodes if n.type == "TEX_IMAGE")
+    img = node.image
+    px = np.empty(16 * 8 * 4, np.float32)
+    img.pixels.foreach_get(px)
+    np.testing.assert_allclose(px.reshape(16, 8, 4)[::-1] * 255.0, tex, atol=1e-3)
+    assert img.colorspace_settings.name == "sRGB" and img.packed_file is not None
+    bsdf = next(n for n in me.materials[0].node_tree.nodes if n.type == "BSDF_PRINCIPLED")
+    assert bsdf.inputs["Base Color"].links[0].from_node == node
+    assert me.color_attributes.active_color is not None
