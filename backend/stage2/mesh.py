@@ -92,9 +92,9 @@ def texture_mesh(mesh: MeshResult, colour, size: int = 1024, padding: int = 4) -
     from .mesh_texture import TextureError, bake, unwrap
 
     try:
-        vmap, faces, uvs = unwrap(mesh.vertices, mesh.faces, size, padding)
+        vmap, faces, uvs, charted = unwrap(mesh.vertices, mesh.faces, size, padding)
         vertices = np.ascontiguousarray(mesh.vertices[vmap], np.float32)
-        tex = bake(vertices, faces, uvs, colour, size, padding)
+        tex = bake(vertices, faces, uvs, colour, size, padding, paint=charted)
     except TextureError as exc:
         raise MeshError(str(exc)) from exc
     return MeshResult(vertices=vertices, faces=np.ascontiguousarray(faces, np.int32), colors=mesh.colors[vmap],

@@ -97,8 +97,10 @@ def _child(argv: list[str]) -> None:
     np.savez(argv[1], vmap=vm, faces=f, uvs=uv)
 
 
-def unwrap(vertices: np.ndarray, faces: np.ndarray, size: int = 1024, padding: int = 4, timeout: float = 900.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """UV-unwrap [V,3] / [F,3] with xatlas (in a child process). Returns (vmap [V'], faces [F,3], uvs [V',2]).
+def unwrap(vertices: np.ndarray, faces: np.ndarray, size: int = 1024, padding: int = 4,
+           timeout: float = 900.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """UV-unwrap [V,3] / [F,3] with xatlas (in a child process). Returns (vmap [V'], faces [F,3], uvs [V',2],
+    charted [F] bool: False for the slivers xatlas left out, which :func:`bake` must not paint).
 
     Raises TextureError if xatlas is missing, crashes, times out or the charts overflow the texture."""
     try:
@@ -120,17 +122,54 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, size: int = 1024, padding: i
             tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
             raise TextureError(f"UV unwrapping failed ({len(faces)} faces): {tail[0]}")
         out = np.load(dst)
-        return out["vmap"], out["faces"], out["uvs"]
+        vmap, new_faces, uvs = out["vmap"], out["faces"], out["uvs"]
+    uvs, charted = _adopt_ignored_uvs(vmap, new_faces, uvs, size)
+    return vmap, new_faces, uvs, charted
+
+
+def _adopt_ignored_uvs(vmap: np.ndarray, faces: np.ndarray, uvs: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """xatlas leaves faces it deems degenerate (sub-micrometre marching-cubes slivers) out of its charts,
+    their vertices at UV (0, 0); a sliver that shares corners with charted faces then spans the atlas from
+    the corner to its chart. Returns (uvs, charted [F]): corners found only on such faces take the UV of a
+    charted copy of the same original vertex, or else of another placed corner of their sliver (the sliver
+    is far below a texel, so they sample the surface they touch), and the slivers are marked for
+    :func:`bake` to skip."""
+    uv = uvs.astype(np.float64) * size
+    t = uv[faces]
+    area = 0.5 * np.abs((t[:, 1, 0] - t[:, 0, 0]) * (t[:, 2, 1] - t[:, 0, 1]) - (t[:, 2, 0] - t[:, 0, 0]) * (t[:, 1, 1] - t[:, 0, 1]))
+    charted_faces = area > 1e-9
+    charted = np.zeros(len(uvs), bool)
+    charted[faces[charted_faces].ravel()] = True
+    lost = ~charted
+    if not lost.any():
+        return uvs, charted_faces
+    best = np.full((int(vmap.max()) + 1, 2), np.nan, np.float32)
+    best[vmap[charted]] = uvs[charted]
+    adopt = lost & ~np.isnan(best[vmap, 0])
+    out = uvs.copy()
+    out[adopt] = best[vmap[adopt]]
+    # corners that exist only on slivers: the UV of a placed corner of the same sliver
+    placed = charted | adopt
+    f = faces[~charted_faces]
+    has = placed[f]
+    ok = has.any(axis=1)
+    anchor = out[f[ok, np.argmax(has[ok], axis=1)]]
+    for k in range(3):
+        v = f[ok, k]
+        free = ~placed[v]
+        out[v[free]] = anchor[free]
+    return out, charted_faces
 
 
 def bake(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, colour: Callable[[np.ndarray], np.ndarray],
-         size: int = 1024, padding: int = 4, chunk: int = 1 << 18) -> np.ndarray:
+         size: int = 1024, padding: int = 4, chunk: int = 1 << 18, paint: np.ndarray | None = None) -> np.ndarray:
     """The field's colour baked into a [size,size,4] uint8 sRGB texture (alpha 255 on and near charts).
 
     Args:
         vertices: [V,3] positions; faces: [F,3]; uvs: [V,2] v-up in [0,1].
         colour: [N,3] float32 points → [N,3] sRGB in [0,1] (e.g. the NeRF's rgb), called in chunks.
         padding: texels around each chart filled with its nearest chart texel.
+        paint: [F] bool, the faces to rasterise (default all; :func:`unwrap`'s ``charted``).
     """
     from PIL import Image, ImageDraw
     from scipy.ndimage import distance_transform_edt
@@ -143,8 +182,8 @@ def bake(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, colour: Calla
     ids = Image.new("I", (size, size), 0)
     draw = ImageDraw.Draw(ids)
     tri = xy[f]
-    for t in range(len(f)):
-        draw.polygon([tuple(p) for p in tri[t]], fill=t + 1, outline=t + 1)
+    for t in (range(len(f)) if paint is None else np.nonzero(paint)[0]):
+        draw.polygon([tuple(p) for p in tri[t]], fill=int(t) + 1, outline=int(t) + 1)
     tid = np.asarray(ids, np.int64) - 1
     rows, cols = np.nonzero(tid >= 0)
     t = tid[rows, cols]
