@@ -188,8 +188,10 @@ def test_missing_optional_parts_are_named_with_their_extra(monkeypatch):
     assert demo.missing_extras() == [] and demo.skipped_line([]) == ""
 
 
+@pytest.mark.slow
 def test_demo_without_bpy_writes_everything_else(tmp_path, monkeypatch):
-    """A tiny demo run (real backend subprocess) where the bpy module is absent: it is detected before
+    """A tiny demo run (real backend subprocess; ~50 s on the loaded 2-core machine) where the bpy module is
+    absent: it is detected before
     the run, the Blender step is never started, and every other output is written and readable
     (splats.ply, mesh.glb, the textured GLB/OBJ/MTL/PNG, report.json naming the skip)."""
     import json
