@@ -1,6 +1,7 @@
 """Mesh files as other programs expect them: GLB (glTF 2.0 binary), OBJ (+ MTL + PNG) and PLY.
 
-numpy and Pillow only. Every axis and colour-space conversion for mesh files lives here, once:
+numpy and Pillow only. The conversions themselves are in maths/conventions.py (shared with the readers);
+how each format uses them is here:
 
 - **World frame**: the backend's (Blender's) Z-up, metres. glTF is +Y up, +Z forward, right-handed, metres;
   Blender's glTF importer maps glTF (x, y, z) to Blender (x, −z, y). So a Blender point (x, y, z) is written
@@ -26,26 +27,11 @@ import struct
 
 import numpy as np
 
+from ..maths.conventions import blender_to_y_up, linear_to_srgb, srgb_to_linear  # noqa: F401  (re-exported)
+
 # glTF constants
 _FLOAT, _UINT = 5126, 5125
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """The sRGB transfer function inverted (IEC 61966-2-1), elementwise on values in [0, 1]."""
-    c = np.asarray(c, np.float64)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    c = np.clip(np.asarray(c, np.float64), 0.0, 1.0)
-    return np.where(c <= 0.0031308, 12.92 * c, 1.055 * c ** (1 / 2.4) - 0.055)
-
-
-def blender_to_y_up(v: np.ndarray) -> np.ndarray:
-    """[N,3] Blender Z-up → glTF / OBJ Y-up: (x, y, z) → (x, z, −y). A rotation, so normals map alike."""
-    v = np.asarray(v)
-    return np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
