@@ -52,18 +52,28 @@ _Q_FLIP = np.array([1.0, _Y * _Z, _X * _Z, _X * _Y])  # w-first: w, x, y, z
 def _decompress(raw: bytes, name: str) -> tuple[int, tuple[int, int, int, int], bytes]:
     """(version, body after the header) for gzip (v1–3) or NGSP (v4) files."""
     if raw[:2] == b"\x1f\x8b":
+        # Inflate the header first, then no more than the header says the body holds: a small file that
+        # inflates without end (a gzip bomb) costs its declared size at most.
+        inflate = zlib.decompressobj(wbits=31)
         try:
-            data = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
+            data = inflate.decompress(raw, 16)
+            if len(data) < 16:
+                raise PlyFormatError(f"{name}: .spz shorter than its 16-byte header")
+            magic, version, n, degree, frac, flags, _ = struct.unpack_from("<IIIBBBB", data)
+            if magic != MAGIC:
+                raise PlyFormatError(f"{name}: not an .spz (magic {magic:#x})")
+            if version not in (1, 2, 3):
+                raise PlyFormatError(f"{name}: gzip .spz version {version} (expected 1–3)")
+            if n > MAX_POINTS or degree not in _SH_DIM:
+                raise PlyFormatError(f"{name}: header claims {n} Gaussians of SH degree {degree} (caps: {MAX_POINTS}, 0–4)")
+            per = 9 + 1 + 3 + 3 + (4 if version >= 3 else 3) + 3 * _SH_DIM[degree]
+            body = inflate.decompress(inflate.unconsumed_tail, n * per)
+        except zlib.error as exc:
             raise PlyFormatError(f"{name}: corrupt gzip stream in .spz: {exc}") from None
-        if len(data) < 16:
-            raise PlyFormatError(f"{name}: .spz shorter than its 16-byte header")
-        magic, version, n, degree, frac, flags, _ = struct.unpack_from("<IIIBBBB", data)
-        if magic != MAGIC:
-            raise PlyFormatError(f"{name}: not an .spz (magic {magic:#x})")
-        if version not in (1, 2, 3):
-            raise PlyFormatError(f"{name}: gzip .spz version {version} (expected 1–3)")
-        return version, (n, degree, frac, flags), data[16:]
+        if len(body) < n * per:
+            raise PlyFormatError(f"{name}: .spz truncated: its gzip stream ends after {16 + len(body)} of the "
+                                 f"{16 + n * per} bytes that {n} Gaussians need")
+        return version, (n, degree, frac, flags), body
     if raw[:4] == b"NGSP":
         return _read_v4(raw, name)
     raise PlyFormatError(f"{name}: not an .spz (neither gzip nor NGSP magic)")
@@ -83,6 +93,12 @@ def _read_v4(raw: bytes, name: str):
     end = toc + 16 * streams
     if toc < 32 or end > len(raw):
         raise PlyFormatError(f"{name}: .spz v4 table of contents out of range")
+    if n > MAX_POINTS or degree not in _SH_DIM:
+        raise PlyFormatError(f"{name}: header claims {n} Gaussians of SH degree {degree} (caps: {MAX_POINTS}, 0–4)")
+    need = n * (9 + 1 + 3 + 3 + 4 + 3 * _SH_DIM[degree])
+    declared = sum(struct.unpack_from("<QQ", raw, toc + 16 * i)[1] for i in range(streams))
+    if declared != need:  # checked before inflating anything: no stream may claim more than the header allows
+        raise PlyFormatError(f"{name}: .spz v4 streams declare {declared} bytes, {n} Gaussians need {need}")
     dctx = zstandard.ZstdDecompressor()
     body, off = [], end
     for i in range(streams):

@@ -208,7 +208,7 @@ def test_bad_files_raise_a_typed_error(tmp_path, damage):
         import gzip
 
         body = gzip.decompress((FIX / "source_v3.spz").read_bytes())
-        data, match = gzip.compress(body[:-100]), "need"
+        data, match = gzip.compress(body[:-100]), "truncated"
     elif damage == "bad_gzip":
         data, match = (FIX / "source_v3.spz").read_bytes()[:200], "gzip"
     elif damage == "v4_toc":
@@ -228,3 +228,16 @@ def test_bad_files_raise_a_typed_error(tmp_path, damage):
         return
     with pytest.raises(ply.PlyFormatError, match=match):
         ply.read_any(data)
+
+
+def test_a_gzip_bomb_costs_only_its_declared_size():
+    """An .spz whose header declares 1 Gaussian (20 bytes) followed by 200 MB of zeros (≈ 200 kB of gzip):
+    the reader inflates only the 36 bytes the header accounts for and returns the one Gaussian."""
+    import gzip
+    import struct
+
+    header = struct.pack("<IIIBBBB", spz.MAGIC, 3, 1, 0, 12, 0, 0)
+    raw = gzip.compress(header + bytes(20) + bytes(200 << 20), compresslevel=1, mtime=0)
+    assert len(raw) < 1 << 20
+    got = ply.read_any(raw)
+    assert got.n == 1 and np.all(got.means == 0)
