@@ -540,8 +540,10 @@ def _on_mesh(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     obj = bpy.data.objects.get(conn.object_name or "")
     matrix = np.array(obj.matrix_world) if obj is not None else np.eye(4)
     colors = buffers[2] if len(buffers) > 2 else None
+    uvs, texture = (np.asarray(buffers[3]), np.asarray(buffers[4])) if len(buffers) > 4 else (None, None)
     name = (conn.object_name or DEFAULT_OBJECT_NAME) + " Mesh"
-    mesh_obj = splat.mesh_object_from_arrays(name, np.asarray(buffers[0]), np.asarray(buffers[1]), colors, matrix)
+    mesh_obj = splat.mesh_object_from_arrays(name, np.asarray(buffers[0]), np.asarray(buffers[1]), colors, matrix,
+                                             uvs=uvs, texture=texture)
     conn.meshes.append(mesh_obj.name)
     conn.last_message = f"mesh {mesh_obj.name!r}: {len(buffers[0])} vertices, {len(buffers[1])} faces"
 

@@ -126,3 +126,22 @@ def vertex_color_material() -> bpy.types.Material:
     out = tree.nodes.new("ShaderNodeOutputMaterial")
     tree.links.new(_output(bsdf, "BSDF"), _input(out, "Surface"))
     return mat
+
+
+def texture_material(name: str, image: bpy.types.Image) -> bpy.types.Material:
+    """Principled BSDF whose base colour is ``image`` (sRGB) sampled at the mesh's active UV map — one
+    material per baked texture (each extraction bakes its own)."""
+    mat = _new_material(name)
+    tree = mat.node_tree
+    uv = tree.nodes.new("ShaderNodeUVMap")
+    tex = tree.nodes.new("ShaderNodeTexImage")
+    tex.image = image
+    tex.interpolation = "Linear"
+    tex.extension = "EXTEND"  # outside the padded charts: the border colour, never a wrapped-around one
+    tree.links.new(_output(uv, "UV"), _input(tex, "Vector"))
+    bsdf = tree.nodes.new("ShaderNodeBsdfPrincipled")
+    tree.links.new(_output(tex, "Color"), _input(bsdf, "Base Color"))
+    _input(bsdf, "Roughness").default_value = 0.8
+    out = tree.nodes.new("ShaderNodeOutputMaterial")
+    tree.links.new(_output(bsdf, "BSDF"), _input(out, "Surface"))
+    return mat

@@ -262,14 +262,18 @@ def attach_display(obj: bpy.types.Object, light: bool = False) -> bpy.types.Modi
 
 
 def mesh_object_from_arrays(name: str, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None,
-                            matrix_world, collection: bpy.types.Collection | None = None) -> bpy.types.Object:
-    """A triangle-mesh object with per-vertex colours and a vertex-colour material.
+                            matrix_world, collection: bpy.types.Collection | None = None,
+                            uvs: np.ndarray | None = None, texture: np.ndarray | None = None) -> bpy.types.Object:
+    """A triangle-mesh object with per-vertex colours and a vertex-colour material, or, given ``uvs`` and
+    ``texture``, a UV map and a material with the texture (packed into the .blend); the colour attribute
+    is kept either way.
 
     Args:
         vertices: [V,3] float positions (local frame of the new object).
         faces: [F,3] int vertex indices.
         colors: [V,3|4] uint8 (sRGB 0..255) or float in [0,1] (sRGB), or None.
         matrix_world: 4×4 (mathutils.Matrix or array-like), e.g. the splat object's matrix_world.
+        uvs: [V,2] float UVs, v up. texture: [H,W,3|4] uint8 sRGB, row 0 at the top.
     """
     from mathutils import Matrix
 
@@ -301,13 +305,33 @@ def mesh_object_from_arrays(name: str, vertices: np.ndarray, faces: np.ndarray, 
         attr = mesh.color_attributes.new(materials.MESH_COLOR_ATTR, "BYTE_COLOR", "POINT")
         attr.data.foreach_set("color_srgb", rgba.ravel())  # the values are sRGB: Blender linearises
         mesh.color_attributes.active_color = attr
+    textured = uvs is not None and texture is not None
+    if textured:
+        uvs, texture = np.asarray(uvs, np.float32), np.asarray(texture)
+        if uvs.shape != (v, 2):
+            raise ValueError(f"uvs must be [V,2] with V={v}, got {uvs.shape}")
+        if texture.ndim != 3 or texture.shape[2] not in (3, 4) or texture.dtype != np.uint8:
+            raise ValueError(f"texture must be uint8 [H,W,3|4], got {texture.dtype} {texture.shape}")
+        layer = mesh.uv_layers.new(name="UVMap")
+        layer.data.foreach_set("uv", np.ascontiguousarray(uvs[np.asarray(faces, np.int64).ravel()]).ravel())
     mesh.update(calc_edges=True)
     # Faces come over the wire: repair degenerate/duplicate ones rather than let Blender draw garbage.
     if mesh.validate(clean_customdata=False):
         log.warning("mesh %r had invalid faces; Blender removed them", name)
     if hasattr(mesh, "shade_smooth"):  # 4.1+; marching-cubes surfaces look faceted otherwise
         mesh.shade_smooth()
-    mesh.materials.append(materials.vertex_color_material())
+    if textured:
+        h, w = texture.shape[:2]
+        image = bpy.data.images.new(name + " Texture", w, h, alpha=True)
+        image.colorspace_settings.name = "sRGB"
+        rgba = np.full((h, w, 4), 255, np.uint8)
+        rgba[..., : texture.shape[2]] = texture
+        # Blender's pixel rows run bottom-up; values in [0,1] in the image's (sRGB) space
+        image.pixels.foreach_set(np.ascontiguousarray(rgba[::-1], np.float32).ravel() / 255.0)
+        image.pack()  # a .blend saved later carries the texture
+        mesh.materials.append(materials.texture_material(name + " Material", image))
+    else:
+        mesh.materials.append(materials.vertex_color_material())
     obj = bpy.data.objects.new(name, mesh)
     obj.matrix_world = matrix
     (collection or bpy.context.scene.collection).objects.link(obj)

@@ -11,7 +11,7 @@ log = logging.getLogger("interactive3d.cli")
 
 def add_all(sub: argparse._SubParsersAction) -> None:
     # Each helper module adds its own parser; keep this list explicit (no registry).
-    from interactive3d import demo, evaluate, generate
+    from interactive3d import convert, demo, evaluate, generate
 
     add_serve(sub)
     add_ping(sub)
@@ -21,6 +21,7 @@ def add_all(sub: argparse._SubParsersAction) -> None:
 
     batch.add_batch(sub)
     evaluate.add_eval(sub)
+    convert.add_convert(sub)
 
 
 # -- i3d serve ---------------------------------------------------------------------------------------

@@ -5,8 +5,13 @@ of Gaussians (paper §3.1, 4096 random points) through Stage I with the oracle g
 object's reference Gaussians, the scripted interactions of §3.1.1–3.1.4 (rigid drag, removal, stretch,
 added part, undo), and Stage II (§3.2: distillation into the hash-grid NeRF, a refined region, the mesh).
 Everything crosses the wire as the product's add-on would send it; the demo only measures (PSNR,
-Chamfer distance, drag metrics) and writes the results: splats.ply, mesh.glb, scene.blend,
-contact_sheet.png and report.json in ``--out``.
+Chamfer distance, drag metrics) and writes the results: splats.ply, mesh.glb (vertex colours),
+mesh_textured.glb and mesh_textured.obj/.mtl/.png (a baked UV texture), scene.blend, contact_sheet.png and
+report.json in ``--out``.
+
+Optional parts are checked before anything runs (:func:`missing_extras`): without the bpy module
+(``interactive3d[blender]``) there is no scene.blend or contact sheet, without xatlas
+(``interactive3d[texture]``) no textured mesh; the demo writes everything else and says so in one line.
 """
 
 from __future__ import annotations
@@ -100,6 +105,36 @@ def rigid_drag_metrics(before: np.ndarray, after: np.ndarray, offset: np.ndarray
 # -- the backend, driven through the protocol client ---------------------------------------------------
 class PipelineError(RuntimeError):
     """A step of the demo/generate pipeline failed; the message says which step and why."""
+
+
+# What each optional part of the package makes in the demo: (module, extra, outputs).
+OPTIONAL_PARTS = (
+    ("bpy", "blender", "scene.blend and contact_sheet.png"),
+    ("xatlas", "texture", "mesh_textured.glb/.obj"),
+)
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install counts as missing
+        return False
+
+
+def missing_extras() -> list[tuple[str, str, str]]:
+    """The optional parts that are not installed here, as (module, extra, outputs it would make)."""
+    return [part for part in OPTIONAL_PARTS if not _installed(part[0])]
+
+
+def skipped_line(missing: list[tuple[str, str, str]]) -> str:
+    """One line saying what the demo skips and how to get it ('' when nothing is missing)."""
+    if not missing:
+        return ""
+    what = "; ".join(f"{outputs} (no {module} module)" for module, _, outputs in missing)
+    extras = ",".join(extra for _, extra, _ in missing)
+    return f"skipping {what}: pip install 'interactive3d[{extras}]'" + (" (bpy needs Python 3.11)" if any(m == "bpy" for m, _, _ in missing) else "")
 
 
 def spawn_backend(
@@ -263,6 +298,7 @@ class DemoConfig:
     distill_log2_table: int = 16
     refine_steps: int = 30
     mesh_resolution: int = 96
+    texture_size: int = 1024
     eval_views: int = 4
     eval_resolution: int = 64
     sheet_resolution: int = 160
@@ -349,8 +385,10 @@ def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig, connect: str | None = 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    report: dict = {"config": asdict(cfg), "stages": {}}
+    missing = missing_extras()  # up front: a missing part costs its outputs, never the run
+    report: dict = {"config": asdict(cfg), "stages": {}, "skipped": skipped_line(missing)}
     stages = report["stages"]
+    have = {module for module, _, _ in OPTIONAL_PARTS} - {module for module, _, _ in missing}
 
     # The sample object and its reference Gaussians (files the backend reads by path).
     obj = sample.build_sample_object()
@@ -367,7 +405,7 @@ def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig, connect: str | None = 
             proc = spawn_backend(address, str(out / "backend_state"), str(out / "backend.log"))
         backend = Backend(address, proc=proc)
         try:
-            _pipeline(backend, out, cfg, obj, reference, hat, stages)
+            _pipeline(backend, out, cfg, obj, reference, hat, stages, texture="xatlas" in have)
             if connect is not None:
                 backend.call("session.close", {})  # a shared backend keeps no demo session behind
         finally:
@@ -379,8 +417,11 @@ def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig, connect: str | None = 
     t0 = time.perf_counter()
     inputs = out / "scene_inputs.npz"
     try:
-        made = run_blender_scene(str(inputs), str(out / "scene.blend"), str(out / "contact_sheet.png"), cfg.sheet_resolution, cfg.sheet_samples)
-        stages["blender"] = {"seconds": time.perf_counter() - t0, **made}
+        if "bpy" in have:
+            made = run_blender_scene(str(inputs), str(out / "scene.blend"), str(out / "contact_sheet.png"), cfg.sheet_resolution, cfg.sheet_samples)
+            stages["blender"] = {"seconds": time.perf_counter() - t0, **made}
+        else:
+            stages["blender"] = {"skipped": "no bpy module: pip install 'interactive3d[blender]'"}
     finally:
         inputs.unlink(missing_ok=True)
     report["total_seconds"] = time.perf_counter() - t_start
@@ -396,7 +437,8 @@ def _timed(stages: dict, name: str, t0: float, **fields) -> dict:
     return entry
 
 
-def _pipeline(backend: Backend, out: Path, cfg: DemoConfig, obj, reference: np.ndarray, hat: np.ndarray, stages: dict) -> None:
+def _pipeline(backend: Backend, out: Path, cfg: DemoConfig, obj, reference: np.ndarray, hat: np.ndarray, stages: dict,
+              texture: bool = True) -> None:
     """Every backend step of the demo, each one protocol op (or job) and its measured numbers."""
     from interactive3d.protocol import ply
 
@@ -494,7 +536,7 @@ def _pipeline(backend: Backend, out: Path, cfg: DemoConfig, obj, reference: np.n
         stages["stage2"] = {"skipped": f"the backend has no {', '.join(missing)}"}
         log.warning("Stage II skipped: the backend has no %s", ", ".join(missing))
     else:
-        scene.update(_stage2(backend, out, cfg, obj, edited, stages))
+        scene.update(_stage2(backend, out, cfg, obj, edited, stages, texture=texture))
     np.savez(out / "scene_inputs.npz", **scene)
 
 
@@ -527,13 +569,17 @@ def preview_psnr(preview: np.ndarray, state: np.ndarray) -> float:
     return psnr(preview, target)
 
 
-def _write_glb(path: Path, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray) -> None:
-    import trimesh
+def _write_mesh(path: Path, buffers: list) -> None:
+    """Write a stage2.extract_mesh reply's arrays (vertices, faces, colours[, uvs, texture]) as ``path``'s
+    format, with the backend's own exporter (so a remote backend's mesh gets the same conventions)."""
+    from interactive3d.backend.stage2.mesh import MeshResult, export_mesh
 
-    trimesh.Trimesh(vertices, faces, vertex_colors=colors, process=False).export(path)
+    arrays = [np.asarray(b) for b in buffers]
+    uvs, texture = (arrays[3], arrays[4]) if len(arrays) > 4 else (None, None)
+    export_mesh(MeshResult(arrays[0], arrays[1], arrays[2], 0, uvs=uvs, texture=texture), path)
 
 
-def _stage2(backend: Backend, out: Path, cfg: DemoConfig, obj, edited: np.ndarray, stages: dict) -> dict:
+def _stage2(backend: Backend, out: Path, cfg: DemoConfig, obj, edited: np.ndarray, stages: dict, texture: bool = True) -> dict:
     """Distil into the hash-grid NeRF, refine the hat's region, extract the mesh (paper §3.2)."""
     t0 = time.perf_counter()
     distill = backend.run_job(
@@ -562,7 +608,7 @@ def _stage2(backend: Backend, out: Path, cfg: DemoConfig, obj, edited: np.ndarra
     reply = backend.call("stage2.extract_mesh", {"path": str(mesh_path), "resolution": cfg.mesh_resolution}, timeout=600.0)
     if not mesh_path.is_file():
         # A remote backend wrote it on its machine: write ours from the arrays it sent back.
-        _write_glb(mesh_path, *(np.asarray(b) for b in reply.buffers[:3]))
+        _write_mesh(mesh_path, reply.buffers[:3])
     verts, faces, colors = (np.array(b) for b in reply.buffers[:3])
     import trimesh
 
@@ -572,6 +618,19 @@ def _stage2(backend: Backend, out: Path, cfg: DemoConfig, obj, edited: np.ndarra
         stages, "mesh", t0, resolution=cfg.mesh_resolution, vertices=int(len(verts)), faces=int(len(faces)),
         chamfer=chamfer_distance(np.asarray(mesh_pts), gt),
     )
+    if texture:
+        # The same surface UV-unwrapped with the colour baked into a texture: GLB and OBJ + MTL + PNG.
+        t0 = time.perf_counter()
+        glb = out / "mesh_textured.glb"
+        tex = backend.call("stage2.extract_mesh", {"path": str(glb), "resolution": cfg.mesh_resolution, "texture": True,
+                                                   "texture_size": cfg.texture_size}, timeout=900.0)
+        if not glb.is_file():
+            _write_mesh(glb, tex.buffers)
+        _write_mesh(out / "mesh_textured.obj", tex.buffers)
+        _timed(stages, "mesh_textured", t0, texture_size=cfg.texture_size, vertices=int(tex.result["vertices"]),
+               faces=int(tex.result["faces"]), files=["mesh_textured.glb", "mesh_textured.obj", "mesh_textured.mtl", "mesh_textured.png"])
+    else:
+        stages["mesh_textured"] = {"skipped": "no xatlas module: pip install 'interactive3d[texture]'"}
     return {"mesh_vertices": verts, "mesh_faces": faces, "mesh_colors": colors}
 
 
@@ -582,7 +641,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="offline main job: the whole pipeline on a sample object (no network, no pretrained weights)",
         description="Stage I with oracle guidance, scripted interactions and Stage II on a sample robot, through "
-        "a backend subprocess; writes splats.ply, mesh.glb, scene.blend, contact_sheet.png and report.json.",
+        "a backend subprocess; writes splats.ply, mesh.glb, mesh_textured.glb/.obj, scene.blend, contact_sheet.png and "
+        "report.json. Without the bpy module (interactive3d[blender]) or xatlas (interactive3d[texture]) it writes the rest.",
     )
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument("--quick", action="store_true", help="small sizes and step counts (< 3 min on a 2-core CPU)")
@@ -595,6 +655,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     cfg = replace(DemoConfig.preset(args.quick), seed=args.seed)
+    skipped = skipped_line(missing_extras())
+    if skipped:
+        sys.stderr.write(f"i3d demo: {skipped}\n")
     try:
         report = run_demo(args.out, cfg, connect=args.connect)
     except PipelineError as exc:
@@ -614,6 +677,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ]
     else:
         summary.append(f"Stage II   skipped: {st['stage2']['skipped']}")
+    if "seconds" in st.get("mesh_textured", {}):
+        summary.append(f"textured   {st['mesh_textured']['texture_size']}² texture  ({st['mesh_textured']['seconds']:.1f} s)")
+    if report.get("skipped"):
+        summary.append(f"skipped    {report['skipped'].removeprefix('skipping ')}")
     summary.append(f"total      {report['total_seconds']:.1f} s → {Path(args.out).resolve()}")
     sys.stderr.write("\n".join(summary) + "\n")
     return 0

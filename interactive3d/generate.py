@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interactive3d.demo import Backend, PipelineError, _timed, _write_glb, run_blender_scene, spawn_backend, stop_backend
+from interactive3d.demo import Backend, PipelineError, _installed, _timed, _write_mesh, run_blender_scene, spawn_backend, stop_backend
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def run_generate(
             )
             verts, faces, colors = (np.array(b) for b in reply.buffers[:3])
             if not (out / "mesh.glb").is_file():  # a remote backend wrote it on its own machine
-                _write_glb(out / "mesh.glb", verts, faces, colors)
+                _write_mesh(out / "mesh.glb", reply.buffers[:3])
             _timed(stages, "mesh", t0, resolution=cfg.mesh_resolution, vertices=int(len(verts)), faces=int(len(faces)))
             if connect is not None:
                 backend.call("session.close", {})  # a shared backend keeps no finished session behind
@@ -239,7 +239,10 @@ def run_generate(
             if proc is not None:
                 stop_backend(proc)
     ply.write_ply(out / "splats.ply", ply.state_to_splat(state))
-    if cfg.blend:
+    if cfg.blend and not _installed("bpy"):
+        stages["blender"] = {"skipped": "no bpy module: pip install 'interactive3d[blender]'"}
+        log.warning("scene.blend skipped: no bpy module (pip install 'interactive3d[blender]')")
+    elif cfg.blend:
         t0 = time.perf_counter()
         inputs = out / "scene_inputs.npz"
         np.savez(inputs, after=state, mesh_vertices=verts, mesh_faces=faces, mesh_colors=colors)

@@ -1,6 +1,10 @@
-"""3D Gaussian Splatting files: the INRIA .ply layout and the antimatter15 .splat layout.
+"""3D Gaussian Splatting files: the INRIA .ply layout and the antimatter15 .splat layout, and the one
+entry point for every splat format (:func:`read_any`, :func:`write_any`).
 
 numpy only (no torch, no bpy) so the backend, the Blender add-on and scripts share one reader/writer.
+Each format has one home: INRIA .ply and .splat here, PlayCanvas/SuperSplat's compressed .ply in
+``compressed_ply.py``, Niantic's .spz in ``spz.py``. Readers take a path or the file's bytes; writers
+write through ``files.atomic_write``.
 
 INRIA layout (what gsplat, SuperSplat and the INRIA viewer read): one ``vertex`` element with float
 properties ``x y z nx ny nz f_dc_0..2 f_rest_0..(3M-1) opacity scale_0..2 rot_0..3``, all stored
@@ -10,6 +14,7 @@ properties ``x y z nx ny nz f_dc_0..2 f_rest_0..(3M-1) opacity scale_0..2 rot_0.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -118,6 +123,72 @@ def write_ply(path: str | os.PathLike, data: SplatData) -> None:
     atomic_write(path, [("\n".join(header) + "\n").encode("ascii"), table.tobytes()])
 
 
+def open_source(source) -> io.BufferedIOBase:
+    """A binary file object for a path or for the file's bytes (``bytes``/``bytearray``/``memoryview``)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(source)
+    return open(source, "rb")
+
+
+def source_name(source) -> str:
+    """The path for messages, or ``<N bytes>`` for in-memory data."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    return os.fspath(source)
+
+
+@dataclass(frozen=True)
+class PlyElement:
+    """One ``element`` of a PLY header: its name, row count and (property, type) pairs in file order."""
+
+    name: str
+    count: int
+    props: tuple[tuple[str, str], ...]
+
+    def dtype(self, order: str = "<") -> np.dtype:
+        return np.dtype([(name, order + _PLY_TYPES[t]) for name, t in self.props])
+
+
+def parse_ply_elements(f) -> tuple[str, list[PlyElement]]:
+    """Read a PLY header from ``f`` (left at the first body byte): the format and every element.
+
+    List properties (faces) are refused: no splat layout uses them. Raises PlyFormatError."""
+    magic = f.readline()
+    if magic.strip() != b"ply":
+        raise PlyFormatError("not a PLY file (missing 'ply' magic line)")
+    fmt, elements, read = None, [], len(magic)
+    while True:
+        line = f.readline()
+        read += len(line)
+        if not line:
+            raise PlyFormatError("PLY header has no 'end_header'")
+        if read > MAX_HEADER_BYTES:
+            raise PlyFormatError(f"PLY header longer than {MAX_HEADER_BYTES} bytes")
+        words = line.decode("ascii", errors="replace").split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        if words[0] == "format":
+            if len(words) < 2 or words[1] not in ("binary_little_endian", "binary_big_endian", "ascii"):
+                raise PlyFormatError(f"unsupported PLY format line: {' '.join(words)}")
+            fmt = words[1]
+        elif words[0] == "element":
+            if len(words) != 3 or not words[2].isdigit():
+                raise PlyFormatError(f"bad element line: {' '.join(words)}")
+            elements.append(PlyElement(words[1], int(words[2]), ()))
+        elif words[0] == "property":
+            if not elements:
+                raise PlyFormatError(f"property before any element: {' '.join(words)}")
+            if len(words) != 3 or words[1] not in _PLY_TYPES:
+                raise PlyFormatError(f"unsupported property line in element {elements[-1].name!r}: {' '.join(words)}")
+            last = elements[-1]
+            elements[-1] = PlyElement(last.name, last.count, last.props + ((words[2], words[1]),))
+        elif words[0] == "end_header":
+            break
+    if fmt is None or not elements:
+        raise PlyFormatError("PLY header lacks a format line or an element")
+    return fmt, elements
+
+
 def _parse_header(f) -> tuple[str, int, list[tuple[str, str]], int]:
     magic = f.readline()
     if magic.strip() != b"ply":
@@ -159,13 +230,28 @@ def _parse_header(f) -> tuple[str, int, list[tuple[str, str]], int]:
     return fmt, count, props, read
 
 
-def read_ply(path: str | os.PathLike) -> SplatData:
-    """Read an INRIA-layout 3DGS .ply (binary either endianness, or ascii).
+def _is_compressed_ply(source) -> bool:
+    with open_source(source) as f:
+        try:
+            _, elements = parse_ply_elements(f)
+        except PlyFormatError:
+            return False
+    return bool(elements) and elements[0].name == "chunk"
+
+
+def read_ply(path) -> SplatData:
+    """Read an INRIA-layout 3DGS .ply (binary either endianness, or ascii), from a path or bytes.
 
     Tolerates extra SH bands (any number of ``f_rest_*``, which must be a multiple of 3), missing normals,
-    and unknown properties (kept in ``extra``). Raises PlyFormatError naming the problem.
+    and unknown properties (kept in ``extra``). A PlayCanvas/SuperSplat compressed .ply (a ``chunk``
+    element first) is handed to :func:`compressed_ply.read_compressed_ply`. Raises PlyFormatError naming
+    the problem.
     """
-    with open(path, "rb") as f:
+    if _is_compressed_ply(path):
+        from .compressed_ply import read_compressed_ply
+
+        return read_compressed_ply(path)
+    with open_source(path) as f:
         fmt, count, props, _ = _parse_header(f)
         names = [p for p, _ in props]
         missing = [p for p in ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
@@ -265,7 +351,8 @@ def write_splat(path: str | os.PathLike, data: SplatData) -> None:
 
 def read_splat(path: str | os.PathLike) -> SplatData:
     """Read a .splat file (its size must be a multiple of 32 bytes)."""
-    raw = np.fromfile(path, dtype=np.uint8)
+    with open_source(path) as f:
+        raw = np.frombuffer(f.read(), dtype=np.uint8)
     if raw.size % _SPLAT_DTYPE.itemsize:
         raise PlyFormatError(f".splat size {raw.size} is not a multiple of {_SPLAT_DTYPE.itemsize} bytes")
     rec = raw.view(_SPLAT_DTYPE)
@@ -276,11 +363,69 @@ def read_splat(path: str | os.PathLike) -> SplatData:
     return state_to_splat(state)
 
 
-def read_any(path: str | os.PathLike) -> SplatData:
-    """Dispatch on the extension: .ply or .splat."""
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    if ext == ".ply":
+# -- every splat format: one reader and one writer entry --------------------------------------------------
+SPLAT_FORMATS = ("ply", "compressed.ply", "splat", "spz")
+_EXTENSIONS = ", ".join("." + f for f in SPLAT_FORMATS)
+
+
+def format_of(path, sniff: bool = True) -> str:
+    """The splat format of a path (or of bytes, by their magic): one of SPLAT_FORMATS.
+
+    Magic first (a PLY whose first element is ``chunk`` is compressed; gzip or ``NGSP`` is .spz), then the
+    extension (``.splat`` has no magic). ``sniff=False`` (for outputs that do not exist yet) uses only the
+    name: ``*.compressed.ply`` → compressed .ply."""
+    head = b""
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        head = bytes(path[:4])
+        name = ""
+    else:
+        name = os.fspath(path).lower()
+        if sniff and os.path.isfile(path):
+            with open(path, "rb") as f:
+                head = f.read(4)
+    if head.startswith(b"ply"):
+        return "compressed.ply" if _is_compressed_ply(path) else "ply"
+    if head[:2] == b"\x1f\x8b" or head == b"NGSP":
+        return "spz"
+    for fmt in ("compressed.ply", "ply", "splat", "spz"):
+        if name.endswith("." + fmt):
+            return fmt
+    what = f"extension of {name!r}" if name else "content (no PLY/gzip/NGSP magic; pass fmt='splat' for .splat bytes)"
+    raise PlyFormatError(f"unsupported splat file: cannot tell the format from its {what}; expected {_EXTENSIONS}")
+
+
+def read_any(path, fmt: str | None = None) -> SplatData:
+    """Read any splat file (a path or its bytes): INRIA .ply, compressed .ply, .splat or .spz.
+
+    ``fmt`` (one of SPLAT_FORMATS) overrides detection (:func:`format_of`)."""
+    fmt = fmt or format_of(path)
+    if fmt in ("ply", "compressed.ply"):
         return read_ply(path)
-    if ext == ".splat":
+    if fmt == "splat":
         return read_splat(path)
-    raise PlyFormatError(f"unsupported splat file extension {ext!r} (expected .ply or .splat)")
+    if fmt == "spz":
+        from .spz import read_spz
+
+        return read_spz(path)
+    raise PlyFormatError(f"unsupported splat format {fmt!r}; expected one of {SPLAT_FORMATS}")
+
+
+def write_any(path: str | os.PathLike, data: SplatData, fmt: str | None = None) -> str:
+    """Write ``data`` in the format named by ``fmt`` or by the path (``*.compressed.ply`` is compressed);
+    returns the format written."""
+    fmt = fmt or format_of(path, sniff=False)
+    if fmt == "ply":
+        write_ply(path, data)
+    elif fmt == "compressed.ply":
+        from .compressed_ply import write_compressed_ply
+
+        write_compressed_ply(path, data)
+    elif fmt == "splat":
+        write_splat(path, data)
+    elif fmt == "spz":
+        from .spz import write_spz
+
+        write_spz(path, data)
+    else:
+        raise PlyFormatError(f"unsupported splat format {fmt!r}; expected one of {SPLAT_FORMATS}")
+    return fmt

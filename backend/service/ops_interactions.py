@@ -264,7 +264,7 @@ def _gaussians_to_merge(req) -> Gaussians:
     sources = [k for k in ("path", "source_session") if args.get(k)]
     states = [b for b in req.buffers if b.ndim == 2 and b.shape[1] == 14]
     if len(sources) + (1 if states else 0) != 1:
-        raise InvalidArgs("give exactly one of: path (.ply/.splat), source_session, or a state buffer [M,14]")
+        raise InvalidArgs("give exactly one of: path (a splat file), source_session, or a state buffer [M,14]")
     if args.get("path"):
         from interactive3d.protocol import ply as ply_io
 

@@ -146,7 +146,8 @@ def extract(req: Request) -> Reply:
     try:
         cfg = MeshConfig(
             resolution=a["resolution"], surface=a["surface"], opacity_level=a["opacity_level"], threshold=a["threshold"],
-            min_component_fraction=a["min_component_fraction"],
+            min_component_fraction=a["min_component_fraction"], texture=a["texture"], texture_size=a["texture_size"],
+            texture_padding=a["texture_padding"],
         )
         with s.lock:
             m = extract_mesh(_state(req).refined, cfg)
@@ -157,9 +158,11 @@ def extract(req: Request) -> Reply:
         raise InvalidArgs(f"stage2.extract_mesh: {exc}") from exc
     except OSError as exc:
         raise InvalidArgs(f"stage2.extract_mesh: cannot write {a['path']!r}: {exc}") from exc
+    textured = m.texture is not None
     return Reply(
-        {"vertices": int(len(m.vertices)), "faces": int(len(m.faces)), "path": path, "removed_components": m.removed_components},
-        [m.vertices, m.faces, m.colors],
+        {"vertices": int(len(m.vertices)), "faces": int(len(m.faces)), "path": path, "removed_components": m.removed_components,
+         "textured": textured},
+        [m.vertices, m.faces, m.colors] + ([m.uvs, m.texture] if textured else []),
     )
 
 

@@ -108,6 +108,52 @@ def init_from_points(
     )
 
 
+def load_mesh_file(path: str | os.PathLike):
+    """A mesh file as one trimesh.Trimesh in the backend's frame, by each format's convention
+    (docs/conventions.md, "Files for other programs"): glTF and OBJ are Y up and come in rotated to Z up
+    (as Blender's importers do); glTF's COLOR_0 is linear and becomes sRGB vertex colours; PLY, STL and
+    the rest are taken as they are."""
+    import trimesh
+
+    from ..maths.conventions import linear_to_srgb, y_up_to_blender
+
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext in (".glb", ".gltf"):
+        loaded = trimesh.load(path, process=False)
+        if isinstance(loaded, trimesh.Scene):  # (Scene.dump would drop the COLOR_0 attribute)
+            geoms = []
+            for node in loaded.graph.nodes_geometry:
+                matrix, name = loaded.graph[node]
+                src = loaded.geometry[name]
+                g = src.copy()
+                g.visual = src.visual  # keep the attributes copy() may drop
+                g.vertices = trimesh.transform_points(np.asarray(src.vertices), matrix)
+                geoms.append(g)
+        else:
+            geoms = [loaded]
+        parts = []
+        for g in geoms:
+            visual = g.visual
+            image = getattr(getattr(visual, "material", None), "baseColorTexture", None)
+            colour = getattr(visual, "vertex_attributes", {}).get("color") if visual.kind != "vertex" else None
+            if visual.kind == "vertex":  # COLOR_0 without a material: trimesh keeps the linear values as bytes
+                colour = np.asarray(visual.vertex_colors, np.float64) / 255.0
+            if colour is not None and not (image is not None and getattr(visual, "uv", None) is not None):
+                rgba = np.asarray(colour, np.float64)
+                srgb = np.concatenate([linear_to_srgb(rgba[:, :3]), rgba[:, 3:4] if rgba.shape[1] == 4 else np.ones((len(rgba), 1))], axis=1)
+                g = trimesh.Trimesh(g.vertices, g.faces, vertex_colors=np.round(srgb * 255).astype(np.uint8), process=False)
+            parts.append(g)
+        if not parts:
+            raise ValueError(f"{os.fspath(path)}: the glTF holds no mesh")
+        mesh = parts[0] if len(parts) == 1 else trimesh.util.concatenate(parts)
+    else:
+        mesh = trimesh.load(path, force="mesh", process=False)
+    if ext in (".glb", ".gltf", ".obj"):
+        mesh = mesh.copy()
+        mesh.vertices = y_up_to_blender(np.asarray(mesh.vertices))
+    return mesh
+
+
 def _mesh_sample(mesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Area-uniform surface samples [n,3] and their colours [n,3] in [0,1] (texture, vertex or face)."""
     import trimesh
@@ -131,7 +177,7 @@ def _mesh_sample(mesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def init_from_mesh(
-    mesh,  # trimesh.Trimesh | path to any file trimesh reads (.obj .glb .ply .stl ...)
+    mesh,  # trimesh.Trimesh | path to any file trimesh reads (.obj .glb .ply .stl ...), see load_mesh_file
     n: int = 4096,
     seed: int = 0,
     fit_radius: float | None = None,
@@ -155,7 +201,7 @@ def init_from_mesh(
         path = os.fspath(mesh)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"mesh file not found: {path}")
-        mesh = trimesh.load(path, force="mesh", process=False)
+        mesh = load_mesh_file(path)
     if len(mesh.faces) == 0 or mesh.area <= 0:
         raise ValueError("mesh has no faces with positive area")
     if fit_radius is not None:
@@ -210,7 +256,7 @@ def gaussians_to_ply(g: Gaussians) -> ply_io.SplatData:
 
 
 def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gaussians:
-    """Read a 3DGS .ply (or .splat) file into Gaussians (FileNotFoundError / PlyFormatError / ValueError)."""
+    """Read a splat file (INRIA or compressed .ply, .splat, .spz: protocol.ply.read_any) into Gaussians (FileNotFoundError / PlyFormatError / ValueError)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f".ply file not found: {os.fspath(path)}")
     return ply_to_gaussians(ply_io.read_any(path), device=device)

@@ -12,9 +12,12 @@ Which iso-surface is the object's surface depends on ``surface``:
   so unsupervised by distillation) are filled when ``fill_cavities``.
 
 Marching cubes is scikit-image's; vertices are coloured by querying the field there; connected
-components smaller than ``min_component_fraction`` of the largest (floaters) are dropped; the mesh is
-written as GLB/OBJ/PLY with trimesh. The arrays are returned too (vertices [V,3] float32, faces [F,3]
-int32, colours [V,4] uint8 RGBA) for the add-on.
+components smaller than ``min_component_fraction`` of the largest (floaters) are dropped. With
+``texture`` the mesh is also UV-unwrapped and the field's colour baked into a texture (mesh_texture.py).
+Files follow each format's conventions (mesh_files.py: glTF +Y up with linear COLOR_0 or an sRGB
+baseColorTexture, OBJ as Blender's importer expects, + MTL + PNG when textured, PLY in Blender's axes).
+The arrays are returned too (vertices [V,3] float32, faces [F,3] int32, colours [V,4] uint8 sRGB RGBA,
+and when textured uvs [V,2] and the texture [S,S,4] uint8) for the add-on.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ logger = logging.getLogger(__name__)
 FORMATS = ("glb", "obj", "ply")
 SURFACES = ("opacity", "density")
 MAX_RESOLUTION = 512  # 512³ = 134M density queries; beyond that the grid alone needs > 0.5 GB
+MAX_TEXTURE_SIZE = 8192  # 8192² RGBA = 256 MB
 
 
 class MeshError(ValueError):
@@ -50,6 +54,9 @@ class MeshConfig:
     fill_cavities: bool = True  # surface="density": empty voxels not connected to the grid's border are interior
     # voids (occluded, so unsupervised by distillation): fill them so only the outer surface is meshed
     max_resolution: int = MAX_RESOLUTION
+    texture: bool = False  # also UV-unwrap (xatlas) and bake the field's colour into a texture
+    texture_size: int = 1024  # texels per side of the square texture
+    texture_padding: int = 4  # texels between charts, filled with the nearest chart colour
 
     def __post_init__(self) -> None:
         if not (2 <= self.resolution <= self.max_resolution):
@@ -62,14 +69,36 @@ class MeshConfig:
             raise MeshError(f"threshold must be finite, got {self.threshold}")
         if not (0.0 <= self.min_component_fraction < 1.0):
             raise MeshError(f"min_component_fraction must be in [0, 1), got {self.min_component_fraction}")
+        if not (16 <= self.texture_size <= MAX_TEXTURE_SIZE):
+            raise MeshError(f"texture_size must be in [16, {MAX_TEXTURE_SIZE}], got {self.texture_size}")
+        if not (0 <= self.texture_padding <= 64):
+            raise MeshError(f"texture_padding must be in [0, 64], got {self.texture_padding}")
 
 
 @dataclass
 class MeshResult:
     vertices: np.ndarray  # [V,3] float32 world
     faces: np.ndarray  # [F,3] int32
-    colors: np.ndarray  # [V,4] uint8 RGBA
+    colors: np.ndarray  # [V,4] uint8 RGBA, sRGB (the field's display-referred colour)
     removed_components: int
+    uvs: np.ndarray | None = None  # [V,2] float32, v up (OBJ/Blender); set with texture
+    texture: np.ndarray | None = None  # [S,S,4] uint8 sRGB, row 0 at the top (v = 1)
+
+
+def texture_mesh(mesh: MeshResult, colour, size: int = 1024, padding: int = 4) -> MeshResult:
+    """UV-unwrap ``mesh`` and bake ``colour`` ([N,3] points → [N,3] sRGB in [0,1]) into a texture.
+
+    Vertices on chart seams are split; the vertex colours follow their vertices. Raises MeshError."""
+    from .mesh_texture import TextureError, bake, unwrap
+
+    try:
+        vmap, faces, uvs, charted = unwrap(mesh.vertices, mesh.faces, size, padding)
+        vertices = np.ascontiguousarray(mesh.vertices[vmap], np.float32)
+        tex = bake(vertices, faces, uvs, colour, size, padding, paint=charted)
+    except TextureError as exc:
+        raise MeshError(str(exc)) from exc
+    return MeshResult(vertices=vertices, faces=np.ascontiguousarray(faces, np.int32), colors=mesh.colors[vmap],
+                      removed_components=mesh.removed_components, uvs=uvs, texture=tex)
 
 
 @torch.no_grad()
@@ -151,21 +180,39 @@ def extract_mesh(field, cfg: MeshConfig = MeshConfig()) -> MeshResult:
     colors = np.empty((len(v), 4), np.uint8)
     colors[:, :3] = np.clip(rgb.float().cpu().numpy() * 255.0 + 0.5, 0, 255).astype(np.uint8)
     colors[:, 3] = 255
-    return MeshResult(vertices=v, faces=np.ascontiguousarray(mesh.faces, dtype=np.int32), colors=colors, removed_components=removed)
+    result = MeshResult(vertices=v, faces=np.ascontiguousarray(mesh.faces, dtype=np.int32), colors=colors, removed_components=removed)
+    if cfg.texture:
+
+        @torch.no_grad()
+        def colour(points: np.ndarray) -> np.ndarray:
+            return field(torch.from_numpy(np.ascontiguousarray(points, np.float32)).to(field.device)).rgb.float().cpu().numpy()
+
+        result = texture_mesh(result, colour, cfg.texture_size, cfg.texture_padding)
+    return result
 
 
 def export_mesh(mesh: MeshResult, path: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Write the mesh with vertex colours (GLB: COLOR_0; OBJ: v x y z r g b; PLY: red/green/blue) atomically."""
-    import trimesh
+    """Write the mesh atomically by its format's conventions (mesh_files.py); returns the path.
+
+    GLB: +Y up, linear COLOR_0, or TEXCOORD_0 + an sRGB baseColorTexture when the mesh is textured. OBJ:
+    Y up / −Z forward with sRGB ``v`` colours, and ``<stem>.mtl`` + ``<stem>.png`` beside it when textured.
+    PLY: Blender's Z-up axes, sRGB uchar colours (no texture: PLY has no standard for one)."""
+    from .mesh_files import glb_bytes, obj_files, ply_bytes
 
     path = Path(path)
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in FORMATS:
         raise MeshError(f"format must be one of {FORMATS}, got {fmt!r}")
-    tm = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, vertex_colors=mesh.colors, process=False)
-    data = tm.export(file_type=fmt)
-    if isinstance(data, str):
-        data = data.encode()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, [data])
+    textured = mesh.texture is not None and mesh.uvs is not None
+    tex = dict(uvs=mesh.uvs, texture=mesh.texture) if textured else {}
+    if fmt == "glb":
+        atomic_write(path, [glb_bytes(mesh.vertices, mesh.faces, mesh.colors, name=path.stem or "mesh", **tex)])
+    elif fmt == "obj":
+        files = obj_files(mesh.vertices, mesh.faces, mesh.colors, stem=path.stem or "mesh", **tex)
+        for suffix in (".png", ".mtl", ".obj"):  # the OBJ last: when it appears, what it names is there
+            if suffix in files:
+                atomic_write(path.with_suffix(suffix), [files[suffix]])
+    else:
+        atomic_write(path, [ply_bytes(mesh.vertices, mesh.faces, mesh.colors)])
     return path

@@ -281,7 +281,7 @@ class I3D_OT_semantic_edit(bpy.types.Operator):
 
 
 class I3D_OT_add_part(bpy.types.Operator):
-    """Add splats to the session: another splat object (at its place in the scene) or a .ply/.splat file"""
+    """Add splats to the session: another splat object (at its place in the scene) or a splat file (.ply, compressed .ply, .splat, .spz)"""
 
     bl_idname = "i3d.add_part"
     bl_label = "Add Part"
@@ -290,7 +290,7 @@ class I3D_OT_add_part(bpy.types.Operator):
     source_object: bpy.props.StringProperty(name="Object", default="",
                                             description="Splat object to add (empty: the active object)")
     filepath: bpy.props.StringProperty(name="File", subtype="FILE_PATH", default="",
-                                       description="A .ply/.splat file instead of an object")
+                                       description="A splat file (.ply, compressed .ply, .splat, .spz) instead of an object")
     name: bpy.props.StringProperty(name="Part Name", default="")
 
     @classmethod

@@ -1,4 +1,5 @@
-"""i3d.import_ply / i3d.export_ply: 3D Gaussian Splatting files (INRIA .ply, antimatter15 .splat).
+"""i3d.import_ply / i3d.export_ply: 3D Gaussian Splatting files (INRIA .ply, SuperSplat's compressed .ply,
+antimatter15 .splat, Niantic .spz).
 
 The file format lives in protocol/ply.py (numpy only); these operators only move arrays in and out of
 Blender (splat.py). Coordinates: a file holds Gaussians in one frame; import makes an object whose
@@ -18,11 +19,16 @@ from bpy_extras.io_utils import ExportHelper, ImportHelper
 from .. import splat
 from .._deps import ply
 
+_SPLAT_EXTENSIONS = tuple("." + f for f in ply.SPLAT_FORMATS)
+
 
 def import_splat_file(context, filepath: str, display: str = "AUTO") -> bpy.types.Object:
-    """Read a .ply/.splat and build a splat object in the active collection; returns it (raises on error)."""
+    """Read a splat file (any format ply.read_any knows) and build a splat object in the active collection;
+    returns it (raises on error)."""
     data = ply.read_any(filepath)
-    name = os.path.splitext(os.path.basename(filepath))[0] or "splats"
+    base = os.path.basename(filepath)
+    name = base[: -len(".compressed.ply")] if base.lower().endswith(".compressed.ply") else os.path.splitext(base)[0]
+    name = name or "splats"
     mesh = bpy.data.meshes.new(name)
     obj = bpy.data.objects.new(name, mesh)
     splat.store_splat_data(obj, data)
@@ -34,7 +40,8 @@ def import_splat_file(context, filepath: str, display: str = "AUTO") -> bpy.type
 
 
 def export_splat_file(obj: bpy.types.Object, filepath: str, apply_transform: bool = False) -> list[str]:
-    """Write the splat object to .ply/.splat; returns warnings for the user (empty if none)."""
+    """Write the splat object to .ply/.compressed.ply/.splat/.spz (by the name); returns warnings for the user
+    (empty if none)."""
     data = splat.splat_data(obj)
     warnings = []
     if apply_transform:
@@ -44,23 +51,19 @@ def export_splat_file(obj: bpy.types.Object, filepath: str, apply_transform: boo
         if data.sh_rest.size and np.any(data.sh_rest) and not np.allclose(linear, np.eye(3)):
             warnings.append("higher spherical-harmonics bands were not rotated with the object "
                             "(view-dependent colour keeps its old orientation)")
-    ext = os.path.splitext(filepath)[1].lower()
-    if ext == ".splat":
-        ply.write_splat(filepath, data)
-    else:
-        ply.write_ply(filepath, data)
+    ply.write_any(filepath, data)
     return warnings
 
 
 class I3D_OT_import_ply(bpy.types.Operator, ImportHelper):
-    """Import a 3D Gaussian Splatting file (.ply or .splat) as a splat object"""
+    """Import a 3D Gaussian Splatting file (.ply, compressed .ply, .splat or .spz) as a splat object"""
 
     bl_idname = "i3d.import_ply"
     bl_label = "Import Gaussian Splats"
     bl_options = {"REGISTER", "UNDO"}
 
     filename_ext = ".ply"
-    filter_glob: bpy.props.StringProperty(default="*.ply;*.splat", options={"HIDDEN"})
+    filter_glob: bpy.props.StringProperty(default="*.ply;*.splat;*.spz", options={"HIDDEN"})
     display: bpy.props.EnumProperty(
         name="Display",
         items=(("AUTO", "Auto", f"Points from {splat.LIGHT_MODE_THRESHOLD} splats up, ellipsoids below"),
@@ -83,14 +86,14 @@ class I3D_OT_import_ply(bpy.types.Operator, ImportHelper):
 
 
 class I3D_OT_export_ply(bpy.types.Operator, ExportHelper):
-    """Export the active splat object as a 3D Gaussian Splatting file (.ply or .splat)"""
+    """Export the active splat object as a 3D Gaussian Splatting file (.ply, .compressed.ply, .splat or .spz)"""
 
     bl_idname = "i3d.export_ply"
     bl_label = "Export Gaussian Splats"
     bl_options = {"REGISTER"}
 
     filename_ext = ".ply"
-    filter_glob: bpy.props.StringProperty(default="*.ply;*.splat", options={"HIDDEN"})
+    filter_glob: bpy.props.StringProperty(default="*.ply;*.splat;*.spz", options={"HIDDEN"})
     apply_transform: bpy.props.BoolProperty(
         name="Apply Object Transform", default=False,
         description="Write world coordinates: transform positions, rotations and scales by the object's "
@@ -99,6 +102,14 @@ class I3D_OT_export_ply(bpy.types.Operator, ExportHelper):
     @classmethod
     def poll(cls, context):
         return splat.is_splat_object(context.active_object)
+
+    def check(self, context):
+        # ExportHelper would force ".ply" onto "x.spz" ("x.spz.ply"): keep any splat extension the
+        # writer knows and add ".ply" only to a name without one.
+        if os.path.basename(self.filepath) and not self.filepath.lower().endswith(_SPLAT_EXTENSIONS):
+            self.filepath = bpy.path.ensure_ext(self.filepath, self.filename_ext)
+            return True
+        return False
 
     def execute(self, context):
         obj = context.active_object
@@ -120,11 +131,11 @@ classes = (I3D_OT_import_ply, I3D_OT_export_ply)
 
 
 def _menu_import(self, context) -> None:
-    self.layout.operator(I3D_OT_import_ply.bl_idname, text="Gaussian Splats (.ply, .splat)")
+    self.layout.operator(I3D_OT_import_ply.bl_idname, text="Gaussian Splats (.ply, .splat, .spz)")
 
 
 def _menu_export(self, context) -> None:
-    self.layout.operator(I3D_OT_export_ply.bl_idname, text="Gaussian Splats (.ply, .splat)")
+    self.layout.operator(I3D_OT_export_ply.bl_idname, text="Gaussian Splats (.ply, .splat, .spz)")
 
 
 def register_extra() -> None:

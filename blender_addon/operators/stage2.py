@@ -97,8 +97,8 @@ class I3D_OT_refine_region(bpy.types.Operator):
 
 
 class I3D_OT_extract_mesh(bpy.types.Operator):
-    """Extract a mesh with vertex colours from the NeRF (marching cubes) and import it at the splat
-    object's transform"""
+    """Extract a mesh with vertex colours (and optionally a baked UV texture) from the NeRF (marching cubes)
+    and import it at the splat object's transform"""
 
     bl_idname = "i3d.extract_mesh"
     bl_label = "Extract Mesh"
@@ -107,6 +107,10 @@ class I3D_OT_extract_mesh(bpy.types.Operator):
     resolution: bpy.props.IntProperty(name="Resolution", default=0, min=0, description="0: the panel's value")
     filepath: bpy.props.StringProperty(name="Also Save To", subtype="FILE_PATH", default="",
                                        description="A .glb/.obj/.ply the backend also writes (on its machine)")
+    texture: bpy.props.BoolProperty(name="Bake Texture", default=False,
+                                    description="UV-unwrap the mesh and bake the colour into a texture (material "
+                                                "with an image; GLB/OBJ files get it too)")
+    texture_size: bpy.props.IntProperty(name="Texture Size", default=1024, min=16, max=8192)
 
     @classmethod
     def poll(cls, context):
@@ -118,6 +122,8 @@ class I3D_OT_extract_mesh(bpy.types.Operator):
             connection.user_dir(__package__.rsplit(".", 1)[0]), "mesh.glb")
         args = {"resolution": self.resolution or p.mesh_resolution, "surface": p.mesh_surface.lower(),
                 "opacity_level": p.mesh_opacity, "threshold": p.mesh_threshold, "path": path}
+        if self.texture:
+            args.update(texture=True, texture_size=self.texture_size)
         # Marching cubes at 256³ can take a while on CPU: a longer timeout for the blocking path.
         if not run_request(self, "stage2.extract_mesh", args, kind="mesh", timeout=max(60.0, connection.get().timeout_s)):
             return {"CANCELLED"}

@@ -128,3 +128,29 @@ def test_missing_files_and_zero_gaussians(tmp_path):
     )
     with pytest.raises(ValueError, match="zero Gaussians"):
         init_mod.ply_to_gaussians(empty)
+
+
+@pytest.mark.parametrize("ext", ["glb", "obj", "ply"])
+def test_mesh_files_come_in_by_their_conventions(tmp_path, ext):
+    """A tall box (0.2 × 0.4 × 1.0 along Blender's x, y, z) with a colour per height, written by the
+    project's own exporter (glTF Y-up with linear COLOR_0, OBJ Y-up, PLY Z-up): load_mesh_file gives the
+    same vertices in the backend's Z-up frame (1e-6) and the same sRGB colours (±1 of 255), so a mesh the
+    project wrote, or any glTF, initialises Gaussians standing up and in its colours."""
+    from interactive3d.backend.stage2 import mesh_files
+
+    box = trimesh.creation.box(extents=(0.2, 0.4, 1.0))
+    v = np.asarray(box.vertices, np.float32) + np.float32([0.1, 0.2, 0.5])
+    c = np.where(v[:, 2:3] > 0.5, [200, 40, 30, 255], [20, 90, 220, 255]).astype(np.uint8)
+    f = np.asarray(box.faces, np.int32)
+    path = tmp_path / f"box.{ext}"
+    writer = {"glb": lambda: mesh_files.glb_bytes(v, f, c), "obj": lambda: mesh_files.obj_files(v, f, c, stem="box")[".obj"],
+              "ply": lambda: mesh_files.ply_bytes(v, f, c)}[ext]
+    path.write_bytes(writer())
+    mesh = init_mod.load_mesh_file(path)
+    got = np.asarray(mesh.vertices)
+    d = np.linalg.norm(got[:, None] - v[None], axis=2)
+    assert d.min(axis=1).max() < 1e-6 and d.min(axis=0).max() < 1e-6
+    cols = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(int)
+    assert np.abs(cols - c[d.argmin(axis=1), :3]).max() <= 1
+    g = init_mod.init_from_mesh(path, n=300)
+    assert g.means[:, 2].max() - g.means[:, 2].min() > 0.95  # standing up

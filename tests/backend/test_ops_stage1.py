@@ -279,3 +279,25 @@ def test_pause_resume_through_protocol_matches_uninterrupted(server, tmp_path):
         time.sleep(0.05)
     assert paused_at < 8 and job
     assert np.array_equal(_state(c, a), _state(c, b))
+
+
+def test_splat_formats_other_tools_write_load_everywhere(server):
+    """gaussians.init (kind 'ply'), gaussians.load_ply, stage1.set_reference and parts.add take the
+    compressed .ply and .spz that splat-transform wrote (tests/fixtures/splats): each gives the 300
+    Gaussians whose state equals protocol.ply.read_any's decoding of the file (float32, to 1e-6)."""
+    from pathlib import Path
+
+    from interactive3d.protocol import ply
+
+    fix = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
+    c = server
+    for name in ("source.compressed.ply", "source_v3.spz", "source_v4.spz"):
+        path = str(fix / name)
+        want = ply.splat_to_state(ply.read_any(path))
+        sid = _session(c)
+        assert c.request("gaussians.init", {"session": sid, "kind": "ply", "path": path}).result["count"] == 300
+        np.testing.assert_allclose(_state(c, sid), want, atol=1e-6)
+        assert c.request("gaussians.load_ply", {"session": sid, "path": path}).result["count"] == 300
+        assert c.request("stage1.set_reference", {"session": sid, "path": path}).result["count"] == 300
+        assert c.request("parts.add", {"session": sid, "name": "again", "path": path}).result["count"] == 600
+        np.testing.assert_allclose(_state(c, sid)[300:], want, atol=1e-6)

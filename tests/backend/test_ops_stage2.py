@@ -101,7 +101,15 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
     m = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "path": str(out)})
     v, f, c = (np.array(b) for b in m.buffers)
     assert v.dtype == np.float32 and f.dtype == np.int32 and c.dtype == np.uint8 and c.shape == (len(v), 4)
-    assert m.result["vertices"] == len(v) > 0 and out.is_file()
+    assert m.result["vertices"] == len(v) > 0 and out.is_file() and m.result["textured"] is False
+    # textured: uvs [V,2] and a 64² sRGB texture follow; the OBJ comes with its MTL and PNG
+    t = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "path": str(tmp_path / "t.obj"),
+                                               "texture": True, "texture_size": 64})
+    tv, tf, tc, tuv, tex = (np.array(b) for b in t.buffers)
+    assert t.result["textured"] is True and len(tf) == len(f) and len(tv) >= len(v)
+    assert tuv.shape == (len(tv), 2) and tex.shape == (64, 64, 4) and tex.dtype == np.uint8
+    assert all((tmp_path / n).is_file() for n in ("t.obj", "t.mtl", "t.png"))
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "texture": True, "texture_size": 8}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 4096}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "density", "threshold": 1e9}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "sdf"}) == "invalid_args"

@@ -104,8 +104,18 @@ def test_zip_layout_and_manifest(tmp_path):
     assert all(reason and not reason.endswith(".") for reason in manifest["permissions"].values())
     assert manifest["wheels"] == []
     assert {"__init__.py", "_deps.py", "splat.py", "operators/io.py", "_vendor/__init__.py",
-            "_vendor/protocol/__init__.py", "_vendor/protocol/ply.py"} <= set(names)
+            "_vendor/protocol/__init__.py", "_vendor/protocol/ply.py", "_vendor/protocol/spz.py",
+            "_vendor/protocol/compressed_ply.py"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    # the vendored copy alone (as inside Blender: no interactive3d installed) reads the splat formats
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    fix = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from _vendor.protocol import ply; "
+            "print([ply.read_any(p).n for p in sys.argv[2:]])")
+    out = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path / "unzipped"), str(fix / "source_v3.spz"),
+                          str(fix / "source.compressed.ply")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[300, 300]", out.stderr[-1000:]
 
 
 @pytest.mark.slow

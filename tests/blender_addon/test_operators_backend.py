@@ -324,6 +324,13 @@ def test_to_nerf_refine_region_extract_mesh(conn):
     colors = mesh_obj.data.color_attributes.active_color
     assert colors is not None and len(colors.data) == len(mesh_obj.data.vertices)
     np.testing.assert_allclose(np.array(mesh_obj.matrix_world), np.array(obj.matrix_world), atol=1e-6)
+    # with a baked texture: a UV map, the 64² image packed, feeding the material's base colour
+    assert bpy.ops.i3d.extract_mesh(resolution=32, texture=True, texture_size=64) == {"FINISHED"}
+    tex_obj = bpy.data.objects[conn.meshes[-1]]
+    assert tex_obj.data.uv_layers.active is not None and tex_obj.data.color_attributes.active_color is not None
+    node = next(n for n in tex_obj.data.materials[0].node_tree.nodes if n.type == "TEX_IMAGE")
+    assert tuple(node.image.size) == (64, 64) and node.image.packed_file is not None
+    np.testing.assert_allclose(np.array(tex_obj.matrix_world), np.array(obj.matrix_world), atol=1e-6)
 
 
 def test_add_part_from_a_ply_lands_at_its_world_place(conn, tmp_path):

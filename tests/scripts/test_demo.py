@@ -161,12 +161,57 @@ def test_demo_quick_end_to_end(tmp_path):
 
     splats = ply.read_ply(out / "splats.ply")
     assert splats.n == st["edited"]["count"]
-    mesh = trimesh.load(out / "mesh.glb", force="mesh")
+    from interactive3d.backend.stage2.mesh_files import linear_to_srgb
+
+    mesh = list(trimesh.load(out / "mesh.glb", process=False).geometry.values())[0]
     assert len(mesh.faces) == st["mesh"]["faces"]
-    vc = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(int)
+    vc = (255 * linear_to_srgb(np.asarray(mesh.visual.vertex_attributes["color"])[:, :3])).astype(int)  # COLOR_0 is linear
     assert ((vc[:, 2] > 150) & (vc[:, 0] < 100)).mean() > 0.2  # the blue body
+    assert st["mesh_textured"]["faces"] == st["mesh"]["faces"] and st["mesh_textured"]["texture_size"] == 1024
+    for name in ("mesh_textured.glb", "mesh_textured.obj", "mesh_textured.mtl", "mesh_textured.png"):
+        assert (out / name).stat().st_size > 0
     objs = open_blend(out / "scene.blend")
     assert objs["I3D_splats"]["vertices"] == st["edited"]["count"]
     assert objs["I3D_mesh"]["polygons"] == st["mesh"]["faces"]
     assert rep["stages"]["blender"]["sheet"]["rows"] == ["before", "after", "mesh"]
     assert (out / "contact_sheet.png").stat().st_size > 10_000
+
+
+def test_missing_optional_parts_are_named_with_their_extra(monkeypatch):
+    """Without bpy and xatlas the demo names what it skips and the extras that bring them back, in one
+    line; with both installed it skips nothing."""
+    monkeypatch.setattr(demo, "_installed", lambda module: module not in ("bpy", "xatlas"))
+    line = demo.skipped_line(demo.missing_extras())
+    assert "\n" not in line and "scene.blend and contact_sheet.png" in line and "mesh_textured" in line
+    assert "pip install 'interactive3d[blender,texture]'" in line
+    monkeypatch.setattr(demo, "_installed", lambda module: True)
+    assert demo.missing_extras() == [] and demo.skipped_line([]) == ""
+
+
+@pytest.mark.slow
+def test_demo_without_bpy_writes_everything_else(tmp_path, monkeypatch):
+    """A tiny demo run (real backend subprocess; ~50 s on the loaded 2-core machine) where the bpy module is
+    absent: it is detected before
+    the run, the Blender step is never started, and every other output is written and readable
+    (splats.ply, mesh.glb, the textured GLB/OBJ/MTL/PNG, report.json naming the skip)."""
+    import json
+
+    monkeypatch.setattr(demo, "_installed", lambda module: module != "bpy")
+
+    def no_blender(*a, **k):
+        raise AssertionError("the Blender step ran without bpy")
+
+    monkeypatch.setattr(demo, "run_blender_scene", no_blender)
+    cfg = demo.DemoConfig(n_init=256, reference_points=600, stage1_steps=4, stage1_resolution=24, drag_steps=2,
+                          distill_steps=4, distill_resolution=24, distill_rays=256, distill_samples=16, distill_view_pool=2,
+                          distill_levels=4, distill_log2_table=12, refine_steps=2, mesh_resolution=32, eval_views=1,
+                          eval_resolution=24, texture_size=64)
+    rep = demo.run_demo(tmp_path, cfg)
+    assert "no bpy module" in rep["skipped"] and "interactive3d[blender]" in rep["skipped"]
+    assert "skipped" in rep["stages"]["blender"]
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"splats.ply", "mesh.glb", "mesh_textured.glb", "mesh_textured.obj", "mesh_textured.mtl", "mesh_textured.png",
+            "report.json"} <= names
+    assert not {"scene.blend", "contact_sheet.png", "scene_inputs.npz"} & names
+    assert json.loads((tmp_path / "report.json").read_text())["skipped"] == rep["skipped"]
+    assert rep["stages"]["mesh_textured"]["faces"] > 0

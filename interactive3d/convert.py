@@ -1,0 +1,61 @@
+"""``i3d convert IN OUT``: between every splat format the project reads and writes (INRIA .ply, SuperSplat's
+compressed .ply, antimatter15 .splat, Niantic .spz), with the same reader and writer code the backend and
+the add-on use (protocol.ply.read_any / write_any). The input's format comes from its content, the
+output's from its name (``x.compressed.ply`` is compressed) or ``--to``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    from interactive3d.protocol.ply import SPLAT_FORMATS
+
+    p = sub.add_parser(
+        "convert",
+        help="convert a splat file between .ply, .compressed.ply, .splat and .spz",
+        description="Read IN (format from its content: INRIA .ply, compressed .ply, .splat, .spz v2–v4) and write OUT "
+        "(format from its name, or --to). Lossy targets quantise: see docs/conventions.md, 'Splat files'.",
+    )
+    p.add_argument("input", metavar="IN")
+    p.add_argument("output", metavar="OUT")
+    p.add_argument("--to", choices=SPLAT_FORMATS, default=None, help="output format (default: from OUT's name)")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _lost(data, fmt: str) -> str | None:
+    """What the target format cannot hold, in words (None: nothing beyond quantisation)."""
+    m = data.sh_rest.shape[1]
+    if fmt == "splat" and m:
+        return f"the .splat layout has no spherical harmonics: SH degree {data.sh_degree} → 0"
+    if fmt == "compressed.ply" and m > 15:
+        return f"compressed .ply keeps SH degree ≤ 3: degree {data.sh_degree} → 3"
+    return None
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from interactive3d.protocol import ply
+
+    try:
+        if not os.path.isfile(args.input):
+            raise FileNotFoundError(f"no such file: {args.input!r}")
+        if os.path.exists(args.output) and not args.force:
+            raise FileExistsError(f"{args.output!r} exists (use --force to overwrite)")
+        if os.path.abspath(args.input) == os.path.abspath(args.output):
+            raise ValueError("IN and OUT are the same file")
+        src_fmt = ply.format_of(args.input)
+        out_fmt = args.to or ply.format_of(args.output, sniff=False)
+        data = ply.read_any(args.input, fmt=src_fmt)
+        lost = _lost(data, out_fmt)
+        ply.write_any(args.output, data, fmt=out_fmt)
+    except (OSError, ValueError) as exc:  # PlyFormatError is a ValueError
+        sys.stderr.write(f"i3d convert: {exc}\n")
+        return 2
+    if lost:
+        sys.stderr.write(f"i3d convert: warning: {lost}\n")
+    sys.stdout.write(f"{args.input} ({src_fmt}) → {args.output} ({out_fmt}): {data.n} Gaussians, "
+                     f"{os.path.getsize(args.output)} bytes\n")
+    return 0
