@@ -37,6 +37,7 @@ from ._deps import protocol
 # protocol/__init__ imports nothing: load the two submodules used here (vendored or installed copy).
 _client_mod = importlib.import_module(protocol.__name__ + ".client")
 errors = importlib.import_module(protocol.__name__ + ".errors")
+atomic_write = importlib.import_module(protocol.__name__ + ".files").atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -522,6 +523,14 @@ def _on_mesh(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     mesh_obj = splat.mesh_object_from_arrays(name, np.asarray(buffers[0]), np.asarray(buffers[1]), colors, matrix)
     conn.meshes.append(mesh_obj.name)
     conn.last_message = f"mesh {mesh_obj.name!r}: {len(buffers[0])} vertices, {len(buffers[1])} faces"
+    save_to = p.context.get("save_to")
+    if save_to and len(buffers) > 3:  # the file's bytes (return_file): written here, atomically
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(save_to)), exist_ok=True)
+            atomic_write(save_to, [memoryview(np.ascontiguousarray(buffers[3], dtype=np.uint8))])
+            conn.last_message += f"; saved {save_to}"
+        except OSError as exc:
+            conn.last_error = f"{p.op}: cannot save {save_to!r}: {exc}"
 
 
 def _ignore(conn: Connection, p: Pending, result: dict, buffers: list) -> None:

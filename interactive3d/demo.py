@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from interactive3d.protocol.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -527,9 +529,11 @@ def _stage2(backend: Backend, out: Path, cfg: DemoConfig, obj, edited: np.ndarra
 
     t0 = time.perf_counter()
     mesh_path = out / "mesh.glb"
-    reply = backend.call("stage2.extract_mesh", {"path": str(mesh_path), "resolution": cfg.mesh_resolution}, timeout=600.0)
-    if not mesh_path.is_file():
-        # A remote backend wrote it on its machine: write ours from the arrays it sent back.
+    # the backend (maybe remote) sends the .glb's bytes back; it writes only inside its own data folders
+    reply = backend.call("stage2.extract_mesh", {"return_file": True, "format": "glb", "resolution": cfg.mesh_resolution}, timeout=600.0)
+    if len(reply.buffers) > 3:
+        atomic_write(mesh_path, [memoryview(np.ascontiguousarray(reply.buffers[3], dtype=np.uint8))])
+    else:
         _write_glb(mesh_path, *(np.asarray(b) for b in reply.buffers[:3]))
     verts, faces, colors = (np.array(b) for b in reply.buffers[:3])
     import trimesh

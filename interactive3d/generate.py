@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from interactive3d.demo import Backend, PipelineError, _timed, _write_glb, run_blender_scene, spawn_backend, stop_backend
+from interactive3d.protocol.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +143,14 @@ def run_generate(out_dir: str | os.PathLike, cfg: GenerateConfig, connect: str |
             t0 = time.perf_counter()
             reply = backend.call(
                 "stage2.extract_mesh",
-                {"path": str(out / "mesh.glb"), "resolution": cfg.mesh_resolution,
+                {"return_file": True, "format": "glb", "resolution": cfg.mesh_resolution,
                  **({} if cfg.mesh_threshold is None else {"surface": "density", "threshold": cfg.mesh_threshold})},
                 timeout=600.0,
             )
             verts, faces, colors = (np.array(b) for b in reply.buffers[:3])
-            if not (out / "mesh.glb").is_file():  # a remote backend wrote it on its own machine
+            if len(reply.buffers) > 3:  # the backend (maybe remote) sent the .glb's bytes
+                atomic_write(out / "mesh.glb", [memoryview(np.ascontiguousarray(reply.buffers[3], dtype=np.uint8))])
+            else:
                 _write_glb(out / "mesh.glb", verts, faces, colors)
             _timed(stages, "mesh", t0, resolution=cfg.mesh_resolution, vertices=int(len(verts)), faces=int(len(faces)))
             if connect is not None:

@@ -13,6 +13,8 @@ then records a history entry and changes the Gaussians: a refused op changes not
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -256,13 +258,15 @@ def _gaussians_to_merge(req) -> Gaussians:
 
         from ..stage1.init import ply_to_gaussians
 
-        path = Path(args["path"]).expanduser()
-        if not path.is_file():
-            raise NotFound(f"no such file: {str(path)!r}")
-        try:
-            return ply_to_gaussians(ply_io.read_any(path))
-        except ValueError as exc:
-            raise InvalidArgs(f"cannot read {str(path)!r}: {exc}") from None
+        from . import costs, files
+
+        path = files.resolve_read(req.server.roots, args["path"], req.server.config.max_file_bytes, f"{req.op}: path")
+        nbytes = os.path.getsize(path)
+        with req.server.memory.reserve(f"{req.op}: loading {args['path']!r}", nbytes + costs.gaussians_bytes(nbytes // 56 + 1)):
+            try:
+                return ply_to_gaussians(ply_io.read_any(path))
+            except (ValueError, OverflowError) as exc:
+                raise InvalidArgs(f"cannot read {args['path']!r}: {exc}") from None
     if args.get("source_session"):
         other = req.get_session(args["source_session"])
         with other.lock:

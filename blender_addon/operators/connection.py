@@ -54,7 +54,7 @@ def splat_object(context) -> bpy.types.Object | None:
 
 
 def run_request(op_self, op: str, args: dict | None = None, buffers=(), kind: str = "edit",
-                timeout: float | None = None) -> bool:
+                timeout: float | None = None, **context) -> bool:
     """Send a request to the session (blocking in background mode); report failures to the user.
 
     Returns True when the request was sent (UI) or answered successfully (background).
@@ -65,9 +65,9 @@ def run_request(op_self, op: str, args: dict | None = None, buffers=(), kind: st
         return False
     try:
         if is_blocking():
-            conn.call(op, args, buffers, kind=kind, timeout=timeout)
+            conn.call(op, args, buffers, kind=kind, timeout=timeout, **context)
         else:
-            conn.send(op, args, buffers, kind=kind, timeout=timeout)
+            conn.send(op, args, buffers, kind=kind, timeout=timeout, **context)
             ensure_timer()
     except connection.errors.RemoteError as exc:
         op_self.report({"ERROR"}, f"Backend refused {op}: {exc.code}: {exc.message}")
