@@ -79,9 +79,9 @@ def distill(req: Request) -> Reply:
 def occupancy(req: Request) -> Reply:
     s, a = req.session, req.args
     _idle(req)
+    req.server.memory.check(f"stage2.occupancy at {a['resolution']}³", costs.grid_bytes(a["resolution"], costs.OCC_VOXEL_BYTES))
     with s.lock:
         st = _state(req)
-        req.server.memory.check(f"stage2.occupancy at {a['resolution']}³", costs.grid_bytes(a["resolution"], costs.OCC_VOXEL_BYTES))
         s.record("stage2.occupancy")
         st.occupancy = occupancy_from_field(st.refined, a["resolution"], threshold=a["threshold"])
         occ = st.occupancy.occ
