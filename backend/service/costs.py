@@ -2,9 +2,11 @@
 (issue 15) and is refused with ``too_large`` — naming the estimate and the cap — when it cannot fit under
 the server's memory budget; what can be split (render views, mesh slabs) runs in bounded chunks.
 
-The per-item byte figures are upper bounds measured on the torch (CPU) code paths with
-``scripts/bench/op_memory.py``-style runs (peak RSS growth ÷ items, rounded up generously); the CUDA
-kernels (gsplat tiles, nerfacc) need less, so the bounds stay safe there.
+The per-item byte figures are upper bounds: ``scripts/bench/op_memory.py`` measures peak RSS growth ÷
+items on the torch (CPU) paths (2026-12-02, this build machine: 72 B per bounding-box pair of a render,
+608 B per SH-3 Gaussian with optimisers and an undo snapshot) and the constants here are about twice
+that; the grid and ray figures are counted from the tensors the code allocates. The CUDA kernels
+(gsplat tiles, nerfacc) need less, so the bounds stay safe there.
 
 | op | grows with | constant |
 |---|---|---|
@@ -27,9 +29,9 @@ from interactive3d.protocol.errors import TooLarge
 log = logging.getLogger(__name__)
 
 DEFAULT_FRACTION = 0.5  # of the device's free memory (RAM on CPU) at start-up
-GAUSSIAN_BYTES = 4096  # one Gaussian at SH degree 3: params + grads + 2 Adam moments + snapshot + state frame
+GAUSSIAN_BYTES = 1536  # one Gaussian at SH degree 3: params + grads + 2 Adam moments + snapshot + state frame
 PROJECT_BYTES = 512  # one Gaussian in one view: means2d, conics, cov2d, depths, radii, colours, sort keys
-PAIR_BYTES = 320  # one (Gaussian, pixel) pair of the torch rasteriser: ids, gathers, α, transmittance, sort
+PAIR_BYTES = 160  # one (Gaussian, pixel) bounding-box pair of the torch rasteriser: ids, gathers, α, transmittance, sort
 PIXEL_BYTES = 64  # one output pixel: rgb, alpha, depth tensors and their numpy copies
 SAMPLE_BYTES_PER_LEVEL = 160  # one ray sample, per hash-grid level, with autograd (corner ids, weights, features)
 SAMPLE_BYTES_MLP = 1024  # one ray sample's MLP activations and gradients
@@ -153,3 +155,27 @@ def rays_bytes(rays: int, samples: int, levels: int) -> int:
 
 def grid_bytes(resolution: int, per_voxel: int) -> int:
     return int(resolution) ** 3 * int(per_voxel)
+
+
+def view_pairs(g, cams) -> int:
+    """The (Gaussian, pixel) pair bound of one camera (``cams`` holds one view) for Gaussians ``g``:
+    one O(N) projection, no rasterisation."""
+    from ..maths.rotations import quat_scale_to_covar
+    from ..stage1.render import EPS2D, project
+
+    with torch.no_grad():
+        covar = quat_scale_to_covar(g.params["quats"], g.scales)
+        dt = g.means.dtype
+        proj = project(g.means, covar, cams.viewmats.to(dt), cams.Ks.to(dt), cams.width, cams.height, EPS2D, 0.01, 1e10)
+        return pair_bound(proj.radii[0], proj.means2d[0], cams.width, cams.height)
+
+
+def stage1_bytes(g, batch: int, resolution: int, distance: float, fov_deg: float) -> int:
+    """A Stage I step: ``batch`` views at ``resolution``² from the nearest distance and widest fov of the
+    orbit (the largest footprint), forward and backward, plus the Gaussians' own state."""
+    from ..stage1.cameras import orbit_cameras
+
+    cams = orbit_cameras(torch.zeros(1), torch.zeros(1), torch.tensor([distance]), torch.tensor([fov_deg]), resolution, resolution).to(g.device)
+    pairs = view_pairs(g, cams)
+    per_view = 2 * pairs * PAIR_BYTES + resolution * resolution * PIXEL_BYTES * 4
+    return gaussians_bytes(g.n) + int(batch) * per_view

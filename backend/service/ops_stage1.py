@@ -161,9 +161,8 @@ def gaussians_render(req: Request) -> Reply:
     """Render view by view, each under the memory budget (issue 15): the projection of one view costs
     O(N) and bounds the (Gaussian, pixel) pairs the rasteriser will list, so a view that cannot fit is
     refused with too_large before it allocates."""
-    from ..maths.rotations import quat_scale_to_covar
     from ..stage1.cameras import cameras_from_blender
-    from ..stage1.render import EPS2D, project, render
+    from ..stage1.render import render
 
     s, a = req.session, req.args
     c2w = torch.from_numpy(np.array(req.buffers[0], dtype=np.float32))
@@ -191,12 +190,9 @@ def gaussians_render(req: Request) -> Reply:
         rgbs, alphas = [], []
         bg = torch.tensor(a["background"], dtype=torch.float32, device=g.device)
         with torch.no_grad():
-            covar = quat_scale_to_covar(g.params["quats"], g.scales)
             for i in range(b):
                 cams = cameras_from_blender(c2w[i : i + 1], a["fov_x"], w, h).to(g.device)
-                proj = project(g.means, covar, cams.viewmats.to(g.means.dtype), cams.Ks.to(g.means.dtype), w, h, EPS2D, 0.01, 1e10)
-                pairs = costs.pair_bound(proj.radii[0], proj.means2d[0], w, h)
-                del proj
+                pairs = costs.view_pairs(g, cams)
                 est = costs.render_view_bytes(n, pairs, w * h)
                 with mem.reserve(f"gaussians.render: view {i} ({n} Gaussians covering up to {pairs} pixel pairs at {w}x{h})", est):
                     out = render(g, cams, bg)
@@ -289,6 +285,9 @@ def stage1_start(req: Request) -> Reply:
     except ValueError as exc:
         raise InvalidArgs(f"stage1.start: {exc}") from exc
 
+    with s.lock:
+        est = costs.stage1_bytes(s.gaussians, cfg.batch, cfg.resolution, min(cfg.distance_range), max(cfg.fov_range_deg))
+    req.server.memory.check(f"stage1.start ({cfg.batch} views of {cfg.resolution}² per step, {s.gaussians.n} Gaussians)", est)
     guidance, loader = None, None
     device = req.device
     if kind == "oracle":
