@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from typing import Any
@@ -37,9 +38,14 @@ class PeerLogLimiter:
     def __init__(self, rate: float = 2.0, burst: int = 20, peers: int = 1024) -> None:
         self.rate, self.burst, self.peers = float(rate), float(burst), int(peers)
         self._buckets: OrderedDict[bytes, list[float]] = OrderedDict()  # peer → [tokens, last time, dropped]
+        self._lock = threading.Lock()  # the router thread and the workers log through one limiter
 
     def allow(self, peer: bytes) -> tuple[bool, int]:
         """(may log now, lines dropped since this peer's last logged line)."""
+        with self._lock:
+            return self._allow(peer)
+
+    def _allow(self, peer: bytes) -> tuple[bool, int]:
         now = time.monotonic()
         b = self._buckets.pop(peer, None) or [self.burst, now, 0]
         self._buckets[peer] = b
@@ -54,12 +60,21 @@ class PeerLogLimiter:
         dropped, b[2] = int(b[2]), 0
         return True, dropped
 
-    def warning(self, logger: logging.Logger, peer: bytes, fmt: str, *args: Any) -> bool:
+    def log(self, logger: logging.Logger, level: int, peer: bytes | None, fmt: str, *args: Any) -> bool:
         """Log ``fmt % args`` for ``peer`` unless its bucket is empty; True if logged."""
+        if not logger.isEnabledFor(level):
+            return False
+        peer = peer or b""
         ok, dropped = self.allow(peer)
         if ok:
             if dropped:
-                fmt += " (%d similar lines from this peer dropped)"
+                fmt += " (%d lines from this peer dropped)"
                 args = (*args, dropped)
-            logger.warning("peer=%s " + fmt, printable(peer, 40), *args)
+            logger.log(level, "peer=%s " + fmt, printable(peer, 40), *args)
         return ok
+
+    def warning(self, logger: logging.Logger, peer: bytes | None, fmt: str, *args: Any) -> bool:
+        return self.log(logger, logging.WARNING, peer, fmt, *args)
+
+    def info(self, logger: logging.Logger, peer: bytes | None, fmt: str, *args: Any) -> bool:
+        return self.log(logger, logging.INFO, peer, fmt, *args)

@@ -636,11 +636,11 @@ class Server:
         key = (identity, rid)
         cached = self._recent.get(key) if rid else None
         if cached is not None:
-            log.info("op=%s id=%s retried: sending the reply again", printable(op), printable(rid))
+            self._peer_log.info(log, identity, "op=%s id=%s retried: sending the reply again", printable(op), printable(rid))
             self._send_frames(identity, cached[0])
             return
         if rid and key in self._inflight:
-            log.info("op=%s id=%s retried while in flight: its reply follows when done", printable(op), printable(rid))
+            self._peer_log.info(log, identity, "op=%s id=%s retried while in flight: its reply follows when done", printable(op), printable(rid))
             return
         try:
             if "id" not in msg.header:
@@ -656,7 +656,7 @@ class Server:
                 raise Busy(f"session {session.id} already has job {session.job.job_id} ({session.job.kind}, {session.job.state})")
             req = Request(op, rid, args, msg.buffers, session, self, identity=identity)
         except ProtocolError as exc:
-            log.info("op=%s id=%s error code=%s message=%s", printable(op), printable(rid), exc.code, printable(exc.message))
+            self._peer_log.info(log, identity, "op=%s id=%s error code=%s message=%s", printable(op), printable(rid), exc.code, printable(exc.message))
             self._error(identity, rid, exc)
             return
         except Exception as exc:  # noqa: BLE001 - the server never dies of a message
@@ -700,7 +700,7 @@ class Server:
             deliver(identity, rid, header, out.buffers, True)
             log.debug("op=%s id=%s ok ms=%.1f", op, printable(rid), (time.perf_counter() - t0) * 1e3)
         except ProtocolError as exc:
-            log.info("op=%s id=%s error code=%s message=%s", op, printable(rid), exc.code, printable(exc.message))
+            self._peer_log.info(log, identity, "op=%s id=%s error code=%s message=%s", op, printable(rid), exc.code, printable(exc.message))
             deliver(identity, rid, error_header(rid, exc.code, exc.message), (), False)
         except Exception as exc:  # noqa: BLE001 - the server never dies of a message
             log.exception("op=%s id=%s failed", op, printable(rid))

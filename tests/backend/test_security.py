@@ -322,19 +322,19 @@ def test_logs_are_escaped_and_rate_limited(caplog):
         raw = Raw(ts.address, b"flooder")
         with caplog.at_level(logging.INFO, logger="interactive3d.backend.service.server"):
             assert raw.ask(_req("evil\nFAKE LINE op=ping ok"))["error"]["code"] == "unknown_op"
-            for _ in range(400):
-                raw.send([b"\xc1garbage"])
+            for i in range(400):  # undecodable garbage and well-formed requests for unknown ops
+                raw.send([b"\xc1garbage"] if i % 2 else _req(f"no.such.op{i}"))
             got = 0
             while raw.recv(2000) is not None:
                 got += 1
                 if got == 400:
                     break
-        assert got == 400  # every garbage message is still answered
+        assert got == 400  # every message is still answered
         lines = [r.getMessage() for r in caplog.records]
         assert not any("\n" in line for line in lines)
         assert any("evil\\nFAKE LINE" in line for line in lines)
-        rejected = [line for line in lines if "rejected message" in line]
-        assert 1 <= len(rejected) <= 40, len(rejected)  # a burst of 20, then ~2 a second
+        flood = [line for line in lines if "rejected message" in line or "no.such.op" in line]
+        assert 1 <= len(flood) <= 40, len(flood)  # a burst of 20, then ~2 a second, for 400 messages
         raw.close()
     finally:
         ts.stop()
@@ -415,5 +415,19 @@ def test_bounded_fuzz_ends_with_zero_internal_replies(tmp_path):
         assert sent >= 300 and codes.get("internal", 0) == 0, codes
         assert raw.ask(_req("ping"))["ok"] is True
         raw.close()
+    finally:
+        ts.stop()
+
+
+def test_curve_encryption_option():
+    """With a CURVE secret the server talks only to clients that know its public key (and the key still signs)."""
+    public, secret = zmq.curve_keypair()
+    ts = ThreadedServer(auth_key=KEY, curve_secret_key=secret)
+    try:
+        with Client(ts.address, auth_key=KEY, curve_server_key=public) as c:
+            assert c.request("ping").result["version"] == 1
+        with Client(ts.address, auth_key=KEY) as plain:  # no CURVE: the handshake fails, nothing is answered
+            with pytest.raises(TimeoutError):
+                plain.request("ping", timeout=1.0, retries=0)
     finally:
         ts.stop()
