@@ -439,6 +439,8 @@ def _on_ping(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     if conn.session is None:
         conn.then("session.create", {"name": "blender"}, kind="session", session=False)
     else:
+        # a new client (after a Blender restart) subscribes to the session's job events again
+        conn.then("session.attach", kind="ignore")
         conn.then("job.status", kind="reattach")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from interactive3d.protocol.catalogue import STATE_COLUMNS
 from interactive3d.protocol.codec import PROTOCOL_VERSION
@@ -11,6 +13,7 @@ from . import checkpoint as ckpt_mod
 from .requests import SERVER_NAME, Reply, Request
 
 
+@functools.lru_cache(maxsize=1)  # ping answers on the router thread: read the package metadata once
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

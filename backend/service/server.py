@@ -410,6 +410,7 @@ class Server:
             self.sessions.pop(s.id, None)
             self._subscribers.pop(s.id, None)
             self._owners.pop(s.id, None)
+            self._last_state.pop(s.id, None)
             lane = self._lanes.pop(s.id, None)
         if lane is not None:
             lane.close()  # after the op that closes: it runs on this lane and finishes first

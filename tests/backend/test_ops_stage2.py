@@ -102,6 +102,14 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
     v, f, c = (np.array(b) for b in m.buffers)
     assert v.dtype == np.float32 and f.dtype == np.int32 and c.dtype == np.uint8 and c.shape == (len(v), 4)
     assert m.result["vertices"] == len(v) > 0 and out.is_file()
+    # return_file (remote clients): the same file's bytes as a 4th frame, with or without a path on the server
+    both = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "path": str(out), "return_file": True})
+    assert len(both.buffers) == 4 and bytes(both.buffers[3]) == out.read_bytes()
+    only = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "return_file": True, "format": "obj"})
+    assert only.result["path"] is None and bytes(only.buffers[3][:2]) in (b"# ", b"v ")
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": "/outside-the-roots/m.glb"}) == "invalid_args"
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": str(out.parent / "no" / "m.glb")}) == "not_found"
+    assert not (out.parent / "no").exists()  # no folder created
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 4096}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "density", "threshold": 1e9}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "sdf"}) == "invalid_args"
