@@ -439,8 +439,6 @@ def _on_ping(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     if conn.session is None:
         conn.then("session.create", {"name": "blender"}, kind="session", session=False)
     else:
-        # a new client (after a Blender restart) subscribes to the session's job events again
-        conn.then("session.attach", kind="ignore")
         conn.then("job.status", kind="reattach")
 
 
@@ -460,6 +458,8 @@ def _on_session(conn: Connection, p: Pending, result: dict, buffers: list) -> No
 def _on_reattach(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     conn.status = CONNECTED
     _on_job_status(conn, p, result, buffers)
+    # the session is open: a new client (after a Blender restart) subscribes to its job events again
+    conn.then("session.attach", kind="ignore")
     conn.then("state.get", kind="state")
 
 

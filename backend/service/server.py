@@ -196,7 +196,7 @@ class _Lane:
             fn = self._q.get()
             if fn is None:
                 return
-            fn()  # never raises: Server._work catches everything
+            fn()  # never raises: Server._reply catches everything
 
 
 class Server:
