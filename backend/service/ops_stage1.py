@@ -90,6 +90,22 @@ def _file_frame(req: Request):
     return files.frame_bytes(req.buffers[-1], f"{req.op}: file")
 
 
+def _init_from_mesh(req: Request, mesh_path: str) -> Gaussians:
+    a = req.args
+    # the mesh itself: trimesh holds a few times its file size; then n Gaussians
+    est = costs.gaussians_bytes(a["n"]) + 16 * os.path.getsize(mesh_path)
+    with req.server.memory.reserve(f"gaussians.init: {a['n']} Gaussians from a mesh", est):
+        try:
+            return init_mod.init_from_mesh(
+                mesh_path, n=a["n"], seed=a["seed"], fit_radius=a["fit_radius"], opacity=a["opacity"],
+                sh_degree=a["sh_degree"], device=req.device,
+            )
+        except (ValueError, TypeError):
+            raise  # gaussians_init turns these into invalid_args
+        except Exception as exc:  # noqa: BLE001 - trimesh raises many types (KeyError, NotImplementedError, …) on bad files
+            raise InvalidArgs(f"gaussians.init: cannot read the mesh: {type(exc).__name__}: {exc}") from None
+
+
 def gaussians_init(req: Request) -> Reply:
     a, dev = req.args, req.device
     kind = a["kind"]
@@ -108,20 +124,20 @@ def gaussians_init(req: Request) -> Reply:
             req.server.memory.check(f"gaussians.init: {points.shape[0]} points", costs.gaussians_bytes(points.shape[0]))
             g = init_mod.init_from_points(points, colors, opacity=a["opacity"], scale=a["scale"], sh_degree=a["sh_degree"], device=dev)
         elif kind == "ply":
-            if not a["path"]:
-                raise InvalidArgs("gaussians.init: kind 'ply' needs path")
+            if not a["path"] and len(req.buffers) < 3:
+                raise InvalidArgs("gaussians.init: kind 'ply' needs path or a file frame")
             g = _load_ply(req, a["path"])
         else:  # mesh
-            if not a["path"]:
-                raise InvalidArgs("gaussians.init: kind 'mesh' needs path")
-            mesh_path = _read_path(req, a["path"], "path")
-            req.server.memory.check(
-                f"gaussians.init: {a['n']} Gaussians from a mesh", costs.gaussians_bytes(a["n"]) + 16 * os.path.getsize(mesh_path)
-            )
-            g = init_mod.init_from_mesh(
-                mesh_path, n=a["n"], seed=a["seed"], fit_radius=a["fit_radius"], opacity=a["opacity"],
-                sh_degree=a["sh_degree"], device=dev,
-            )
+            if a["path"]:
+                g = _init_from_mesh(req, _read_path(req, a["path"], "path"))
+            elif len(req.buffers) == 3:
+                suffix = files.suffix_of(a["filename"], "")
+                if not suffix:
+                    raise InvalidArgs("gaussians.init: a mesh file frame needs filename (its suffix names the format: .obj, .glb, .ply, …)")
+                with files.staged(files.frame_bytes(req.buffers[2], "gaussians.init: file"), suffix) as tmp:
+                    g = _init_from_mesh(req, tmp)
+            else:
+                raise InvalidArgs("gaussians.init: kind 'mesh' needs path or a file frame")
     except (ValueError, TypeError) as exc:
         if isinstance(exc, InvalidArgs):
             raise

@@ -160,6 +160,29 @@ def test_reads_stay_in_the_roots_capped_and_typed(sandboxed, tmp_path):
     assert _code(c, "gaussians.load_ply", {"session": other}) == "invalid_args"  # neither path nor frame
 
 
+def test_init_from_uploaded_files_matches_paths(sandboxed):
+    """gaussians.init kind ply/mesh with the file as a frame gives the same Gaussians as with a path;
+    a garbage mesh frame is invalid_args."""
+    import trimesh
+
+    c, root, _ = sandboxed
+    trimesh.creation.box(extents=(1, 2, 3)).export(root / "box.obj")
+    body = np.fromfile(root / "box.obj", dtype=np.uint8)
+    empty = [np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)]
+    a, b = (c.request("session.create").result["session"] for _ in range(2))
+    args = {"kind": "mesh", "n": 200, "seed": 4, "fit_radius": 1.0}
+    c.request("gaussians.init", {"session": a, **args, "path": "box.obj"})
+    c.request("gaussians.init", {"session": b, **args, "filename": "box.obj"}, [*empty, body])
+    sa, sb = (np.array(c.request("state.get", {"session": s}).buffers[0]) for s in (a, b))
+    assert sa.shape == (200, 14) and np.array_equal(sa, sb)
+    ply = c.request("gaussians.save_ply", {"session": a, "return_file": True}).buffers[0]
+    c.request("gaussians.init", {"session": b, "kind": "ply"}, [*empty, np.array(ply)])
+    assert np.array_equal(np.array(c.request("state.get", {"session": b}).buffers[0]), sa)
+    for frame, name in ((np.frombuffer(b"\x00garbage" * 50, np.uint8), "x.glb"), (body, "noext")):
+        assert _code(c, "gaussians.init", {"session": b, **args, "filename": name}, [*empty, frame]) == "invalid_args"
+    assert np.array_equal(np.array(c.request("state.get", {"session": b}).buffers[0]), sa)  # nothing lost
+
+
 def test_no_roots_means_frames_only():
     ts = ThreadedServer(data_dirs=())  # and no state dir
     try:
