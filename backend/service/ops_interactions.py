@@ -328,6 +328,15 @@ def handle_transform(req) -> dict:
         return {"count": res.count, "pivot": res.pivot.tolist(), "similarity": res.similarity}
 
 
+def _check_sds_memory(req, g: Gaussians, cfg: InteractiveSDSConfig) -> None:
+    """Interactive SDS renders cfg.batch zoom-in views of cfg.width² per step: estimated like a Stage I step
+    from a camera 1 unit away with a 60° fov (zoom-in views frame the part about that closely)."""
+    from . import costs
+
+    est = costs.stage1_bytes(g, cfg.batch, cfg.width, 1.0, 60.0)
+    req.server.memory.check(f"{req.op}: {cfg.batch} zoom-in views of {cfg.width}² per step, {g.n} Gaussians", est)
+
+
 def handle_drag(req) -> dict:
     s = req.session
     args = req.args
@@ -347,7 +356,9 @@ def handle_drag(req) -> dict:
     except ValueError as exc:
         raise _invalid(exc) from None
     with s.lock:
-        _gaussians(s)
+        g = _gaussians(s)
+        if use_guidance:
+            _check_sds_memory(req, g, cfg.sds)
         guidance = _session_guidance(s, required=use_guidance) if use_guidance else None
         if use_guidance and not cfg.sds.prompt:
             raise InvalidArgs("a drag with guidance needs a prompt")
@@ -371,6 +382,7 @@ def handle_edit(req) -> dict:
     with s.lock:
         g = _gaussians(s)
         _part(g, args["part"])
+        _check_sds_memory(req, g, cfg.sds)
         guidance = _session_guidance(s, required=True)
         job = SemanticEditJob(s, args["part"], guidance, cfg)
         job_id = req.start_job(job, label=f"edit {args['part']}")

@@ -94,6 +94,7 @@ def test_worst_in_cap_requests_cannot_exhaust_memory(tmp_path):
         c.request("gaussians.init", {"session": sid, "kind": "random", "n": 4096, "radius": 0.5}, timeout=60)
         c.request("gaussians.load_ply", {"session": sid, "path": "small.ply"}, timeout=60)  # warm every path once
         c.request("gaussians.init", {"session": sid, "kind": "random", "n": 4096, "radius": 0.5}, timeout=60)
+        c.request("parts.select", {"session": sid, "name": "q", "kind": "all"}, timeout=60)
         base = _hwm(proc.pid)
         c2w = np.tile(np.eye(4, dtype=np.float32), (64, 1, 1))
         c2w[:, 2, 3] = 2.0
@@ -107,6 +108,8 @@ def test_worst_in_cap_requests_cannot_exhaust_memory(tmp_path):
             ("gaussians.render", {"fov_x": 0.8, "width": 4096, "height": 4096}, [c2w]),
             ("gaussians.render", {"fov_x": 3.0, "width": 2048, "height": 2048}, [c2w[:1]]),  # one view, many pairs
             ("stage1.start", {"guidance": "oracle", "batch": 64, "resolution": 2048, "steps": 1}, []),
+            ("interact.drag", {"source": [0, 0, 0], "target": [0.1, 0, 0], "radius": 0.2, "guidance": True, "prompt": "x", "batch": 16, "resolution": 1024}, []),
+            ("interact.edit", {"part": "q", "prompt": "x", "batch": 16, "resolution": 1024}, []),
             ("stage2.distill", {**stage2, "levels": 32, "features": 8, "log2_table_size": 24, "view_pool": 4096, "resolution": 1024}, []),
             ("stage2.refine", {**stage2, "parts": ["p"], "views": 256, "resolution": 1024}, []),
             ("stage2.occupancy", {"resolution": 256}, []),
