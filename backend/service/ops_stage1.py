@@ -84,10 +84,14 @@ def _load_ply(req: Request, path: str | None, what: str = "path") -> Gaussians:
 
 
 def _file_frame(req: Request):
-    """The request's uint8 file frame (the op's 'file' buffer), or None."""
+    """The request's uint8 file frame (the op's 'file' buffer), or None; too_large over the file cap."""
     if not req.buffers:
         return None
-    return files.frame_bytes(req.buffers[-1], f"{req.op}: file")
+    frame = files.frame_bytes(req.buffers[-1], f"{req.op}: file")
+    cap = req.server.config.max_file_bytes
+    if frame.nbytes > cap:
+        raise TooLarge(f"{req.op}: the file frame is {frame.nbytes} bytes, over the server's file cap of {cap}")
+    return frame
 
 
 def _init_from_mesh(req: Request, mesh_path: str) -> Gaussians:
@@ -134,7 +138,7 @@ def gaussians_init(req: Request) -> Reply:
                 suffix = files.suffix_of(a["filename"], "")
                 if not suffix:
                     raise InvalidArgs("gaussians.init: a mesh file frame needs filename (its suffix names the format: .obj, .glb, .ply, …)")
-                with files.staged(files.frame_bytes(req.buffers[2], "gaussians.init: file"), suffix) as tmp:
+                with files.staged(_file_frame(req), suffix) as tmp:
                     g = _init_from_mesh(req, tmp)
             else:
                 raise InvalidArgs("gaussians.init: kind 'mesh' needs path or a file frame")

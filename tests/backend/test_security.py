@@ -157,6 +157,7 @@ def test_reads_stay_in_the_roots_capped_and_typed(sandboxed, tmp_path):
     assert np.array_equal(np.array(c.request("state.get", {"session": other}).buffers[0]), before)
     assert c.request("stage1.set_reference", {"session": other, "filename": "r.ply"}, [body]).result["count"] == 64
     assert _code(c, "gaussians.load_ply", {"session": other}, [np.zeros(10, np.uint8)]) == "invalid_args"
+    assert _code(c, "gaussians.load_ply", {"session": other}, [np.zeros((1 << 20) + 1, np.uint8)]) == "too_large"  # over the file cap
     assert _code(c, "gaussians.load_ply", {"session": other}) == "invalid_args"  # neither path nor frame
 
 
