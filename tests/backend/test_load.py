@@ -18,13 +18,13 @@ ROOT = Path(__file__).resolve().parents[2]
 PINGS = 200
 
 
-def _pings(c: Client, n: int) -> np.ndarray:
+def _pings(c: Client, n: int, gap: float = 0.02) -> np.ndarray:
     out = []
     for _ in range(n):
         t0 = time.perf_counter()
         c.request("ping", timeout=30)
         out.append((time.perf_counter() - t0) * 1e3)
-        time.sleep(0.005)
+        time.sleep(gap)  # spread over several job steps
     return np.array(out)
 
 
@@ -44,6 +44,7 @@ def run_load(address: str, pings: int = PINGS, hammer: int = 200) -> dict:
                                        "snapshot_every": 1, "densify": False}, timeout=60)
         while owner.request("job.status", {"session": sid}).result["step"] < 2:
             time.sleep(0.05)
+        first = owner.request("job.status", {"session": sid}).result["step"]
         got = []
 
         def hammer_state() -> None:
@@ -54,7 +55,7 @@ def run_load(address: str, pings: int = PINGS, hammer: int = 200) -> dict:
         t.start()
         busy = _pings(pinger, pings)
         t.join(120)
-        steps = owner.request("job.status", {"session": sid}).result["step"]
+        steps = owner.request("job.status", {"session": sid}).result["step"] - first
         owner.request("job.cancel", {"session": sid})
         return {"idle": idle, "busy": busy, "state_gets": len(got), "rows": set(got), "job_steps": steps}
     finally:
@@ -81,7 +82,7 @@ def test_ping_p99_while_stage1_runs_and_state_get_hammers(tmp_path):
                     assert time.monotonic() < deadline
         r = run_load(addr)
         print(f"\nping idle: {_fmt(r['idle'])}\nping during Stage I + {r['state_gets']} state.get: {_fmt(r['busy'])}"
-              f" (job steps {r['job_steps']})")
+              f" ({r['job_steps']} job steps meanwhile)")
         assert r["state_gets"] == 200 and r["rows"] == {4096}
         assert np.percentile(r["busy"], 99) < 1000.0  # issue 15 measured 1,969 ms before; 50 ms is the goal
     finally:
