@@ -455,3 +455,28 @@ def test_curve_encryption_option():
                 plain.request("ping", timeout=1.0, retries=0)
     finally:
         ts.stop()
+
+
+def test_state_get_during_a_step_answers_from_the_last_snapshot():
+    """A job step holds the session lock for 1.5 s: state.get answers from the job's last state frame at
+    once (the same rows), and ping is not held up by a lane waiting on that lock."""
+    ts = ThreadedServer()
+    try:
+        with Client(ts.address) as c, Client(ts.address) as other:
+            sid = c.request("session.create").result["session"]
+            c.request("test.init", {"session": sid, "n": 20})
+            c.request("test.fit", {"session": sid, "steps": 4, "sleep": 1.5, "state_every": 1})
+            deadline = time.monotonic() + 30
+            while not any(m.event == "state" for m in c.poll(200)):  # the first frame arrives after step 1
+                assert time.monotonic() < deadline
+            time.sleep(0.2)  # well inside step 2, which holds the lock
+            t0 = time.perf_counter()
+            frame = other.request("state.get", {"session": sid}, timeout=10).buffers[0]
+            took = time.perf_counter() - t0
+            other.request("history.list", {"session": sid}, timeout=10)  # waits on the lane: a step at most
+            t1 = time.perf_counter()
+            other.request("ping", timeout=10)
+            assert frame.shape == (20, 14) and took < 1.0 and time.perf_counter() - t1 < 1.0, took
+            c.request("job.cancel", {"session": sid})
+    finally:
+        ts.stop()
