@@ -37,6 +37,7 @@ from ._deps import protocol
 # protocol/__init__ imports nothing: load the two submodules used here (vendored or installed copy).
 _client_mod = importlib.import_module(protocol.__name__ + ".client")
 errors = importlib.import_module(protocol.__name__ + ".errors")
+atomic_write = importlib.import_module(protocol.__name__ + ".files").atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -479,6 +480,8 @@ def _on_session(conn: Connection, p: Pending, result: dict, buffers: list) -> No
 def _on_reattach(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     conn.status = CONNECTED
     _on_job_status(conn, p, result, buffers)
+    # the session is open: a new client (after a Blender restart) subscribes to its job events again
+    conn.then("session.attach", kind="ignore")
     conn.then("state.get", kind="state")
 
 
@@ -540,12 +543,23 @@ def _on_mesh(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     obj = bpy.data.objects.get(conn.object_name or "")
     matrix = np.array(obj.matrix_world) if obj is not None else np.eye(4)
     colors = buffers[2] if len(buffers) > 2 else None
-    uvs, texture = (np.asarray(buffers[3]), np.asarray(buffers[4])) if len(buffers) > 4 else (None, None)
+    # stage2.extract_mesh's frames: vertices, faces, colours; with a texture uvs, texture; the file's bytes last
+    textured = bool(result.get("textured")) and len(buffers) > 4
+    uvs, texture = (np.asarray(buffers[3]), np.asarray(buffers[4])) if textured else (None, None)
+    file_index = 5 if textured else 3
     name = (conn.object_name or DEFAULT_OBJECT_NAME) + " Mesh"
     mesh_obj = splat.mesh_object_from_arrays(name, np.asarray(buffers[0]), np.asarray(buffers[1]), colors, matrix,
                                              uvs=uvs, texture=texture)
     conn.meshes.append(mesh_obj.name)
     conn.last_message = f"mesh {mesh_obj.name!r}: {len(buffers[0])} vertices, {len(buffers[1])} faces"
+    save_to = p.context.get("save_to")
+    if save_to and len(buffers) > file_index:  # the file's bytes (return_file): written here, atomically
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(save_to)), exist_ok=True)
+            atomic_write(save_to, [memoryview(np.ascontiguousarray(buffers[file_index], dtype=np.uint8))])
+            conn.last_message += f"; saved {save_to}"
+        except OSError as exc:
+            conn.last_error = f"{p.op}: cannot save {save_to!r}: {exc}"
 
 
 def _ignore(conn: Connection, p: Pending, result: dict, buffers: list) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 log = logging.getLogger("interactive3d.cli")
@@ -58,6 +59,14 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="memory bound of the diffusion models kept loaded for all jobs, e.g. 24G (default 16G)")
     p.add_argument("--keep-checkpoints-days", type=float, default=30.0,
                    help="at start-up, delete checkpoints of sessions untouched for longer; 0 keeps all (default %(default)s)")
+    p.add_argument("--data-dir", action="append", default=None, metavar="DIR",
+                   help="folder that request paths are resolved in; repeatable (default STATE_DIR/data, created)")
+    p.add_argument("--max-file-bytes", type=_size, default=1 << 30, help="largest file a request may read, e.g. 2G (default 1 GiB)")
+    p.add_argument("--memory-budget", type=_size, default=None,
+                   help="peak bytes one op may need, e.g. 8G (default: half the device's free memory, RAM on CPU)")
+    p.add_argument("--max-sessions-per-client", type=int, default=16, help="open sessions one client may own (default %(default)s)")
+    p.add_argument("--curve-secret-file", default=None,
+                   help="CURVE secret key (Z85, 40 chars) to encrypt traffic on untrusted networks; clients need its public key")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -83,8 +92,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             job=JobConfig(checkpoint_every=args.checkpoint_every, state_every=args.state_every),
             keep_checkpoints_days=args.keep_checkpoints_days,
             guidance_cache_bytes=args.guidance_cache,
+            data_dirs=tuple(args.data_dir or ()),
+            max_file_bytes=args.max_file_bytes,
+            memory_budget=args.memory_budget,
+            max_sessions_per_client=args.max_sessions_per_client,
+            curve_secret_key=_curve_key(args.curve_secret_file),
         )
         cfg.check()
+        for root in cfg.roots():  # the default data folder is made; named ones must exist
+            if not args.data_dir:
+                os.makedirs(root, mode=0o700, exist_ok=True)
+            elif not os.path.isdir(root):
+                raise ValueError(f"--data-dir {root!r} is not a folder")
         return run(cfg)
     except ValueError as exc:
         sys.stderr.write(f"i3d serve: {exc}\n")
@@ -92,6 +111,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, zmq.ZMQError) as exc:  # e.g. "Address already in use"
         sys.stderr.write(f"i3d serve: cannot bind {args.bind}: {exc}\n")
         return 2
+
+
+def _curve_key(path: str | None) -> bytes | None:
+    """A Z85 CURVE secret key from a file (owner-only, like the auth key); None without a path."""
+    if path is None:
+        return None
+    import stat
+
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            key = f.read().strip()
+    except OSError as exc:
+        raise ValueError(f"CURVE secret file {path!r} cannot be read: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"CURVE secret file {path!r} is readable by other users; run: chmod 600 {path}")
+    if len(key) != 40:
+        raise ValueError(f"CURVE secret file {path!r} must hold a 40-character Z85 key (python -c 'import zmq; print(zmq.curve_keypair())')")
+    return key
 
 
 # -- i3d ping ----------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 log = logging.getLogger(__name__)
 
 
@@ -605,10 +606,10 @@ def _stage2(backend: Backend, out: Path, cfg: DemoConfig, obj, edited: np.ndarra
 
     t0 = time.perf_counter()
     mesh_path = out / "mesh.glb"
-    reply = backend.call("stage2.extract_mesh", {"path": str(mesh_path), "resolution": cfg.mesh_resolution}, timeout=600.0)
-    if not mesh_path.is_file():
-        # A remote backend wrote it on its machine: write ours from the arrays it sent back.
-        _write_mesh(mesh_path, reply.buffers[:3])
+    # The backend (maybe remote) writes only inside its own data folders: it sends the arrays back and the
+    # file is written here, in each format's convention (backend/stage2/mesh_files.py).
+    reply = backend.call("stage2.extract_mesh", {"resolution": cfg.mesh_resolution}, timeout=600.0)
+    _write_mesh(mesh_path, reply.buffers[:3])
     verts, faces, colors = (np.array(b) for b in reply.buffers[:3])
     import trimesh
 
@@ -622,10 +623,9 @@ def _stage2(backend: Backend, out: Path, cfg: DemoConfig, obj, edited: np.ndarra
         # The same surface UV-unwrapped with the colour baked into a texture: GLB and OBJ + MTL + PNG.
         t0 = time.perf_counter()
         glb = out / "mesh_textured.glb"
-        tex = backend.call("stage2.extract_mesh", {"path": str(glb), "resolution": cfg.mesh_resolution, "texture": True,
+        tex = backend.call("stage2.extract_mesh", {"resolution": cfg.mesh_resolution, "texture": True,
                                                    "texture_size": cfg.texture_size}, timeout=900.0)
-        if not glb.is_file():
-            _write_mesh(glb, tex.buffers)
+        _write_mesh(glb, tex.buffers)
         _write_mesh(out / "mesh_textured.obj", tex.buffers)
         _timed(stages, "mesh_textured", t0, texture_size=cfg.texture_size, vertices=int(tex.result["vertices"]),
                faces=int(tex.result["faces"]), files=["mesh_textured.glb", "mesh_textured.obj", "mesh_textured.mtl", "mesh_textured.png"])

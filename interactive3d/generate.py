@@ -219,13 +219,12 @@ def run_generate(
             t0 = time.perf_counter()
             reply = backend.call(
                 "stage2.extract_mesh",
-                {"path": str(out / "mesh.glb"), "resolution": cfg.mesh_resolution,
+                {"resolution": cfg.mesh_resolution,
                  **({} if cfg.mesh_threshold is None else {"surface": "density", "threshold": cfg.mesh_threshold})},
                 timeout=600.0,
             )
             verts, faces, colors = (np.array(b) for b in reply.buffers[:3])
-            if not (out / "mesh.glb").is_file():  # a remote backend wrote it on its own machine
-                _write_mesh(out / "mesh.glb", reply.buffers[:3])
+            _write_mesh(out / "mesh.glb", reply.buffers[:3])  # written here: the backend may be remote
             _timed(stages, "mesh", t0, resolution=cfg.mesh_resolution, vertices=int(len(verts)), faces=int(len(faces)))
             if connect is not None:
                 backend.call("session.close", {})  # a shared backend keeps no finished session behind

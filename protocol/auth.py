@@ -2,24 +2,39 @@
 
 Scheme (byte-exact, no re-encoding): the sender adds ``"auth": {"ts": float, "nonce": str,
 "sig": <32 zero bytes>}`` as the *last* field of the header, packs it, computes
-``HMAC-SHA256(key, packed_header + buf0 + buf1 + …)`` and writes the digest over the 32 zero bytes — the
-last 32 bytes of the packed header (same length, so the rest of the bytes are unchanged). The receiver
-puts the zeros back, recomputes, compares with :func:`hmac.compare_digest`, then rejects timestamps
-more than ``max_skew`` seconds away and nonces it has already seen. The header declares every buffer's
-dtype and shape, so frame boundaries are covered by the signature too.
+``HMAC-SHA256(key, domain + packed_header + buf0 + buf1 + …)`` and writes the digest over the 32 zero
+bytes — the last 32 bytes of the packed header (same length, so the rest of the bytes are unchanged). The
+receiver puts the zeros back, recomputes, compares with :func:`hmac.compare_digest`, then rejects
+timestamps that are not finite or more than ``max_skew`` seconds away, and nonces it has already seen.
+The header declares every buffer's dtype and shape, so frame boundaries are covered by the signature too.
 
-The key comes from a file (``--auth-key-file`` / ``I3D_AUTH_KEY_FILE``) or the ``I3D_AUTH_KEY``
-variable; surrounding whitespace is stripped.
+Domains: requests are signed under :data:`REQUEST_DOMAIN`, replies and events under
+:data:`REPLY_DOMAIN`, so a captured reply sent back to the server fails as a request (and vice versa).
+
+Replays (issue 15): the nonce store is bounded by *time*, not count — a nonce is remembered until its
+timestamp leaves the ±``max_skew`` window, after which the staleness check refuses it anyway. If the
+store reaches ``max_nonces`` (a flood), the oldest entries are dropped and the *floor* rises to their
+timestamp: every message signed at or before the floor is refused, so nothing dropped can come back.
+The floor starts at the verifier's creation time, which makes a restart safe too: a message signed
+before this server started may have been seen by its predecessor and is refused. (A remote client whose
+clock runs behind by d seconds is refused for the first d seconds after a restart; keep clocks in sync.)
+
+The key comes from a file (``--auth-key-file`` / ``I3D_AUTH_KEY_FILE``, readable by its owner only) or
+the ``I3D_AUTH_KEY`` variable; surrounding whitespace is stripped; at least :data:`MIN_KEY_BYTES` bytes.
+For untrusted networks add CURVE encryption (``i3d serve --curve-secret-file``): HMAC authenticates,
+CURVE also hides the traffic.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
+import math
 import os
 import secrets
+import stat
 import time
-from collections import OrderedDict
 from typing import Mapping, Sequence
 
 from .errors import Unauthorized
@@ -28,52 +43,79 @@ SIG_BYTES = 32
 _SIG_PREFIX = b"\xc4\x20"  # msgpack "bin 8" with length 32: the bytes right before the signature
 ENV_KEY = "I3D_AUTH_KEY"
 ENV_KEY_FILE = "I3D_AUTH_KEY_FILE"
+MIN_KEY_BYTES = 32
+REQUEST_DOMAIN = b"i3d-request-v1\x00"
+REPLY_DOMAIN = b"i3d-reply-v1\x00"
+
+
+def check_key(key: bytes, where: str) -> bytes:
+    """``key`` if it is long enough; ValueError naming ``where`` otherwise."""
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(
+            f"auth key from {where} is {len(key)} bytes; at least {MIN_KEY_BYTES} are needed "
+            "(make one with: python -c 'import secrets; print(secrets.token_hex(32))' > key && chmod 600 key)"
+        )
+    return key
 
 
 def load_key(path: str | None = None, env: Mapping[str, str] | None = None) -> bytes | None:
     """The shared key from ``path``, else ``$I3D_AUTH_KEY_FILE``, else ``$I3D_AUTH_KEY``; None if none.
 
-    Raises ValueError for an empty key or an unreadable key file.
+    Raises ValueError for an unreadable, empty, short (< MIN_KEY_BYTES) key, or a key file that its group
+    or other users may read.
     """
     env = os.environ if env is None else env
     path = path or env.get(ENV_KEY_FILE) or None
     if path:
         try:
             with open(path, "rb") as f:
+                mode = os.fstat(f.fileno()).st_mode
                 key = f.read().strip()
         except OSError as exc:
             raise ValueError(f"auth key file {path!r} cannot be read: {exc.strerror}") from None
+        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ValueError(f"auth key file {path!r} is readable by other users (mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}")
         if not key:
             raise ValueError(f"auth key file {path!r} is empty")
-        return key
+        return check_key(key, f"file {path!r}")
     value = env.get(ENV_KEY)
     if value is None:
         return None
     key = value.strip().encode()
     if not key:
         raise ValueError(f"${ENV_KEY} is set but empty")
-    return key
+    return check_key(key, f"${ENV_KEY}")
 
 
 class Signer:
     """Signs outgoing headers and verifies incoming ones with one shared key.
 
     Args:
-        key: the shared secret (at least 16 bytes is sensible; any non-empty key is accepted).
+        key: the shared secret (``load_key`` insists on at least MIN_KEY_BYTES; here any non-empty key).
         max_skew: seconds a timestamp may differ from this machine's clock.
-        max_nonces: most nonces remembered for the replay check (older ones expire with max_skew).
+        max_nonces: most nonces remembered (≈ 200 B each); past it the replay floor rises (see the module
+            docstring) — at 20,000 messages/s the floor trails the clock by 10 s, far inside max_skew.
+        role: "client" signs requests and verifies replies; "server" signs replies and verifies requests.
     """
 
-    def __init__(self, key: bytes, max_skew: float = 300.0, max_nonces: int = 100_000) -> None:
+    def __init__(self, key: bytes, max_skew: float = 300.0, max_nonces: int = 200_000, role: str = "client") -> None:
         if not isinstance(key, (bytes, bytearray)) or len(key) == 0:
             raise ValueError("auth key must be non-empty bytes")
+        if role not in ("client", "server"):
+            raise ValueError(f"role must be 'client' or 'server', got {role!r}")
+        if not (math.isfinite(max_skew) and max_skew > 0) or max_nonces < 1:
+            raise ValueError("max_skew must be finite and > 0, max_nonces >= 1")
         self._key = bytes(key)
         self.max_skew = float(max_skew)
         self.max_nonces = int(max_nonces)
-        self._seen: OrderedDict[str, float] = OrderedDict()  # nonce → ts, oldest first
+        self.sign_domain, self.verify_domain = (REQUEST_DOMAIN, REPLY_DOMAIN) if role == "client" else (REPLY_DOMAIN, REQUEST_DOMAIN)
+        self.floor = time.time()  # messages signed at or before this are refused (restart, flood)
+        self._seen: set[str] = set()
+        self._expiry: list[tuple[float, str]] = []  # heap of (ts, nonce)
 
-    def _digest(self, header_bytes: bytes, buffers: Sequence) -> bytes:
-        mac = hmac.new(self._key, header_bytes, hashlib.sha256)
+    def _digest(self, domain: bytes, header_bytes: bytes, buffers: Sequence) -> bytes:
+        mac = hmac.new(self._key, domain, hashlib.sha256)
+        mac.update(header_bytes)
         for b in buffers:
             mac.update(b)
         return mac.digest()
@@ -85,7 +127,7 @@ class Signer:
         raw = pack(h)
         if raw[-SIG_BYTES - 2 : -SIG_BYTES] != _SIG_PREFIX:  # cannot happen with msgpack's packer
             raise RuntimeError("signature placeholder is not the last field of the packed header")
-        return raw[:-SIG_BYTES] + self._digest(raw, buffers)
+        return raw[:-SIG_BYTES] + self._digest(self.sign_domain, raw, buffers)
 
     def verify(self, raw_header: bytes, header: dict, buffers: Sequence, check_replay: bool = True) -> None:
         """Raise :class:`Unauthorized` unless the header carries a valid, fresh, unused signature."""
@@ -93,23 +135,39 @@ class Signer:
         if not isinstance(auth, dict):
             raise Unauthorized("message is not signed (authentication is required)")
         sig, ts, nonce = auth.get("sig"), auth.get("ts"), auth.get("nonce")
-        if not isinstance(sig, bytes) or len(sig) != SIG_BYTES or not isinstance(nonce, str) or not isinstance(ts, (int, float)):
+        if (not isinstance(sig, bytes) or len(sig) != SIG_BYTES or not isinstance(nonce, str) or not 16 <= len(nonce) <= 128
+                or not isinstance(ts, (int, float)) or isinstance(ts, bool)):
             raise Unauthorized("malformed auth field")
         if raw_header[-SIG_BYTES:] != sig or raw_header[-SIG_BYTES - 2 : -SIG_BYTES] != _SIG_PREFIX:
             raise Unauthorized("signature must be the last field of the header")
-        expected = self._digest(raw_header[:-SIG_BYTES] + bytes(SIG_BYTES), buffers)
+        expected = self._digest(self.verify_domain, raw_header[:-SIG_BYTES] + bytes(SIG_BYTES), buffers)
         if not hmac.compare_digest(expected, sig):
             raise Unauthorized("bad signature")
+        try:
+            ts = float(ts)
+        except OverflowError:  # a huge msgpack int
+            raise Unauthorized("timestamp is not a finite number") from None
+        if not math.isfinite(ts):
+            raise Unauthorized("timestamp is not a finite number")
         now = time.time()
-        if abs(now - float(ts)) > self.max_skew:
-            raise Unauthorized(f"stale timestamp ({now - float(ts):+.0f} s from this clock, limit ±{self.max_skew:.0f} s)")
+        if abs(now - ts) > self.max_skew:
+            raise Unauthorized(f"stale timestamp ({now - ts:+.0f} s from this clock, limit ±{self.max_skew:.0f} s)")
         if not check_replay:
             return
-        while self._seen and (next(iter(self._seen.values())) < now - 2 * self.max_skew or len(self._seen) >= self.max_nonces):
-            self._seen.popitem(last=False)
+        if ts <= self.floor:
+            raise Unauthorized("message signed before the replay window this server can vouch for (signed before it started, or during a flood); sign it again")
+        while self._expiry and self._expiry[0][0] < now - self.max_skew:  # outside the window: staleness refuses it
+            self._seen.discard(heapq.heappop(self._expiry)[1])
         if nonce in self._seen:
             raise Unauthorized("replayed message (nonce already seen)")
-        self._seen[nonce] = float(ts)
+        while len(self._seen) >= self.max_nonces:
+            old_ts, old = heapq.heappop(self._expiry)
+            self._seen.discard(old)
+            self.floor = max(self.floor, old_ts)
+        if ts <= self.floor:
+            raise Unauthorized("message signed before the replay window this server can vouch for; sign it again")
+        self._seen.add(nonce)
+        heapq.heappush(self._expiry, (ts, nonce))
 
 
 def is_loopback(address: str) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -309,9 +309,17 @@ _SERVER_OPS: list[OpSpec] = [
         "session.list",
         "Open sessions, and sessions with a checkpoint in the state dir that can be resumed.",
         result=(
-            ("sessions", "[{session, name, count, job, state, history}] for open sessions"),
+            ("sessions", "[{session, name, count, job, state, step, history, mine}] for open sessions (mine: this client created it)"),
             ("checkpoints", "[{session, step, time}] resumable from the state dir"),
         ),
+    ),
+    OpSpec(
+        "session.attach",
+        "Observe a session: its job events also go to this client. The creator (or resumer) of a session "
+        "gets them by default, and so does whoever starts a job on it.",
+        session=True,
+        result=(("session", "the session id"), ("job", "its current or last job id, or null")),
+        events=("progress", "state", "done", "error"),
     ),
     OpSpec(
         "session.close",
@@ -411,7 +419,8 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("axes", "list", "random: ellipsoid semi-axes [a,b,c] (overrides radius)", items="float", length=3, min=1e-6, max=1e6),
             Arg("seed", "int", "random/mesh: seed", default=0, min=0, max=2**63 - 1),
             Arg("sh_degree", "int", "random/points/mesh: SH degree", default=0, min=0, max=3),
-            Arg("path", "str", "ply/mesh: file path on the backend machine"),
+            Arg("path", "str", "ply/mesh: file path inside the server's data folders (--data-dir); or send the file as a frame"),
+            Arg("filename", "str", "ply/mesh with a file frame: its name (the suffix picks the format)"),
             Arg("fit_radius", "float", "mesh: centre and scale the mesh into this radius", min=1e-6, max=1e6),
             Arg("opacity", "float", "points/mesh: initial opacity", default=0.1, min=1e-4, max=0.9999),
             Arg("scale", "float", "points: isotropic scale (default: RMS distance to 3 nearest neighbours)", min=1e-8, max=1e6),
@@ -426,6 +435,9 @@ _STAGE1_OPS: list[OpSpec] = [
             Buffer("points", ("float32", "float64"), (None, 3), optional=True, doc="kind 'points': [N,3] positions"),
             Buffer("colors", ("float32", "float64", "uint8"), (None, 3), optional=True,
                    doc="kind 'points': [N,3] colours in [0,1] (float) or 0..255 (uint8)"),
+            Buffer("file", ("uint8",), (None,), optional=True,
+                   doc="kind 'ply'/'mesh' without path: the file's bytes (remote clients), after two empty [0,3] "
+                       "placeholders for points and colors; 'filename' names its format"),
         ),
         session=True,
         result=(("count", "Gaussians created"), ("sh_degree", "SH degree")),
@@ -434,17 +446,26 @@ _STAGE1_OPS: list[OpSpec] = [
     OpSpec(
         "gaussians.load_ply",
         "Replace the session's Gaussians by a 3DGS .ply (INRIA layout; extra SH bands and properties tolerated).",
-        args=(Arg("path", "str", ".ply (or .splat) path on the backend machine", required=True),),
+        args=(
+            Arg("path", "str", ".ply (or .splat) path inside the server's data folders (--data-dir); or send the file as a frame"),
+            Arg("filename", "str", "with a file frame: its name (the suffix picks the format; default .ply)"),
+        ),
+        buffers=(Buffer("file", ("uint8",), (None,), optional=True, doc="the file's bytes instead of path (remote clients; name the format with path's suffix or filename)"),),
         session=True,
         result=(("count", "Gaussians loaded"), ("sh_degree", "SH degree")),
-        errors=("not_found", "busy"),
+        errors=("not_found", "busy", "too_large"),
     ),
     OpSpec(
         "gaussians.save_ply",
         "Write the session's Gaussians as a 3DGS .ply (INRIA layout, pre-activation; atomic write).",
-        args=(Arg("path", "str", "output path on the backend machine (its folder must exist)", required=True),),
+        args=(
+            Arg("path", "str", "output path inside the server's data folders (its folder must exist; an existing "
+                "regular file is replaced atomically); none: return_file"),
+            Arg("return_file", "bool", "send the file's bytes back as a uint8 frame (remote clients)", default=False),
+        ),
         session=True,
-        result=(("path", "absolute path written"), ("count", "Gaussians written")),
+        result=(("path", "absolute path written or null"), ("count", "Gaussians written")),
+        result_buffers=(Buffer("file", ("uint8",), (None,), optional=True, doc="with return_file: the .ply bytes"),),
         errors=("not_found",),
     ),
     OpSpec(
@@ -467,7 +488,11 @@ _STAGE1_OPS: list[OpSpec] = [
     OpSpec(
         "stage1.set_reference",
         "Set the oracle guidance's reference object: a .ply, or a copy of the session's current Gaussians.",
-        args=(Arg("path", "str", "reference .ply; omitted: the session's current Gaussians"),),
+        args=(
+            Arg("path", "str", "reference .ply inside the server's data folders; omitted (and no frame): the session's current Gaussians"),
+            Arg("filename", "str", "with a file frame: its name (the suffix picks the format; default .ply)"),
+        ),
+        buffers=(Buffer("file", ("uint8",), (None,), optional=True, doc="the file's bytes instead of path (remote clients; name the format with path's suffix or filename)"),),
         session=True,
         result=(("count", "Gaussians in the reference"),),
         errors=("not_found",),
@@ -488,7 +513,7 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("view_dependent", "bool", "append front/side/back/overhead view to the prompt", default=True),
             Arg("model", "str", "hub id or local diffusers folder (default: the session's, else per guidance)"),
             Arg("local_files_only", "bool", "never download weights", default=False),
-            Arg("reference_path", "str", "oracle: reference .ply (default: stage1.set_reference's)"),
+            Arg("reference_path", "str", "oracle: reference .ply inside the server's data folders (default: stage1.set_reference's, which also takes a file frame)"),
             Arg("steps", "int", "optimisation steps", default=2000, min=1, max=1_000_000),
             Arg("batch", "int", "views per step", default=4, min=1, max=64),
             Arg("resolution", "int", "square render size (paper: 256)", default=256, min=8, max=2048),
@@ -606,7 +631,7 @@ _INTERACTION_OPS: list[OpSpec] = [
         "or a state-frame buffer, optionally transformed by a 4×4 first; the new rows become part `name`. Undoable.",
         args=(
             Arg("name", "str", "part name for the merged Gaussians (" + _PART_NAME_DOC + ")", default=""),
-            Arg("path", "str", "a 3DGS .ply or .splat file on the backend machine"),
+            Arg("path", "str", "a 3DGS .ply or .splat file inside the server's data folders (--data-dir)"),
             Arg("source_session", "str", "another open session to copy from"),
             Arg("matrix", "list", "16 numbers, row-major 4×4 applied to the added set (or the buffer)", items="float", length=16),
         ),
@@ -794,12 +819,13 @@ _STAGE2_OPS: list[OpSpec] = [
             Arg("opacity_level", "float", "opacity of the surface when surface='opacity'", default=0.5, min=0.001, max=0.999),
             Arg("threshold", "float", "density iso-level when surface='density'", default=10.0, min=0.0, max=1e9),
             Arg("min_component_fraction", "float", "drop components smaller than this × the largest", default=0.05, min=0.0, max=0.999),
-            Arg("path", "str", "output file on the backend machine (none: arrays only)"),
+            Arg("path", "str", "output file inside the server's data folders (none: arrays only)"),
             Arg("format", "str", "file format (default: from the path's suffix)", choices=("glb", "obj", "ply")),
             Arg("texture", "bool", "also UV-unwrap (xatlas) and bake the field's colour into a texture: GLB with a "
                 "baseColorTexture, OBJ + MTL + PNG", default=False),
             Arg("texture_size", "int", "texels per side of the square texture", default=1024, min=16, max=8192),
             Arg("texture_padding", "int", "texels around each chart filled with its colour", default=4, min=0, max=64),
+            Arg("return_file", "bool", "also send the file's bytes back as the last frame (uint8; format: 'format', default glb)", default=False),
         ),
         session=True,
         result=(("vertices", "V"), ("faces", "F"), ("path", "written file or null"), ("removed_components", "floaters dropped"),
@@ -810,6 +836,7 @@ _STAGE2_OPS: list[OpSpec] = [
             Buffer("colors", ("uint8",), (None, 4), doc="[V,4] RGBA vertex colours (sRGB)"),
             Buffer("uvs", ("float32",), (None, 2), optional=True, doc="texture only: [V,2] UVs, v up"),
             Buffer("texture", ("uint8",), (None, None, 4), optional=True, doc="texture only: [S,S,4] sRGB RGBA, row 0 at the top"),
+            Buffer("file", ("uint8",), (None,), optional=True, doc="with return_file: the mesh file's bytes (always the last frame)"),
         ),
         errors=("not_found", "busy"),
     ),

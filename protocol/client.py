@@ -54,6 +54,8 @@ class Client:
         limits: caps on received messages.
         hwm: send/receive high-water marks (messages).
         context: a zmq.Context to use (default: the process's shared instance).
+        curve_server_key: the server's Z85 CURVE public key: encrypt the connection (the server runs with
+            ``--curve-secret-file``); this client makes its own key pair.
 
     Not thread-safe: use one Client per thread.
     """
@@ -65,6 +67,7 @@ class Client:
         limits: Limits = Limits(max_total_bytes=4 << 30, max_frame_bytes=4 << 30),
         hwm: int = 1000,
         context: zmq.Context | None = None,
+        curve_server_key: bytes | None = None,
     ) -> None:
         if not isinstance(address, str) or "://" not in address:
             raise ValueError(f"address must look like tcp://host:port or ipc:///path, got {address!r}")
@@ -76,6 +79,7 @@ class Client:
         self._sock: zmq.Socket | None = None
         self._inbox: collections.deque[Message] = collections.deque()
         self.routing_id = b"i3d-" + uuid.uuid4().hex.encode()
+        self._curve = None if curve_server_key is None else (curve_server_key, *zmq.curve_keypair())
         self._connect()
 
     # -- socket life cycle ------------------------------------------------------------------------
@@ -87,6 +91,11 @@ class Client:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, self.hwm)
         s.setsockopt(zmq.RCVHWM, self.hwm)
+        if self._curve is not None:
+            server_key, public, secret = self._curve
+            s.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+            s.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            s.setsockopt(zmq.CURVE_SECRETKEY, secret)
         s.connect(self.address)
         self._sock = s
 

@@ -185,6 +185,16 @@ def _header_id(h: Any) -> str:
     return ""
 
 
+def _peek_id(view: memoryview, limits: Limits) -> str:
+    """The request id of a header frame, or "" when it cannot be read (never raises)."""
+    if view.nbytes > limits.max_header_bytes:
+        return ""
+    try:
+        return _header_id(msgpack.unpackb(view.tobytes(), raw=False, strict_map_key=False))
+    except Exception:  # noqa: BLE001 - garbage: no id
+        return ""
+
+
 def decode_header(raw: bytes | memoryview, limits: Limits) -> dict:
     """Unpack and check a header frame (map, version). Raises BadMessage / UnsupportedVersion."""
     if len(raw) > limits.max_header_bytes:
@@ -244,13 +254,18 @@ def decode(frames: Sequence[Any], limits: Limits = Limits(), verify=None) -> Mes
         raise TooLarge(f"message has {len(frames)} frames, over the cap of {limits.max_frames}")
     views = [_frame_bytes(f) for f in frames]
     total = 0
-    for i, v in enumerate(views[1:]):
-        n = v.nbytes
-        if n > limits.max_frame_bytes:
-            raise TooLarge(f"frame {i + 1} is {n} bytes, over the per-frame cap of {limits.max_frame_bytes}")
-        total += n
-    if total > limits.max_total_bytes:
-        raise TooLarge(f"message is {total} bytes, over the total cap of {limits.max_total_bytes}")
+    try:
+        for i, v in enumerate(views[1:]):
+            n = v.nbytes
+            if n > limits.max_frame_bytes:
+                raise TooLarge(f"frame {i + 1} is {n} bytes, over the per-frame cap of {limits.max_frame_bytes}")
+            total += n
+        if total > limits.max_total_bytes:
+            raise TooLarge(f"message is {total} bytes, over the total cap of {limits.max_total_bytes}")
+    except TooLarge as exc:
+        # the reply must name the request so its sender fails fast instead of re-sending the same bytes
+        exc.request_id = _peek_id(views[0], limits)
+        raise
     raw = views[0].tobytes()
     h = decode_header(raw, limits)
     rid = _header_id(h)

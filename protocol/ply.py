@@ -259,6 +259,8 @@ def read_ply(path) -> SplatData:
         if missing:
             raise PlyFormatError(f"not a 3D Gaussian Splatting file: vertex properties {missing} are missing")
         if fmt == "ascii":
+            if count > os.fstat(f.fileno()).st_size:  # an ascii row takes at least one byte
+                raise PlyFormatError(f"file truncated: {count} vertices cannot fit in {os.fstat(f.fileno()).st_size} bytes")
             rows = np.loadtxt(f, dtype=np.float64, max_rows=count, ndmin=2)
             if rows.shape != (count, len(props)):
                 raise PlyFormatError(f"ascii body has shape {rows.shape}, header says ({count}, {len(props)})")
@@ -266,6 +268,9 @@ def read_ply(path) -> SplatData:
         else:
             order = "<" if fmt == "binary_little_endian" else ">"
             dtype = np.dtype([(name, order + _PLY_TYPES[t]) for name, t in props])
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            if dtype.itemsize * count > left:  # checked before reading: a header claiming 10⁹ rows allocates nothing
+                raise PlyFormatError(f"file truncated: {count} vertices need {dtype.itemsize * count} bytes, found {left}")
             body = f.read(dtype.itemsize * count)
             if len(body) != dtype.itemsize * count:
                 raise PlyFormatError(f"file truncated: {count} vertices need {dtype.itemsize * count} bytes, "

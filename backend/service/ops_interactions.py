@@ -13,7 +13,8 @@ then records a history entry and changes the Gaussians: a refused op changes not
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
 
 import numpy as np
 import torch
@@ -270,13 +271,15 @@ def _gaussians_to_merge(req) -> Gaussians:
 
         from ..stage1.init import ply_to_gaussians
 
-        path = Path(args["path"]).expanduser()
-        if not path.is_file():
-            raise NotFound(f"no such file: {str(path)!r}")
-        try:
-            return ply_to_gaussians(ply_io.read_any(path))
-        except ValueError as exc:
-            raise InvalidArgs(f"cannot read {str(path)!r}: {exc}") from None
+        from . import costs, files
+
+        path = files.resolve_read(req.server.roots, args["path"], req.server.config.max_file_bytes, f"{req.op}: path")
+        nbytes = os.path.getsize(path)
+        with req.server.memory.reserve(f"{req.op}: loading {args['path']!r}", nbytes + costs.gaussians_bytes(nbytes // 56 + 1)):
+            try:
+                return ply_to_gaussians(ply_io.read_any(path))
+            except (ValueError, OverflowError) as exc:
+                raise InvalidArgs(f"cannot read {args['path']!r}: {exc}") from None
     if args.get("source_session"):
         other = req.get_session(args["source_session"])
         with other.lock:
@@ -338,6 +341,15 @@ def handle_transform(req) -> dict:
         return {"count": res.count, "pivot": res.pivot.tolist(), "similarity": res.similarity}
 
 
+def _check_sds_memory(req, g: Gaussians, cfg: InteractiveSDSConfig) -> None:
+    """Interactive SDS renders cfg.batch zoom-in views of cfg.width² per step: estimated like a Stage I step
+    from a camera 1 unit away with a 60° fov (zoom-in views frame the part about that closely)."""
+    from . import costs
+
+    est = costs.stage1_bytes(g, cfg.batch, cfg.width, 1.0, 60.0)
+    req.server.memory.check(f"{req.op}: {cfg.batch} zoom-in views of {cfg.width}² per step, {g.n} Gaussians", est)
+
+
 def handle_drag(req) -> dict:
     s = req.session
     args = req.args
@@ -360,7 +372,9 @@ def handle_drag(req) -> dict:
     except ValueError as exc:
         raise _invalid(exc) from None
     with s.lock:
-        _gaussians(s)
+        g = _gaussians(s)
+        if use_guidance:
+            _check_sds_memory(req, g, cfg.sds)
         guidance = _session_guidance(req, required=use_guidance, oracle=bool(args.get("oracle"))) if use_guidance else None
         if use_guidance and not cfg.sds.prompt:
             raise InvalidArgs("a drag with guidance needs a prompt")
@@ -387,6 +401,7 @@ def handle_edit(req) -> dict:
     with s.lock:
         g = _gaussians(s)
         _part(g, args["part"])
+        _check_sds_memory(req, g, cfg.sds)
         guidance = _session_guidance(req, required=True, oracle=bool(args.get("oracle")))
         job = SemanticEditJob(s, args["part"], guidance, cfg)
         job_id = req.start_job(job, label=f"edit {args['part']}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from interactive3d.protocol.catalogue import STATE_COLUMNS
 from interactive3d.protocol.codec import PROTOCOL_VERSION
@@ -11,6 +13,7 @@ from . import checkpoint as ckpt_mod
 from .requests import SERVER_NAME, Reply, Request
 
 
+@functools.lru_cache(maxsize=1)  # ping answers on the router thread: read the package metadata once
 def _package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -38,7 +41,21 @@ def session_create(req: Request) -> Reply:
 def session_list(req: Request) -> Reply:
     srv = req.server
     cks = [] if srv.config.state_dir is None else ckpt_mod.list_checkpoints(srv.config.state_dir)
-    return Reply({"sessions": [s.summary() for s in srv.sessions.values()], "checkpoints": cks})
+    out = []
+    for s in list(srv.sessions.values()):
+        row = s.summary()
+        row["step"] = 0 if s.job is None else int(s.job.step)  # documented field (issue 15)
+        owner = srv.owner(s.id)
+        row["mine"] = owner is not None and owner == req.identity
+        out.append(row)
+    return Reply({"sessions": out, "checkpoints": cks})
+
+
+def session_attach(req: Request) -> Reply:
+    """Observe a session: its job events also go to this client (the creator gets them by default)."""
+    if req.identity is not None:
+        req.server.subscribe(req.session, req.identity)
+    return Reply({"session": req.session.id, "job": None if req.session.job is None else req.session.job.job_id})
 
 
 def session_close(req: Request) -> Reply:
@@ -138,6 +155,10 @@ def history_list(req: Request) -> Reply:
 
 def state_get(req: Request) -> Reply:
     s = req.session
+    snap = req.server.last_state(s) if s.job_active else None
+    if snap is not None:  # a job is stepping: its latest state frame, without waiting for the lock
+        frame, parts, counts = snap
+        return Reply({"count": int(frame.shape[0]), "columns": list(STATE_COLUMNS), "parts": parts, "part_counts": counts}, [frame])
     with s.lock:
         g = s.gaussians
         if g is None:
@@ -152,6 +173,7 @@ HANDLERS: dict = {
     "ping": ping,
     "session.create": session_create,
     "session.list": session_list,
+    "session.attach": session_attach,
     "session.close": session_close,
     "session.resume": session_resume,
     "session.checkpoint": session_checkpoint,

@@ -17,7 +17,8 @@ import re
 
 import numpy as np
 import torch
-from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound
+from interactive3d.protocol import ply as ply_io
+from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
 from interactive3d.protocol.ply import PlyFormatError
 
 from ..stage1 import init as init_mod
@@ -28,18 +29,19 @@ from ..stage1.guidance import (
     PromptSpec,
 )
 from ..stage1.guidance_cache import GuidanceSpec, default_model
+from . import costs, files
 from .requests import Reply, Request
 
 log = logging.getLogger(__name__)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MIN_PLY_ROW_BYTES = 56  # the 14 float32 properties every 3DGS .ply row has at least
+MAX_RENDER_VIEWS = 64
 
 
-def _file(path: str, what: str) -> str:
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise NotFound(f"{what} file not found: {path!r}")
-    return path
+def _read_path(req: Request, path: str, what: str) -> str:
+    """A request path resolved for reading inside the data roots (files.py: invalid_args / not_found / too_large)."""
+    return files.resolve_read(req.server.roots, path, req.server.config.max_file_bytes, f"{req.op}: {what}")
 
 
 def _set_gaussians(req: Request, g: Gaussians, label: str) -> Reply:
@@ -54,13 +56,56 @@ def _set_gaussians(req: Request, g: Gaussians, label: str) -> Reply:
     return Reply({"count": g.n, "sh_degree": g.sh_degree})
 
 
-def _load_ply(path: str, device) -> Gaussians:
-    try:
-        return init_mod.load_ply(_file(path, ".ply"), device=device)
-    except PlyFormatError as exc:
-        raise InvalidArgs(f"path {path!r}: {exc}") from exc
-    except ValueError as exc:
-        raise InvalidArgs(f"path {path!r}: {exc}") from exc
+def _load_real_path(req: Request, path: str, shown: str) -> Gaussians:
+    """Read a resolved .ply/.splat path under the memory budget (a file of B bytes holds ≤ B/56 Gaussians)."""
+    nbytes = os.path.getsize(path)
+    est = nbytes + costs.gaussians_bytes(nbytes // MIN_PLY_ROW_BYTES + 1)
+    with req.server.memory.reserve(f"{req.op}: loading {shown} ({nbytes} bytes)", est):
+        try:
+            return init_mod.load_ply(path, device=req.device)
+        except (PlyFormatError, ValueError, OverflowError) as exc:
+            raise InvalidArgs(f"{req.op}: {shown}: {exc}") from exc
+        except MemoryError:
+            raise TooLarge(f"{req.op}: {shown} does not fit in memory") from None
+
+
+def _load_ply(req: Request, path: str | None, what: str = "path") -> Gaussians:
+    """Gaussians from a path in the data roots or, when the request carries one, an uploaded file frame."""
+    if path is None or path == "":
+        frame = _file_frame(req)
+        if frame is None:
+            raise InvalidArgs(f"{req.op}: give {what} or send the file as a frame")
+        suffix = files.suffix_of(req.args.get("filename"), ".ply")
+        with files.staged(frame, suffix) as tmp:
+            return _load_real_path(req, tmp, f"the uploaded {suffix} file")
+    return _load_real_path(req, _read_path(req, path, what), repr(path))
+
+
+def _file_frame(req: Request):
+    """The request's uint8 file frame (the op's 'file' buffer), or None; too_large over the file cap."""
+    if not req.buffers:
+        return None
+    frame = files.frame_bytes(req.buffers[-1], f"{req.op}: file")
+    cap = req.server.config.max_file_bytes
+    if frame.nbytes > cap:
+        raise TooLarge(f"{req.op}: the file frame is {frame.nbytes} bytes, over the server's file cap of {cap}")
+    return frame
+
+
+def _init_from_mesh(req: Request, mesh_path: str) -> Gaussians:
+    a = req.args
+    # the mesh itself: trimesh holds a few times its file size; then n Gaussians
+    est = costs.gaussians_bytes(a["n"]) + 16 * os.path.getsize(mesh_path)
+    with req.server.memory.reserve(f"gaussians.init: {a['n']} Gaussians from a mesh", est):
+        try:
+            return init_mod.init_from_mesh(
+                mesh_path, n=a["n"], seed=a["seed"], fit_radius=a["fit_radius"], opacity=a["opacity"],
+                sh_degree=a["sh_degree"], device=req.device,
+            )
+        except (ValueError, TypeError):
+            raise  # gaussians_init turns these into invalid_args
+        except Exception as exc:  # noqa: BLE001 - trimesh raises many types (KeyError, NotImplementedError, …) on bad files
+            raise InvalidArgs(f"gaussians.init: cannot read the mesh: {type(exc).__name__}: {exc}") from None
 
 
 def gaussians_init(req: Request) -> Reply:
@@ -69,6 +114,7 @@ def gaussians_init(req: Request) -> Reply:
     try:
         if kind == "random":
             axes = tuple(a["axes"]) if a["axes"] is not None else None
+            req.server.memory.check(f"gaussians.init: {a['n']} Gaussians", costs.gaussians_bytes(a["n"]))
             g = init_random(a["n"], radius=a["radius"], axes=axes, seed=a["seed"], sh_degree=a["sh_degree"], device=dev)
         elif kind == "points":
             if not req.buffers:
@@ -77,20 +123,25 @@ def gaussians_init(req: Request) -> Reply:
             colors = req.buffers[1] if len(req.buffers) > 1 else None
             if points.shape[0] == 0:
                 raise InvalidArgs("gaussians.init: points buffer is empty (zero Gaussians)")
+            req.server.memory.check(f"gaussians.init: {points.shape[0]} points", costs.gaussians_bytes(points.shape[0]))
             g = init_mod.init_from_points(points, colors, opacity=a["opacity"], scale=a["scale"], sh_degree=a["sh_degree"], device=dev)
         elif kind == "shap_e":
             g = _init_shap_e(req)
         elif kind == "ply":
-            if not a["path"]:
-                raise InvalidArgs("gaussians.init: kind 'ply' needs path")
-            g = _load_ply(a["path"], dev)
+            if not a["path"] and len(req.buffers) < 3:
+                raise InvalidArgs("gaussians.init: kind 'ply' needs path or a file frame")
+            g = _load_ply(req, a["path"])
         else:  # mesh
-            if not a["path"]:
-                raise InvalidArgs("gaussians.init: kind 'mesh' needs path")
-            g = init_mod.init_from_mesh(
-                _file(a["path"], "mesh"), n=a["n"], seed=a["seed"], fit_radius=a["fit_radius"], opacity=a["opacity"],
-                sh_degree=a["sh_degree"], device=dev,
-            )
+            if a["path"]:
+                g = _init_from_mesh(req, _read_path(req, a["path"], "path"))
+            elif len(req.buffers) == 3:
+                suffix = files.suffix_of(a["filename"], "")
+                if not suffix:
+                    raise InvalidArgs("gaussians.init: a mesh file frame needs filename (its suffix names the format: .obj, .glb, .ply, …)")
+                with files.staged(_file_frame(req), suffix) as tmp:
+                    g = _init_from_mesh(req, tmp)
+            else:
+                raise InvalidArgs("gaussians.init: kind 'mesh' needs path or a file frame")
     except (ValueError, TypeError) as exc:
         if isinstance(exc, InvalidArgs):
             raise
@@ -121,24 +172,37 @@ def _init_shap_e(req: Request) -> Gaussians:
 
 
 def gaussians_load_ply(req: Request) -> Reply:
-    return _set_gaussians(req, _load_ply(req.args["path"], req.device), "load .ply")
+    return _set_gaussians(req, _load_ply(req, req.args["path"]), "load .ply")
 
 
 def gaussians_save_ply(req: Request) -> Reply:
-    s = req.session
-    path = os.path.expanduser(req.args["path"])
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise NotFound(f"folder of path does not exist: {folder!r}")
+    s, a = req.session, req.args
+    if not a["path"] and not a["return_file"]:
+        raise InvalidArgs("gaussians.save_ply: give path, return_file=true, or both")
+    target = files.resolve_write(req.server.roots, a["path"], "gaussians.save_ply: path") if a["path"] else None
     with s.lock:
         if s.gaussians is None or s.gaussians.n == 0:
             raise InvalidArgs("gaussians.save_ply: the session has no Gaussians")
-        init_mod.save_ply(s.gaussians, path)
+        data = init_mod.gaussians_to_ply(s.gaussians)
         n = s.gaussians.n
-    return Reply({"path": os.path.abspath(path), "count": n})
+    # written outside the lock: a running job goes on stepping while the bytes go to disk
+    buffers = []
+    if target is not None:
+        ply_io.write_ply(target, data)
+    if a["return_file"]:
+        if target is not None:
+            buffers = [files.read_back(target, req.server.config.max_file_bytes, "the .ply")]
+        else:
+            with files.scratch_path(".ply") as tmp:
+                ply_io.write_ply(tmp, data)
+                buffers = [files.read_back(tmp, req.server.config.max_file_bytes, "the .ply")]
+    return Reply({"path": target, "count": n}, buffers)
 
 
 def gaussians_render(req: Request) -> Reply:
+    """Render view by view, each under the memory budget (issue 15): the projection of one view costs
+    O(N) and bounds the (Gaussian, pixel) pairs the rasteriser will list, so a view that cannot fit is
+    refused with too_large before it allocates."""
     from ..stage1.cameras import cameras_from_blender
     from ..stage1.render import render
 
@@ -146,29 +210,46 @@ def gaussians_render(req: Request) -> Reply:
     c2w = torch.from_numpy(np.array(req.buffers[0], dtype=np.float32))
     if c2w.ndim == 2:
         c2w = c2w[None]
+    if c2w.ndim != 3 or tuple(c2w.shape[1:]) != (4, 4) or c2w.shape[0] == 0:
+        raise InvalidArgs(f"gaussians.render: c2w must be [4,4] or [B,4,4] with B >= 1, got {list(c2w.shape)}")
+    if c2w.shape[0] > MAX_RENDER_VIEWS:
+        raise InvalidArgs(f"gaussians.render: at most {MAX_RENDER_VIEWS} views, got {c2w.shape[0]}")
+    if not torch.isfinite(c2w).all():
+        raise InvalidArgs("gaussians.render: c2w must be finite")
     bottom = c2w[:, 3, :]
     if not torch.allclose(bottom, torch.tensor([0.0, 0.0, 0.0, 1.0]).expand_as(bottom), atol=1e-5):
         raise InvalidArgs(f"gaussians.render: c2w last row must be (0,0,0,1), got {bottom.tolist()}")
     if abs(float(torch.linalg.det(c2w[:, :3, :3]).abs().min())) < 1e-8:
         raise InvalidArgs("gaussians.render: c2w rotation is singular")
+    b, w, h = int(c2w.shape[0]), a["width"], a["height"]
+    mem = req.server.memory
     with s.lock:
         if s.gaussians is None or s.gaussians.n == 0:
             raise InvalidArgs("gaussians.render: the session has no Gaussians")
-        cams = cameras_from_blender(c2w, a["fov_x"], a["width"], a["height"]).to(s.gaussians.device)
-        bg = torch.tensor(a["background"], dtype=torch.float32, device=s.gaussians.device)
+        g = s.gaussians
+        n = g.n
+        mem.check(f"gaussians.render: {b} views of {w}x{h}", costs.render_output_bytes(b, w * h) + n * costs.PROJECT_BYTES)
+        rgbs, alphas = [], []
+        bg = torch.tensor(a["background"], dtype=torch.float32, device=g.device)
         with torch.no_grad():
-            out = render(s.gaussians, cams, bg)
-    rgb = out.rgb.float().cpu().numpy()
-    alpha = out.alpha.float().cpu().numpy()
-    return Reply({"count": int(rgb.shape[0])}, [np.ascontiguousarray(rgb), np.ascontiguousarray(alpha)])
+            for i in range(b):
+                cams = cameras_from_blender(c2w[i : i + 1], a["fov_x"], w, h).to(g.device)
+                pairs = costs.view_pairs(g, cams)
+                est = costs.render_view_bytes(n, pairs, w * h)
+                with mem.reserve(f"gaussians.render: view {i} ({n} Gaussians covering up to {pairs} pixel pairs at {w}x{h})", est):
+                    out = render(g, cams, bg)
+                rgbs.append(out.rgb[0].float().cpu().numpy())
+                alphas.append(out.alpha[0].float().cpu().numpy())
+                del out
+    return Reply({"count": b}, [np.ascontiguousarray(np.stack(rgbs)), np.ascontiguousarray(np.stack(alphas))])
 
 
 def stage1_set_reference(req: Request) -> Reply:
     from ..stage1.trainer import OracleReference
 
     s, a = req.session, req.args
-    if a["path"]:
-        ref = _load_ply(a["path"], req.device)
+    if a["path"] or req.buffers:
+        ref = _load_ply(req, a["path"])
     else:
         with s.lock:
             if s.gaussians is None or s.gaussians.n == 0:
@@ -257,12 +338,15 @@ def stage1_start(req: Request) -> Reply:
     except ValueError as exc:
         raise InvalidArgs(f"stage1.start: {exc}") from exc
 
+    with s.lock:
+        est = costs.stage1_bytes(s.gaussians, cfg.batch, cfg.resolution, min(cfg.distance_range), max(cfg.fov_range_deg))
+    req.server.memory.check(f"stage1.start ({cfg.batch} views of {cfg.resolution}² per step, {s.gaussians.n} Gaussians)", est)
     guidance, loader, new_spec, ref_from_path = None, None, None, None
     device = req.device
     model = None
     if kind == "oracle":
         if a["reference_path"]:
-            ref = ref_from_path = _load_ply(a["reference_path"], device)
+            ref = ref_from_path = _load_real_path(req, _read_path(req, a["reference_path"], "reference_path"), repr(a["reference_path"]))
         else:
             slot = s.extras.get(OracleReference.SLOT)
             if slot is None:

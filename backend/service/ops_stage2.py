@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from ..stage2.nerf import NeRFConfig, RenderConfig, occupancy_from_field
 from ..stage2.parts import PartConfig, RegionError, region_cells
 from ..stage2.refine import RefineConfig, RefineJob
 from ..stage2.state import SLOT, PartInfo
+from . import costs, files
 from .requests import Reply, Request
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,13 @@ def distill(req: Request) -> Reply:
             render=RenderConfig(n_samples=a["n_samples"], stratified=True), background=tuple(a["background"]),
             preview_every=a["preview_every"], opacity_weight=a["opacity_weight"], depth_weight=a["depth_weight"], seed=a["seed"],
         )
+        req.server.memory.check(
+            f"stage2.distill ({a['rays_per_step']} rays × {a['n_samples']} samples, {a['levels']} levels of 2^{a['log2_table_size']}, "
+            f"{max(1, a['view_pool'])} views of {a['resolution']}²)",
+            costs.rays_bytes(a["rays_per_step"], a["n_samples"], a["levels"])
+            + costs.field_bytes(a["levels"], a["features"], a["log2_table_size"])
+            + costs.render_output_bytes(max(1, a["view_pool"]), a["resolution"] ** 2) * 2,
+        )
         # a resumed job continues the checkpointed field: never reset it again
         job = DistillJob(s, cfg, nerf_cfg, reset=bool(a["reset"]) and req.resume is None, backend=a["backend"])
     except ValueError as exc:
@@ -71,6 +78,7 @@ def distill(req: Request) -> Reply:
 def occupancy(req: Request) -> Reply:
     s, a = req.session, req.args
     _idle(req)
+    req.server.memory.check(f"stage2.occupancy at {a['resolution']}³", costs.grid_bytes(a["resolution"], costs.OCC_VOXEL_BYTES))
     with s.lock:
         st = _state(req)
         s.record("stage2.occupancy")
@@ -131,6 +139,10 @@ def refine(req: Request) -> Reply:
             steps=a["steps"], rays_per_step=a["rays_per_step"], render=RenderConfig(n_samples=a["n_samples"], stratified=True), seed=a["seed"],
             prompt=prompt or "", fixed_t=a["fixed_t"], sds_size=a["resolution"],
         )
+        req.server.memory.check(
+            f"stage2.refine ({a['rays_per_step']} rays × {a['n_samples']} samples, {a['views']} views of {a['resolution']}²)",
+            costs.rays_bytes(a["rays_per_step"], a["n_samples"], 32) + costs.render_output_bytes(a["views"], a["resolution"] ** 2) * 2,
+        )
         with s.lock:
             _state(req)
             job = RefineJob(s, list(a["parts"]), cfg, views=a["views"], resolution=a["resolution"], background=tuple(a["background"]), load_guidance=loader)
@@ -143,17 +155,28 @@ def refine(req: Request) -> Reply:
 def extract(req: Request) -> Reply:
     s, a = req.session, req.args
     _idle(req)
+    target = files.resolve_write(req.server.roots, a["path"], "stage2.extract_mesh: path") if a["path"] else None
+    buffers: list = []
     try:
         cfg = MeshConfig(
             resolution=a["resolution"], surface=a["surface"], opacity_level=a["opacity_level"], threshold=a["threshold"],
             min_component_fraction=a["min_component_fraction"], texture=a["texture"], texture_size=a["texture_size"],
             texture_padding=a["texture_padding"],
         )
-        with s.lock:
+        est = costs.grid_bytes(a["resolution"], costs.MESH_VOXEL_BYTES)
+        with req.server.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³", est), s.lock:
             m = extract_mesh(_state(req).refined, cfg)
         path = None
-        if a["path"]:
-            path = str(export_mesh(m, os.path.expanduser(a["path"]), a["format"]))
+        if target is not None:
+            path = str(export_mesh(m, target, a["format"]))
+        if a["return_file"]:
+            cap = req.server.config.max_file_bytes
+            if path is not None:
+                buffers = [files.read_back(path, cap, "the mesh file")]
+            else:
+                fmt = a["format"] or "glb"
+                with files.scratch_path("." + fmt) as tmp:
+                    buffers = [files.read_back(str(export_mesh(m, tmp, fmt)), cap, "the mesh file")]
     except MeshError as exc:
         raise InvalidArgs(f"stage2.extract_mesh: {exc}") from exc
     except OSError as exc:
@@ -162,7 +185,8 @@ def extract(req: Request) -> Reply:
     return Reply(
         {"vertices": int(len(m.vertices)), "faces": int(len(m.faces)), "path": path, "removed_components": m.removed_components,
          "textured": textured},
-        [m.vertices, m.faces, m.colors] + ([m.uvs, m.texture] if textured else []),
+        # vertices, faces, colours; with a texture: uvs, texture; with return_file: the file's bytes, last
+        [m.vertices, m.faces, m.colors] + ([m.uvs, m.texture] if textured else []) + buffers,
     )
 
 

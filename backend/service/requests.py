@@ -99,6 +99,8 @@ class Request:
             on_exit=lambda: self.server._job_ended(s, runner),
         )
         s.job = runner
+        if self.identity is not None:  # whoever starts a job hears its events (besides the creator)
+            self.server.subscribe(s, self.identity)
         runner.start(paused=self.paused)
         log.info("job started op=%s session=%s job=%s kind=%s step=%d/%d", self.op, s.id, job_id, runner.kind, start, runner.total)
         return job_id

@@ -12,6 +12,12 @@ with its traceback; the server never dies of a message.
 
 Jobs run on worker threads (:mod:`.jobs`); their events come back to this thread through a queue and an
 inproc wake-up socket, since zmq sockets must stay on one thread.
+
+The router thread never waits (issue 15): it only decodes, verifies, validates, dispatches and sends.
+Ops in :data:`INLINE_OPS` answer from memory on it; every other op runs on a worker — the session's own
+:class:`_Lane` (one thread per open session, so one client's requests on a session keep their order)
+or the shared pool for ops without a session — and its reply comes back through the same queue as job
+events. ``state.get`` while a job runs answers from the job's last state snapshot, at once.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -32,7 +39,7 @@ import numpy as np
 import torch
 import zmq
 from interactive3d.protocol import catalogue
-from interactive3d.protocol.auth import Signer, is_loopback
+from interactive3d.protocol.auth import Signer, check_key, is_loopback
 from interactive3d.protocol.catalogue import OpSpec
 from interactive3d.protocol.codec import (
     PROTOCOL_VERSION,
@@ -53,6 +60,8 @@ from interactive3d.protocol.errors import (
 
 from . import checkpoint as ckpt_mod
 from . import ops_interactions, ops_session, ops_stage1, ops_stage2
+from .costs import MemoryBudget, default_budget
+from .logsafe import PeerLogLimiter, printable
 from .jobs import JobConfig, JobRunner
 from .requests import Handler, Reply, Request, preemptible
 from .session import DEFAULT_HISTORY_DEPTH, SESSION_ID_RE, Session
@@ -61,6 +70,9 @@ from ..stage1.guidance_cache import DEFAULT_CACHE_BYTES, GuidanceCache
 log = logging.getLogger(__name__)
 
 REPLY_CACHE_ENTRIES = 256
+# Ops answered on the router thread: they read memory only and never take a session lock.
+INLINE_OPS = frozenset({"ping", "session.create", "session.attach", "job.status", "job.pause", "job.resume", "job.cancel", "stage2.preview"})
+POOL_WORKERS = 4  # ops without a session (session.list, session.resume) that do file I/O
 REPLY_CACHE_BYTES = 64 << 20
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
@@ -98,6 +110,13 @@ class ServerConfig:
         keep_checkpoints_days: at start-up, checkpoints of sessions untouched for longer are deleted
             (0 keeps them all).
         guidance_cache_bytes: memory bound of the loaded diffusion models shared by all jobs.
+        max_sessions_per_client: open sessions one client identity may own.
+        data_dirs: roots that request paths are resolved in (:mod:`.files`); empty: ``<state_dir>/data``
+            (no roots at all without a state dir: paths are refused, frames still work).
+        max_file_bytes: largest file a request may read (.ply, mesh).
+        memory_budget: bytes an op may estimate to need at peak (:mod:`.costs`); None: a fraction of
+            the device's free memory (RAM on CPU) measured at start-up.
+        curve_secret_key: Z85 CURVE secret key of the server (encryption for untrusted networks), or None.
     """
 
     bind: str = DEFAULT_BIND
@@ -111,6 +130,11 @@ class ServerConfig:
     shutdown_timeout: float = 120.0
     keep_checkpoints_days: float = 30.0
     guidance_cache_bytes: int = DEFAULT_CACHE_BYTES
+    max_sessions_per_client: int = 16
+    data_dirs: tuple[str, ...] = ()
+    max_file_bytes: int = 1 << 30
+    memory_budget: int | None = None
+    curve_secret_key: bytes | None = None
 
     def check(self) -> None:
         if not isinstance(self.bind, str) or "://" not in self.bind:
@@ -120,8 +144,22 @@ class ServerConfig:
                 f"refusing to bind {self.bind}: a non-loopback address needs an auth key "
                 "(--auth-key-file, $I3D_AUTH_KEY_FILE or $I3D_AUTH_KEY)"
             )
+        if self.auth_key is not None:
+            check_key(self.auth_key, "the server config")
         if not self.keep_checkpoints_days >= 0:  # also NaN
             raise ValueError(f"keep_checkpoints_days must be >= 0 (0 keeps all), got {self.keep_checkpoints_days!r}")
+        if self.max_sessions_per_client < 1 or self.max_file_bytes < 1:
+            raise ValueError("max_sessions_per_client and max_file_bytes must be >= 1")
+        if self.memory_budget is not None and self.memory_budget < 1:
+            raise ValueError(f"memory_budget must be > 0 bytes, got {self.memory_budget!r}")
+
+    def roots(self) -> tuple[str, ...]:
+        """The data roots (absolute, symlinks resolved); the default is created on first use."""
+        if self.data_dirs:
+            return tuple(os.path.realpath(os.path.expanduser(d)) for d in self.data_dirs)
+        if self.state_dir is None:
+            return ()
+        return (os.path.realpath(os.path.join(os.path.expanduser(self.state_dir), "data")),)
 
 
 def _plain(v: Any) -> Any:
@@ -139,6 +177,29 @@ def _plain(v: Any) -> Any:
     if isinstance(v, Path):
         return str(v)
     return v
+
+
+class _Lane:
+    """One worker thread per open session: its requests run in the order they arrived, off the router thread
+    (they may wait for the session lock while a job steps, or do I/O and heavy compute)."""
+
+    def __init__(self, name: str) -> None:
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"i3d-lane-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn) -> None:
+        self._q.put(fn)
+
+    def close(self) -> None:
+        self._q.put(None)
+
+    def _run(self) -> None:
+        while True:
+            fn = self._q.get()
+            if fn is None:
+                return
+            fn()  # never raises: Server._reply catches everything
 
 
 class Server:
@@ -181,8 +242,18 @@ class Server:
         # Diffusion models loaded once per (model, dtype, device) for every job of every session; owned here
         # (not process-wide) so that two servers in one process (tests) never share weights or counts.
         self.guidance_cache = GuidanceCache(config.guidance_cache_bytes)
-        self._subscribers: dict[str, bytes] = {}  # session → identity that gets its events
-        self._signer = Signer(config.auth_key) if config.auth_key else None
+        # session → identities that get its events (the creator by default; session.attach adds one)
+        self._subscribers: dict[str, set[bytes]] = {}
+        self._owners: dict[str, bytes] = {}  # session → identity that created (or resumed) it
+        self._sessions_lock = threading.Lock()  # sessions/_subscribers/_owners change on workers too
+        self._signer = Signer(config.auth_key, role="server") if config.auth_key else None
+        self.roots = config.roots()
+        self.memory = MemoryBudget(config.memory_budget if config.memory_budget is not None else default_budget(self.device))
+        self._lanes: dict[str, _Lane] = {}
+        self._pool = ThreadPoolExecutor(POOL_WORKERS, thread_name_prefix="i3d-pool")
+        self._inflight: set[tuple[bytes, str]] = set()  # (identity, request id) being worked on
+        self._peer_log = PeerLogLimiter()
+        self._last_state: dict[str, tuple] = {}  # session → (job id, [N,14] frame, parts, part counts)
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._own_ctx = context is None
@@ -193,7 +264,7 @@ class Server:
         self._wake_pull: zmq.Socket | None = None
         self.bound_address: str | None = None
         self._loop_thread: int | None = None
-        self._recent: OrderedDict[str, tuple[list, int]] = OrderedDict()  # request id → reply frames
+        self._recent: OrderedDict[tuple[bytes, str], tuple[list, int]] = OrderedDict()  # (identity, id) → reply frames
         self._recent_bytes = 0
 
     # -- life cycle ---------------------------------------------------------------------------------
@@ -206,6 +277,11 @@ class Server:
         r.setsockopt(zmq.RCVHWM, 1000)
         # Hard guard far above the caps (a too_large reply needs the message to arrive first).
         r.setsockopt(zmq.MAXMSGSIZE, 2 * max(self.config.limits.max_frame_bytes, self.config.limits.max_header_bytes) + 4096)
+        if self.config.curve_secret_key is not None:
+            # CURVE (pyzmq's libsodium build): encrypted, server-authenticated transport for untrusted networks;
+            # clients need the server's public key (zmq.curve_public of this secret).
+            r.setsockopt(zmq.CURVE_SERVER, 1)
+            r.setsockopt(zmq.CURVE_SECRETKEY, self.config.curve_secret_key)
         r.bind(self.config.bind)
         self._router = r
         self.bound_address = r.getsockopt(zmq.LAST_ENDPOINT).decode()
@@ -253,6 +329,10 @@ class Server:
         """Stop jobs between two steps, checkpoint every session, close the sockets."""
         for s in list(self.sessions.values()):
             self._stop_and_checkpoint(s)
+        for lane in list(self._lanes.values()):
+            lane.close()
+        self._lanes.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
         self._flush_events()
         for sock in (self._router, self._wake_pull):
             if sock is not None:
@@ -287,13 +367,37 @@ class Server:
             raise NotFound(f"no open session {session_id!r} (session.list shows open and resumable ones)")
         return s
 
-    def create_session(self, name: str = "", identity: bytes | None = None) -> Session:
+    def _check_caps(self, identity: bytes | None) -> None:
+        """Busy over the global cap or the caller's own (call with _sessions_lock held)."""
         if len(self.sessions) >= self.config.max_sessions:
             raise Busy(f"{len(self.sessions)} sessions are open (max_sessions={self.config.max_sessions}); close one")
-        s = Session(uuid.uuid4().hex[:16], name, device=self.device, history_depth=self.config.history_depth)
-        self.sessions[s.id] = s
         if identity is not None:
-            self._subscribers[s.id] = identity
+            mine = sum(1 for o in self._owners.values() if o == identity)
+            if mine >= self.config.max_sessions_per_client:
+                raise Busy(f"this client owns {mine} open sessions (max_sessions_per_client={self.config.max_sessions_per_client}); close one")
+
+    def _adopt(self, s: Session, identity: bytes | None) -> None:
+        """Register an open session, owned by and subscribed to ``identity`` (_sessions_lock held)."""
+        self.sessions[s.id] = s
+        self._subscribers[s.id] = set()
+        if identity is not None:
+            self._owners[s.id] = identity
+            self._subscribers[s.id].add(identity)
+
+    def subscribe(self, s: Session, identity: bytes) -> None:
+        """Send ``s``'s job events to ``identity`` too (session.attach; starting a job on it)."""
+        with self._sessions_lock:
+            if s.id in self._subscribers:
+                self._subscribers[s.id].add(identity)
+
+    def owner(self, session_id: str) -> bytes | None:
+        return self._owners.get(session_id)
+
+    def create_session(self, name: str = "", identity: bytes | None = None) -> Session:
+        with self._sessions_lock:
+            self._check_caps(identity)
+            s = Session(uuid.uuid4().hex[:16], name, device=self.device, history_depth=self.config.history_depth)
+            self._adopt(s, identity)
         return s
 
     def close_session(self, s: Session, checkpoint: bool = False) -> None:
@@ -308,15 +412,23 @@ class Server:
                 ckpt_mod.write(self.config.state_dir, ckpt_mod.capture(s))
             else:  # closed for good: its periodic checkpoints must not show up as resumable
                 ckpt_mod.remove(self.config.state_dir, s.id)
-        self.sessions.pop(s.id, None)
-        self._subscribers.pop(s.id, None)
+        with self._sessions_lock:
+            self.sessions.pop(s.id, None)
+            self._subscribers.pop(s.id, None)
+            self._owners.pop(s.id, None)
+            self._last_state.pop(s.id, None)
+            lane = self._lanes.pop(s.id, None)
+        if lane is not None:
+            lane.close()  # after the op that closes: it runs on this lane and finishes first
 
     def resume_session(self, session_id: str, identity: bytes | None, paused: bool) -> tuple[Session, str | None, int]:
         """Re-open ``session_id`` from its checkpoint and restart its job; (session, job id, step)."""
         if not SESSION_ID_RE.match(session_id):
             raise InvalidArgs(f"session.resume: arg 'session' is not a valid session id: {session_id!r}")
-        if session_id in self.sessions:
-            raise Busy(f"session {session_id} is already open")
+        with self._sessions_lock:
+            if session_id in self.sessions:
+                raise Busy(f"session {session_id} is already open")
+            self._check_caps(identity)
         if self.config.state_dir is None:
             raise NotFound("this server has no state dir, so no checkpoints")
         try:
@@ -325,9 +437,10 @@ class Server:
             raise NotFound(f"no checkpoint for session {session_id!r} in {self.config.state_dir}") from None
         s = ckpt_mod.restore_session(c, self.device)
         s.history.depth = self.config.history_depth
-        self.sessions[s.id] = s
-        if identity is not None:
-            self._subscribers[s.id] = identity
+        with self._sessions_lock:
+            if s.id in self.sessions:
+                raise Busy(f"session {session_id} is already open")
+            self._adopt(s, identity)
         if c.job is None:
             return s, None, 0
         try:
@@ -344,7 +457,10 @@ class Server:
             for runner in (s.job, s.suspended and s.suspended[0]):
                 if runner:
                     runner.cancel()
-            self.sessions.pop(s.id, None)
+            with self._sessions_lock:
+                self.sessions.pop(s.id, None)
+                self._subscribers.pop(s.id, None)
+                self._owners.pop(s.id, None)
             raise
         return s, s.job.job_id if s.job is not None else None, c.job.step
 
@@ -361,7 +477,40 @@ class Server:
     # -- events from job threads ---------------------------------------------------------------------
     def _post_event(self, session_id: str, header: dict, buffers: list) -> None:
         """Queue an event for the server thread (any thread) and wake the loop."""
-        self._outbox.put((session_id, header, buffers))
+        if header.get("event") == "state" and buffers:  # state.get during a job answers from this at once
+            self._snapshot(session_id, header.get("job"), buffers[0])
+        self._outbox.put(("event", session_id, header, buffers))
+        self._wake()
+
+    def _snapshot(self, session_id: str, job_id: Any, frame: np.ndarray) -> None:
+        """Keep a job's latest state frame (+ parts, when the lock is free now) for state.get (job thread)."""
+        s = self.sessions.get(session_id)
+        if s is None:
+            return
+        parts, counts = [], {}
+        if s.lock.acquire(blocking=False):  # never wait here: the job must go on stepping
+            try:
+                g = s.gaussians
+                if g is not None and g.n == frame.shape[0]:
+                    parts = g.part_names()
+                    counts = {p: int(g.part_mask(p).sum()) for p in parts}
+            finally:
+                s.lock.release()
+        self._last_state[session_id] = (job_id, frame, parts, counts)
+
+    def last_state(self, s: Session) -> tuple | None:
+        """(frame, parts, part_counts) of the running job's latest state event, or None."""
+        snap = self._last_state.get(s.id)
+        if snap is None or s.job is None or snap[0] != s.job.job_id:
+            return None
+        return snap[1:]
+
+    def _post_reply(self, identity: bytes, rid: str, header: dict, buffers: Sequence[Any], remember: bool) -> None:
+        """Queue a worker's reply for the server thread (which alone touches the socket)."""
+        self._outbox.put(("reply", identity, rid, header, buffers, remember))
+        self._wake()
+
+    def _wake(self) -> None:
         if threading.get_ident() == self._loop_thread or self._router is None:
             return
         if self._stopping.is_set():
@@ -406,13 +555,25 @@ class Server:
     def _flush_events(self) -> None:
         while True:
             try:
-                sid, header, buffers = self._outbox.get_nowait()
+                item = self._outbox.get_nowait()
             except queue.Empty:
                 return
-            ident = self._subscribers.get(sid)
-            if ident is None or self._router is None:
+            if self._router is None:
                 continue
-            self._send(ident, {"v": PROTOCOL_VERSION, **header, "data": _plain(header.get("data", {}))}, buffers)
+            if item[0] == "reply":
+                _, ident, rid, header, buffers, remember = item
+                self._inflight.discard((ident, rid))
+                sent = self._send(ident, header, buffers)
+                if remember:
+                    self._remember(ident, rid, sent)
+                continue
+            _, sid, header, buffers = item
+            idents = self._subscribers.get(sid)
+            if not idents:
+                continue
+            h = {"v": PROTOCOL_VERSION, **header, "data": _plain(header.get("data", {}))}
+            for ident in list(idents):
+                self._send(ident, h, buffers)
 
     # -- messages -----------------------------------------------------------------------------------
     def _send(self, identity: bytes, header: dict, buffers: Sequence[Any] = ()) -> list:
@@ -439,22 +600,27 @@ class Server:
     def _error(self, identity: bytes, rid: str, exc: ProtocolError) -> list:
         return self._send(identity, error_header(rid, exc.code, exc.message))
 
-    def _remember(self, rid: str, frames: list) -> None:
+    def _remember(self, identity: bytes, rid: str, frames: list) -> None:
         """Keep a successful reply so that a Lazy Pirate retry of the same request id gets it again instead of
-        running a non-idempotent op twice (bounded by count and bytes)."""
+        running a non-idempotent op twice (bounded by count and bytes). Keyed by the sender too: another
+        client reusing the id must not get this client's result."""
         if not rid:
             return
         nbytes = sum(len(f) if isinstance(f, bytes) else memoryview(f).nbytes for f in frames)
         if nbytes > REPLY_CACHE_BYTES // 4:
             return
-        self._recent[rid] = (frames, nbytes)
+        key = (identity, rid)
+        old = self._recent.pop(key, None)
+        if old is not None:
+            self._recent_bytes -= old[1]
+        self._recent[key] = (frames, nbytes)
         self._recent_bytes += nbytes
         while len(self._recent) > REPLY_CACHE_ENTRIES or self._recent_bytes > REPLY_CACHE_BYTES:
             _, (_, n) = self._recent.popitem(last=False)
             self._recent_bytes -= n
 
     def _handle(self, frames: list) -> None:
-        t0 = time.perf_counter()
+        """Decode, verify, validate; answer inline ops here and hand the rest to a worker (router thread)."""
         identity, body = frames[0].bytes, frames[1:]
         verified = [False]
 
@@ -465,17 +631,23 @@ class Server:
         try:
             msg = decode(body, self.config.limits, verify if self._signer else None)
         except ProtocolError as exc:
-            if self._signer is not None and not verified[0] and exc.code != "unauthorized":
+            if self._signer is not None and not verified[0] and exc.code not in ("unauthorized", "too_large"):
                 exc = Unauthorized("message is not signed (authentication is required)")
-            log.warning("rejected message code=%s message=%s", exc.code, exc.message)
+            self._peer_log.warning(log, identity, "rejected message code=%s message=%s", exc.code, printable(exc.message))
+            # an oversized message still names its request id (read from its header) so the client fails fast;
+            # an unauthenticated peer learns nothing from its own id being echoed
             self._error(identity, exc.request_id, exc)
             return
         rid = msg.id
         op = msg.header.get("op")
-        cached = self._recent.get(rid) if rid else None
+        key = (identity, rid)
+        cached = self._recent.get(key) if rid else None
         if cached is not None:
-            log.info("op=%s id=%s retried: sending the reply again", op, rid)
+            self._peer_log.info(log, identity, "op=%s id=%s retried: sending the reply again", printable(op), printable(rid))
             self._send_frames(identity, cached[0])
+            return
+        if rid and key in self._inflight:
+            self._peer_log.info(log, identity, "op=%s id=%s retried while in flight: its reply follows when done", printable(op), printable(rid))
             return
         try:
             if "id" not in msg.header:
@@ -484,17 +656,45 @@ class Server:
                 raise ProtocolError(f"header field 'op' must be a string, got {type(op).__name__}", code="bad_message")
             spec, handler = self.specs.get(op), self.handlers.get(op)
             if spec is None or handler is None:
-                raise UnknownOp(f"unknown op {op[:100]!r}" + ("" if spec is None else " (no handler in this server)"))
+                raise UnknownOp(f"unknown op {printable(op[:100])}" + ("" if spec is None else " (no handler in this server)"))
             args = catalogue.validate_request(spec, msg.header.get("args", {}), msg.buffers)
-            session = None
-            sid = args.get("session")
-            if spec.session:
-                session = self.get_session(sid)
-            if isinstance(sid, str) and sid in self.sessions:
-                self._subscribers[sid] = identity  # events follow the client's latest socket
+            session = self.get_session(args.get("session")) if spec.session else None
             if spec.starts_job and session is not None and session.job_active and not (spec.preempts and preemptible(session)):
                 raise Busy(f"session {session.id} already has job {session.job.job_id} ({session.job.kind}, {session.job.state})")
             req = Request(op, rid, args, msg.buffers, session, self, identity=identity)
+        except ProtocolError as exc:
+            self._peer_log.info(log, identity, "op=%s id=%s error code=%s message=%s", printable(op), printable(rid), exc.code, printable(exc.message))
+            self._error(identity, rid, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - the server never dies of a message
+            log.exception("op=%s id=%s failed", printable(op), printable(rid))
+            self._error(identity, rid, ProtocolError(f"{type(exc).__name__}: {exc}", code="internal"))
+            return
+        if op in INLINE_OPS or (op == "state.get" and self.last_state(session) is not None):
+            self._reply(req, handler, self._send_now)
+            return
+        if rid:
+            self._inflight.add(key)
+        work = lambda: self._reply(req, handler, self._post_reply)  # noqa: E731
+        if session is None:
+            self._pool.submit(work)
+            return
+        with self._sessions_lock:
+            lane = self._lanes.get(session.id)
+            if lane is None:
+                lane = self._lanes[session.id] = _Lane(session.id)
+        lane.submit(work)
+
+    def _send_now(self, identity: bytes, rid: str, header: dict, buffers: Sequence[Any], remember: bool) -> None:
+        sent = self._send(identity, header, buffers)
+        if remember:
+            self._remember(identity, rid, sent)
+
+    def _reply(self, req: Request, handler: Handler, deliver) -> None:
+        """Run ``handler`` and deliver its reply or error (router thread for inline ops, else a worker)."""
+        t0 = time.perf_counter()
+        op, rid, identity = req.op, req.id, req.identity
+        try:
             out = handler(req)
             if out is None:
                 out = Reply()
@@ -502,15 +702,16 @@ class Server:
                 out = Reply(result=out)
             if not isinstance(out, Reply):
                 raise TypeError(f"handler for {op} returned {type(out).__name__}, expected Reply or dict")
-            sent = self._send(identity, {"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": _plain(out.result)}, out.buffers)
-            self._remember(rid, sent)  # only successes: a failed op changed nothing and may be retried
-            log.debug("op=%s id=%s ok ms=%.1f", op, rid, (time.perf_counter() - t0) * 1e3)
+            header = {"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": _plain(out.result)}
+            # only successes are remembered: a failed op changed nothing and may be retried
+            deliver(identity, rid, header, out.buffers, True)
+            log.debug("op=%s id=%s ok ms=%.1f", op, printable(rid), (time.perf_counter() - t0) * 1e3)
         except ProtocolError as exc:
-            log.info("op=%s id=%s error code=%s message=%s", op, rid, exc.code, exc.message)
-            self._error(identity, rid, exc)
+            self._peer_log.info(log, identity, "op=%s id=%s error code=%s message=%s", op, printable(rid), exc.code, printable(exc.message))
+            deliver(identity, rid, error_header(rid, exc.code, exc.message), (), False)
         except Exception as exc:  # noqa: BLE001 - the server never dies of a message
-            log.exception("op=%s id=%s failed", op, rid)
-            self._error(identity, rid, ProtocolError(f"{type(exc).__name__}: {exc}", code="internal"))
+            log.exception("op=%s id=%s failed", op, printable(rid))
+            deliver(identity, rid, error_header(rid, "internal", f"{type(exc).__name__}: {exc}"), (), False)
 
 
 def run(config: ServerConfig, extra_ops: Sequence[OpSpec] = (), extra_handlers: Mapping[str, Handler] | None = None) -> int:

@@ -62,7 +62,7 @@ def run_chain(op_self, chain: list[dict]) -> bool:
 
 
 def run_request(op_self, op: str, args: dict | None = None, buffers=(), kind: str = "edit",
-                timeout: float | None = None, context: dict | None = None) -> bool:
+                timeout: float | None = None, context: dict | None = None, **more) -> bool:
     """Send a request to the session (blocking in background mode); report failures to the user.
 
     Returns True when the request was sent (UI) or answered successfully (background).
@@ -73,9 +73,9 @@ def run_request(op_self, op: str, args: dict | None = None, buffers=(), kind: st
         return False
     try:
         if is_blocking():
-            conn.call(op, args, buffers, kind=kind, timeout=timeout, **(context or {}))
+            conn.call(op, args, buffers, kind=kind, timeout=timeout, **(context or {}), **more)
         else:
-            conn.send(op, args, buffers, kind=kind, timeout=timeout, **(context or {}))
+            conn.send(op, args, buffers, kind=kind, timeout=timeout, **(context or {}), **more)
             ensure_timer()
     except connection.errors.RemoteError as exc:
         op_self.report({"ERROR"}, f"Backend refused {op}: {exc.code}: {exc.message}")

@@ -8,7 +8,10 @@ Backend ops: ``gaussians.init``, ``stage1.start``, ``job.pause`` / ``job.resume`
 
 from __future__ import annotations
 
+import os
+
 import bpy
+import numpy as np
 
 from .. import connection, preferences
 from ..properties import GUIDANCE_ITEMS
@@ -74,7 +77,15 @@ class I3D_OT_generate(bpy.types.Operator):
             return False
         args = job_args_from_scene(context.scene, settings, guidance)
         if self.reference_path:
-            args["reference_path"] = bpy.path.abspath(self.reference_path)
+            # the backend may be remote (and reads only inside its data folders): upload the file's bytes
+            ref = bpy.path.abspath(self.reference_path)
+            try:
+                data = np.fromfile(ref, dtype=np.uint8)
+            except OSError as exc:
+                self.report({"ERROR"}, f"Cannot read the reference {ref!r}: {exc}")
+                return False
+            if not run_request(self, "stage1.set_reference", {"filename": os.path.basename(ref)}, [data], kind="ignore"):
+                return False
         if p.preset != "NONE" and p.t_mode != "FIXED":
             args.pop("t_min", None), args.pop("t_max", None)  # the preset's t schedule (annealed)
         chain = []

@@ -106,7 +106,7 @@ class I3D_OT_extract_mesh(bpy.types.Operator):
 
     resolution: bpy.props.IntProperty(name="Resolution", default=0, min=0, description="0: the panel's value")
     filepath: bpy.props.StringProperty(name="Also Save To", subtype="FILE_PATH", default="",
-                                       description="A .glb/.obj/.ply the backend also writes (on its machine)")
+                                       description="A .glb/.obj/.ply to also save here (the backend sends the file's bytes)")
     texture: bpy.props.BoolProperty(name="Bake Texture", default=False,
                                     description="UV-unwrap the mesh and bake the colour into a texture (material "
                                                 "with an image; GLB/OBJ files get it too)")
@@ -120,12 +120,16 @@ class I3D_OT_extract_mesh(bpy.types.Operator):
         p = context.scene.i3d
         path = bpy.path.abspath(self.filepath) if self.filepath else os.path.join(
             connection.user_dir(__package__.rsplit(".", 1)[0]), "mesh.glb")
+        fmt = os.path.splitext(path)[1].lower().lstrip(".")
+        # The backend may be remote and only writes inside its own data folders: it sends the file's bytes
+        # back and the add-on writes them here (connection._on_mesh).
         args = {"resolution": self.resolution or p.mesh_resolution, "surface": p.mesh_surface.lower(),
-                "opacity_level": p.mesh_opacity, "threshold": p.mesh_threshold, "path": path}
+                "opacity_level": p.mesh_opacity, "threshold": p.mesh_threshold, "return_file": True,
+                "format": fmt if fmt in ("glb", "obj", "ply") else "glb"}
         if self.texture:
             args.update(texture=True, texture_size=self.texture_size)
         # Marching cubes at 256³ can take a while on CPU: a longer timeout for the blocking path.
-        if not run_request(self, "stage2.extract_mesh", args, kind="mesh", timeout=max(60.0, connection.get().timeout_s)):
+        if not run_request(self, "stage2.extract_mesh", args, kind="mesh", timeout=max(60.0, connection.get().timeout_s), save_to=path):
             return {"CANCELLED"}
         if is_blocking():
             conn = connection.get()

@@ -8,7 +8,6 @@ from interactive3d.backend.stage2.hashgrid import (
     PRIMES,
     HashGrid,
     HashGridConfig,
-    encode_torch,
     hash_indices,
 )
 

@@ -8,7 +8,6 @@ from interactive3d.backend.stage2.hashgrid import HashGridConfig
 from interactive3d.backend.stage2.nerf import (
     NeRFConfig,
     NeRFField,
-    Rays,
     RenderConfig,
     camera_rays,
     occupancy_from_field,

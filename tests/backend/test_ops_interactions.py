@@ -2,6 +2,8 @@
 undoable protocol op; bad arguments get typed errors and change nothing."""
 
 import math
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -164,7 +166,8 @@ M_SINGULAR = np.diag([1.0, 0.0, 1.0, 1.0]).astype(np.float32)
         ("parts.select", {"name": "bad/name", "kind": "all"}, [], "invalid_args"),
         ("parts.select", {"name": "oob", "kind": "indices", "indices": [N]}, [], "invalid_args"),
         ("parts.select", {"name": "flat", "kind": "box"}, [M_SINGULAR], "invalid_args"),
-        ("parts.add", {"path": "/nonexistent/x.ply"}, [], "not_found"),
+        ("parts.add", {"path": os.path.join(tempfile.gettempdir(), "i3d-nonexistent", "x.ply")}, [], "not_found"),
+        ("parts.add", {"path": "/nonexistent/x.ply"}, [], "invalid_args"),  # outside the data folders
         ("parts.add", {"name": "x"}, [M_SINGULAR, np.zeros((3, 14), np.float32) + 0.5], "invalid_args"),
         ("parts.forget", {"name": "nope"}, [], "not_found"),
     ],

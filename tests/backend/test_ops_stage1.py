@@ -281,10 +281,11 @@ def test_pause_resume_through_protocol_matches_uninterrupted(server, tmp_path):
     assert np.array_equal(_state(c, a), _state(c, b))
 
 
-def test_splat_formats_other_tools_write_load_everywhere(server):
+def test_splat_formats_other_tools_write_load_everywhere(server, tmp_path):
     """gaussians.init (kind 'ply'), gaussians.load_ply, stage1.set_reference and parts.add take the
     compressed .ply and .spz that splat-transform wrote (tests/fixtures/splats): each gives the 300
     Gaussians whose state equals protocol.ply.read_any's decoding of the file (float32, to 1e-6)."""
+    import shutil
     from pathlib import Path
 
     from interactive3d.protocol import ply
@@ -292,7 +293,7 @@ def test_splat_formats_other_tools_write_load_everywhere(server):
     fix = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
     c = server
     for name in ("source.compressed.ply", "source_v3.spz", "source_v4.spz"):
-        path = str(fix / name)
+        path = str(shutil.copy(fix / name, tmp_path / name))  # inside the server's data folder (the temp dir)
         want = ply.splat_to_state(ply.read_any(path))
         sid = _session(c)
         assert c.request("gaussians.init", {"session": sid, "kind": "ply", "path": path}).result["count"] == 300

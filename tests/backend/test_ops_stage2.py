@@ -110,6 +110,16 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
     assert tuv.shape == (len(tv), 2) and tex.shape == (64, 64, 4) and tex.dtype == np.uint8
     assert all((tmp_path / n).is_file() for n in ("t.obj", "t.mtl", "t.png"))
     assert _code(client, "stage2.extract_mesh", {"session": sid, "texture": True, "texture_size": 8}) == "invalid_args"
+    # return_file (remote clients): the same file's bytes as the last frame, with or without a path on the server
+    both = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "path": str(out), "return_file": True})
+    assert len(both.buffers) == 4 and bytes(both.buffers[3]) == out.read_bytes()
+    only = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "return_file": True, "format": "obj"})
+    assert only.result["path"] is None and bytes(only.buffers[3][:2]) in (b"# ", b"v ")
+    tex_file = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "return_file": True, "texture": True, "texture_size": 64})
+    assert len(tex_file.buffers) == 6 and bytes(tex_file.buffers[5][:4]) == b"glTF"
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": "/outside-the-roots/m.glb"}) == "invalid_args"
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": str(out.parent / "no" / "m.glb")}) == "not_found"
+    assert not (out.parent / "no").exists()  # no folder created
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 4096}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "density", "threshold": 1e9}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "sdf"}) == "invalid_args"

@@ -9,7 +9,6 @@ never kill it; handler exceptions become `internal`; with a key, unsigned/wrongl
 from __future__ import annotations
 
 import time
-import uuid
 
 import msgpack
 import numpy as np

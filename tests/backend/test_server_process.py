@@ -72,7 +72,8 @@ def test_cli_serve_and_ping(tmp_path):
     addr = f"ipc://{tmp_path}/cli.sock"
     log = tmp_path / "serve.log"
     keyfile = tmp_path / "key"
-    keyfile.write_text("a-shared-secret-for-the-test\n")
+    keyfile.write_text("a-shared-secret-for-the-test-of-32+-bytes\n")
+    keyfile.chmod(0o600)
     stale = _stale_checkpoint(tmp_path / "st", days=31)  # deleted at start-up (--keep-checkpoints-days 30)
     proc = _spawn(["-m", "interactive3d.cli", "serve", "--bind", addr, "--state-dir", str(tmp_path / "st"), "--device", "cpu", "--auth-key-file", str(keyfile)], log)
     ping = [sys.executable, "-m", "interactive3d.cli", "ping", "--connect", addr, "--timeout", "1"]

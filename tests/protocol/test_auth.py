@@ -25,9 +25,14 @@ def _verify(signer: Signer, frames):
     return decode(frames, verify=signer.verify)
 
 
+def _server(key: bytes = KEY) -> Signer:
+    """A receiver of requests (it verifies under the request domain)."""
+    return Signer(key, role="server")
+
+
 def test_signed_message_verifies_once():
+    recv = _server()  # before the message is signed: a receiver refuses what was signed before it started
     frames = _signed(Signer(KEY), [np.arange(10, dtype=np.float32)])
-    recv = Signer(KEY)
     assert _verify(recv, frames).op == "ping"
     with pytest.raises(ProtocolError, match="replayed") as e:
         _verify(recv, frames)  # same nonce again
@@ -44,20 +49,20 @@ def test_any_flipped_byte_is_rejected():
         bad = bytearray(header)
         bad[i] ^= 0x01
         try:
-            _verify(Signer(KEY), [bytes(bad), buf])
+            _verify(_server(), [bytes(bad), buf])
         except ProtocolError as e:
             rejected += e.code in ("unauthorized", "bad_message", "unsupported_version")
     assert rejected == len(positions)
     with pytest.raises(ProtocolError) as e:
-        _verify(Signer(KEY), [header, b"\x00\x01\x02\x04"])
+        _verify(_server(), [header, b"\x00\x01\x02\x04"])
     assert e.value.code == "unauthorized"
 
 
 def test_wrong_key_unsigned_and_stale_are_rejected():
     with pytest.raises(ProtocolError, match="bad signature"):
-        _verify(Signer(KEY), _signed(Signer(b"other-key")))
+        _verify(_server(), _signed(Signer(b"other-key")))
     with pytest.raises(ProtocolError, match="not signed"):
-        _verify(Signer(KEY), [pack_header({"v": 1, "id": "a", "op": "ping", "buffers": []})])
+        _verify(_server(), [pack_header({"v": 1, "id": "a", "op": "ping", "buffers": []})])
     old = Signer(KEY)
     real_time = time.time
     try:
@@ -66,15 +71,17 @@ def test_wrong_key_unsigned_and_stale_are_rejected():
     finally:
         time.time = real_time
     with pytest.raises(ProtocolError, match="stale"):
-        _verify(Signer(KEY), frames)
+        _verify(_server(), frames)
 
 
 def test_load_key(tmp_path):
     f = tmp_path / "key"
-    f.write_bytes(b"  secret\n")
-    assert load_key(str(f), env={}) == b"secret"
-    assert load_key(None, env={"I3D_AUTH_KEY_FILE": str(f)}) == b"secret"
-    assert load_key(None, env={"I3D_AUTH_KEY": "abc"}) == b"abc"
+    secret = b"s" * 32
+    f.write_bytes(b"  " + secret + b"\n")
+    f.chmod(0o600)
+    assert load_key(str(f), env={}) == secret
+    assert load_key(None, env={"I3D_AUTH_KEY_FILE": str(f)}) == secret
+    assert load_key(None, env={"I3D_AUTH_KEY": "a" * 40}) == b"a" * 40
     assert load_key(None, env={}) is None
     with pytest.raises(ValueError, match="empty"):
         load_key(None, env={"I3D_AUTH_KEY": " "})

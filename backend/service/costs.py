@@ -1,0 +1,181 @@
+"""Cost accounting: every op that allocates in proportion to its arguments estimates its peak memory first
+(issue 15) and is refused with ``too_large`` — naming the estimate and the cap — when it cannot fit under
+the server's memory budget; what can be split (render views, mesh slabs) runs in bounded chunks.
+
+The per-item byte figures are upper bounds: ``scripts/bench/op_memory.py`` measures peak RSS growth ÷
+items on the torch (CPU) paths (2026-12-02, this build machine: 72 B per bounding-box pair of a render,
+608 B per SH-3 Gaussian with optimisers and an undo snapshot) and the constants here are about twice
+that; the grid and ray figures are counted from the tensors the code allocates. The CUDA kernels
+(gsplat tiles, nerfacc) need less, so the bounds stay safe there.
+
+| op | grows with | constant |
+|---|---|---|
+| gaussians.init / load_ply / set_reference | N Gaussians (params, Adam moments, undo snapshot) | ``GAUSSIAN_BYTES`` |
+| gaussians.render | per view: N (projection) + covered (Gaussian, pixel) pairs; all: views × pixels | ``PROJECT_BYTES``, ``PAIR_BYTES`` |
+| stage2.distill / refine | rays × samples (+ hash tables, target views) | ``SAMPLE_BYTES`` |
+| stage2.occupancy | resolution³ | ``OCC_VOXEL_BYTES`` |
+| stage2.extract_mesh | resolution³ | ``MESH_VOXEL_BYTES`` |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+import torch
+from interactive3d.protocol.errors import TooLarge
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FRACTION = 0.5  # of the device's free memory (RAM on CPU) at start-up
+GAUSSIAN_BYTES = 1536  # one Gaussian at SH degree 3: params + grads + 2 Adam moments + snapshot + state frame
+PROJECT_BYTES = 512  # one Gaussian in one view: means2d, conics, cov2d, depths, radii, colours, sort keys
+PAIR_BYTES = 160  # one (Gaussian, pixel) bounding-box pair of the torch rasteriser: ids, gathers, α, transmittance, sort
+PIXEL_BYTES = 64  # one output pixel: rgb, alpha, depth tensors and their numpy copies
+SAMPLE_BYTES_PER_LEVEL = 160  # one ray sample, per hash-grid level, with autograd (corner ids, weights, features)
+SAMPLE_BYTES_MLP = 1024  # one ray sample's MLP activations and gradients
+TABLE_ENTRY_BYTES = 16  # one float32 hash-table feature + grad + 2 Adam moments
+OCC_VOXEL_BYTES = 48  # cell centres [R³,3], densities, the grid
+MESH_VOXEL_BYTES = 64  # density grid, optical depth (float64), marching-cubes scratch
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory of ``device`` now: CUDA's free bytes, else the kernel's MemAvailable."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import os
+
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def default_budget(device: torch.device, fraction: float = DEFAULT_FRACTION) -> int:
+    return max(1, int(available_bytes(device) * fraction))
+
+
+def _fmt(n: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+class MemoryBudget:
+    """The server's memory budget: :meth:`check` refuses an estimate over the cap; :meth:`reserve` also
+    queues ops so that concurrent ones (different sessions) never hold more than the cap together.
+
+    Args:
+        cap: bytes.
+    """
+
+    def __init__(self, cap: int) -> None:
+        if cap < 1:
+            raise ValueError(f"memory budget must be >= 1 byte, got {cap}")
+        self.cap = int(cap)
+        self._used = 0
+        self._cond = threading.Condition()
+
+    def check(self, what: str, estimate: float) -> int:
+        """``estimate`` (bytes) as an int; TooLarge when it is over the cap."""
+        est = int(estimate)
+        if est > self.cap:
+            raise TooLarge(
+                f"{what} needs about {_fmt(est)} ({est} bytes) at peak, over the server's memory budget of "
+                f"{_fmt(self.cap)} ({self.cap} bytes); ask for less (fewer views/pixels/rays/samples, a lower "
+                f"resolution) or start the server with a larger --memory-budget"
+            )
+        return est
+
+    @contextlib.contextmanager
+    def reserve(self, what: str, estimate: float):
+        """Check, then hold ``estimate`` bytes of the budget while the block runs (waits for others)."""
+        est = self.check(what, estimate)
+        with self._cond:
+            while self._used and self._used + est > self.cap:
+                self._cond.wait()
+            self._used += est
+        try:
+            yield est
+        finally:
+            with self._cond:
+                self._used -= est
+                self._cond.notify_all()
+
+
+# -- estimates (bytes at peak) -------------------------------------------------------------------------------
+def gaussians_bytes(n: int) -> int:
+    return int(n) * GAUSSIAN_BYTES
+
+
+def render_view_bytes(n: int, pairs: int, pixels: int) -> int:
+    """One view of the torch rasteriser: projection of n Gaussians and ``pairs`` covered pairs."""
+    return int(n) * PROJECT_BYTES + int(pairs) * PAIR_BYTES + int(pixels) * PIXEL_BYTES
+
+
+def render_output_bytes(views: int, pixels: int) -> int:
+    return int(views) * int(pixels) * PIXEL_BYTES
+
+
+def pair_bound(radii: torch.Tensor, means2d: torch.Tensor, width: int, height: int) -> int:
+    """Upper bound on the (Gaussian, pixel) pairs of one view: every visible Gaussian's clipped bounding box.
+
+    Args:
+        radii: [N] or [N,2] projected radii in pixels (0: culled).
+        means2d: [N,2] projected centres.
+    """
+    r = radii.reshape(radii.shape[0], -1).double()
+    rx, ry = r[:, 0], r[:, -1]
+    vis = (rx > 0) & (ry > 0)
+    m = means2d.reshape(-1, 2).double()
+    x0 = (m[:, 0] - rx).clamp(0, width)
+    x1 = (m[:, 0] + rx + 1).clamp(0, width)
+    y0 = (m[:, 1] - ry).clamp(0, height)
+    y1 = (m[:, 1] + ry + 1).clamp(0, height)
+    area = ((x1 - x0).clamp_min(0) * (y1 - y0).clamp_min(0))[vis]
+    return int(area.sum().item())
+
+
+def field_bytes(levels: int, features: int, log2_table_size: int, resolution_cap: int | None = None) -> int:
+    """Hash tables of one field with optimiser state."""
+    return int(levels) * (1 << int(log2_table_size)) * int(features) * TABLE_ENTRY_BYTES
+
+
+def rays_bytes(rays: int, samples: int, levels: int) -> int:
+    """One optimisation step over ``rays`` × ``samples`` with autograd."""
+    return int(rays) * int(samples) * (int(levels) * SAMPLE_BYTES_PER_LEVEL + SAMPLE_BYTES_MLP)
+
+
+def grid_bytes(resolution: int, per_voxel: int) -> int:
+    return int(resolution) ** 3 * int(per_voxel)
+
+
+def view_pairs(g, cams) -> int:
+    """The (Gaussian, pixel) pair bound of one camera (``cams`` holds one view) for Gaussians ``g``:
+    one O(N) projection, no rasterisation."""
+    from ..maths.rotations import quat_scale_to_covar
+    from ..stage1.render import EPS2D, project
+
+    with torch.no_grad():
+        covar = quat_scale_to_covar(g.params["quats"], g.scales)
+        dt = g.means.dtype
+        proj = project(g.means, covar, cams.viewmats.to(dt), cams.Ks.to(dt), cams.width, cams.height, EPS2D, 0.01, 1e10)
+        return pair_bound(proj.radii[0], proj.means2d[0], cams.width, cams.height)
+
+
+def stage1_bytes(g, batch: int, resolution: int, distance: float, fov_deg: float) -> int:
+    """A Stage I step: ``batch`` views at ``resolution``² from the nearest distance and widest fov of the
+    orbit (the largest footprint), forward and backward, plus the Gaussians' own state."""
+    from ..stage1.cameras import orbit_cameras
+
+    cams = orbit_cameras(torch.zeros(1), torch.zeros(1), torch.tensor([distance]), torch.tensor([fov_deg]), resolution, resolution).to(g.device)
+    pairs = view_pairs(g, cams)
+    per_view = 2 * pairs * PAIR_BYTES + resolution * resolution * PIXEL_BYTES * 4
+    return gaussians_bytes(g.n) + int(batch) * per_view

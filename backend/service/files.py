@@ -1,0 +1,152 @@
+"""The file sandbox of the backend (issue 15): where the bytes of a request's path come from and go to.
+
+Every path in a request is resolved inside the server's data roots (``i3d serve --data-dir DIR``,
+repeatable; default ``<state dir>/data``). Relative paths are taken under the first root.
+
+- :func:`resolve_read` → the real path of an existing *regular* file inside a root, at most
+  ``max_bytes`` long. Outside every root, a symlink leading out, a folder, FIFO or device, an empty
+  path or one with a NUL byte: ``invalid_args``; a missing file: ``not_found``; too long: ``too_large``.
+- :func:`resolve_write` → the real path to create or atomically replace (``protocol.files.atomic_write``
+  renames a temp file over it, so a symlink put there meanwhile is replaced, never followed). Its folder
+  must already exist inside a root (no folders are created); an existing target must be a regular file.
+- :func:`staged` gives readers that want a path a private temp file holding an uploaded frame's bytes
+  (remote clients need no shared filesystem); :func:`read_back` reads a written file for a reply frame.
+
+Format readers and writers (protocol/ply.py, the mesh exporter, …) get these resolved paths and never
+see a request's raw string.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from typing import Iterator, Sequence
+
+import numpy as np
+from interactive3d.protocol.errors import InvalidArgs, NotFound, TooLarge
+
+MAX_PATH_CHARS = 4096
+
+
+def _check_text(path: object, what: str) -> str:
+    if not isinstance(path, str) or not path:
+        raise InvalidArgs(f"{what}: path must be a non-empty string")
+    if "\x00" in path:
+        raise InvalidArgs(f"{what}: path contains a NUL byte")
+    if len(path) > MAX_PATH_CHARS:
+        raise InvalidArgs(f"{what}: path is longer than {MAX_PATH_CHARS} characters")
+    return path
+
+
+def _inside(real: str, roots: Sequence[str]) -> bool:
+    for r in roots:
+        try:
+            if os.path.commonpath([real, r]) == r:
+                return True
+        except ValueError:  # different drives (Windows)
+            continue
+    return False
+
+
+def _candidate(roots: Sequence[str], path: str, what: str) -> str:
+    if not roots:
+        raise InvalidArgs(f"{what}: this server has no data folder (start it with --data-dir or --state-dir); send the file as a frame instead")
+    p = os.path.expanduser(path)
+    if not os.path.isabs(p):
+        p = os.path.join(roots[0], p)
+    return os.path.abspath(p)
+
+
+def _roots_text(roots: Sequence[str]) -> str:
+    return ", ".join(repr(r) for r in roots)
+
+
+def resolve_read(roots: Sequence[str], path: object, max_bytes: int, what: str = "path") -> str:
+    """The real path of the regular file ``path`` names inside ``roots`` (see the module docstring)."""
+    text = _check_text(path, what)
+    cand = _candidate(roots, text, what)
+    real = os.path.realpath(cand)
+    if not _inside(real, roots):
+        raise InvalidArgs(f"{what}: {text!r} is outside the server's data folders ({_roots_text(roots)})")
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise NotFound(f"{what}: file not found: {text!r}") from None
+    except OSError as exc:
+        raise InvalidArgs(f"{what}: cannot read {text!r}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidArgs(f"{what}: {text!r} is not a regular file")
+    if st.st_size > max_bytes:
+        raise TooLarge(f"{what}: {text!r} is {st.st_size} bytes, over the server's file cap of {max_bytes}")
+    return real
+
+
+def resolve_write(roots: Sequence[str], path: object, what: str = "path") -> str:
+    """The real path to create or replace for ``path`` inside ``roots`` (see the module docstring)."""
+    text = _check_text(path, what)
+    cand = _candidate(roots, text, what)
+    name = os.path.basename(cand)
+    if not name or name in (".", ".."):
+        raise InvalidArgs(f"{what}: {text!r} names a folder, not a file")
+    folder = os.path.realpath(os.path.dirname(cand))
+    if not _inside(folder, roots):
+        raise InvalidArgs(f"{what}: {text!r} is outside the server's data folders ({_roots_text(roots)})")
+    if not os.path.isdir(folder):
+        raise NotFound(f"{what}: folder of {text!r} does not exist (folders are not created)")
+    target = os.path.join(folder, name)
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return target
+    except OSError as exc:
+        raise InvalidArgs(f"{what}: cannot write {text!r}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):  # symlink, folder, FIFO, socket, device: never replaced
+        raise InvalidArgs(f"{what}: {text!r} exists and is not a regular file; only regular files are replaced")
+    return target
+
+
+def frame_bytes(buf: np.ndarray, what: str) -> memoryview:
+    """A request frame holding a file's bytes (uint8, 1-D) as a memoryview; invalid_args if empty."""
+    arr = np.asarray(buf)
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise InvalidArgs(f"{what}: a file frame must be uint8 [nbytes], got {arr.dtype} {list(arr.shape)}")
+    if arr.size == 0:
+        raise InvalidArgs(f"{what}: the file frame is empty")
+    return memoryview(arr)
+
+
+@contextlib.contextmanager
+def staged(content: memoryview | bytes, suffix: str) -> Iterator[str]:
+    """A private temp file (removed afterwards) holding ``content``, for readers that take a path."""
+    fd, tmp = tempfile.mkstemp(prefix="i3d-upload-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def scratch_path(suffix: str) -> Iterator[str]:
+    """A path in a private temp folder for a writer whose bytes go back as a reply frame."""
+    with tempfile.TemporaryDirectory(prefix="i3d-out-") as d:
+        yield os.path.join(d, "out" + suffix)
+
+
+def read_back(path: str, max_bytes: int, what: str = "file") -> np.ndarray:
+    """A written file's bytes as a uint8 array for a reply frame (too_large over ``max_bytes``)."""
+    n = os.path.getsize(path)
+    if n > max_bytes:
+        raise TooLarge(f"{what} is {n} bytes, over the cap of {max_bytes} for a reply frame")
+    return np.fromfile(path, dtype=np.uint8)
+
+
+def suffix_of(name: object, default: str) -> str:
+    """The lower-case suffix of a file name arg (``.ply``), or ``default``."""
+    if isinstance(name, str) and "." in os.path.basename(name):
+        return os.path.splitext(name)[1].lower()
+    return default
