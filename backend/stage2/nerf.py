@@ -155,7 +155,8 @@ class OccupancyGrid:
 @dataclass(frozen=True)
 class OccupancyConfig:
     """nerfacc's occupancy rule (``OccGridEstimator._update``): a cell's value is σ·step (the opacity of one
-    marching step, step = the renderer's) maximised over ``samples_per_cell`` random points in the cell,
+    marching step, step = the renderer's) maximised over ``samples_per_cell`` random points in the cell
+    (one per octant when there are 8 or more),
     kept as an EMA ``max(decay·old, new)`` over updates; occupied ⇔ value > min(threshold, mean value)."""
 
     resolution: int = 32  # the paper's 32³
@@ -192,8 +193,12 @@ def update_occupancy(
     corners = base.cell_centers().reshape(-1, 3) - r / n  # the cells' low corners
     cell = 2 * r / n
     best = torch.zeros(corners.shape[0], device=dev)
-    for _ in range(cfg.samples_per_cell):
-        pts = corners + torch.rand(corners.shape[0], 3, generator=generator).to(dev) * cell
+    octants = torch.tensor([[(k >> a) & 1 for a in range(3)] for k in range(8)], dtype=torch.float32, device=dev)
+    for k in range(cfg.samples_per_cell):
+        u = torch.rand(corners.shape[0], 3, generator=generator).to(dev)
+        if cfg.samples_per_cell >= 8:  # stratified: each sample in its own octant of the cell, so none is left unseen
+            u = 0.5 * (octants[k % 8] + u)
+        pts = corners + u * cell
         dens = torch.cat([fn(pts[i : i + chunk]).float() for i in range(0, pts.shape[0], chunk)])
         best = torch.maximum(best, dens * step_size)
     best = best.reshape(n, n, n)
@@ -207,7 +212,7 @@ def occupancy_from_field(
     field: "NeRFField | DensityFn",
     resolution: int = 32,
     threshold: float = 0.01,
-    samples_per_cell: int = 4,
+    samples_per_cell: int = 8,
     chunk: int = 65536,
     seed: int = 0,
     step_size: float | None = None,
