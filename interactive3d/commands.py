@@ -77,6 +77,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             keep_checkpoints_days=args.keep_checkpoints_days,
         )
         cfg.check()
+        _print_fast_paths(args.device)
         return run(cfg)
     except ValueError as exc:
         sys.stderr.write(f"i3d serve: {exc}\n")
@@ -84,6 +85,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (OSError, zmq.ZMQError) as exc:  # e.g. "Address already in use"
         sys.stderr.write(f"i3d serve: cannot bind {args.bind}: {exc}\n")
         return 2
+
+
+def _print_fast_paths(device: str) -> None:
+    """Run the fast paths' self-tests on the serving device now and say which backend each component uses."""
+    from interactive3d.backend.service.ops_session import fastpath_backends
+    from interactive3d.backend.service.server import resolve_device
+
+    dev = resolve_device(device)
+    sys.stderr.write(f"i3d serve: fast paths on {dev}: {describe_backends(fastpath_backends(dev, self_test=True))}\n")
+    sys.stderr.flush()
+
+
+def describe_backends(backends: dict) -> str:
+    """One line from ping's ``backends``: ``render=gsplat, hashgrid=torch (fallback from triton: …), …``."""
+    parts = []
+    for comp, b in backends.items():
+        why = "" if not b.get("reason") else (f" (fallback from {b.get('fast')}: {b['reason']})" if not b.get("ok") else f" ({b['reason']})")
+        parts.append(f"{comp}={b.get('backend')}{why}")
+    return ", ".join(parts)
 
 
 # -- i3d ping ----------------------------------------------------------------------------------------
@@ -117,4 +137,6 @@ def _cmd_ping(args: argparse.Namespace) -> int:
         sys.stderr.write(f"i3d ping: the backend at {args.connect} refused: {exc.code}: {exc.message}\n")
         return 1
     sys.stdout.write(f"{r.get('name')} protocol {r.get('version')} (server {r.get('server_version')}, device {r.get('device')})\n")
+    if isinstance(r.get("backends"), dict):
+        sys.stdout.write(f"backends: {describe_backends(r['backends'])}\n")
     return 0

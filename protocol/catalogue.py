@@ -297,6 +297,7 @@ _SERVER_OPS: list[OpSpec] = [
             ("server_version", "package version"),
             ("device", "torch device the backend computes on"),
             ("ops", "names of the ops this server handles"),
+            ("backends", "{render|hashgrid|volrend: {backend, fast, ok, reason}}: the GPU fast path or torch twin each uses on the device, and why"),
         ),
     ),
     OpSpec(
