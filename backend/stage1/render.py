@@ -1,7 +1,9 @@
 """Differentiable Gaussian splatting (3D Gaussian Splatting, Kerbl et al. 2023; paper §3.1).
 
-One public entry, :func:`render`. On CUDA tensors it calls gsplat's ``rasterization``; elsewhere it
-runs the pure-torch twin below with the same maths as gsplat's kernels:
+One public entry, :func:`render`. On CUDA tensors it calls gsplat's ``rasterization`` once gsplat passed its
+self-test on the device (:func:`choose_backend`, backend/accel/fastpath.py: no nvcc for gsplat's JIT, a
+compile error or a numeric mismatch means the twin on the same device); elsewhere it runs the pure-torch
+twin below with the same maths as gsplat's kernels:
 
 1. 3D covariance Σ = R S Sᵀ Rᵀ from w-first quaternions and scales; world → camera (OpenCV).
 2. EWA projection Σ' = J W Σ Wᵀ Jᵀ with the perspective Jacobian J (its x/z, y/z clamped to 1.3× the
@@ -27,7 +29,6 @@ the view direction (Gaussian centre − camera centre), then 0.5 is added and th
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Callable
 
 import torch

@@ -4,20 +4,24 @@ Field: points in the scene AABB → hash grid (:mod:`hashgrid`) → density MLP 
 features; density = trunc_exp(raw + blob bias), the threestudio "blob" that starts a sphere at the origin)
 → colour MLP (view-independent, sigmoid). The background is a constant colour.
 
-Rendering: rays from OpenCV cameras (pixel centre (u+0.5, v+0.5), K⁻¹, camera→world = viewmat⁻¹), clipped
-to the AABB, sampled uniformly (stratified while training); samples in unoccupied cells of the
-:class:`OccupancyGrid` are skipped (zero density, the network is not evaluated there); weights
-w_i = T_i·(1 − exp(−σ_i δ_i)), T_i = exp(−Σ_{j<i} σ_j δ_j) — the same maths as nerfacc's
-``render_weight_from_density`` (a test compares them). On CUDA, :func:`render_rays_nerfacc` uses nerfacc's
-OccGridEstimator and packed rendering (untested without a GPU).
-"""
+Rendering (nerfacc's way on every device): rays from OpenCV cameras (pixel centre (u+0.5, v+0.5), K⁻¹,
+camera→world = viewmat⁻¹) march with a fixed step 2√3·r / n_samples (the official configs: 512 per box
+diagonal), and a step is kept iff its midpoint lies in an occupied cell of the :class:`OccupancyGrid`, so the
+network is evaluated only there. On CUDA, nerfacc's ``OccGridEstimator`` (its binaries copied from the
+project's grid) marches and its packed ``render_weight_from_density`` composites; elsewhere — or when
+nerfacc fails its self-test on the device (backend/accel/fastpath.py) — a torch twin marches the same steps
+and feeds nerfacc's batched [rays, samples] volrend functions, which are torch. Weights
+w_i = T_i·(1 − exp(−σ_i δ_i)); depth is the expected ray distance Σ w t / Σ w on both paths.
+
+Occupancy is nerfacc's rule (:func:`update_occupancy`): σ·step maximised over random points per cell, an EMA
+over updates, thresholded at min(0.01, mean). Distillation updates it on its schedule; refinement keeps the
+grid it starts with, since a part only changes the density inside its own cells, which are occupied cells."""
 
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import dataclass, field
-
 from typing import Callable
 
 import torch
