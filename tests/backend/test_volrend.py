@@ -7,6 +7,7 @@ within 1 % where the opacity is above 0.5 (the twin marches 512 steps per diagon
 σ·step < 0.01)."""
 
 import logging
+import shutil
 
 import pytest
 import torch
@@ -171,6 +172,7 @@ def test_cpu_uses_the_twin_without_a_self_test():
     assert fp.report()["volrend"]["cpu"] == "torch"
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is not None, reason="a CUDA toolkit here would start a JIT build of the kernels")
 def test_nerfacc_without_its_cuda_extension_falls_back(caplog):
     """The real self-test on this machine (nerfacc's packed marching cannot load: no CUDA toolkit, as on a
     user's machine without nvcc) fails inside nerfacc: one warning, the twin for that device."""
