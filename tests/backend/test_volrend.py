@@ -244,3 +244,20 @@ def test_mesh_density_skips_what_the_renderer_skips():
     a = extract_mesh(f, MeshConfig(resolution=48), occ)
     b = extract_mesh(f, MeshConfig(resolution=48))
     assert a.vertices.shape == b.vertices.shape and np.abs(a.vertices - b.vertices).max() < 1e-6
+
+
+def test_stage2_state_keeps_the_occupancy_ema():
+    """The Stage II state's snapshot (undo, checkpoints) carries the EMA behind the grid; an older snapshot
+    without it loads with the EMA restarting."""
+    from interactive3d.backend.stage2.hashgrid import HashGridConfig
+    from interactive3d.backend.stage2.state import Stage2State
+
+    cfg = N.NeRFConfig(grid=HashGridConfig(n_levels=2, n_features=2, log2_table_size=10, base_resolution=4), hidden=8)
+    st = Stage2State(cfg, backend="torch")
+    st.occupancy = N.update_occupancy(None, _Ball(), 0.01, N.OccupancyConfig(resolution=8, samples_per_cell=1))
+    snap = st.state_dict()
+    other = Stage2State.from_state_dict(snap, torch.device("cpu"))
+    assert torch.equal(other.occupancy.occ, st.occupancy.occ) and torch.equal(other.occupancy.density, st.occupancy.density)
+    del snap["occupancy_density"]
+    old = Stage2State.from_state_dict(snap, torch.device("cpu"))
+    assert torch.equal(old.occupancy.occ, st.occupancy.occ) and old.occupancy.density is None
