@@ -104,6 +104,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 os.makedirs(root, mode=0o700, exist_ok=True)
             elif not os.path.isdir(root):
                 raise ValueError(f"--data-dir {root!r} is not a folder")
+        _print_fast_paths(args.device)
         return run(cfg)
     except ValueError as exc:
         sys.stderr.write(f"i3d serve: {exc}\n")
@@ -130,6 +131,25 @@ def _curve_key(path: str | None) -> bytes | None:
     if len(key) != 40:
         raise ValueError(f"CURVE secret file {path!r} must hold a 40-character Z85 key (python -c 'import zmq; print(zmq.curve_keypair())')")
     return key
+
+
+def _print_fast_paths(device: str) -> None:
+    """Run the fast paths' self-tests on the serving device now and say which backend each component uses."""
+    from interactive3d.backend.service.ops_session import fastpath_backends
+    from interactive3d.backend.service.server import resolve_device
+
+    dev = resolve_device(device)
+    sys.stderr.write(f"i3d serve: fast paths on {dev}: {describe_backends(fastpath_backends(dev, self_test=True))}\n")
+    sys.stderr.flush()
+
+
+def describe_backends(backends: dict) -> str:
+    """One line from ping's ``backends``: ``render=gsplat, hashgrid=torch (fallback from triton: …), …``."""
+    parts = []
+    for comp, b in backends.items():
+        why = "" if not b.get("reason") else (f" (fallback from {b.get('fast')}: {b['reason']})" if not b.get("ok") else f" ({b['reason']})")
+        parts.append(f"{comp}={b.get('backend')}{why}")
+    return ", ".join(parts)
 
 
 # -- i3d ping ----------------------------------------------------------------------------------------
@@ -163,4 +183,6 @@ def _cmd_ping(args: argparse.Namespace) -> int:
         sys.stderr.write(f"i3d ping: the backend at {args.connect} refused: {exc.code}: {exc.message}\n")
         return 1
     sys.stdout.write(f"{r.get('name')} protocol {r.get('version')} (server {r.get('server_version')}, device {r.get('device')})\n")
+    if isinstance(r.get("backends"), dict):
+        sys.stdout.write(f"backends: {describe_backends(r['backends'])}\n")
     return 0

@@ -293,7 +293,7 @@ class DemoConfig:
     distill_steps: int = 150
     distill_resolution: int = 48
     distill_rays: int = 1024
-    distill_samples: int = 48
+    distill_samples: int = 72  # marching steps per box diagonal (step 2√3/72 ≈ 0.048, the spacing 48 per chord gave)
     distill_view_pool: int = 16  # render this many Gaussian views once and draw rays from them
     distill_levels: int = 12
     distill_log2_table: int = 16
@@ -313,7 +313,7 @@ class DemoConfig:
         # on the CPU, which then dominates distillation); the full run stays at a few hundred steps.
         return cls(
             quick=False, n_init=4096, reference_points=8000, stage1_steps=300, stage1_resolution=64, stage1_batch=1,
-            drag_steps=50, distill_steps=500, distill_resolution=64, distill_rays=2048, distill_samples=48,
+            drag_steps=50, distill_steps=500, distill_resolution=64, distill_rays=2048, distill_samples=72,
             distill_view_pool=24, distill_levels=12, distill_log2_table=17, refine_steps=60, mesh_resolution=128,
             sheet_resolution=256, sheet_samples=16,
         )

@@ -23,6 +23,40 @@ def _package_version() -> str:
         return "0+unknown"
 
 
+FAST_COMPONENTS = (("render", "gsplat"), ("hashgrid", "tinycudann/triton"), ("volrend", "nerfacc"))
+
+
+def fastpath_backends(device, self_test: bool = False) -> dict[str, dict]:
+    """Which backend each GPU component uses on ``device``: {component: {backend, fast, ok, reason}}.
+
+    Read from the fast-path record (backend/accel/fastpath.py). With ``self_test`` the render and volume
+    rendering choices are made now (their self-tests run on CUDA; ``i3d serve`` does this at start-up, the
+    ping handler never does: a first gsplat JIT compile can take minutes). A component not chosen yet reports
+    backend "pending" (it is chosen at its first use); on a CPU device everything is the torch twin.
+    """
+    import torch
+
+    from ..accel.fastpath import FASTPATHS
+
+    dev = torch.device(device)
+    if self_test:
+        from ..stage1.render import choose_backend
+        from ..stage2.nerf import choose_volrend
+
+        choose_backend(dev)
+        choose_volrend(dev)
+    out = {}
+    for comp, fast in FAST_COMPONENTS:
+        c = FASTPATHS.get(comp, dev)
+        if c is not None:
+            out[comp] = {"backend": c.backend, "fast": c.fast, "ok": c.ok, "reason": c.reason}
+        elif dev.type != "cuda":
+            out[comp] = {"backend": "torch", "fast": fast, "ok": True, "reason": f"no CUDA device: {fast} needs one"}
+        else:
+            out[comp] = {"backend": "pending", "fast": fast, "ok": True, "reason": "chosen (with its self-test) at its first use"}
+    return out
+
+
 def ping(req: Request) -> Reply:
     return Reply({
         "name": SERVER_NAME,
@@ -30,6 +64,7 @@ def ping(req: Request) -> Reply:
         "server_version": _package_version(),
         "device": str(req.device),
         "ops": sorted(req.server.handlers),
+        "backends": fastpath_backends(req.device),
     })
 
 

@@ -21,7 +21,7 @@ from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound
 from ..stage2.distill import DistillConfig, DistillJob
 from ..stage2.hashgrid import HashGridConfig
 from ..stage2.mesh import MeshConfig, MeshError, export_mesh, extract_mesh
-from ..stage2.nerf import NeRFConfig, RenderConfig, occupancy_from_field
+from ..stage2.nerf import NeRFConfig, RenderConfig, occupancy_from_field, render_step_size
 from ..stage2.parts import PartConfig, RegionError, region_cells
 from ..stage2.refine import RefineConfig, RefineJob
 from ..stage2.state import SLOT, PartInfo
@@ -82,7 +82,8 @@ def occupancy(req: Request) -> Reply:
     with s.lock:
         st = _state(req)
         s.record("stage2.occupancy")
-        st.occupancy = occupancy_from_field(st.refined, a["resolution"], threshold=a["threshold"])
+        step = render_step_size(st.cfg.aabb_radius, a["n_samples"])
+        st.occupancy = occupancy_from_field(st.refined, a["resolution"], threshold=max(a["threshold"], 1e-12), step_size=step)
         occ = st.occupancy.occ
         n = int(occ.sum())
     return Reply({"resolution": a["resolution"], "occupied": n, "fraction": n / occ.numel()}, [occ.cpu().numpy().astype(np.uint8)])
@@ -99,7 +100,7 @@ def add_part(req: Request) -> Reply:
         if name in st.parts:
             raise InvalidArgs(f"stage2.add_part: part {name!r} already exists")
         if st.occupancy is None:
-            st_occ = occupancy_from_field(st.refined, 32)
+            st_occ = occupancy_from_field(st.refined, 32, step_size=render_step_size(st.cfg.aabb_radius, RenderConfig(n_samples=64).n_samples))
         else:
             st_occ = st.occupancy
         try:
@@ -165,7 +166,8 @@ def extract(req: Request) -> Reply:
         )
         est = costs.grid_bytes(a["resolution"], costs.MESH_VOXEL_BYTES)
         with req.server.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³", est), s.lock:
-            m = extract_mesh(_state(req).refined, cfg)
+            st = _state(req)
+            m = extract_mesh(st.refined, cfg, st.occupancy)
         path = None
         if target is not None:
             path = str(export_mesh(m, target, a["format"]))

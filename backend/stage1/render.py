@@ -1,7 +1,9 @@
 """Differentiable Gaussian splatting (3D Gaussian Splatting, Kerbl et al. 2023; paper §3.1).
 
-One public entry, :func:`render`. On CUDA tensors it calls gsplat's ``rasterization``; elsewhere it
-runs the pure-torch twin below with the same maths as gsplat's kernels:
+One public entry, :func:`render`. On CUDA tensors it calls gsplat's ``rasterization`` once gsplat passed its
+self-test on the device (:func:`choose_backend`, backend/accel/fastpath.py: no nvcc for gsplat's JIT, a
+compile error or a numeric mismatch means the twin on the same device); elsewhere it runs the pure-torch
+twin below with the same maths as gsplat's kernels:
 
 1. 3D covariance Σ = R S Sᵀ Rᵀ from w-first quaternions and scales; world → camera (OpenCV).
 2. EWA projection Σ' = J W Σ Wᵀ Jᵀ with the perspective Jacobian J (its x/z, y/z clamped to 1.3× the
@@ -27,10 +29,12 @@ the view direction (Gaussian centre − camera centre), then 0.5 is added and th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
+from ..accel.fastpath import FASTPATHS, FastPaths
 from ..maths.rotations import quat_scale_to_covar
 from .cameras import Cameras
 from .gaussians import Gaussians
@@ -149,8 +153,14 @@ def project(
     eps2d: float = EPS2D,
     near_plane: float = 0.01,
     far_plane: float = 1e10,
+    opacities: Tensor | None = None,  # [N]
 ) -> Projection:
-    """EWA projection of 3D Gaussians (gsplat's ``fully_fused_projection``, pinhole, unpacked)."""
+    """EWA projection of 3D Gaussians (gsplat's ``fully_fused_projection``, pinhole, unpacked).
+
+    With ``opacities`` the radii are opacity-aware as in gsplat ≥ 1.5's CUDA kernel
+    (ProjectionEWA3DGSFused.cu): a Gaussian with o < 1/255 is culled and the bound is
+    min(3.33, √(2 ln(255·o)))·σ, the distance at which it falls under 1/255. Without them the radii are
+    ⌈3.33σ⌉ (gsplat's torch reference, which ignores opacities)."""
     R = viewmats[:, :3, :3]
     t = viewmats[:, :3, 3]
     mc = torch.einsum("bij,nj->bni", R, means) + t[:, None]  # [B,N,3]
@@ -175,10 +185,16 @@ def project(
     det = det_raw.clamp_min(1e-10)
     conics = torch.stack([c / det, -b / det, a / det], dim=-1)
     with torch.no_grad():
-        radius = torch.ceil(RADIUS_SIGMAS * torch.stack([a, c], -1).clamp_min(0).sqrt())  # [B,N,2]
+        extend = torch.full_like(tz, RADIUS_SIGMAS)
+        if opacities is not None:
+            o = opacities.detach().to(tz.dtype)[None].expand_as(tz)
+            # float32 like the kernel, so the ceil lands on the same integer
+            extend = torch.minimum(extend, torch.sqrt(2.0 * torch.log((o / ALPHA_MIN).clamp_min(1.0))))
+            extend = torch.where(o < ALPHA_MIN, torch.zeros_like(extend), extend)
+        radius = torch.ceil(extend[..., None] * torch.stack([a, c], -1).clamp_min(0).sqrt())  # [B,N,2]
         # non-finite parameters must not reach the integer pixel ranges of the rasteriser
         finite = torch.isfinite(means2d).all(-1) & torch.isfinite(conics).all(-1) & torch.isfinite(radius).all(-1)
-        valid = (det_raw > 0) & in_depth & finite
+        valid = (det_raw > 0) & in_depth & finite & (extend > 0)
         mx, my = means2d[..., 0], means2d[..., 1]
         inside = (mx + radius[..., 0] > 0) & (mx - radius[..., 0] < width) & (my + radius[..., 1] > 0) & (my - radius[..., 1] < height)
         radii = torch.where((valid & inside)[..., None], radius, torch.zeros_like(radius)).int()
@@ -319,7 +335,8 @@ def render(
         g: the Gaussians (parameters on one device).
         cams: B cameras (moved to the Gaussians' device).
         background: colour behind the object, [3] or [B,3] in [0,1].
-        backend: "auto" (gsplat for CUDA tensors, else torch), "torch" or "gsplat".
+        backend: "auto" (gsplat on CUDA once it passed its self-test there, see :func:`choose_backend`;
+            the torch twin otherwise), "torch" or "gsplat" (forced, CUDA only).
     """
     if backend not in ("auto", "torch", "gsplat"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'gsplat', got {backend!r}")
@@ -328,6 +345,8 @@ def render(
     if not (0 < near_plane < far_plane):
         raise ValueError(f"need 0 < near_plane < far_plane, got {near_plane}, {far_plane}")
     dev, dtype = g.device, g.means.dtype
+    if backend == "gsplat" and dev.type != "cuda":
+        raise ValueError(f"backend 'gsplat' needs CUDA tensors, the Gaussians are on {dev}")
     cams = cams.to(dev)
     viewmats, Ks = cams.viewmats.to(dtype), cams.Ks.to(dtype)
     if not (torch.isfinite(viewmats).all() and torch.isfinite(Ks).all()):
@@ -335,10 +354,16 @@ def render(
     b, w, h = len(cams), cams.width, cams.height
     bg = _background(background, b, dev, dtype)
     colors = view_colors(g, cams)  # [B,N,3]
-    use_gsplat = backend == "gsplat" or (backend == "auto" and dev.type == "cuda")
-    if use_gsplat:
+    if backend == "auto":
+        backend = choose_backend(dev)
+    if backend == "gsplat":
         return _render_gsplat(g, viewmats, Ks, w, h, colors, bg, near_plane, far_plane)
-    proj = project(g.means, quat_scale_to_covar(g.params["quats"], g.scales), viewmats, Ks, w, h, EPS2D, near_plane, far_plane)
+    return _render_torch(g, viewmats, Ks, w, h, colors, bg, near_plane, far_plane)
+
+
+def _render_torch(g, viewmats, Ks, w, h, colors, bg, near_plane, far_plane) -> RenderOutput:
+    covars = quat_scale_to_covar(g.params["quats"], g.scales)
+    proj = project(g.means, covars, viewmats, Ks, w, h, EPS2D, near_plane, far_plane, opacities=g.opacities)
     if proj.means2d.requires_grad:
         proj.means2d.retain_grad()
     rgb, alpha, depth = rasterize_torch(proj, g.opacities, colors, bg, w, h)
@@ -346,12 +371,18 @@ def render(
 
 
 def _render_gsplat(g, viewmats, Ks, w, h, colors, bg, near_plane, far_plane) -> RenderOutput:
-    from gsplat import (
-        rasterization,  # CUDA-only path; imported lazily so CPU use needs no kernels
-    )
+    """gsplat's ``rasterization`` with the arguments that make it compute what :func:`_render_torch` does.
 
-    if g.device.type != "cuda":
-        raise ValueError(f"backend 'gsplat' needs CUDA tensors, the Gaussians are on {g.device}")
+    Conventions (gsplat ≥ 1.5): quaternions w-first (gsplat normalises them), activated scales and
+    opacities [N], per-view post-activation colours [B,N,3] with ``sh_degree=None``, OpenCV world→camera
+    ``viewmats`` [B,4,4], ``backgrounds`` [B,3]; ``render_mode="RGB+ED"`` appends the expected depth
+    Σ w z / Σ w (already divided by alpha, like the twin's); ``radii`` come per axis [B,N,2] and are reduced
+    to [B,N] by their max. Runs wherever gsplat's ``fully_fused_projection``, ``isect_tiles``,
+    ``isect_offset_encode`` and ``rasterize_to_pixels`` run (CUDA; a test runs it on CPU with torch
+    stand-ins for them).
+    """
+    from gsplat.rendering import rasterization  # imported lazily: CPU use needs no kernels
+
     rc, ra, meta = rasterization(
         g.means,
         g.rotations,
@@ -379,3 +410,57 @@ def _render_gsplat(g, viewmats, Ks, w, h, colors, bg, near_plane, far_plane) -> 
     if radii.ndim == 3:  # gsplat ≥ 1.5 gives per-axis radii [B,N,2]
         radii = radii.amax(-1)
     return RenderOutput(rc[..., :3], ra, rc[..., 3:4], means2d, radii.int())
+
+
+# -- the fast path's self-test ----------------------------------------------------------------------
+SELF_TEST_TOL = 2e-3  # max abs on rgb/alpha (gsplat's fast-math exp vs torch); depth 1e-2 relative
+
+
+def self_test(device: torch.device | str) -> None:
+    """Render a tiny scene with gsplat and with the torch twin on ``device``; raise on any difference.
+
+    Fails with gsplat's own error where its kernels cannot load (no nvcc for the JIT, a compile error) and
+    with a ValueError on a numeric mismatch: rgb/alpha beyond :data:`SELF_TEST_TOL`, a different visible
+    set, or a non-finite view-space gradient after backward (the backward kernels are exercised too).
+    """
+    from .cameras import orbit_cameras
+
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(0)
+    n = 24
+    means = (torch.rand(n, 3, generator=gen) * 2 - 1) * 0.5
+    quats = torch.randn(n, 4, generator=gen)
+    params = {
+        "means": means,
+        "quats": quats,
+        "log_scales": torch.log(0.04 + 0.08 * torch.rand(n, 3, generator=gen)),
+        "opacity_logits": torch.logit(0.2 + 0.7 * torch.rand(n, generator=gen)),
+        "sh": ((torch.rand(n, 1, 3, generator=gen) - 0.5) / SH_C0),
+    }
+    cams = orbit_cameras(torch.tensor([20.0]), torch.tensor([30.0]), torch.tensor([2.0]), torch.tensor([50.0]), 32, 32).to(dev)
+    outs = []
+    for fn in (_render_gsplat, _render_torch):
+        g = Gaussians({k: v.detach().clone().to(dev).requires_grad_(True) for k, v in params.items()}, sh_degree=0)
+        colors = view_colors(g, cams)
+        bg = torch.full((1, 3), 0.5, device=dev)
+        out = fn(g, cams.viewmats.float(), cams.Ks.float(), 32, 32, colors, bg, 0.01, 1e10)
+        (out.rgb.sum() + out.alpha.sum()).backward()
+        if out.means2d.grad is None or not bool(torch.isfinite(out.means2d.grad).all()):
+            raise ValueError(f"{fn.__name__}: no finite view-space gradient after backward")
+        outs.append(out)
+    a, b = outs
+    err = max(float((a.rgb - b.rgb).detach().abs().max()), float((a.alpha - b.alpha).detach().abs().max()))
+    if not err <= SELF_TEST_TOL:
+        raise ValueError(f"gsplat and the torch twin differ by {err:.3g} (> {SELF_TEST_TOL}) on the self-test scene")
+    if not torch.equal(a.radii > 0, b.radii > 0):
+        raise ValueError("gsplat and the torch twin disagree on which Gaussians are visible")
+
+
+def choose_backend(device: torch.device | str, fastpaths: FastPaths = FASTPATHS, test: Callable[[], None] | None = None) -> str:
+    """"gsplat" or "torch" for rendering on ``device``: gsplat only on CUDA, only once :func:`self_test`
+    passed there (recorded in ``fastpaths`` under "render"); the torch twin on the same device otherwise."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        fastpaths.record("render", dev, "torch", "no CUDA device: gsplat's kernels need one")
+        return "torch"
+    return fastpaths.choose("render", dev, "gsplat", test or (lambda: self_test(dev)))

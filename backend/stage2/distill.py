@@ -5,7 +5,9 @@
 Cameras are drawn from the Stage I orbit distribution; the Gaussian renders are targets (no gradient);
 the hash grid trains with lr 0.01 and the MLPs with 1e-3 (Adam), as the official configs. Each step
 renders a random subset of the target pixels (``rays_per_step``; all of them when None). The occupancy
-grid is refreshed from the field every ``occupancy_every`` steps and skips empty space while rendering.
+grid is updated from the field every ``occupancy_every`` steps as nerfacc does (σ·step of the marching step,
+an EMA over updates; nerf.update_occupancy) and skips empty space while rendering; the renderer marches
+with nerfacc on CUDA and with its torch twin elsewhere (nerf.render_rays).
 
 Eq. 7 supervises colour only, which leaves the density soft: a white-ish object on a white background
 or a thick haze both render fine but mesh badly. The Gaussian render also gives alpha and depth for free,
@@ -30,12 +32,14 @@ from torch import Tensor
 
 from .nerf import (
     NeRFField,
+    OccupancyConfig,
     OccupancyGrid,
     RenderConfig,
     camera_rays,
-    occupancy_from_field,
     render_image,
     render_rays,
+    render_step_size,
+    update_occupancy,
 )
 from .state import SLOT, Stage2State
 
@@ -54,9 +58,11 @@ class DistillConfig:
     lr_mlp: float = 1e-3
     render: RenderConfig = field(default_factory=lambda: RenderConfig(n_samples=64, stratified=True))
     occupancy_resolution: int = 32
-    occupancy_every: int = 16  # steps between occupancy refreshes (0: never skip empty space)
+    occupancy_every: int = 16  # steps between occupancy updates, nerfacc's n (0: never skip empty space)
     occupancy_warmup: int = 32  # no skipping before this step (the blob init is not the object yet)
-    occupancy_samples: int = 2  # density queries per cell per refresh (centre + jittered)
+    occupancy_samples: int = 2  # random density queries per cell per update (their max σ·step counts)
+    occupancy_decay: float = 0.95  # EMA decay per update (nerfacc's ema_decay)
+    occupancy_threshold: float = 0.01  # σ·step above this is occupied (nerfacc's occ_thre)
     elevation_range_deg: tuple[float, float] = (-10.0, 45.0)
     distance_range: tuple[float, float] = (1.5, 2.0)
     fov_range_deg: tuple[float, float] = (40.0, 70.0)
@@ -85,6 +91,10 @@ class DistillConfig:
             raise ValueError(f"opacity_weight and depth_weight must be >= 0, got {self.opacity_weight}, {self.depth_weight}")
         if not (self.lr_grid > 0 and self.lr_mlp > 0):
             raise ValueError(f"learning rates must be > 0, got {self.lr_grid}, {self.lr_mlp}")
+
+
+def occupancy_config(cfg: DistillConfig) -> OccupancyConfig:
+    return OccupancyConfig(cfg.occupancy_resolution, cfg.occupancy_threshold, cfg.occupancy_decay, cfg.occupancy_samples)
 
 
 def make_optimizer(f: NeRFField, cfg: DistillConfig) -> torch.optim.Adam:
@@ -163,7 +173,7 @@ def distill_step(
         solid = tgt[:, 3] > 0.5
         if bool(solid.any()):
             t_gs = tgt[:, 4] * _z_to_ray_distance(cams, pix)
-            t_nerf = out.depth[:, 0] / out.opacity[:, 0].clamp_min(1e-3)
+            t_nerf = out.depth[:, 0]  # expected ray distance Σ w t / Σ w
             loss = loss + cfg.depth_weight * (t_nerf - t_gs)[solid].abs().mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -240,7 +250,8 @@ class DistillJob:
         occ = st.occupancy if (cfg.occupancy_every and i >= cfg.occupancy_warmup) else None
         r = distill_step(st.field, self.optimizer, cams, target, cfg, self.generator, occ)
         if cfg.occupancy_every and (i + 1) % cfg.occupancy_every == 0:
-            st.occupancy = occupancy_from_field(st.field, cfg.occupancy_resolution, samples_per_cell=cfg.occupancy_samples, seed=i)
+            st.occupancy = update_occupancy(st.occupancy, st.field, render_step_size(st.cfg.aabb_radius, cfg.render.n_samples),
+                                            occupancy_config(cfg), torch.Generator().manual_seed(cfg.seed * 7919 + i))
         if cfg.preview_every and ((i + 1) % cfg.preview_every == 0 or i + 1 == self.total_steps):
             self.preview = self.render_preview()
             self._preview_new = True

@@ -102,10 +102,20 @@ def texture_mesh(mesh: MeshResult, colour, size: int = 1024, padding: int = 4) -
 
 
 @torch.no_grad()
-def density_grid(field, resolution: int, chunk: int = 1 << 18) -> np.ndarray:
-    """σ at the (resolution)³ grid points spanning [-r, r]³ (inclusive), float32 [R,R,R] indexed [x,y,z]."""
+def density_grid(field, resolution: int, chunk: int = 1 << 18, occupancy=None) -> np.ndarray:
+    """σ at the (resolution)³ grid points spanning [-r, r]³ (inclusive), float32 [R,R,R] indexed [x,y,z].
+
+    With ``occupancy`` (the renderer's grid, backend/stage2/nerf.py) the field is queried only in occupied
+    cells and their 26 neighbours (σ = 0 elsewhere): the empty-space skipping the volume renderer does, widened
+    by one cell so no iso-surface can sit on the border of a skipped cell (nerfacc's sampled grid may miss a
+    thin cap of an occupied cell)."""
     r = field.cfg.aabb_radius if hasattr(field, "cfg") else field.aabb_radius
     dev = field.device
+    near = None
+    if occupancy is not None:
+        occ = occupancy.occ.to(dev).float()[None, None]
+        near = torch.nn.functional.max_pool3d(occ, 3, stride=1, padding=1)[0, 0] > 0
+        cells = near.shape[0]
     t = torch.linspace(-r, r, resolution, device=dev)
     out = np.empty(resolution**3, np.float32)
     # build points slab by slab (x fixed) so the coordinate grid is never materialised at once
@@ -115,7 +125,15 @@ def density_grid(field, resolution: int, chunk: int = 1 << 18) -> np.ndarray:
     for i in range(0, resolution, slabs):
         xs = t[i : i + slabs]
         pts = torch.cat([xs.repeat_interleave(per_slab)[:, None], yz.repeat(len(xs), 1)], dim=1)
-        dens = field(pts).density if not hasattr(field, "density") else field.density(pts)
+        if near is None:
+            dens = field(pts).density if not hasattr(field, "density") else field.density(pts)
+        else:
+            ci = torch.floor((pts + r) / (2 * r) * cells).long().clamp(0, cells - 1)
+            live = near[ci[:, 0], ci[:, 1], ci[:, 2]]
+            dens = torch.zeros(len(pts), device=dev)
+            if bool(live.any()):
+                q = pts[live]
+                dens[live] = (field(q).density if not hasattr(field, "density") else field.density(q)).float()
         out[i * per_slab : (i + len(xs)) * per_slab] = dens.float().cpu().numpy()
     return out.reshape(resolution, resolution, resolution)
 
@@ -138,13 +156,14 @@ def optical_depth_from_outside(density: np.ndarray, step: float) -> np.ndarray:
     return tau
 
 
-def extract_mesh(field, cfg: MeshConfig = MeshConfig()) -> MeshResult:
-    """Marching cubes on the field's density with vertex colours and floater removal."""
+def extract_mesh(field, cfg: MeshConfig = MeshConfig(), occupancy=None) -> MeshResult:
+    """Marching cubes on the field's density with vertex colours and floater removal; with ``occupancy`` the
+    density is queried only where the renderer does not skip (see :func:`density_grid`)."""
     import trimesh
     from skimage.measure import marching_cubes
 
     r = field.cfg.aabb_radius if hasattr(field, "cfg") else field.aabb_radius
-    vol = density_grid(field, cfg.resolution, cfg.chunk)
+    vol = density_grid(field, cfg.resolution, cfg.chunk, occupancy)
     step = 2 * r / (cfg.resolution - 1)
     if cfg.surface == "opacity":
         vol = optical_depth_from_outside(vol, step)

@@ -54,6 +54,8 @@ class Stage2State:
             "backend": self.backend,
             "field": {k: v.detach().cpu().clone() for k, v in self.field.state_dict().items()},
             "occupancy": None if self.occupancy is None else self.occupancy.occ.cpu().clone(),
+            # nerfacc-style EMA behind the grid, so the next update after undo/resume continues it
+            "occupancy_density": None if self.occupancy is None or self.occupancy.density is None else self.occupancy.density.cpu().clone(),
             "parts": {
                 n: {
                     "cfg": dataclasses.asdict(info.cfg),
@@ -73,7 +75,8 @@ class Stage2State:
             self.refined = RefinedField(NeRFField(cfg, backend=state["backend"], device=self.device))
         self.field.load_state_dict({k: v.to(self.device) for k, v in state["field"].items()})
         occ = state["occupancy"]
-        self.occupancy = None if occ is None else OccupancyGrid(occ.to(self.device), cfg.aabb_radius)
+        dens = state.get("occupancy_density")  # absent in older checkpoints: the EMA restarts
+        self.occupancy = None if occ is None else OccupancyGrid(occ.to(self.device), cfg.aabb_radius, None if dens is None else dens.to(self.device))
         # parts: rebuild the set exactly (undo of "add part" removes it)
         for name in list(self.refined.parts):
             del self.refined.parts[name]

@@ -4,6 +4,7 @@
     python scripts/bench/stage1.py --gpu           # CUDA: SD-2.1-sized UNet + VAE (random weights, fp16),
                                                    # 256² renders upsampled to 512 (64² latents), gsplat,
                                                    # batch 1 and 4
+    python scripts/bench/stage1.py --smoke         # seconds on a CPU: every part once at tiny sizes
 
 Random weights cost exactly what the pretrained ones cost (same shapes), so no download is needed.
 Each part is timed on its own (synchronised), then one full ``stage1_step``; the parts are printed as ms
@@ -136,8 +137,16 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="SD-2.1-sized fp16 models on CUDA (gsplat renders)")
     ap.add_argument("--n", type=int, default=None, help="number of Gaussians (default 2000 CPU, 20000 GPU)")
     ap.add_argument("--repeat", type=int, default=None)
+    ap.add_argument("--smoke", action="store_true", help="seconds on a CPU: tiny UNet, 200 Gaussians, 32², one repeat (checks the script, not speed)")
     args = ap.parse_args()
-    if args.gpu:
+    from interactive3d.backend.stage1.render import choose_backend
+
+    if args.smoke:
+        from _tiny_diffusion import tiny_sd_guidance
+
+        guidance = tiny_sd_guidance(GuidanceConfig())
+        runs = [(args.n or 200, 32, 1, "cpu", 1)]
+    elif args.gpu:
         if not torch.cuda.is_available():
             raise SystemExit("--gpu needs CUDA")
         guidance = sd21_sized_guidance("cuda", torch.float16)
@@ -149,8 +158,9 @@ def main() -> None:
         runs = [(args.n or 2000, 64, b, "cpu", args.repeat or 5) for b in (1, 2)]
     for n, res, batch, device, repeat in runs:
         r = bench(guidance, n, res, batch, device, repeat)
+        r["render_backend"] = choose_backend(device if device == "cpu" else torch.device("cuda", torch.cuda.current_device()))
         print(
-            f"{device} N={n} {res}² batch {batch}: full step {r['full_step_ms']:.1f} ms | "
+            f"{device} N={n} {res}² batch {batch} render={r['render_backend']}: full step {r['full_step_ms']:.1f} ms | "
             + " | ".join(f"{k} {r[k + '_ms']:.1f} ms ({r[k + '_ratio']:.2f}×)" for k in
                          ("render_fwd_bwd", "vae_encode_fwd_bwd", "unet_fwd", "optimizer"))
         )

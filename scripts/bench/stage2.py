@@ -5,8 +5,9 @@
 Prints samples/s forward and forward+backward of the 16×2×2^19 hash grid (official config) for every
 backend available on this machine, as ratios to the pure-torch path measured in the same run (and, on
 CUDA, as a share of ≈0.8e9 samples/s, the memory-bandwidth ceiling of an H100); ms per distillation step
-(64×64 targets, 4096 rays × 64 samples); marching cubes at 256³ split into density-grid and
-marching-cubes time. Timings are printed, never asserted.
+(64×64 targets, 4096 rays × 64 samples; and with the jobs' renderer: nerfacc's marching on CUDA at the
+official 512 steps per diagonal with 32³ occupancy skipping); marching cubes at 256³ split into density-grid
+and marching-cubes time. Timings are printed, never asserted. ``--smoke`` runs every part at tiny sizes.
 """
 
 from __future__ import annotations
@@ -89,11 +90,33 @@ def bench_distill(steps: int, nerf_cfg: NeRFConfig, label: str) -> None:
     print(f"distill step ({label}, {dev.type}, 4096 rays x 64 samples, no occupancy skipping): {1e3 * t:8.1f} ms", flush=True)
 
 
-def bench_mc(res: int) -> None:
+def bench_distill_marching(steps: int, nerf_cfg: NeRFConfig, label: str, n_samples: int = 512, rays: int = 4096) -> None:
+    """One distillation step with the renderer the jobs use: nerfacc's marching on CUDA (when its self-test
+    passes; else the torch twin, and the line says which), the official step (n_samples per diagonal) and
+    empty-space skipping with the 32³ occupancy grid of the field (the init blob)."""
+    from interactive3d.backend.stage1.cameras import OrbitConfig, sample_orbit
+    from interactive3d.backend.stage2.nerf import _march, camera_rays, choose_volrend, occupancy_from_field, render_step_size
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    f = NeRFField(nerf_cfg, backend="auto", device=dev)
+    occ = occupancy_from_field(f, 32, step_size=render_step_size(nerf_cfg.aabb_radius, n_samples))
+    cfg = DistillConfig(rays_per_step=rays, render=RenderConfig(n_samples=n_samples, stratified=True))
+    opt = make_optimizer(f, cfg)
+    gen = torch.Generator().manual_seed(0)
+    cams = sample_orbit(1, OrbitConfig(), gen).cameras.to(dev)
+    target = torch.rand(1, 64, 64, 3, device=dev)
+    volrend = choose_volrend(dev)
+    t = _time(lambda: distill_step(f, opt, cams, target, cfg, gen, occ), dev, steps)
+    _, _, keep = _march(camera_rays(cams), nerf_cfg.aabb_radius, cfg.render, occ, None)
+    print(f"distill step ({label}, {dev.type}, volrend={volrend}, {rays} rays, {n_samples} steps per diagonal, "
+          f"32³ occupancy: {float(keep.sum(-1).float().mean()):.1f} samples per ray kept): {1e3 * t:8.1f} ms", flush=True)
+
+
+def bench_mc(res: int, nerf_cfg: NeRFConfig | None = None) -> None:
     from skimage.measure import marching_cubes
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    f = NeRFField(NeRFConfig(), backend="auto", device=dev)
+    f = NeRFField(nerf_cfg or NeRFConfig(), backend="auto", device=dev)
     t0 = time.perf_counter()
     vol = density_grid(f, res)
     t1 = time.perf_counter()
@@ -112,14 +135,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--mc-res", type=int, default=256)
     p.add_argument("--quick", action="store_true", help="batch 2^15, 2 steps, 96³ marching cubes")
+    p.add_argument("--smoke", action="store_true", help="seconds on a CPU: tiny sizes, every part once (checks the script, not speed)")
     a = p.parse_args()
     if a.quick:
         a.batch, a.reps, a.steps, a.mc_res = 1 << 15, 1, 2, 96
+    if a.smoke:
+        tiny = NeRFConfig(grid=HashGridConfig(n_levels=4, log2_table_size=12), hidden=16)
+        print(f"torch {torch.__version__}, smoke run (sizes are not the benchmark's)")
+        bench_distill_marching(1, tiny, "smoke 4x2x2^12", n_samples=64, rays=256)
+        bench_mc(24, tiny)
+        return
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
     bench_hashgrid(a.batch, a.reps)
     bench_distill(a.steps, NeRFConfig(), "official 16x2x2^19")
     bench_distill(a.steps, NeRFConfig(grid=HashGridConfig(n_levels=8, log2_table_size=14), hidden=32), "test 8x2x2^14")
+    bench_distill_marching(a.steps, NeRFConfig(), "official 16x2x2^19")
     bench_mc(a.mc_res)
 
 
