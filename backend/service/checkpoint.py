@@ -63,6 +63,7 @@ class Checkpoint:
     # goes on once ``job`` ends: False resumes it, True leaves it paused as the artist had it
     suspended: JobRecord | None = None
     time: float = field(default_factory=time.time)
+    revision: int = 0  # the session's state revision (issue 14); a resumed session continues above it
 
 
 def checkpoint_path(state_dir: str | Path, session_id: str) -> Path:
@@ -126,6 +127,7 @@ def capture(session: Session, job: JobRecord | None = None, with_history: bool =
             redo=list(session.history.redo) if with_history else [],
             job=job,
             suspended=suspended,
+            revision=session.current_revision(),
         )
 
 
@@ -161,6 +163,7 @@ def write(state_dir: str | Path, ckpt: Checkpoint) -> Path:
         "redo": [s.uid for s in ckpt.redo],
         "job": None if ckpt.job is None else vars(ckpt.job),
         "suspended": None if ckpt.suspended is None else vars(ckpt.suspended),
+        "revision": ckpt.revision,
     }
     _atomic_save(payload, path)
     keep = {f"{s.uid}.pt" for s in (*ckpt.undo, *ckpt.redo)}
@@ -199,6 +202,7 @@ def read(state_dir: str | Path, session_id: str, device: torch.device | str = "c
         job=None if job is None else JobRecord(**job),
         suspended=None if suspended is None else JobRecord(**suspended),
         time=payload["time"],
+        revision=int(payload.get("revision", 0)),  # files from before revisions have none
     )
 
 
@@ -206,6 +210,8 @@ def restore_session(ckpt: Checkpoint, device: torch.device | str = "cpu") -> Ses
     """A live Session from a checkpoint (no job attached yet)."""
     s = Session(ckpt.session_id, ckpt.name, device=device)
     s.restore(ckpt.current)
+    s.revision = ckpt.revision
+    s.bump()  # resuming is a change: indices a client took before the restart are refused
     s.history.undo = list(ckpt.undo)
     s.history.redo = list(ckpt.redo)
     return s

@@ -30,7 +30,7 @@ from ..stage1.guidance import (
     PromptSpec,
     StableDiffusionGuidance,
 )
-from .requests import Reply, Request
+from .requests import Reply, Request, with_revision
 
 log = logging.getLogger(__name__)
 
@@ -249,11 +249,11 @@ def stage1_start(req: Request) -> Reply:
     return Reply({"job": job_id, "total": cfg.steps, "count": s.gaussians.n, "guidance": kind})
 
 
-HANDLERS: dict = {
+HANDLERS: dict = {name: with_revision(fn) for name, fn in {
     "gaussians.init": gaussians_init,
     "gaussians.load_ply": gaussians_load_ply,
     "gaussians.save_ply": gaussians_save_ply,
     "gaussians.render": gaussians_render,
     "stage1.set_reference": stage1_set_reference,
     "stage1.start": stage1_start,
-}
+}.items()}  # replies carry `revision` (issue 14)
