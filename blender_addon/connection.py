@@ -210,6 +210,7 @@ class Connection:
         self.positions: np.ndarray | None = None
         self.stale = ""
         self.object_mode = ""  # the splat object's mode at the last depsgraph update (edit_guard.py)
+        self.applying = False  # True while a state frame is being written onto the object
         self.job = JobProgress()
         # A Stage I job the backend paused for an interaction job (drag, semantic edit): its events still
         # update it; it is the session's job again when the interaction ends (then kept in `ended`).
@@ -660,12 +661,17 @@ def _apply_state(conn: Connection, state: np.ndarray, part_names=None, revision=
     conn.positions = np.array(state[:, :3], dtype=np.float32)
     conn.stale = ""
     obj = bpy.data.objects.get(conn.object_name or "")
-    if obj is None or obj.type != "MESH":
-        obj = splat.new_splat_object(conn.object_name or DEFAULT_OBJECT_NAME, state)
-        conn.object_name = obj.name
-    else:
-        splat.apply_state(obj, state)  # handles Edit Mode itself
-    splat.stamp_revision(obj, conn.revision, conn.session)
+    conn.applying = True  # the mode switches and writes below are ours: edit_guard ignores them
+    try:
+        if obj is None or obj.type != "MESH":
+            obj = splat.new_splat_object(conn.object_name or DEFAULT_OBJECT_NAME, state)
+            conn.object_name = obj.name
+        else:
+            splat.apply_state(obj, state)  # handles Edit Mode itself
+        splat.stamp_revision(obj, conn.revision, conn.session)
+    finally:
+        conn.applying = False
+    conn.object_mode = obj.mode
 
 
 def apply_to_scene(conn: Connection, scene) -> None:

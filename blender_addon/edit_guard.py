@@ -52,7 +52,7 @@ def _mark(conn, reason: str) -> None:
 def check_after_undo(conn, which: str = "undo") -> None:
     """After Blender's undo/redo: re-sync unless the object is exactly the backend's current state."""
     obj = _splat_object(conn)
-    if obj is None or conn.session is None:
+    if obj is None or conn.session is None or conn.applying:
         return
     session, revision = splat.stored_revision(obj)
     conn.object_mode = obj.mode
@@ -68,7 +68,7 @@ def check_after_undo(conn, which: str = "undo") -> None:
 def check_after_update(conn, updated_ids) -> None:
     """After a depsgraph update: topology changes in Edit Mode (count), and on leaving Edit Mode a full check."""
     obj = _splat_object(conn)
-    if obj is None or conn.session is None or conn.stale:
+    if obj is None or conn.session is None or conn.stale or conn.applying:
         return
     previous, conn.object_mode = conn.object_mode, obj.mode
     if obj.name not in updated_ids and obj.data.name not in updated_ids and previous == obj.mode:
