@@ -196,3 +196,20 @@ def test_resume_from_checkpoint_bumps(client, session):
     assert res["revision"] > r and res["count"] == N
     _conflict(client, "parts.remove", {"session": session, "indices": [0], "revision": r})
     assert _state(client, session)[1] == res["revision"]
+
+
+def test_stage1_steps_without_densify_keep_the_revision(client, session):
+    """A real Stage I job (oracle guidance, 4 steps, no densify): its steps move the Gaussians but keep their
+    number and order, so the revision stays and a selection taken before the job still applies after it."""
+    client.request("stage1.set_reference", {"session": session})
+    _, r0 = _state(client, session)
+    job = client.request("stage1.start", {"session": session, "guidance": "oracle", "steps": 4, "batch": 1,
+                                          "resolution": 24, "densify": False, "seed": 1}).result["job"]
+    revisions, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline:
+        msgs = client.poll(200)
+        revisions += [m.data["revision"] for m in msgs if m.header.get("job") == job and m.event == "state"]
+        if any(m.header.get("job") == job and m.event in ("done", "error") for m in msgs):
+            break
+    assert revisions and set(revisions) == {r0}
+    assert client.request("parts.remove", {"session": session, "indices": [3], "revision": r0}).result["count"] == N - 1
