@@ -232,3 +232,28 @@ def test_transform_selected_sends_the_revision(conn, backend):
     assert "select again" in _refused(bpy.ops.i3d.transform_selected, use_matrix=True, matrix=m.T.tolist())
     np.testing.assert_array_equal(_backend_state(backend, conn.session), mid)
     _same_gaussians(mid, moved[:-1])
+
+
+def test_blender_redo_back_to_the_current_state_needs_no_resync(conn, backend):
+    """Ctrl+Z after a removal marks the object stale and the sync step re-syncs it (260 splats); Ctrl+Shift+Z
+    then brings back the mesh stamped with the current revision: nothing is stale, the object equals the
+    backend's 260 and the next Remove Selected removes exactly the selection."""
+    obj = _splats(conn)
+    bpy.ops.ed.undo_push(message="before remove")
+    select(obj, np.arange(N) < 40)
+    assert bpy.ops.i3d.remove_selected() == {"FINISHED"}
+    bpy.ops.ed.undo_push(message="after remove")
+    mid = _backend_state(backend, conn.session)
+    bpy.ops.ed.undo()
+    assert conn.stale
+    _settle(conn)
+    assert not conn.stale and len(bpy.data.objects[conn.object_name].data.vertices) == N - 40
+    bpy.ops.ed.redo()
+    obj = bpy.data.objects[conn.object_name]
+    assert not conn.stale and splat.stored_revision(obj) == (conn.session, conn.revision)
+    np.testing.assert_array_equal(splat.read_state(obj), mid)
+    again = np.zeros(N - 40, bool)
+    again[5:15] = True
+    select(obj, again)
+    assert bpy.ops.i3d.remove_selected() == {"FINISHED"}
+    _same_gaussians(_backend_state(backend, conn.session), mid[~again])
