@@ -50,7 +50,7 @@ def session_resume(req: Request) -> Reply:
     s, job, step = req.server.resume_session(req.args["session"], req.identity, req.args["paused"])
     n = 0 if s.gaussians is None else s.gaussians.n
     behind = None if s.suspended is None else s.suspended[0].job_id
-    return Reply({"session": s.id, "count": n, "job": job, "step": step, "suspended": behind, "revision": s.current_revision()})
+    return Reply({"session": s.id, "count": n, "job": job, "step": step, "suspended": behind, "revision": s.revision_now()})
 
 
 def session_checkpoint(req: Request) -> Reply:

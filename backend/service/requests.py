@@ -121,7 +121,7 @@ def with_revision(handler: Handler) -> Handler:
         elif isinstance(out, dict):
             out = Reply(result=out)
         if req.session is not None and isinstance(out, Reply) and isinstance(out.result, dict):
-            out.result.setdefault("revision", req.session.current_revision())
+            out.result.setdefault("revision", req.session.revision_now())  # never waits for a job's step
         return out
 
     return wrapped

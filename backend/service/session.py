@@ -145,6 +145,16 @@ class Session:
         """The revision of the Gaussians as they are now (what replies and state frames carry)."""
         return self.note_rows()
 
+    def revision_now(self) -> int:
+        """The revision for a reply, without waiting for a running job's step: exact when the lock is free
+        (or held by this thread), else the last one counted (the job counts its own step's changes)."""
+        if self.lock.acquire(blocking=False):
+            try:
+                return self.note_rows()
+            finally:
+                self.lock.release()
+        return self.revision
+
     def bump(self) -> int:
         """A change of the Gaussians that keeps their rows (a transform moves them): a new revision."""
         with self.lock:
