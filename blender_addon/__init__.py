@@ -20,6 +20,7 @@ _MODULE_NAMES = (
     "operators.interact",
     "operators.stage2",
     "operators.history",
+    "edit_guard",
     "ui",
     "gizmos",
 )

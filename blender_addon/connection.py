@@ -34,10 +34,50 @@ import numpy as np
 
 from ._deps import protocol
 
-# protocol/__init__ imports nothing: load the two submodules used here (vendored or installed copy).
-_client_mod = importlib.import_module(protocol.__name__ + ".client")
+# protocol/__init__ imports nothing. errors is pure Python; the client needs pyzmq and msgpack (the wheels
+# bundled with the extension), so it is imported on first use, never at module load: an add-on whose wheels
+# cannot load still registers and says why in its panel (issue 14, Blender 4.2.0's installer).
 errors = importlib.import_module(protocol.__name__ + ".errors")
 atomic_write = importlib.import_module(protocol.__name__ + ".files").atomic_write
+_CLIENT_MODULE: list = []  # the imported protocol.client, once it imported
+_DEPENDENCY_ERROR: list[str] = []  # why it did not (then every connect says so)
+
+
+class MissingDependencies(RuntimeError):
+    """pyzmq or msgpack cannot be imported in Blender's Python: the add-on cannot reach a backend."""
+
+
+def client_module():
+    """protocol.client (ZeroMQ + msgpack), imported on first use; MissingDependencies if it cannot be."""
+    if _CLIENT_MODULE:
+        return _CLIENT_MODULE[0]
+    try:
+        mod = importlib.import_module(protocol.__name__ + ".client")
+    except ImportError as exc:
+        import platform
+
+        problem = (f"the network libraries (pyzmq, msgpack) do not load in Blender's Python "
+                   f"{platform.python_version()}: {exc}. Reinstall the extension built for this Blender "
+                   f"(scripts/build_extension.py), or install pyzmq and msgpack into Blender's Python")
+        if not _DEPENDENCY_ERROR:
+            log.error("Interactive3D: %s", problem)
+        _DEPENDENCY_ERROR[:] = [problem]
+        raise MissingDependencies(problem) from exc
+    _DEPENDENCY_ERROR.clear()
+    _CLIENT_MODULE.append(mod)
+    return mod
+
+
+def dependency_problem() -> str | None:
+    """None when the network libraries load, else the plain-words reason (shown in the panel; a failed
+    import is not retried on every redraw, only by the next connect)."""
+    if _DEPENDENCY_ERROR:
+        return _DEPENDENCY_ERROR[0]
+    try:
+        client_module()
+    except MissingDependencies as exc:
+        return str(exc)
+    return None
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +195,7 @@ class Connection:
                  client_factory: Callable[..., Any] | None = None) -> None:
         self.timeout_s = float(timeout_s)
         self.heartbeat_s = float(heartbeat_s)
-        self._client_factory = client_factory or _client_mod.Client
+        self._client_factory = client_factory  # None: protocol.client.Client, imported on first connect
         self.client = None
         self.status = DISCONNECTED
         self.address = ""
@@ -164,6 +204,14 @@ class Connection:
         self.session: str | None = None
         self.object_name: str | None = None
         self.count = 0  # Gaussians in the last state frame applied
+        # The backend's state revision of the last frame applied (issue 14) and its positions [N,3] (to notice
+        # splats moved in Blender); `stale` says why the object must be re-synced (set by Blender's undo/redo
+        # and depsgraph handlers, edit_guard.py), acted on by the next sync step.
+        self.revision: int | None = None
+        self.positions: np.ndarray | None = None
+        self.stale = ""
+        self.object_mode = ""  # the splat object's mode at the last depsgraph update (edit_guard.py)
+        self.applying = False  # True while a state frame is being written onto the object
         self.job = JobProgress()
         # A Stage I job the backend paused for an interaction job (drag, semantic edit): its events still
         # update it; it is the session's job again when the interaction ends (then kept in `ended`).
@@ -223,11 +271,12 @@ class Connection:
         """
         if not isinstance(address, str) or "://" not in address:
             raise ValueError(f"address must look like tcp://host:port or ipc:///path, got {address!r}")
+        factory = self._client_factory or client_module().Client  # MissingDependencies: nothing changed
         if self.client is not None:
             self.client.close()
         self.pending.clear()
         self.address, self.auth_key = address, auth_key
-        self.client = self._client_factory(address, auth_key=auth_key)
+        self.client = factory(address, auth_key=auth_key)
         self.status = CONNECTING
         self.last_error = ""
         if blocking:
@@ -394,10 +443,26 @@ class Connection:
             log.info("%s", self.last_message)
             self.then_chain([{"op": "gaussians.init", "args": p.context["fallback"], "kind": "chain_edit"}, *(p.context.get("chain") or [])])
             return True
+        if code == "conflict":
+            # The indices were taken on an older state of the Gaussians: the backend changed nothing. Show the
+            # artist the backend's state again and ask for a new selection.
+            self.last_error = (f"{p.op} refused: the splats changed since they were selected ({message}). "
+                               "The splat object was re-synced from the backend: select again")
+            self.then("state.get", kind="state")
+            return False
         self.last_error = text
         if p.kind in ("ping", "session", "reattach"):
             self._fail(text)
         return False
+
+    def resync(self, reason: str) -> None:
+        """Rewrite the splat object from the backend's current state (state.get), telling the artist why."""
+        self.stale = ""
+        if not self.connected or self.session is None:
+            return
+        self.last_message = f"re-synced the splat object from the backend: {reason}"
+        log.info("Interactive3D: %s", self.last_message)
+        self.then("state.get", kind="state")
 
     # -- waiting (batch mode) --------------------------------------------------------------------------
     def wait_job(self, timeout: float = 600.0, scene=None) -> str:
@@ -515,7 +580,7 @@ def _on_job_started(conn: Connection, p: Pending, result: dict, buffers: list) -
 
 def _on_state(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     if buffers:
-        _apply_state(conn, np.asarray(buffers[0]), result.get("parts"))
+        _apply_state(conn, np.asarray(buffers[0]), result.get("parts"), result.get("revision"))
 
 
 def _on_edit(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
@@ -524,7 +589,7 @@ def _on_edit(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
         conn.history = {"undo": list(result.get("undo") or []), "redo": list(result.get("redo") or [])}
     conn.last_message = f"{p.op}: {result.get('count', '')} Gaussians".rstrip(": ")
     if buffers and np.ndim(buffers[0]) == 2 and np.shape(buffers[0])[1] == 14:
-        _apply_state(conn, np.asarray(buffers[0]), result.get("parts"))
+        _apply_state(conn, np.asarray(buffers[0]), result.get("parts"), result.get("revision"))
     else:
         conn.then("state.get", kind="state")
 
@@ -616,7 +681,7 @@ def _ev_progress(conn: Connection, data: dict, buffers: list, job) -> None:
 
 def _ev_state(conn: Connection, data: dict, buffers: list, job) -> None:
     if buffers:
-        _apply_state(conn, np.asarray(buffers[0]), data.get("parts"))
+        _apply_state(conn, np.asarray(buffers[0]), data.get("parts"), data.get("revision"))
 
 
 def _ev_paused(conn: Connection, data: dict, buffers: list, job) -> None:
@@ -651,8 +716,9 @@ _EVENT_HANDLERS: dict[str, Callable] = {
 
 
 # -- Blender side ------------------------------------------------------------------------------------------
-def _apply_state(conn: Connection, state: np.ndarray, part_names=None) -> None:
-    """Write a state frame onto the session's splat object (created on the first frame)."""
+def _apply_state(conn: Connection, state: np.ndarray, part_names=None, revision=None) -> None:
+    """Write a state frame onto the session's splat object (created on the first frame), stamped with the
+    backend's state revision it belongs to (sent back with the indices of the next selection)."""
     import bpy
     from . import splat
 
@@ -660,12 +726,21 @@ def _apply_state(conn: Connection, state: np.ndarray, part_names=None) -> None:
         conn.last_error = f"state frame with shape {list(state.shape)} ignored (expected [N,14])"
         return
     conn.count = int(state.shape[0])
+    conn.revision = None if revision is None else int(revision)
+    conn.positions = np.array(state[:, :3], dtype=np.float32)
+    conn.stale = ""
     obj = bpy.data.objects.get(conn.object_name or "")
-    if obj is None or obj.type != "MESH":
-        obj = splat.new_splat_object(conn.object_name or DEFAULT_OBJECT_NAME, state)
-        conn.object_name = obj.name
-        return
-    splat.apply_state(obj, state)  # handles Edit Mode itself
+    conn.applying = True  # the mode switches and writes below are ours: edit_guard ignores them
+    try:
+        if obj is None or obj.type != "MESH":
+            obj = splat.new_splat_object(conn.object_name or DEFAULT_OBJECT_NAME, state)
+            conn.object_name = obj.name
+        else:
+            splat.apply_state(obj, state)  # handles Edit Mode itself
+        splat.stamp_revision(obj, conn.revision, conn.session)
+    finally:
+        conn.applying = False
+    conn.object_mode = obj.mode
 
 
 def apply_to_scene(conn: Connection, scene) -> None:
@@ -690,6 +765,8 @@ def sync_step(conn: Connection | None = None, scene=None, timeout_ms: int = 0) -
     conn = conn or get()
     count = 0
     try:
+        if conn.stale and conn.connected:
+            conn.resync(conn.stale)
         msgs = conn.poll(timeout_ms)
         for msg in msgs:
             conn.handle(msg)

@@ -8,7 +8,13 @@ POINT attributes holding the *activated* state frame (docs/conventions.md)
     i3d_scale     FLOAT_VECTOR  σ_x σ_y σ_z > 0
     i3d_rotation  QUATERNION    unit quaternion, w-first (Blender stores quaternion attributes w,x,y,z)
 
-plus a geometry-nodes modifier that instances ellipsoids (geometry_nodes.py). Everything is written with
+plus a geometry-nodes modifier that instances ellipsoids (geometry_nodes.py).
+
+Vertex i is Gaussian i only while nobody edits the mesh's topology in Blender (issue 14). So every state
+write also stamps the mesh: an INT attribute ``i3d_index`` = 0…N−1 (Blender's delete, duplicate, extrude
+and merge carry it along with the vertices, so any of them shows as a break in 0…N−1) and ID properties
+``i3d_count``, ``i3d_revision`` (the backend's state revision of the frame) and ``i3d_session``. Blender's
+undo restores them together with the vertices they describe. :func:`index_map_problem` checks them. Everything is written with
 ``foreach_set`` on float32 arrays: no Python loop runs per splat.
 
 A .ply import also keeps the file's exact pre-activation values (``i3d_ply_*`` attributes) so that an
@@ -40,6 +46,8 @@ _PLY_DC, _PLY_OPACITY, _PLY_SCALE, _PLY_ROT, _PLY_NORMAL = (
     PLY_PREFIX + "f_dc", PLY_PREFIX + "opacity", PLY_PREFIX + "scale", PLY_PREFIX + "rot", PLY_PREFIX + "normal")
 _PLY_REST = PLY_PREFIX + "f_rest_"  # + k: FLOAT_VECTOR, SH coefficient k+1 of (r, g, b)
 _PLY_EXTRA = PLY_PREFIX + "x_"  # + property name: FLOAT
+ATTR_INDEX = "i3d_index"  # INT: the Gaussian index of each vertex when the frame was written
+PROP_COUNT, PROP_REVISION, PROP_SESSION = "i3d_count", "i3d_revision", "i3d_session"
 
 # Above this many splats a new object starts in the light display mode (points), see BLENDER.md.
 LIGHT_MODE_THRESHOLD = 100_000
@@ -157,6 +165,8 @@ def apply_state(obj: bpy.types.Object, state: np.ndarray,
     mesh.vertices.foreach_set("co", np.ascontiguousarray(state[:, 0:3]).ravel())
     for name, kind, cols in _STATE_ATTRS:
         _write_attr(mesh, name, kind, state[:, cols])
+    _write_attr(mesh, ATTR_INDEX, "INT", np.arange(n, dtype=np.int32))  # rewritten every time: cheap, and exact
+    mesh[PROP_COUNT] = n
     if parts is not None:
         _remove_attrs(mesh, PART_PREFIX)
         for name, mask in parts.items():
@@ -225,6 +235,59 @@ def selected_indices(obj: bpy.types.Object) -> np.ndarray:
     sel = np.empty(len(mesh.vertices), dtype=bool)
     mesh.vertices.foreach_get("select", sel)
     return np.flatnonzero(sel)
+
+
+def stamp_revision(obj: bpy.types.Object, revision: int | None, session: str | None) -> None:
+    """Record on the mesh which backend state (session, revision) its vertices are (after apply_state)."""
+    mesh = _check_mesh_object(obj)
+    if revision is None:
+        mesh.pop(PROP_REVISION, None)
+    else:
+        mesh[PROP_REVISION] = int(revision)
+    mesh[PROP_SESSION] = session or ""
+
+
+def stored_revision(obj: bpy.types.Object) -> tuple[str, int | None]:
+    """(session, revision) of the state frame last written onto ``obj`` (revision None if unknown)."""
+    mesh = _check_mesh_object(obj)
+    rev = mesh.get(PROP_REVISION)
+    return str(mesh.get(PROP_SESSION, "")), None if rev is None else int(rev)
+
+
+def vertex_count(obj: bpy.types.Object) -> int:
+    """Vertices of the object now, Edit Mode included (the edit-mesh's count; O(1), no flush)."""
+    mesh = _check_mesh_object(obj)
+    if obj.mode == "EDIT":
+        import bmesh
+
+        return len(bmesh.from_edit_mesh(mesh).verts)
+    return len(mesh.vertices)
+
+
+def index_map_problem(obj: bpy.types.Object, positions: np.ndarray | None = None) -> str | None:
+    """Why vertex i is no longer Gaussian i on ``obj`` (None when it still is).
+
+    Checks the vertex count against the stamped count and the ``i3d_index`` attribute against 0…N−1
+    (deleted, duplicated, extruded or merged vertices break it); with ``positions`` [N,3] (the last state
+    frame written) also whether vertices were moved in Blender (G/R/S in Edit Mode). Edit Mode is flushed.
+    """
+    mesh = _check_mesh_object(obj)
+    stamped = mesh.get(PROP_COUNT)
+    if stamped is None:
+        return "it was never synced with the backend"
+    n = vertex_count(obj)
+    if n != int(stamped):
+        return f"it has {n} vertices but the backend state it shows has {int(stamped)} (vertices were added or deleted in Blender)"
+    with _readable_mesh(obj) as m:
+        index = _read_attr(m, ATTR_INDEX)
+        if index is None or index.shape != (n,) or not np.array_equal(index, np.arange(n, dtype=index.dtype)):
+            return "its vertices were deleted, duplicated, merged or reordered in Blender"
+        if positions is not None:
+            co = np.empty(n * 3, np.float32)
+            m.vertices.foreach_get("co", co)
+            if positions.shape != (n, 3) or not np.array_equal(co.reshape(n, 3), np.asarray(positions, np.float32)):
+                return "splats were moved in Blender (Edit Mode G/R/S); use Transform Selected to move them"
+    return None
 
 
 def new_splat_object(name: str, state: np.ndarray, collection: bpy.types.Collection | None = None,

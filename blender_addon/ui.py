@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 
 from . import connection
@@ -33,6 +35,12 @@ class I3D_PT_connection(_Panel, bpy.types.Panel):
     def draw(self, context):
         conn = connection.get()
         layout = self.layout
+        problem = connection.dependency_problem()
+        if problem:  # the bundled pyzmq/msgpack wheels do not load here: say so instead of failing silently
+            box = layout.box()
+            box.label(text="Cannot reach a backend from this Blender:", icon="ERROR")
+            for line in textwrap.wrap(problem, 60):
+                box.label(text=line)
         icon = {"CONNECTED": "LINKED", "CONNECTING": "TIME"}.get(conn.status, "UNLINKED")
         layout.label(text=f"{conn.status.title()}  {conn.address}", icon=icon)
         if conn.session:

@@ -31,7 +31,8 @@ STATE_COLUMNS: tuple[str, ...] = ("x", "y", "z", "r", "g", "b", "opacity", "sx",
 EVENT_KINDS: dict[str, str] = {
     "progress": 'data {"step": steps done, "total": total steps, "metrics": {name: float}}; jobs with a preview '
     '(stage2.distill) add "preview": [H, W] and one float32 [H,W,3] buffer when a new preview was rendered',
-    "state": 'data {"step", "count": N, "columns": STATE_COLUMNS}; buffers [state [N,14] float32]',
+    "state": 'data {"step", "count": N, "columns": STATE_COLUMNS, "revision": the session\'s state revision of this '
+    'frame}; buffers [state [N,14] float32]',
     "paused": 'data {"step"}: the job stopped between two steps',
     "resumed": 'data {"step"}: the job continues',
     "done": 'data {"status": "done"|"cancelled", "steps": steps done, "total", ...the job\'s result fields}',
@@ -281,10 +282,13 @@ _JOB_RESULT = (
     ("metrics", "last progress metrics {name: float}"),
     ("suspended", "id of the Stage I job paused behind this job (it preempts Stage I) or null"),
 )
+# Every reply of an op on a session carries the session's state revision after the op (issue 14).
+_REVISION_RESULT = ("revision", "the session's state revision after the op (bumped by every change of its Gaussians)")
 _HISTORY_RESULT = (
     ("undo", "labels of undoable states, oldest first"),
     ("redo", "labels of redoable states, next first"),
     ("count", "Gaussians after the op"),
+    _REVISION_RESULT,
 )
 
 _SERVER_OPS: list[OpSpec] = [
@@ -344,6 +348,7 @@ _SERVER_OPS: list[OpSpec] = [
             ("count", "Gaussians restored"),
             ("job", "the restarted job id or null"),
             ("step", "step the job continues from (0 if none)"),
+            _REVISION_RESULT,
             ("suspended", "id of a Stage I job restarted paused behind that job (an interaction that preempts "
                           "it), which goes on when the interaction ends; null if none"),
         ),
@@ -399,6 +404,7 @@ _SERVER_OPS: list[OpSpec] = [
             ("columns", "STATE_COLUMNS"),
             ("parts", "part names"),
             ("part_counts", "{part: Gaussians in it}"),
+            _REVISION_RESULT,
         ),
         result_buffers=(Buffer("state", ("float32",), (None, 14), doc="[N,14] state frame"),),
     ),
@@ -570,6 +576,13 @@ _SDS_ARGS = (
     Arg("resolution", "int", "zoom-in render size (pixels, square)", default=64, min=16, max=1024),
     Arg("seed", "int", "seed of the zoom-in cameras and SDS noise", default=0, min=0),
 )
+# Ops that take Gaussian indices take the state revision they refer to (issue 14): every change of a session's
+# Gaussians (ops, job steps that change their number or order, undo, redo, resume) bumps it; a stale one is
+# refused with ``conflict`` and nothing changes. Optional so that a script that owns its session may omit it.
+_REVISION_ARG = Arg(
+    "revision", "int", "the state revision (from state.get, a state event or a reply) the indices / selection refer to; "
+    "a stale one is refused with conflict and nothing changes; omitted: not checked", min=0, nullable=True,
+)
 _INTERACTION_OPS: list[OpSpec] = [
     OpSpec(
         "parts.select",
@@ -590,14 +603,15 @@ _INTERACTION_OPS: list[OpSpec] = [
             Arg("occlusion_aware", "bool", "kind=masks: require centre depth ≤ rendered depth + tolerance", default=False),
             Arg("depth_tolerance", "float", "kind=masks: depth tolerance (object units)", default=0.05, min=0.0),
             Arg("allow_empty", "bool", "accept a selection that catches no Gaussian", default=False),
+            _REVISION_ARG,
         ),
         buffers=(
             Buffer("data", _NUMERIC, None, optional=True, doc="indices [K] int (kind=indices), box matrix [4,4] (kind=box) or masks [B,H,W] uint8/bool (kind=masks)"),
             Buffer("c2w", ("float32", "float64"), (None, 4, 4), optional=True, doc="kind=masks: Blender camera matrix_world per mask [B,4,4]"),
         ),
-        result=(("name", "the part"), ("count", "Gaussians in it"), ("total", "Gaussians in the session")),
+        result=(("name", "the part"), ("count", "Gaussians in it"), ("total", "Gaussians in the session"), _REVISION_RESULT),
         session=True,
-        errors=("not_found",),
+        errors=("not_found", "conflict"),
     ),
     OpSpec(
         "parts.list",
@@ -620,11 +634,12 @@ _INTERACTION_OPS: list[OpSpec] = [
         args=(
             Arg("part", "str", "part to delete (or give indices)"),
             Arg("indices", "list", "Gaussian indices (or the buffer)", items="int", min=0),
+            _REVISION_ARG,
         ),
         buffers=(Buffer("indices", ("int32", "int64", "uint32", "uint64"), (None,), optional=True, doc="Gaussian indices [K]"),),
-        result=(("removed", "Gaussians deleted"), ("count", "Gaussians left")),
+        result=(("removed", "Gaussians deleted"), ("count", "Gaussians left"), _REVISION_RESULT),
         session=True,
-        errors=("not_found", "busy"),
+        errors=("not_found", "busy", "conflict"),
     ),
     OpSpec(
         "parts.add",
@@ -652,11 +667,12 @@ _INTERACTION_OPS: list[OpSpec] = [
             Arg("part", "str", "the part", required=True),
             Arg("matrix", "list", "16 numbers, row-major 4×4 (or the buffer)", items="float", length=16),
             Arg("pivot", "list", "pivot point; default the part's bounding-box centre", items="float", length=3),
+            _REVISION_ARG,
         ),
         buffers=(Buffer("matrix", ("float32", "float64"), (4, 4), optional=True, doc="the 4×4 transform"),),
-        result=(("count", "Gaussians transformed"), ("pivot", "pivot used"), ("similarity", "true if A was ±s·R")),
+        result=(("count", "Gaussians transformed"), ("pivot", "pivot used"), ("similarity", "true if A was ±s·R"), _REVISION_RESULT),
         session=True,
-        errors=("not_found", "busy"),
+        errors=("not_found", "busy", "conflict"),
     ),
     OpSpec(
         "interact.drag",
@@ -948,6 +964,12 @@ def markdown() -> str:
         "client retry) gets the first successful reply again instead of running twice. Job events go to the",
         "client that last sent a request naming the session.",
         "",
+        "State revisions: each session counts a `revision` that every change of its Gaussians bumps (every op that",
+        "changes them, job steps that change their number or order, undo, redo, resume). The replies of the session,",
+        "job, history, state, Stage I and interaction ops on a session and every `state` event carry it. Ops that take Gaussian indices",
+        "(`parts.select`, `parts.remove`, `parts.transform`) take the `revision` the indices refer to and answer",
+        "`conflict`, changing nothing, when it is stale.",
+        "",
         "Buffer dtypes: " + ", ".join(f"`{d}`" for d in DTYPES) + ".",
         "",
         "Default caps (server `--max-bytes` etc.): 64 frames, 1 MiB header, 1 GiB per frame and in total.",
@@ -969,6 +991,8 @@ def markdown() -> str:
         "busy": "the session has a job in flight",
         "unauthorized": "authentication is on and the message is unsigned, wrongly signed, stale or replayed",
         "internal": "unexpected backend exception (logged with traceback); the server keeps running",
+        "conflict": "the op's Gaussian indices refer to a stale state `revision` (the session's Gaussians changed since); "
+        "nothing changed: fetch `state.get` and select again",
     }
     lines += [f"| `{c}` | {meanings[c]} |" for c in ERROR_CODES]
     lines += ["", "## Events", "", "| event | payload |", "|---|---|"]

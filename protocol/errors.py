@@ -8,8 +8,8 @@ error reply becomes :class:`RemoteError`, and a request that got no reply after 
 
 from __future__ import annotations
 
-# The error codes of the wire protocol (DESIGN.md, "Contracts"). ``cancelled`` and ``conflict`` are not
-# used: a cancelled job ends with a ``done`` event whose status says so.
+# The error codes of the wire protocol (DESIGN.md, "Contracts"). ``cancelled`` is not used: a cancelled job
+# ends with a ``done`` event whose status says so.
 ERROR_CODES: tuple[str, ...] = (
     "bad_message",  # the envelope could not be decoded (garbage, non-map header, frame/size mismatch)
     "unsupported_version",  # header "v" is not a version this side speaks
@@ -20,6 +20,7 @@ ERROR_CODES: tuple[str, ...] = (
     "busy",  # the session already has a job in flight (or the op needs it idle)
     "unauthorized",  # authentication is on and the message is unsigned, wrongly signed, stale or replayed
     "internal",  # an unexpected exception in the backend (logged with traceback there)
+    "conflict",  # the Gaussian indices refer to a stale state revision (the session changed since): nothing changed
 )
 
 
@@ -79,6 +80,10 @@ class Unauthorized(ProtocolError):
 
 class Internal(ProtocolError):
     code = "internal"
+
+
+class Conflict(ProtocolError):
+    code = "conflict"
 
 
 class RemoteError(Exception):

@@ -11,7 +11,11 @@ exactly the wheel files that were downloaded, and ``platforms`` lists the platfo
 in Blender's Python some other way, and says so on the terminal.
 
 The installed versions of pyzmq and msgpack are pinned (same versions as development) unless
-``--unpinned``. Install the result with Blender's "Install from Disk" or
+``--unpinned``. Blender 4.2.0's installer picks bundled wheels by platform only and keeps one per package,
+the highest version (ties: the greatest file name, so a cp312-abi3 or cp313 wheel beat cp311 and did not
+load in its Python 3.11); 4.2.1+ also match the Python tag. So the wheels for the newer Pythons are the
+newest release *below* the Python 3.11 one: every Blender then installs a wheel that loads
+(:func:`blender_4_2_0_pick` re-implements 4.2.0's choice; the add-on tests run on bpy 4.2.0 and 5.0.1). Install the result with Blender's "Install from Disk" or
 ``blender --command extension install-file -r user_default -e ZIP``.
 """
 
@@ -75,10 +79,17 @@ def download_wheels(dest: Path, cache_dir: Path | None, pinned: bool = True, pip
     covered = []
     for plat in PLATFORMS:
         ok = True
+        oldest: dict[str, str] = {}  # package → version of its wheel for PYTHONS[0]
         for py in PYTHONS:
             for package in PACKAGES:
                 version = _version_of(package) if pinned else None
-                req = f"{package}=={version}" if version else package
+                if py == PYTHONS[0]:
+                    req = f"{package}=={version}" if version else package
+                elif package in oldest:  # below the oldest Python's wheel: Blender 4.2.0 then keeps that one
+                    req, version = f"{package}<{oldest[package]}", None
+                else:
+                    ok = False
+                    continue
                 target = (cache_dir or dest / ".pip") / f"{package}-py{py}-{plat.blender}"
                 target.mkdir(parents=True, exist_ok=True)
                 before = set(target.iterdir())
@@ -96,6 +107,8 @@ def download_wheels(dest: Path, cache_dir: Path | None, pinned: bool = True, pip
                     log.warning("no %s wheel for Python %s on %s", package, py, plat.blender)
                     continue
                 files.setdefault(wheel.name, wheel)
+                if py == PYTHONS[0]:
+                    oldest[package] = wheel.name.split("-")[1]
         if ok:
             covered.append(plat.blender)
     out = []
@@ -104,6 +117,34 @@ def download_wheels(dest: Path, cache_dir: Path | None, pinned: bool = True, pip
         out.append(dest / name)
     shutil.rmtree(dest / ".pip", ignore_errors=True)
     return out, covered
+
+
+def _version_key(version: str) -> tuple:
+    """The part of a version Blender 4.2.0 compares: the first three numbers, then the rest as text."""
+    m = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)
+    if m is None:
+        return (0, 0, 0, "")
+    return (*(int(g) if g is not None else 0 for g in m.groups()), version[m.end():])
+
+
+def blender_4_2_0_pick(wheel_names: list[str], platform_tag: str) -> dict[str, str]:
+    """package → the wheel Blender 4.2.0's installer keeps among ``wheel_names`` on ``platform_tag`` (e.g.
+    ``linux_x86_64``): filtered by platform only, then per package the highest version, ties to the greatest
+    file name (its wheel_manager.wheel_list_deduplicate_as_skip_set). Used to check a build."""
+    picked: dict[str, str] = {}
+    arch = platform_tag.partition("_")[2]
+    for name in wheel_names:
+        plat = name[:-4].split("-")[-1]
+        if not (plat in ("any", platform_tag)
+                or (platform_tag.startswith("linux_") and plat.startswith("manylinux") and plat.endswith("_" + arch))
+                or (platform_tag.startswith("macosx_") and plat.startswith("macosx_")
+                    and plat.endswith("_" + platform_tag.rpartition("_")[2]))):
+            continue
+        base = name.partition("-")[0]
+        best = picked.get(base)
+        if best is None or (_version_key(best.split("-")[1]), best) < (_version_key(name.split("-")[1]), name):
+            picked[base] = name
+    return picked
 
 
 def _wheel_from_pip_output(stdout: str, target: Path, package: str, version: str | None, before: set[Path]

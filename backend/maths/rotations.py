@@ -129,7 +129,10 @@ def _eigvec(c6: tuple[Tensor, ...], lam: Tensor) -> Vec:
     take1 = n2[1] > n2[0]
     best = [torch.where(take1, b, a) for a, b in zip(cands[0], cands[1])]
     take2 = n2[2] > torch.where(take1, n2[1], n2[0])
-    return _unit_c(tuple(torch.where(take2, b, a) for a, b in zip(cands[2], best)))
+    # (The pairs are (kept, candidate): swapping them took the *smallest* cross product whenever the
+    # third was not the largest, e.g. a rounding-size vector along x for diag(a, b, a), so axis-aligned
+    # stretches came back with permuted axes.)
+    return _unit_c(tuple(torch.where(take2, c2, kept) for kept, c2 in zip(best, cands[2])))
 
 
 def eigh3(cov: Tensor, degenerate_rtol: float = 1e-7) -> tuple[Tensor, Tensor]:
@@ -162,7 +165,7 @@ def eigh3_c(c6: tuple[Tensor, ...], degenerate_rtol: float = 1e-7) -> tuple[Vec,
     phi = torch.acos((det / 2.0).clamp(-1.0, 1.0)) / 3.0
     l1 = q + 2.0 * p * torch.cos(phi)  # largest
     l3 = q + 2.0 * p * torch.cos(phi + 2.0 * math.pi / 3.0)  # smallest
-    l2 = 3.0 * q - l1 - l3
+    l2 = torch.minimum(torch.maximum(3.0 * q - l1 - l3, l3), l1)  # the trace identity, kept in order by rounding
     scale = torch.maximum(l1.abs(), l3.abs()).clamp_min(1e-300)
     top_simple = (l1 - l2) > degenerate_rtol * scale
     low_simple = (l2 - l3) > degenerate_rtol * scale

@@ -64,6 +64,7 @@ class Checkpoint:
     suspended: JobRecord | None = None
     time: float = field(default_factory=time.time)
     guidance: dict | None = None  # the session's GuidanceSpec as plain values
+    revision: int = 0  # the session's state revision (issue 14); a resumed session continues above it
 
 
 def checkpoint_path(state_dir: str | Path, session_id: str) -> Path:
@@ -128,6 +129,7 @@ def capture(session: Session, job: JobRecord | None = None, with_history: bool =
             job=job,
             suspended=suspended,
             guidance=None if session.guidance is None else session.guidance.to_dict(),
+            revision=session.current_revision(),
         )
 
 
@@ -164,6 +166,7 @@ def write(state_dir: str | Path, ckpt: Checkpoint) -> Path:
         "job": None if ckpt.job is None else vars(ckpt.job),
         "suspended": None if ckpt.suspended is None else vars(ckpt.suspended),
         "guidance": ckpt.guidance,
+        "revision": ckpt.revision,
     }
     _atomic_save(payload, path)
     keep = {f"{s.uid}.pt" for s in (*ckpt.undo, *ckpt.redo)}
@@ -203,6 +206,7 @@ def read(state_dir: str | Path, session_id: str, device: torch.device | str = "c
         suspended=None if suspended is None else JobRecord(**suspended),
         time=payload["time"],
         guidance=payload.get("guidance"),  # files from before issue 18 have none
+        revision=int(payload.get("revision", 0)),  # files from before revisions have none
     )
 
 
@@ -210,6 +214,8 @@ def restore_session(ckpt: Checkpoint, device: torch.device | str = "cpu") -> Ses
     """A live Session from a checkpoint (no job attached yet)."""
     s = Session(ckpt.session_id, ckpt.name, device=device)
     s.restore(ckpt.current)
+    s.revision = ckpt.revision
+    s.bump()  # resuming is a change: indices a client took before the restart are refused
     s.history.undo = list(ckpt.undo)
     s.history.redo = list(ckpt.redo)
     if ckpt.guidance is not None:

@@ -225,19 +225,21 @@ class JobRunner:
             buffers = [img]
         self._emit("progress", data, buffers)
 
-    def _state_frame(self) -> np.ndarray:
+    def _state_frame(self) -> tuple[np.ndarray, int]:
+        """The state frame and the session's revision it belongs to (read together under the lock)."""
         with self.session.lock:
+            revision = self.session.current_revision()
             fn = getattr(self.job, "state_payload", None)
             if callable(fn):
-                return np.ascontiguousarray(fn(), dtype=np.float32)
+                return np.ascontiguousarray(fn(), dtype=np.float32), revision
             g = self.session.gaussians
-            return np.zeros((0, 14), np.float32) if g is None else g.state_array()
+            return (np.zeros((0, 14), np.float32) if g is None else g.state_array()), revision
 
     def _emit_state(self) -> None:
-        frame = self._state_frame()
+        frame, revision = self._state_frame()
         from interactive3d.protocol.catalogue import STATE_COLUMNS
 
-        self._emit("state", {"step": self.step, "count": int(frame.shape[0]), "columns": list(STATE_COLUMNS)}, [frame])
+        self._emit("state", {"step": self.step, "count": int(frame.shape[0]), "columns": list(STATE_COLUMNS), "revision": revision}, [frame])
 
     def _wait_if_paused(self) -> None:
         with self._cond:
@@ -271,6 +273,7 @@ class JobRunner:
                 with self.session.lock:
                     metrics = self.job.step(self.step)
                     self.step += 1  # inside the lock: a checkpoint taken under it sees state and step agree
+                    self.session.note_rows()  # densify/prune changed the rows: a new revision before anyone reads
                 self.metrics = _finite_metrics(metrics)
                 i = self.step
                 if cfg.progress_every and (i % cfg.progress_every == 0 or i == self.total):

@@ -7,8 +7,10 @@ session or a state-frame payload, with a 4×4), ``parts.transform`` (Eq. 2). Job
 Optional: ``segment.sam``.
 
 Every mutating op takes the session lock (so it lands between two steps of a running job), validates
-everything first (ValueError → ``invalid_args``, unknown part/session/file → ``not_found``), and only
-then records a history entry and changes the Gaussians: a refused op changes nothing.
+everything first (ValueError → ``invalid_args``, unknown part/session/file → ``not_found``, a stale
+state ``revision`` → ``conflict``), and only then records a history entry and changes the Gaussians: a
+refused op changes nothing. The ops that take Gaussian indices (select by indices, remove, and the
+transform of a selection) check the revision the client's indices refer to (issue 14).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..interact.transform import check_matrix, transform_part
 from ..stage1.densify import DensifyConfig
 from ..stage1.guidance import GuidanceConfig
 from ..stage1.gaussians import Gaussians
-from .requests import Reply
+from .requests import Reply, with_revision
 
 COMBINE = ("replace", "add", "subtract", "intersect")
 SELECT_KINDS = ("indices", "sphere", "aabb", "box", "masks", "all")
@@ -200,6 +202,7 @@ def handle_select(req) -> dict:
     with s.lock:
         g = _gaussians(s)
         _no_interaction_job(s)
+        s.check_revision(args.get("revision"))
         mask = select_mask(s, g, args, req.buffers)
         combine = args["combine"]
         if combine != "replace" and name in g.part_names():
@@ -239,6 +242,7 @@ def handle_remove(req) -> dict:
     with s.lock:
         g = _gaussians(s)
         _no_interaction_job(s)
+        s.check_revision(args.get("revision"))
         if args.get("part"):
             mask = _part(g, args["part"])
             label = f"remove {args['part']}"
@@ -331,6 +335,7 @@ def handle_transform(req) -> dict:
     with s.lock:
         g = _gaussians(s)
         _no_interaction_job(s)
+        s.check_revision(args.get("revision"))
         mask = _part(g, args["part"])
         try:
             check_matrix(matrix)
@@ -338,6 +343,7 @@ def handle_transform(req) -> dict:
             raise _invalid(exc) from None
         s.record(f"transform {args['part']}")
         res = transform_part(g, mask, matrix, pivot=pivot, optimizers=s.optimizers)
+        s.bump()  # the rows stay, but a client's copy of them is stale
         return {"count": res.count, "pivot": res.pivot.tolist(), "similarity": res.similarity}
 
 
@@ -420,7 +426,7 @@ def handle_sam(req):
     return Reply({"count": int(mask.sum())}, [mask.astype(np.uint8)])
 
 
-HANDLERS = {
+HANDLERS = {name: with_revision(fn) for name, fn in {
     "parts.select": handle_select,
     "parts.list": handle_list,
     "parts.forget": handle_forget,
@@ -430,4 +436,4 @@ HANDLERS = {
     "interact.drag": handle_drag,
     "interact.edit": handle_edit,
     "segment.sam": handle_sam,
-}
+}.items()}  # replies carry `revision` (issue 14)

@@ -10,7 +10,7 @@ from interactive3d.protocol.codec import PROTOCOL_VERSION
 from interactive3d.protocol.errors import Busy, NotFound
 
 from . import checkpoint as ckpt_mod
-from .requests import SERVER_NAME, Reply, Request
+from .requests import SERVER_NAME, Reply, Request, with_revision
 
 
 @functools.lru_cache(maxsize=1)  # ping answers on the router thread: read the package metadata once
@@ -102,7 +102,7 @@ def session_resume(req: Request) -> Reply:
     s, job, step = req.server.resume_session(req.args["session"], req.identity, req.args["paused"])
     n = 0 if s.gaussians is None else s.gaussians.n
     behind = None if s.suspended is None else s.suspended[0].job_id
-    return Reply({"session": s.id, "count": n, "job": job, "step": step, "suspended": behind})
+    return Reply({"session": s.id, "count": n, "job": job, "step": step, "suspended": behind, "revision": s.revision_now()})
 
 
 def session_checkpoint(req: Request) -> Reply:
@@ -196,15 +196,18 @@ def state_get(req: Request) -> Reply:
         return Reply({"count": int(frame.shape[0]), "columns": list(STATE_COLUMNS), "parts": parts, "part_counts": counts}, [frame])
     with s.lock:
         g = s.gaussians
+        revision = s.current_revision()  # under the lock: the frame and its revision agree
         if g is None:
-            return Reply({"count": 0, "columns": list(STATE_COLUMNS), "parts": [], "part_counts": {}}, [np.zeros((0, 14), np.float32)])
+            return Reply({"count": 0, "columns": list(STATE_COLUMNS), "parts": [], "part_counts": {}, "revision": revision},
+                         [np.zeros((0, 14), np.float32)])
         frame = g.state_array()
         parts = g.part_names()
         counts = {p: int(g.part_mask(p).sum()) for p in parts}
-    return Reply({"count": int(frame.shape[0]), "columns": list(STATE_COLUMNS), "parts": parts, "part_counts": counts}, [frame])
+    return Reply({"count": int(frame.shape[0]), "columns": list(STATE_COLUMNS), "parts": parts, "part_counts": counts,
+                  "revision": revision}, [frame])
 
 
-HANDLERS: dict = {
+HANDLERS: dict = {name: with_revision(fn) for name, fn in {
     "ping": ping,
     "session.create": session_create,
     "session.list": session_list,
@@ -220,4 +223,4 @@ HANDLERS: dict = {
     "history.redo": history_redo,
     "history.list": history_list,
     "state.get": state_get,
-}
+}.items()}  # replies carry `revision` (issue 14)

@@ -30,7 +30,7 @@ from ..stage1.guidance import (
 )
 from ..stage1.guidance_cache import GuidanceSpec, default_model
 from . import costs, files
-from .requests import Reply, Request
+from .requests import Reply, Request, with_revision
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,7 @@ def presets_resolve(req: Request) -> Reply:
     return Reply(presets.resolve(req.args["name"], req.device.type).as_result())
 
 
-HANDLERS: dict = {
+HANDLERS: dict = {name: with_revision(fn) for name, fn in {
     "gaussians.init": gaussians_init,
     "gaussians.load_ply": gaussians_load_ply,
     "gaussians.save_ply": gaussians_save_ply,
@@ -393,4 +393,4 @@ HANDLERS: dict = {
     "stage1.set_reference": stage1_set_reference,
     "stage1.start": stage1_start,
     "presets.resolve": presets_resolve,
-}
+}.items()}  # replies carry `revision` (issue 14)

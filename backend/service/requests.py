@@ -5,6 +5,7 @@ Kept apart from server.py so that imports run one way: server → ops_* → requ
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -107,6 +108,25 @@ class Request:
 
 
 Handler = Callable[[Request], "Reply | dict | None"]
+
+
+def with_revision(handler: Handler) -> Handler:
+    """``handler`` whose reply also carries the session's state revision after the op (``revision``,
+    issue 14). Clients take the revision of their copy of the Gaussians from the state frame they apply
+    (``state.get``, ``state`` events); this one tells them whether that copy is still current."""
+
+    @functools.wraps(handler)
+    def wrapped(req: Request) -> Reply:
+        out = handler(req)
+        if out is None:
+            out = Reply()
+        elif isinstance(out, dict):
+            out = Reply(result=out)
+        if req.session is not None and isinstance(out, Reply) and isinstance(out.result, dict):
+            out.result.setdefault("revision", req.session.revision_now())  # never waits for a job's step
+        return out
+
+    return wrapped
 
 
 PREEMPTIBLE_KINDS = ("stage1",)

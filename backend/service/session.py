@@ -6,6 +6,15 @@ read or mutate the session take it too, so an edit lands *between* two optimisat
 History: :meth:`Session.record` pushes an exact snapshot (parameters, buffers such as part masks,
 optimiser moments, every extra slot) before an edit; :meth:`undo` / :meth:`redo` swap snapshots.
 
+State revision (issue 14): ``session.revision`` counts changes of the Gaussians that can invalidate what
+a client holds — their number or order (remove, add, densify/prune in a job step), their replacement
+(init, undo, redo, resume) and ops that move them (transform). Clients send the revision their Gaussian
+indices refer to; a stale one is refused (``conflict``). Row edits are noticed by identity: every edit
+of the rows (stage1.gaussians._edit_rows) and every restore makes new parameter tensors, so the session
+remembers (weakly) the ``means`` tensor it last accounted for and bumps when it differs. The check runs
+whenever the revision is read (:meth:`current_revision`) and after every job step, so a client can never
+see new rows under an old revision.
+
 Extra state of other stages lives in named slots, ``session.extras["stage2"] = obj``, where ``obj``
 implements :class:`Extra` (``state_dict`` / ``load_state_dict`` / ``from_state_dict``). Slots are part of
 history snapshots and of checkpoints.
@@ -18,10 +27,12 @@ import re
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from interactive3d.protocol.errors import Conflict
 
 from ..stage1.gaussians import Gaussians, make_optimizers
 
@@ -112,6 +123,61 @@ class Session:
         # checkpoints but not in undo history (undoing Stage I's result does not forget its prompt).
         self.guidance = None
         self.created = time.time()
+        self.revision = 0  # the state revision (see the module docstring); only grows
+        self._rows_seen: weakref.ref | None = None  # the ``means`` tensor the revision accounts for
+
+    # -- state revision -----------------------------------------------------------------------------
+    def _rows(self) -> torch.Tensor | None:
+        g = self.gaussians
+        return None if g is None else g.params.get("means")
+
+    def _adopt_rows(self) -> None:
+        rows = self._rows()
+        self._rows_seen = None if rows is None else weakref.ref(rows)
+
+    def note_rows(self) -> int:
+        """Bump the revision if the Gaussians were replaced or their rows edited since it was last read;
+        returns it. Called after every job step and by :meth:`current_revision`."""
+        with self.lock:
+            seen = None if self._rows_seen is None else self._rows_seen()
+            if seen is not self._rows() or (self._rows_seen is not None and seen is None):
+                self.revision += 1
+                self._adopt_rows()
+            return self.revision
+
+    def current_revision(self) -> int:
+        """The revision of the Gaussians as they are now (what replies and state frames carry)."""
+        return self.note_rows()
+
+    def revision_now(self) -> int:
+        """The revision for a reply, without waiting for a running job's step: exact when the lock is free
+        (or held by this thread), else the last one counted (the job counts its own step's changes)."""
+        if self.lock.acquire(blocking=False):
+            try:
+                return self.note_rows()
+            finally:
+                self.lock.release()
+        return self.revision
+
+    def bump(self) -> int:
+        """A change of the Gaussians that keeps their rows (a transform moves them): a new revision."""
+        with self.lock:
+            self.note_rows()
+            self.revision += 1
+            return self.revision
+
+    def check_revision(self, revision: int | None) -> None:
+        """Raise ``conflict`` if ``revision`` (None: not checked) is not the current one. Call it under
+        ``self.lock`` before changing anything, so nothing changes when it raises."""
+        if revision is None:
+            return
+        current = self.current_revision()
+        if int(revision) != current:
+            raise Conflict(
+                f"the indices refer to state revision {revision}, but session {self.id} is at revision {current}: its "
+                "Gaussians changed since (an edit, undo/redo, or a job step that added or removed some); "
+                "fetch state.get and select again"
+            )
 
     # -- snapshots --------------------------------------------------------------------------------
     def capture(self, label: str = "") -> SessionState:

@@ -78,7 +78,14 @@ def run_request(op_self, op: str, args: dict | None = None, buffers=(), kind: st
             conn.send(op, args, buffers, kind=kind, timeout=timeout, **(context or {}), **more)
             ensure_timer()
     except connection.errors.RemoteError as exc:
-        op_self.report({"ERROR"}, f"Backend refused {op}: {exc.code}: {exc.message}")
+        if exc.code == "conflict":  # connection._on_error has re-synced the object already
+            op_self.report({"ERROR"}, f"The splats changed since they were selected, so {op} was refused and nothing "
+                                      "changed. The splat object was re-synced from the backend: select again")
+        else:
+            op_self.report({"ERROR"}, f"Backend refused {op}: {exc.code}: {exc.message}")
+        return False
+    except connection.MissingDependencies as exc:
+        op_self.report({"ERROR"}, str(exc))
         return False
     except connection.errors.RequestTimeout as exc:
         op_self.report({"ERROR"}, f"Backend unreachable: {exc}")
@@ -118,7 +125,7 @@ class I3D_OT_connect(bpy.types.Operator):
             return {"CANCELLED"}
         try:
             conn.connect(address, auth_key=key, blocking=is_blocking())
-        except ValueError as exc:
+        except (ValueError, connection.MissingDependencies) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         except (connection.errors.RequestTimeout, connection.errors.RemoteError) as exc:

@@ -1,8 +1,13 @@
 """Stage I interactions with Blender's own tools: i3d.remove_selected, i3d.transform_selected, i3d.drag,
 i3d.semantic_edit, i3d.add_part (backend ops ``parts.*`` and ``interact.*``, protocol/catalogue.py).
 
-The selection is the splat object's Edit-Mode vertex selection (vertex i = Gaussian i). Every world-space
-input is converted to the splat object's local frame by connection.world_to_local_* before sending.
+The selection is the splat object's Edit-Mode vertex selection (vertex i = Gaussian i). That holds only
+while the mesh is the backend's last state, so before sending indices the object is checked
+(splat.index_map_problem: vertex count, the i3d_index stamp, positions) and the indices go with the state
+revision stamped on the mesh; the backend refuses a stale one (``conflict``). Either way the object is
+re-synced from the backend and the artist asked to select again: an edit never lands on other Gaussians
+(issue 14). Every world-space input is converted to the splat object's local frame by
+connection.world_to_local_* before sending.
 """
 
 from __future__ import annotations
@@ -27,16 +32,28 @@ def _job_poll(context, preempts: bool = False) -> bool:
 
 
 def _selection(op_self, context):
-    """(splat object, selected indices int64 [K]) or None after reporting why."""
+    """(splat object, selected indices int64 [K], args with the state revision) or None after reporting why."""
     obj = splat_object(context)
     if obj is None:
         op_self.report({"ERROR"}, "No splat object: generate or add one first")
+        return None
+    conn = connection.get()
+    problem = splat.index_map_problem(obj, conn.positions)
+    session, revision = splat.stored_revision(obj)
+    if problem is None and conn.session and session and session != conn.session:
+        problem = "it shows another backend session"
+    if problem is not None:
+        conn.resync(f"{obj.name!r}: {problem}")
+        if is_blocking():
+            conn.wait_idle()
+        op_self.report({"ERROR"}, f"{obj.name!r} no longer matches the backend: {problem}. "
+                                  "It was re-synced from the backend: select the splats again")
         return None
     idx = splat.selected_indices(obj)
     if idx.size == 0:
         op_self.report({"ERROR"}, f"Nothing selected on {obj.name!r}: select splats in Edit Mode first")
         return None
-    return obj, idx
+    return obj, idx, ({} if revision is None else {"revision": revision})
 
 
 class I3D_OT_remove_selected(bpy.types.Operator):
@@ -54,8 +71,8 @@ class I3D_OT_remove_selected(bpy.types.Operator):
         sel = _selection(self, context)
         if sel is None:
             return {"CANCELLED"}
-        obj, idx = sel
-        if not run_request(self, "parts.remove", {}, [idx.astype(np.int64)], kind="edit"):
+        obj, idx, rev = sel
+        if not run_request(self, "parts.remove", rev, [idx.astype(np.int64)], kind="edit"):
             return {"CANCELLED"}
         self.report({"INFO"}, f"Removing {idx.size} splats from {obj.name!r}")
         return {"FINISHED"}
@@ -106,15 +123,15 @@ class I3D_OT_transform_selected(bpy.types.Operator):
         sel = _selection(self, context)
         if sel is None:
             return {"CANCELLED"}
-        obj, idx = sel
-        if not run_request(self, "parts.select", {"name": SELECTION_PART, "kind": "indices"},
+        obj, idx, rev = sel
+        if not run_request(self, "parts.select", {"name": SELECTION_PART, "kind": "indices", **rev},
                            [idx.astype(np.int64)], kind="ignore"):
             return {"CANCELLED"}
         if action == "DIRECT":
-            return self._send(context, obj, np.array(self.matrix, dtype=np.float64))
-        return self._begin(context, obj, idx)
+            return self._send(context, obj, np.array(self.matrix, dtype=np.float64), rev)
+        return self._begin(context, obj, idx, rev)
 
-    def _begin(self, context, obj, idx):
+    def _begin(self, context, obj, idx, rev):
         if obj.mode == "EDIT":
             bpy.ops.object.mode_set(mode="OBJECT")
         old = bpy.data.objects.get(TRANSFORM_EMPTY)
@@ -124,6 +141,8 @@ class I3D_OT_transform_selected(bpy.types.Operator):
         empty.empty_display_type = "ARROWS"
         empty.location = _centroid_world(obj, idx).tolist()
         empty["i3d_object"] = obj.name
+        if rev:  # the transform is of the selection taken at this revision: confirm sends it along
+            empty["i3d_revision"] = int(rev["revision"])
         # The starting matrix, so that confirm sends (now · start⁻¹): the motion the artist made.
         empty["i3d_start"] = [float(v) for v in np.array(empty.matrix_basis).ravel()]  # IDProperties need Python floats
         context.scene.collection.objects.link(empty)
@@ -145,16 +164,17 @@ class I3D_OT_transform_selected(bpy.types.Operator):
             return {"CANCELLED"}
         start = np.array(empty["i3d_start"], dtype=np.float64).reshape(4, 4)
         motion = np.array(empty.matrix_world, dtype=np.float64) @ np.linalg.inv(start)
+        rev = {"revision": int(empty["i3d_revision"])} if "i3d_revision" in empty else {}
         bpy.data.objects.remove(empty)
-        return self._send(context, obj, motion)
+        return self._send(context, obj, motion, rev)
 
-    def _send(self, context, obj, world_matrix: np.ndarray):
+    def _send(self, context, obj, world_matrix: np.ndarray, rev: dict):
         try:
             local = connection.world_to_local_transform(np.array(obj.matrix_world), world_matrix)
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        if not run_request(self, "parts.transform", {"part": SELECTION_PART, "pivot": [0.0, 0.0, 0.0]},
+        if not run_request(self, "parts.transform", {"part": SELECTION_PART, "pivot": [0.0, 0.0, 0.0], **rev},
                            [local.astype(np.float32)], kind="edit"):
             return {"CANCELLED"}
         return {"FINISHED"}
@@ -270,8 +290,8 @@ class I3D_OT_semantic_edit(bpy.types.Operator):
         sel = _selection(self, context)
         if sel is None:
             return {"CANCELLED"}
-        _, idx = sel
-        if not run_request(self, "parts.select", {"name": SELECTION_PART, "kind": "indices"},
+        _, idx, rev = sel
+        if not run_request(self, "parts.select", {"name": SELECTION_PART, "kind": "indices", **rev},
                            [idx.astype(np.int64)], kind="ignore"):
             return {"CANCELLED"}
         args = dict(_sds_args(p), prompt=prompt, part=SELECTION_PART, steps=self.steps)
