@@ -192,8 +192,11 @@ def state_get(req: Request) -> Reply:
     s = req.session
     snap = req.server.last_state(s) if s.job_active else None
     if snap is not None:  # a job is stepping: its latest state frame, without waiting for the lock
-        frame, parts, counts = snap
-        return Reply({"count": int(frame.shape[0]), "columns": list(STATE_COLUMNS), "parts": parts, "part_counts": counts}, [frame])
+        frame, parts, counts, revision = snap
+        result = {"count": int(frame.shape[0]), "columns": list(STATE_COLUMNS), "parts": parts, "part_counts": counts}
+        if revision is not None:  # the revision the frame belongs to (its state event's), not the session's now
+            result["revision"] = int(revision)
+        return Reply(result, [frame])
     with s.lock:
         g = s.gaussians
         revision = s.current_revision()  # under the lock: the frame and its revision agree

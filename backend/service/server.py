@@ -253,7 +253,7 @@ class Server:
         self._pool = ThreadPoolExecutor(POOL_WORKERS, thread_name_prefix="i3d-pool")
         self._inflight: set[tuple[bytes, str]] = set()  # (identity, request id) being worked on
         self._peer_log = PeerLogLimiter()
-        self._last_state: dict[str, tuple] = {}  # session → (job id, [N,14] frame, parts, part counts)
+        self._last_state: dict[str, tuple] = {}  # session → (job id, [N,14] frame, parts, part counts, revision)
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._own_ctx = context is None
@@ -478,11 +478,11 @@ class Server:
     def _post_event(self, session_id: str, header: dict, buffers: list) -> None:
         """Queue an event for the server thread (any thread) and wake the loop."""
         if header.get("event") == "state" and buffers:  # state.get during a job answers from this at once
-            self._snapshot(session_id, header.get("job"), buffers[0])
+            self._snapshot(session_id, header.get("job"), buffers[0], header.get("revision"))
         self._outbox.put(("event", session_id, header, buffers))
         self._wake()
 
-    def _snapshot(self, session_id: str, job_id: Any, frame: np.ndarray) -> None:
+    def _snapshot(self, session_id: str, job_id: Any, frame: np.ndarray, revision: int | None = None) -> None:
         """Keep a job's latest state frame (+ parts, when the lock is free now) for state.get (job thread)."""
         s = self.sessions.get(session_id)
         if s is None:
@@ -496,10 +496,10 @@ class Server:
                     counts = {p: int(g.part_mask(p).sum()) for p in parts}
             finally:
                 s.lock.release()
-        self._last_state[session_id] = (job_id, frame, parts, counts)
+        self._last_state[session_id] = (job_id, frame, parts, counts, revision)
 
     def last_state(self, s: Session) -> tuple | None:
-        """(frame, parts, part_counts) of the running job's latest state event, or None."""
+        """(frame, parts, part_counts, revision) of the running job's latest state event, or None."""
         snap = self._last_state.get(s.id)
         if snap is None or s.job is None or snap[0] != s.job.job_id:
             return None
