@@ -199,6 +199,21 @@ def resolve_backend(backend: str, device: torch.device | str, cfg: HashGridConfi
     return FASTPATHS.choose("hashgrid", device, fast, lambda: self_test(fast, device, n_features))
 
 
+def loadable_backend(saved: str, device: torch.device | str) -> str:
+    """The backend to rebuild a saved grid with on ``device``: the saved one when it can run here, else
+    "auto". Every backend reads the same table, so a field trained with tcnn loads where only torch or
+    Triton exist (and back) without conversion."""
+    if saved not in BACKENDS:
+        raise ValueError(f"saved hash-grid backend must be one of {BACKENDS}, got {saved!r}")
+    device = torch.device(device)
+    if saved in ("auto", "torch"):
+        return saved
+    here = _fast_device_ok(saved, device) and (_tcnn_available() if saved == "tcnn" else _triton_available())
+    if not here:
+        logger.info("hash grid saved with backend %r loads on %s with backend 'auto' (same table layout)", saved, device)
+    return saved if here else "auto"
+
+
 # -- the torch twin ---------------------------------------------------------------------------------
 class _LevelMeta:
     """Per-level constants as tensors (kept on the table's device)."""
