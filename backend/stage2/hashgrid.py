@@ -5,7 +5,7 @@ the layout of v1.6 up to the 2026 head; what was and was not verified is listed 
 Level ``l`` (float32 arithmetic, as tcnn):
 
     scale_l = 2^(l · log2(per_level_scale)) · base_resolution − 1,   res_l = ceil(scale_l) + 1 vertices per axis
-    pos     = x · scale_l + 0.5,   cell = floor(pos),   frac = pos − cell     (x ∈ [0,1]³)
+    pos     = x · scale_l + 0.5 (one rounding, as fmaf),   cell = floor(pos),   frac = pos − cell   (x ∈ [0,1]³)
 
 The 0.5 offset staggers the levels; at the top of a level the +1 corner can be ``res_l`` (one past the last
 vertex): dense levels then wrap around, exactly as tcnn ("wraparound indexing in dense grids"). A level's
@@ -70,8 +70,8 @@ class HashGridConfig:
             raise ValueError(f"n_features must be >= 1, got {self.n_features}")
         if not 4 <= self.log2_table_size <= 26:
             raise ValueError(f"log2_table_size must be in [4, 26], got {self.log2_table_size}")
-        if self.base_resolution < 2:
-            raise ValueError(f"base_resolution must be >= 2 (vertices of the coarsest level), got {self.base_resolution}")
+        if self.base_resolution < 1:
+            raise ValueError(f"base_resolution must be >= 1, got {self.base_resolution}")
         if not (self.per_level_scale >= 1.0 and math.isfinite(self.per_level_scale)):
             raise ValueError(f"per_level_scale must be >= 1, got {self.per_level_scale}")
 
@@ -264,7 +264,11 @@ def hash_indices(
         w: [N,L,8] trilinear weights (same dtype as x).
     """
     n = x.shape[0]
-    pos = x.float()[:, None, :] * meta.scale[None, :, None] + 0.5  # [N,L,3], tcnn's pos_fract
+    # tcnn's pos_fract: fmaf(scale, x, 0.5), one rounding. Done in float64 (the product of two float32 is
+    # exact there) and rounded once to float32, so the twin, the Triton kernels (which do the same) and tcnn
+    # agree on the cell and fraction: two roundings would move frac by an ulp of pos, 2.4e-4 at the
+    # official grid's finest level.
+    pos = (x.double()[:, None, :] * meta.scale.double()[None, :, None] + 0.5).float()  # [N,L,3]
     cell = torch.floor(pos)
     frac = (pos - cell).to(x.dtype)  # [N,L,3]
     c0 = cell.to(torch.int32)

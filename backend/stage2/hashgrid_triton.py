@@ -29,10 +29,15 @@ INTERPRETER_BLOCK = 4096
 
 @triton.jit
 def _level_setup(x, y, z, scale):
-    """Cell corner (int32) and fractional position of each axis, as tcnn's pos_fract: x·scale + 0.5."""
-    px = x * scale + 0.5
-    py = y * scale + 0.5
-    pz = z * scale + 0.5
+    """Cell corner (int32) and fractional position of each axis, as tcnn's pos_fract: fmaf(scale, x, 0.5).
+
+    The float64 product of two float32 is exact, so rounding x·scale + 0.5 once to float32 is the fma's
+    result — on the GPU and in the interpreter alike (a float32 fma is not available in the interpreter,
+    and an unfused float32 mul+add would move frac by an ulp of pos: 2.4e-4 at the finest level)."""
+    s = scale.to(tl.float64)
+    px = (x.to(tl.float64) * s + 0.5).to(tl.float32)
+    py = (y.to(tl.float64) * s + 0.5).to(tl.float32)
+    pz = (z.to(tl.float64) * s + 0.5).to(tl.float32)
     fx0 = tl.floor(px)
     fy0 = tl.floor(py)
     fz0 = tl.floor(pz)
