@@ -383,7 +383,7 @@ class HashGrid(nn.Module):
             from . import hashgrid_triton
 
             return hashgrid_triton.encode(x.float().contiguous(), self.table, self.cfg, self.meta)
-        if self.backend == "tcnn" and x.device.type == self.table.device.type:
+        if self.backend == "tcnn" and _fast_device_ok("tcnn", x.device):
             return _tcnn_encode(self._tcnn, x.float(), self.table)
         return encode_torch(x.float(), self.table, self.cfg, self.meta)
 

@@ -182,3 +182,19 @@ def test_gpu_backend_parity(backend):
     x = torch.rand(1 << 16, 3, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     d_out, d_grad = compare_to_twin(backend, torch.device("cuda"), HashGridConfig(), x)
     assert d_out <= SELF_TEST_TOL[backend] and d_grad <= SELF_TEST_TOL[backend], (d_out, d_grad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_on_cuda_never_crashes():
+    """On CUDA, "auto" resolves to tcnn, triton or (after a failed self-test) the torch twin, and the record
+    says which; the grid then encodes and back-propagates 2^16 points to finite values."""
+    from interactive3d.backend.accel.fastpath import FASTPATHS
+
+    g = HashGrid(HashGridConfig(), backend="auto", device="cuda", seed=0)
+    x = torch.rand(1 << 16, 3, device="cuda")
+    out = g(x)
+    out.square().sum().backward()
+    assert out.shape == (1 << 16, 32) and torch.isfinite(out).all() and torch.isfinite(g.table.grad).all()
+    choice = FASTPATHS.get("hashgrid", torch.device("cuda", torch.cuda.current_device()))
+    assert choice is not None and choice.backend == g.backend
