@@ -197,10 +197,11 @@ def test_tcnn_with_another_param_count_falls_back(fake_tcnn, record):
 
 @pytest.fixture
 def interpret_env(monkeypatch, record):
-    """TRITON_INTERPRET=1 as the "device" that lets triton run on CPU, with the kernels swapped per test."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    """TRITON_INTERPRET=1 as the "device" that lets triton run on CPU, with the kernels swapped per test.
+    The kernel module is imported before the variable is set, so its kernels stay compilable in this process."""
     from interactive3d.backend.stage2 import hashgrid_triton
 
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     return hashgrid_triton
 
 

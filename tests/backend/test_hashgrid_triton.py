@@ -29,25 +29,41 @@ TYPES = {
 }
 
 
-def _kernel(name):
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        pytest.skip("TRITON_INTERPRET is set in this process: the kernels are interpreted, not compiled")
-    from interactive3d.backend.stage2 import hashgrid_triton as ht
+@pytest.fixture(scope="module")
+def kernels():
+    """A fresh copy of backend/stage2/hashgrid_triton.py loaded with TRITON_INTERPRET unset, so its kernels are
+    compilable JIT functions even if this process imported the package's copy under the interpreter."""
+    import importlib.util
 
+    import interactive3d.backend.stage2 as stage2
+
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        spec = importlib.util.spec_from_file_location("_hashgrid_triton_compiled", Path(stage2.__file__).parent / "hashgrid_triton.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
+    return mod
+
+
+def _kernel(ht, name):
     fn = ht._fwd_kernel if name == "forward" else ht._bwd_kernel
+    assert type(fn).__name__ == "JITFunction", type(fn)
     return fn, {a: TYPES[a] for a in fn.arg_names}
 
 
 @pytest.mark.parametrize("cc", [80, 89, 90])
 @pytest.mark.parametrize("name", ["forward", "backward"])
-def test_kernels_compile_to_ptx_and_cubin(name, cc):
+def test_kernels_compile_to_ptx_and_cubin(kernels, name, cc):
     """Both kernels compile for sm_80 (A100), sm_89 (L4/4090) and sm_90 (H100/H200) with F = 2 (every config
     of the project): the PTX targets that architecture, the cubin is an ELF image, and the backward's PTX
     holds the atomic adds of the table gradient."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn, sig = _kernel(name)
+    fn, sig = _kernel(kernels, name)
     src = ASTSource(fn=fn, signature=sig, constexprs={"F": 2, "FP": 2, "BLOCK_N": 128})
     k = triton.compile(src, target=GPUTarget("cuda", cc, 32))
     ptx, cubin = k.asm["ptx"], k.asm["cubin"]
@@ -59,12 +75,12 @@ def test_kernels_compile_to_ptx_and_cubin(name, cc):
         assert "ld.global" in ptx and "st.global" in ptx
 
 
-def test_padded_feature_count_compiles():
+def test_padded_feature_count_compiles(kernels):
     """F = 3 runs as a [B, 4] feature vector with the 4th lane masked: it compiles for sm_90 too."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn, sig = _kernel("forward")
+    fn, sig = _kernel(kernels, "forward")
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs={"F": 3, "FP": 4, "BLOCK_N": 128}), target=GPUTarget("cuda", 90, 32))
     assert k.asm["cubin"][:4] == b"\x7fELF"
 
