@@ -1,121 +1,159 @@
-"""Triton kernels of the hash encoding (CUDA only; imported on use by :mod:`hashgrid`).
+"""Triton kernels of the hash encoding (imported on use by :mod:`hashgrid`; the layout is described there).
 
-Forward: one program per block of points; it loops over levels and the 8 cell corners, computing the
-same indices as :func:`hashgrid.hash_indices` (direct index for coarse levels, InstantNGP's xor hash with
-uint32 wrap-around masked to 2^T for the rest) and accumulating the trilinear sum for each feature.
-Backward: the same walk, adding w·grad_out into the table gradient with atomics (table rows are shared
-between points). The input gradient is not computed (the field never needs ∂enc/∂x).
+Forward: one program per block of ``BLOCK_N`` points; for each level it computes the cell and the three
+fractional coordinates once, then for each of the 8 corners the table row (dense index with tcnn's
+wrap-around, or the coherent-prime hash masked to 2^T) and the trilinear weight once, and reads the row's
+F features as one [BLOCK_N, F] vector (features are the inner axis of the table). Backward: the same walk,
+adding weight·grad_out into the table gradient with atomics (rows are shared between points). The input
+gradient is not computed (the field never needs ∂enc/∂x).
 
-UNTESTED WITHOUT A GPU: ``tests/backend/test_hashgrid.py::test_gpu_backend_parity`` compares it with the
-torch twin on CUDA and skips elsewhere.
+Checked without a GPU in CI: both kernels compile to PTX and cubin for sm_80/89/90, and run under the Triton
+interpreter (``TRITON_INTERPRET=1``) on CPU tensors against the torch twin (tests/backend/test_hashgrid_triton.py).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-BLOCK = 128
+BLOCK = 128  # points per program on a GPU
+# Under the interpreter every op costs Python overhead per program, so fewer, larger programs run far faster.
+# Triton decides interpret-or-compile when this module's kernels are decorated, i.e. at import, as here.
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+INTERPRETER_BLOCK = 4096
 
 
 @triton.jit
-def _corner_index(cx, cy, cz, res, size, offset, hashed, mask, p1, p2):
-    stride = res + 1
-    direct = cx + cy * stride + cz * stride * stride
-    # uint32 wrap-around as InstantNGP; only the low T bits survive the mask
-    h = (cx.to(tl.uint32) * 1) ^ (cy.to(tl.uint32) * p1) ^ (cz.to(tl.uint32) * p2)
-    hidx = (h & mask).to(tl.int64)
-    idx = tl.where(hashed != 0, hidx, direct.to(tl.int64))
-    return idx + offset
+def _level_setup(x, y, z, scale):
+    """Cell corner (int32) and fractional position of each axis, as tcnn's pos_fract: fmaf(scale, x, 0.5).
+
+    The float64 product of two float32 is exact, so rounding x·scale + 0.5 once to float32 is the fma's
+    result — on the GPU and in the interpreter alike (a float32 fma is not available in the interpreter,
+    and an unfused float32 mul+add would move frac by an ulp of pos: 2.4e-4 at the finest level)."""
+    s = scale.to(tl.float64)
+    px = (x.to(tl.float64) * s + 0.5).to(tl.float32)
+    py = (y.to(tl.float64) * s + 0.5).to(tl.float32)
+    pz = (z.to(tl.float64) * s + 0.5).to(tl.float32)
+    fx0 = tl.floor(px)
+    fy0 = tl.floor(py)
+    fz0 = tl.floor(pz)
+    return fx0.to(tl.int32), fy0.to(tl.int32), fz0.to(tl.int32), px - fx0, py - fy0, pz - fz0
 
 
 @triton.jit
-def _fwd_kernel(x_ptr, table_ptr, out_ptr, res_ptr, size_ptr, off_ptr, hashed_ptr, n, n_levels, mask, p1, p2, F: tl.constexpr, BLOCK_N: tl.constexpr):
+def _corner(ix, iy, iz, fx, fy, fz, c: tl.constexpr, res, size, hashed, mask, p1, p2):
+    """Row within the level and trilinear weight of corner ``c`` = (c&1, c>>1&1, c>>2&1)."""
+    if c & 1:
+        cx = ix + 1
+        wx = fx
+    else:
+        cx = ix
+        wx = 1.0 - fx
+    if (c >> 1) & 1:
+        cy = iy + 1
+        wy = fy
+    else:
+        cy = iy
+        wy = 1.0 - fy
+    if (c >> 2) & 1:
+        cz = iz + 1
+        wz = fz
+    else:
+        cz = iz
+        wz = 1.0 - fz
+    # dense: (x + y·res + z·res²) mod rows — res³ ≤ 2^26 on dense levels, so int32 holds it
+    dense = (cx + cy * res + cz * (res * res)) % size
+    # hashed: int32 products wrap like tcnn's uint32 ones; the primes arrive reduced mod 2^T and only the
+    # low T bits survive the mask
+    hsh = (cx ^ (cy * p1) ^ (cz * p2)) & mask
+    row = tl.where(hashed != 0, hsh, dense)
+    return row, wx * wy * wz
+
+
+@triton.jit
+def _fwd_kernel(x_ptr, table_ptr, out_ptr, scale_ptr, res_ptr, size_ptr, off_ptr, hashed_ptr,
+                n, n_levels, mask, p1, p2, F: tl.constexpr, FP: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [B]
     valid = rows < n
+    feat = tl.arange(0, FP)  # [FP] features, padded to a power of two
+    fmask = valid[:, None] & (feat[None, :] < F)  # [B,FP]
     x = tl.load(x_ptr + rows * 3 + 0, mask=valid, other=0.0)
     y = tl.load(x_ptr + rows * 3 + 1, mask=valid, other=0.0)
     z = tl.load(x_ptr + rows * 3 + 2, mask=valid, other=0.0)
+    out_row = rows.to(tl.int64) * (n_levels * F)
     for lvl in range(n_levels):
+        scale = tl.load(scale_ptr + lvl)
         res = tl.load(res_ptr + lvl)
         size = tl.load(size_ptr + lvl)
         off = tl.load(off_ptr + lvl)
         hashed = tl.load(hashed_ptr + lvl)
-        rf = res.to(tl.float32)
-        px, py, pz = x * rf, y * rf, z * rf
-        hi = (res - 1).to(tl.float32)
-        fx0, fy0, fz0 = tl.minimum(tl.floor(px), hi), tl.minimum(tl.floor(py), hi), tl.minimum(tl.floor(pz), hi)
-        fx, fy, fz = px - fx0, py - fy0, pz - fz0
-        ix, iy, iz = fx0.to(tl.int32), fy0.to(tl.int32), fz0.to(tl.int32)
-        for f in tl.static_range(F):
-            acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for c in tl.static_range(8):
-                dx: tl.constexpr = c & 1
-                dy: tl.constexpr = (c >> 1) & 1
-                dz: tl.constexpr = (c >> 2) & 1
-                wx = fx if dx else 1.0 - fx
-                wy = fy if dy else 1.0 - fy
-                wz = fz if dz else 1.0 - fz
-                idx = _corner_index(ix + dx, iy + dy, iz + dz, res, size, off, hashed, mask, p1, p2)
-                v = tl.load(table_ptr + idx * F + f, mask=valid, other=0.0)
-                acc += wx * wy * wz * v
-            tl.store(out_ptr + rows * (n_levels * F) + lvl * F + f, acc, mask=valid)
+        ix, iy, iz, fx, fy, fz = _level_setup(x, y, z, scale)
+        acc = tl.zeros([BLOCK_N, FP], dtype=tl.float32)
+        for c in tl.static_range(8):
+            row, w = _corner(ix, iy, iz, fx, fy, fz, c, res, size, hashed, mask, p1, p2)
+            addr = (row.to(tl.int64) + off) * F  # [B] first feature of the corner's row
+            v = tl.load(table_ptr + addr[:, None] + feat[None, :], mask=fmask, other=0.0)  # [B,FP]
+            acc += w[:, None] * v
+        tl.store(out_ptr + out_row[:, None] + lvl * F + feat[None, :], acc, mask=fmask)
 
 
 @triton.jit
-def _bwd_kernel(x_ptr, gout_ptr, gtable_ptr, res_ptr, size_ptr, off_ptr, hashed_ptr, n, n_levels, mask, p1, p2, F: tl.constexpr, BLOCK_N: tl.constexpr):
+def _bwd_kernel(x_ptr, gout_ptr, gtable_ptr, scale_ptr, res_ptr, size_ptr, off_ptr, hashed_ptr,
+                n, n_levels, mask, p1, p2, F: tl.constexpr, FP: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     valid = rows < n
+    feat = tl.arange(0, FP)
+    fmask = valid[:, None] & (feat[None, :] < F)
     x = tl.load(x_ptr + rows * 3 + 0, mask=valid, other=0.0)
     y = tl.load(x_ptr + rows * 3 + 1, mask=valid, other=0.0)
     z = tl.load(x_ptr + rows * 3 + 2, mask=valid, other=0.0)
+    out_row = rows.to(tl.int64) * (n_levels * F)
     for lvl in range(n_levels):
+        scale = tl.load(scale_ptr + lvl)
         res = tl.load(res_ptr + lvl)
         size = tl.load(size_ptr + lvl)
         off = tl.load(off_ptr + lvl)
         hashed = tl.load(hashed_ptr + lvl)
-        rf = res.to(tl.float32)
-        px, py, pz = x * rf, y * rf, z * rf
-        hi = (res - 1).to(tl.float32)
-        fx0, fy0, fz0 = tl.minimum(tl.floor(px), hi), tl.minimum(tl.floor(py), hi), tl.minimum(tl.floor(pz), hi)
-        fx, fy, fz = px - fx0, py - fy0, pz - fz0
-        ix, iy, iz = fx0.to(tl.int32), fy0.to(tl.int32), fz0.to(tl.int32)
-        for f in tl.static_range(F):
-            g = tl.load(gout_ptr + rows * (n_levels * F) + lvl * F + f, mask=valid, other=0.0)
-            for c in tl.static_range(8):
-                dx: tl.constexpr = c & 1
-                dy: tl.constexpr = (c >> 1) & 1
-                dz: tl.constexpr = (c >> 2) & 1
-                wx = fx if dx else 1.0 - fx
-                wy = fy if dy else 1.0 - fy
-                wz = fz if dz else 1.0 - fz
-                idx = _corner_index(ix + dx, iy + dy, iz + dz, res, size, off, hashed, mask, p1, p2)
-                tl.atomic_add(gtable_ptr + idx * F + f, wx * wy * wz * g, mask=valid)
+        ix, iy, iz, fx, fy, fz = _level_setup(x, y, z, scale)
+        g = tl.load(gout_ptr + out_row[:, None] + lvl * F + feat[None, :], mask=fmask, other=0.0)  # [B,FP]
+        for c in tl.static_range(8):
+            row, w = _corner(ix, iy, iz, fx, fy, fz, c, res, size, hashed, mask, p1, p2)
+            addr = (row.to(tl.int64) + off) * F
+            tl.atomic_add(gtable_ptr + addr[:, None] + feat[None, :], w[:, None] * g, mask=fmask)
 
 
-def _meta_args(meta, cfg):
-    return (
-        meta.res.to(torch.int32).contiguous(),
-        meta.sizes.to(torch.int32).contiguous(),
-        meta.offsets.to(torch.int64).contiguous(),
-        meta.hashed.to(torch.int32).contiguous(),
-    )
+def _level_args(meta) -> tuple:
+    """The per-level tensors and host scalars the kernels take (int32 where the kernels use int32)."""
+    return (meta.scale, meta.res32, meta.sizes32, meta.offsets, meta.hashed32)
+
+
+def _scalars(meta) -> tuple[int, int, int]:
+    return meta.mask, meta.primes_host[1], meta.primes_host[2]
+
+
+def _block(x: Tensor) -> int:
+    return INTERPRETER_BLOCK if INTERPRETED and x.device.type == "cpu" else BLOCK
+
+
+def _pow2(f: int) -> int:
+    return 1 << (f - 1).bit_length()
 
 
 class _TritonEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, table: Tensor, cfg, meta) -> Tensor:
         n, f, l = x.shape[0], table.shape[1], cfg.n_levels
-        res, size, off, hashed = _meta_args(meta, cfg)
         tbl = table.float().contiguous()
         out = torch.empty(n, l * f, device=x.device, dtype=torch.float32)
-        mask = (1 << cfg.log2_table_size) - 1
-        grid = (triton.cdiv(n, BLOCK),)
-        _fwd_kernel[grid](x, tbl, out, res, size, off, hashed, n, l, mask, 2654435761, 805459861, F=f, BLOCK_N=BLOCK)
+        if n > 0:
+            b = _block(x)
+            _fwd_kernel[(triton.cdiv(n, b),)](x, tbl, out, *_level_args(meta), n, l, *_scalars(meta), F=f, FP=_pow2(f), BLOCK_N=b)
         ctx.save_for_backward(x)
         ctx.cfg, ctx.meta, ctx.table_shape, ctx.table_dtype = cfg, meta, table.shape, table.dtype
         return out.to(table.dtype)
@@ -125,14 +163,14 @@ class _TritonEncode(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         cfg, meta = ctx.cfg, ctx.meta
         n, f, l = x.shape[0], ctx.table_shape[1], cfg.n_levels
-        res, size, off, hashed = _meta_args(meta, cfg)
         gtable = torch.zeros(ctx.table_shape, device=x.device, dtype=torch.float32)
-        mask = (1 << cfg.log2_table_size) - 1
-        grid = (triton.cdiv(n, BLOCK),)
-        _bwd_kernel[grid](x, g.float().contiguous(), gtable, res, size, off, hashed, n, l, mask, 2654435761, 805459861, F=f, BLOCK_N=BLOCK)
+        if n > 0:
+            b = _block(x)
+            _bwd_kernel[(triton.cdiv(n, b),)](x, g.float().contiguous(), gtable, *_level_args(meta), n, l, *_scalars(meta), F=f, FP=_pow2(f), BLOCK_N=b)
         return None, gtable.to(ctx.table_dtype), None, None
 
 
 def encode(x: Tensor, table: Tensor, cfg, meta) -> Tensor:
-    """[N,3] in [0,1] (float32, contiguous, CUDA) → [N, L·F], differentiable w.r.t. ``table``."""
+    """[N,3] in [0,1] (float32, contiguous; CUDA, or CPU under the interpreter) → [N, L·F], differentiable
+    w.r.t. ``table``."""
     return _TritonEncode.apply(x, table, cfg, meta)

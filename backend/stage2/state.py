@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .hashgrid import HashGridConfig
+from .hashgrid import HashGridConfig, loadable_backend
 from .nerf import NeRFConfig, NeRFField, OccupancyGrid
 from .parts import PartConfig, RefinedField
 
@@ -72,7 +72,7 @@ class Stage2State:
         cfg = _nerf_cfg_from(state["cfg"])
         if cfg != self.cfg:
             self.cfg = cfg
-            self.refined = RefinedField(NeRFField(cfg, backend=state["backend"], device=self.device))
+            self.refined = RefinedField(NeRFField(cfg, backend=loadable_backend(state["backend"], self.device), device=self.device))
         self.field.load_state_dict({k: v.to(self.device) for k, v in state["field"].items()})
         occ = state["occupancy"]
         dens = state.get("occupancy_density")  # absent in older checkpoints: the EMA restarts
@@ -92,6 +92,8 @@ class Stage2State:
 
     @classmethod
     def from_state_dict(cls, state: dict, device: torch.device) -> "Stage2State":
-        obj = cls(_nerf_cfg_from(state["cfg"]), device=device, backend=state["backend"])
+        # a field saved with tcnn (or triton) rebuilds with what runs here: the table layout is the same
+        obj = cls(_nerf_cfg_from(state["cfg"]), device=device, backend=loadable_backend(state["backend"], device))
+        obj.backend = state["backend"]
         obj.load_state_dict(state)
         return obj

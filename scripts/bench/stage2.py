@@ -1,10 +1,12 @@
 """Stage II benchmark: hash-grid throughput per backend, distillation step time, marching cubes.
 
     python scripts/bench/stage2.py [--batch 262144] [--steps 5] [--mc-res 256] [--quick]
+    python scripts/bench/stage2.py --hashgrid-only [--json out.json]   # the hash-grid part alone
 
 Prints samples/s forward and forward+backward of the 16×2×2^19 hash grid (official config) for every
-backend available on this machine, as ratios to the pure-torch path measured in the same run (and, on
-CUDA, as a share of ≈0.8e9 samples/s, the memory-bandwidth ceiling of an H100); ms per distillation step
+backend available on this machine (on CUDA: torch, triton, tcnn — each after its self-test; a backend that
+fell back to the torch twin is marked so), as ratios to the pure-torch path measured in the same run, and on
+CUDA as a share of the card's peak memory bandwidth (see :func:`hashgrid_bytes_per_sample`); ms per distillation step
 (64×64 targets, 4096 rays × 64 samples; and with the jobs' renderer: nerfacc's marching on CUDA at the
 official 512 steps per diagonal with 32³ occupancy skipping); marching cubes at 256³ split into density-grid
 and marching-cubes time. Timings are printed, never asserted. ``--smoke`` runs every part at tiny sizes.
@@ -13,6 +15,7 @@ and marching-cubes time. Timings are printed, never asserted. ``--smoke`` runs e
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -22,6 +25,7 @@ from interactive3d.backend.stage2.distill import (
     distill_step,
     make_optimizer,
 )
+from interactive3d.backend.accel.fastpath import FASTPATHS
 from interactive3d.backend.stage2.hashgrid import (
     HashGrid,
     HashGridConfig,
@@ -30,9 +34,6 @@ from interactive3d.backend.stage2.hashgrid import (
 )
 from interactive3d.backend.stage2.mesh import density_grid, optical_depth_from_outside
 from interactive3d.backend.stage2.nerf import NeRFConfig, NeRFField, RenderConfig
-
-H100_CEILING = 0.8e9  # samples/s forward, the issue's bandwidth bound
-
 
 def _sync(dev):
     if dev.type == "cuda":
@@ -49,17 +50,56 @@ def _time(fn, dev, reps):
     return (time.perf_counter() - t0) / reps
 
 
-def bench_hashgrid(batch: int, reps: int) -> None:
+# Peak DRAM bandwidth (bytes/s) of cards whose properties torch does not report, by a substring of the name
+# (vendor data sheets; the first match wins, so the more specific names come first).
+KNOWN_BANDWIDTH = [
+    ("H200", 4.8e12), ("H100 NVL", 3.9e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("GH200", 4.0e12),
+    ("A100-SXM4-80GB", 2.039e12), ("A100 80GB PCIe", 1.935e12), ("A100", 1.555e12), ("L40S", 0.864e12),
+    ("L40", 0.864e12), ("L4", 0.3e12), ("RTX 4090", 1.008e12), ("RTX 3090", 0.936e12), ("A10", 0.6e12), ("V100", 0.9e12),
+]
+
+
+def peak_bandwidth(dev: torch.device) -> tuple[float | None, str]:
+    """(bytes/s, where the figure comes from): torch's memory clock × bus width when it reports them
+    (double data rate), else :data:`KNOWN_BANDWIDTH` by name, else (None, why)."""
+    p = torch.cuda.get_device_properties(dev)
+    clock_khz, bus_bits = getattr(p, "memory_clock_rate", None), getattr(p, "memory_bus_width", None)
+    if clock_khz and bus_bits:
+        return 2.0 * clock_khz * 1e3 * bus_bits / 8.0, f"torch device properties ({clock_khz / 1e3:.0f} MHz x {bus_bits} bit)"
+    for key, bw in KNOWN_BANDWIDTH:
+        if key in p.name:
+            return bw, f"data sheet of {key}"
+    return None, f"unknown card {p.name!r}"
+
+
+def hashgrid_bytes_per_sample(cfg: HashGridConfig, backward: bool) -> int:
+    """DRAM traffic of one sample if nothing were cached: the point (12 B), the L·F fp32 outputs, and the 8
+    corner rows of F fp32 per level; the backward adds the point, the output gradient and a read-modify-write
+    of 8 corner rows per level (atomics). Caches serve the coarse levels, so the share of the peak bandwidth
+    that this model gives is an upper bound on the traffic the kernel needs, not a measured one."""
+    lf = cfg.n_levels * cfg.n_features * 4
+    fwd = 12 + lf + 8 * lf
+    return fwd + (12 + lf + 2 * 8 * lf if backward else 0)
+
+
+def bench_hashgrid(batch: int, reps: int, devices: list[str] | None = None) -> list[dict]:
+    """samples/s of every hash-grid backend on every device (rows also returned for --json)."""
     cfg = HashGridConfig()
-    devs = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    rows = []
+    devs = [torch.device(d) for d in devices] if devices else [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for dev in devs:
         backends = ["torch"]
         if dev.type == "cuda":
             backends += [b for b, ok in (("triton", _triton_available()), ("tcnn", _tcnn_available())) if ok]
+        bw, bw_src = peak_bandwidth(dev) if dev.type == "cuda" else (None, "")
+        if dev.type == "cuda":
+            print(f"hashgrid {dev}: {torch.cuda.get_device_name(dev)}, peak bandwidth "
+                  f"{'?' if bw is None else f'{bw / 1e12:.2f} TB/s'} ({bw_src})", flush=True)
         x = torch.rand(batch, 3, device=dev, generator=torch.Generator(dev).manual_seed(0))
         base = None
         for b in backends:
             g = HashGrid(cfg, backend=b, device=dev, seed=0)
+            used = g.backend  # a fast path that failed its self-test runs as the torch twin
             fwd = _time(lambda: g(x), dev, reps)
 
             def fb():
@@ -70,10 +110,24 @@ def bench_hashgrid(batch: int, reps: int) -> None:
             sps_f, sps_b = batch / fwd, batch / both
             if base is None:
                 base = (sps_f, sps_b)
-            line = f"hashgrid {dev.type:4s} {b:6s} fwd {sps_f / 1e6:9.2f} M/s (x{sps_f / base[0]:6.2f})  fwd+bwd {sps_b / 1e6:9.2f} M/s (x{sps_b / base[1]:6.2f})"
-            if dev.type == "cuda":
-                line += f"  fwd = {100 * sps_f / H100_CEILING:5.1f}% of 0.8e9/s"
+            row = {"device": str(dev), "backend": b, "ran_as": used, "batch": batch,
+                   "fwd_samples_per_s": sps_f, "fwd_bwd_samples_per_s": sps_b,
+                   "fwd_vs_torch": sps_f / base[0], "fwd_bwd_vs_torch": sps_b / base[1]}
+            name = b if used == b else f"{b}->{used}"
+            line = (f"hashgrid {dev.type:4s} {name:13s} fwd {sps_f / 1e6:9.2f} M/s (x{sps_f / base[0]:6.2f})  "
+                    f"fwd+bwd {sps_b / 1e6:9.2f} M/s (x{sps_b / base[1]:6.2f})")
+            if bw is not None:
+                row["fwd_bandwidth_share"] = sps_f * hashgrid_bytes_per_sample(cfg, False) / bw
+                row["fwd_bwd_bandwidth_share"] = sps_b * hashgrid_bytes_per_sample(cfg, True) / bw
+                line += (f"  uncached traffic = {100 * row['fwd_bandwidth_share']:6.1f}% / "
+                         f"{100 * row['fwd_bwd_bandwidth_share']:6.1f}% of peak")
+            if used != b:
+                c = FASTPATHS.get("hashgrid", dev)
+                row["fallback_reason"] = c.reason if c is not None else ""
+                line += f"  (fell back: {row['fallback_reason']})"
             print(line, flush=True)
+            rows.append(row)
+    return rows
 
 
 def bench_distill(steps: int, nerf_cfg: NeRFConfig, label: str) -> None:
@@ -136,6 +190,9 @@ def main() -> None:
     p.add_argument("--mc-res", type=int, default=256)
     p.add_argument("--quick", action="store_true", help="batch 2^15, 2 steps, 96³ marching cubes")
     p.add_argument("--smoke", action="store_true", help="seconds on a CPU: tiny sizes, every part once (checks the script, not speed)")
+    p.add_argument("--hashgrid-only", action="store_true", help="only the hash-grid throughput (per backend, per device)")
+    p.add_argument("--devices", nargs="*", default=None, help="hash-grid devices (default: cpu, and cuda when present)")
+    p.add_argument("--json", default=None, help="also write the hash-grid rows to this JSON file")
     a = p.parse_args()
     if a.quick:
         a.batch, a.reps, a.steps, a.mc_res = 1 << 15, 1, 2, 96
@@ -147,7 +204,12 @@ def main() -> None:
         return
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
-    bench_hashgrid(a.batch, a.reps)
+    rows = bench_hashgrid(a.batch, a.reps, a.devices)
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump({"hashgrid": rows, "fastpaths": FASTPATHS.report()}, fh, indent=1)
+    if a.hashgrid_only:
+        return
     bench_distill(a.steps, NeRFConfig(), "official 16x2x2^19")
     bench_distill(a.steps, NeRFConfig(grid=HashGridConfig(n_levels=8, log2_table_size=14), hidden=32), "test 8x2x2^14")
     bench_distill_marching(a.steps, NeRFConfig(), "official 16x2x2^19")
