@@ -715,7 +715,8 @@ _STAGE2_OPS: list[OpSpec] = [
     OpSpec(
         "stage2.add_part",
         "Add a refinement part (paper Eq. 9): the region sphere ∩ occupancy grid = O_part, with its own multi-level "
-        "hash tables and residual MLPs. An undo point. Errors: radius ≤ 0, a region with no occupied cell.",
+        "hash tables in coordinates local to O_part's box (finer than the base field there by default) and residual "
+        "MLPs reading the part's and the base field's features and the base density. An undo point. Errors: radius ≤ 0, a region with no occupied cell.",
         args=(
             Arg("name", "str", "part name", required=True),
             Arg("center", "list", "region centre (object frame)", items="float", length=3, required=True),
@@ -723,10 +724,17 @@ _STAGE2_OPS: list[OpSpec] = [
             Arg("levels", "int", "levels of the part's tables (paper: 8)", default=8, min=1, max=32),
             Arg("features", "int", "features per level (paper: 2)", default=2, min=1, max=8),
             Arg("log2_table_size", "int", "log2 entries per table (paper: 19)", default=19, min=4, max=24),
+            Arg("base_resolution", "int", "cells across the part's box at its coarsest level", default=16, min=1, max=65536),
+            Arg("finest_resolution", "int", "cells across the part's box at its finest level (default: twice the base field's finest over the box)", min=1, max=65536),
             Arg("seed", "int", "seed", default=0, min=0, max=2**31 - 1),
         ),
         session=True,
-        result=(("part", "name"), ("cells", "cells in O_part"), ("parts", "all part names")),
+        result=(
+            ("part", "name"), ("cells", "cells in O_part"), ("parts", "all part names"),
+            ("resolutions", "the part's level resolutions, cells across its box (local coordinates)"),
+            ("box", "[lo, hi] world corners of the part's box (O_part's bounding box)"),
+            ("base_finest_over_box", "cells of the base field's finest level across the same box"),
+        ),
         errors=("not_found", "busy"),
     ),
     OpSpec(

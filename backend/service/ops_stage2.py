@@ -95,8 +95,10 @@ def add_part(req: Request) -> Reply:
         else:
             st_occ = st.occupancy
         try:
-            pcfg = PartConfig(n_levels=a["levels"], n_features=a["features"], log2_table_size=a["log2_table_size"])
-            pcfg.grid()
+            pcfg = PartConfig(
+                n_levels=a["levels"], n_features=a["features"], log2_table_size=a["log2_table_size"],
+                base_resolution=a["base_resolution"], finest_resolution=a["finest_resolution"],
+            )
             cells = region_cells(st_occ, torch.tensor(a["center"], dtype=torch.float32), radius)
         except RegionError as exc:
             raise InvalidArgs(f"stage2.add_part: {exc}") from exc
@@ -104,9 +106,15 @@ def add_part(req: Request) -> Reply:
             raise InvalidArgs(f"stage2.add_part: {exc}") from exc
         s.record("stage2.add_part")
         st.occupancy = st_occ
-        st.refined.add_part(name, cells, st_occ, pcfg, seed=a["seed"])
-        st.parts[name] = PartInfo(pcfg, tuple(a["center"]), float(radius))
-    return Reply({"part": name, "cells": int(cells.sum()), "parts": sorted(st.parts)})
+        part = st.refined.add_part(name, cells, st_occ, pcfg, seed=a["seed"])
+        st.parts[name] = PartInfo(part.cfg, tuple(a["center"]), float(radius))
+        res = part.grid.cfg.resolutions()
+        extent = float((part.box_hi - part.box_lo).max())
+        base_finest = st.cfg.grid.resolutions()[-1] * extent / (2 * st.cfg.aabb_radius)
+    return Reply({
+        "part": name, "cells": int(cells.sum()), "parts": sorted(st.parts), "resolutions": res,
+        "box": [part.box_lo.tolist(), part.box_hi.tolist()], "base_finest_over_box": base_finest,
+    })
 
 
 def refine(req: Request) -> Reply:

@@ -103,11 +103,15 @@ class NeRFField(nn.Module):
         c = self.cfg
         return c.density_blob_scale * (1.0 - x.norm(dim=-1) / c.density_blob_std)
 
-    def query(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Raw outputs at world points x [N,3]: (density logit incl. bias [N], colour logits [N,3])."""
-        h = self.density_mlp(self.grid(self.normalize(x)))
+    def query(self, x: Tensor, with_features: bool = False) -> tuple[Tensor, ...]:
+        """Raw outputs at world points x [N,3]: (density logit incl. bias [N], colour logits [N,3]), and with
+        ``with_features`` the hash encoding [N, L·F] too (refinement parts read it, paper §3.2.2)."""
+        feats = self.grid(self.normalize(x))
+        h = self.density_mlp(feats)
         raw = h[:, 0] + self.density_bias(x)
-        geo = h[:, 1:] if self.cfg.geo_feat_dim > 0 else self.grid(self.normalize(x))
+        geo = h[:, 1:] if self.cfg.geo_feat_dim > 0 else feats
+        if with_features:
+            return raw, self.color_mlp(geo), feats
         return raw, self.color_mlp(geo)
 
     def forward(self, x: Tensor) -> FieldOutput:  # [N,3] world points
