@@ -691,6 +691,7 @@ _STAGE2_OPS: list[OpSpec] = [
             Arg("preview_every", "int", "steps between previews (sent with progress events and by stage2.preview)", default=10, min=0, max=1_000_000),
             Arg("opacity_weight", "float", "weight of |NeRF opacity − Gaussian alpha| (0 with depth_weight 0: the paper's Eq. 7 alone)", default=0.1, min=0.0, max=100.0),
             Arg("depth_weight", "float", "weight of |NeRF depth − Gaussian depth| where the Gaussians are opaque", default=0.03, min=0.0, max=100.0),
+            Arg("orientation_weight", "float", "weight of DreamFusion's orientation loss on density-gradient normals (0: off)", default=0.01, min=0.0, max=1e4),
             Arg("reset", "bool", "start from a fresh field", default=False),
             Arg("seed", "int", "seed", default=0, min=0, max=2**31 - 1),
         ),
@@ -755,6 +756,7 @@ _STAGE2_OPS: list[OpSpec] = [
             Arg("resolution", "int", "target render size", default=64, min=8, max=1024),
             Arg("rays_per_step", "int", "random target pixels per step", default=2048, min=1, max=1 << 20),
             Arg("n_samples", "int", "samples per ray", default=64, min=4, max=1024),
+            Arg("orientation_weight", "float", "weight of DreamFusion's orientation loss on density-gradient normals (0: off)", default=0.01, min=0.0, max=1e4),
             Arg("background", "list", "background colour", items="float", length=3, default=[1.0, 1.0, 1.0], min=0.0, max=1.0),
             Arg("seed", "int", "seed", default=0, min=0, max=2**31 - 1),
         ),
@@ -794,6 +796,30 @@ _STAGE2_OPS: list[OpSpec] = [
         result=(("step", "job step"), ("height", "H"), ("width", "W")),
         result_buffers=(Buffer("image", ("float32",), (None, None, 3), doc="[H,W,3] in [0,1], row 0 at the top"),),
         errors=("not_found",),
+    ),
+    OpSpec(
+        "stage2.render",
+        "Render the Stage II field with its refinement parts from Blender cameras (matrix_world, horizontal fov), "
+        "with the same arguments and buffers as gaussians.render, plus depth and normals. Allowed while a job runs "
+        "(it renders between two steps).",
+        args=(
+            Arg("fov_x", "float", "horizontal field of view, radians", required=True, min=1e-3, max=3.1),
+            Arg("width", "int", "image width", default=256, min=1, max=4096),
+            Arg("height", "int", "image height", default=256, min=1, max=4096),
+            Arg("background", "list", "RGB background in [0,1]", default=[1.0, 1.0, 1.0], items="float", length=3, min=0.0, max=1.0),
+            Arg("n_samples", "int", "samples per ray across the field's box", default=64, min=4, max=1024),
+            Arg("normals", "bool", "also compute normals (density gradient; ≈ 2.5× the cost); else they are 0", default=True),
+        ),
+        buffers=(Buffer("c2w", ("float32", "float64"), None, doc="[4,4] or [B,4,4] Blender camera matrix_world (B ≤ 64)"),),
+        session=True,
+        result=(("count", "images rendered (B)"),),
+        result_buffers=(
+            Buffer("rgb", ("float32",), (None, None, None, 3), doc="[B,H,W,3] in [0,1], row 0 at the top"),
+            Buffer("alpha", ("float32",), (None, None, None, 1), doc="[B,H,W,1] accumulated opacity"),
+            Buffer("depth", ("float32",), (None, None, None, 1), doc="[B,H,W,1] expected camera-space depth (0 where empty)"),
+            Buffer("normals", ("float32",), (None, None, None, 3), doc="[B,H,W,3] opacity-weighted normals −∇σ/‖∇σ‖, object frame"),
+        ),
+        errors=("not_found", "too_large"),
     ),
 ]
 

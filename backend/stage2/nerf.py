@@ -246,6 +246,7 @@ class RenderConfig:
     n_samples: int = 64  # uniform samples per ray across the AABB
     stratified: bool = False  # jitter samples (training)
     chunk: int = 8192  # rays per chunk
+    normals: bool = False  # also density-gradient normals and the orientation penalty (about 2-3x the cost)
 
 
 @dataclass
@@ -253,6 +254,23 @@ class NeRFRender:
     rgb: Tensor  # [R,3] (or [B,H,W,3] from render_image)
     opacity: Tensor  # [R,1]
     depth: Tensor  # [R,1]
+    normals: Tensor | None = None  # [R,3] Σ w_i n_i (world; 0 on empty rays), with RenderConfig.normals
+    orientation: Tensor | None = None  # [R] Σ sg(w_i)·max(0, n_i·d)², DreamFusion's orientation penalty
+
+
+def density_normals(field, x: Tensor) -> tuple["FieldOutput", Tensor]:
+    """The field at x [N,3] and its normals n = −∇σ/‖∇σ‖ [N,3] (outward on a solid; DreamFusion's
+    "normals from the density gradient"). While grad mode is on, n stays differentiable w.r.t. the
+    field's parameters (create_graph), so a loss on it trains the density."""
+    train = torch.is_grad_enabled()
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        out = field(xg)
+        (g,) = torch.autograd.grad(out.density.sum(), xg, create_graph=train)
+    n = torch.nn.functional.normalize(-g, dim=-1, eps=1e-12)
+    if not train:
+        out, n = FieldOutput(out.density.detach(), out.rgb.detach()), n.detach()
+    return out, n
 
 
 def render_rays(
@@ -271,7 +289,8 @@ def render_rays(
         _render_chunk(field, Rays(rays.origins[i : i + cfg.chunk], rays.dirs[i : i + cfg.chunk]), r, cfg, occupancy, bg, generator)
         for i in range(0, rays.origins.shape[0], cfg.chunk)
     ]
-    return NeRFRender(*(torch.cat([getattr(o, k) for o in outs]) for k in ("rgb", "opacity", "depth")))
+    cat = lambda k: None if getattr(outs[0], k) is None else torch.cat([getattr(o, k) for o in outs])  # noqa: E731
+    return NeRFRender(*(cat(k) for k in ("rgb", "opacity", "depth", "normals", "orientation")))
 
 
 def _render_chunk(field, rays: Rays, radius: float, cfg: RenderConfig, occupancy, bg: Tensor, generator) -> NeRFRender:
@@ -295,22 +314,34 @@ def _render_chunk(field, rays: Rays, radius: float, cfg: RenderConfig, occupancy
         live = live & occupancy.lookup(flat)
     sig = torch.zeros(n_rays * s, device=dev)
     rgb = torch.zeros(n_rays * s, 3, device=dev)
+    nrm = torch.zeros(n_rays * s, 3, device=dev) if cfg.normals else None
     if bool(live.any()):
-        out = field(flat[live])
+        if cfg.normals:
+            out, n_live = density_normals(field, flat[live])
+            nrm = nrm.index_put((live.nonzero()[:, 0],), n_live.float())
+        else:
+            out = field(flat[live])
         sig = sig.index_put((live.nonzero()[:, 0],), out.density.float())
         rgb = rgb.index_put((live.nonzero()[:, 0],), out.rgb.float())
     w, _ = weights_from_density(sig.reshape(n_rays, s), deltas)
     acc = w.sum(dim=-1, keepdim=True)
     color = (w[..., None] * rgb.reshape(n_rays, s, 3)).sum(dim=1) + (1.0 - acc) * bg[None].to(dev)
     depth = (w * t_mid).sum(dim=-1, keepdim=True)
-    return NeRFRender(rgb=color, opacity=acc, depth=depth)
+    if nrm is None:
+        return NeRFRender(rgb=color, opacity=acc, depth=depth)
+    nrm = nrm.reshape(n_rays, s, 3)
+    facing_away = (nrm * rays.dirs[:, None]).sum(-1).clamp_min(0.0)  # n·d > 0: the normal points away from the camera
+    orient = (w.detach() * facing_away**2).sum(-1)
+    return NeRFRender(rgb=color, opacity=acc, depth=depth, normals=(w[..., None] * nrm).sum(1), orientation=orient)
 
 
 def render_image(field, cams, cfg: RenderConfig = RenderConfig(), occupancy: OccupancyGrid | None = None, background: Tensor | None = None) -> NeRFRender:
-    """Full images: rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1]."""
+    """Full images: rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1] (ray distance); with
+    ``cfg.normals`` also normals [B,H,W,3] and orientation [B,H,W]."""
     out = render_rays(field, camera_rays(cams), cfg, occupancy, background)
     shp = (len(cams.viewmats), cams.height, cams.width)
-    return NeRFRender(rgb=out.rgb.reshape(*shp, 3), opacity=out.opacity.reshape(*shp, 1), depth=out.depth.reshape(*shp, 1))
+    extra = {} if out.normals is None else {"normals": out.normals.reshape(*shp, 3), "orientation": out.orientation.reshape(*shp)}
+    return NeRFRender(rgb=out.rgb.reshape(*shp, 3), opacity=out.opacity.reshape(*shp, 1), depth=out.depth.reshape(*shp, 1), **extra)
 
 
 def render_rays_nerfacc(field, rays: Rays, estimator, render_step_size: float, background: Tensor | None = None) -> NeRFRender:  # pragma: no cover - CUDA
