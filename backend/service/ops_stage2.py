@@ -60,7 +60,7 @@ def distill(req: Request) -> Reply:
             steps=a["steps"], resolution=a["resolution"], rays_per_step=a["rays_per_step"], view_pool=a["view_pool"],
             render=RenderConfig(n_samples=a["n_samples"], stratified=True), background=tuple(a["background"]),
             preview_every=a["preview_every"], opacity_weight=a["opacity_weight"], depth_weight=a["depth_weight"],
-            orientation_weight=a["orientation_weight"], seed=a["seed"],
+            orientation_weight=a["orientation_weight"], mesh_every=a["mesh_every"], mesh_resolution=a["mesh_resolution"], seed=a["seed"],
         )
         # a resumed job continues the checkpointed field: never reset it again
         job = DistillJob(s, cfg, nerf_cfg, reset=bool(a["reset"]) and req.resume is None, backend=a["backend"])
@@ -137,7 +137,8 @@ def refine(req: Request) -> Reply:
         )
         with s.lock:
             _state(req)
-            job = RefineJob(s, list(a["parts"]), cfg, views=a["views"], resolution=a["resolution"], background=tuple(a["background"]), load_guidance=loader)
+            job = RefineJob(s, list(a["parts"]), cfg, views=a["views"], resolution=a["resolution"], background=tuple(a["background"]), load_guidance=loader,
+                            mesh_every=a["mesh_every"], mesh_resolution=a["mesh_resolution"])
     except ValueError as exc:
         raise InvalidArgs(f"stage2.refine: {exc}") from exc
     job_id = req.start_job(job, label="stage2.refine")

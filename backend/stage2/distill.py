@@ -40,6 +40,7 @@ from .nerf import (
     render_image,
     render_rays,
 )
+from .preview import MeshPreviewer
 from .state import SLOT, Stage2State
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class DistillConfig:
     # rays from all of them (many views per step, one Gaussian render per view); 0: fresh cameras each step
     preview_every: int = 10
     preview_size: int = 32
+    mesh_every: int = 0  # steps between low-resolution preview meshes (marching cubes; 0: none)
+    mesh_resolution: int = 48
     opacity_weight: float = 0.1  # λ·|acc_NeRF − α_GS| (0 and depth_weight 0: the paper's Eq. 7 alone)
     depth_weight: float = 0.03  # λ·|t_NeRF − t_GS| on pixels with α_GS > 0.5 (ray distances, world units).
     # Measured: weights near 1 sharpen the surface further but starve the colour (held-out PSNR 17-22 dB)
@@ -232,6 +235,7 @@ class DistillJob:
         self.target_fn = target_fn or (lambda cams: gaussian_targets(session.gaussians, cams, self.bg, geometry))
         self.preview: np.ndarray | None = None
         self._preview_new = False
+        self.mesh_preview = MeshPreviewer(cfg.mesh_every, cfg.mesh_resolution)
         self.last_loss: float | None = None
         self._pool = None  # (cameras, targets) when cfg.view_pool > 0; rebuilt deterministically after a resume
 
@@ -273,6 +277,8 @@ class DistillJob:
         if cfg.preview_every and ((i + 1) % cfg.preview_every == 0 or i + 1 == self.total_steps):
             self.preview = self.render_preview()
             self._preview_new = True
+        if self.mesh_preview.due(i, self.total_steps):
+            self.mesh_preview.update(st.refined, i + 1)
         st.distilled_steps += 1
         self.last_loss = r.loss
         return {"loss": r.loss, "step_seconds": r.seconds}
@@ -293,6 +299,10 @@ class DistillJob:
             return None
         self._preview_new = False
         return self.preview
+
+    def take_mesh(self):
+        """The preview mesh made since the last call (the job runner sends it as a ``mesh`` event)."""
+        return self.mesh_preview.take()
 
     def result(self) -> dict:
         return {"loss": self.last_loss, "distilled_steps": None if self.state is None else self.state.distilled_steps}

@@ -19,6 +19,7 @@ from torch import Tensor
 from .distill import ORIENTATION_WEIGHT, gaussian_targets, render_with_orientation
 from .nerf import OccupancyGrid, Rays, RenderConfig, camera_rays
 from .parts import RefinedField
+from .preview import MeshPreviewer
 from .state import SLOT
 
 
@@ -136,7 +137,7 @@ class RefineJob:
     kind = "stage2.refine"
 
     def __init__(self, session, parts: list[str], cfg: RefineConfig = RefineConfig(), views: int = 8, resolution: int = 64, guidance=None,
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), load_guidance=None) -> None:
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), load_guidance=None, mesh_every: int = 0, mesh_resolution: int = 48) -> None:
 
         st = session.extras.get(SLOT)
         if st is None:
@@ -157,6 +158,7 @@ class RefineJob:
         self.refiner: Refiner | None = None
         self._pending: dict | None = None
         self.last_loss: float | None = None
+        self.mesh_preview = MeshPreviewer(mesh_every, mesh_resolution)
 
     def _build(self) -> Refiner:
         from ..stage1.cameras import zoom_in_cameras
@@ -184,7 +186,13 @@ class RefineJob:
             self.refiner = self._build()
         m = self.refiner.step(i)
         self.last_loss = m["loss"]
+        if self.mesh_preview.due(i, self.total_steps):
+            self.mesh_preview.update(self.session.extras[SLOT].refined, i + 1)
         return m
+
+    def take_mesh(self):
+        """The preview mesh made since the last call (the job runner sends it as a ``mesh`` event)."""
+        return self.mesh_preview.take()
 
     def result(self) -> dict:
         return {"loss": self.last_loss, "parts": self.parts}
