@@ -14,6 +14,10 @@ the field's accumulated opacity toward the Gaussian alpha and its expected ray d
 Gaussian depth where the Gaussians are opaque. They sharpen the surface that mesh extraction sees: on a
 sphere sample the mesh's Chamfer error drops from 2.0 % to 1.4 % of the diameter (tests/backend/test_mesh.py)
 and the held-out colour PSNR of tests/backend/test_distill.py goes from 28.6 to 30.4 dB.
+
+DreamFusion's orientation loss, which the paper's Stage II keeps as a regulariser, is on by default
+(``orientation_weight`` 0.01): Σ_i sg(w_i)·max(0, n_i·d)² per ray with normals n = −∇σ/‖∇σ‖ from the
+density gradient (nerf.density_normals), on ``orientation_rays`` of each step's rays (normals cost ≈ 2.5×).
 """
 
 from __future__ import annotations
