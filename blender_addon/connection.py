@@ -87,6 +87,7 @@ JOB_ACTIVE = ("running", "pausing", "paused", "cancelling")
 JOB_FINISHED = ("done", "cancelled", "error")
 STAGE1_KINDS = ("stage1", "stage1.start")  # the job kind as job.status names it / the op that starts it
 DEFAULT_OBJECT_NAME = "Interactive3D"
+NERF_IMAGE = "I3D NeRF Render"
 
 
 # -- frames: world → the splat object's local frame (the only place this conversion lives) ----------------
@@ -146,6 +147,27 @@ def world_to_local_transform(matrix_world, transform) -> np.ndarray:
 def relative_matrix(target_world, source_world) -> np.ndarray:
     """The 4×4 taking ``source``'s local coordinates to ``target``'s: inv(M_target) @ M_source."""
     return np.linalg.solve(_matrix(target_world, "target matrix_world"), _matrix(source_world, "source matrix_world"))
+
+
+def camera_fov_x(sensor_fit: str, angle: float, angle_x: float, angle_y: float, width: int, height: int) -> float:
+    """The horizontal field of view (radians) of a Blender camera rendering a width × height image, as
+    the backend's ``fov_x`` (``gaussians.render``, ``stage2.render``). ``sensor_fit`` AUTO gives ``angle``
+    to the larger side; HORIZONTAL keeps ``angle_x``; VERTICAL keeps ``angle_y`` on the height."""
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if sensor_fit == "HORIZONTAL" or (sensor_fit == "AUTO" and width >= height):
+        return float(angle_x if sensor_fit == "HORIZONTAL" else angle)
+    vertical = angle_y if sensor_fit == "VERTICAL" else angle
+    return float(2.0 * np.arctan(np.tan(0.5 * vertical) * width / height))
+
+
+def viewport_fov_x(lens_mm: float, width: int, height: int) -> float:
+    """The horizontal fov of a perspective 3D viewport of ``lens_mm``: Blender gives the viewport's
+    larger side a 72 mm sensor (its 36 mm default × the perspective zoom of 2)."""
+    if not lens_mm > 0:
+        raise ValueError(f"lens must be > 0, got {lens_mm}")
+    angle = 2.0 * float(np.arctan(36.0 / lens_mm))
+    return camera_fov_x("AUTO", angle, angle, angle, width, height)
 
 
 # -- requests ------------------------------------------------------------------------------------------------
@@ -226,6 +248,9 @@ class Connection:
         self.preset_ops: dict = {}  # op → arguments of the last preset the backend resolved (zoom-in sizes, …)
         self.last_received = 0.0
         self.meshes: list[str] = []  # names of mesh objects imported from the backend, newest last
+        self.preview_mesh: str | None = None  # the Stage II preview object, replaced in place by mesh events
+        self.preview_step = 0
+        self.nerf_image: str | None = None  # the image datablock that stage2.render results land in
         self.process: subprocess.Popen | None = None
         self.log_path = ""
         self._blocking = 0  # > 0 while a blocking call applies its reply: follow-ups block too
@@ -627,6 +652,27 @@ def _on_mesh(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
             conn.last_error = f"{p.op}: cannot save {save_to!r}: {exc}"
 
 
+def _on_nerf_render(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
+    """A ``stage2.render`` reply: its first image (rgb + alpha) into the image datablock ``NERF_IMAGE``."""
+    if len(buffers) < 2:
+        conn.last_error = f"{p.op}: the reply has no images"
+        return
+    import bpy
+
+    rgb, alpha = np.asarray(buffers[0])[0], np.asarray(buffers[1])[0]
+    h, w = rgb.shape[:2]
+    img = bpy.data.images.get(conn.nerf_image or NERF_IMAGE)
+    if img is None or tuple(img.size) != (w, h):
+        if img is not None:
+            bpy.data.images.remove(img)
+        img = bpy.data.images.new(NERF_IMAGE, w, h, alpha=True)
+    rgba = np.concatenate([rgb, alpha], axis=-1)[::-1]  # row 0 is the top; Blender stores the bottom row first
+    img.pixels.foreach_set(np.ascontiguousarray(rgba, dtype=np.float32).ravel())
+    img.update()
+    conn.nerf_image = img.name
+    conn.last_message = f"NeRF render {w}x{h} in image {img.name!r}"
+
+
 def _ignore(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     pass
 
@@ -664,7 +710,7 @@ def _on_preset(conn: Connection, p: Pending, result: dict, buffers: list) -> Non
 _REPLY_HANDLERS: dict[str, Callable] = {
     "ping": _on_ping, "heartbeat": _ignore, "session": _on_session, "reattach": _on_reattach,
     "status": _on_job_status, "job": _on_job_started, "state": _on_state, "edit": _on_edit,
-    "history": _on_history, "mesh": _on_mesh, "ignore": _ignore,
+    "history": _on_history, "mesh": _on_mesh, "nerf_render": _on_nerf_render, "ignore": _ignore,
     "chain_edit": _on_chain_edit, "init_shap_e": _on_init_shap_e, "preset": _on_preset,
 }
 
@@ -709,9 +755,35 @@ def _ev_error(conn: Connection, data: dict, buffers: list, job) -> None:
     conn.last_error = f"job failed at step {data.get('step', '?')}: {conn.job.message}"
 
 
+def _ev_mesh(conn: Connection, data: dict, buffers: list, job) -> None:
+    """A Stage II job's preview mesh: replace the preview object's mesh in place (same object, new data;
+    the old mesh datablock is freed), at the splat object's transform."""
+    if len(buffers) < 3:
+        return
+    import bpy
+    from . import splat
+
+    obj = bpy.data.objects.get(conn.object_name or "")
+    matrix = np.array(obj.matrix_world) if obj is not None else np.eye(4)
+    name = (conn.object_name or DEFAULT_OBJECT_NAME) + " Preview"
+    fresh = splat.mesh_object_from_arrays(name, np.asarray(buffers[0]), np.asarray(buffers[1]), np.asarray(buffers[2]), matrix)
+    prev = bpy.data.objects.get(conn.preview_mesh or "")
+    if prev is None or prev.type != "MESH":
+        conn.preview_mesh = fresh.name
+    else:
+        old, mesh = prev.data, fresh.data
+        prev.data = mesh
+        prev.matrix_world = fresh.matrix_world
+        bpy.data.objects.remove(fresh)
+        if old.users == 0:
+            bpy.data.meshes.remove(old)
+        mesh.name = name
+    conn.preview_step = int(data.get("step", 0))
+
+
 _EVENT_HANDLERS: dict[str, Callable] = {
     "progress": _ev_progress, "state": _ev_state, "paused": _ev_paused, "resumed": _ev_resumed,
-    "done": _ev_done, "error": _ev_error,
+    "done": _ev_done, "error": _ev_error, "mesh": _ev_mesh,
 }
 
 

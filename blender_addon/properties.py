@@ -63,6 +63,23 @@ class I3D_PG_scene(bpy.types.PropertyGroup):
     refine_capacity: bpy.props.IntProperty(name="Capacity (log2)", default=19, min=4, max=24,
                                            description="log2 of the entries per refinement hash table")
     refine_steps: bpy.props.IntProperty(name="Refine Steps", default=10000, min=1, max=1000000)
+    refine_features: bpy.props.IntProperty(name="Features", default=2, min=1, max=8,
+                                           description="Features per level of the part's tables")
+    refine_finest: bpy.props.IntProperty(name="Finest Resolution", default=0, min=0, max=65536,
+                                         description="Cells across the region at the part's finest level; "
+                                                     "0: twice the base field's there")
+    preview_mesh_every: bpy.props.IntProperty(name="Preview Mesh Every", default=50, min=0, max=100000,
+                                              description="Steps between live preview meshes while Stage II "
+                                                          "runs (0: none)")
+    preview_mesh_resolution: bpy.props.IntProperty(name="Preview Resolution", default=48, min=8, max=256)
+    nerf_render_source: bpy.props.EnumProperty(
+        name="View",
+        items=(("AUTO", "Viewport", "The active 3D viewport, else the scene camera"),
+               ("CAMERA", "Camera", "The scene camera")),
+        default="AUTO",
+    )
+    nerf_render_size: bpy.props.IntProperty(name="Render Size", default=256, min=8, max=2048,
+                                            description="Longer side of the NeRF render in pixels")
     mesh_resolution: bpy.props.IntProperty(name="Resolution", default=256, min=8, max=1024)
     mesh_surface: bpy.props.EnumProperty(
         name="Surface",

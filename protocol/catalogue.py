@@ -33,6 +33,8 @@ EVENT_KINDS: dict[str, str] = {
     '(stage2.distill) add "preview": [H, W] and one float32 [H,W,3] buffer when a new preview was rendered',
     "state": 'data {"step", "count": N, "columns": STATE_COLUMNS, "revision": the session\'s state revision of this '
     'frame}; buffers [state [N,14] float32]',
+    "mesh": 'data {"step", "vertices": V, "faces": F}; buffers [vertices [V,3] float32, faces [F,3] int32, colors [V,4] uint8]: '
+    'a Stage II job\'s low-resolution preview mesh (mesh_every), object frame',
     "paused": 'data {"step"}: the job stopped between two steps',
     "resumed": 'data {"step"}: the job continues',
     "done": 'data {"status": "done"|"cancelled", "steps": steps done, "total", ...the job\'s result fields}',
@@ -760,13 +762,16 @@ _STAGE2_OPS: list[OpSpec] = [
             Arg("preview_every", "int", "steps between previews (sent with progress events and by stage2.preview)", default=10, min=0, max=1_000_000),
             Arg("opacity_weight", "float", "weight of |NeRF opacity − Gaussian alpha| (0 with depth_weight 0: the paper's Eq. 7 alone)", default=0.1, min=0.0, max=100.0),
             Arg("depth_weight", "float", "weight of |NeRF depth − Gaussian depth| where the Gaussians are opaque", default=0.03, min=0.0, max=100.0),
+            Arg("orientation_weight", "float", "weight of DreamFusion's orientation loss on density-gradient normals (0: off)", default=0.01, min=0.0, max=1e4),
+            Arg("mesh_every", "int", "steps between low-resolution preview meshes sent as mesh events (0: none)", default=0, min=0, max=1_000_000),
+            Arg("mesh_resolution", "int", "preview mesh grid resolution", default=48, min=8, max=256),
             Arg("reset", "bool", "start from a fresh field", default=False),
             Arg("seed", "int", "seed", default=0, min=0, max=2**31 - 1),
         ),
         session=True,
         starts_job=True,
         result=(("job", "job id"), ("total", "total steps")),
-        events=("progress", "state", "paused", "resumed", "done", "error"),
+        events=("progress", "state", "mesh", "paused", "resumed", "done", "error"),
         errors=("busy",),
     ),
     OpSpec(
@@ -785,7 +790,8 @@ _STAGE2_OPS: list[OpSpec] = [
     OpSpec(
         "stage2.add_part",
         "Add a refinement part (paper Eq. 9): the region sphere ∩ occupancy grid = O_part, with its own multi-level "
-        "hash tables and residual MLPs. An undo point. Errors: radius ≤ 0, a region with no occupied cell.",
+        "hash tables in coordinates local to O_part's box (finer than the base field there by default) and residual "
+        "MLPs reading the part's and the base field's features and the base density. An undo point. Errors: radius ≤ 0, a region with no occupied cell.",
         args=(
             Arg("name", "str", "part name", required=True),
             Arg("center", "list", "region centre (object frame)", items="float", length=3, required=True),
@@ -793,10 +799,17 @@ _STAGE2_OPS: list[OpSpec] = [
             Arg("levels", "int", "levels of the part's tables (paper: 8)", default=8, min=1, max=32),
             Arg("features", "int", "features per level (paper: 2)", default=2, min=1, max=8),
             Arg("log2_table_size", "int", "log2 entries per table (paper: 19)", default=19, min=4, max=24),
+            Arg("base_resolution", "int", "cells across the part's box at its coarsest level", default=16, min=1, max=65536),
+            Arg("finest_resolution", "int", "cells across the part's box at its finest level (default: twice the base field's finest over the box)", min=1, max=65536),
             Arg("seed", "int", "seed", default=0, min=0, max=2**31 - 1),
         ),
         session=True,
-        result=(("part", "name"), ("cells", "cells in O_part"), ("parts", "all part names")),
+        result=(
+            ("part", "name"), ("cells", "cells in O_part"), ("parts", "all part names"),
+            ("resolutions", "the part's level resolutions, cells across its box (local coordinates)"),
+            ("box", "[lo, hi] world corners of the part's box (O_part's bounding box)"),
+            ("base_finest_over_box", "cells of the base field's finest level across the same box"),
+        ),
         errors=("not_found", "busy"),
     ),
     OpSpec(
@@ -817,13 +830,16 @@ _STAGE2_OPS: list[OpSpec] = [
             Arg("resolution", "int", "target render size", default=64, min=8, max=1024),
             Arg("rays_per_step", "int", "random target pixels per step", default=2048, min=1, max=1 << 20),
             Arg("n_samples", "int", "marching steps per AABB diagonal (step 2√3·r/n)", default=64, min=4, max=1024),
+            Arg("orientation_weight", "float", "weight of DreamFusion's orientation loss on density-gradient normals (0: off)", default=0.01, min=0.0, max=1e4),
+            Arg("mesh_every", "int", "steps between low-resolution preview meshes sent as mesh events (0: none)", default=0, min=0, max=1_000_000),
+            Arg("mesh_resolution", "int", "preview mesh grid resolution", default=48, min=8, max=256),
             Arg("background", "list", "background colour", items="float", length=3, default=[1.0, 1.0, 1.0], min=0.0, max=1.0),
             Arg("seed", "int", "seed", default=0, min=0, max=2**31 - 1),
         ),
         session=True,
         starts_job=True,
         result=(("job", "job id"), ("total", "total steps")),
-        events=("progress", "state", "paused", "resumed", "done", "error"),
+        events=("progress", "state", "mesh", "paused", "resumed", "done", "error"),
         errors=("not_found", "busy"),
     ),
     OpSpec(
@@ -865,6 +881,30 @@ _STAGE2_OPS: list[OpSpec] = [
         result=(("step", "job step"), ("height", "H"), ("width", "W")),
         result_buffers=(Buffer("image", ("float32",), (None, None, 3), doc="[H,W,3] in [0,1], row 0 at the top"),),
         errors=("not_found",),
+    ),
+    OpSpec(
+        "stage2.render",
+        "Render the Stage II field with its refinement parts from Blender cameras (matrix_world, horizontal fov), "
+        "with the same arguments and buffers as gaussians.render, plus depth and normals. Allowed while a job runs "
+        "(it renders between two steps).",
+        args=(
+            Arg("fov_x", "float", "horizontal field of view, radians", required=True, min=1e-3, max=3.1),
+            Arg("width", "int", "image width", default=256, min=1, max=4096),
+            Arg("height", "int", "image height", default=256, min=1, max=4096),
+            Arg("background", "list", "RGB background in [0,1]", default=[1.0, 1.0, 1.0], items="float", length=3, min=0.0, max=1.0),
+            Arg("n_samples", "int", "samples per ray across the field's box", default=64, min=4, max=1024),
+            Arg("normals", "bool", "also compute normals (density gradient; ≈ 2.5× the cost); else they are 0", default=True),
+        ),
+        buffers=(Buffer("c2w", ("float32", "float64"), None, doc="[4,4] or [B,4,4] Blender camera matrix_world (B ≤ 64)"),),
+        session=True,
+        result=(("count", "images rendered (B)"),),
+        result_buffers=(
+            Buffer("rgb", ("float32",), (None, None, None, 3), doc="[B,H,W,3] in [0,1], row 0 at the top"),
+            Buffer("alpha", ("float32",), (None, None, None, 1), doc="[B,H,W,1] accumulated opacity"),
+            Buffer("depth", ("float32",), (None, None, None, 1), doc="[B,H,W,1] expected camera-space depth (0 where empty)"),
+            Buffer("normals", ("float32",), (None, None, None, 3), doc="[B,H,W,3] opacity-weighted normals −∇σ/‖∇σ‖, object frame"),
+        ),
+        errors=("not_found", "too_large"),
     ),
 ]
 

@@ -224,6 +224,11 @@ class JobRunner:
             data["preview"] = [int(img.shape[0]), int(img.shape[1])]
             buffers = [img]
         self._emit("progress", data, buffers)
+        take_mesh = getattr(self.job, "take_mesh", None)  # a Stage II job's low-resolution preview mesh
+        m = take_mesh() if callable(take_mesh) else None
+        if m is not None:
+            self._emit("mesh", {"step": int(m.step), "vertices": int(len(m.vertices)), "faces": int(len(m.faces))},
+                       [np.ascontiguousarray(m.vertices, np.float32), np.ascontiguousarray(m.faces, np.int32), np.ascontiguousarray(m.colors, np.uint8)])
 
     def _state_frame(self) -> tuple[np.ndarray, int]:
         """The state frame and the session's revision it belongs to (read together under the lock)."""

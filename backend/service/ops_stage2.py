@@ -8,6 +8,7 @@
 - ``stage2.refine``: the Eq. 8–9 refinement job on chosen parts (targets: fresh Gaussian renders).
 - ``stage2.extract_mesh``: marching cubes → file (glb/obj/ply) and arrays.
 - ``stage2.preview``: the running/last distillation's low-resolution preview image.
+- ``stage2.render``: the field with its parts from Blender cameras (rgb, alpha, depth, normals).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 
 import numpy as np
 import torch
-from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound
+from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
 
 from ..stage2.distill import DistillConfig, DistillJob
 from ..stage2.hashgrid import HashGridConfig
@@ -58,7 +59,8 @@ def distill(req: Request) -> Reply:
         cfg = DistillConfig(
             steps=a["steps"], resolution=a["resolution"], rays_per_step=a["rays_per_step"], view_pool=a["view_pool"],
             render=RenderConfig(n_samples=a["n_samples"], stratified=True), background=tuple(a["background"]),
-            preview_every=a["preview_every"], opacity_weight=a["opacity_weight"], depth_weight=a["depth_weight"], seed=a["seed"],
+            preview_every=a["preview_every"], opacity_weight=a["opacity_weight"], depth_weight=a["depth_weight"],
+            orientation_weight=a["orientation_weight"], mesh_every=a["mesh_every"], mesh_resolution=a["mesh_resolution"], seed=a["seed"],
         )
         req.server.memory.check(
             f"stage2.distill ({a['rays_per_step']} rays × {a['n_samples']} samples, {a['levels']} levels of 2^{a['log2_table_size']}, "
@@ -104,8 +106,10 @@ def add_part(req: Request) -> Reply:
         else:
             st_occ = st.occupancy
         try:
-            pcfg = PartConfig(n_levels=a["levels"], n_features=a["features"], log2_table_size=a["log2_table_size"])
-            pcfg.grid()
+            pcfg = PartConfig(
+                n_levels=a["levels"], n_features=a["features"], log2_table_size=a["log2_table_size"],
+                base_resolution=a["base_resolution"], finest_resolution=a["finest_resolution"],
+            )
             cells = region_cells(st_occ, torch.tensor(a["center"], dtype=torch.float32), radius)
         except RegionError as exc:
             raise InvalidArgs(f"stage2.add_part: {exc}") from exc
@@ -113,9 +117,15 @@ def add_part(req: Request) -> Reply:
             raise InvalidArgs(f"stage2.add_part: {exc}") from exc
         s.record("stage2.add_part")
         st.occupancy = st_occ
-        st.refined.add_part(name, cells, st_occ, pcfg, seed=a["seed"])
-        st.parts[name] = PartInfo(pcfg, tuple(a["center"]), float(radius))
-    return Reply({"part": name, "cells": int(cells.sum()), "parts": sorted(st.parts)})
+        part = st.refined.add_part(name, cells, st_occ, pcfg, seed=a["seed"])
+        st.parts[name] = PartInfo(part.cfg, tuple(a["center"]), float(radius))
+        res = part.grid.cfg.resolutions()
+        extent = float((part.box_hi - part.box_lo).max())
+        base_finest = st.cfg.grid.resolutions()[-1] * extent / (2 * st.cfg.aabb_radius)
+    return Reply({
+        "part": name, "cells": int(cells.sum()), "parts": sorted(st.parts), "resolutions": res,
+        "box": [part.box_lo.tolist(), part.box_hi.tolist()], "base_finest_over_box": base_finest,
+    })
 
 
 def refine(req: Request) -> Reply:
@@ -138,7 +148,7 @@ def refine(req: Request) -> Reply:
     try:
         cfg = RefineConfig(
             steps=a["steps"], rays_per_step=a["rays_per_step"], render=RenderConfig(n_samples=a["n_samples"], stratified=True), seed=a["seed"],
-            prompt=prompt or "", fixed_t=a["fixed_t"], sds_size=a["resolution"],
+            prompt=prompt or "", fixed_t=a["fixed_t"], sds_size=a["resolution"], orientation_weight=a["orientation_weight"],
         )
         req.server.memory.check(
             f"stage2.refine ({a['rays_per_step']} rays × {a['n_samples']} samples, {a['views']} views of {a['resolution']}²)",
@@ -146,7 +156,8 @@ def refine(req: Request) -> Reply:
         )
         with s.lock:
             _state(req)
-            job = RefineJob(s, list(a["parts"]), cfg, views=a["views"], resolution=a["resolution"], background=tuple(a["background"]), load_guidance=loader)
+            job = RefineJob(s, list(a["parts"]), cfg, views=a["views"], resolution=a["resolution"], background=tuple(a["background"]), load_guidance=loader,
+                            mesh_every=a["mesh_every"], mesh_resolution=a["mesh_resolution"])
     except ValueError as exc:
         raise InvalidArgs(f"stage2.refine: {exc}") from exc
     job_id = req.start_job(job, label="stage2.refine")
@@ -192,6 +203,49 @@ def extract(req: Request) -> Reply:
     )
 
 
+def render(req: Request) -> Reply:
+    """The (refined) field from Blender cameras, as ``gaussians.render``: rgb, alpha, depth (camera z),
+    normals (world, opacity-weighted; 0 where the ray is empty)."""
+    from ..stage1.cameras import cameras_from_blender
+    from ..stage2.nerf import render_image
+
+    s, a = req.session, req.args
+    c2w = torch.from_numpy(np.array(req.buffers[0], dtype=np.float32))
+    if c2w.ndim == 2:
+        c2w = c2w[None]
+    if c2w.ndim != 3 or c2w.shape[1:] != (4, 4) or not 1 <= c2w.shape[0] <= 64:
+        raise InvalidArgs(f"stage2.render: c2w must be [4,4] or [B,4,4] with B ≤ 64, got {list(c2w.shape)}")
+    bottom = c2w[:, 3, :]
+    if not torch.allclose(bottom, torch.tensor([0.0, 0.0, 0.0, 1.0]).expand_as(bottom), atol=1e-5):
+        raise InvalidArgs(f"stage2.render: c2w last row must be (0,0,0,1), got {bottom.tolist()}")
+    b, w, h, n = c2w.shape[0], a["width"], a["height"], a["n_samples"]
+    if b * w * h * n > _MAX_RENDER_SAMPLES:
+        raise TooLarge(f"stage2.render: {b}×{w}×{h} pixels × {n} samples exceeds {_MAX_RENDER_SAMPLES} samples; render smaller or fewer")
+    # no idle check: a running job steps under the session lock, so this renders between two of its steps
+    with s.lock:
+        st = _state(req)
+        try:
+            cams = cameras_from_blender(c2w, a["fov_x"], w, h).to(st.device)
+        except ValueError as exc:
+            raise InvalidArgs(f"stage2.render: {exc}") from exc
+        bg = torch.tensor(a["background"], dtype=torch.float32, device=st.device)
+        with torch.no_grad():
+            out = render_image(st.refined, cams, RenderConfig(n_samples=n, normals=a["normals"]), st.occupancy, bg)
+    # ray distance → camera-space z (the Gaussian renderer's depth): z = t·(d·forward)
+    from ..stage2.nerf import camera_rays
+
+    d_cam = camera_rays(cams).dirs.reshape(b, h, w, 3)
+    fwd = torch.linalg.inv(cams.viewmats.float())[:, :3, 2]  # [B,3] the OpenCV camera's +z in world
+    z = out.depth[..., 0] / out.opacity[..., 0].clamp_min(1e-6) * (d_cam * fwd[:, None, None]).sum(-1)
+    z = torch.where(out.opacity[..., 0] > 1e-6, z, torch.zeros_like(z))
+    bufs = [out.rgb.clamp(0, 1), out.opacity, z[..., None]]
+    bufs.append(out.normals if out.normals is not None else torch.zeros(b, h, w, 3))
+    return Reply({"count": b}, [np.ascontiguousarray(t.float().cpu().numpy()) for t in bufs])
+
+
+_MAX_RENDER_SAMPLES = 1 << 28  # ≈ 268M field queries (a 1024² image at 256 samples)
+
+
 def preview(req: Request) -> Reply:
     s = req.session
     runner = s.job
@@ -209,4 +263,5 @@ HANDLERS: dict = {
     "stage2.refine": refine,
     "stage2.extract_mesh": extract,
     "stage2.preview": preview,
+    "stage2.render": render,
 }

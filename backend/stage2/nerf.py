@@ -110,11 +110,15 @@ class NeRFField(nn.Module):
         c = self.cfg
         return c.density_blob_scale * (1.0 - x.norm(dim=-1) / c.density_blob_std)
 
-    def query(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Raw outputs at world points x [N,3]: (density logit incl. bias [N], colour logits [N,3])."""
-        h = self.density_mlp(self.grid(self.normalize(x)))
+    def query(self, x: Tensor, with_features: bool = False) -> tuple[Tensor, ...]:
+        """Raw outputs at world points x [N,3]: (density logit incl. bias [N], colour logits [N,3]), and with
+        ``with_features`` the hash encoding [N, L·F] too (refinement parts read it, paper §3.2.2)."""
+        feats = self.grid(self.normalize(x))
+        h = self.density_mlp(feats)
         raw = h[:, 0] + self.density_bias(x)
-        geo = h[:, 1:] if self.cfg.geo_feat_dim > 0 else self.grid(self.normalize(x))
+        geo = h[:, 1:] if self.cfg.geo_feat_dim > 0 else feats
+        if with_features:
+            return raw, self.color_mlp(geo), feats
         return raw, self.color_mlp(geo)
 
     def forward(self, x: Tensor) -> FieldOutput:  # [N,3] world points
@@ -305,6 +309,7 @@ class RenderConfig:
     n_samples: int = 512  # samples per box diagonal
     stratified: bool = False  # jitter samples (training)
     chunk: int = 8192  # rays per chunk
+    normals: bool = False  # also density-gradient normals and the orientation penalty (about 2-3x the cost)
 
     def __post_init__(self) -> None:
         if self.n_samples < 1 or self.chunk < 1:
@@ -325,6 +330,39 @@ class NeRFRender:
     opacity: Tensor  # [R,1]
     depth: Tensor  # [R,1]
     weights: Tensor | None = None  # [R,S] (the torch twin; None from nerfacc's packed path)
+    normals: Tensor | None = None  # [R,3] Σ w_i n_i (world; 0 on empty rays), with RenderConfig.normals
+    orientation: Tensor | None = None  # [R] Σ sg(w_i)·max(0, n_i·d)², DreamFusion's orientation penalty
+
+
+def density_normals(field, x: Tensor, method: str = "auto", eps: float = 1e-3) -> tuple["FieldOutput", Tensor]:
+    """The field at x [N,3] and its normals n = −∇σ/‖∇σ‖ [N,3] (outward on a solid; DreamFusion's
+    "normals from the density gradient"). While grad mode is on, n stays differentiable w.r.t. the
+    field's parameters, so a loss on it trains the density.
+
+    ``method``: "analytic" (autograd with create_graph: needs the pure-torch hash grid, whose backward is
+    itself differentiable), "finite_difference" (central differences of step ``eps``, 6 more density
+    queries; threestudio's other choice), "auto": analytic unless a hash grid runs a CUDA kernel (Triton,
+    tcnn), whose backward gives no gradient w.r.t. the points."""
+    if method == "auto":
+        fused = any(isinstance(m, HashGrid) and m.backend != "torch" for m in field.modules()) if isinstance(field, nn.Module) else False
+        method = "finite_difference" if fused and x.device.type == "cuda" else "analytic"
+    train = torch.is_grad_enabled()
+    if method == "finite_difference":
+        offs = torch.eye(3, device=x.device, dtype=x.dtype) * eps
+        pts = torch.stack([x[:, None] + offs, x[:, None] - offs], dim=1).reshape(-1, 3)  # [N·2·3, 3]
+        d = field(pts).density.reshape(-1, 2, 3)
+        out, g = field(x), (d[:, 0] - d[:, 1]) / (2 * eps)
+    elif method == "analytic":
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            out = field(xg)
+            (g,) = torch.autograd.grad(out.density.sum(), xg, create_graph=train)
+    else:
+        raise ValueError(f"method must be 'auto', 'analytic' or 'finite_difference', got {method!r}")
+    n = torch.nn.functional.normalize(-g, dim=-1, eps=1e-12)
+    if not train:
+        out, n = FieldOutput(out.density.detach(), out.rgb.detach()), n.detach()
+    return out, n
 
 
 def render_rays(
@@ -366,7 +404,8 @@ def render_rays(
     weights = None
     if len(outs) == 1:
         weights = outs[0].weights
-    return NeRFRender(*(torch.cat([getattr(o, k) for o in outs]) for k in ("rgb", "opacity", "depth")), weights=weights)
+    cat = lambda k: None if getattr(outs[0], k) is None else torch.cat([getattr(o, k) for o in outs])  # noqa: E731
+    return NeRFRender(*(cat(k) for k in ("rgb", "opacity", "depth")), weights=weights, normals=cat("normals"), orientation=cat("orientation"))
 
 
 def _march(rays: Rays, radius: float, cfg: RenderConfig, occupancy, generator) -> tuple[Tensor, Tensor, Tensor]:
@@ -404,20 +443,29 @@ def _render_chunk(field, rays: Rays, radius: float, cfg: RenderConfig, occupancy
     mids = 0.5 * (starts + ends)
     sig = torch.zeros(n_rays * s, device=dev)
     rgb = torch.zeros(n_rays * s, 3, device=dev)
+    nrm = torch.zeros(n_rays * s, 3, device=dev) if cfg.normals else None
     live = keep.reshape(-1)
     if bool(live.any()):
         idx = live.nonzero()[:, 0]
         pts = (rays.origins[:, None] + rays.dirs[:, None] * mids[..., None]).reshape(-1, 3)[idx]
-        out = field(pts)
+        if cfg.normals:
+            out, n_live = density_normals(field, pts)
+            nrm = nrm.index_put((idx,), n_live.float())
+        else:
+            out = field(pts)
         sig = sig.index_put((idx,), out.density.float())
         rgb = rgb.index_put((idx,), out.rgb.float())
     # skipped steps have σ = 0: α = 0, so they change neither T nor the sums (the packed form omits them)
     w, _, _ = render_weight_from_density(starts, ends, sig.reshape(n_rays, s))
-    return _composite(w, rgb.reshape(n_rays, s, 3), mids, bg.to(dev), ray_indices=None, n_rays=n_rays)
+    normals = None if nrm is None else (nrm.reshape(n_rays, s, 3), rays.dirs[:, None].expand(n_rays, s, 3))
+    return _composite(w, rgb.reshape(n_rays, s, 3), mids, bg.to(dev), ray_indices=None, n_rays=n_rays, normals=normals)
 
 
-def _composite(w: Tensor, rgb: Tensor, mids: Tensor, bg: Tensor, ray_indices, n_rays: int) -> NeRFRender:
-    """nerfacc.rendering's accumulation: colour, opacity, depth / opacity, background·(1 − opacity)."""
+def _composite(w: Tensor, rgb: Tensor, mids: Tensor, bg: Tensor, ray_indices, n_rays: int,
+               normals: tuple[Tensor, Tensor] | None = None) -> NeRFRender:
+    """nerfacc.rendering's accumulation: colour, opacity, depth / opacity, background·(1 − opacity); with
+    ``normals`` = (per-sample normals, per-sample ray directions) also Σ w n and DreamFusion's orientation
+    penalty Σ sg(w)·max(0, n·d)² (a normal facing away from the camera is penalised)."""
     from nerfacc import accumulate_along_rays
 
     color = accumulate_along_rays(w, rgb, ray_indices=ray_indices, n_rays=n_rays)
@@ -425,7 +473,13 @@ def _composite(w: Tensor, rgb: Tensor, mids: Tensor, bg: Tensor, ray_indices, n_
     depth = accumulate_along_rays(w, mids[..., None], ray_indices=ray_indices, n_rays=n_rays)
     depth = depth / acc.clamp_min(torch.finfo(acc.dtype).eps)
     color = color + bg[None] * (1.0 - acc)
-    return NeRFRender(rgb=color, opacity=acc, depth=depth, weights=w if ray_indices is None else None)
+    out = NeRFRender(rgb=color, opacity=acc, depth=depth, weights=w if ray_indices is None else None)
+    if normals is not None:
+        nrm, dirs = normals
+        facing_away = (nrm * dirs).sum(-1, keepdim=True).clamp_min(0.0)
+        out.normals = accumulate_along_rays(w, nrm, ray_indices=ray_indices, n_rays=n_rays)
+        out.orientation = accumulate_along_rays(w.detach(), facing_away**2, ray_indices=ray_indices, n_rays=n_rays)[..., 0]
+    return out
 
 
 def _estimator(occupancy: OccupancyGrid | None, radius: float, device: torch.device):
@@ -461,21 +515,31 @@ def _render_chunk_nerfacc(field, rays: Rays, radius: float, cfg: RenderConfig, o
     # cell is kept, as in the twin (nerfacc's early stop would drop steps behind T < 1e-4)
     ray_indices, t_starts, t_ends = est.sampling(o, d, near_plane=0.0, t_min=t_min, render_step_size=step, stratified=False)
     mids = 0.5 * (t_starts + t_ends)
+    normals = None
     if t_starts.shape[0]:
-        out = field(o[ray_indices] + d[ray_indices] * mids[:, None])
+        pts = o[ray_indices] + d[ray_indices] * mids[:, None]
+        if cfg.normals:
+            out, nrm = density_normals(field, pts)
+            normals = (nrm.float(), d[ray_indices])
+        else:
+            out = field(pts)
         sig, rgb = out.density.float(), out.rgb.float()
     else:
         sig, rgb = torch.zeros(0, device=o.device), torch.zeros(0, 3, device=o.device)
+        if cfg.normals:
+            normals = (torch.zeros(0, 3, device=o.device), torch.zeros(0, 3, device=o.device))
     w, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sig, ray_indices=ray_indices, n_rays=n_rays)
-    return _composite(w, rgb, mids, bg.to(o.device), ray_indices=ray_indices, n_rays=n_rays)
+    return _composite(w, rgb, mids, bg.to(o.device), ray_indices=ray_indices, n_rays=n_rays, normals=normals)
 
 
 def render_image(field, cams, cfg: RenderConfig = RenderConfig(), occupancy: OccupancyGrid | None = None, background: Tensor | None = None,
                  backend: str = "auto") -> NeRFRender:
-    """Full images: rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1] (expected ray distance)."""
+    """Full images: rgb [B,H,W,3], opacity [B,H,W,1], depth [B,H,W,1] (expected ray distance); with
+    ``cfg.normals`` also normals [B,H,W,3] and orientation [B,H,W]."""
     out = render_rays(field, camera_rays(cams), cfg, occupancy, background, backend=backend)
     shp = (len(cams.viewmats), cams.height, cams.width)
-    return NeRFRender(rgb=out.rgb.reshape(*shp, 3), opacity=out.opacity.reshape(*shp, 1), depth=out.depth.reshape(*shp, 1))
+    extra = {} if out.normals is None else {"normals": out.normals.reshape(*shp, 3), "orientation": out.orientation.reshape(*shp)}
+    return NeRFRender(rgb=out.rgb.reshape(*shp, 3), opacity=out.opacity.reshape(*shp, 1), depth=out.depth.reshape(*shp, 1), **extra)
 
 
 # -- the fast path's self-test ----------------------------------------------------------------------

@@ -3,19 +3,23 @@
 The parts themselves (O_part = Q ∩ O, their own hash tables and residual MLPs added to the frozen base
 field) are in parts.py. Only the chosen parts train; the base field's tables and MLPs never receive an
 optimiser step. Losses: interactive SDS on zoom-in cameras with the user's t when a guidance is given
-(Eq. 8's L_SDS), else an L1 reconstruction toward given target renders.
+(Eq. 8's L_SDS), else an L1 reconstruction toward given target renders; both plus DreamFusion's orientation
+penalty on density-gradient normals (``orientation_weight``, as the paper's Stage II).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from .distill import gaussian_targets
-from .nerf import OccupancyGrid, Rays, RenderConfig, camera_rays, render_rays
+from .distill import ORIENTATION_WEIGHT, gaussian_targets, render_with_orientation
+from .nerf import OccupancyGrid, Rays, RenderConfig, camera_rays
 from .parts import RefinedField
+from .preview import MeshPreviewer
 from .state import SLOT
 
 
@@ -31,11 +35,15 @@ class RefineConfig:
     fixed_t: float | None = None  # user t in (0,1), e.g. 0.3 to fine-tune
     sds_batch: int = 1
     sds_size: int = 64
+    orientation_weight: float = ORIENTATION_WEIGHT  # DreamFusion's orientation penalty (0: off)
+    orientation_rays: int | None = 512  # L1 path: rays per step that carry it (SDS: every pixel of the render)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.rays_per_step < 1:
             raise ValueError(f"steps >= 0 and rays_per_step >= 1 required, got {self.steps}, {self.rays_per_step}")
+        if not (self.orientation_weight >= 0 and math.isfinite(self.orientation_weight)):
+            raise ValueError(f"orientation_weight must be >= 0, got {self.orientation_weight}")
         if self.fixed_t is not None and not (0.0 < self.fixed_t < 1.0):
             raise ValueError(f"fixed_t must be in (0, 1), got {self.fixed_t}")
 
@@ -92,8 +100,11 @@ class Refiner:
         else:
             rays, rgb = self.targets
             sel = torch.randint(0, rgb.shape[0], (cfg.rays_per_step,), generator=self.generator).to(rgb.device)
-            out = render_rays(self.field, Rays(rays.origins[sel], rays.dirs[sel]), cfg.render, self.occupancy, generator=self.generator)
+            bg = self.field.background
+            out = render_with_orientation(self.field, Rays(rays.origins[sel], rays.dirs[sel]), cfg.render, cfg.orientation_weight, cfg.orientation_rays, self.occupancy, bg, self.generator)
             loss = (out.rgb - rgb[sel]).abs().mean()
+            if out.orientation is not None:
+                loss = loss + cfg.orientation_weight * out.orientation.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -108,11 +119,12 @@ class Refiner:
         center, radius = self._region()
         sample = zoom_in_cameras(center.cpu(), radius, cfg.sds_batch, cfg.sds_size, cfg.sds_size, self.generator)
         cams = sample.cameras.to(self.field.device)
-        img = render_image(self.field, cams, cfg.render, self.occupancy).rgb
+        orient = cfg.orientation_weight > 0
+        out = render_image(self.field, cams, dataclasses.replace(cfg.render, normals=orient), self.occupancy)
         res = self.guidance(
-            img, PromptSpec(cfg.prompt, ""), sample.elevation_deg, sample.azimuth_deg, step=i, fixed_t=cfg.fixed_t, generator=self.generator, cameras=cams, background=None
+            out.rgb, PromptSpec(cfg.prompt, ""), sample.elevation_deg, sample.azimuth_deg, step=i, fixed_t=cfg.fixed_t, generator=self.generator, cameras=cams, background=None
         )
-        return res.loss
+        return res.loss + cfg.orientation_weight * out.orientation.mean() if orient else res.loss
 
 
 class RefineJob:
@@ -125,7 +137,7 @@ class RefineJob:
     kind = "stage2.refine"
 
     def __init__(self, session, parts: list[str], cfg: RefineConfig = RefineConfig(), views: int = 8, resolution: int = 64, guidance=None,
-                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), load_guidance=None) -> None:
+                 background: tuple[float, float, float] = (1.0, 1.0, 1.0), load_guidance=None, mesh_every: int = 0, mesh_resolution: int = 48) -> None:
 
         st = session.extras.get(SLOT)
         if st is None:
@@ -146,6 +158,7 @@ class RefineJob:
         self.refiner: Refiner | None = None
         self._pending: dict | None = None
         self.last_loss: float | None = None
+        self.mesh_preview = MeshPreviewer(mesh_every, mesh_resolution)
 
     def _build(self) -> Refiner:
         from ..stage1.cameras import zoom_in_cameras
@@ -173,7 +186,13 @@ class RefineJob:
             self.refiner = self._build()
         m = self.refiner.step(i)
         self.last_loss = m["loss"]
+        if self.mesh_preview.due(i, self.total_steps):
+            self.mesh_preview.update(self.session.extras[SLOT].refined, i + 1)
         return m
+
+    def take_mesh(self):
+        """The preview mesh made since the last call (the job runner sends it as a ``mesh`` event)."""
+        return self.mesh_preview.take()
 
     def result(self) -> dict:
         return {"loss": self.last_loss, "parts": self.parts}

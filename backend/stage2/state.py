@@ -26,6 +26,19 @@ def _nerf_cfg_from(d: dict) -> NeRFConfig:
     return NeRFConfig(**d)
 
 
+def part_config_from(d: dict, name: str = "") -> PartConfig:
+    """A saved part's config. Parts saved before issue 17 (no ``reads_base`` key: tables over the box with
+    an explicit per_level_scale, an MLP reading the part's features only) load as such (``reads_base``
+    False); unknown keys are refused with a ValueError naming them."""
+    d = dict(d)
+    d.setdefault("reads_base", False)
+    known = {f.name for f in dataclasses.fields(PartConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"stage II part {name!r}: unknown config fields {unknown} (saved by a newer version?)")
+    return PartConfig(**d)
+
+
 @dataclass
 class PartInfo:
     cfg: PartConfig
@@ -82,12 +95,15 @@ class Stage2State:
             del self.refined.parts[name]
         self.parts = {}
         for name, p in state["parts"].items():
-            pcfg = PartConfig(**p["cfg"])
+            pcfg = part_config_from(p["cfg"], name)
             cells = p["state"]["cells"].to(self.device)
             grid = OccupancyGrid(cells, cfg.aabb_radius)
             part = self.refined.add_part(name, cells, grid, pcfg)
-            part.load_state_dict({k: v.to(self.device) for k, v in p["state"].items()})
-            self.parts[name] = PartInfo(pcfg, tuple(p["center"]), float(p["radius"]))
+            try:
+                part.load_state_dict({k: v.to(self.device) for k, v in p["state"].items()})
+            except RuntimeError as exc:  # shapes that no PartConfig of this version produces
+                raise ValueError(f"stage II part {name!r}: saved tables/MLPs do not match its config: {exc}") from exc
+            self.parts[name] = PartInfo(part.cfg, tuple(p["center"]), float(p["radius"]))
         self.distilled_steps = int(state["distilled_steps"])
 
     @classmethod

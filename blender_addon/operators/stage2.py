@@ -1,7 +1,9 @@
 """Stage II: i3d.to_nerf (distil the Gaussians into a hash-grid NeRF), i3d.refine_region (a region
 sphere with part-specific hash tables), i3d.extract_mesh (marching cubes → a mesh object with vertex
-colours at the splat object's transform). Backend ops ``stage2.distill``, ``stage2.add_part``,
-``stage2.refine``, ``stage2.extract_mesh``.
+colours at the splat object's transform), i3d.render_nerf (the NeRF from the viewport or the scene
+camera into an image). Backend ops ``stage2.distill``, ``stage2.add_part``, ``stage2.refine``,
+``stage2.extract_mesh``, ``stage2.render``; the jobs' ``mesh`` events (a live low-resolution preview
+mesh) are applied by the sync step (connection.py).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class I3D_OT_to_nerf(bpy.types.Operator):
 
     def execute(self, context):
         p = context.scene.i3d
-        args = {"steps": self.steps or p.nerf_steps, "seed": p.seed}
+        args = {"steps": self.steps or p.nerf_steps, "seed": p.seed, "mesh_every": p.preview_mesh_every,
+                "mesh_resolution": p.preview_mesh_resolution}
         for key, value in (("resolution", self.resolution), ("levels", self.levels),
                            ("log2_table_size", self.capacity), ("rays_per_step", self.rays_per_step)):
             if value:
@@ -66,6 +69,9 @@ class I3D_OT_refine_region(bpy.types.Operator):
     radius: bpy.props.FloatProperty(name="Radius", default=0.3, min=1e-6, unit="LENGTH")
     levels: bpy.props.IntProperty(name="Levels", default=8, min=1, max=32)
     capacity: bpy.props.IntProperty(name="Capacity (log2)", default=19, min=4, max=24)
+    features: bpy.props.IntProperty(name="Features", default=2, min=1, max=8)
+    finest: bpy.props.IntProperty(name="Finest Resolution", default=0, min=0, max=65536,
+                                  description="0: twice the base field's resolution over the region")
     steps: bpy.props.IntProperty(name="Steps", default=10000, min=1)
     name: bpy.props.StringProperty(name="Part", default=REGION_PART)
     wait: bpy.props.BoolProperty(name="Wait", default=False)
@@ -79,6 +85,7 @@ class I3D_OT_refine_region(bpy.types.Operator):
         if self.use_scene:
             self.center, self.radius = p.refine_center, p.refine_radius
             self.levels, self.capacity, self.steps = p.refine_levels, p.refine_capacity, p.refine_steps
+            self.features, self.finest = p.refine_features, p.refine_finest
         obj = splat_object(context)
         m = np.array(obj.matrix_world) if obj is not None else np.eye(4)
         try:
@@ -88,10 +95,14 @@ class I3D_OT_refine_region(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         region = {"name": self.name, "center": center.tolist(), "radius": radius, "levels": self.levels,
-                  "log2_table_size": self.capacity}
+                  "log2_table_size": self.capacity, "features": self.features}
+        if self.finest:
+            region["finest_resolution"] = self.finest
         if not run_request(self, "stage2.add_part", region, kind="ignore"):
             return {"CANCELLED"}
-        if not run_request(self, "stage2.refine", {"parts": [self.name], "steps": self.steps, "seed": p.seed}, kind="job"):
+        refine = {"parts": [self.name], "steps": self.steps, "seed": p.seed, "mesh_every": p.preview_mesh_every,
+                  "mesh_resolution": p.preview_mesh_resolution}
+        if not run_request(self, "stage2.refine", refine, kind="job"):
             return {"CANCELLED"}
         return _maybe_wait(self, context, self.wait)
 
@@ -137,4 +148,63 @@ class I3D_OT_extract_mesh(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (I3D_OT_to_nerf, I3D_OT_refine_region, I3D_OT_extract_mesh)
+def view_camera(context, source: str, size: int):
+    """(c2w world [4,4], fov_x, width, height) of the active perspective 3D viewport (``source`` AUTO, when
+    there is one) or of the scene camera; None when neither exists. The longer side gets ``size`` pixels."""
+    rv3d = getattr(context, "region_data", None)
+    region = getattr(context, "region", None)
+    space = getattr(context, "space_data", None)
+    if source == "AUTO" and rv3d is not None and region is not None and getattr(space, "type", "") == "VIEW_3D" \
+            and rv3d.view_perspective != "CAMERA" and rv3d.is_perspective:
+        w, h = _fit(region.width, region.height, size)
+        return np.array(rv3d.view_matrix.inverted()), connection.viewport_fov_x(space.lens, w, h), w, h
+    cam = context.scene.camera
+    if cam is None or cam.type != "CAMERA":
+        return None
+    r = context.scene.render
+    w, h = _fit(r.resolution_x * r.pixel_aspect_x, r.resolution_y * r.pixel_aspect_y, size)
+    d = cam.data
+    return np.array(cam.matrix_world), connection.camera_fov_x(d.sensor_fit, d.angle, d.angle_x, d.angle_y, w, h), w, h
+
+
+def _fit(width: float, height: float, size: int) -> tuple[int, int]:
+    s = size / max(width, height, 1)
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+class I3D_OT_render_nerf(bpy.types.Operator):
+    """Render the Stage II NeRF (with its refinement parts) from the active viewport or the scene camera
+    into the image "I3D NeRF Render" (also while distillation or refinement runs)"""
+
+    bl_idname = "i3d.render_nerf"
+    bl_label = "Render NeRF"
+    bl_options = {"REGISTER"}
+
+    source: bpy.props.EnumProperty(name="View", items=(("SCENE", "Scene Setting", ""), ("AUTO", "Viewport", ""),
+                                                       ("CAMERA", "Camera", "")), default="SCENE")
+    size: bpy.props.IntProperty(name="Size", default=0, min=0, max=2048, description="0: the panel's value")
+    n_samples: bpy.props.IntProperty(name="Samples per Ray", default=64, min=4, max=1024)
+
+    @classmethod
+    def poll(cls, context):
+        return connection.get().connected
+
+    def execute(self, context):
+        p = context.scene.i3d
+        view = view_camera(context, p.nerf_render_source if self.source == "SCENE" else self.source, self.size or p.nerf_render_size)
+        if view is None:
+            self.report({"ERROR"}, "no 3D viewport and no scene camera to render from")
+            return {"CANCELLED"}
+        c2w, fov_x, w, h = view
+        obj = splat_object(context)
+        m = np.array(obj.matrix_world) if obj is not None else np.eye(4)
+        c2w_local = connection.relative_matrix(m, c2w).astype(np.float32)  # the field lives in the object's frame
+        args = {"fov_x": float(fov_x), "width": int(w), "height": int(h), "n_samples": self.n_samples}
+        # CPU backends take seconds for a 256² render with normals: a longer timeout than plain requests
+        if not run_request(self, "stage2.render", args, kind="nerf_render", buffers=[c2w_local],
+                           timeout=max(60.0, connection.get().timeout_s)):
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+classes = (I3D_OT_to_nerf, I3D_OT_refine_region, I3D_OT_extract_mesh, I3D_OT_render_nerf)

@@ -110,3 +110,63 @@ def test_bad_config():
         DistillConfig(rays_per_step=0)
     with pytest.raises(ValueError, match="no Gaussians"):
         DistillJob(_Session(None), DistillConfig())
+
+
+def test_density_gradient_normals_match_finite_differences():
+    """n = −∇σ/‖∇σ‖ from autograd equals central differences (cos > 0.999 at 300 points) and points
+    outward on the blob-initialised field (mean n·x̂ > 0.99); the finite-difference method (for CUDA
+    hash-grid kernels) gives the same normals and passes gradients to the tables; an unknown method is a
+    ValueError."""
+    from interactive3d.backend.stage2.nerf import density_normals
+
+    f = NeRFField(NeRFConfig(grid=HashGridConfig(n_levels=4, log2_table_size=12, base_resolution=8), hidden=16), backend="torch")
+    x = torch.randn(300, 3, generator=torch.Generator().manual_seed(0)) * 0.3
+    with torch.no_grad():
+        _, n = density_normals(f, x)
+        e = 1e-3
+        g = torch.stack([(f(x + e * d).density - f(x - e * d).density) / (2 * e) for d in torch.eye(3)], -1)
+    fd = torch.nn.functional.normalize(-g, dim=-1)
+    assert not n.requires_grad
+    assert (n * fd).sum(-1).min() > 0.999
+    # the finite-difference path (used when a CUDA kernel runs the hash grid) agrees too, and trains
+    with torch.no_grad():
+        _, n_fd = density_normals(f, x, method="finite_difference")
+    assert (n * n_fd).sum(-1).min() > 0.999
+    _, n_train = density_normals(f, x[:20], method="finite_difference")
+    n_train[:, 0].sum().backward()
+    assert f.grid.table.grad is not None and f.grid.table.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="method"):
+        density_normals(f, x, method="sdf")
+    assert (n * torch.nn.functional.normalize(x, dim=-1)).sum(-1).mean() > 0.99
+
+
+@pytest.mark.slow
+def test_orientation_loss_changes_the_result():
+    """DreamFusion's orientation loss on a semi-transparent ball (blob density scale 3) distilled toward
+    its own renders, 10 steps: with weight 0 the L1 gradient is exactly zero and the field stays
+    bit-identical; with weight 1 the orientation penalty (weight on normals facing away from the camera)
+    drops by ≥ 10 % (0.0419 → 0.0334, −20 %, measured) while the colour still matches (PSNR ≥ 35 dB; 44.5
+    measured)."""
+    cfg_f = NeRFConfig(grid=HashGridConfig(n_levels=4, log2_table_size=12, base_resolution=8), hidden=16, density_blob_scale=3.0)
+    cams = sample_orbit(1, OrbitConfig(width=16, height=16), torch.Generator().manual_seed(0)).cameras
+    f0 = NeRFField(cfg_f, backend="torch", seed=0)
+    ncfg = RenderConfig(n_samples=32, normals=True)
+    with torch.no_grad():
+        target = render_image(f0, cams, RenderConfig(n_samples=32)).rgb
+        before = float(render_image(f0, cams, ncfg).orientation.mean())
+    result = {}
+    for w in (0.0, 1.0):
+        f = NeRFField(cfg_f, backend="torch", seed=0)
+        cfg = DistillConfig(rays_per_step=256, lr_grid=0.03, lr_mlp=0.01, render=RenderConfig(n_samples=32), orientation_weight=w,
+                            orientation_rays=None, opacity_weight=0.0, depth_weight=0.0)
+        opt, gen = make_optimizer(f, cfg), torch.Generator().manual_seed(1)
+        for _ in range(10):
+            distill_step(f, opt, cams, target, cfg, gen)
+        with torch.no_grad():
+            out = render_image(f, cams, ncfg)
+        result[w] = (f, float(out.orientation.mean()), psnr(out.rgb, target))
+    print(f"orientation penalty {before:.5f} → w=0: {result[0.0][1]:.5f}, w=1: {result[1.0][1]:.5f} (PSNR {result[1.0][2]:.1f} dB)")
+    assert all(torch.equal(a, b) for a, b in zip(result[0.0][0].state_dict().values(), f0.state_dict().values()))
+    assert result[1.0][1] <= 0.9 * before
+    assert result[1.0][2] >= 35.0
+    assert DistillConfig().orientation_weight > 0  # on by default

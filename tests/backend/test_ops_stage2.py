@@ -125,3 +125,51 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "sdf"}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "opacity_level": 1.0}) == "invalid_args"
     assert _code(client, "stage2.distill", {"session": sid, "steps": 1, "depth_weight": -1.0}) == "invalid_args"
+
+
+def _blender_cam(y=-2.5):
+    """Blender matrix_world of a camera at (0, y, 0) looking at the origin along +Y (+Z up)."""
+    m = np.eye(4, dtype=np.float32)
+    m[:3, :3] = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], np.float32)  # columns: camera x, y, z in world
+    m[:3, 3] = (0.0, y, 0.0)
+    return m
+
+
+def test_stage2_render_like_gaussians_render(client):
+    """stage2.render takes gaussians.render's arguments and c2w buffer and returns its rgb [B,H,W,3] and alpha
+    [B,H,W,1] plus depth and normals. On the distilled shell (r = 0.5) seen from 2.5 units: the centre pixel is
+    opaque (alpha > 0.5), its camera-space depth is in [1.7, 2.3] (surface at 2.0), its normal faces the camera
+    (n·(−y) > 0.5); empty pixels are the background exactly with depth 0 and normals 0. Two cameras → B = 2.
+    No field → not_found; 65 cameras or a bad last row → invalid_args; a huge render → too_large."""
+    sid = _shell_session(client)
+    args = {"session": sid, "fov_x": 0.8, "width": 24, "height": 16, "background": [0.0, 0.0, 1.0]}
+    cam = _blender_cam()
+    assert _code_buf(client, "stage2.render", args, [cam]) == "not_found"
+    r = client.request("stage2.distill", {"session": sid, "steps": 30, "resolution": 32, "view_pool": 8, "rays_per_step": 512, "n_samples": 32,
+                                          "preview_every": 0, "orientation_weight": 0.0, **FIELD}).result
+    assert _wait_done(client, r["job"])["event"] == "done"
+    g = client.request("gaussians.render", args, [cam])
+    out = client.request("stage2.render", args, [np.stack([cam, _blender_cam(-3.0)])])
+    rgb, alpha, depth, normals = (np.array(b) for b in out.buffers)
+    assert out.result["count"] == 2 and [np.array(b).shape[1:] for b in g.buffers] == [rgb.shape[1:], alpha.shape[1:]]
+    assert rgb.shape == (2, 16, 24, 3) and depth.shape == (2, 16, 24, 1) and normals.shape == (2, 16, 24, 3)
+    assert rgb.dtype == alpha.dtype == depth.dtype == normals.dtype == np.float32
+    c = alpha[0, 8, 12, 0]
+    assert c > 0.5 and 1.7 <= depth[0, 8, 12, 0] <= 2.3, (c, depth[0, 8, 12, 0])
+    n = normals[0, 8, 12] / np.linalg.norm(normals[0, 8, 12])
+    assert -n[1] > 0.5, n
+    empty = alpha[..., 0] < 1e-6
+    assert empty.any() and np.allclose(rgb[empty], [0.0, 0.0, 1.0], atol=1e-5)
+    assert np.all(depth[empty] == 0) and np.abs(normals[empty]).max() < 1e-5
+    assert depth[1, 8, 12, 0] > depth[0, 8, 12, 0] + 0.3  # the second camera is 0.5 further away
+    assert _code_buf(client, "stage2.render", args, [np.stack([cam] * 65)]) == "invalid_args"
+    bad = cam.copy()
+    bad[3, 0] = 1.0
+    assert _code_buf(client, "stage2.render", args, [bad]) == "invalid_args"
+    assert _code_buf(client, "stage2.render", dict(args, width=4096, height=4096, n_samples=1024), [cam]) == "too_large"
+
+
+def _code_buf(client, op, args, buffers):
+    with pytest.raises(RemoteError) as err:
+        client.request(op, args, buffers)
+    return err.value.code
