@@ -118,16 +118,9 @@ def _curve_key(path: str | None) -> bytes | None:
     """A Z85 CURVE secret key from a file (owner-only, like the auth key); None without a path."""
     if path is None:
         return None
-    import stat
+    from interactive3d.protocol.auth import read_secret_file
 
-    try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            key = f.read().strip()
-    except OSError as exc:
-        raise ValueError(f"CURVE secret file {path!r} cannot be read: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(f"CURVE secret file {path!r} is readable by other users; run: chmod 600 {path}")
+    key = read_secret_file(path, "CURVE secret file")
     if len(key) != 40:
         raise ValueError(f"CURVE secret file {path!r} must hold a 40-character Z85 key (python -c 'import zmq; print(zmq.curve_keypair())')")
     return key

@@ -58,6 +58,21 @@ def check_key(key: bytes, where: str) -> bytes:
     return key
 
 
+def read_secret_file(path: str, what: str) -> bytes:
+    """The stripped contents of a secret file (``what`` names it in errors: "auth key file", ...).
+
+    ValueError when it cannot be read or when its group or other users may read it (POSIX)."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            data = f.read().strip()
+    except OSError as exc:
+        raise ValueError(f"{what} {path!r} cannot be read: {exc.strerror}") from None
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"{what} {path!r} is readable by other users (mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}")
+    return data
+
+
 def load_key(path: str | None = None, env: Mapping[str, str] | None = None) -> bytes | None:
     """The shared key from ``path``, else ``$I3D_AUTH_KEY_FILE``, else ``$I3D_AUTH_KEY``; None if none.
 
@@ -67,14 +82,7 @@ def load_key(path: str | None = None, env: Mapping[str, str] | None = None) -> b
     env = os.environ if env is None else env
     path = path or env.get(ENV_KEY_FILE) or None
     if path:
-        try:
-            with open(path, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                key = f.read().strip()
-        except OSError as exc:
-            raise ValueError(f"auth key file {path!r} cannot be read: {exc.strerror}") from None
-        if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ValueError(f"auth key file {path!r} is readable by other users (mode {stat.S_IMODE(mode):o}); run: chmod 600 {path}")
+        key = read_secret_file(path, "auth key file")
         if not key:
             raise ValueError(f"auth key file {path!r} is empty")
         return check_key(key, f"file {path!r}")

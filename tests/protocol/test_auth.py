@@ -98,3 +98,26 @@ def test_load_key(tmp_path):
 )
 def test_is_loopback(addr, local):
     assert is_loopback(addr) is local
+
+
+def test_secret_files_must_be_owner_only(tmp_path):
+    """One reader for every secret file (auth key, CURVE secret): readable by group/others → ValueError
+    naming the file; owner-only → its stripped bytes. The CURVE key must also be 40 Z85 characters."""
+    from interactive3d.commands import _curve_key
+    from interactive3d.protocol.auth import read_secret_file
+
+    f = tmp_path / "secret"
+    f.write_bytes(b"  abc\n")
+    f.chmod(0o644)
+    with pytest.raises(ValueError, match="readable by other users"):
+        read_secret_file(str(f), "auth key file")
+    with pytest.raises(ValueError, match="CURVE secret file .* readable by other users"):
+        _curve_key(str(f))
+    f.chmod(0o600)
+    assert read_secret_file(str(f), "auth key file") == b"abc"
+    with pytest.raises(ValueError, match="40-character Z85"):
+        _curve_key(str(f))
+    f.write_bytes(b"x" * 40)
+    assert _curve_key(str(f)) == b"x" * 40
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_secret_file(str(tmp_path / "missing"), "CURVE secret file")
