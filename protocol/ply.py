@@ -149,14 +149,16 @@ class PlyElement:
         return np.dtype([(name, order + _PLY_TYPES[t]) for name, t in self.props])
 
 
-def parse_ply_elements(f) -> tuple[str, list[PlyElement]]:
+def parse_ply_elements(f, first_only: bool = False) -> tuple[str, list[PlyElement]]:
     """Read a PLY header from ``f`` (left at the first body byte): the format and every element.
 
-    List properties (faces) are refused: no splat layout uses them. Raises PlyFormatError."""
+    List properties (faces) are refused: no splat layout uses them. With ``first_only`` the elements after
+    the first are skipped unread (a mesh's faces after its vertices), so only the first is returned.
+    Raises PlyFormatError."""
     magic = f.readline()
     if magic.strip() != b"ply":
         raise PlyFormatError("not a PLY file (missing 'ply' magic line)")
-    fmt, elements, read = None, [], len(magic)
+    fmt, elements, read, skipping = None, [], len(magic), False
     while True:
         line = f.readline()
         read += len(line)
@@ -172,10 +174,15 @@ def parse_ply_elements(f) -> tuple[str, list[PlyElement]]:
                 raise PlyFormatError(f"unsupported PLY format line: {' '.join(words)}")
             fmt = words[1]
         elif words[0] == "element":
+            if first_only and elements:
+                skipping = True
+                continue
             if len(words) != 3 or not words[2].isdigit():
                 raise PlyFormatError(f"bad element line: {' '.join(words)}")
             elements.append(PlyElement(words[1], int(words[2]), ()))
         elif words[0] == "property":
+            if skipping:
+                continue
             if not elements:
                 raise PlyFormatError(f"property before any element: {' '.join(words)}")
             if len(words) != 3 or words[1] not in _PLY_TYPES:
@@ -189,45 +196,12 @@ def parse_ply_elements(f) -> tuple[str, list[PlyElement]]:
     return fmt, elements
 
 
-def _parse_header(f) -> tuple[str, int, list[tuple[str, str]], int]:
-    magic = f.readline()
-    if magic.strip() != b"ply":
-        raise PlyFormatError("not a PLY file (missing 'ply' magic line)")
-    fmt, count, props, read = None, None, [], len(magic)
-    element = None
-    while True:
-        line = f.readline()
-        read += len(line)
-        if not line:
-            raise PlyFormatError("PLY header has no 'end_header'")
-        if read > MAX_HEADER_BYTES:
-            raise PlyFormatError(f"PLY header longer than {MAX_HEADER_BYTES} bytes")
-        words = line.decode("ascii", errors="replace").split()
-        if not words or words[0] in ("comment", "obj_info"):
-            continue
-        if words[0] == "format":
-            if len(words) < 2 or words[1] not in ("binary_little_endian", "binary_big_endian", "ascii"):
-                raise PlyFormatError(f"unsupported PLY format line: {' '.join(words)}")
-            fmt = words[1]
-        elif words[0] == "element":
-            if count is not None:
-                element = words[1] if len(words) > 1 else "?"  # later elements (faces, …) are ignored
-                continue
-            if len(words) != 3 or not words[2].isdigit():
-                raise PlyFormatError(f"bad element line: {' '.join(words)}")
-            element = words[1]
-            if element != "vertex":
-                raise PlyFormatError(f"expected the 'vertex' element first, found {element!r}")
-            count = int(words[2])
-        elif words[0] == "property" and element == "vertex":
-            if len(words) != 3 or words[1] not in _PLY_TYPES:
-                raise PlyFormatError(f"unsupported vertex property line: {' '.join(words)}")
-            props.append((words[2], words[1]))
-        elif words[0] == "end_header":
-            break
-    if fmt is None or count is None:
-        raise PlyFormatError("PLY header lacks a format line or a vertex element")
-    return fmt, count, props, read
+def _parse_header(f) -> tuple[str, int, list[tuple[str, str]]]:
+    """The INRIA layout's header: (format, vertex count, vertex properties); later elements are ignored."""
+    fmt, elements = parse_ply_elements(f, first_only=True)
+    if elements[0].name != "vertex":
+        raise PlyFormatError(f"expected the 'vertex' element first, found {elements[0].name!r}")
+    return fmt, elements[0].count, list(elements[0].props)
 
 
 def _is_compressed_ply(source) -> bool:
@@ -252,7 +226,7 @@ def read_ply(path) -> SplatData:
 
         return read_compressed_ply(path)
     with open_source(path) as f:
-        fmt, count, props, _ = _parse_header(f)
+        fmt, count, props = _parse_header(f)
         names = [p for p, _ in props]
         missing = [p for p in ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
                                "scale_2", "rot_0", "rot_1", "rot_2", "rot_3") if p not in names]
