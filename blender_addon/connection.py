@@ -640,6 +640,7 @@ def _on_mesh(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     name = (conn.object_name or DEFAULT_OBJECT_NAME) + " Mesh"
     mesh_obj = splat.mesh_object_from_arrays(name, np.asarray(buffers[0]), np.asarray(buffers[1]), colors, matrix,
                                              uvs=uvs, texture=texture)
+    _drop_preview(conn)  # the extracted mesh takes the live preview's place
     conn.meshes.append(mesh_obj.name)
     conn.last_message = f"mesh {mesh_obj.name!r}: {len(buffers[0])} vertices, {len(buffers[1])} faces"
     save_to = p.context.get("save_to")
@@ -779,6 +780,20 @@ def _ev_mesh(conn: Connection, data: dict, buffers: list, job) -> None:
             bpy.data.meshes.remove(old)
         mesh.name = name
     conn.preview_step = int(data.get("step", 0))
+
+
+def _drop_preview(conn: Connection) -> None:
+    """Remove the Stage II preview object and its mesh (once the real mesh is extracted)."""
+    import bpy
+
+    prev = bpy.data.objects.get(conn.preview_mesh or "")
+    conn.preview_mesh = None
+    if prev is None or prev.type != "MESH":
+        return
+    mesh = prev.data
+    bpy.data.objects.remove(prev)
+    if mesh.users == 0:
+        bpy.data.meshes.remove(mesh)
 
 
 _EVENT_HANDLERS: dict[str, Callable] = {

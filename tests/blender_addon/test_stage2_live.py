@@ -88,3 +88,6 @@ def test_live_preview_mesh_replaced_in_place_then_nerf_render(conn):
     np.testing.assert_allclose(px[..., :3], rgb, atol=q)
     np.testing.assert_allclose(px[..., 3:], alpha, atol=q)
     assert alpha[12, 16, 0] > 0.5, alpha[12, 16, 0]
+    # the extracted mesh takes the live preview's place: the preview object and its mesh are gone
+    assert bpy.ops.i3d.extract_mesh(resolution=24) == {"FINISHED"}
+    assert conn.preview_mesh is None and not [o for o in bpy.data.objects if "Preview" in o.name]
