@@ -27,7 +27,7 @@ from ..stage2.parts import PartConfig, RegionError, region_cells
 from ..stage2.refine import RefineConfig, RefineJob
 from ..stage2.state import SLOT, PartInfo
 from . import costs, files
-from .requests import Reply, Request
+from .requests import Reply, Request, with_revision
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def preview(req: Request) -> Reply:
     return Reply({"step": int(runner.step), "height": int(img.shape[0]), "width": int(img.shape[1])}, [np.ascontiguousarray(img, np.float32)])
 
 
-HANDLERS: dict = {
+HANDLERS: dict = {name: with_revision(fn) for name, fn in {
     "stage2.distill": distill,
     "stage2.occupancy": occupancy,
     "stage2.add_part": add_part,
@@ -264,4 +264,4 @@ HANDLERS: dict = {
     "stage2.extract_mesh": extract,
     "stage2.preview": preview,
     "stage2.render": render,
-}
+}.items()}  # replies carry `revision` (issue 14), as every session op's

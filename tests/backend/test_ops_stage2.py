@@ -102,6 +102,8 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
     v, f, c = (np.array(b) for b in m.buffers)
     assert v.dtype == np.float32 and f.dtype == np.int32 and c.dtype == np.uint8 and c.shape == (len(v), 4)
     assert m.result["vertices"] == len(v) > 0 and out.is_file() and m.result["textured"] is False
+    # Stage II replies carry the session's state revision too (they leave the Gaussians as they were)
+    assert m.result["revision"] == client.request("state.get", {"session": sid}).result["revision"]
     # textured: uvs [V,2] and a 64² sRGB texture follow; the OBJ comes with its MTL and PNG
     t = client.request("stage2.extract_mesh", {"session": sid, "resolution": 32, "path": str(tmp_path / "t.obj"),
                                                "texture": True, "texture_size": 64})
