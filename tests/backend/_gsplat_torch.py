@@ -67,7 +67,7 @@ def rasterize_to_pixels(means2d, conics, colors, opacities, image_width, image_h
     if packed or masks is not None or absgrad:
         raise NotImplementedError("the torch stand-in covers the project's call only")
     image_dims = means2d.shape[:-2]
-    n, ch = means2d.shape[-2], colors.shape[-1]
+    ch = colors.shape[-1]
     th, tw = isect_offsets.shape[-2:]
     n_img = int(torch.tensor(image_dims).prod()) if image_dims else 1
     m2 = means2d.reshape(-1, 2)

@@ -203,7 +203,6 @@ def test_format_detection_by_magic_and_name(tmp_path):
 def test_bad_files_raise_a_typed_error(tmp_path, damage):
     """Damaged or impossible inputs raise PlyFormatError (a ValueError) with a reason, never IndexError
     or a silent partial read; out-of-range positions are refused by the .spz writer."""
-    src = _source()
     if damage == "truncated_spz":
         import gzip
 
