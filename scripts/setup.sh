@@ -2,7 +2,9 @@
 # Set up a virtual environment in .venv with everything the project needs (idempotent).
 #   bash scripts/setup.sh          # runtime: backend, CLI, demo (bpy included: the demo writes a .blend)
 # On machines without CUDA the CPU build of torch is installed FIRST, so that no dependency pulls the
-# multi-gigabyte CUDA wheels; with an NVIDIA driver present the default (CUDA) torch is installed.
+# multi-gigabyte CUDA wheels; with an NVIDIA driver present the CUDA build of the same version is installed.
+# One torch version everywhere (I3D_TORCH, default 2.13.0): the test extra pins triton 3.7.1, the Triton
+# that torch 2.13.0's CUDA wheel requires, and the CPU↔CUDA parity figures are for that pair.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -17,10 +19,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 PIP=".venv/bin/python -m pip --disable-pip-version-check -q"
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
-    $PIP install "torch>=2.1"
-else
-    $PIP install "torch==${I3D_CPU_TORCH:-2.13.0}"
-fi
+TORCH_VERSION=${I3D_TORCH:-${I3D_CPU_TORCH:-2.13.0}}  # I3D_CPU_TORCH: the older name, still honoured
+$PIP install "torch==$TORCH_VERSION"
 $PIP install -e ".[test]"
 .venv/bin/python -c "import torch, bpy, interactive3d; print('interactive3d set up: torch', torch.__version__, '| bpy', bpy.app.version_string)"
