@@ -9,7 +9,8 @@ Two variants are reported: ``score`` uses the object's embedding (the normalised
 normalised embeddings), ``per_view_score`` retrieves with every view on its own and averages.
 
 Inputs: a prompts file (UTF-8, one prompt per line; blank lines and ``#`` comments skipped, or a JSON
-list of strings) and a folder with object ``i`` (0-based, in prompt order) as ``NNN.ply`` or
+list of strings; ``objects50`` names the package's interactive3d/data/objects50.txt, 50 Cap3D-style
+object prompts written for this project, not the paper's list) and a folder with object ``i`` (0-based, in prompt order) as ``NNN.ply`` or
 ``NNN/splats.ply`` (what ``i3d generate --out DIR/NNN`` writes), NNN = i zero-padded to 3 digits. Any
 local CLIP model (a ``transformers`` CLIPModel folder with its tokenizer, or a hub id in the cache).
 """
@@ -126,9 +127,24 @@ def r_precision(image_embeds: Tensor, text_embeds: Tensor) -> RPrecision:
     )
 
 
+# Prompt lists shipped with the package (interactive3d/data/), by the short name the CLI accepts.
+# objects50: 50 single-object prompts in the style of Cap3D captions, written for this project; NOT the
+# paper's 50 Cap3D-derived prompts (unpublished), so scores on it are not comparable to Table 1.
+BUILTIN_PROMPTS = {"objects50": "objects50.txt"}
+
+
+def resolve_prompts(name_or_path: str | os.PathLike) -> Path:
+    """An existing file as given, else a built-in list's file by its short name (BUILTIN_PROMPTS)."""
+    p = Path(name_or_path)
+    if not p.is_file() and str(name_or_path) in BUILTIN_PROMPTS:
+        return Path(__file__).resolve().parent / "data" / BUILTIN_PROMPTS[str(name_or_path)]
+    return p
+
+
 def read_prompts(path: str | os.PathLike) -> list[str]:
-    """Prompts from a text file (one per line, ``#`` comments and blank lines skipped) or a JSON list."""
-    p = Path(path)
+    """Prompts from a text file (one per line, ``#`` comments and blank lines skipped) or a JSON list;
+    ``path`` may also name a built-in list (``objects50``)."""
+    p = resolve_prompts(path)
     if not p.is_file():
         raise EvalInputError(f"prompts file not found: {p}")
     text = p.read_text(encoding="utf-8")
@@ -277,7 +293,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
         description="Render object i (OBJECTS/NNN.ply or OBJECTS/NNN/splats.ply) from fixed views, embed the renders "
         "and every prompt with CLIP, retrieve among the prompts; writes the score and per-prompt ranks to --out.",
     )
-    q.add_argument("prompts", help="prompts file: one prompt per line (or a JSON list)")
+    q.add_argument("prompts", help="prompts file: one prompt per line (or a JSON list), or a built-in list: "
+                   "objects50 (50 Cap3D-style object prompts written for this project, not the paper's list: "
+                   "scores are not comparable to the paper's Table 1)")
     q.add_argument("--objects", required=True, help="folder of the generated objects, in prompt order")
     q.add_argument("--clip", required=True, help="CLIP model: local transformers folder or hub id")
     q.add_argument("--local-files-only", action="store_true", help="never download the CLIP model")

@@ -540,8 +540,11 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("background", "list", "RGB background in [0,1]", default=[1.0, 1.0, 1.0], items="float", length=3, min=0.0, max=1.0),
             Arg("random_background", "bool", "one random background colour per view", default=False),
             Arg("densify", "bool", "densify & prune (3DGS schedule)", default=True),
-            Arg("densify_schedule", "str", "fixed: densify every 100 steps from 100 until 1500; run: 3DGS's 30k "
-                "schedule scaled to `steps` (paper presets)", default="fixed", choices=("fixed", "run")),
+            Arg("densify_schedule", "str", "run: 3DGS's 30k schedule (densify from 500 until 15k every 100, reset "
+                "opacities every 3k) scaled to `steps`, e.g. 10k steps: every 33 from 167 until 5000, resets at 1k-4k, "
+                "gradient threshold 0.2 (SDS gradients; the authors' 0.02 at lambda_sds 0.1); fixed: every 100 steps "
+                "from 100 until 1500, no reset, 3DGS's threshold 0.0002, whatever `steps` (does not scale)",
+                default="run", choices=("run", "fixed")),
             Arg("snapshot_every", "int", "state snapshot interval (steps)", default=10, min=1, max=1_000_000),
             Arg("seed", "int", "seed of cameras, backgrounds, t and noise", default=0, min=0, max=2**63 - 1),
         ),

@@ -288,6 +288,7 @@ def stage1_start(req: Request) -> Reply:
     # Imported on use: the trainer pulls in the renderer and densification (B1's modules).
     from ..stage1.densify import DensifyConfig
     from ..stage1.trainer import (
+        RUN_SCHEDULE,
         OracleReference,
         Stage1Config,
         Stage1Job,
@@ -324,10 +325,10 @@ def stage1_start(req: Request) -> Reply:
         )
         if not a["densify"]:
             dcfg = None
-        elif a["densify_schedule"] == "run":
-            dcfg = DensifyConfig.for_run(a["steps"])  # 3DGS's schedule scaled to this run's length
+        elif a["densify_schedule"] == "fixed":
+            dcfg = DensifyConfig()  # from 100 until 1500 every 100, whatever the run's length
         else:
-            dcfg = DensifyConfig()
+            dcfg = RUN_SCHEDULE  # Stage1Config derives DensifyConfig.for_run(steps)
         cfg = Stage1Config(
             steps=a["steps"], batch=a["batch"], resolution=a["resolution"], background=tuple(a["background"]),
             random_background=a["random_background"], densify=dcfg,

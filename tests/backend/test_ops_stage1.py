@@ -302,3 +302,48 @@ def test_splat_formats_other_tools_write_load_everywhere(server, tmp_path):
         assert c.request("stage1.set_reference", {"session": sid, "path": path}).result["count"] == 300
         assert c.request("parts.add", {"session": sid, "name": "again", "path": path}).result["count"] == 600
         np.testing.assert_allclose(_state(c, sid)[300:], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [150, 10_000])
+def test_stage1_start_default_schedule_scales_with_the_run(steps):
+    """stage1.start without densify_schedule runs trainer.run_schedule(steps) (issue 18): DensifyConfig.for_run
+    with the SDS gradient threshold; a 150-step run densifies every 5 steps from 5 to 70 and never resets
+    (too short for opacities to recover at the paper's lr), a 10k-step run every 33 steps from 198 to 4983
+    and resets at 1k..4k (both before the half-way point, each reset followed by a prune). "fixed" is the
+    unscaled 100..1400 schedule with 3DGS's threshold; densify=false turns it off. Each job is cancelled
+    right after it starts."""
+    from _server_helpers import ThreadedServer
+    from interactive3d.backend.stage1.densify import DensifyConfig
+    from interactive3d.backend.stage1.trainer import SDS_GRAD_THRESHOLD, run_schedule
+
+    run = run_schedule(steps)
+    assert run == DensifyConfig.for_run(steps, grad_threshold=SDS_GRAD_THRESHOLD,
+                                        opacity_reset_every=None if steps == 150 else 1000)
+    expected = {150: (14, ()), 10_000: (146, (1000, 2000, 3000, 4000))}[steps]
+    ts = ThreadedServer()
+    try:
+        with Client(ts.address) as c:
+            base = {"guidance": "oracle", "steps": steps, "batch": 1, "resolution": 16}
+            for extra, want in (({}, run), ({"densify_schedule": "run"}, run),
+                                ({"densify_schedule": "fixed"}, DensifyConfig()), ({"densify": False}, None)):
+                sid = _session(c)  # one per case: a cancelled job keeps its session busy until it stops
+                c.request("gaussians.init", {"session": sid, "kind": "random", "n": 50})
+                c.request("stage1.set_reference", {"session": sid})
+                reply = c.request("stage1.start", {**base, "session": sid, **extra}).result
+                c.request("job.cancel", {"session": sid})
+                cfg = ts.server.sessions[sid].job.job.cfg
+                assert cfg.densify == want, extra
+                plan = None if want is None else want.plan(steps)
+                assert reply["densify_steps"] == (0 if plan is None else len(plan.densify_steps)), extra
+                if extra == {}:
+                    assert (len(plan.densify_steps), plan.reset_steps) == expected
+                    assert plan.densify_steps[-1] < steps // 2 and all(any(d > r for d in plan.densify_steps) for r in plan.reset_steps)
+                if extra == {"densify_schedule": "fixed"}:
+                    assert plan.densify_steps == tuple(range(100, min(steps, 1500), 100)) and plan.reset_steps == ()
+            sid = _session(c)
+            c.request("gaussians.init", {"session": sid, "kind": "random", "n": 50})
+            c.request("stage1.set_reference", {"session": sid})
+            assert _code(c, "stage1.start", {**base, "session": sid, "densify_schedule": "paper"}) == "invalid_args"
+            assert c.request("job.status", {"session": sid}).result["state"] == "idle"
+    finally:
+        ts.stop()

@@ -9,6 +9,7 @@ from interactive3d.backend.service import presets
 from interactive3d.backend.stage1.densify import DensifyConfig
 from interactive3d.backend.stage1.guidance import GuidanceConfig, linear_alphas_cumprod
 from interactive3d.backend.stage1.guidance import OracleGuidance
+from interactive3d.backend.stage1.trainer import run_schedule
 from interactive3d.protocol.client import Client
 from interactive3d.protocol.errors import RemoteError
 
@@ -47,7 +48,7 @@ def test_presets_scale_down_on_cpu_and_say_so(name):
 def test_preset_through_the_protocol_reaches_the_job():
     """presets.resolve on the CPU test server answers the scaled paper preset; stage1.start with its arguments
     (renders cut to 16² for the test, cancelled after it starts) runs with the 3DGS schedule scaled to its 1000 steps
-    and t_max annealed at step 500."""
+    (Stage I's run_schedule: no reset in 1000 steps at the paper's opacity lr) and t_max annealed at step 500."""
     ts = ThreadedServer()
     try:
         with Client(ts.address) as c:
@@ -63,7 +64,7 @@ def test_preset_through_the_protocol_reaches_the_job():
             reply = c.request("stage1.start", args).result
             c.request("job.cancel", {"session": sid})
             job = ts.server.sessions[sid].job.job
-            assert reply["total"] == 1000 and job.cfg.densify == DensifyConfig.for_run(1000)
+            assert reply["total"] == 1000 and job.cfg.densify == run_schedule(1000)
             assert reply["densify_steps"] == len(DensifyConfig.for_run(1000).plan(1000).densify_steps) == 96  # every 5 steps, 20..495
             assert (job.guidance.config.anneal_start, job.guidance.config.t_range_end) == (500, (0.02, 0.5))
     finally:

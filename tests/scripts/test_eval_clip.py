@@ -137,3 +137,39 @@ def test_bad_inputs_are_reported(tmp_path, capsys):
     rc = main(["eval", "clip-r-precision", str(tmp_path / "p.txt"), "--objects", str(tmp_path / "objs"),
                "--clip", str(tmp_path / "no-clip"), "--local-files-only", "--out", str(tmp_path / "r.json")])
     assert rc == 2 and "CLIP model" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+
+
+def test_builtin_objects50_prompts_parse_and_reach_the_cli(tmp_path, capsys, monkeypatch):
+    """The shipped list (interactive3d/data/objects50.txt, not the paper's list: its header says so) has 50
+    unique single-object prompts, none with the batch files' ';' option separator; the CLI takes it by its short
+    name (3 objects for 50 prompts: 47 missing), pyproject ships it as package data, and a file of that name
+    in the working directory wins over the built-in list."""
+    import tomllib
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    from interactive3d.cli import main
+    from interactive3d.evaluate import BUILTIN_PROMPTS, resolve_prompts
+
+    path = resolve_prompts("objects50")
+    assert path.is_file() and path.name == BUILTIN_PROMPTS["objects50"]
+    header = " ".join(line.lstrip("# ") for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#"))
+    assert "This is NOT the paper's list" in header and "Scores on this file are NOT comparable to the paper's Table 1" in header
+    prompts = read_prompts("objects50")
+    assert len(prompts) == len(set(prompts)) == 50 and all(";" not in p and 3 <= len(p.split()) <= 10 for p in prompts)
+    assert read_prompts(path) == prompts
+
+    root = Path(__file__).resolve().parents[2]
+    package_data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["interactive3d"]
+    rel = path.relative_to(root / "interactive3d").as_posix()
+    assert any(fnmatch(rel, pattern) for pattern in package_data), (rel, package_data)
+
+    objects = _objects(tmp_path / "objects")
+    clip = _tiny_clip(tmp_path / "clip", objects)
+    rc = main(["eval", "clip-r-precision", "objects50", "--objects", str(tmp_path / "objects"), "--clip", str(clip),
+               "--local-files-only", "--views", "2", "--resolution", "32", "--out", str(tmp_path / "r.json")])
+    assert rc == 2 and "no object for 47 prompt(s)" in capsys.readouterr().err and not (tmp_path / "r.json").exists()
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "objects50").write_text("a\nb\n")
+    assert read_prompts("objects50") == ["a", "b"]
