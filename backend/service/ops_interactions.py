@@ -28,7 +28,7 @@ from ..interact.interactive_sds import InteractiveSDSConfig
 from ..interact.parts import check_part_name, merge_gaussians, remove_part
 from ..interact.semantic_edit import SemanticEditConfig, SemanticEditJob
 from ..interact.transform import check_matrix, transform_part
-from ..stage1.densify import DensifyConfig
+from ..stage1.densify import SDS_GRAD_THRESHOLD, DensifyConfig
 from ..stage1.guidance import GuidanceConfig
 from ..stage1.gaussians import Gaussians
 from .requests import Reply, with_revision
@@ -400,7 +400,10 @@ def handle_edit(req) -> dict:
     if not (args.get("negative_prompt") or "") and spec is not None and spec.negative_prompt:
         args = {**args, "negative_prompt": spec.negative_prompt}  # the part's prompt is new; the negative persists
     try:
-        dcfg = DensifyConfig(from_step=every, every=every, until_step=int(args["steps"]), opacity_reset_every=None) if every else None
+        # SDS view-space gradients: Stage I's threshold (3DGS's 0.0002 would densify every Gaussian of the part)
+        dcfg = DensifyConfig(
+            from_step=every, every=every, until_step=int(args["steps"]), opacity_reset_every=None, grad_threshold=SDS_GRAD_THRESHOLD,
+        ) if every else None
         cfg = SemanticEditConfig(steps=int(args["steps"]), sds=_sds_config(args), seed=int(args["seed"]), densify=dcfg)
     except ValueError as exc:
         raise _invalid(exc) from None
