@@ -645,21 +645,26 @@ _INTERACTION_OPS: list[OpSpec] = [
     ),
     OpSpec(
         "parts.add",
-        "Merge another Gaussian set into the session (E₁ ∪ E₂, §3.1.1) from a .ply/.splat path, another open session, "
-        "or a state-frame buffer, optionally transformed by a 4×4 first; the new rows become part `name`. Undoable.",
+        "Merge another Gaussian set into the session (E₁ ∪ E₂, §3.1.1) from a splat file (a path, or its bytes as a "
+        "uint8 frame like gaussians.load_ply: remote clients), another open session, or a state-frame buffer, optionally "
+        "transformed by a 4×4 first; the new rows become part `name`. Undoable.",
         args=(
             Arg("name", "str", "part name for the merged Gaussians (" + _PART_NAME_DOC + ")", default=""),
-            Arg("path", "str", "a 3DGS .ply or .splat file inside the server's data folders (--data-dir)"),
+            Arg("path", "str", "a splat file (.ply, compressed .ply, .splat, .spz) inside the server's data folders (--data-dir); "
+                "or send the file as a frame"),
+            Arg("filename", "str", "with a file frame: its name (the suffix picks the format; default .ply)"),
             Arg("source_session", "str", "another open session to copy from"),
             Arg("matrix", "list", "16 numbers, row-major 4×4 applied to the added set (or the buffer)", items="float", length=16),
         ),
         buffers=(
-            Buffer("a", ("float32", "float64"), None, optional=True, doc="the Gaussians as a state frame [M,14] or the [4,4] transform (either order)"),
-            Buffer("b", ("float32", "float64"), None, optional=True, doc="the other one of the two"),
+            Buffer("a", ("float32", "float64", "uint8"), None, optional=True,
+                   doc="the Gaussians — a state frame [M,14] or the splat file's bytes uint8 [nbytes] — or the [4,4] "
+                       "transform (either order)"),
+            Buffer("b", ("float32", "float64", "uint8"), None, optional=True, doc="the other one of the two"),
         ),
         result=(("added", "Gaussians merged"), ("count", "Gaussians in the session"), ("name", "their part or null")),
         session=True,
-        errors=("not_found", "busy"),
+        errors=("not_found", "busy", "too_large"),
     ),
     OpSpec(
         "parts.transform",

@@ -69,10 +69,13 @@ def _load_real_path(req: Request, path: str, shown: str) -> Gaussians:
             raise TooLarge(f"{req.op}: {shown} does not fit in memory") from None
 
 
-def _load_ply(req: Request, path: str | None, what: str = "path") -> Gaussians:
-    """Gaussians from a path in the data roots or, when the request carries one, an uploaded file frame."""
+def load_splat(req: Request, path: str | None, what: str = "path", buffer=None) -> Gaussians:
+    """Gaussians from a path in the data roots or, without one, an uploaded file frame: ``buffer`` (uint8
+    [nbytes]) or, by default, the request's last buffer. Its format comes from the ``filename`` arg's suffix
+    (default .ply) and the file's magic. Shared by gaussians.init/load_ply, stage1.set_reference and parts.add:
+    the same caps (too_large) and the same invalid_args for a file that is not a splat file."""
     if path is None or path == "":
-        frame = _file_frame(req)
+        frame = _file_frame(req, buffer)
         if frame is None:
             raise InvalidArgs(f"{req.op}: give {what} or send the file as a frame")
         suffix = files.suffix_of(req.args.get("filename"), ".ply")
@@ -81,11 +84,14 @@ def _load_ply(req: Request, path: str | None, what: str = "path") -> Gaussians:
     return _load_real_path(req, _read_path(req, path, what), repr(path))
 
 
-def _file_frame(req: Request):
-    """The request's uint8 file frame (the op's 'file' buffer), or None; too_large over the file cap."""
-    if not req.buffers:
-        return None
-    frame = files.frame_bytes(req.buffers[-1], f"{req.op}: file")
+def _file_frame(req: Request, buffer=None):
+    """The uint8 file frame ``buffer`` (default: the request's last buffer, the op's 'file'), or None;
+    too_large over the file cap."""
+    if buffer is None:
+        if not req.buffers:
+            return None
+        buffer = req.buffers[-1]
+    frame = files.frame_bytes(buffer, f"{req.op}: file")
     cap = req.server.config.max_file_bytes
     if frame.nbytes > cap:
         raise TooLarge(f"{req.op}: the file frame is {frame.nbytes} bytes, over the server's file cap of {cap}")
@@ -130,7 +136,7 @@ def gaussians_init(req: Request) -> Reply:
         elif kind == "ply":
             if not a["path"] and len(req.buffers) < 3:
                 raise InvalidArgs("gaussians.init: kind 'ply' needs path or a file frame")
-            g = _load_ply(req, a["path"])
+            g = load_splat(req, a["path"])
         else:  # mesh
             if a["path"]:
                 g = _init_from_mesh(req, _read_path(req, a["path"], "path"))
@@ -172,7 +178,7 @@ def _init_shap_e(req: Request) -> Gaussians:
 
 
 def gaussians_load_ply(req: Request) -> Reply:
-    return _set_gaussians(req, _load_ply(req, req.args["path"]), "load .ply")
+    return _set_gaussians(req, load_splat(req, req.args["path"]), "load .ply")
 
 
 def gaussians_save_ply(req: Request) -> Reply:
@@ -249,7 +255,7 @@ def stage1_set_reference(req: Request) -> Reply:
 
     s, a = req.session, req.args
     if a["path"] or req.buffers:
-        ref = _load_ply(req, a["path"])
+        ref = load_splat(req, a["path"])
     else:
         with s.lock:
             if s.gaussians is None or s.gaussians.n == 0:
