@@ -129,6 +129,10 @@ class OpSpec:
         preempts: its job may start while a Stage I job runs or is paused: the Stage I job pauses
             (``paused`` event) until this job ends, then carries on as it was (``resumed`` if it was
             running); ``busy`` while another job holds the session.
+        mutates: (session ops) it changes the session or its job, so only the session's owner may send it
+            (``unauthorized`` for any other client, before its args are looked at); False: it only reads the
+            session (state, status, renders, exports) and any authenticated client may send it. True by
+            default, so a new op is owner-only until someone decides it is a read.
     """
 
     name: str
@@ -142,6 +146,7 @@ class OpSpec:
     session: bool = False
     starts_job: bool = False
     preempts: bool = False
+    mutates: bool = True
 
     def __post_init__(self) -> None:
         names = [a.name for a in self.args]
@@ -149,6 +154,8 @@ class OpSpec:
             raise ValueError(f"OpSpec {self.name!r}: duplicate arg names {names}")
         if self.session and "session" in names:
             raise ValueError(f"OpSpec {self.name!r}: 'session' is implied by session=True; do not declare it")
+        if self.starts_job and not self.mutates:
+            raise ValueError(f"OpSpec {self.name!r}: an op that starts a job changes the session (mutates=True)")
         seen_optional = False
         for b in self.buffers:
             if seen_optional and not b.optional:
@@ -323,10 +330,17 @@ _SERVER_OPS: list[OpSpec] = [
     OpSpec(
         "session.attach",
         "Observe a session: its job events also go to this client. The creator (or resumer) of a session "
-        "gets them by default, and so does whoever starts a job on it.",
+        "gets them by default, and so does whoever starts a job on it. With take_over=true this client also "
+        "becomes the session's owner (the only client whose ops may change it); the previous owner keeps "
+        "getting its events. A client that reconnects with a new identity (e.g. after a restart) takes its "
+        "session back this way.",
+        args=(Arg("take_over", "bool", "become the session's owner (counts against max_sessions_per_client)", default=False),),
         session=True,
-        result=(("session", "the session id"), ("job", "its current or last job id, or null")),
+        mutates=False,
+        result=(("session", "the session id"), ("job", "its current or last job id, or null"),
+                ("owner", "true when this client owns the session (after the take-over, if asked)")),
         events=("progress", "state", "done", "error"),
+        errors=("busy",),
     ),
     OpSpec(
         "session.close",
@@ -340,7 +354,9 @@ _SERVER_OPS: list[OpSpec] = [
         "session.resume",
         "Re-open a session from its last checkpoint in the state dir (after a crash or restart). A job that "
         "was running when the checkpoint was written is restarted at the checkpointed step, paused if "
-        "paused=true. Events go to the client that sent this request.",
+        "paused=true. Events go to the client that sent this request, which becomes the session's owner. A session "
+        "that is still open is not re-read: the caller takes it over as it is (as session.attach with take_over=true; "
+        "its job goes on, paused is ignored) and the reply describes it.",
         args=(
             Arg("session", "str", "id of a checkpointed session (session.list shows them)", required=True),
             Arg("paused", "bool", "restart the job paused", default=False),
@@ -363,7 +379,7 @@ _SERVER_OPS: list[OpSpec] = [
         session=True,
         result=(("path", "checkpoint file"), ("step", "job step recorded (0 if no job)")),
     ),
-    OpSpec("job.status", "The session's current or last job.", session=True, result=_JOB_RESULT),
+    OpSpec("job.status", "The session's current or last job.", session=True, mutates=False, result=_JOB_RESULT),
     OpSpec(
         "job.pause",
         "Pause the running job after its current step (a 'paused' event follows).",
@@ -396,11 +412,12 @@ _SERVER_OPS: list[OpSpec] = [
         errors=("busy", "not_found"),
     ),
     OpSpec("history.redo", "Re-apply the last undone edit.", session=True, result=_HISTORY_RESULT, errors=("busy", "not_found")),
-    OpSpec("history.list", "Undo and redo labels.", session=True, result=_HISTORY_RESULT),
+    OpSpec("history.list", "Undo and redo labels.", session=True, mutates=False, result=_HISTORY_RESULT),
     OpSpec(
         "state.get",
         "The session's Gaussians as one [N,14] float32 state frame (activated values, STATE_COLUMNS order).",
         session=True,
+        mutates=False,
         result=(
             ("count", "N"),
             ("columns", "STATE_COLUMNS"),
@@ -473,6 +490,7 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("return_file", "bool", "send the file's bytes back as a uint8 frame (remote clients)", default=False),
         ),
         session=True,
+        mutates=False,
         result=(("path", "absolute path written or null"), ("count", "Gaussians written")),
         result_buffers=(Buffer("file", ("uint8",), (None,), optional=True, doc="with return_file: the .ply bytes"),),
         errors=("not_found",),
@@ -488,6 +506,7 @@ _STAGE1_OPS: list[OpSpec] = [
         ),
         buffers=(Buffer("c2w", ("float32", "float64"), None, doc="[4,4] or [B,4,4] Blender camera matrix_world (B ≤ 64)"),),
         session=True,
+        mutates=False,
         result=(("count", "images rendered (B)"),),
         result_buffers=(
             Buffer("rgb", ("float32",), (None, None, None, 3), doc="[B,H,W,3] in [0,1], row 0 at the top"),
@@ -619,6 +638,7 @@ _INTERACTION_OPS: list[OpSpec] = [
         "parts.list",
         "Named parts and their sizes.",
         session=True,
+        mutates=False,
         result=(("parts", "{name: count}"), ("total", "Gaussians in the session")),
     ),
     OpSpec(
@@ -867,6 +887,7 @@ _STAGE2_OPS: list[OpSpec] = [
             Arg("return_file", "bool", "also send the file's bytes back as the last frame (uint8; format: 'format', default glb)", default=False),
         ),
         session=True,
+        mutates=False,
         result=(("vertices", "V"), ("faces", "F"), ("path", "written file or null"), ("removed_components", "floaters dropped"),
                 ("textured", "true when uvs and texture follow")),
         result_buffers=(
@@ -883,6 +904,7 @@ _STAGE2_OPS: list[OpSpec] = [
         "stage2.preview",
         "The current or last distillation's low-resolution preview render (a fixed front view).",
         session=True,
+        mutates=False,
         result=(("step", "job step"), ("height", "H"), ("width", "W")),
         result_buffers=(Buffer("image", ("float32",), (None, None, 3), doc="[H,W,3] in [0,1], row 0 at the top"),),
         errors=("not_found",),
@@ -902,6 +924,7 @@ _STAGE2_OPS: list[OpSpec] = [
         ),
         buffers=(Buffer("c2w", ("float32", "float64"), None, doc="[4,4] or [B,4,4] Blender camera matrix_world (B ≤ 64)"),),
         session=True,
+        mutates=False,
         result=(("count", "images rendered (B)"),),
         result_buffers=(
             Buffer("rgb", ("float32",), (None, None, None, 3), doc="[B,H,W,3] in [0,1], row 0 at the top"),
@@ -959,6 +982,8 @@ def _section(title: str, ops: list[OpSpec]) -> list[str]:
             flags.append("starts a job")
         if s.preempts:
             flags.append("pauses a Stage I job for its duration")
+        if s.session:
+            flags.append("owner only" if s.mutates else "any client (reads only)")
         if flags:
             lines += ["*" + ", ".join(flags) + "*", ""]
         if s.all_args:
@@ -1016,6 +1041,16 @@ def markdown() -> str:
         "(`parts.select`, `parts.remove`, `parts.transform`) take the `revision` the indices refer to and answer",
         "`conflict`, changing nothing, when it is stale.",
         "",
+        "Session ownership: a session belongs to the client identity (ZeroMQ routing id) that created or resumed it.",
+        "Ops marked *owner only* below (everything that changes a session or its job, undo/redo, close) answer",
+        "`unauthorized` to any other client, before their args are looked at; ops marked *any client* only read",
+        "(state, status, renders, exports) and stay open to every client. `session.attach` with `take_over=true`",
+        "(or `session.resume` of a session that is still open) makes the caller the owner; the previous owner keeps",
+        "its events. Threat model: ownership stops one client from changing another's work by accident or through a",
+        "guessed or leaked session id; it is not a boundary between users — everyone holding the auth key may take",
+        "a session over explicitly. The Blender add-on keeps one identity per Blender session and takes its session",
+        "back (`take_over`) when it re-attaches after a restart.",
+        "",
         "Buffer dtypes: " + ", ".join(f"`{d}`" for d in DTYPES) + ".",
         "",
         "Default caps (server `--max-bytes` etc.): 64 frames, 1 MiB header, 1 GiB per frame and in total.",
@@ -1035,7 +1070,8 @@ def markdown() -> str:
         "too_large": "over a size cap (frames, bytes)",
         "not_found": "unknown session, job, part or file",
         "busy": "the session has a job in flight",
-        "unauthorized": "authentication is on and the message is unsigned, wrongly signed, stale or replayed",
+        "unauthorized": "authentication is on and the message is unsigned, wrongly signed, stale or replayed; or an owner-only "
+        "op on a session another client owns (take it over with `session.attach` `take_over=true`)",
         "internal": "unexpected backend exception (logged with traceback); the server keeps running",
         "conflict": "the op's Gaussian indices refer to a stale state `revision` (the session's Gaussians changed since); "
         "nothing changed: fetch `state.get` and select again",

@@ -393,6 +393,33 @@ class Server:
     def owner(self, session_id: str) -> bytes | None:
         return self._owners.get(session_id)
 
+    def check_owner(self, op: str, session_id: Any, identity: bytes | None) -> None:
+        """Unauthorized when ``session_id`` names an open session owned by another client (owner-only ops,
+        ``OpSpec.mutates``). Sessions without an owner (made in-process) are open to everyone."""
+        owner = self._owners.get(session_id) if isinstance(session_id, str) else None
+        if owner is not None and owner != identity:
+            raise Unauthorized(
+                f"{op}: session {session_id} belongs to another client, and {op} changes it; take the session over "
+                "first with session.attach take_over=true (or session.resume), which makes you its owner"
+            )
+
+    def take_over(self, s: Session, identity: bytes) -> None:
+        """Make ``identity`` the owner of ``s`` (session.attach take_over, session.resume of an open session);
+        the previous owner stays a subscriber. Busy over the caller's own session cap."""
+        with self._sessions_lock:
+            if s.id not in self.sessions:
+                raise NotFound(f"no open session {s.id!r}")
+            if self._owners.get(s.id) == identity:
+                self._subscribers[s.id].add(identity)
+                return
+            mine = sum(1 for o in self._owners.values() if o == identity)
+            if mine >= self.config.max_sessions_per_client:
+                raise Busy(f"this client owns {mine} open sessions (max_sessions_per_client={self.config.max_sessions_per_client}); close one")
+            previous = self._owners.get(s.id)
+            self._owners[s.id] = identity
+            self._subscribers[s.id].add(identity)
+        log.info("session %s taken over by another client (previous owner %s)", s.id, "none" if previous is None else "kept as subscriber")
+
     def create_session(self, name: str = "", identity: bytes | None = None) -> Session:
         with self._sessions_lock:
             self._check_caps(identity)
@@ -426,9 +453,16 @@ class Server:
         if not SESSION_ID_RE.match(session_id):
             raise InvalidArgs(f"session.resume: arg 'session' is not a valid session id: {session_id!r}")
         with self._sessions_lock:
-            if session_id in self.sessions:
-                raise Busy(f"session {session_id} is already open")
-            self._check_caps(identity)
+            live = self.sessions.get(session_id)
+            if live is None:
+                self._check_caps(identity)
+        if live is not None:
+            # still open (the client lost its connection, not the server its state): hand it over as it is
+            if identity is not None:
+                self.take_over(live, identity)
+            runner = live.job
+            active = runner is not None and not runner.finished
+            return live, runner.job_id if active else None, int(runner.step) if active else 0
         if self.config.state_dir is None:
             raise NotFound("this server has no state dir, so no checkpoints")
         try:
@@ -657,6 +691,9 @@ class Server:
             spec, handler = self.specs.get(op), self.handlers.get(op)
             if spec is None or handler is None:
                 raise UnknownOp(f"unknown op {printable(op[:100])}" + ("" if spec is None else " (no handler in this server)"))
+            if spec.session and spec.mutates:  # before the args: another client's session is not its to change
+                raw = msg.header.get("args")
+                self.check_owner(op, raw.get("session") if isinstance(raw, dict) else None, identity)
             args = catalogue.validate_request(spec, msg.header.get("args", {}), msg.buffers)
             session = self.get_session(args.get("session")) if spec.session else None
             if spec.starts_job and session is not None and session.job_active and not (spec.preempts and preemptible(session)):

@@ -299,7 +299,7 @@ def test_retry_cache_is_per_client_and_events_go_to_subscribers():
         assert b.ask(_req("state.get", {"session": sa}))["ok"]
         obs = Raw(ts.address, b"observer")
         assert obs.ask(_req("session.attach", {"session": sa}))["ok"]
-        assert a.ask(_req("test.fit", {"session": sa, "steps": 5}))["ok"]
+        a.send(_req("test.fit", {"session": sa, "steps": 5}))  # its reply may come after its first events
 
         def events(r: Raw) -> list:
             out, deadline = [], time.monotonic() + 20
@@ -309,7 +309,9 @@ def test_retry_cache_is_per_client_and_events_go_to_subscribers():
                     if out and out[-1] == "done":
                         break
                     continue
-                if m.kind == "event":
+                if m.kind == "reply":
+                    assert m.header["ok"], m.header
+                elif m.kind == "event":
                     out.append(m.event)
                     if m.event == "done":
                         break
@@ -322,6 +324,102 @@ def test_retry_cache_is_per_client_and_events_go_to_subscribers():
         rows = {r["session"]: r for r in a.ask(_req("session.list"))["result"]["sessions"]}
         assert rows[sa]["step"] == 5 and rows[sa]["mine"] is True and rows[sb]["mine"] is False
         for r in (a, b, obs):
+            r.close()
+    finally:
+        ts.stop()
+
+
+# -- session ownership ---------------------------------------------------------------------------------------
+# The session ops any client may send (they only read); every other session op is owner-only. Listed here so
+# that making an op a read is a deliberate change of this test too.
+READ_ONLY_OPS = {"session.attach", "job.status", "history.list", "state.get", "gaussians.save_ply", "gaussians.render",
+                 "parts.list", "stage2.extract_mesh", "stage2.preview", "stage2.render"}
+
+
+def test_every_session_op_is_owner_only_unless_it_only_reads():
+    """Each session op of the catalogue (and the test ops), sent by a client that does not own the session with only
+    the session arg: the owner-only ones (OpSpec.mutates) answer unauthorized, naming the take-over; the reads answer
+    anything else. The owner's session is unchanged afterwards: same state frame, history, job (none) and owner."""
+    from interactive3d.protocol.catalogue import OPS
+
+    ts = ThreadedServer()
+    try:
+        with Client(ts.address) as a, Client(ts.address) as b:
+            sa = a.request("session.create", {"name": "mine"}).result["session"]
+            a.request("test.init", {"session": sa, "n": 64})
+            a.request("parts.select", {"session": sa, "name": "p", "kind": "all"})
+            before = np.array(a.request("state.get", {"session": sa}).buffers[0])
+            hist = a.request("history.list", {"session": sa}).result
+            session_ops = {n: sp for n, sp in ts.server.specs.items() if sp.session}
+            assert set(OPS) - set(session_ops) == {n for n, sp in OPS.items() if not sp.session}
+            assert {n for n, sp in OPS.items() if sp.session and not sp.mutates} == READ_ONLY_OPS
+            assert all(sp.mutates for sp in session_ops.values() if sp.starts_job)
+            refused, read = [], []
+            for name, spec in sorted(session_ops.items()):
+                try:
+                    b.request(name, {"session": sa}, timeout=30.0, retries=0)
+                    code = "ok"
+                except RemoteError as exc:
+                    code = exc.code
+                    if code == "unauthorized":
+                        assert "belongs to another client" in exc.message and "take_over=true" in exc.message, exc.message
+                (refused if code == "unauthorized" else read).append(name)
+                assert (code == "unauthorized") == spec.mutates, (name, code)
+            assert len(refused) == sum(sp.mutates for sp in session_ops.values()) >= 20
+            assert set(read) == READ_ONLY_OPS
+            np.testing.assert_array_equal(np.array(a.request("state.get", {"session": sa}).buffers[0]), before)
+            assert a.request("history.list", {"session": sa}).result == hist
+            assert a.request("job.status", {"session": sa}).result["state"] == "idle"
+            assert ts.server.owner(sa) == a.routing_id and sa in ts.server.sessions
+    finally:
+        ts.stop()
+
+
+def test_take_over_by_attach_and_by_resume_of_an_open_session():
+    """b takes a's session over with session.attach take_over=true: b's edits and jobs now run, a's are refused
+    (unauthorized) but a still gets the session's events; a takes it back with session.resume of the open session
+    (its state as it is: 40 Gaussians, no job). take_over counts against the caller's session cap (busy)."""
+    ts = ThreadedServer(max_sessions_per_client=1)
+    try:
+        a, b = Raw(ts.address, b"owner-a"), Raw(ts.address, b"other-b")
+        sa = a.ask(_req("session.create"))["result"]["session"]
+        assert a.ask(_req("test.init", {"session": sa, "n": 40}))["ok"]
+        assert b.ask(_req("test.init", {"session": sa, "n": 8}))["error"]["code"] == "unauthorized"
+        assert b.ask(_req("session.close", {"session": sa}))["error"]["code"] == "unauthorized"
+        r = b.ask(_req("session.attach", {"session": sa}))["result"]
+        assert r["owner"] is False  # observing only
+        assert b.ask(_req("history.undo", {"session": sa}))["error"]["code"] == "unauthorized"
+        r = b.ask(_req("session.attach", {"session": sa, "take_over": True}))["result"]
+        assert r["owner"] is True and ts.server.owner(sa) == b"other-b"
+        assert a.ask(_req("test.init", {"session": sa, "n": 8}))["error"]["code"] == "unauthorized"
+        rows = {x["session"]: x["mine"] for x in a.ask(_req("session.list"))["result"]["sessions"]}
+        assert rows == {sa: False}
+        b.send(_req("test.fit", {"session": sa, "steps": 3}))  # its reply may follow its first events
+
+        def until_done(r: Raw) -> list:
+            out = []
+            while True:
+                m = r.recv(10000)
+                assert m is not None, out
+                if m.kind == "reply":
+                    assert m.header["ok"], m.header
+                elif m.kind == "event":
+                    out.append(m.event)
+                    if m.event == "done":
+                        return out
+
+        assert until_done(b).count("progress") == 3
+        assert until_done(a).count("progress") == 3  # the previous owner still hears the session
+        sc = a.ask(_req("session.create"))["result"]["session"]  # a owns nothing now: its cap of 1 is free
+        assert a.ask(_req("session.resume", {"session": sa}))["error"]["code"] == "busy"  # a second one: over a's cap
+        assert a.ask(_req("session.attach", {"session": sa, "take_over": True}))["error"]["code"] == "busy"
+        assert ts.server.owner(sa) == b"other-b"
+        assert a.ask(_req("session.close", {"session": sc}))["ok"]
+        r = a.ask(_req("session.resume", {"session": sa}))["result"]
+        assert (r["session"], r["count"], r["job"], r["step"]) == (sa, 40, None, 0) and ts.server.owner(sa) == b"owner-a"
+        assert b.ask(_req("test.init", {"session": sa, "n": 8}))["error"]["code"] == "unauthorized"
+        assert a.ask(_req("test.init", {"session": sa, "n": 8}))["result"]["count"] == 8
+        for r in (a, b):
             r.close()
     finally:
         ts.stop()
