@@ -405,9 +405,13 @@ def handle_edit(req) -> dict:
 
 
 def handle_sam(req):
+    from . import files
+
     args = req.args
+    # the checkpoint is unpickled: only a file inside the server's model roots (--model-dir)
+    checkpoint = files.resolve_model_file(req.server.model_roots, args["checkpoint"], req.server.config.max_file_bytes, "segment.sam: checkpoint")
     try:
-        mask = selection.sam_masks(np.asarray(req.buffers[0]), np.asarray(args["points"], dtype=np.float32), args["checkpoint"], args["model_type"])
+        mask = selection.sam_masks(np.asarray(req.buffers[0]), np.asarray(args["points"], dtype=np.float32), checkpoint, args["model_type"])
     except selection.SegmentorUnavailableError as exc:
         raise NotFound(str(exc)) from None
     except ValueError as exc:

@@ -164,8 +164,7 @@ def _init_shap_e(req: Request) -> Gaussians:
     prompt = a["prompt"] or (s.guidance.prompt if s.guidance is not None else "")
     if not prompt.strip():
         raise InvalidArgs("gaussians.init: kind 'shap_e' needs a prompt (or a session prompt from stage1.start)")
-    model = a["model"] or default_model("shap_e")
-    _check_model("shap_e", model, a["local_files_only"])
+    model = _check_model(req, "shap_e", a["model"] or default_model("shap_e"), a["local_files_only"])
     cfg = ShapEConfig(
         n=a["n"], steps=a["shap_e_steps"], guidance_scale=a["shap_e_guidance_scale"], grid_size=a["shap_e_grid"],
         fit_radius=a["fit_radius"] if a["fit_radius"] is not None else ShapEConfig.fit_radius, opacity=a["opacity"], seed=a["seed"],
@@ -266,14 +265,16 @@ def stage1_set_reference(req: Request) -> Reply:
     return Reply({"count": ref.n})
 
 
-def _check_model(kind: str, model: str, local_files_only: bool) -> None:
-    """Fail fast (not_found) when the weights are certainly unavailable; loading happens on the job thread."""
+def _check_model(req: Request, kind: str, model: str, local_files_only: bool, what: str = "model") -> str:
+    """The model to load: a local folder resolved inside the server's model roots (``--model-dir``; invalid_args
+    outside them, files.resolve_model) or a hub id. Fails fast (not_found) when the weights are certainly
+    unavailable; loading happens on the job thread."""
     sub = {"sd": "unet", "pixart": "transformer", "shap_e": "prior"}[kind]
-    expanded = os.path.expanduser(model)
-    if os.path.isdir(expanded):
-        if not os.path.isfile(os.path.join(expanded, sub, "config.json")):
+    resolved = files.resolve_model(req.server.model_roots, model, f"{req.op}: {what}")
+    if os.path.isabs(resolved):  # a local folder inside a model root (hub ids come back as given, never absolute)
+        if not os.path.isfile(os.path.join(resolved, sub, "config.json")):
             raise NotFound(f"model folder {model!r} has no {sub}/config.json: not a diffusers {kind} model folder")
-        return
+        return resolved
     if not _HUB_ID.match(model):
         raise NotFound(
             f"model {model!r} is neither a local folder nor a hub id 'org/name'; pass a folder made with "
@@ -286,8 +287,10 @@ def _check_model(kind: str, model: str, local_files_only: bool) -> None:
         if not isinstance(try_to_load_from_cache(model, f"{sub}/config.json"), str):
             raise NotFound(
                 f"model {model!r} is not in the local Hugging Face cache and downloads are off; run "
-                f"`huggingface-cli download {model}` where the backend runs, or pass model=/path/to/folder"
+                f"`huggingface-cli download {model}` where the backend runs, or pass model=/path/to/folder "
+                "inside a --model-dir of the backend"
             )
+    return model
 
 
 def stage1_start(req: Request) -> Reply:
@@ -365,7 +368,7 @@ def stage1_start(req: Request) -> Reply:
         same_kind = spec is not None and spec.kind == kind
         model = a["model"] or (spec.model if same_kind and spec.model else default_model(kind))
         local = a["local_files_only"] or (same_kind and not a["model"] and spec.local_files_only)
-        _check_model(kind, model, local)
+        model = _check_model(req, kind, model, local)
         cache = req.server.guidance_cache
 
         def loader():

@@ -117,6 +117,9 @@ class ServerConfig:
         memory_budget: bytes an op may estimate to need at peak (:mod:`.costs`); None: a fraction of
             the device's free memory (RAM on CPU) measured at start-up.
         curve_secret_key: Z85 CURVE secret key of the server (encryption for untrusted networks), or None.
+        model_dirs: the only folders local model args (diffusers/Shap-E folders, SAM checkpoints) may name
+            (:func:`.files.resolve_model`); none by default: only hub ids (the Hugging Face cache). The data folders
+            are not model folders (requests write files there, and loading weights can unpickle).
     """
 
     bind: str = DEFAULT_BIND
@@ -135,6 +138,7 @@ class ServerConfig:
     max_file_bytes: int = 1 << 30
     memory_budget: int | None = None
     curve_secret_key: bytes | None = None
+    model_dirs: tuple[str, ...] = ()
 
     def check(self) -> None:
         if not isinstance(self.bind, str) or "://" not in self.bind:
@@ -160,6 +164,10 @@ class ServerConfig:
         if self.state_dir is None:
             return ()
         return (os.path.realpath(os.path.join(os.path.expanduser(self.state_dir), "data")),)
+
+    def model_roots(self) -> tuple[str, ...]:
+        """The model roots (absolute, symlinks resolved); empty unless ``model_dirs`` names some."""
+        return tuple(os.path.realpath(os.path.expanduser(d)) for d in self.model_dirs)
 
 
 def _plain(v: Any) -> Any:
@@ -248,6 +256,7 @@ class Server:
         self._sessions_lock = threading.Lock()  # sessions/_subscribers/_owners change on workers too
         self._signer = Signer(config.auth_key, role="server") if config.auth_key else None
         self.roots = config.roots()
+        self.model_roots = config.model_roots()
         self.memory = MemoryBudget(config.memory_budget if config.memory_budget is not None else default_budget(self.device))
         self._lanes: dict[str, _Lane] = {}
         self._pool = ThreadPoolExecutor(POOL_WORKERS, thread_name_prefix="i3d-pool")

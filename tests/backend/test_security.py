@@ -329,6 +329,70 @@ def test_retry_cache_is_per_client_and_events_go_to_subscribers():
         ts.stop()
 
 
+# -- model folders ------------------------------------------------------------------------------------------
+def test_local_models_load_only_from_the_model_folders(tmp_path):
+    """Every op arg that names a local model (stage1.start / gaussians.init shap_e / stage2.refine model, segment.sam
+    checkpoint) is resolved in the server's --model-dir folders: a folder outside them (even inside the data folder),
+    a symlink leading out, ``..``, or a file answers invalid_args naming the model folders; a missing folder inside is
+    not_found; the tiny SD inside (absolute or relative to the root) is accepted and its job runs (1 step); a hub id
+    still goes to the cache (not_found when absent, offline). A server without --model-dir refuses every local path."""
+    from _tiny_diffusion import save_tiny_sd
+
+    models, data, elsewhere = tmp_path / "models", tmp_path / "data", tmp_path / "elsewhere"
+    for d in (models, data, elsewhere):
+        d.mkdir()
+    tiny = save_tiny_sd(models / "tiny-sd")
+    outside = save_tiny_sd(elsewhere / "sd")
+    in_data = save_tiny_sd(data / "sd")
+    (models / "escape").symlink_to(elsewhere / "sd")
+    (models / "weights.bin").write_bytes(b"0" * 64)
+    (elsewhere / "sam.pth").write_bytes(b"0" * 64)
+    (models / "sam_link.pth").symlink_to(elsewhere / "sam.pth")
+    base = {"guidance": "sd", "prompt": "a red chair", "local_files_only": True, "steps": 1, "batch": 1, "resolution": 32}
+    ts = ThreadedServer(data_dirs=(str(data),), model_dirs=(str(models),))
+    try:
+        with Client(ts.address) as c:
+            sid = c.request("session.create").result["session"]
+            c.request("gaussians.init", {"session": sid, "kind": "random", "n": 64})
+            refused = {outside: "invalid_args", in_data: "invalid_args", str(models / "escape"): "invalid_args",
+                       str(models / "weights.bin"): "invalid_args", "../elsewhere/sd": "invalid_args",
+                       str(models / "tiny-sd" / ".." / ".." / "elsewhere" / "sd"): "invalid_args",
+                       str(models / "missing"): "not_found", "interactive3d-tests/no-such-model": "not_found"}
+            for model, code in refused.items():
+                with pytest.raises(RemoteError) as err:
+                    c.request("stage1.start", {"session": sid, **base, "model": model})
+                assert err.value.code == code, (model, err.value)
+                if code == "invalid_args":
+                    assert str(models) in err.value.message and "model folder" in err.value.message, err.value.message
+            assert _code(c, "gaussians.init", {"session": sid, "kind": "shap_e", "prompt": "a chair", "model": outside}) == "invalid_args"
+            assert _code(c, "stage2.refine", {"session": sid, "parts": ["p"], "guidance": "sd", "model": outside}) == "invalid_args"
+            image = np.zeros((8, 8, 3), np.uint8)
+            for ckpt, code in ((str(elsewhere / "sam.pth"), "invalid_args"), (str(models / "sam_link.pth"), "invalid_args"),
+                               (str(models / "nope.pth"), "not_found")):
+                assert _code(c, "segment.sam", {"checkpoint": ckpt, "points": [[4, 4]]}, [image]) == code, ckpt
+            assert c.request("job.status", {"session": sid}).result["state"] == "idle"  # nothing started
+            for model in (tiny, "tiny-sd"):  # absolute, and relative to the model folder
+                r = c.request("stage1.start", {"session": sid, **base, "model": model}).result
+                assert r["model"] == os.path.realpath(tiny)
+                deadline = time.monotonic() + 120
+                while c.request("job.status", {"session": sid}).result["state"] not in ("done", "error"):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+                assert c.request("job.status", {"session": sid}).result["state"] == "done"
+    finally:
+        ts.stop()
+    bare = ThreadedServer(data_dirs=(str(data),), model_dirs=())
+    try:
+        with Client(bare.address) as c:
+            sid = c.request("session.create").result["session"]
+            c.request("gaussians.init", {"session": sid, "kind": "random", "n": 64})
+            with pytest.raises(RemoteError) as err:
+                c.request("stage1.start", {"session": sid, **base, "model": tiny})
+            assert err.value.code == "invalid_args" and "--model-dir" in err.value.message
+    finally:
+        bare.stop()
+
+
 # -- session ownership ---------------------------------------------------------------------------------------
 # The session ops any client may send (they only read); every other session op is owner-only. Listed here so
 # that making an op a read is a deliberate change of this test too.

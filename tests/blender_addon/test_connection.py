@@ -391,3 +391,14 @@ def test_non_blocking_reattach_and_unknown_session_fallback(backend):
         assert "could not be resumed" in conn.last_message and conn.last_error == ""
     finally:
         conn.disconnect()
+
+
+def test_local_backend_gets_a_local_model_folder_as_model_dir(tmp_path):
+    """Start Local Backend passes the Model preference's folder as --model-dir (the backend loads local models only
+    from its model folders); a hub id adds nothing."""
+    from interactive3d.blender_addon import preferences
+
+    (tmp_path / "sd").mkdir()
+    args = preferences.Settings(model=str(tmp_path / "sd"), device="cpu").serve_args()
+    assert args == ["--device", "cpu", "--model-dir", str((tmp_path / "sd").resolve())]
+    assert "--model-dir" not in preferences.Settings().serve_args()
