@@ -378,13 +378,16 @@ def stage1_start(req: Request) -> Reply:
         new_spec = GuidanceSpec(kind, model, local, text, negative, a["view_dependent"], a["guidance_scale"])
 
     job = Stage1Job(s, guidance, prompt, cfg, load_guidance=loader)
-    job_id = req.start_job(job, label="stage1")
-    if new_spec is not None:
-        with s.lock:
+    # Under the lock from the start: the job's first step (which loads the model, seconds to minutes) waits for
+    # it, so this reply never waits for that step, and the step already sees the session's new guidance.
+    with s.lock:
+        job_id = req.start_job(job, label="stage1")
+        if new_spec is not None:
             s.guidance = new_spec  # the session's guidance from now on (drag, edit, refinement, checkpoints)
             if ref_from_path is not None:
                 s.extras[OracleReference.SLOT] = OracleReference(ref_from_path)
-    return Reply({"job": job_id, "total": cfg.steps, "count": s.gaussians.n, "guidance": kind, "model": model,
+        count = s.gaussians.n
+    return Reply({"job": job_id, "total": cfg.steps, "count": count, "guidance": kind, "model": model,
                   "densify_steps": 0 if cfg.densify is None else len(cfg.densify.plan(cfg.steps).densify_steps)})
 
 
