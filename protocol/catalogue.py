@@ -323,7 +323,7 @@ _SERVER_OPS: list[OpSpec] = [
         "session.list",
         "Open sessions, and sessions with a checkpoint in the state dir that can be resumed.",
         result=(
-            ("sessions", "[{session, name, count, job, state, step, history, mine}] for open sessions (mine: this client created it)"),
+            ("sessions", "[{session, name, count, job, state, step, history, mine}] for open sessions (mine: this client owns it: created, resumed or took it over)"),
             ("checkpoints", "[{session, step, time}] resumable from the state dir"),
         ),
     ),
