@@ -117,14 +117,15 @@ def _model_roots_text(roots: Sequence[str]) -> str:
     return f"the server's model folders are {_roots_text(roots)} (i3d serve --model-dir)"
 
 
-def resolve_model(roots: Sequence[str], model: object, what: str = "model") -> str:
+def resolve_model(roots: Sequence[str], model: object, what: str = "model", missing_ok: bool = False) -> str:
     """A model arg (diffusers / Shap-E folder, or a hub id) made safe to hand to ``from_pretrained``.
 
     A *local* model — an absolute path, one starting with ``~`` or ``.``, a relative path that exists (from the
     server's working folder: from_pretrained would read it), or one naming a folder in one of ``roots`` (``i3d serve
     --model-dir``, tried first, in order) — must be a folder inside a model root once symlinks
     are resolved: outside every root, a symlink leading out, or not a folder → ``invalid_args`` naming the roots;
-    missing inside a root → ``not_found``. Its real path is returned. Anything else is a hub id and comes back
+    missing inside a root → ``not_found`` (its path, with ``missing_ok``: the loader reports it). Its real path is
+    returned. Anything else is a hub id and comes back
     unchanged (it only ever names a folder of the Hugging Face cache). Loading weights can unpickle, so a client
     must not be able to point the server at files it placed itself (the data folders are writable by requests,
     and are not model roots unless named with --model-dir too)."""
@@ -143,6 +144,8 @@ def resolve_model(roots: Sequence[str], model: object, what: str = "model") -> s
     if not roots or not _inside(real, roots):
         raise InvalidArgs(f"{what}: {text!r} is not inside a model folder: {_model_roots_text(roots)}")
     if not os.path.exists(real):
+        if missing_ok:
+            return real
         raise NotFound(f"{what}: model folder not found: {text!r}")
     if not os.path.isdir(real):
         raise InvalidArgs(f"{what}: {text!r} is not a folder (a model is a diffusers folder; {_model_roots_text(roots)})")
