@@ -10,7 +10,9 @@ results through the same handlers, so the two paths cannot drift apart.
 Liveness: while requests are pending or a job runs, a ``ping`` is sent when nothing arrived for
 ``heartbeat_s``; a request left unanswered for ``timeout_s`` marks the connection *disconnected* (the
 client is closed; the session id and the bound object are kept so that :meth:`Connection.connect`
-re-attaches: ``job.status`` if the session is still open, else ``session.resume`` from the backend's
+re-attaches: ``job.status`` if the session is still open (then ``session.attach`` with ``take_over``: the
+backend lets only a session's owner change it, and the add-on keeps one client identity per Blender session,
+``routing_id``, so this matters after a Blender restart), else ``session.resume`` from the backend's
 checkpoint, else a fresh ``session.create``). No exception of the network side reaches the user.
 
 Frames: the backend keeps Gaussians in the splat object's *local* frame (docs/conventions.md). Every
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -219,6 +222,9 @@ class Connection:
         self.heartbeat_s = float(heartbeat_s)
         self._client_factory = client_factory  # None: protocol.client.Client, imported on first connect
         self.client = None
+        # One identity at the backend for this Blender session, whatever the clients made for it: the backend gives
+        # a session to the identity that created it, and only that identity may change it (issue 15).
+        self.routing_id = b"i3d-blender-" + uuid.uuid4().hex.encode()
         self.status = DISCONNECTED
         self.address = ""
         self.auth_key: bytes | None = None
@@ -301,7 +307,7 @@ class Connection:
             self.client.close()
         self.pending.clear()
         self.address, self.auth_key = address, auth_key
-        self.client = factory(address, auth_key=auth_key)
+        self.client = factory(address, auth_key=auth_key, routing_id=self.routing_id)
         self.status = CONNECTING
         self.last_error = ""
         if blocking:
@@ -570,8 +576,9 @@ def _on_session(conn: Connection, p: Pending, result: dict, buffers: list) -> No
 def _on_reattach(conn: Connection, p: Pending, result: dict, buffers: list) -> None:
     conn.status = CONNECTED
     _on_job_status(conn, p, result, buffers)
-    # the session is open: a new client (after a Blender restart) subscribes to its job events again
-    conn.then("session.attach", kind="ignore")
+    # the session is open: subscribe to its job events again and own it again — after a Blender restart this is a
+    # new identity, and the backend refuses edits of a session another identity owns (take_over hands it over)
+    conn.then("session.attach", {"take_over": True}, kind="ignore")
     conn.then("state.get", kind="state")
 
 

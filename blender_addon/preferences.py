@@ -6,6 +6,7 @@ directly) Blender has no preferences for it: :func:`get` then returns :class:`Se
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import bpy
@@ -46,7 +47,14 @@ class Settings:
             args += ["--state-dir", bpy.path.abspath(self.state_dir)]
         if self.auth_key_file:
             args += ["--auth-key-file", bpy.path.abspath(self.auth_key_file)]
-        return args
+        return args + model_dir_args(self.model)
+
+
+def model_dir_args(model: str) -> list[str]:
+    """``--model-dir FOLDER`` when ``model`` is a local folder (a hub id needs none): the backend loads local
+    models only from its model folders (issue 15)."""
+    folder = os.path.expanduser(model) if model else ""
+    return ["--model-dir", os.path.realpath(folder)] if folder and os.path.isdir(folder) else []
 
 
 class I3D_AP_preferences(bpy.types.AddonPreferences):

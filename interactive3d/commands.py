@@ -61,6 +61,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="at start-up, delete checkpoints of sessions untouched for longer; 0 keeps all (default %(default)s)")
     p.add_argument("--data-dir", action="append", default=None, metavar="DIR",
                    help="folder that request paths are resolved in; repeatable (default STATE_DIR/data, created)")
+    p.add_argument("--model-dir", action="append", default=None, metavar="DIR",
+                   help="folder that local model args (diffusers/Shap-E folders, SAM checkpoints) must lie in; repeatable "
+                   "(default: none, only hub ids from the Hugging Face cache; the data folders are not model folders)")
     p.add_argument("--max-file-bytes", type=_size, default=1 << 30, help="largest file a request may read, e.g. 2G (default 1 GiB)")
     p.add_argument("--memory-budget", type=_size, default=None,
                    help="peak bytes one op may need, e.g. 8G (default: half the device's free memory, RAM on CPU)")
@@ -93,6 +96,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             keep_checkpoints_days=args.keep_checkpoints_days,
             guidance_cache_bytes=args.guidance_cache,
             data_dirs=tuple(args.data_dir or ()),
+            model_dirs=tuple(args.model_dir or ()),
             max_file_bytes=args.max_file_bytes,
             memory_budget=args.memory_budget,
             max_sessions_per_client=args.max_sessions_per_client,
@@ -104,6 +108,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 os.makedirs(root, mode=0o700, exist_ok=True)
             elif not os.path.isdir(root):
                 raise ValueError(f"--data-dir {root!r} is not a folder")
+        for root in cfg.model_roots():
+            if not os.path.isdir(root):
+                raise ValueError(f"--model-dir {root!r} is not a folder")
         _print_fast_paths(args.device)
         return run(cfg)
     except ValueError as exc:

@@ -138,15 +138,29 @@ def skipped_line(missing: list[tuple[str, str, str]]) -> str:
     return f"skipping {what}: pip install 'interactive3d[{extras}]'" + (" (bpy needs Python 3.11)" if any(m == "bpy" for m, _, _ in missing) else "")
 
 
+def model_dir_args(models: Sequence[str | None]) -> list[str]:
+    """``--model-dir FOLDER`` for each local model folder among ``models`` (hub ids and None need none): the
+    backend loads local models only from its model folders (``i3d serve --model-dir``)."""
+    roots: list[str] = []
+    for m in models:
+        folder = os.path.expanduser(m) if m else ""
+        if folder and os.path.isdir(folder) and os.path.realpath(folder) not in roots:
+            roots.append(os.path.realpath(folder))
+    return [arg for root in roots for arg in ("--model-dir", root)]
+
+
 def spawn_backend(
-    address: str, state_dir: str, log_path: str, device: str = "auto", exit_with_parent: bool = False, extra_args: Sequence[str] = ()
+    address: str, state_dir: str, log_path: str, device: str = "auto", exit_with_parent: bool = False, extra_args: Sequence[str] = (),
+    models: Sequence[str | None] = (),
 ) -> subprocess.Popen:
     """Start ``i3d serve`` as a subprocess (its log goes to ``log_path``).
 
     ``exit_with_parent`` (Linux): the backend gets SIGTERM when this process dies, even by SIGKILL, so it
     checkpoints its session and exits instead of living on as an orphan (a batch worker killed mid-job).
+    ``models``: the models the caller will name in requests; local folders among them become ``--model-dir``.
     """
-    cmd = [sys.executable, "-m", "interactive3d.cli", "serve", "--bind", address, "--state-dir", state_dir, "--device", device, *extra_args]
+    cmd = [sys.executable, "-m", "interactive3d.cli", "serve", "--bind", address, "--state-dir", state_dir, "--device", device,
+           *model_dir_args(models), *extra_args]
     preexec = _parent_death_signal() if exit_with_parent else None
     logf = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
     try:

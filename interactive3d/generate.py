@@ -168,7 +168,9 @@ def run_generate(
             if previous is not None:
                 _wait_for_previous_backend(previous.get("backend"), out / "backend_state")
             address = f"ipc://{tmp}/backend.sock"
-            proc = spawn_backend(address, str(out / "backend_state"), str(out / "backend.log"), device=device, exit_with_parent=True)
+            # the local model folders it will be asked to load are its model folders (--model-dir)
+            proc = spawn_backend(address, str(out / "backend_state"), str(out / "backend.log"), device=device, exit_with_parent=True,
+                                 models=(model, cfg.shap_e_model))
             progress.update(backend={"host": socket.gethostname(), "pid": proc.pid})
         backend = Backend(address, proc=proc)
         try:

@@ -129,6 +129,10 @@ class OpSpec:
         preempts: its job may start while a Stage I job runs or is paused: the Stage I job pauses
             (``paused`` event) until this job ends, then carries on as it was (``resumed`` if it was
             running); ``busy`` while another job holds the session.
+        mutates: (session ops) it changes the session or its job, so only the session's owner may send it
+            (``unauthorized`` for any other client, before its args are looked at); False: it only reads the
+            session (state, status, renders, exports) and any authenticated client may send it. True by
+            default, so a new op is owner-only until someone decides it is a read.
     """
 
     name: str
@@ -142,6 +146,7 @@ class OpSpec:
     session: bool = False
     starts_job: bool = False
     preempts: bool = False
+    mutates: bool = True
 
     def __post_init__(self) -> None:
         names = [a.name for a in self.args]
@@ -149,6 +154,8 @@ class OpSpec:
             raise ValueError(f"OpSpec {self.name!r}: duplicate arg names {names}")
         if self.session and "session" in names:
             raise ValueError(f"OpSpec {self.name!r}: 'session' is implied by session=True; do not declare it")
+        if self.starts_job and not self.mutates:
+            raise ValueError(f"OpSpec {self.name!r}: an op that starts a job changes the session (mutates=True)")
         seen_optional = False
         for b in self.buffers:
             if seen_optional and not b.optional:
@@ -316,17 +323,24 @@ _SERVER_OPS: list[OpSpec] = [
         "session.list",
         "Open sessions, and sessions with a checkpoint in the state dir that can be resumed.",
         result=(
-            ("sessions", "[{session, name, count, job, state, step, history, mine}] for open sessions (mine: this client created it)"),
+            ("sessions", "[{session, name, count, job, state, step, history, mine}] for open sessions (mine: this client owns it: created, resumed or took it over)"),
             ("checkpoints", "[{session, step, time}] resumable from the state dir"),
         ),
     ),
     OpSpec(
         "session.attach",
         "Observe a session: its job events also go to this client. The creator (or resumer) of a session "
-        "gets them by default, and so does whoever starts a job on it.",
+        "gets them by default, and so does whoever starts a job on it. With take_over=true this client also "
+        "becomes the session's owner (the only client whose ops may change it); the previous owner keeps "
+        "getting its events. A client that reconnects with a new identity (e.g. after a restart) takes its "
+        "session back this way.",
+        args=(Arg("take_over", "bool", "become the session's owner (counts against max_sessions_per_client)", default=False),),
         session=True,
-        result=(("session", "the session id"), ("job", "its current or last job id, or null")),
+        mutates=False,
+        result=(("session", "the session id"), ("job", "its current or last job id, or null"),
+                ("owner", "true when this client owns the session (after the take-over, if asked)")),
         events=("progress", "state", "done", "error"),
+        errors=("busy",),
     ),
     OpSpec(
         "session.close",
@@ -340,7 +354,9 @@ _SERVER_OPS: list[OpSpec] = [
         "session.resume",
         "Re-open a session from its last checkpoint in the state dir (after a crash or restart). A job that "
         "was running when the checkpoint was written is restarted at the checkpointed step, paused if "
-        "paused=true. Events go to the client that sent this request.",
+        "paused=true. Events go to the client that sent this request, which becomes the session's owner. A session "
+        "that is still open is not re-read: the caller takes it over as it is (as session.attach with take_over=true; "
+        "its job goes on, paused is ignored) and the reply describes it.",
         args=(
             Arg("session", "str", "id of a checkpointed session (session.list shows them)", required=True),
             Arg("paused", "bool", "restart the job paused", default=False),
@@ -363,7 +379,7 @@ _SERVER_OPS: list[OpSpec] = [
         session=True,
         result=(("path", "checkpoint file"), ("step", "job step recorded (0 if no job)")),
     ),
-    OpSpec("job.status", "The session's current or last job.", session=True, result=_JOB_RESULT),
+    OpSpec("job.status", "The session's current or last job.", session=True, mutates=False, result=_JOB_RESULT),
     OpSpec(
         "job.pause",
         "Pause the running job after its current step (a 'paused' event follows).",
@@ -396,11 +412,12 @@ _SERVER_OPS: list[OpSpec] = [
         errors=("busy", "not_found"),
     ),
     OpSpec("history.redo", "Re-apply the last undone edit.", session=True, result=_HISTORY_RESULT, errors=("busy", "not_found")),
-    OpSpec("history.list", "Undo and redo labels.", session=True, result=_HISTORY_RESULT),
+    OpSpec("history.list", "Undo and redo labels.", session=True, mutates=False, result=_HISTORY_RESULT),
     OpSpec(
         "state.get",
         "The session's Gaussians as one [N,14] float32 state frame (activated values, STATE_COLUMNS order).",
         session=True,
+        mutates=False,
         result=(
             ("count", "N"),
             ("columns", "STATE_COLUMNS"),
@@ -434,7 +451,7 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("opacity", "float", "points/mesh: initial opacity", default=0.1, min=1e-4, max=0.9999),
             Arg("scale", "float", "points: isotropic scale (default: RMS distance to 3 nearest neighbours)", min=1e-8, max=1e6),
             Arg("prompt", "str", "shap_e: the text prompt (default: the session's)", default=""),
-            Arg("model", "str", "shap_e: hub id or local diffusers folder (default openai/shap-e)"),
+            Arg("model", "str", "shap_e: hub id or local diffusers folder inside the server's model folders (--model-dir) (default openai/shap-e)"),
             Arg("local_files_only", "bool", "shap_e: never download weights", default=False),
             Arg("shap_e_steps", "int", "shap_e: denoising steps of the prior", default=64, min=1, max=1000),
             Arg("shap_e_guidance_scale", "float", "shap_e: classifier-free guidance scale of the prior", default=15.0, min=0.0, max=1000.0),
@@ -473,6 +490,7 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("return_file", "bool", "send the file's bytes back as a uint8 frame (remote clients)", default=False),
         ),
         session=True,
+        mutates=False,
         result=(("path", "absolute path written or null"), ("count", "Gaussians written")),
         result_buffers=(Buffer("file", ("uint8",), (None,), optional=True, doc="with return_file: the .ply bytes"),),
         errors=("not_found",),
@@ -488,6 +506,7 @@ _STAGE1_OPS: list[OpSpec] = [
         ),
         buffers=(Buffer("c2w", ("float32", "float64"), None, doc="[4,4] or [B,4,4] Blender camera matrix_world (B ≤ 64)"),),
         session=True,
+        mutates=False,
         result=(("count", "images rendered (B)"),),
         result_buffers=(
             Buffer("rgb", ("float32",), (None, None, None, 3), doc="[B,H,W,3] in [0,1], row 0 at the top"),
@@ -520,7 +539,7 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("prompt", "str", "text prompt (required for sd/pixart; default: the session's)", default=""),
             Arg("negative_prompt", "str", "negative prompt", default=""),
             Arg("view_dependent", "bool", "append front/side/back/overhead view to the prompt", default=True),
-            Arg("model", "str", "hub id or local diffusers folder (default: the session's, else per guidance)"),
+            Arg("model", "str", "hub id or local diffusers folder inside the server's model folders (--model-dir; outside: invalid_args) (default: the session's, else per guidance)"),
             Arg("local_files_only", "bool", "never download weights", default=False),
             Arg("reference_path", "str", "oracle: reference .ply inside the server's data folders (default: stage1.set_reference's, which also takes a file frame)"),
             Arg("steps", "int", "optimisation steps", default=2000, min=1, max=1_000_000),
@@ -622,6 +641,7 @@ _INTERACTION_OPS: list[OpSpec] = [
         "parts.list",
         "Named parts and their sizes.",
         session=True,
+        mutates=False,
         result=(("parts", "{name: count}"), ("total", "Gaussians in the session")),
     ),
     OpSpec(
@@ -648,21 +668,26 @@ _INTERACTION_OPS: list[OpSpec] = [
     ),
     OpSpec(
         "parts.add",
-        "Merge another Gaussian set into the session (E₁ ∪ E₂, §3.1.1) from a .ply/.splat path, another open session, "
-        "or a state-frame buffer, optionally transformed by a 4×4 first; the new rows become part `name`. Undoable.",
+        "Merge another Gaussian set into the session (E₁ ∪ E₂, §3.1.1) from a splat file (a path, or its bytes as a "
+        "uint8 frame like gaussians.load_ply: remote clients), another open session, or a state-frame buffer, optionally "
+        "transformed by a 4×4 first; the new rows become part `name`. Undoable.",
         args=(
             Arg("name", "str", "part name for the merged Gaussians (" + _PART_NAME_DOC + ")", default=""),
-            Arg("path", "str", "a 3DGS .ply or .splat file inside the server's data folders (--data-dir)"),
+            Arg("path", "str", "a splat file (.ply, compressed .ply, .splat, .spz) inside the server's data folders (--data-dir); "
+                "or send the file as a frame"),
+            Arg("filename", "str", "with a file frame: its name (the suffix picks the format; default .ply)"),
             Arg("source_session", "str", "another open session to copy from"),
             Arg("matrix", "list", "16 numbers, row-major 4×4 applied to the added set (or the buffer)", items="float", length=16),
         ),
         buffers=(
-            Buffer("a", ("float32", "float64"), None, optional=True, doc="the Gaussians as a state frame [M,14] or the [4,4] transform (either order)"),
-            Buffer("b", ("float32", "float64"), None, optional=True, doc="the other one of the two"),
+            Buffer("a", ("float32", "float64", "uint8"), None, optional=True,
+                   doc="the Gaussians — a state frame [M,14] or the splat file's bytes uint8 [nbytes] — or the [4,4] "
+                       "transform (either order)"),
+            Buffer("b", ("float32", "float64", "uint8"), None, optional=True, doc="the other one of the two"),
         ),
         result=(("added", "Gaussians merged"), ("count", "Gaussians in the session"), ("name", "their part or null")),
         session=True,
-        errors=("not_found", "busy"),
+        errors=("not_found", "busy", "too_large"),
     ),
     OpSpec(
         "parts.transform",
@@ -730,7 +755,7 @@ _INTERACTION_OPS: list[OpSpec] = [
         "Optional: a mask from Segment Anything for clicked points on an image (needs the segment-anything package and "
         "a checkpoint on the backend machine; not_found otherwise).",
         args=(
-            Arg("checkpoint", "str", "path of the SAM checkpoint", required=True),
+            Arg("checkpoint", "str", "path of the SAM checkpoint inside the server's model folders (--model-dir)", required=True),
             Arg("model_type", "str", "SAM variant", default="vit_h", choices=("vit_h", "vit_l", "vit_b")),
             Arg("points", "list", "clicks [[x, y], …] in pixels", required=True),
         ),
@@ -826,7 +851,7 @@ _STAGE2_OPS: list[OpSpec] = [
             Arg("guidance", "str", "'none': L1 toward fresh Gaussian renders; 'sd': interactive SDS (Eq. 8)", default="none", choices=("none", "sd")),
             Arg("prompt", "str", "guidance 'sd': the part's prompt (default: the session's)"),
             Arg("fixed_t", "float", "guidance 'sd': the user's diffusion time t (e.g. 0.3)", min=0.001, max=0.999),
-            Arg("model", "str", "guidance 'sd': model id or local path (default: the session's SD model, else SD 2.1 base)"),
+            Arg("model", "str", "guidance 'sd': model id or local folder inside the server's model folders (--model-dir) (default: the session's SD model, else SD 2.1 base)"),
             Arg("local_files_only", "bool", "guidance 'sd': never download", default=True),
             Arg("steps", "int", "optimisation steps", default=200, min=1, max=1_000_000),
             Arg("views", "int", "zoom-in target views", default=8, min=1, max=256),
@@ -865,6 +890,7 @@ _STAGE2_OPS: list[OpSpec] = [
             Arg("return_file", "bool", "also send the file's bytes back as the last frame (uint8; format: 'format', default glb)", default=False),
         ),
         session=True,
+        mutates=False,
         result=(("vertices", "V"), ("faces", "F"), ("path", "written file or null"), ("removed_components", "floaters dropped"),
                 ("textured", "true when uvs and texture follow")),
         result_buffers=(
@@ -881,6 +907,7 @@ _STAGE2_OPS: list[OpSpec] = [
         "stage2.preview",
         "The current or last distillation's low-resolution preview render (a fixed front view).",
         session=True,
+        mutates=False,
         result=(("step", "job step"), ("height", "H"), ("width", "W")),
         result_buffers=(Buffer("image", ("float32",), (None, None, 3), doc="[H,W,3] in [0,1], row 0 at the top"),),
         errors=("not_found",),
@@ -900,6 +927,7 @@ _STAGE2_OPS: list[OpSpec] = [
         ),
         buffers=(Buffer("c2w", ("float32", "float64"), None, doc="[4,4] or [B,4,4] Blender camera matrix_world (B ≤ 64)"),),
         session=True,
+        mutates=False,
         result=(("count", "images rendered (B)"),),
         result_buffers=(
             Buffer("rgb", ("float32",), (None, None, None, 3), doc="[B,H,W,3] in [0,1], row 0 at the top"),
@@ -957,6 +985,8 @@ def _section(title: str, ops: list[OpSpec]) -> list[str]:
             flags.append("starts a job")
         if s.preempts:
             flags.append("pauses a Stage I job for its duration")
+        if s.session:
+            flags.append("owner only" if s.mutates else "any client (reads only)")
         if flags:
             lines += ["*" + ", ".join(flags) + "*", ""]
         if s.all_args:
@@ -1014,6 +1044,16 @@ def markdown() -> str:
         "(`parts.select`, `parts.remove`, `parts.transform`) take the `revision` the indices refer to and answer",
         "`conflict`, changing nothing, when it is stale.",
         "",
+        "Session ownership: a session belongs to the client identity (ZeroMQ routing id) that created or resumed it.",
+        "Ops marked *owner only* below (everything that changes a session or its job, undo/redo, close) answer",
+        "`unauthorized` to any other client, before their args are looked at; ops marked *any client* only read",
+        "(state, status, renders, exports) and stay open to every client. `session.attach` with `take_over=true`",
+        "(or `session.resume` of a session that is still open) makes the caller the owner; the previous owner keeps",
+        "its events. Threat model: ownership stops one client from changing another's work by accident or through a",
+        "guessed or leaked session id; it is not a boundary between users — everyone holding the auth key may take",
+        "a session over explicitly. The Blender add-on keeps one identity per Blender session and takes its session",
+        "back (`take_over`) when it re-attaches after a restart.",
+        "",
         "Buffer dtypes: " + ", ".join(f"`{d}`" for d in DTYPES) + ".",
         "",
         "Default caps (server `--max-bytes` etc.): 64 frames, 1 MiB header, 1 GiB per frame and in total.",
@@ -1033,7 +1073,8 @@ def markdown() -> str:
         "too_large": "over a size cap (frames, bytes)",
         "not_found": "unknown session, job, part or file",
         "busy": "the session has a job in flight",
-        "unauthorized": "authentication is on and the message is unsigned, wrongly signed, stale or replayed",
+        "unauthorized": "authentication is on and the message is unsigned, wrongly signed, stale or replayed; or an owner-only "
+        "op on a session another client owns (take it over with `session.attach` `take_over=true`)",
         "internal": "unexpected backend exception (logged with traceback); the server keeps running",
         "conflict": "the op's Gaussian indices refer to a stale state `revision` (the session's Gaussians changed since); "
         "nothing changed: fetch `state.get` and select again",

@@ -56,6 +56,9 @@ class Client:
         context: a zmq.Context to use (default: the process's shared instance).
         curve_server_key: the server's Z85 CURVE public key: encrypt the connection (the server runs with
             ``--curve-secret-file``); this client makes its own key pair.
+        routing_id: this client's identity at the server (default: a fresh random one). The server gives a
+            session to the identity that created it (only that identity may change it), so a program that
+            makes a new Client for the same work (the add-on after a lost connection) passes the old one.
 
     Not thread-safe: use one Client per thread.
     """
@@ -68,6 +71,7 @@ class Client:
         hwm: int = 1000,
         context: zmq.Context | None = None,
         curve_server_key: bytes | None = None,
+        routing_id: bytes | None = None,
     ) -> None:
         if not isinstance(address, str) or "://" not in address:
             raise ValueError(f"address must look like tcp://host:port or ipc:///path, got {address!r}")
@@ -78,7 +82,9 @@ class Client:
         self._ctx = context or zmq.Context.instance()
         self._sock: zmq.Socket | None = None
         self._inbox: collections.deque[Message] = collections.deque()
-        self.routing_id = b"i3d-" + uuid.uuid4().hex.encode()
+        if routing_id is not None and (not isinstance(routing_id, bytes) or not 1 <= len(routing_id) <= 255 or routing_id[:1] == b"\x00"):
+            raise ValueError("routing_id must be 1..255 bytes not starting with a zero byte (ZeroMQ reserves those)")
+        self.routing_id = routing_id or b"i3d-" + uuid.uuid4().hex.encode()
         self._curve = None if curve_server_key is None else (curve_server_key, *zmq.curve_keypair())
         self._connect()
 

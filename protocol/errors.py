@@ -18,7 +18,7 @@ ERROR_CODES: tuple[str, ...] = (
     "too_large",  # over a configured cap (frame count, per-frame or total bytes)
     "not_found",  # unknown session / job / part / file
     "busy",  # the session already has a job in flight (or the op needs it idle)
-    "unauthorized",  # authentication is on and the message is unsigned, wrongly signed, stale or replayed
+    "unauthorized",  # unsigned, wrongly signed, stale or replayed; or an owner-only op on another client's session
     "internal",  # an unexpected exception in the backend (logged with traceback there)
     "conflict",  # the Gaussian indices refer to a stale state revision (the session changed since): nothing changed
 )

@@ -125,11 +125,20 @@ def backend_python(requested: str | None) -> str:
     return python
 
 
-def spawn_backend(python: str, address: str, out: Path) -> subprocess.Popen:
+def serve_command(python: str, address: str, out: Path, model: str | None = None) -> list[str]:
+    """``i3d serve`` for the batch's own backend; a local --model folder becomes its --model-dir (the backend loads
+    local models only from its model folders)."""
+    from interactive3d.blender_addon.preferences import model_dir_args
+
+    return [python, "-m", "interactive3d.cli", "serve", "--bind", address, "--state-dir", str(out / "backend_state"),
+            *model_dir_args(model or "")]
+
+
+def spawn_backend(python: str, address: str, out: Path, model: str | None = None) -> subprocess.Popen:
     logf = open(out / "backend.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         return subprocess.Popen(
-            [python, "-m", "interactive3d.cli", "serve", "--bind", address, "--state-dir", str(out / "backend_state")],
+            serve_command(python, address, out, model),
             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     finally:
@@ -312,7 +321,7 @@ def main(argv: list[str]) -> int:
             python = backend_python(args.backend_python)
         if local:
             address = f"ipc://{tmp.name}/backend.sock"
-            proc = spawn_backend(python, address, out)
+            proc = spawn_backend(python, address, out, args.model)
         if args.model:
             _set_model(args.model)
         conn = connection.get()

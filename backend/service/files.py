@@ -14,6 +14,10 @@ repeatable; default ``<state dir>/data``). Relative paths are taken under the fi
 
 Format readers and writers (protocol/ply.py, the mesh exporter, …) get these resolved paths and never
 see a request's raw string.
+
+Model folders (diffusers, Shap-E) and model files (SAM checkpoints) named in a request are resolved the same
+way in separate *model roots* (``i3d serve --model-dir DIR``, repeatable; none by default: then only hub ids,
+served from the Hugging Face cache, are accepted): :func:`resolve_model`, :func:`resolve_model_file`.
 """
 
 from __future__ import annotations
@@ -105,6 +109,60 @@ def resolve_write(roots: Sequence[str], path: object, what: str = "path") -> str
     if not stat.S_ISREG(st.st_mode):  # symlink, folder, FIFO, socket, device: never replaced
         raise InvalidArgs(f"{what}: {text!r} exists and is not a regular file; only regular files are replaced")
     return target
+
+
+def _model_roots_text(roots: Sequence[str]) -> str:
+    if not roots:
+        return "this server has no model folders (start it with --model-dir DIR)"
+    return f"the server's model folders are {_roots_text(roots)} (i3d serve --model-dir)"
+
+
+def resolve_model(roots: Sequence[str], model: object, what: str = "model", missing_ok: bool = False) -> str:
+    """A model arg (diffusers / Shap-E folder, or a hub id) made safe to hand to ``from_pretrained``.
+
+    A *local* model — an absolute path, one starting with ``~`` or ``.``, a relative path that exists (from the
+    server's working folder: from_pretrained would read it), or one naming a folder in one of ``roots`` (``i3d serve
+    --model-dir``, tried first, in order) — must be a folder inside a model root once symlinks
+    are resolved: outside every root, a symlink leading out, or not a folder → ``invalid_args`` naming the roots;
+    missing inside a root → ``not_found`` (its path, with ``missing_ok``: the loader reports it). Its real path is
+    returned. Anything else is a hub id and comes back
+    unchanged (it only ever names a folder of the Hugging Face cache). Loading weights can unpickle, so a client
+    must not be able to point the server at files it placed itself (the data folders are writable by requests,
+    and are not model roots unless named with --model-dir too)."""
+    text = _check_text(model, what)
+    p = os.path.expanduser(text)
+    local = os.path.isabs(p) or text.startswith((".", "~"))
+    if not local:
+        for r in roots:
+            if os.path.lexists(os.path.join(r, p)):
+                p, local = os.path.join(r, p), True
+                break
+    local = local or os.path.lexists(p)  # relative to the working folder: from_pretrained would read it
+    if not local:
+        return text  # a hub id (ops check its form and the cache)
+    real = os.path.realpath(os.path.abspath(p))
+    if not roots or not _inside(real, roots):
+        raise InvalidArgs(f"{what}: {text!r} is not inside a model folder: {_model_roots_text(roots)}")
+    if not os.path.exists(real):
+        if missing_ok:
+            return real
+        raise NotFound(f"{what}: model folder not found: {text!r}")
+    if not os.path.isdir(real):
+        raise InvalidArgs(f"{what}: {text!r} is not a folder (a model is a diffusers folder; {_model_roots_text(roots)})")
+    return real
+
+
+def resolve_model_file(roots: Sequence[str], path: object, max_bytes: int, what: str = "checkpoint") -> str:
+    """A model *file* (a SAM checkpoint) inside the model roots (relative: under the first), checked as
+    :func:`resolve_read` checks data files (not_found, not a regular file, too_large)."""
+    text = _check_text(path, what)
+    p = os.path.expanduser(text)
+    if not os.path.isabs(p) and roots:
+        p = os.path.join(roots[0], p)
+    real = os.path.realpath(os.path.abspath(p))
+    if not roots or not _inside(real, roots):
+        raise InvalidArgs(f"{what}: {text!r} is not inside a model folder: {_model_roots_text(roots)}")
+    return resolve_read(roots, real, max_bytes, what)
 
 
 def frame_bytes(buf: np.ndarray, what: str) -> memoryview:

@@ -1,8 +1,8 @@
 """Protocol ops of the Stage I interactions (paper §3.1.1–3.1.5, issue 4).
 
 Parts: ``parts.select`` (indices / sphere / aabb / box / masks / all, combined with an existing part),
-``parts.list``, ``parts.forget``, ``parts.remove`` (Eq. 1), ``parts.add`` (merge a .ply, another
-session or a state-frame payload, with a 4×4), ``parts.transform`` (Eq. 2). Jobs: ``interact.drag``
+``parts.list``, ``parts.forget``, ``parts.remove`` (Eq. 1), ``parts.add`` (merge a splat file — a path
+or its bytes as a frame —, another session or a state-frame payload, with a 4×4), ``parts.transform`` (Eq. 2). Jobs: ``interact.drag``
 (Eq. 3–6) and ``interact.edit`` (semantic edit, §3.1.4), both with interactive SDS options (§3.1.5).
 Optional: ``segment.sam``.
 
@@ -14,9 +14,6 @@ transform of a selection) check the revision the client's indices refer to (issu
 """
 
 from __future__ import annotations
-
-import os
-
 
 import numpy as np
 import torch
@@ -267,23 +264,16 @@ def handle_remove(req) -> dict:
 def _gaussians_to_merge(req) -> Gaussians:
     args = req.args
     sources = [k for k in ("path", "source_session") if args.get(k)]
-    states = [b for b in req.buffers if b.ndim == 2 and b.shape[1] == 14]
-    if len(sources) + (1 if states else 0) != 1:
-        raise InvalidArgs("give exactly one of: path (a splat file), source_session, or a state buffer [M,14]")
-    if args.get("path"):
-        from interactive3d.protocol import ply as ply_io
+    states = [b for b in req.buffers if b.ndim == 2 and b.shape[1] == 14 and b.dtype != np.uint8]
+    uploads = [b for b in req.buffers if b.dtype == np.uint8]  # a splat file's bytes (remote clients)
+    if len(sources) + (1 if states else 0) + len(uploads) != 1:
+        raise InvalidArgs("give exactly one of: path (a splat file), source_session, a state buffer [M,14], "
+                          "or the splat file's bytes as a uint8 frame")
+    if args.get("path") or uploads:
+        # the same reader, caps and errors as gaussians.load_ply (on this session's lane, off the router thread)
+        from .ops_stage1 import load_splat
 
-        from ..stage1.init import ply_to_gaussians
-
-        from . import costs, files
-
-        path = files.resolve_read(req.server.roots, args["path"], req.server.config.max_file_bytes, f"{req.op}: path")
-        nbytes = os.path.getsize(path)
-        with req.server.memory.reserve(f"{req.op}: loading {args['path']!r}", nbytes + costs.gaussians_bytes(nbytes // 56 + 1)):
-            try:
-                return ply_to_gaussians(ply_io.read_any(path))
-            except (ValueError, OverflowError) as exc:
-                raise InvalidArgs(f"cannot read {args['path']!r}: {exc}") from None
+        return load_splat(req, args.get("path"), "path", buffer=uploads[0] if uploads else None)
     if args.get("source_session"):
         other = req.get_session(args["source_session"])
         with other.lock:
@@ -418,9 +408,13 @@ def handle_edit(req) -> dict:
 
 
 def handle_sam(req):
+    from . import files
+
     args = req.args
+    # the checkpoint is unpickled: only a file inside the server's model roots (--model-dir)
+    checkpoint = files.resolve_model_file(req.server.model_roots, args["checkpoint"], req.server.config.max_file_bytes, "segment.sam: checkpoint")
     try:
-        mask = selection.sam_masks(np.asarray(req.buffers[0]), np.asarray(args["points"], dtype=np.float32), args["checkpoint"], args["model_type"])
+        mask = selection.sam_masks(np.asarray(req.buffers[0]), np.asarray(args["points"], dtype=np.float32), checkpoint, args["model_type"])
     except selection.SegmentorUnavailableError as exc:
         raise NotFound(str(exc)) from None
     except ValueError as exc:

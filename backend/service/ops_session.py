@@ -87,10 +87,17 @@ def session_list(req: Request) -> Reply:
 
 
 def session_attach(req: Request) -> Reply:
-    """Observe a session: its job events also go to this client (the creator gets them by default)."""
+    """Observe a session: its job events also go to this client (the creator gets them by default); with
+    take_over this client becomes its owner (the only one whose ops may change it)."""
+    srv, s = req.server, req.session
     if req.identity is not None:
-        req.server.subscribe(req.session, req.identity)
-    return Reply({"session": req.session.id, "job": None if req.session.job is None else req.session.job.job_id})
+        if req.args["take_over"]:
+            srv.take_over(s, req.identity)
+        else:
+            srv.subscribe(s, req.identity)
+    owner = srv.owner(s.id)
+    return Reply({"session": s.id, "job": None if s.job is None else s.job.job_id,
+                  "owner": owner is not None and owner == req.identity})
 
 
 def session_close(req: Request) -> Reply:

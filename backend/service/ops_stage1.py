@@ -69,10 +69,13 @@ def _load_real_path(req: Request, path: str, shown: str) -> Gaussians:
             raise TooLarge(f"{req.op}: {shown} does not fit in memory") from None
 
 
-def _load_ply(req: Request, path: str | None, what: str = "path") -> Gaussians:
-    """Gaussians from a path in the data roots or, when the request carries one, an uploaded file frame."""
+def load_splat(req: Request, path: str | None, what: str = "path", buffer=None) -> Gaussians:
+    """Gaussians from a path in the data roots or, without one, an uploaded file frame: ``buffer`` (uint8
+    [nbytes]) or, by default, the request's last buffer. Its format comes from the ``filename`` arg's suffix
+    (default .ply) and the file's magic. Shared by gaussians.init/load_ply, stage1.set_reference and parts.add:
+    the same caps (too_large) and the same invalid_args for a file that is not a splat file."""
     if path is None or path == "":
-        frame = _file_frame(req)
+        frame = _file_frame(req, buffer)
         if frame is None:
             raise InvalidArgs(f"{req.op}: give {what} or send the file as a frame")
         suffix = files.suffix_of(req.args.get("filename"), ".ply")
@@ -81,11 +84,14 @@ def _load_ply(req: Request, path: str | None, what: str = "path") -> Gaussians:
     return _load_real_path(req, _read_path(req, path, what), repr(path))
 
 
-def _file_frame(req: Request):
-    """The request's uint8 file frame (the op's 'file' buffer), or None; too_large over the file cap."""
-    if not req.buffers:
-        return None
-    frame = files.frame_bytes(req.buffers[-1], f"{req.op}: file")
+def _file_frame(req: Request, buffer=None):
+    """The uint8 file frame ``buffer`` (default: the request's last buffer, the op's 'file'), or None;
+    too_large over the file cap."""
+    if buffer is None:
+        if not req.buffers:
+            return None
+        buffer = req.buffers[-1]
+    frame = files.frame_bytes(buffer, f"{req.op}: file")
     cap = req.server.config.max_file_bytes
     if frame.nbytes > cap:
         raise TooLarge(f"{req.op}: the file frame is {frame.nbytes} bytes, over the server's file cap of {cap}")
@@ -130,7 +136,7 @@ def gaussians_init(req: Request) -> Reply:
         elif kind == "ply":
             if not a["path"] and len(req.buffers) < 3:
                 raise InvalidArgs("gaussians.init: kind 'ply' needs path or a file frame")
-            g = _load_ply(req, a["path"])
+            g = load_splat(req, a["path"])
         else:  # mesh
             if a["path"]:
                 g = _init_from_mesh(req, _read_path(req, a["path"], "path"))
@@ -158,8 +164,7 @@ def _init_shap_e(req: Request) -> Gaussians:
     prompt = a["prompt"] or (s.guidance.prompt if s.guidance is not None else "")
     if not prompt.strip():
         raise InvalidArgs("gaussians.init: kind 'shap_e' needs a prompt (or a session prompt from stage1.start)")
-    model = a["model"] or default_model("shap_e")
-    _check_model("shap_e", model, a["local_files_only"])
+    model = _check_model(req, "shap_e", a["model"] or default_model("shap_e"), a["local_files_only"])
     cfg = ShapEConfig(
         n=a["n"], steps=a["shap_e_steps"], guidance_scale=a["shap_e_guidance_scale"], grid_size=a["shap_e_grid"],
         fit_radius=a["fit_radius"] if a["fit_radius"] is not None else ShapEConfig.fit_radius, opacity=a["opacity"], seed=a["seed"],
@@ -172,7 +177,7 @@ def _init_shap_e(req: Request) -> Gaussians:
 
 
 def gaussians_load_ply(req: Request) -> Reply:
-    return _set_gaussians(req, _load_ply(req, req.args["path"]), "load .ply")
+    return _set_gaussians(req, load_splat(req, req.args["path"]), "load .ply")
 
 
 def gaussians_save_ply(req: Request) -> Reply:
@@ -249,7 +254,7 @@ def stage1_set_reference(req: Request) -> Reply:
 
     s, a = req.session, req.args
     if a["path"] or req.buffers:
-        ref = _load_ply(req, a["path"])
+        ref = load_splat(req, a["path"])
     else:
         with s.lock:
             if s.gaussians is None or s.gaussians.n == 0:
@@ -260,14 +265,16 @@ def stage1_set_reference(req: Request) -> Reply:
     return Reply({"count": ref.n})
 
 
-def _check_model(kind: str, model: str, local_files_only: bool) -> None:
-    """Fail fast (not_found) when the weights are certainly unavailable; loading happens on the job thread."""
+def _check_model(req: Request, kind: str, model: str, local_files_only: bool, what: str = "model") -> str:
+    """The model to load: a local folder resolved inside the server's model roots (``--model-dir``; invalid_args
+    outside them, files.resolve_model) or a hub id. Fails fast (not_found) when the weights are certainly
+    unavailable; loading happens on the job thread."""
     sub = {"sd": "unet", "pixart": "transformer", "shap_e": "prior"}[kind]
-    expanded = os.path.expanduser(model)
-    if os.path.isdir(expanded):
-        if not os.path.isfile(os.path.join(expanded, sub, "config.json")):
+    resolved = files.resolve_model(req.server.model_roots, model, f"{req.op}: {what}")
+    if os.path.isabs(resolved):  # a local folder inside a model root (hub ids come back as given, never absolute)
+        if not os.path.isfile(os.path.join(resolved, sub, "config.json")):
             raise NotFound(f"model folder {model!r} has no {sub}/config.json: not a diffusers {kind} model folder")
-        return
+        return resolved
     if not _HUB_ID.match(model):
         raise NotFound(
             f"model {model!r} is neither a local folder nor a hub id 'org/name'; pass a folder made with "
@@ -280,8 +287,10 @@ def _check_model(kind: str, model: str, local_files_only: bool) -> None:
         if not isinstance(try_to_load_from_cache(model, f"{sub}/config.json"), str):
             raise NotFound(
                 f"model {model!r} is not in the local Hugging Face cache and downloads are off; run "
-                f"`huggingface-cli download {model}` where the backend runs, or pass model=/path/to/folder"
+                f"`huggingface-cli download {model}` where the backend runs, or pass model=/path/to/folder "
+                "inside a --model-dir of the backend"
             )
+    return model
 
 
 def stage1_start(req: Request) -> Reply:
@@ -360,7 +369,7 @@ def stage1_start(req: Request) -> Reply:
         same_kind = spec is not None and spec.kind == kind
         model = a["model"] or (spec.model if same_kind and spec.model else default_model(kind))
         local = a["local_files_only"] or (same_kind and not a["model"] and spec.local_files_only)
-        _check_model(kind, model, local)
+        model = _check_model(req, kind, model, local)
         cache = req.server.guidance_cache
 
         def loader():
@@ -370,13 +379,16 @@ def stage1_start(req: Request) -> Reply:
         new_spec = GuidanceSpec(kind, model, local, text, negative, a["view_dependent"], a["guidance_scale"])
 
     job = Stage1Job(s, guidance, prompt, cfg, load_guidance=loader)
-    job_id = req.start_job(job, label="stage1")
-    if new_spec is not None:
-        with s.lock:
+    # Under the lock from the start: the job's first step (which loads the model, seconds to minutes) waits for
+    # it, so this reply never waits for that step, and the step already sees the session's new guidance.
+    with s.lock:
+        job_id = req.start_job(job, label="stage1")
+        if new_spec is not None:
             s.guidance = new_spec  # the session's guidance from now on (drag, edit, refinement, checkpoints)
             if ref_from_path is not None:
                 s.extras[OracleReference.SLOT] = OracleReference(ref_from_path)
-    return Reply({"job": job_id, "total": cfg.steps, "count": s.gaussians.n, "guidance": kind, "model": model,
+        count = s.gaussians.n
+    return Reply({"job": job_id, "total": cfg.steps, "count": count, "guidance": kind, "model": model,
                   "densify_steps": 0 if cfg.densify is None else len(cfg.densify.plan(cfg.steps).densify_steps)})
 
 

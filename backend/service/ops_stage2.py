@@ -138,6 +138,9 @@ def refine(req: Request) -> Reply:
         from ..stage1.guidance import DEFAULT_SD_MODEL
 
         model = a["model"] or (spec.model if session_sd and spec.model else DEFAULT_SD_MODEL)
+        # a local folder only inside the server's model roots (invalid_args otherwise); the weights load at the first
+        # step (a missing folder there ends the job with an error event, as documented)
+        model = files.resolve_model(req.server.model_roots, model, "stage2.refine: model", missing_ok=True)
         local, device, cache = a["local_files_only"], req.device, req.server.guidance_cache
         config = spec.config() if spec is not None else None
 

@@ -117,6 +117,9 @@ class ServerConfig:
         memory_budget: bytes an op may estimate to need at peak (:mod:`.costs`); None: a fraction of
             the device's free memory (RAM on CPU) measured at start-up.
         curve_secret_key: Z85 CURVE secret key of the server (encryption for untrusted networks), or None.
+        model_dirs: the only folders local model args (diffusers/Shap-E folders, SAM checkpoints) may name
+            (:func:`.files.resolve_model`); none by default: only hub ids (the Hugging Face cache). The data folders
+            are not model folders (requests write files there, and loading weights can unpickle).
     """
 
     bind: str = DEFAULT_BIND
@@ -135,6 +138,7 @@ class ServerConfig:
     max_file_bytes: int = 1 << 30
     memory_budget: int | None = None
     curve_secret_key: bytes | None = None
+    model_dirs: tuple[str, ...] = ()
 
     def check(self) -> None:
         if not isinstance(self.bind, str) or "://" not in self.bind:
@@ -160,6 +164,10 @@ class ServerConfig:
         if self.state_dir is None:
             return ()
         return (os.path.realpath(os.path.join(os.path.expanduser(self.state_dir), "data")),)
+
+    def model_roots(self) -> tuple[str, ...]:
+        """The model roots (absolute, symlinks resolved); empty unless ``model_dirs`` names some."""
+        return tuple(os.path.realpath(os.path.expanduser(d)) for d in self.model_dirs)
 
 
 def _plain(v: Any) -> Any:
@@ -248,6 +256,7 @@ class Server:
         self._sessions_lock = threading.Lock()  # sessions/_subscribers/_owners change on workers too
         self._signer = Signer(config.auth_key, role="server") if config.auth_key else None
         self.roots = config.roots()
+        self.model_roots = config.model_roots()
         self.memory = MemoryBudget(config.memory_budget if config.memory_budget is not None else default_budget(self.device))
         self._lanes: dict[str, _Lane] = {}
         self._pool = ThreadPoolExecutor(POOL_WORKERS, thread_name_prefix="i3d-pool")
@@ -393,6 +402,33 @@ class Server:
     def owner(self, session_id: str) -> bytes | None:
         return self._owners.get(session_id)
 
+    def check_owner(self, op: str, session_id: Any, identity: bytes | None) -> None:
+        """Unauthorized when ``session_id`` names an open session owned by another client (owner-only ops,
+        ``OpSpec.mutates``). Sessions without an owner (made in-process) are open to everyone."""
+        owner = self._owners.get(session_id) if isinstance(session_id, str) else None
+        if owner is not None and owner != identity:
+            raise Unauthorized(
+                f"{op}: session {session_id} belongs to another client, and {op} changes it; take the session over "
+                "first with session.attach take_over=true (or session.resume), which makes you its owner"
+            )
+
+    def take_over(self, s: Session, identity: bytes) -> None:
+        """Make ``identity`` the owner of ``s`` (session.attach take_over, session.resume of an open session);
+        the previous owner stays a subscriber. Busy over the caller's own session cap."""
+        with self._sessions_lock:
+            if s.id not in self.sessions:
+                raise NotFound(f"no open session {s.id!r}")
+            if self._owners.get(s.id) == identity:
+                self._subscribers[s.id].add(identity)
+                return
+            mine = sum(1 for o in self._owners.values() if o == identity)
+            if mine >= self.config.max_sessions_per_client:
+                raise Busy(f"this client owns {mine} open sessions (max_sessions_per_client={self.config.max_sessions_per_client}); close one")
+            previous = self._owners.get(s.id)
+            self._owners[s.id] = identity
+            self._subscribers[s.id].add(identity)
+        log.info("session %s taken over by another client (previous owner %s)", s.id, "none" if previous is None else "kept as subscriber")
+
     def create_session(self, name: str = "", identity: bytes | None = None) -> Session:
         with self._sessions_lock:
             self._check_caps(identity)
@@ -426,9 +462,16 @@ class Server:
         if not SESSION_ID_RE.match(session_id):
             raise InvalidArgs(f"session.resume: arg 'session' is not a valid session id: {session_id!r}")
         with self._sessions_lock:
-            if session_id in self.sessions:
-                raise Busy(f"session {session_id} is already open")
-            self._check_caps(identity)
+            live = self.sessions.get(session_id)
+            if live is None:
+                self._check_caps(identity)
+        if live is not None:
+            # still open (the client lost its connection, not the server its state): hand it over as it is
+            if identity is not None:
+                self.take_over(live, identity)
+            runner = live.job
+            active = runner is not None and not runner.finished
+            return live, runner.job_id if active else None, int(runner.step) if active else 0
         if self.config.state_dir is None:
             raise NotFound("this server has no state dir, so no checkpoints")
         try:
@@ -657,6 +700,9 @@ class Server:
             spec, handler = self.specs.get(op), self.handlers.get(op)
             if spec is None or handler is None:
                 raise UnknownOp(f"unknown op {printable(op[:100])}" + ("" if spec is None else " (no handler in this server)"))
+            if spec.session and spec.mutates:  # before the args: another client's session is not its to change
+                raw = msg.header.get("args")
+                self.check_owner(op, raw.get("session") if isinstance(raw, dict) else None, identity)
             args = catalogue.validate_request(spec, msg.header.get("args", {}), msg.buffers)
             session = self.get_session(args.get("session")) if spec.session else None
             if spec.starts_job and session is not None and session.job_active and not (spec.preempts and preemptible(session)):

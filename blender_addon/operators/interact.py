@@ -12,6 +12,8 @@ connection.world_to_local_* before sending.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 import bpy
@@ -322,13 +324,18 @@ class I3D_OT_add_part(bpy.types.Operator):
         target = bpy.data.objects.get(conn.object_name or "")
         args = {"name": self.name} if self.name else {}
         if self.filepath:
-            # Read here and send the state frame: the backend may run on another machine.
+            # Send the file's bytes (the backend may run on another machine): it reads them as gaussians.load_ply
+            # does, keeping the SH bands a state frame would drop. Checked here first, so a bad file says so at once.
             path = bpy.path.abspath(self.filepath)
             try:
-                buffers = [ply.splat_to_state(ply.read_any(path)).astype(np.float32)]
+                ply.read_any(path)
+                with open(path, "rb") as f:
+                    content = f.read()
             except (OSError, ValueError) as exc:
                 self.report({"ERROR"}, f"Cannot read {path!r}: {exc}")
                 return {"CANCELLED"}
+            buffers = [np.frombuffer(content, np.uint8)]
+            args["filename"] = os.path.basename(path)
             src_matrix = np.eye(4)
             src = None
         else:

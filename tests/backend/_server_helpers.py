@@ -135,6 +135,8 @@ def make_server(bind: str = "tcp://127.0.0.1:*", **kw) -> Server:
     kw.setdefault("device", "cpu")
     # tests write their files under pytest's tmp_path: the system temp folder is the data root
     kw.setdefault("data_dirs", (tempfile.gettempdir(),))
+    # and save their tiny models there (save_tiny_sd under tmp_path): the system temp folder is the model root too
+    kw.setdefault("model_dirs", (tempfile.gettempdir(),))
     # module-scoped test servers serve one client that opens many sessions (the per-client cap has its own test)
     kw.setdefault("max_sessions_per_client", 64)
     return Server(ServerConfig(bind=bind, **kw), extra_ops=TEST_OPS, extra_handlers=TEST_HANDLERS)
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ServerConfig(
         bind=a.bind, state_dir=a.state_dir, device="cpu", auth_key=a.auth_key.encode() if a.auth_key else None,
         job=JobConfig(checkpoint_every=a.checkpoint_every, state_every=a.state_every), data_dirs=(tempfile.gettempdir(),),
+        model_dirs=(tempfile.gettempdir(),),
     )
     return run(cfg, TEST_OPS, TEST_HANDLERS)
 

@@ -169,6 +169,10 @@ M_SINGULAR = np.diag([1.0, 0.0, 1.0, 1.0]).astype(np.float32)
         ("parts.add", {"path": os.path.join(tempfile.gettempdir(), "i3d-nonexistent", "x.ply")}, [], "not_found"),
         ("parts.add", {"path": "/nonexistent/x.ply"}, [], "invalid_args"),  # outside the data folders
         ("parts.add", {"name": "x"}, [M_SINGULAR, np.zeros((3, 14), np.float32) + 0.5], "invalid_args"),
+        ("parts.add", {"name": "x"}, [np.frombuffer(b"ply\nformat garbage\n", np.uint8)], "invalid_args"),  # not a splat file
+        ("parts.add", {"name": "x"}, [np.zeros(0, np.uint8)], "invalid_args"),  # an empty file frame
+        ("parts.add", {"name": "x"}, [np.zeros((4, 14), np.uint8)], "invalid_args"),  # bytes must be 1-D
+        ("parts.add", {"name": "x", "path": "/nonexistent/x.ply"}, [np.frombuffer(b"ply\n", np.uint8)], "invalid_args"),  # both
         ("parts.forget", {"name": "nope"}, [], "not_found"),
     ],
 )
@@ -235,6 +239,49 @@ def test_add_from_ply_and_state_first(client, session, tmp_path):
     st, res = _state(client, session)
     assert r["count"] == N + 40 and res["part_counts"]["fromstate"] == 20
     np.testing.assert_allclose(st[-20:, :3], payload[:, :3] + [0.0, 0.0, 1.5], atol=1e-6)
+
+
+def test_add_from_file_frame_like_load_ply(client, session, tmp_path):
+    """parts.add with the splat file's bytes as a uint8 frame (remote clients), the matrix before or after it, merges
+    exactly what the path form merges (centres moved by the matrix, to 1e-6); a .spz frame named by filename gives
+    protocol.ply.read_any's 300 Gaussians; a frame over the server's file cap is too_large and changes nothing."""
+    from pathlib import Path
+
+    from interactive3d.protocol import ply
+
+    before, _ = _state(client, session)
+    payload = before[:20].copy()
+    path = tmp_path / "part.ply"
+    ply.write_ply(path, ply.state_to_splat(payload))
+    blob = np.frombuffer(path.read_bytes(), np.uint8)
+    m = np.eye(4, dtype=np.float32)
+    m[:3, 3] = (0.0, 0.0, 1.5)
+    for i, buffers in enumerate(([blob, m], [m, blob])):
+        r = client.request("parts.add", {"session": session, "name": f"up{i}"}, buffers).result
+        assert r["added"] == 20 and r["count"] == N + 20 * (i + 1) and r["name"] == f"up{i}"
+        st, res = _state(client, session)
+        assert res["part_counts"][f"up{i}"] == 20
+        np.testing.assert_allclose(st[-20:, :3], payload[:, :3] + [0.0, 0.0, 1.5], atol=1e-6)
+        np.testing.assert_allclose(st[-20:, 3:], payload[:, 3:], atol=1e-6)
+    spz = Path(__file__).resolve().parents[1] / "fixtures" / "splats" / "source_v4.spz"
+    want = ply.splat_to_state(ply.read_any(str(spz)))
+    r = client.request("parts.add", {"session": session, "name": "spz", "filename": "source_v4.spz"},
+                       [np.frombuffer(spz.read_bytes(), np.uint8)]).result
+    assert r["added"] == 300
+    np.testing.assert_allclose(_state(client, session)[0][-300:], want, atol=1e-6)
+
+    small = ThreadedServer(max_file_bytes=blob.size - 1)
+    try:
+        with Client(small.address) as c:
+            sid = c.request("session.create", {}).result["session"]
+            c.request("test.init", {"session": sid, "n": 50})
+            hist = _history(c, sid)
+            with pytest.raises(RemoteError) as err:
+                c.request("parts.add", {"session": sid, "name": "big"}, [blob])
+            assert err.value.code == "too_large"
+            assert _state(c, sid)[1]["count"] == 50 and _history(c, sid) == hist
+    finally:
+        small.stop()
 
 
 def test_select_by_masks_op_matches_direct(client, session):

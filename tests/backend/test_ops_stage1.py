@@ -196,7 +196,7 @@ def test_bad_inputs_through_backend_subprocess(tmp_path):
 
     addr = f"ipc://{tmp_path}/b.sock"
     log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "interactive3d.cli", "serve", "--bind", addr, "--device", "cpu"],
+    proc = subprocess.Popen([sys.executable, "-m", "interactive3d.cli", "serve", "--bind", addr, "--device", "cpu", "--model-dir", str(tmp_path)],
                             stdout=log, stderr=subprocess.STDOUT)
     c = Client(addr)
     try:

@@ -299,7 +299,7 @@ def test_retry_cache_is_per_client_and_events_go_to_subscribers():
         assert b.ask(_req("state.get", {"session": sa}))["ok"]
         obs = Raw(ts.address, b"observer")
         assert obs.ask(_req("session.attach", {"session": sa}))["ok"]
-        assert a.ask(_req("test.fit", {"session": sa, "steps": 5}))["ok"]
+        a.send(_req("test.fit", {"session": sa, "steps": 5}))  # its reply may come after its first events
 
         def events(r: Raw) -> list:
             out, deadline = [], time.monotonic() + 20
@@ -309,7 +309,9 @@ def test_retry_cache_is_per_client_and_events_go_to_subscribers():
                     if out and out[-1] == "done":
                         break
                     continue
-                if m.kind == "event":
+                if m.kind == "reply":
+                    assert m.header["ok"], m.header
+                elif m.kind == "event":
                     out.append(m.event)
                     if m.event == "done":
                         break
@@ -322,6 +324,166 @@ def test_retry_cache_is_per_client_and_events_go_to_subscribers():
         rows = {r["session"]: r for r in a.ask(_req("session.list"))["result"]["sessions"]}
         assert rows[sa]["step"] == 5 and rows[sa]["mine"] is True and rows[sb]["mine"] is False
         for r in (a, b, obs):
+            r.close()
+    finally:
+        ts.stop()
+
+
+# -- model folders ------------------------------------------------------------------------------------------
+def test_local_models_load_only_from_the_model_folders(tmp_path):
+    """Every op arg that names a local model (stage1.start / gaussians.init shap_e / stage2.refine model, segment.sam
+    checkpoint) is resolved in the server's --model-dir folders: a folder outside them (even inside the data folder),
+    a symlink leading out, ``..``, or a file answers invalid_args naming the model folders; a missing folder inside is
+    not_found; the tiny SD inside (absolute or relative to the root) is accepted and its job runs (1 step); a hub id
+    still goes to the cache (not_found when absent, offline). A server without --model-dir refuses every local path."""
+    from _tiny_diffusion import save_tiny_sd
+
+    models, data, elsewhere = tmp_path / "models", tmp_path / "data", tmp_path / "elsewhere"
+    for d in (models, data, elsewhere):
+        d.mkdir()
+    tiny = save_tiny_sd(models / "tiny-sd")
+    outside = save_tiny_sd(elsewhere / "sd")
+    in_data = save_tiny_sd(data / "sd")
+    (models / "escape").symlink_to(elsewhere / "sd")
+    (models / "weights.bin").write_bytes(b"0" * 64)
+    (elsewhere / "sam.pth").write_bytes(b"0" * 64)
+    (models / "sam_link.pth").symlink_to(elsewhere / "sam.pth")
+    base = {"guidance": "sd", "prompt": "a red chair", "local_files_only": True, "steps": 1, "batch": 1, "resolution": 32}
+    ts = ThreadedServer(data_dirs=(str(data),), model_dirs=(str(models),))
+    try:
+        with Client(ts.address) as c:
+            sid = c.request("session.create").result["session"]
+            c.request("gaussians.init", {"session": sid, "kind": "random", "n": 64})
+            refused = {outside: "invalid_args", in_data: "invalid_args", str(models / "escape"): "invalid_args",
+                       str(models / "weights.bin"): "invalid_args", "../elsewhere/sd": "invalid_args",
+                       str(models / "tiny-sd" / ".." / ".." / "elsewhere" / "sd"): "invalid_args",
+                       str(models / "missing"): "not_found", "interactive3d-tests/no-such-model": "not_found"}
+            for model, code in refused.items():
+                with pytest.raises(RemoteError) as err:
+                    c.request("stage1.start", {"session": sid, **base, "model": model})
+                assert err.value.code == code, (model, err.value)
+                if code == "invalid_args":
+                    assert str(models) in err.value.message and "model folder" in err.value.message, err.value.message
+            assert _code(c, "gaussians.init", {"session": sid, "kind": "shap_e", "prompt": "a chair", "model": outside}) == "invalid_args"
+            assert _code(c, "stage2.refine", {"session": sid, "parts": ["p"], "guidance": "sd", "model": outside}) == "invalid_args"
+            image = np.zeros((8, 8, 3), np.uint8)
+            for ckpt, code in ((str(elsewhere / "sam.pth"), "invalid_args"), (str(models / "sam_link.pth"), "invalid_args"),
+                               (str(models / "nope.pth"), "not_found")):
+                assert _code(c, "segment.sam", {"checkpoint": ckpt, "points": [[4, 4]]}, [image]) == code, ckpt
+            assert c.request("job.status", {"session": sid}).result["state"] == "idle"  # nothing started
+            for model in (tiny, "tiny-sd"):  # absolute, and relative to the model folder
+                r = c.request("stage1.start", {"session": sid, **base, "model": model}).result
+                assert r["model"] == os.path.realpath(tiny)
+                deadline = time.monotonic() + 120
+                while c.request("job.status", {"session": sid}).result["state"] not in ("done", "error"):
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+                assert c.request("job.status", {"session": sid}).result["state"] == "done"
+    finally:
+        ts.stop()
+    bare = ThreadedServer(data_dirs=(str(data),), model_dirs=())
+    try:
+        with Client(bare.address) as c:
+            sid = c.request("session.create").result["session"]
+            c.request("gaussians.init", {"session": sid, "kind": "random", "n": 64})
+            with pytest.raises(RemoteError) as err:
+                c.request("stage1.start", {"session": sid, **base, "model": tiny})
+            assert err.value.code == "invalid_args" and "--model-dir" in err.value.message
+    finally:
+        bare.stop()
+
+
+# -- session ownership ---------------------------------------------------------------------------------------
+# The session ops any client may send (they only read); every other session op is owner-only. Listed here so
+# that making an op a read is a deliberate change of this test too.
+READ_ONLY_OPS = {"session.attach", "job.status", "history.list", "state.get", "gaussians.save_ply", "gaussians.render",
+                 "parts.list", "stage2.extract_mesh", "stage2.preview", "stage2.render"}
+
+
+def test_every_session_op_is_owner_only_unless_it_only_reads():
+    """Each session op of the catalogue (and the test ops), sent by a client that does not own the session with only
+    the session arg: the owner-only ones (OpSpec.mutates) answer unauthorized, naming the take-over; the reads answer
+    anything else. The owner's session is unchanged afterwards: same state frame, history, job (none) and owner."""
+    from interactive3d.protocol.catalogue import OPS
+
+    ts = ThreadedServer()
+    try:
+        with Client(ts.address) as a, Client(ts.address) as b:
+            sa = a.request("session.create", {"name": "mine"}).result["session"]
+            a.request("test.init", {"session": sa, "n": 64})
+            a.request("parts.select", {"session": sa, "name": "p", "kind": "all"})
+            before = np.array(a.request("state.get", {"session": sa}).buffers[0])
+            hist = a.request("history.list", {"session": sa}).result
+            session_ops = {n: sp for n, sp in ts.server.specs.items() if sp.session}
+            assert set(OPS) - set(session_ops) == {n for n, sp in OPS.items() if not sp.session}
+            assert {n for n, sp in OPS.items() if sp.session and not sp.mutates} == READ_ONLY_OPS
+            assert all(sp.mutates for sp in session_ops.values() if sp.starts_job)
+            refused, read = [], []
+            for name, spec in sorted(session_ops.items()):
+                try:
+                    b.request(name, {"session": sa}, timeout=30.0, retries=0)
+                    code = "ok"
+                except RemoteError as exc:
+                    code = exc.code
+                    if code == "unauthorized":
+                        assert "belongs to another client" in exc.message and "take_over=true" in exc.message, exc.message
+                (refused if code == "unauthorized" else read).append(name)
+                assert (code == "unauthorized") == spec.mutates, (name, code)
+            assert len(refused) == sum(sp.mutates for sp in session_ops.values()) >= 20
+            assert set(read) == READ_ONLY_OPS
+            np.testing.assert_array_equal(np.array(a.request("state.get", {"session": sa}).buffers[0]), before)
+            assert a.request("history.list", {"session": sa}).result == hist
+            assert a.request("job.status", {"session": sa}).result["state"] == "idle"
+            assert ts.server.owner(sa) == a.routing_id and sa in ts.server.sessions
+    finally:
+        ts.stop()
+
+
+def test_take_over_by_attach_and_by_resume_of_an_open_session():
+    """b takes a's session over with session.attach take_over=true: b's edits and jobs now run, a's are refused
+    (unauthorized) but a still gets the session's events; a takes it back with session.resume of the open session
+    (its state as it is: 40 Gaussians, no job). take_over counts against the caller's session cap (busy)."""
+    ts = ThreadedServer(max_sessions_per_client=1)
+    try:
+        a, b = Raw(ts.address, b"owner-a"), Raw(ts.address, b"other-b")
+        sa = a.ask(_req("session.create"))["result"]["session"]
+        assert a.ask(_req("test.init", {"session": sa, "n": 40}))["ok"]
+        assert b.ask(_req("test.init", {"session": sa, "n": 8}))["error"]["code"] == "unauthorized"
+        assert b.ask(_req("session.close", {"session": sa}))["error"]["code"] == "unauthorized"
+        r = b.ask(_req("session.attach", {"session": sa}))["result"]
+        assert r["owner"] is False  # observing only
+        assert b.ask(_req("history.undo", {"session": sa}))["error"]["code"] == "unauthorized"
+        r = b.ask(_req("session.attach", {"session": sa, "take_over": True}))["result"]
+        assert r["owner"] is True and ts.server.owner(sa) == b"other-b"
+        assert a.ask(_req("test.init", {"session": sa, "n": 8}))["error"]["code"] == "unauthorized"
+        rows = {x["session"]: x["mine"] for x in a.ask(_req("session.list"))["result"]["sessions"]}
+        assert rows == {sa: False}
+        b.send(_req("test.fit", {"session": sa, "steps": 3}))  # its reply may follow its first events
+
+        def until_done(r: Raw) -> list:
+            out = []
+            while True:
+                m = r.recv(10000)
+                assert m is not None, out
+                if m.kind == "reply":
+                    assert m.header["ok"], m.header
+                elif m.kind == "event":
+                    out.append(m.event)
+                    if m.event == "done":
+                        return out
+
+        assert until_done(b).count("progress") == 3
+        assert until_done(a).count("progress") == 3  # the previous owner still hears the session
+        sc = a.ask(_req("session.create"))["result"]["session"]  # a owns nothing now: its cap of 1 is free
+        assert a.ask(_req("session.resume", {"session": sa}))["error"]["code"] == "busy"  # a second one: over a's cap
+        assert a.ask(_req("session.attach", {"session": sa, "take_over": True}))["error"]["code"] == "busy"
+        assert ts.server.owner(sa) == b"other-b"
+        assert a.ask(_req("session.close", {"session": sc}))["ok"]
+        r = a.ask(_req("session.resume", {"session": sa}))["result"]
+        assert (r["session"], r["count"], r["job"], r["step"]) == (sa, 40, None, 0) and ts.server.owner(sa) == b"owner-a"
+        assert b.ask(_req("test.init", {"session": sa, "n": 8}))["error"]["code"] == "unauthorized"
+        assert a.ask(_req("test.init", {"session": sa, "n": 8}))["result"]["count"] == 8
+        for r in (a, b):
             r.close()
     finally:
         ts.stop()

@@ -191,6 +191,33 @@ def test_blocking_connect_and_reattach_to_the_open_session(backend):
         conn.disconnect()
 
 
+def test_reconnect_keeps_the_identity_and_a_new_blender_session_takes_its_session_over(backend):
+    """The backend lets only a session's owner change it. A reconnect of the same Connection (a network drop)
+    keeps its routing id, so its edits go on; a new Connection (a Blender restart: a new identity) that re-attaches
+    the open session takes it over (session.attach take_over), so its edits run too, while the first identity's
+    are now refused with unauthorized."""
+    first = connection.Connection(timeout_s=10.0)
+    second = connection.Connection(timeout_s=10.0)
+    try:
+        first.connect(backend.address, blocking=True)
+        sid, ident = first.session, first.client.routing_id
+        first.connect(backend.address, blocking=True)
+        assert first.session == sid and first.client.routing_id == ident == first.routing_id
+        assert first.call("gaussians.init", {"kind": "random", "n": 32, "seed": 1})["count"] == 32
+        second.session = sid  # as restored from the .blend file after a restart
+        second.connect(backend.address)
+        sync_until(second, lambda c: c.status == connection.CONNECTED and not c.pending)
+        assert second.session == sid and second.client.routing_id != ident and second.last_error == ""
+        assert second.call("gaussians.init", {"kind": "random", "n": 48, "seed": 2})["count"] == 48
+        with pytest.raises(connection.errors.RemoteError) as err:
+            first.call("gaussians.init", {"kind": "random", "n": 16, "seed": 3})
+        assert err.value.code == "unauthorized"
+        assert first.call("state.get", kind="ignore")["count"] == 48  # reads stay open
+    finally:
+        first.disconnect()
+        second.disconnect()
+
+
 def test_unreachable_backend_goes_disconnected_without_raising():
     """Nobody listens: within timeout_s (0.5 s) + a few polls sync_step sets DISCONNECTED with a message
     naming the address and op; sync_step never raises; a blocking connect raises RequestTimeout (which
@@ -364,3 +391,14 @@ def test_non_blocking_reattach_and_unknown_session_fallback(backend):
         assert "could not be resumed" in conn.last_message and conn.last_error == ""
     finally:
         conn.disconnect()
+
+
+def test_local_backend_gets_a_local_model_folder_as_model_dir(tmp_path):
+    """Start Local Backend passes the Model preference's folder as --model-dir (the backend loads local models only
+    from its model folders); a hub id adds nothing."""
+    from interactive3d.blender_addon import preferences
+
+    (tmp_path / "sd").mkdir()
+    args = preferences.Settings(model=str(tmp_path / "sd"), device="cpu").serve_args()
+    assert args == ["--device", "cpu", "--model-dir", str((tmp_path / "sd").resolve())]
+    assert "--model-dir" not in preferences.Settings().serve_args()

@@ -13,7 +13,7 @@ import bmesh  # noqa: E402
 
 from interactive3d import blender_addon as addon  # noqa: E402
 from interactive3d.blender_addon import connection, splat  # noqa: E402
-from interactive3d.protocol.client import Client  # noqa: E402
+from interactive3d.protocol.client import Client, RemoteError  # noqa: E402
 
 from tests.blender_addon.test_connection import BackendProcess  # noqa: E402
 from tests.blender_addon.test_operators_backend import random_state, select  # noqa: E402
@@ -183,13 +183,25 @@ def test_ctrl_z_after_an_interaction_then_remove(conn, backend):
     _same_gaussians(_backend_state(backend, conn.session), mid[~again])
 
 
-def test_backend_changed_behind_the_addon_is_refused_with_conflict(conn, backend):
-    """Another client removes 5 Gaussians from the session; the add-on's object still looks intact, so its
-    Remove Selected goes out with the old revision: the backend answers conflict and changes nothing, the add-on
-    re-syncs (295 vertices) and says to select again."""
-    obj = _splats(conn)
+def _change_behind(conn, backend, indices) -> None:
+    """Another client removes ``indices`` from the add-on's session: only after an explicit take-over (the session
+    is the add-on's: unauthorized before); then the add-on takes its session back."""
     with Client(backend.address) as c:
-        c.request("parts.remove", {"session": conn.session, "indices": [0, 1, 2, 3, 4]})
+        with pytest.raises(RemoteError) as err:
+            c.request("parts.remove", {"session": conn.session, "indices": indices})
+        assert err.value.code == "unauthorized"
+        assert c.request("session.attach", {"session": conn.session, "take_over": True}).result["owner"] is True
+        c.request("parts.remove", {"session": conn.session, "indices": indices})
+    assert conn.call("session.attach", {"take_over": True})["owner"] is True
+
+
+def test_backend_changed_behind_the_addon_is_refused_with_conflict(conn, backend):
+    """Another client removes 5 Gaussians from the session (refused, unauthorized, until it takes the session over;
+    the add-on then takes it back, as on a re-attach); the add-on's object still looks intact, so its Remove
+    Selected goes out with the old revision: the backend answers conflict and changes nothing, the add-on re-syncs
+    (295 vertices) and says to select again."""
+    obj = _splats(conn)
+    _change_behind(conn, backend, [0, 1, 2, 3, 4])
     mid = _backend_state(backend, conn.session)
     select(obj, np.arange(N) >= 290)
     assert "select" in _refused(bpy.ops.i3d.remove_selected)
@@ -225,8 +237,7 @@ def test_transform_selected_sends_the_revision(conn, backend):
     m[0, 3] = 0.5
     assert bpy.ops.i3d.transform_selected(use_matrix=True, matrix=m.T.tolist()) == {"FINISHED"}
     moved = _backend_state(backend, conn.session)
-    with Client(backend.address) as c:
-        c.request("parts.remove", {"session": conn.session, "indices": [299]})
+    _change_behind(conn, backend, [299])
     mid = _backend_state(backend, conn.session)
     select(obj, np.arange(N) < 20)
     assert "select again" in _refused(bpy.ops.i3d.transform_selected, use_matrix=True, matrix=m.T.tolist())

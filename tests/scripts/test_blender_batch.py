@@ -119,3 +119,13 @@ def test_batch_demo_object_with_oracle(tmp_path):
     objs = json.loads([l for l in check.stdout.splitlines() if l.startswith("BLENDS ")][-1][len("BLENDS "):])[job["blend"]]
     assert any("i3d_color" in o["attributes"] and o["vertices"] == job["gaussians"] for o in objs.values())
     assert any(o["polygons"] > 100 and "i3d_color" not in o["attributes"] for o in objs.values())
+
+
+def test_its_backend_gets_a_local_model_folder_as_model_dir(batch, tmp_path):
+    """The batch's own backend (`i3d serve`) gets --model-dir for a local --model folder (it loads local models only
+    from there), none for a hub id."""
+    (tmp_path / "sd").mkdir()
+    cmd = batch.serve_command("python", "ipc:///x", tmp_path, str(tmp_path / "sd"))
+    assert cmd[-2:] == ["--model-dir", str((tmp_path / "sd").resolve())]
+    assert "--model-dir" not in batch.serve_command("python", "ipc:///x", tmp_path, "stabilityai/stable-diffusion-2-1-base")
+    assert "--model-dir" not in batch.serve_command("python", "ipc:///x", tmp_path, None)
