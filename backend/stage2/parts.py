@@ -98,17 +98,17 @@ class PartConfig:
 
 
 def region_cells(occupancy: OccupancyGrid, center: Tensor, radius: float) -> Tensor:
-    """O_part = Q ∩ occupancy: occupied cells [R,R,R] bool whose centre lies in the sphere Q, plus the
-    occupied cell that contains the centre (so a small Q inside one cell is not empty)."""
+    """O_part = Q ∩ occupancy: occupied cells [R,R,R] bool that meet the sphere Q (closest point of the cell
+    within ``radius`` of ``center``). The cells cover all of Q's occupied space: a cell counted by its centre
+    alone would leave the rim of Q, up to half a cell deep, where the part cannot refine."""
     if not (math.isfinite(radius) and radius > 0):
         raise RegionError(f"radius must be > 0, got {radius}")
     c = torch.as_tensor(center, dtype=torch.float32, device=occupancy.occ.device).reshape(3)
     if not torch.isfinite(c).all():
         raise RegionError(f"center must be finite, got {c.tolist()}")
-    inside = (occupancy.cell_centers() - c).norm(dim=-1) <= radius
-    i = occupancy.cell_index(c[None])[0]
-    if (c.abs() <= occupancy.aabb_radius).all():
-        inside[i[0], i[1], i[2]] = True
+    half = occupancy.aabb_radius / occupancy.resolution
+    gap = ((occupancy.cell_centers() - c).abs() - half).clamp_min(0.0)  # per-axis distance to the cell box
+    inside = gap.norm(dim=-1) <= radius
     cells = inside & occupancy.occ
     if not bool(cells.any()):
         raise RegionError(
