@@ -2,9 +2,9 @@
 
     python scripts/bench/parts_ablation.py [--steps 150] [--size 48] [--rays 2048] [--seed 0]
 
-The target is the base field with a fine stripe texture (period ``period`` world units, far below the
-base's finest cell) painted inside a region Q on its surface. Three refinements get the same step
-budget, learning rates, rays and target views (zoom-in cameras on Q), L1 toward the target:
+The target is the base field with two stripe textures painted inside a region Q on its surface: coarse
+ones (``period``) too fine for the base's finest cell, and fine ones (``fine_period``) too fine as well for
+the refinement tables when they are spread over the whole box. Three refinements get the same step budget, learning rates, rays and target views (zoom-in cameras on Q), L1 toward the target:
 
   (a) fine-tune the base field itself (all its tables and MLPs), as "more SDS steps" in Fig. 4(a);
   (b) a shared refinement table: the same part tables and residual MLPs, but over the whole field box
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from interactive3d.backend.stage1.cameras import zoom_in_cameras
+from interactive3d.backend.stage1.cameras import Cameras, zoom_in_cameras
 from interactive3d.backend.stage2.hashgrid import HashGridConfig
 from interactive3d.backend.stage2.nerf import (
     FieldOutput,
@@ -48,31 +48,43 @@ class AblationConfig:
     size: int = 48  # zoom-in view size (square)
     views: int = 8  # training views; as many held-out ones
     rays: int = 2048  # rays per step
-    n_samples: int = 32
+    n_samples: int = 128  # training samples per box diagonal (jittered: every step sees new points)
+    eval_samples: int = 256  # samples per box diagonal of the target and held-out renders
     lr_grid: float = 0.03
     lr_mlp: float = 0.01
-    period: float = 0.05  # stripe period, world units: the base's finest cell is 2/27 ≈ 0.074, the shared
-    # table's 2/64 ≈ 0.031 (too coarse for 0.05 stripes: under 2 cells per period), the part's ≈ 0.4/64 ≈ 0.006
+    # Two stripe textures across z, each taking cells under half its period to resolve: the base's finest cell
+    # is 2/27 ≈ 0.074 (neither), the refinement tables' 2/48 ≈ 0.042 when spread over the whole box (the
+    # coarse ones: red), ≈ 0.4/48 ≈ 0.008 over O_part's box (both: red and green)
+    period: float = 0.1  # coarse stripes (red channel), world units
+    fine_period: float = 0.05  # fine stripes (green channel)
     center: tuple[float, float, float] = (0.5, 0.0, 0.1)  # on the base's surface (its blob sphere r ≈ 0.5)
     radius: float = 0.2
-    part: PartConfig = PartConfig(n_levels=4, n_features=2, log2_table_size=14, base_resolution=8, finest_resolution=64, hidden=32)
-    base: NeRFConfig = NeRFConfig(grid=HashGridConfig(n_levels=4, n_features=2, log2_table_size=12, base_resolution=8, per_level_scale=1.5), hidden=32)
+    part: PartConfig = PartConfig(n_levels=4, n_features=2, log2_table_size=14, base_resolution=4, finest_resolution=48, hidden=32)
+    # A sharp surface, as a distilled object has (the blob's weights lie within ≈ 0.0125 of it): on the
+    # default soft blob a ray's weights spread over a shell as thick as a stripe, which averages the
+    # stripes away in every render and leaves nothing for extra resolution to show.
+    base: NeRFConfig = NeRFConfig(
+        grid=HashGridConfig(n_levels=4, n_features=2, log2_table_size=12, base_resolution=8, per_level_scale=1.5),
+        hidden=32, density_blob_scale=40.0,
+    )
     seed: int = 0
 
 
 class StripedTarget(torch.nn.Module):
-    """The base field with red/white stripes across z inside the sphere Q (same density)."""
+    """The base field with stripes across z inside the sphere Q (same density): red from the coarse stripes,
+    green from the fine ones."""
 
     def __init__(self, base: NeRFField, cfg: AblationConfig) -> None:
         super().__init__()
         self.base, self.cfg, self.background = base, base.cfg, base.background
-        self.center, self.radius, self.period = torch.tensor(cfg.center), cfg.radius, cfg.period
+        self.center, self.radius = torch.tensor(cfg.center), cfg.radius
+        self.periods = (cfg.period, cfg.fine_period)
 
     def forward(self, x):
         out = self.base(x)
         inside = ((x - self.center).norm(dim=-1) < self.radius)[:, None]
-        red = torch.sin(2 * torch.pi * x[:, 2] / self.period) > 0
-        stripes = torch.where(red[:, None], torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.95, 0.95, 0.95]))
+        on = [(torch.sin(2 * torch.pi * x[:, 2] / p) > 0).float() for p in self.periods]
+        stripes = torch.stack([0.2 + 0.7 * on[0], 0.2 + 0.7 * on[1], torch.full_like(on[0], 0.5)], dim=-1)
         return FieldOutput(out.density, torch.where(inside, stripes, out.rgb))
 
 
@@ -94,9 +106,9 @@ def run(cfg: AblationConfig = AblationConfig(), log=print, variants=VARIANTS) ->
     target_field = StripedTarget(base, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     center = torch.tensor(cfg.center)
-    train = zoom_in_cameras(center, cfg.radius, cfg.views, cfg.size, cfg.size, gen).cameras
-    held = zoom_in_cameras(center, cfg.radius, cfg.views, cfg.size, cfg.size, gen).cameras
-    rcfg = RenderConfig(n_samples=cfg.n_samples)
+    train = _outside_views(center, cfg.radius, cfg.views, cfg.size, gen)
+    held = _outside_views(center, cfg.radius, cfg.views, cfg.size, gen)
+    rcfg = RenderConfig(n_samples=cfg.eval_samples)
     with torch.no_grad():
         target = render_image(target_field, train, rcfg).rgb
         held_target = render_image(target_field, held, rcfg).rgb
@@ -135,13 +147,27 @@ def run(cfg: AblationConfig = AblationConfig(), log=print, variants=VARIANTS) ->
     return results
 
 
+def _outside_views(center, radius: float, n: int, size: int, gen) -> Cameras:
+    """``n`` zoom-in cameras on Q seen from outside the object (within 60° of Q's outward direction):
+    zoom_in_cameras orbits Q's centre, which for a region on a surface puts about half of them inside."""
+    normal = center / center.norm()
+    viewmats, ks = [], []
+    while sum(len(v) for v in viewmats) < n:
+        cams = zoom_in_cameras(center, radius, 4 * n, size, size, gen).cameras
+        offset = torch.linalg.inv(cams.viewmats)[:, :3, 3] - center
+        ok = (offset @ normal) > 0.5 * offset.norm(dim=-1)
+        viewmats.append(cams.viewmats[ok])
+        ks.append(cams.Ks[ok])
+    return Cameras(torch.cat(viewmats)[:n], torch.cat(ks)[:n], size, size)
+
+
 def _train(variant: str, base: NeRFField, occ, cells, cams, target, cfg: AblationConfig):
     rays = camera_rays(cams)
     rgb = target.reshape(-1, 3)
     gen = torch.Generator().manual_seed(cfg.seed + 2)  # the same rays for every variant
-    # midpoint samples, as the target renders: with jittered ones a sample's z would wander by a good part
-    # of a stripe period along the ray and the supervision itself would blur the stripes
-    render = RenderConfig(n_samples=cfg.n_samples, stratified=False)
+    # jittered samples: each step supervises new points along the rays (as SDS renders from fresh cameras
+    # do); fixed midpoints would let a fine table memorise a few points per ray and nothing between them
+    render = RenderConfig(n_samples=cfg.n_samples, stratified=True)
     if variant == "finetune_base":
         mlp = list(base.density_mlp.parameters()) + list(base.color_mlp.parameters())
         opt = torch.optim.Adam([{"params": base.grid.parameters(), "lr": cfg.lr_grid}, {"params": mlp, "lr": cfg.lr_mlp}], betas=(0.9, 0.99), eps=1e-15)
@@ -164,12 +190,23 @@ def _train(variant: str, base: NeRFField, occ, cells, cams, target, cfg: Ablatio
     return field
 
 
-def _sees(part, cams, n=1024):
-    """[B,H,W] bool: the pixel's ray crosses a cell of O_part."""
+def _sees(part, cams):
+    """[B,H,W] bool: the pixel's ray crosses a cell of O_part (exact slab test against every cell: sampling
+    the ray misses rays that graze a cell's corner)."""
     rays = camera_rays(cams)
-    t = torch.linspace(0.0, 4.0, n)
-    pts = rays.origins[:, None] + rays.dirs[:, None] * t[None, :, None]
-    return part.contains(pts.reshape(-1, 3)).reshape(-1, n).any(-1).reshape(len(cams), cams.height, cams.width)
+    o, d = rays.origins.reshape(-1, 3).double(), rays.dirs.reshape(-1, 3).double()
+    n, r = part.cells.shape[0], part.aabb_radius
+    lo = part.cells.nonzero().double() / n * 2 * r - r  # [M,3] cell corners
+    hi = lo + 2 * r / n
+    inv = 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+    hit = torch.zeros(o.shape[0], dtype=torch.bool)
+    for i in range(0, lo.shape[0], 64):
+        a = (lo[None, i:i + 64] - o[:, None]) * inv[:, None]  # [R,m,3]
+        b = (hi[None, i:i + 64] - o[:, None]) * inv[:, None]
+        t_near = torch.minimum(a, b).amax(-1)
+        t_far = torch.maximum(a, b).amin(-1)
+        hit |= (t_far >= t_near.clamp_min(0.0)).any(-1)
+    return hit.reshape(len(cams), cams.height, cams.width)
 
 
 def main() -> None:
@@ -183,7 +220,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = dataclasses.replace(AblationConfig(), steps=a.steps, size=a.size, rays=a.rays, seed=a.seed, lr_grid=a.lr_grid)
-    print(f"steps {cfg.steps}, {cfg.rays} rays × {cfg.n_samples} samples, {cfg.views} zoom-in views of {cfg.size}², stripe period {cfg.period}")
+    print(f"steps {cfg.steps}, {cfg.rays} rays × {cfg.n_samples} samples, {cfg.views} zoom-in views of {cfg.size}², stripe periods {cfg.period} and {cfg.fine_period}")
     print(f"base finest {cfg.base.grid.resolutions()[-1]} cells over 2 units; part tables {cfg.part.n_levels}×{cfg.part.n_features}×2^{cfg.part.log2_table_size}, "
           f"finest {cfg.part.finest_resolution} cells across their box")
     run(cfg, variants=tuple(a.variants))
