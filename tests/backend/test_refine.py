@@ -58,6 +58,31 @@ def test_region_errors():
         region_cells(occ, torch.tensor([0.95, 0.95, 0.95]), 0.03)
 
 
+@pytest.mark.parametrize("radius", [0.004, 0.03, 0.11, 0.37])
+def test_region_cells_cover_exactly_the_occupied_cells_that_meet_q(radius):
+    """O_part = the occupied cells whose box meets the sphere Q: every occupied point of Q lies in one (Q's rim
+    included, a sphere smaller than a cell included), and each of them has a point within ``radius`` of the
+    centre (its box's closest point). Centres on a cell corner, inside a cell and off-grid."""
+    from interactive3d.backend.stage2.nerf import OccupancyGrid
+
+    g = torch.Generator().manual_seed(0)
+    occ = OccupancyGrid(torch.rand(16, 16, 16, generator=g) < 0.6, 1.0)
+    half = 1.0 / 16
+    for center in (torch.tensor([0.0, 0.0, 0.0]), torch.tensor([0.03, -0.21, 0.4]), torch.tensor([0.5, 0.5, 0.125])):
+        try:
+            cells = region_cells(occ, center, radius)
+        except RegionError:
+            continue  # no occupied cell meets this Q (a tiny sphere in an empty cell)
+        d = torch.randn(20000, 3, generator=g)
+        pts = center + d / d.norm(dim=-1, keepdim=True) * radius * torch.rand(20000, 1, generator=g) ** (1 / 3)
+        pts = pts[(pts.abs() < 1.0).all(-1)]
+        i = occ.cell_index(pts)
+        occupied = occ.occ[i[:, 0], i[:, 1], i[:, 2]]
+        assert bool(cells[i[:, 0], i[:, 1], i[:, 2]][occupied].all())  # Q's occupied space is covered
+        gap = ((occ.cell_centers()[cells] - center).abs() - half).clamp_min(0).norm(dim=-1)
+        assert float(gap.max()) <= radius + 1e-6 and bool(occ.occ[cells].all())
+
+
 def test_features_zero_outside_and_parts_disjoint():
     """A point outside O_part yields exactly 0 features and residuals from that part; two parts own
     separate table storage (disjoint memory ranges) and training one leaves the other bit-identical."""
