@@ -98,6 +98,7 @@ def interactive_sds_loss(
         generator,
         elevation_range_deg=cfg.elevation_range_deg,
         margin=cfg.margin,
+        outward=region.center,  # views from outside the object (centred at the origin), not from inside it
     )
     cams = sample.cameras.to(g.device)
     out = render(g, cams)

@@ -278,6 +278,8 @@ def zoom_in_cameras(
     elevation_range_deg: tuple[float, float] = (-10.0, 60.0),
     margin: float = 1.2,
     distance: float | None = None,
+    outward: Tensor | None = None,
+    outward_span_deg: float = 90.0,
 ) -> OrbitSample:
     """Adaptive zoom-in cameras (paper §3.1.5): random views around a region that it fills.
 
@@ -285,6 +287,11 @@ def zoom_in_cameras(
     looking at it; the fov is chosen so the region's bounding sphere of radius ``radius·margin`` just
     fills the narrower image side: sin(fov/2) = radius·margin / distance. With ``distance`` None the
     cameras sit at 2.5·radius·margin (fov ≈ 47°). Draws elevation then azimuth from ``generator``.
+
+    ``outward`` [3]: the region's centre relative to the object's (callers pass ``center`` for objects
+    around the origin). When it reaches beyond the region (‖outward‖ > radius) and is not near-vertical,
+    azimuths are drawn within ±``outward_span_deg`` of its azimuth: a full orbit around a region on the
+    surface puts about half of the cameras inside the object, looking at the surface from behind.
     """
     _check_int("batch", batch)
     c = torch.as_tensor(center, dtype=torch.float32).reshape(-1).cpu()
@@ -306,6 +313,17 @@ def zoom_in_cameras(
         fov_x = 2.0 * half
     el = _uniform(*elevation_range_deg, batch, generator)
     az = _uniform(-180.0, 180.0, batch, generator)
+    if outward is not None:
+        o = torch.as_tensor(outward, dtype=torch.float32).reshape(-1).cpu()
+        if o.shape != (3,) or not torch.isfinite(o).all():
+            raise ValueError(f"outward must be 3 finite values, got {o.tolist()}")
+        if not (math.isfinite(outward_span_deg) and 0.0 < outward_span_deg <= 180.0):
+            raise ValueError(f"outward_span_deg must be in (0, 180], got {outward_span_deg}")
+        horizontal = float(o[:2].norm())
+        if float(o.norm()) > radius and horizontal >= 0.3 * float(o.norm()):
+            # the same draws, mapped into the window: seeds keep their meaning
+            az = math.degrees(math.atan2(float(o[1]), float(o[0]))) + az * (outward_span_deg / 180.0)
+            az = torch.remainder(az + 180.0, 360.0) - 180.0
     dist = torch.full((batch,), d)
     fov = torch.full((batch,), math.degrees(fov_x))
     cams = orbit_cameras(el, az, dist, fov, width, height, center=c)

@@ -117,7 +117,7 @@ class Refiner:
 
         cfg = self.cfg
         center, radius = self._region()
-        sample = zoom_in_cameras(center.cpu(), radius, cfg.sds_batch, cfg.sds_size, cfg.sds_size, self.generator)
+        sample = zoom_in_cameras(center.cpu(), radius, cfg.sds_batch, cfg.sds_size, cfg.sds_size, self.generator, outward=center.cpu())
         cams = sample.cameras.to(self.field.device)
         orient = cfg.orientation_weight > 0
         out = render_image(self.field, cams, dataclasses.replace(cfg.render, normals=orient), self.occupancy)
@@ -171,7 +171,8 @@ class RefineJob:
             lo = torch.stack([st.refined.parts[n].box_lo for n in self.parts]).min(0).values.cpu()
             hi = torch.stack([st.refined.parts[n].box_hi for n in self.parts]).max(0).values.cpu()
             gen = torch.Generator().manual_seed(self.cfg.seed + 7)
-            cams = zoom_in_cameras(0.5 * (lo + hi), float(0.5 * (hi - lo).norm()), self.views, self.resolution, self.resolution, gen).cameras
+            mid = 0.5 * (lo + hi)
+            cams = zoom_in_cameras(mid, float(0.5 * (hi - lo).norm()), self.views, self.resolution, self.resolution, gen, outward=mid).cameras
             cams = cams.to(st.device)
             targets = (cams, gaussian_targets(self.session.gaussians, cams, self.bg.to(st.device)))
         r = Refiner(st.refined, self.parts, self.cfg, targets=targets, guidance=self.guidance, occupancy=st.occupancy)

@@ -112,6 +112,32 @@ def test_sample_orbit_reproducible_and_in_range():
     assert torch.allclose(a.cameras.centers().norm(dim=-1), a.distance, atol=1e-5)
 
 
+@pytest.mark.parametrize("az_deg", [0.0, 90.0, 179.0, -135.0])
+def test_zoom_in_cameras_look_from_outside_the_object(az_deg):
+    """With ``outward`` (the region's centre seen from the object's), every camera is within the span of the
+    outward azimuth (its offset from the region has a positive outward component for a 90° span), on the
+    same draws (elevations unchanged); a region around the object's centre or straight above it keeps the
+    full orbit; bad values are ValueErrors."""
+    a = math.radians(az_deg)
+    center, r = 0.45 * torch.tensor([math.cos(a), math.sin(a), 0.2]), 0.1
+    full = C.zoom_in_cameras(center, r, 256, 16, 16, torch.Generator().manual_seed(0))
+    s = C.zoom_in_cameras(center, r, 256, 16, 16, torch.Generator().manual_seed(0), outward=center)
+    assert torch.equal(s.elevation_deg, full.elevation_deg)
+    horizontal = torch.nn.functional.normalize(center[:2], dim=0)
+    offset = s.cameras.centers() - center
+    assert bool(((offset[:, :2] @ horizontal) >= -1e-4).all())
+    assert float(((full.cameras.centers() - center)[:, :2] @ horizontal).min()) < -0.1  # the full orbit goes behind
+    d = (s.azimuth_deg - az_deg + 180) % 360 - 180
+    assert float(d.abs().max()) <= 90.0 + 1e-3 and float(d.abs().max()) > 80.0  # the whole window is used
+    for outward in (torch.tensor([0.02, 0.0, 0.0]), torch.tensor([0.0, 0.05, 0.6])):
+        same = C.zoom_in_cameras(center, r, 256, 16, 16, torch.Generator().manual_seed(0), outward=outward)
+        assert torch.equal(same.azimuth_deg, full.azimuth_deg)
+    with pytest.raises(ValueError, match="outward"):
+        C.zoom_in_cameras(center, r, 2, 8, 8, torch.Generator(), outward=torch.tensor([float("nan"), 0.0, 0.0]))
+    with pytest.raises(ValueError, match="outward_span_deg"):
+        C.zoom_in_cameras(center, r, 2, 8, 8, torch.Generator(), outward=center, outward_span_deg=0.0)
+
+
 @pytest.mark.parametrize("size", [(32, 32), (48, 32), (32, 48)])
 def test_zoom_in_frames_the_region(size):
     """Zoom-in cameras around a region (centre (0.3, −0.2, 0.1), radius 0.15, margin 1.2): the centre
