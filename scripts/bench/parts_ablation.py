@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from interactive3d.backend.stage1.cameras import Cameras, zoom_in_cameras
+from interactive3d.backend.stage1.cameras import zoom_in_cameras
 from interactive3d.backend.stage2.hashgrid import HashGridConfig
 from interactive3d.backend.stage2.nerf import (
     FieldOutput,
@@ -106,8 +106,9 @@ def run(cfg: AblationConfig = AblationConfig(), log=print, variants=VARIANTS) ->
     target_field = StripedTarget(base, cfg)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     center = torch.tensor(cfg.center)
-    train = _outside_views(center, cfg.radius, cfg.views, cfg.size, gen)
-    held = _outside_views(center, cfg.radius, cfg.views, cfg.size, gen)
+    # views from outside the object, as the refinement job's (a full orbit of Q would look from inside)
+    train = zoom_in_cameras(center, cfg.radius, cfg.views, cfg.size, cfg.size, gen, outward=center).cameras
+    held = zoom_in_cameras(center, cfg.radius, cfg.views, cfg.size, cfg.size, gen, outward=center).cameras
     rcfg = RenderConfig(n_samples=cfg.eval_samples)
     with torch.no_grad():
         target = render_image(target_field, train, rcfg).rgb
@@ -145,20 +146,6 @@ def run(cfg: AblationConfig = AblationConfig(), log=print, variants=VARIANTS) ->
             + (f"  field outside O_part bit-identical: {entry['outside_identical']}, base bit-identical: {entry['base_identical']}, "
                f"max |Δ| on {entry['blind_pixels']} pixels that never see O_part: {entry['blind_max_diff']:.1e}" if "outside_identical" in entry else ""))
     return results
-
-
-def _outside_views(center, radius: float, n: int, size: int, gen) -> Cameras:
-    """``n`` zoom-in cameras on Q seen from outside the object (within 60° of Q's outward direction):
-    zoom_in_cameras orbits Q's centre, which for a region on a surface puts about half of them inside."""
-    normal = center / center.norm()
-    viewmats, ks = [], []
-    while sum(len(v) for v in viewmats) < n:
-        cams = zoom_in_cameras(center, radius, 4 * n, size, size, gen).cameras
-        offset = torch.linalg.inv(cams.viewmats)[:, :3, 3] - center
-        ok = (offset @ normal) > 0.5 * offset.norm(dim=-1)
-        viewmats.append(cams.viewmats[ok])
-        ks.append(cams.Ks[ok])
-    return Cameras(torch.cat(viewmats)[:n], torch.cat(ks)[:n], size, size)
 
 
 def _train(variant: str, base: NeRFField, occ, cells, cams, target, cfg: AblationConfig):
