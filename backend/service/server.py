@@ -381,9 +381,13 @@ class Server:
         if len(self.sessions) >= self.config.max_sessions:
             raise Busy(f"{len(self.sessions)} sessions are open (max_sessions={self.config.max_sessions}); close one")
         if identity is not None:
-            mine = sum(1 for o in self._owners.values() if o == identity)
-            if mine >= self.config.max_sessions_per_client:
-                raise Busy(f"this client owns {mine} open sessions (max_sessions_per_client={self.config.max_sessions_per_client}); close one")
+            self._check_client_cap(identity)
+
+    def _check_client_cap(self, identity: bytes) -> None:
+        """Busy when ``identity`` already owns its cap of open sessions (_sessions_lock held)."""
+        mine = sum(1 for o in self._owners.values() if o == identity)
+        if mine >= self.config.max_sessions_per_client:
+            raise Busy(f"this client owns {mine} open sessions (max_sessions_per_client={self.config.max_sessions_per_client}); close one")
 
     def _adopt(self, s: Session, identity: bytes | None) -> None:
         """Register an open session, owned by and subscribed to ``identity`` (_sessions_lock held)."""
@@ -421,9 +425,7 @@ class Server:
             if self._owners.get(s.id) == identity:
                 self._subscribers[s.id].add(identity)
                 return
-            mine = sum(1 for o in self._owners.values() if o == identity)
-            if mine >= self.config.max_sessions_per_client:
-                raise Busy(f"this client owns {mine} open sessions (max_sessions_per_client={self.config.max_sessions_per_client}); close one")
+            self._check_client_cap(identity)
             previous = self._owners.get(s.id)
             self._owners[s.id] = identity
             self._subscribers[s.id].add(identity)
