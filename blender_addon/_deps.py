@@ -11,9 +11,9 @@ import importlib.util
 
 if importlib.util.find_spec(f"{__package__}._vendor") is not None:
     from ._vendor import protocol  # noqa: F401  (the extension zip)
-    from ._vendor.protocol import ply  # noqa: F401
+    from ._vendor.protocol import splat_data, splats  # noqa: F401
     VENDORED = True
 else:
     from interactive3d import protocol  # noqa: F401  (development: the installed project)
-    from interactive3d.protocol import ply  # noqa: F401
+    from interactive3d.protocol import splat_data, splats  # noqa: F401
     VENDORED = False

@@ -31,7 +31,7 @@ import bpy
 import numpy as np
 
 from . import geometry_nodes, materials
-from ._deps import ply
+from ._deps import splat_data as splat_io  # not to shadow splat_data() below
 
 log = logging.getLogger(__name__)
 
@@ -405,7 +405,7 @@ def mesh_object_from_arrays(name: str, vertices: np.ndarray, faces: np.ndarray, 
 def store_splat_data(obj: bpy.types.Object, data) -> None:
     """Write a file's SplatData (pre-activation) onto the object: state attributes + exact ``i3d_ply_*``."""
     mesh = _check_mesh_object(obj)
-    apply_state(obj, ply.splat_to_state(data))
+    apply_state(obj, splat_io.splat_to_state(data))
     _remove_attrs(mesh, PLY_PREFIX)
     _write_attr(mesh, _PLY_DC, "FLOAT_VECTOR", data.sh_dc)
     _write_attr(mesh, _PLY_OPACITY, "FLOAT", data.opacity_logits)
@@ -433,7 +433,7 @@ def splat_data(obj: bpy.types.Object):
 
 def _splat_data_of(mesh: bpy.types.Mesh, label: str):
     state = _state_of(mesh, label)
-    derived = ply.state_to_splat(state)
+    derived = splat_io.state_to_splat(state)
     raw = {name: _read_attr(mesh, name) for name in (_PLY_DC, _PLY_OPACITY, _PLY_SCALE, _PLY_ROT, _PLY_NORMAL)}
     n = state.shape[0]
     rest_names = sorted((a.name for a in mesh.attributes if a.name.startswith(_PLY_REST)),
@@ -449,7 +449,7 @@ def _splat_data_of(mesh: bpy.types.Mesh, label: str):
         return derived
 
     # Which file values still activate to what is displayed (exactly: same float32 code path as import).
-    file_state = ply.splat_to_state(ply.SplatData(
+    file_state = splat_io.splat_to_state(splat_io.SplatData(
         means=state[:, 0:3], sh_dc=raw[_PLY_DC], sh_rest=np.zeros((n, 0, 3), np.float32),
         opacity_logits=raw[_PLY_OPACITY], log_scales=raw[_PLY_SCALE], quats=raw[_PLY_ROT]))
     same_color = np.all(file_state[:, 3:6] == state[:, 3:6], axis=1)
@@ -457,7 +457,7 @@ def _splat_data_of(mesh: bpy.types.Mesh, label: str):
     same_scale = np.all(file_state[:, 7:10] == state[:, 7:10], axis=1)
     same_rot = np.all(file_state[:, 10:14] == state[:, 10:14], axis=1)
     sh_rest[~same_color] = 0.0
-    return ply.SplatData(
+    return splat_io.SplatData(
         means=state[:, 0:3].copy(),
         sh_dc=np.where(same_color[:, None], raw[_PLY_DC], derived.sh_dc),
         sh_rest=sh_rest,
@@ -491,7 +491,7 @@ def transform_splat_data(data, matrix: np.ndarray):
     evecs[:, :, 2] *= np.where(det < 0, -1.0, 1.0)[:, None]  # a proper rotation (det +1)
     new_q = _matrix_to_quat(evecs)
     means = data.means.astype(np.float64) @ a.T + t
-    return ply.SplatData(
+    return splat_io.SplatData(
         means=means.astype(np.float32), sh_dc=data.sh_dc.copy(), sh_rest=data.sh_rest.copy(),
         opacity_logits=data.opacity_logits.copy(),
         log_scales=(0.5 * np.log(np.maximum(evals, 1e-300))).astype(np.float32),

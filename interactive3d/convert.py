@@ -1,6 +1,6 @@
 """``i3d convert IN OUT``: between every splat format the project reads and writes (INRIA .ply, SuperSplat's
 compressed .ply, antimatter15 .splat, Niantic .spz), with the same reader and writer code the backend and
-the add-on use (protocol.ply.read_any / write_any). The input's format comes from its content, the
+the add-on use (protocol.splats.read_any / write_any). The input's format comes from its content, the
 output's from its name (``x.compressed.ply`` is compressed) or ``--to``."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 
 def add_convert(sub: argparse._SubParsersAction) -> None:
-    from interactive3d.protocol.ply import SPLAT_FORMATS
+    from interactive3d.protocol.splats import SPLAT_FORMATS
 
     p = sub.add_parser(
         "convert",
@@ -37,7 +37,7 @@ def _lost(data, fmt: str) -> str | None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import splats
 
     try:
         if not os.path.isfile(args.input):
@@ -46,11 +46,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             raise FileExistsError(f"{args.output!r} exists (use --force to overwrite)")
         if os.path.abspath(args.input) == os.path.abspath(args.output):
             raise ValueError("IN and OUT are the same file")
-        src_fmt = ply.format_of(args.input)
-        out_fmt = args.to or ply.format_of(args.output, sniff=False)
-        data = ply.read_any(args.input, fmt=src_fmt)
+        src_fmt = splats.format_of(args.input)
+        out_fmt = args.to or splats.format_of(args.output, sniff=False)
+        data = splats.read_any(args.input, fmt=src_fmt)
         lost = _lost(data, out_fmt)
-        ply.write_any(args.output, data, fmt=out_fmt)
+        splats.write_any(args.output, data, fmt=out_fmt)
     except (OSError, ValueError) as exc:  # PlyFormatError is a ValueError
         sys.stderr.write(f"i3d convert: {exc}\n")
         return 2

@@ -455,7 +455,7 @@ def _timed(stages: dict, name: str, t0: float, **fields) -> dict:
 def _pipeline(backend: Backend, out: Path, cfg: DemoConfig, obj, reference: np.ndarray, hat: np.ndarray, stages: dict,
               texture: bool = True) -> None:
     """Every backend step of the demo, each one protocol op (or job) and its measured numbers."""
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import ply, splat_data
 
     # Session; the oracle's reference goes over the wire (points + colours), so a remote backend works too.
     t0 = time.perf_counter()
@@ -546,7 +546,7 @@ def _pipeline(backend: Backend, out: Path, cfg: DemoConfig, obj, reference: np.n
         "parts": res_parts(backend),
     }
 
-    ply.write_ply(out / "splats.ply", ply.state_to_splat(edited))
+    ply.write_ply(out / "splats.ply", splat_data.state_to_splat(edited))
     scene = {"after": edited, "before": before}
     missing = sorted(STAGE2_OPS - set(backend.pong.get("ops", [])))
     if missing:

@@ -140,7 +140,7 @@ def run_generate(
     its last checkpoint) and finished stages are not run again; without a usable checkpoint it starts over.
     ``device`` is the spawned backend's (``cpu``, ``cuda``, ``auto``).
     """
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import ply, splat_data
 
     if not cfg.prompt.strip():
         raise PipelineError("prompt must not be empty")
@@ -239,7 +239,7 @@ def run_generate(
             backend.close()
             if proc is not None:
                 stop_backend(proc)
-    ply.write_ply(out / "splats.ply", ply.state_to_splat(state))
+    ply.write_ply(out / "splats.ply", splat_data.state_to_splat(state))
     if cfg.blend and not _installed("bpy"):
         stages["blender"] = {"skipped": "no bpy module: pip install 'interactive3d[blender]'"}
         log.warning("scene.blend skipped: no bpy module (pip install 'interactive3d[blender]')")

@@ -25,7 +25,7 @@ import os
 import numpy as np
 
 from .files import atomic_write
-from .ply import SH_C0, PlyFormatError, SplatData, _sigmoid, open_source, parse_ply_elements, source_name
+from .splat_data import SH_C0, PlyFormatError, SplatData, open_source, parse_ply_elements, sigmoid, source_name
 
 CHUNK = 256
 _CHUNK_BOUNDS = ("min_x", "min_y", "min_z", "max_x", "max_y", "max_z",
@@ -157,7 +157,7 @@ def compressed_ply_bytes(data: SplatData) -> bytes:
     rgb = 0.5 + SH_C0 * data.sh_dc[order].astype(np.float64)
     q = data.quats[order].astype(np.float64)
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-    alpha = _sigmoid(data.opacity_logits[order]).astype(np.float64)
+    alpha = sigmoid(data.opacity_logits[order]).astype(np.float64)
     chunks = -(-n // CHUNK)
     pad = chunks * CHUNK - n  # the last chunk's bounds come from its real rows only
 

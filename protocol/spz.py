@@ -33,7 +33,7 @@ import zlib
 import numpy as np
 
 from .files import atomic_write
-from .ply import PlyFormatError, SplatData, _sigmoid, open_source, source_name
+from .splat_data import PlyFormatError, SplatData, open_source, sigmoid, source_name
 
 MAGIC = 0x5053474E  # "NGSP" little-endian
 COLOR_SCALE = 0.15
@@ -206,7 +206,7 @@ def spz_bytes(data: SplatData, fractional_bits: int = 12, sh1_bits: int = 5, sh_
                              f"fractional bits; the largest is {np.abs(data.means).max():g}")
     fixed &= 0xFFFFFF
     pos = np.stack([fixed & 0xFF, (fixed >> 8) & 0xFF, (fixed >> 16) & 0xFF], axis=-1).astype(np.uint8).reshape(n, 9)
-    alpha = _to_u8(_sigmoid(data.opacity_logits).astype(np.float64) * 255.0)
+    alpha = _to_u8(sigmoid(data.opacity_logits).astype(np.float64) * 255.0)
     color = _to_u8(data.sh_dc.astype(np.float64) * (COLOR_SCALE * 255.0) + 127.5)
     scale = _to_u8((data.log_scales.astype(np.float64) + 10.0) * 16.0)
     q = data.quats.astype(np.float64) * _Q_FLIP

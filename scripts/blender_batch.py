@@ -148,10 +148,10 @@ def spawn_backend(python: str, address: str, out: Path, model: str | None = None
 def write_demo_reference(python: str, path: Path, n: int = 6000) -> None:
     """The demo object's reference Gaussians as a 3DGS .ply (made by the backend's Python: trimesh)."""
     code = (
-        "import sys; from interactive3d import sample; from interactive3d.protocol import ply\n"
+        "import sys; from interactive3d import sample; from interactive3d.protocol import ply, splat_data\n"
         "o = sample.build_sample_object(); s = sample.sample_surface(o, int(sys.argv[2]))\n"
         "st = sample.surface_state(s, sum(p.mesh.area for p in o.parts))\n"
-        "ply.write_ply(sys.argv[1], ply.state_to_splat(st))\n"
+        "ply.write_ply(sys.argv[1], splat_data.state_to_splat(st))\n"
     )
     subprocess.run([python, "-c", code, str(path), str(n)], check=True, capture_output=True, timeout=120)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from interactive3d.protocol import ply as ply_io
 from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
-from interactive3d.protocol.ply import PlyFormatError
+from interactive3d.protocol.splat_data import PlyFormatError
 
 from ..stage1 import init as init_mod
 from ..stage1.gaussians import Gaussians, init_random, make_optimizers

@@ -14,7 +14,8 @@ import os
 
 import numpy as np
 import torch
-from interactive3d.protocol import ply as ply_io
+from interactive3d.protocol import ply as ply_io, splats
+from interactive3d.protocol.splat_data import SplatData
 from torch import Tensor
 
 from .gaussians import Gaussians, init_random, num_sh_bases
@@ -214,7 +215,7 @@ def init_from_mesh(
     return init_from_points(points, np.clip(rgb, 0.0, 1.0), opacity=opacity, sh_degree=sh_degree, device=device)
 
 
-def ply_to_gaussians(data: ply_io.SplatData, device: torch.device | str = "cpu") -> Gaussians:
+def ply_to_gaussians(data: SplatData, device: torch.device | str = "cpu") -> Gaussians:
     """SplatData (pre-activation, from a .ply) → Gaussians, bit-exact.
 
     SH bands beyond the largest complete degree are dropped with a warning (e.g. 10 rest bands → degree 2).
@@ -242,10 +243,10 @@ def ply_to_gaussians(data: ply_io.SplatData, device: torch.device | str = "cpu")
     return Gaussians(params=params, sh_degree=degree)
 
 
-def gaussians_to_ply(g: Gaussians) -> ply_io.SplatData:
+def gaussians_to_ply(g: Gaussians) -> SplatData:
     """Gaussians → SplatData (pre-activation; INRIA layout when written), bit-exact."""
     p = {k: v.detach().cpu().float().numpy() for k, v in g.params.items()}
-    return ply_io.SplatData(
+    return SplatData(
         means=p["means"].copy(),
         sh_dc=p["sh"][:, 0, :].copy(),
         sh_rest=p["sh"][:, 1:, :].copy(),
@@ -256,10 +257,10 @@ def gaussians_to_ply(g: Gaussians) -> ply_io.SplatData:
 
 
 def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gaussians:
-    """Read a splat file (INRIA or compressed .ply, .splat, .spz: protocol.ply.read_any) into Gaussians (FileNotFoundError / PlyFormatError / ValueError)."""
+    """Read a splat file (INRIA or compressed .ply, .splat, .spz: protocol.splats.read_any) into Gaussians (FileNotFoundError / PlyFormatError / ValueError)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f".ply file not found: {os.fspath(path)}")
-    return ply_to_gaussians(ply_io.read_any(path), device=device)
+    return ply_to_gaussians(splats.read_any(path), device=device)
 
 
 def save_ply(g: Gaussians, path: str | os.PathLike) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import bpy
 
 from .. import connection, splat
-from .._deps import ply
+from .._deps import splats
 from .connection import ensure_timer, is_blocking, run_request, splat_object
 
 # The backend part that holds the Blender selection while a transform is in progress.
@@ -328,7 +328,7 @@ class I3D_OT_add_part(bpy.types.Operator):
             # does, keeping the SH bands a state frame would drop. Checked here first, so a bad file says so at once.
             path = bpy.path.abspath(self.filepath)
             try:
-                ply.read_any(path)
+                splats.read_any(path)
                 with open(path, "rb") as f:
                     content = f.read()
             except (OSError, ValueError) as exc:

@@ -1,7 +1,7 @@
 """i3d.import_ply / i3d.export_ply: 3D Gaussian Splatting files (INRIA .ply, SuperSplat's compressed .ply,
 antimatter15 .splat, Niantic .spz).
 
-The file format lives in protocol/ply.py (numpy only); these operators only move arrays in and out of
+The file formats live in protocol/ (numpy only; splats.py picks one); these operators only move arrays in and out of
 Blender (splat.py). Coordinates: a file holds Gaussians in one frame; import makes an object whose
 matrix_world is identity, so local = world = the file's frame. Export writes the object's *local*
 coordinates (what the file held on import) unless "Apply Object Transform" is on, which transforms
@@ -17,15 +17,15 @@ import numpy as np
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
 from .. import splat
-from .._deps import ply
+from .._deps import splats
 
-_SPLAT_EXTENSIONS = tuple("." + f for f in ply.SPLAT_FORMATS)
+_SPLAT_EXTENSIONS = tuple("." + f for f in splats.SPLAT_FORMATS)
 
 
 def import_splat_file(context, filepath: str, display: str = "AUTO") -> bpy.types.Object:
-    """Read a splat file (any format ply.read_any knows) and build a splat object in the active collection;
+    """Read a splat file (any format splats.read_any knows) and build a splat object in the active collection;
     returns it (raises on error)."""
-    data = ply.read_any(filepath)
+    data = splats.read_any(filepath)
     base = os.path.basename(filepath)
     name = base[: -len(".compressed.ply")] if base.lower().endswith(".compressed.ply") else os.path.splitext(base)[0]
     name = name or "splats"
@@ -51,7 +51,7 @@ def export_splat_file(obj: bpy.types.Object, filepath: str, apply_transform: boo
         if data.sh_rest.size and np.any(data.sh_rest) and not np.allclose(linear, np.eye(3)):
             warnings.append("higher spherical-harmonics bands were not rotated with the object "
                             "(view-dependent colour keeps its old orientation)")
-    ply.write_any(filepath, data)
+    splats.write_any(filepath, data)
     return warnings
 
 

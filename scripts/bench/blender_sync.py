@@ -133,11 +133,11 @@ def _bench_ply(bpy, n: int) -> None:
     import tempfile
 
     from interactive3d.blender_addon.operators.io import export_splat_file, import_splat_file
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import ply, splat_data
 
     rng = np.random.default_rng(0)
     f = np.float32
-    data = ply.SplatData(
+    data = splat_data.SplatData(
         means=rng.normal(size=(n, 3)).astype(f), sh_dc=rng.normal(size=(n, 3)).astype(f),
         sh_rest=rng.normal(size=(n, 15, 3)).astype(f) * 0.1, opacity_logits=rng.normal(size=n).astype(f),
         log_scales=rng.uniform(-5, -1, (n, 3)).astype(f), quats=rng.normal(size=(n, 4)).astype(f))

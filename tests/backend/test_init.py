@@ -8,7 +8,7 @@ import torch
 import trimesh
 from interactive3d.backend.stage1 import init as init_mod
 from interactive3d.backend.stage1.gaussians import init_random
-from interactive3d.protocol import ply as ply_io
+from interactive3d.protocol import splat_data
 
 
 def _random_gaussians(n=50, degree=1, seed=0):
@@ -41,7 +41,7 @@ def test_splatdata_to_gaussians_and_back_bit_exact():
     """SplatData → Gaussians → SplatData keeps means, SH, opacity logits, log scales, quaternions exactly."""
     rng = np.random.default_rng(0)
     n = 20
-    d = ply_io.SplatData(
+    d = splat_data.SplatData(
         means=rng.normal(size=(n, 3)).astype(np.float32), sh_dc=rng.normal(size=(n, 3)).astype(np.float32),
         sh_rest=rng.normal(size=(n, 8, 3)).astype(np.float32), opacity_logits=rng.normal(size=n).astype(np.float32),
         log_scales=rng.normal(size=(n, 3)).astype(np.float32), quats=rng.normal(size=(n, 4)).astype(np.float32),
@@ -122,7 +122,7 @@ def test_missing_files_and_zero_gaussians(tmp_path):
         init_mod.load_ply(tmp_path / "nope.ply")
     with pytest.raises(FileNotFoundError):
         init_mod.init_from_mesh(tmp_path / "nope.obj")
-    empty = ply_io.SplatData(
+    empty = splat_data.SplatData(
         means=np.zeros((0, 3), np.float32), sh_dc=np.zeros((0, 3), np.float32), sh_rest=np.zeros((0, 0, 3), np.float32),
         opacity_logits=np.zeros(0, np.float32), log_scales=np.zeros((0, 3), np.float32), quats=np.zeros((0, 4), np.float32),
     )

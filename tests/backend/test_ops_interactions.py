@@ -223,12 +223,12 @@ def test_history_survives_checkpoint_and_resume(tmp_path):
 def test_add_from_ply_and_state_first(client, session, tmp_path):
     """parts.add from a .ply path with a [4,4] buffer, and from [state, matrix] (the add-on's order):
     the merged centres equal the file's / payload's centres moved by the matrix (to 1e-6)."""
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import ply, splat_data, splats
 
     before, _ = _state(client, session)
     payload = before[:20].copy()
     path = tmp_path / "part.ply"
-    ply.write_ply(path, ply.state_to_splat(payload))
+    ply.write_ply(path, splat_data.state_to_splat(payload))
     m = np.eye(4, dtype=np.float32)
     m[:3, 3] = (0.0, 0.0, 1.5)
     r = client.request("parts.add", {"session": session, "name": "fromfile", "path": str(path)}, [m]).result
@@ -247,12 +247,12 @@ def test_add_from_file_frame_like_load_ply(client, session, tmp_path):
     protocol.ply.read_any's 300 Gaussians; a frame over the server's file cap is too_large and changes nothing."""
     from pathlib import Path
 
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import ply, splat_data, splats
 
     before, _ = _state(client, session)
     payload = before[:20].copy()
     path = tmp_path / "part.ply"
-    ply.write_ply(path, ply.state_to_splat(payload))
+    ply.write_ply(path, splat_data.state_to_splat(payload))
     blob = np.frombuffer(path.read_bytes(), np.uint8)
     m = np.eye(4, dtype=np.float32)
     m[:3, 3] = (0.0, 0.0, 1.5)
@@ -264,7 +264,7 @@ def test_add_from_file_frame_like_load_ply(client, session, tmp_path):
         np.testing.assert_allclose(st[-20:, :3], payload[:, :3] + [0.0, 0.0, 1.5], atol=1e-6)
         np.testing.assert_allclose(st[-20:, 3:], payload[:, 3:], atol=1e-6)
     spz = Path(__file__).resolve().parents[1] / "fixtures" / "splats" / "source_v4.spz"
-    want = ply.splat_to_state(ply.read_any(str(spz)))
+    want = splat_data.splat_to_state(splats.read_any(str(spz)))
     r = client.request("parts.add", {"session": session, "name": "spz", "filename": "source_v4.spz"},
                        [np.frombuffer(spz.read_bytes(), np.uint8)]).result
     assert r["added"] == 300

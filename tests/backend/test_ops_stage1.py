@@ -288,13 +288,13 @@ def test_splat_formats_other_tools_write_load_everywhere(server, tmp_path):
     import shutil
     from pathlib import Path
 
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import splat_data, splats
 
     fix = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
     c = server
     for name in ("source.compressed.ply", "source_v3.spz", "source_v4.spz"):
         path = str(shutil.copy(fix / name, tmp_path / name))  # inside the server's data folder (the temp dir)
-        want = ply.splat_to_state(ply.read_any(path))
+        want = splat_data.splat_to_state(splats.read_any(path))
         sid = _session(c)
         assert c.request("gaussians.init", {"session": sid, "kind": "ply", "path": path}).result["count"] == 300
         np.testing.assert_allclose(_state(c, sid), want, atol=1e-6)

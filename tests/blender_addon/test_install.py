@@ -66,14 +66,14 @@ def placeholder(module: str) -> bool:
 
 def install(zip_path: Path, tmp_path: Path) -> dict:
     pytest.importorskip("bpy")
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import ply, splat_data
 
     import numpy as np
 
     ply_path = tmp_path / "three.ply"
     state = np.tile(np.array([[0, 0, 0, 0.5, 0.5, 0.5, 0.9, 0.1, 0.1, 0.1, 1, 0, 0, 0]], np.float32), (3, 1))
     state[:, 0] = (0, 1, 2)
-    ply.write_ply(ply_path, ply.state_to_splat(state))
+    ply.write_ply(ply_path, splat_data.state_to_splat(state))
     user = tmp_path / "user"
     user.mkdir()
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(user))
@@ -104,15 +104,15 @@ def test_zip_layout_and_manifest(tmp_path):
     assert all(reason and not reason.endswith(".") for reason in manifest["permissions"].values())
     assert manifest["wheels"] == []
     assert {"__init__.py", "_deps.py", "splat.py", "operators/io.py", "_vendor/__init__.py",
-            "_vendor/protocol/__init__.py", "_vendor/protocol/ply.py", "_vendor/protocol/spz.py",
+            "_vendor/protocol/__init__.py", "_vendor/protocol/ply.py", "_vendor/protocol/spz.py", "_vendor/protocol/splats.py",
             "_vendor/protocol/compressed_ply.py"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     # the vendored copy alone (as inside Blender: no interactive3d installed) reads the splat formats
     with zipfile.ZipFile(zip_path) as zf:
         zf.extractall(tmp_path / "unzipped")
     fix = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from _vendor.protocol import ply; "
-            "print([ply.read_any(p).n for p in sys.argv[2:]])")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from _vendor.protocol import splats; "
+            "print([splats.read_any(p).n for p in sys.argv[2:]])")
     out = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path / "unzipped"), str(fix / "source_v3.spz"),
                           str(fix / "source.compressed.ply")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[300, 300]", out.stderr[-1000:]

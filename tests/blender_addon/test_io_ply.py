@@ -9,7 +9,7 @@ bpy = pytest.importorskip("bpy")
 
 import interactive3d.blender_addon as addon  # noqa: E402
 from interactive3d.blender_addon import splat  # noqa: E402
-from interactive3d.protocol import ply  # noqa: E402
+from interactive3d.protocol import ply, splat_data, splats  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -20,11 +20,11 @@ def registered_empty_scene():
     yield
 
 
-def random_splats(n: int, sh_degree: int = 1, seed: int = 0) -> ply.SplatData:
+def random_splats(n: int, sh_degree: int = 1, seed: int = 0) -> splat_data.SplatData:
     rng = np.random.default_rng(seed)
     m = (sh_degree + 1) ** 2 - 1
     f = np.float32
-    return ply.SplatData(
+    return splat_data.SplatData(
         means=rng.normal(size=(n, 3)).astype(f), sh_dc=rng.normal(size=(n, 3)).astype(f),
         sh_rest=(0.1 * rng.normal(size=(n, m, 3))).astype(f), opacity_logits=rng.normal(size=n).astype(f),
         log_scales=rng.uniform(-5, -1, (n, 3)).astype(f), quats=rng.normal(size=(n, 4)).astype(f),
@@ -45,7 +45,7 @@ def test_import_gives_attributes_and_modifier_with_the_files_values(tmp_path):
     ply.write_ply(path, data)
     obj = import_file(path)
     assert splat.is_splat_object(obj) and len(obj.data.vertices) == 400
-    want = ply.splat_to_state(ply.read_ply(path))
+    want = splat_data.splat_to_state(ply.read_ply(path))
     np.testing.assert_array_equal(splat.read_state(obj), want)
     mod = obj.modifiers[splat.MODIFIER_NAME]
     assert mod.type == "NODES" and mod.node_group.name == "I3D Splats"
@@ -83,7 +83,7 @@ def test_export_after_a_state_update_keeps_untouched_rows_exact(tmp_path):
     out = ply.read_ply(dst)
     for field in ("means", "sh_dc", "sh_rest", "opacity_logits", "log_scales", "quats", "normals"):
         np.testing.assert_array_equal(getattr(out, field)[50:], getattr(data, field)[50:], err_msg=field)
-    np.testing.assert_allclose(ply.splat_to_state(out)[:50], state[:50], atol=1e-6)
+    np.testing.assert_allclose(splat_data.splat_to_state(out)[:50], state[:50], atol=1e-6)
     assert not out.sh_rest[:50].any()
 
 
@@ -129,7 +129,7 @@ def test_splat_format_round_trip(tmp_path):
     ply.write_splat(src, data)
     import_file(src)
     assert bpy.ops.i3d.export_ply(filepath=str(dst)) == {"FINISHED"}
-    a, b = ply.splat_to_state(ply.read_splat(src)), ply.splat_to_state(ply.read_splat(dst))
+    a, b = splat_data.splat_to_state(ply.read_splat(src)), splat_data.splat_to_state(ply.read_splat(dst))
     np.testing.assert_array_equal(b[:, 0:3], a[:, 0:3])
     np.testing.assert_allclose(b[:, 3:7], a[:, 3:7], atol=1.01 / 255)
     np.testing.assert_allclose(b[:, 7:10], a[:, 7:10], rtol=1e-6)
@@ -172,7 +172,7 @@ def test_import_reads_supersplat_and_spz_files(name):
     path = Path(__file__).resolve().parents[1] / "fixtures" / "splats" / name
     obj = import_file(path)
     assert obj.name == name.split(".")[0] and len(obj.data.vertices) == 300
-    np.testing.assert_array_equal(splat.read_state(obj), ply.splat_to_state(ply.read_any(path)))
+    np.testing.assert_array_equal(splat.read_state(obj), splat_data.splat_to_state(splats.read_any(path)))
     assert "*.spz" in bpy.ops.i3d.import_ply.get_rna_type().properties["filter_glob"].default
 
 
@@ -188,8 +188,8 @@ def test_export_writes_spz_and_compressed_ply_by_name(tmp_path, ext):
     import_file(src)
     dst = tmp_path / ("out" + ext)
     assert bpy.ops.i3d.export_ply(filepath=str(dst)) == {"FINISHED"}
-    assert ply.format_of(dst) == ext.lstrip(".")
-    back = ply.read_any(dst)
+    assert splats.format_of(dst) == ext.lstrip(".")
+    back = splats.read_any(dst)
     from scipy.spatial import cKDTree
 
     d, _ = cKDTree(back.means).query(data.means)

@@ -208,10 +208,10 @@ def test_generate_with_oracle_guidance_then_semantic_edit(conn, tmp_path):
     guidance): 'done', and every unselected splat keeps its position bit for bit."""
     if "stage1.start" not in conn.server_info.get("ops", []):
         pytest.skip("the backend has no stage1.start op yet")
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import ply, splat_data
 
     ref = tmp_path / "ref.ply"
-    ply.write_ply(str(ref), ply.state_to_splat(random_state(200, seed=5, spread=0.4)))
+    ply.write_ply(str(ref), splat_data.state_to_splat(random_state(200, seed=5, spread=0.4)))
     conn.call("gaussians.init", {"kind": "random", "n": 256, "radius": 0.5, "seed": 1}, kind="edit")
     obj = bpy.data.objects[conn.object_name]
     init = splat.read_state(obj)
@@ -238,10 +238,10 @@ def test_generate_with_oracle_guidance_then_semantic_edit(conn, tmp_path):
 def _generate_then_aim_drag(conn, tmp_path, drag_steps: int) -> str:
     """Start i3d.generate (oracle, 100000 steps, not waiting) until it reported 3 steps, and aim the drag
     (rigid, the first splat 0.2 up, radius 0.3); returns the Stage I job id."""
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import ply, splat_data
 
     ref = tmp_path / "ref.ply"
-    ply.write_ply(str(ref), ply.state_to_splat(random_state(200, seed=5, spread=0.4)))
+    ply.write_ply(str(ref), splat_data.state_to_splat(random_state(200, seed=5, spread=0.4)))
     conn.call("gaussians.init", {"kind": "random", "n": 256, "radius": 0.5, "seed": 1}, kind="edit")
     p = bpy.context.scene.i3d
     p.steps, p.guidance = 100_000, "oracle"
@@ -337,12 +337,12 @@ def test_add_part_from_a_ply_lands_at_its_world_place(conn, tmp_path):
     """A .ply (its frame = world) added to a session whose object is moved and scaled ×2: the object
     grows from 300 to 350 vertices and the 50 new splats' world positions equal the file's (≤ 1e-5), their
     world-space scales too (local scales halve: ≤ 1e-6 relative to the ×2 object)."""
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import ply, splat_data
 
     obj, _ = adopted_object()
     part = random_state(50, seed=9, spread=0.3)
     path = tmp_path / "part.ply"
-    ply.write_ply(str(path), ply.state_to_splat(part))
+    ply.write_ply(str(path), splat_data.state_to_splat(part))
     assert bpy.ops.i3d.add_part(filepath=str(path), name="extra") == {"FINISHED"}
     assert len(obj.data.vertices) == 350
     np.testing.assert_allclose(world_positions(obj)[300:], part[:, :3], atol=1e-5)
@@ -363,10 +363,10 @@ def test_generate_with_preview_preset_runs_the_scaled_schedule(conn, tmp_path):
     """i3d.generate with the Preview preset (oracle guidance on 256 random points, renders 24² by the operator):
     the backend resolves the preset for its CPU (600 → 60 Stage I steps, said in the note shown in the panel)
     and the job runs those 60 steps to 'done' although the panel says 7."""
-    from interactive3d.protocol import ply
+    from interactive3d.protocol import ply, splat_data
 
     ref = tmp_path / "ref.ply"
-    ply.write_ply(str(ref), ply.state_to_splat(random_state(200, seed=5, spread=0.4)))
+    ply.write_ply(str(ref), splat_data.state_to_splat(random_state(200, seed=5, spread=0.4)))
     p = bpy.context.scene.i3d
     conn.call("gaussians.init", {"kind": "random", "n": 256, "radius": 0.5, "seed": 1}, kind="edit")
     p.guidance, p.preset, p.steps = "oracle", "preview", 7

@@ -10,7 +10,7 @@ bpy = pytest.importorskip("bpy")
 bmesh = pytest.importorskip("bmesh")
 
 from interactive3d.blender_addon import geometry_nodes, splat  # noqa: E402
-from interactive3d.protocol import ply  # noqa: E402
+from interactive3d.protocol import splat_data  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +167,7 @@ def test_transform_splat_data_is_exact_for_any_affine(kind):
     """μ' = Aμ + t and Σ' = AΣAᵀ (relative error < 1e-5) for a similarity, a non-uniform scale with shear
     and a mirror; output quaternions are unit with w ≥ 0."""
     rng = np.random.default_rng(3)
-    data = ply.state_to_splat(random_state(300, seed=3))
+    data = splat_data.state_to_splat(random_state(300, seed=3))
     m = np.eye(4)
     angle = 0.7
     rot = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])

@@ -7,19 +7,19 @@ import numpy as np
 import plyfile
 import pytest
 
-from interactive3d.protocol import ply
+from interactive3d.protocol import ply, splat_data, splats
 
 
-def _random_splats(n: int = 257, m: int = 3, seed: int = 0) -> ply.SplatData:
+def _random_splats(n: int = 257, m: int = 3, seed: int = 0) -> splat_data.SplatData:
     rng = np.random.default_rng(seed)
     f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
-    return ply.SplatData(
+    return splat_data.SplatData(
         means=f(n, 3), sh_dc=f(n, 3), sh_rest=f(n, m, 3), opacity_logits=f(n), log_scales=f(n, 3) - 3,
         quats=f(n, 4), normals=f(n, 3), extra={"label": rng.integers(0, 5, n).astype(np.float32)},
     )
 
 
-def _fields(d: ply.SplatData):
+def _fields(d: splat_data.SplatData):
     return [d.means, d.sh_dc, d.sh_rest, d.opacity_logits, d.log_scales, d.quats, d.normals, d.extra["label"]]
 
 
@@ -86,7 +86,7 @@ def test_reads_files_from_other_writers(tmp_path):
 def test_bad_files_raise_format_errors(tmp_path, content, fragment):
     path = tmp_path / "bad.ply"
     path.write_bytes(content)
-    with pytest.raises(ply.PlyFormatError, match=fragment):
+    with pytest.raises(splat_data.PlyFormatError, match=fragment):
         ply.read_ply(path)
 
 
@@ -95,7 +95,7 @@ def test_truncated_body_is_reported(tmp_path):
     ply.write_ply(path, _random_splats(n=20))
     raw = path.read_bytes()
     path.write_bytes(raw[:-7])
-    with pytest.raises(ply.PlyFormatError, match="truncated"):
+    with pytest.raises(splat_data.PlyFormatError, match="truncated"):
         ply.read_ply(path)
 
 
@@ -104,10 +104,10 @@ def test_state_frame_conversion_round_trip():
     data = _random_splats(n=100, m=0)
     # |dc| < 1.7 keeps rgb = 0.5 + C0·dc inside [0,1], so no clamping happens
     data.sh_dc = np.random.default_rng(2).uniform(-1.7, 1.7, (100, 3)).astype(np.float32)
-    state = ply.splat_to_state(data)
+    state = splat_data.splat_to_state(data)
     assert state.shape == (100, 14) and state.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(state[:, 10:], axis=1), 1.0, atol=1e-6)
-    back = ply.state_to_splat(state)
+    back = splat_data.state_to_splat(state)
     np.testing.assert_allclose(back.opacity_logits, data.opacity_logits, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(back.log_scales, data.log_scales, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(back.sh_dc, data.sh_dc, rtol=1e-5, atol=1e-5)
@@ -120,8 +120,8 @@ def test_splat_format_round_trip_within_quantisation(tmp_path):
     path = tmp_path / "a.splat"
     ply.write_splat(path, data)
     assert path.stat().st_size == 64 * 32
-    back = ply.read_any(path)
-    a, b = ply.splat_to_state(data), ply.splat_to_state(back)
+    back = splats.read_any(path)
+    a, b = splat_data.splat_to_state(data), splat_data.splat_to_state(back)
     np.testing.assert_array_equal(a[:, 0:3], b[:, 0:3])
     np.testing.assert_allclose(a[:, 7:10], b[:, 7:10], rtol=1e-6)
     assert np.abs(a[:, 3:7] - b[:, 3:7]).max() <= 0.5 / 255 + 1e-6

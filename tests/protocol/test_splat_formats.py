@@ -1,6 +1,6 @@
 """Splat formats other programs write: SuperSplat/PlayCanvas compressed .ply and Niantic's .spz
-(protocol/compressed_ply.py, protocol/spz.py) and the one entry point for every format (ply.read_any /
-ply.write_any). The fixtures were written by splat-transform 2.7.1 (tests/fixtures/splats/README.md);
+(protocol/compressed_ply.py, protocol/spz.py) and the one entry point for every format (splats.read_any /
+splats.write_any). The fixtures were written by splat-transform 2.7.1 (tests/fixtures/splats/README.md);
 every tolerance below is the format's own quantisation step, derived in the test."""
 
 from pathlib import Path
@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from interactive3d.protocol import compressed_ply, ply, spz
+from interactive3d.protocol import compressed_ply, ply, splat_data, splats, spz
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
-SH_C0 = ply.SH_C0
+SH_C0 = splat_data.SH_C0
 
 
-def _source() -> ply.SplatData:
+def _source() -> splat_data.SplatData:
     return ply.read_ply(FIX / "source.ply")
 
 
@@ -28,7 +28,7 @@ def _unit(q):
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def _match(src: ply.SplatData, got: ply.SplatData) -> np.ndarray:
+def _match(src: splat_data.SplatData, got: splat_data.SplatData) -> np.ndarray:
     """Index into ``got`` of each source Gaussian (files may reorder: compressed .ply is Morton-sorted)."""
     assert got.n == src.n
     _, idx = cKDTree(got.means).query(src.means)
@@ -36,7 +36,7 @@ def _match(src: ply.SplatData, got: ply.SplatData) -> np.ndarray:
     return idx
 
 
-def _errors(src: ply.SplatData, got: ply.SplatData) -> dict:
+def _errors(src: splat_data.SplatData, got: splat_data.SplatData) -> dict:
     o = _match(src, got)
     return {
         "pos": np.abs(got.means[o] - src.means).max(axis=0),  # per axis
@@ -49,7 +49,7 @@ def _errors(src: ply.SplatData, got: ply.SplatData) -> dict:
     }
 
 
-def _check_compressed(src: ply.SplatData, got: ply.SplatData) -> None:
+def _check_compressed(src: splat_data.SplatData, got: splat_data.SplatData) -> None:
     """Compressed .ply steps: 11/10/11 bits of the (≤ whole-object) extent, 8 bits of each chunk's colour
     range (≤ the whole range), 8-bit opacity, 10-bit quaternion components, SH to 1/32."""
     e = _errors(src, got)
@@ -65,7 +65,7 @@ def _check_compressed(src: ply.SplatData, got: ply.SplatData) -> None:
     assert e["rest"] <= 0.5 * 8 / 256 + 1e-6
 
 
-def _check_spz(src: ply.SplatData, got: ply.SplatData) -> None:
+def _check_spz(src: splat_data.SplatData, got: splat_data.SplatData) -> None:
     """.spz steps: 2^-12 positions, 1/16 log scales, 1/(0.15·255) f_dc, 1/255 opacity; degree-1 SH keeps
     5 bits of its int8 code (buckets of 8/128) plus the code's own 1/128 rounding."""
     e = _errors(src, got)
@@ -82,13 +82,15 @@ def test_reads_splat_transform_compressed_ply_within_its_quantisation():
     field's step (measured: positions 9.0e-4, f_dc 9.7e-3, opacity 1.9e-3) through every entry point."""
     src = _source()
     path = FIX / "source.compressed.ply"
-    assert ply.format_of(path) == "compressed.ply"
-    got = ply.read_any(path)
+    assert splats.format_of(path) == "compressed.ply"
+    got = splats.read_any(path)
     _check_compressed(src, got)
     assert got.sh_degree == 1
-    # read_ply (what the backend's .ply paths call) and bytes give the same arrays
-    for other in (ply.read_ply(path), ply.read_any(path.read_bytes())):
+    # the format's own reader and bytes give the same arrays; the INRIA reader names the format it refuses
+    for other in (compressed_ply.read_compressed_ply(path), splats.read_any(path.read_bytes())):
         assert other.means.tobytes() == got.means.tobytes() and other.sh_rest.tobytes() == got.sh_rest.tobytes()
+    with pytest.raises(splat_data.PlyFormatError, match="compressed .ply"):
+        ply.read_ply(path)
 
 
 @pytest.mark.parametrize("name", ["source_v3.spz", "source_v4.spz"])
@@ -96,14 +98,14 @@ def test_reads_splat_transform_spz_within_its_quantisation(name):
     """Niantic's .spz v3 (gzip) and v4 (ZSTD streams), written by splat-transform from source.ply, read
     back in the .ply's frame (the RUB ↔ RDF flip undone) within the format's steps."""
     src = _source()
-    got = ply.read_any(FIX / name)
+    got = splats.read_any(FIX / name)
     _check_spz(src, got)
     assert got.sh_degree == 1
 
 
 def test_spz_v3_and_v4_decode_to_the_same_numbers():
     """Two containers, one quantisation: v3 and v4 of the same Gaussians decode bit for bit alike."""
-    a, b = ply.read_any(FIX / "source_v3.spz"), ply.read_any(FIX / "source_v4.spz")
+    a, b = splats.read_any(FIX / "source_v3.spz"), splats.read_any(FIX / "source_v4.spz")
     for f in ("means", "sh_dc", "sh_rest", "opacity_logits", "log_scales", "quats"):
         assert getattr(a, f).tobytes() == getattr(b, f).tobytes(), f
 
@@ -122,7 +124,7 @@ def test_splat_transform_reads_our_files_as_we_do():
     assert compressed_ply.compressed_ply_bytes(src) == (FIX / "ours.compressed.ply").read_bytes()
     for ours, theirs in (("ours.spz", "ours.spz.by-splat-transform.ply"),
                          ("ours.compressed.ply", "ours.compressed.by-splat-transform.ply")):
-        a, b = ply.read_any(FIX / ours), ply.read_ply(FIX / theirs)
+        a, b = splats.read_any(FIX / ours), ply.read_ply(FIX / theirs)
         o = _match(a, b)
         np.testing.assert_allclose(b.means[o], a.means, atol=1e-6)
         np.testing.assert_allclose(b.log_scales[o], a.log_scales, atol=1e-5)
@@ -132,9 +134,9 @@ def test_splat_transform_reads_our_files_as_we_do():
         assert (1 - np.abs((_unit(b.quats[o]) * _unit(a.quats)).sum(axis=1))).max() < 1e-6
 
 
-def _random(n: int, m: int, seed: int = 0, spread: float = 1.0) -> ply.SplatData:
+def _random(n: int, m: int, seed: int = 0, spread: float = 1.0) -> splat_data.SplatData:
     rng = np.random.default_rng(seed)
-    return ply.SplatData(
+    return splat_data.SplatData(
         means=rng.uniform(-spread, spread, (n, 3)).astype(np.float32),
         sh_dc=rng.normal(0, 0.8, (n, 3)).astype(np.float32),
         sh_rest=rng.normal(0, 0.1, (n, m, 3)).astype(np.float32),
@@ -150,10 +152,10 @@ def test_round_trips_hold_each_formats_quantisation(tmp_path, n, m):
     """Our writer → our reader for every SH degree 0–3 and for 1 Gaussian (a chunk of one row, zero
     extent) up to several chunks: within the same steps as the third-party files."""
     src = _random(n, m, seed=n + m)
-    ply.write_any(tmp_path / "a.compressed.ply", src)
-    _check_compressed(src, ply.read_any(tmp_path / "a.compressed.ply"))
-    ply.write_any(tmp_path / "a.spz", src)
-    got = ply.read_any(tmp_path / "a.spz")
+    splats.write_any(tmp_path / "a.compressed.ply", src)
+    _check_compressed(src, splats.read_any(tmp_path / "a.compressed.ply"))
+    splats.write_any(tmp_path / "a.spz", src)
+    got = splats.read_any(tmp_path / "a.spz")
     e = _errors(src, got)
     assert np.all(e["pos"] <= 0.5 / 4096 + 1e-6) and e["log_scale"] <= 0.5 / 16 + 1e-6 and e["quat"] < 1e-5
     assert e["rest"] <= (8 + 0.5) / 128 + 1e-6  # bands ≥ 2 keep 4 bits: buckets of 16/128
@@ -166,14 +168,14 @@ def test_identity_rotations_and_flat_chunks_stay_exact(tmp_path):
     6.9e-4 per component from compressed .ply (its 10-bit unorm has no code for 0: 512/1023 − ½ = 4.9e-4,
     over √½)."""
     n = 5
-    src = ply.SplatData(
+    src = splat_data.SplatData(
         means=np.tile(np.float32([0.25, -0.5, 0.125]), (n, 1)), sh_dc=np.zeros((n, 3), np.float32),
         sh_rest=np.zeros((n, 0, 3), np.float32), opacity_logits=np.zeros(n, np.float32),
         log_scales=np.full((n, 3), -3.0, np.float32), quats=np.tile(np.float32([1, 0, 0, 0]), (n, 1)),
     )
     for name in ("a.compressed.ply", "a.spz"):
-        ply.write_any(tmp_path / name, src)
-        got = ply.read_any(tmp_path / name)
+        splats.write_any(tmp_path / name, src)
+        got = splats.read_any(tmp_path / name)
         np.testing.assert_allclose(got.quats, src.quats, atol=1e-6 if name.endswith(".spz") else 7e-4)
         np.testing.assert_allclose(got.means, src.means, atol=1e-6)
         np.testing.assert_allclose(got.log_scales, src.log_scales, atol=1e-6)
@@ -184,19 +186,19 @@ def test_format_detection_by_magic_and_name(tmp_path):
     """Files are recognised by content first (a misnamed .spz still reads), then by name; bytes need magic
     (or fmt='splat'); unknown inputs get a PlyFormatError naming the supported formats."""
     src = _random(10, 0)
-    ply.write_any(tmp_path / "x.spz", src)
+    splats.write_any(tmp_path / "x.spz", src)
     (tmp_path / "misnamed.ply").write_bytes((tmp_path / "x.spz").read_bytes())
-    assert ply.format_of(tmp_path / "misnamed.ply") == "spz"
-    assert ply.read_any(tmp_path / "misnamed.ply").n == 10
-    assert ply.format_of("out.compressed.ply", sniff=False) == "compressed.ply"
-    assert ply.format_of("out.PLY", sniff=False) == "ply"
+    assert splats.format_of(tmp_path / "misnamed.ply") == "spz"
+    assert splats.read_any(tmp_path / "misnamed.ply").n == 10
+    assert splats.format_of("out.compressed.ply", sniff=False) == "compressed.ply"
+    assert splats.format_of("out.PLY", sniff=False) == "ply"
     ply.write_splat(tmp_path / "x.splat", src)
     raw = (tmp_path / "x.splat").read_bytes()
-    assert ply.read_any(raw, fmt="splat").n == 10
-    with pytest.raises(ply.PlyFormatError, match="fmt='splat'"):
-        ply.read_any(raw)
-    with pytest.raises(ply.PlyFormatError, match=r"\.spz"):
-        ply.format_of("scene.sog", sniff=False)
+    assert splats.read_any(raw, fmt="splat").n == 10
+    with pytest.raises(splat_data.PlyFormatError, match="fmt='splat'"):
+        splats.read_any(raw)
+    with pytest.raises(splat_data.PlyFormatError, match=r"\.spz"):
+        splats.format_of("scene.sog", sniff=False)
 
 
 @pytest.mark.parametrize("damage", ["truncated_spz", "bad_gzip", "v4_toc", "chunk_count", "sh_columns", "big_positions"])
@@ -222,11 +224,11 @@ def test_bad_files_raise_a_typed_error(tmp_path, damage):
         data, match = raw.replace(b"property uchar f_rest_8\n", b"", 1), "sh element"
     else:
         far = _random(3, 0, spread=5000.0)
-        with pytest.raises(ply.PlyFormatError, match="positions must lie within"):
+        with pytest.raises(splat_data.PlyFormatError, match="positions must lie within"):
             spz.spz_bytes(far)
         return
-    with pytest.raises(ply.PlyFormatError, match=match):
-        ply.read_any(data)
+    with pytest.raises(splat_data.PlyFormatError, match=match):
+        splats.read_any(data)
 
 
 def test_a_gzip_bomb_costs_only_its_declared_size():
@@ -238,5 +240,5 @@ def test_a_gzip_bomb_costs_only_its_declared_size():
     header = struct.pack("<IIIBBBB", spz.MAGIC, 3, 1, 0, 12, 0, 0)
     raw = gzip.compress(header + bytes(20) + bytes(200 << 20), compresslevel=1, mtime=0)
     assert len(raw) < 1 << 20
-    got = ply.read_any(raw)
+    got = splats.read_any(raw)
     assert got.n == 1 and np.all(got.means == 0)

@@ -10,28 +10,28 @@ import numpy as np
 import pytest
 
 from interactive3d import cli
-from interactive3d.protocol import ply
+from interactive3d.protocol import ply, splats
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
 EXT = {"ply": ".ply", "compressed.ply": ".compressed.ply", "splat": ".splat", "spz": ".spz"}
 
 
-@pytest.mark.parametrize("src_fmt", ply.SPLAT_FORMATS)
+@pytest.mark.parametrize("src_fmt", splats.SPLAT_FORMATS)
 def test_convert_between_every_pair_equals_the_library(tmp_path, src_fmt, capsys):
     """For each of the 4 × 4 pairs: exit 0, OUT holds exactly the bytes write_any(read_any(IN)) gives, and
     its Gaussians are the source's to within the lossiest format on the way (.splat: 8-bit colour and
     rotation; positions never move more than the compressed .ply's 1/1023 of the 1.6-unit box)."""
     src = ply.read_ply(FIX / "source.ply")
     first = tmp_path / ("in" + EXT[src_fmt])
-    ply.write_any(first, src)
-    for dst_fmt in ply.SPLAT_FORMATS:
+    splats.write_any(first, src)
+    for dst_fmt in splats.SPLAT_FORMATS:
         out = tmp_path / ("out_" + dst_fmt.replace(".", "_") + EXT[dst_fmt])
         assert cli.main(["convert", str(first), str(out)]) == 0
         ref = tmp_path / ("ref" + EXT[dst_fmt])
-        ply.write_any(ref, ply.read_any(first))
+        splats.write_any(ref, splats.read_any(first))
         assert out.read_bytes() == ref.read_bytes()
-        got = ply.read_any(out)
-        assert got.n == src.n and ply.format_of(out) == dst_fmt
+        got = splats.read_any(out)
+        assert got.n == src.n and splats.format_of(out) == dst_fmt
         if dst_fmt != "compressed.ply" and src_fmt != "compressed.ply":  # the only reordering format
             assert np.abs(got.means - src.means).max() <= 1.6 / 1023
         line = capsys.readouterr().out.strip().splitlines()[-1]
@@ -42,7 +42,7 @@ def test_convert_to_overrides_the_name_and_force_guards_outputs(tmp_path, capsys
     """--to spz writes .spz whatever the name; an existing OUT needs --force; .splat warns that SH go."""
     out = tmp_path / "x.bin"
     assert cli.main(["convert", str(FIX / "source_v4.spz"), str(out), "--to", "spz"]) == 0
-    assert ply.format_of(out) == "spz"
+    assert splats.format_of(out) == "spz"
     assert cli.main(["convert", str(FIX / "source_v4.spz"), str(out), "--to", "spz"]) == 2
     assert "--force" in capsys.readouterr().err
     assert cli.main(["convert", str(FIX / "source.ply"), str(tmp_path / "y.splat")]) == 0
