@@ -13,10 +13,13 @@ largest component's index in the top 2 bits and the other three as sign + 9-bit 
 xyzw order; v2: 3 bytes x y z of the w≥0 quaternion as (q + 1)·127.5), SH coefficients int8 as
 q·128 + 128 (coefficient-major, colour innermost).
 
-Coordinates: .spz stores RUB (x right, y up, z back); a 3DGS .ply by convention holds RDF (y down,
-z forward). Like Niantic's tools and splat-transform, reading converts RUB → RDF and writing RDF → RUB
-(y and z negated, quaternion x kept and y, z negated, SH signs by parity), so a .ply and the .spz made
-from it by any of these tools hold the same numbers.
+Coordinates (docs/conventions.md, 'Splat files'): the header does not say which axes a file's numbers use.
+Niantic's format description puts them in RUB (x right, y up, z back; a 3DGS .ply holds RDF: y down, z
+forward), and Niantic's earlier tools and splat-transform 2.x flipped y and z on the way in and out; today's
+readers and writers (splat-transform 3.x, which calls this the format's default "unspecified" coordinate
+system; gsply) pass the numbers through unchanged. So by default (``axes="ply"``) this module does the same: a file
+holds the .ply's own axes. ``axes="rub"`` flips RUB ↔ RDF (y and z negated, quaternion x kept and y, z negated,
+SH signs by parity) for the older files.
 
 Quantisation: positions to 2^-fractionalBits (2^-12 ≈ 0.24 mm when written here), log scales to 1/16,
 opacity 1/255, colour f_dc to 1/(0.15·255) ≈ 0.026, quaternions ≈ 1/1447 per component (v3), SH to 1/128
@@ -36,6 +39,7 @@ from .files import atomic_write
 from .splat_data import PlyFormatError, SplatData, open_source, sigmoid, source_name
 
 MAGIC = 0x5053474E  # "NGSP" little-endian
+SPZ_AXES = ("ply", "rub")  # what an .spz's numbers mean: the .ply's own axes (no flip, default), or RUB
 COLOR_SCALE = 0.15
 _SQRT1_2 = np.sqrt(0.5)
 MAX_POINTS = 1 << 28  # refuse absurd headers before allocating
@@ -116,8 +120,18 @@ def _read_v4(raw: bytes, name: str):
     return 4, (n, degree, frac, flags), b"".join(body)
 
 
-def read_spz(source) -> SplatData:
-    """Read an .spz file (path or bytes), versions 1–4, into SplatData in the .ply (RDF) convention."""
+def _check_axes(axes: str) -> None:
+    if axes not in SPZ_AXES:
+        raise PlyFormatError(f".spz axes must be one of {SPZ_AXES}, got {axes!r}")
+
+
+def read_spz(source, axes: str = "ply") -> SplatData:
+    """Read an .spz file (path or bytes), versions 1–4, into SplatData in the .ply (RDF) convention.
+
+    ``axes``: what the file's numbers mean (the header does not say). ``"ply"`` (default; splat-transform 3.x,
+    gsply): the .ply's own axes, read as stored; ``"rub"`` (splat-transform 2.x, Niantic's earlier tools): RUB,
+    flipped to the .ply's axes."""
+    _check_axes(axes)
     name = source_name(source)
     with open_source(source) as f:
         raw = f.read()
@@ -166,10 +180,10 @@ def read_spz(source) -> SplatData:
     quats = xyzw[:, [3, 0, 1, 2]]
     sh = (parts["sh"].astype(np.float64) - 128.0) / 128.0
     sh_rest = sh.reshape(n, m, 3)
-    # stored RUB → the .ply's RDF
-    means = means * _P_FLIP
-    quats = quats * _Q_FLIP
-    sh_rest = sh_rest * _SH_FLIP[:m, None]
+    if axes == "rub":  # stored RUB → the .ply's RDF
+        means = means * _P_FLIP
+        quats = quats * _Q_FLIP
+        sh_rest = sh_rest * _SH_FLIP[:m, None]
     return SplatData(
         means=means.astype(np.float32), sh_dc=sh_dc.astype(np.float32), sh_rest=sh_rest.astype(np.float32),
         opacity_logits=np.log(alpha / (1 - alpha)).astype(np.float32), log_scales=log_scales.astype(np.float32),
@@ -189,8 +203,12 @@ def _quantise_sh(x: np.ndarray, bits: int) -> np.ndarray:
     return np.clip(q, 0, 255).astype(np.uint8)
 
 
-def spz_bytes(data: SplatData, fractional_bits: int = 12, sh1_bits: int = 5, sh_rest_bits: int = 4) -> bytes:
-    """The .spz (version 3, gzip) encoding of ``data`` (taken to be in the .ply's RDF convention)."""
+def spz_bytes(data: SplatData, fractional_bits: int = 12, sh1_bits: int = 5, sh_rest_bits: int = 4,
+              axes: str = "ply") -> bytes:
+    """The .spz (version 3, gzip) encoding of ``data`` (taken to be in the .ply's RDF convention), stored as given
+    (``axes="ply"``, default) or flipped to RUB (``"rub"``)."""
+    _check_axes(axes)
+    flip = axes == "rub"
     n = data.n
     m = data.sh_rest.shape[1]
     degree = {v: k for k, v in _SH_DIM.items()}.get(m)
@@ -198,7 +216,7 @@ def spz_bytes(data: SplatData, fractional_bits: int = 12, sh1_bits: int = 5, sh_
         raise PlyFormatError(f".spz holds SH degree 0–4; got {m} coefficients per channel")
     if not (0 < fractional_bits <= 23):
         raise PlyFormatError(f"fractional_bits must be in [1, 23], got {fractional_bits}")
-    means = data.means.astype(np.float64) * _P_FLIP
+    means = data.means.astype(np.float64) * (_P_FLIP if flip else 1.0)
     fixed = np.round(means * (1 << fractional_bits)).astype(np.int64)
     limit = 1 << 23
     if fixed.size and (fixed.min() < -limit or fixed.max() >= limit):
@@ -209,7 +227,7 @@ def spz_bytes(data: SplatData, fractional_bits: int = 12, sh1_bits: int = 5, sh_
     alpha = _to_u8(sigmoid(data.opacity_logits).astype(np.float64) * 255.0)
     color = _to_u8(data.sh_dc.astype(np.float64) * (COLOR_SCALE * 255.0) + 127.5)
     scale = _to_u8((data.log_scales.astype(np.float64) + 10.0) * 16.0)
-    q = data.quats.astype(np.float64) * _Q_FLIP
+    q = data.quats.astype(np.float64) * (_Q_FLIP if flip else 1.0)
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
     xyzw = q[:, [1, 2, 3, 0]]
     largest = np.argmax(np.abs(xyzw), axis=1)
@@ -220,7 +238,7 @@ def spz_bytes(data: SplatData, fractional_bits: int = 12, sh1_bits: int = 5, sh_
         mag = np.floor(511.0 * np.abs(xyzw[:, i]) / _SQRT1_2 + 0.5).astype(np.uint32)
         comp = np.where(largest == i, comp, (comp << np.uint32(10)) | (negbit << np.uint32(9)) | np.minimum(mag, 511))
     rot = np.stack([(comp >> np.uint32(s)) & np.uint32(0xFF) for s in (0, 8, 16, 24)], axis=1).astype(np.uint8)
-    sh = (data.sh_rest.astype(np.float64) * _SH_FLIP[:m, None]).reshape(n, 3 * m)
+    sh = (data.sh_rest.astype(np.float64) * (_SH_FLIP[:m, None] if flip else 1.0)).reshape(n, 3 * m)
     sh_q = np.concatenate([_quantise_sh(sh[:, :9], sh1_bits), _quantise_sh(sh[:, 9:], sh_rest_bits)], axis=1) if m else np.zeros((n, 0), np.uint8)
     header = struct.pack("<IIIBBBB", MAGIC, 3, n, degree, fractional_bits, 0, 0)
     body = b"".join([header, pos.tobytes(), alpha.tobytes(), color.tobytes(), scale.tobytes(), rot.tobytes(), sh_q.tobytes()])
@@ -228,5 +246,5 @@ def spz_bytes(data: SplatData, fractional_bits: int = 12, sh1_bits: int = 5, sh_
 
 
 def write_spz(path: str | os.PathLike, data: SplatData, **options) -> None:
-    """Write ``data`` as .spz version 3 (atomic); ``options`` as :func:`spz_bytes`."""
+    """Write ``data`` as .spz version 3 (atomic); ``options`` (``axes`` among them) as :func:`spz_bytes`."""
     atomic_write(path, [spz_bytes(data, **options)])

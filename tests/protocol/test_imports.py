@@ -73,7 +73,7 @@ def test_splat_format_modules_share_only_splat_data():
     """Each splat format module imports only the shared splat_data (and files.atomic_write); only the
     dispatcher splats.py knows every format."""
     graph = _protocol_graph()
-    for fmt in ("ply", "compressed_ply", "spz"):
+    for fmt in ("ply", "compressed_ply", "spz", "sog"):
         assert graph[fmt] <= {"splat_data", "files"}, (fmt, graph[fmt])
     assert graph["splat_data"] == set()
-    assert {"ply", "compressed_ply", "spz", "splat_data"} <= graph["splats"]
+    assert {"ply", "compressed_ply", "spz", "sog", "splat_data"} <= graph["splats"]

@@ -95,24 +95,26 @@ def test_reads_splat_transform_compressed_ply_within_its_quantisation():
 
 @pytest.mark.parametrize("name", ["source_v3.spz", "source_v4.spz"])
 def test_reads_splat_transform_spz_within_its_quantisation(name):
-    """Niantic's .spz v3 (gzip) and v4 (ZSTD streams), written by splat-transform from source.ply, read
-    back in the .ply's frame (the RUB ↔ RDF flip undone) within the format's steps."""
+    """Niantic's .spz v3 (gzip) and v4 (ZSTD streams), written by splat-transform 2.7.1 from source.ply (in RUB),
+    read back with spz_axes='rub' in the .ply's frame (the RUB ↔ RDF flip undone) within the format's steps."""
     src = _source()
-    got = splats.read_any(FIX / name)
+    got = splats.read_any(FIX / name, spz_axes="rub")
     _check_spz(src, got)
     assert got.sh_degree == 1
 
 
 def test_spz_v3_and_v4_decode_to_the_same_numbers():
     """Two containers, one quantisation: v3 and v4 of the same Gaussians decode bit for bit alike."""
-    a, b = splats.read_any(FIX / "source_v3.spz"), splats.read_any(FIX / "source_v4.spz")
+    a, b = splats.read_any(FIX / "source_v3.spz", spz_axes="rub"), splats.read_any(FIX / "source_v4.spz", spz_axes="rub")
     for f in ("means", "sh_dc", "sh_rest", "opacity_logits", "log_scales", "quats"):
         assert getattr(a, f).tobytes() == getattr(b, f).tobytes(), f
 
 
 def test_our_spz_is_byte_identical_to_the_reference_encoder():
-    """spz.spz_bytes(source) equals the .spz Niantic's library (in splat-transform) wrote as version 3."""
-    assert spz.spz_bytes(_source()) == (FIX / "source_v3.spz").read_bytes()
+    """spz.spz_bytes(source) equals the .spz v3 Niantic's library (in splat-transform 2.7.1) wrote in RUB, and, in
+    the .ply's own axes (the default), the .spz v3 splat-transform 3.10.2 wrote, byte for byte."""
+    assert spz.spz_bytes(_source(), axes="rub") == (FIX / "source_v3.spz").read_bytes()
+    assert spz.spz_bytes(_source()) == (FIX / "source_st3.spz").read_bytes()
 
 
 def test_splat_transform_reads_our_files_as_we_do():
@@ -120,11 +122,11 @@ def test_splat_transform_reads_our_files_as_we_do():
     numbers equal our own reading of the same files (to float32 rounding), so other tools see what we
     wrote. Our writers still produce exactly the committed files."""
     src = _source()
-    assert spz.spz_bytes(src) == (FIX / "ours.spz").read_bytes()
+    assert spz.spz_bytes(src, axes="rub") == (FIX / "ours.spz").read_bytes()  # made with 2.7.1, which flips
     assert compressed_ply.compressed_ply_bytes(src) == (FIX / "ours.compressed.ply").read_bytes()
     for ours, theirs in (("ours.spz", "ours.spz.by-splat-transform.ply"),
                          ("ours.compressed.ply", "ours.compressed.by-splat-transform.ply")):
-        a, b = splats.read_any(FIX / ours), ply.read_ply(FIX / theirs)
+        a, b = splats.read_any(FIX / ours, spz_axes="rub"), ply.read_ply(FIX / theirs)
         o = _match(a, b)
         np.testing.assert_allclose(b.means[o], a.means, atol=1e-6)
         np.testing.assert_allclose(b.log_scales[o], a.log_scales, atol=1e-5)
@@ -197,8 +199,9 @@ def test_format_detection_by_magic_and_name(tmp_path):
     assert splats.read_any(raw, fmt="splat").n == 10
     with pytest.raises(splat_data.PlyFormatError, match="fmt='splat'"):
         splats.read_any(raw)
-    with pytest.raises(splat_data.PlyFormatError, match=r"\.spz"):
-        splats.format_of("scene.sog", sniff=False)
+    with pytest.raises(splat_data.PlyFormatError, match=r"\.spz, \.sog"):
+        splats.format_of("scene.ksplat", sniff=False)
+    assert splats.format_of("scene.SOG", sniff=False) == "sog" and splats.format_of("x/meta.json", sniff=False) == "sog"
 
 
 @pytest.mark.parametrize("damage", ["truncated_spz", "bad_gzip", "v4_toc", "chunk_count", "sh_columns", "big_positions"])
@@ -242,3 +245,28 @@ def test_a_gzip_bomb_costs_only_its_declared_size():
     assert len(raw) < 1 << 20
     got = splats.read_any(raw)
     assert got.n == 1 and np.all(got.means == 0)
+
+
+_FLIP = np.array([1.0, -1.0, -1.0])
+
+
+@pytest.mark.parametrize("name, axes", [("source_st3.spz", "ply"), ("source_v3.spz", "rub"), ("source_v4.spz", "rub")])
+def test_spz_axes_both_conventions_from_both_writers(tmp_path, name, axes):
+    """Which axes an .spz holds is not in its header. splat-transform 3.10.2 (source_st3.spz) stores the .ply's
+    own axes: read with spz_axes='ply' (the default) it is source.ply within the format's steps; splat-transform
+    2.7.1 (source_v3/v4.spz) stored RUB: it needs spz_axes='rub'. Read with the other convention, each comes
+    back mirrored (y and z negated: the upside-down scene users saw), which is how the wrong choice shows. Our
+    writer, in either convention, gives a file that the same choice reads back."""
+    src = _source()
+    right = splats.read_any(FIX / name, spz_axes=axes)
+    _check_spz(src, right)
+    wrong = splats.read_any(FIX / name, spz_axes="rub" if axes == "ply" else "ply")
+    np.testing.assert_allclose(wrong.means, right.means * _FLIP, atol=1e-7)
+    assert np.abs(wrong.means - src.means).max() > 0.5
+    splats.write_any(tmp_path / "ours.spz", src, spz_axes=axes)
+    assert (tmp_path / "ours.spz").read_bytes() == spz.spz_bytes(src, axes=axes)
+    _check_spz(src, splats.read_any(tmp_path / "ours.spz", spz_axes=axes))
+    if axes == "ply":
+        assert splats.read_any(tmp_path / "ours.spz").means.tobytes() == right.means.tobytes()  # the default
+    with pytest.raises(splat_data.PlyFormatError, match="axes"):
+        splats.read_any(FIX / name, spz_axes="rdf")
