@@ -1,5 +1,5 @@
 """i3d.import_ply / i3d.export_ply: 3D Gaussian Splatting files (INRIA .ply, SuperSplat's compressed .ply,
-antimatter15 .splat, Niantic .spz).
+antimatter15 .splat, Niantic .spz, PlayCanvas .sog or an unbundled SOG's meta.json).
 
 The file formats live in protocol/ (numpy only; splats.py picks one); these operators only move arrays in and out of
 Blender (splat.py). Coordinates: a file holds Gaussians in one frame; import makes an object whose
@@ -19,14 +19,21 @@ from bpy_extras.io_utils import ExportHelper, ImportHelper
 from .. import splat
 from .._deps import splats
 
-_SPLAT_EXTENSIONS = tuple("." + f for f in splats.SPLAT_FORMATS)
+_SPLAT_EXTENSIONS = tuple("." + f for f in splats.SPLAT_FORMATS) + (".json",)  # .json: an unbundled SOG
+_FILTER = "*.ply;*.splat;*.spz;*.sog;meta.json"
+_SPZ_AXES = (("ply", "As stored (.ply axes)", "The numbers as stored, in the .ply's axes: files from "
+              "splat-transform 3.x / SuperSplat today, gsply, and this add-on"),
+             ("rub", "RUB (flip Y, Z)", "Niantic's RUB axes, flipped to the .ply's: files from splat-transform 2.x "
+              "and older Niantic exports (use this if an .spz comes in upside down)"))
 
 
-def import_splat_file(context, filepath: str, display: str = "AUTO") -> bpy.types.Object:
-    """Read a splat file (any format splats.read_any knows) and build a splat object in the active collection;
-    returns it (raises on error)."""
-    data = splats.read_any(filepath)
+def import_splat_file(context, filepath: str, display: str = "AUTO", spz_axes: str = "ply") -> bpy.types.Object:
+    """Read a splat file (any format splats.read_any knows; ``spz_axes`` as there) and build a splat object in the
+    active collection; returns it (raises on error)."""
+    data = splats.read_any(filepath, spz_axes=spz_axes)
     base = os.path.basename(filepath)
+    if base.lower().endswith(".json"):  # an unbundled SOG: the scene is its folder
+        base = os.path.basename(os.path.dirname(os.path.abspath(filepath)))
     name = base[: -len(".compressed.ply")] if base.lower().endswith(".compressed.ply") else os.path.splitext(base)[0]
     name = name or "splats"
     mesh = bpy.data.meshes.new(name)
@@ -39,9 +46,10 @@ def import_splat_file(context, filepath: str, display: str = "AUTO") -> bpy.type
     return obj
 
 
-def export_splat_file(obj: bpy.types.Object, filepath: str, apply_transform: bool = False) -> list[str]:
-    """Write the splat object to .ply/.compressed.ply/.splat/.spz (by the name); returns warnings for the user
-    (empty if none)."""
+def export_splat_file(obj: bpy.types.Object, filepath: str, apply_transform: bool = False,
+                      spz_axes: str = "ply") -> list[str]:
+    """Write the splat object to .ply/.compressed.ply/.splat/.spz/.sog/meta.json (by the name; ``spz_axes`` as
+    splats.write_any); returns warnings for the user (empty if none)."""
     data = splat.splat_data(obj)
     warnings = []
     if apply_transform:
@@ -51,19 +59,21 @@ def export_splat_file(obj: bpy.types.Object, filepath: str, apply_transform: boo
         if data.sh_rest.size and np.any(data.sh_rest) and not np.allclose(linear, np.eye(3)):
             warnings.append("higher spherical-harmonics bands were not rotated with the object "
                             "(view-dependent colour keeps its old orientation)")
-    splats.write_any(filepath, data)
+    splats.write_any(filepath, data, spz_axes=spz_axes)
     return warnings
 
 
 class I3D_OT_import_ply(bpy.types.Operator, ImportHelper):
-    """Import a 3D Gaussian Splatting file (.ply, compressed .ply, .splat or .spz) as a splat object"""
+    """Import a 3D Gaussian Splatting file (.ply, compressed .ply, .splat, .spz, .sog or a SOG's meta.json) as a splat object"""
 
     bl_idname = "i3d.import_ply"
     bl_label = "Import Gaussian Splats"
     bl_options = {"REGISTER", "UNDO"}
 
     filename_ext = ".ply"
-    filter_glob: bpy.props.StringProperty(default="*.ply;*.splat;*.spz", options={"HIDDEN"})
+    filter_glob: bpy.props.StringProperty(default=_FILTER, options={"HIDDEN"})
+    spz_axes: bpy.props.EnumProperty(name=".spz Axes", items=_SPZ_AXES, default="ply",
+                                     description="Which axes an .spz file holds (its header does not say)")
     display: bpy.props.EnumProperty(
         name="Display",
         items=(("AUTO", "Auto", f"Points from {splat.LIGHT_MODE_THRESHOLD} splats up, ellipsoids below"),
@@ -73,7 +83,7 @@ class I3D_OT_import_ply(bpy.types.Operator, ImportHelper):
 
     def execute(self, context):
         try:
-            obj = import_splat_file(context, self.filepath, self.display)
+            obj = import_splat_file(context, self.filepath, self.display, self.spz_axes)
         except (OSError, ValueError) as exc:  # PlyFormatError is a ValueError
             self.report({"ERROR"}, f"Cannot import {self.filepath!r}: {exc}")
             return {"CANCELLED"}
@@ -86,14 +96,16 @@ class I3D_OT_import_ply(bpy.types.Operator, ImportHelper):
 
 
 class I3D_OT_export_ply(bpy.types.Operator, ExportHelper):
-    """Export the active splat object as a 3D Gaussian Splatting file (.ply, .compressed.ply, .splat or .spz)"""
+    """Export the active splat object as a 3D Gaussian Splatting file (.ply, .compressed.ply, .splat, .spz, .sog or a SOG's meta.json)"""
 
     bl_idname = "i3d.export_ply"
     bl_label = "Export Gaussian Splats"
     bl_options = {"REGISTER"}
 
     filename_ext = ".ply"
-    filter_glob: bpy.props.StringProperty(default="*.ply;*.splat;*.spz", options={"HIDDEN"})
+    filter_glob: bpy.props.StringProperty(default=_FILTER, options={"HIDDEN"})
+    spz_axes: bpy.props.EnumProperty(name=".spz Axes", items=_SPZ_AXES, default="ply",
+                                     description="Which axes to write an .spz in")
     apply_transform: bpy.props.BoolProperty(
         name="Apply Object Transform", default=False,
         description="Write world coordinates: transform positions, rotations and scales by the object's "
@@ -117,7 +129,7 @@ class I3D_OT_export_ply(bpy.types.Operator, ExportHelper):
             self.report({"ERROR"}, "The active object is not a splat object")
             return {"CANCELLED"}
         try:
-            warnings = export_splat_file(obj, self.filepath, self.apply_transform)
+            warnings = export_splat_file(obj, self.filepath, self.apply_transform, self.spz_axes)
         except (OSError, ValueError) as exc:
             self.report({"ERROR"}, f"Cannot export to {self.filepath!r}: {exc}")
             return {"CANCELLED"}
@@ -131,11 +143,11 @@ classes = (I3D_OT_import_ply, I3D_OT_export_ply)
 
 
 def _menu_import(self, context) -> None:
-    self.layout.operator(I3D_OT_import_ply.bl_idname, text="Gaussian Splats (.ply, .splat, .spz)")
+    self.layout.operator(I3D_OT_import_ply.bl_idname, text="Gaussian Splats (.ply, .splat, .spz, .sog)")
 
 
 def _menu_export(self, context) -> None:
-    self.layout.operator(I3D_OT_export_ply.bl_idname, text="Gaussian Splats (.ply, .splat, .spz)")
+    self.layout.operator(I3D_OT_export_ply.bl_idname, text="Gaussian Splats (.ply, .splat, .spz, .sog)")
 
 
 def register_extra() -> None:

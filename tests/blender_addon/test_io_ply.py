@@ -162,25 +162,48 @@ def test_large_files_import_in_the_light_points_mode(tmp_path, monkeypatch):
         assert obj.i3d_display.mode == ("POINTS" if points else "SPLATS")
 
 
-@pytest.mark.parametrize("name", ["source.compressed.ply", "source_v3.spz", "source_v4.spz"])
-def test_import_reads_supersplat_and_spz_files(name):
-    """SuperSplat's compressed .ply and .spz (v3 gzip, v4 ZSTD), written by splat-transform, import through
-    the operator with exactly the state protocol.ply.read_any decodes (the object is named without the
-    double extension); the File menu's filter lists .spz."""
+@pytest.mark.parametrize("name", ["source.compressed.ply", "source_v3.spz", "source_v4.spz", "source.sog",
+                                  "source_sog/meta.json"])
+def test_import_reads_supersplat_spz_and_sog_files(name):
+    """SuperSplat's compressed .ply, .spz (v3 gzip, v4 ZSTD) and SOG (bundled, and unbundled as meta.json +
+    images), written by splat-transform, import through the operator with exactly the state
+    protocol.splats.read_any decodes (the object is named without the double extension, an unbundled SOG after
+    its folder); the File menu's filter lists .spz, .sog and meta.json."""
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "fixtures" / "splats" / name
     obj = import_file(path)
-    assert obj.name == name.split(".")[0] and len(obj.data.vertices) == 300
+    assert obj.name == name.split(".")[0].split("/")[0] and len(obj.data.vertices) == 300
     np.testing.assert_array_equal(splat.read_state(obj), splat_data.splat_to_state(splats.read_any(path)))
-    assert "*.spz" in bpy.ops.i3d.import_ply.get_rna_type().properties["filter_glob"].default
+    glob = bpy.ops.i3d.import_ply.get_rna_type().properties["filter_glob"].default
+    assert {"*.spz", "*.sog", "meta.json"} <= set(glob.split(";"))
 
 
-@pytest.mark.parametrize("ext", [".spz", ".compressed.ply"])
+@pytest.mark.parametrize("name, axes", [("source_st3.spz", "ply"), ("source_v3.spz", "rub")])
+def test_import_spz_axes_choice(name, axes):
+    """The import operator's '.spz Axes' option (shown in its panel: an operator property with both choices):
+    splat-transform 3.10.2's .spz is right side up with the default 'As stored', 2.7.1's with 'RUB'; each within
+    the .spz position step (2^-13) of source.ply, and mirrored in y and z with the other choice."""
+    from pathlib import Path
+
+    fix = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
+    prop = bpy.ops.i3d.import_ply.get_rna_type().properties["spz_axes"]
+    assert prop.default == "ply" and {item.identifier for item in prop.enum_items} == {"ply", "rub"}
+    src = ply.read_ply(fix / "source.ply")
+    for choice in ("ply", "rub"):
+        for obj in list(bpy.data.objects):
+            bpy.data.objects.remove(obj)
+        assert bpy.ops.i3d.import_ply(filepath=str(fix / name), spz_axes=choice) == {"FINISHED"}
+        means = splat.read_state(bpy.context.active_object)[:, 0:3]
+        err = np.abs(means - src.means).max()
+        assert (err <= 0.5 / 4096 + 1e-6) if choice == axes else (err > 0.5)
+
+
+@pytest.mark.parametrize("ext", [".spz", ".compressed.ply", ".sog"])
 def test_export_writes_spz_and_compressed_ply_by_name(tmp_path, ext):
-    """Export to x.spz / x.compressed.ply writes that format (detected by magic/header on reading back), and
-    the values are the object's within the format's quantisation (positions 2^-13 for .spz; 1/2047 of the
-    0.3-unit extent along x for compressed .ply)."""
+    """Export to x.spz / x.compressed.ply / x.sog writes that format (detected by magic/header on reading back),
+    and the values are the object's within the format's quantisation (positions 2^-13 for .spz; 1/2047 of the
+    0.3-unit extent along x for compressed .ply; 16 bits of the log-extent for .sog)."""
     data = random_splats(200, sh_degree=0)
     data.means *= 0.1
     src = tmp_path / "in.ply"
@@ -194,4 +217,5 @@ def test_export_writes_spz_and_compressed_ply_by_name(tmp_path, ext):
 
     d, _ = cKDTree(back.means).query(data.means)
     ext_len = float((data.means.max(axis=0) - data.means.min(axis=0)).max())
-    assert d.max() <= (np.sqrt(3) * 0.5 / 4096 if ext == ".spz" else ext_len / 1023)
+    assert d.max() <= {".spz": np.sqrt(3) * 0.5 / 4096, ".compressed.ply": ext_len / 1023,
+                       ".sog": 1e-4}[ext]  # .sog: 16 bits of the log-extent, ≈ 0.6/65535·(1+0.3)

@@ -13,12 +13,12 @@ from interactive3d import cli
 from interactive3d.protocol import ply, splats
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
-EXT = {"ply": ".ply", "compressed.ply": ".compressed.ply", "splat": ".splat", "spz": ".spz"}
+EXT = {"ply": ".ply", "compressed.ply": ".compressed.ply", "splat": ".splat", "spz": ".spz", "sog": ".sog"}
 
 
 @pytest.mark.parametrize("src_fmt", splats.SPLAT_FORMATS)
 def test_convert_between_every_pair_equals_the_library(tmp_path, src_fmt, capsys):
-    """For each of the 4 × 4 pairs: exit 0, OUT holds exactly the bytes write_any(read_any(IN)) gives, and
+    """For each of the 5 × 5 pairs: exit 0, OUT holds exactly the bytes write_any(read_any(IN)) gives, and
     its Gaussians are the source's to within the lossiest format on the way (.splat: 8-bit colour and
     rotation; positions never move more than the compressed .ply's 1/1023 of the 1.6-unit box)."""
     src = ply.read_ply(FIX / "source.ply")
@@ -57,7 +57,7 @@ def test_convert_bad_input_is_one_line_exit_2(tmp_path, case):
     if case == "missing":
         argv, want = [str(tmp_path / "nope.ply"), str(out)], "no such file"
     elif case == "unknown_ext":
-        argv, want = [str(FIX / "source.ply"), str(tmp_path / "out.sog")], "expected .ply"
+        argv, want = [str(FIX / "source.ply"), str(tmp_path / "out.ksplat")], "expected .ply"
     else:
         bad = tmp_path / "bad.spz"
         bad.write_bytes(b"\x1f\x8b" + b"not really gzip" * 4)
@@ -65,4 +65,27 @@ def test_convert_bad_input_is_one_line_exit_2(tmp_path, case):
     proc = subprocess.run([sys.executable, "-m", "interactive3d.cli", "convert", *argv], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1 and want in proc.stderr
-    assert not out.exists() and not (tmp_path / "out.sog").exists()
+    assert not out.exists() and not (tmp_path / "out.ksplat").exists()
+
+
+def test_convert_spz_axes_and_sog_both_forms(tmp_path, capsys):
+    """--spz-axes picks the convention: splat-transform 3.10.2's .spz converts right side up by default, 2.7.1's
+    needs --spz-axes rub (without it, y and z come out mirrored); a SOG converts from its bundled and its
+    unbundled (meta.json) form to the same .ply, and to an unbundled SOG (meta.json + images)."""
+    src = ply.read_ply(FIX / "source.ply")
+    for name, axes in (("source_st3.spz", []), ("source_v3.spz", ["--spz-axes", "rub"])):
+        out = tmp_path / f"{name}.ply"
+        assert cli.main(["convert", str(FIX / name), str(out), *axes]) == 0
+        assert np.abs(ply.read_ply(out).means - src.means).max() <= 0.5 / 4096 + 1e-6
+    mirrored = tmp_path / "mirrored.ply"
+    assert cli.main(["convert", str(FIX / "source_v3.spz"), str(mirrored)]) == 0
+    assert np.abs(ply.read_ply(mirrored).means - src.means).max() > 0.5
+    a, b = tmp_path / "a.ply", tmp_path / "b.ply"
+    assert cli.main(["convert", str(FIX / "source.sog"), str(a)]) == 0
+    assert cli.main(["convert", str(FIX / "source_sog" / "meta.json"), str(b)]) == 0
+    assert "(sog) → " in capsys.readouterr().out
+    assert ply.read_ply(b).means.tobytes() == ply.read_ply(FIX / "source_sog.by-splat-transform.ply").means.tobytes()
+    (tmp_path / "unbundled").mkdir()
+    assert cli.main(["convert", str(a), str(tmp_path / "unbundled" / "meta.json")]) == 0
+    assert (tmp_path / "unbundled" / "sh0.webp").is_file()
+    assert splats.read_any(tmp_path / "unbundled" / "meta.json").n == 300
