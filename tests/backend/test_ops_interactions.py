@@ -244,7 +244,7 @@ def test_add_from_ply_and_state_first(client, session, tmp_path):
 def test_add_from_file_frame_like_load_ply(client, session, tmp_path):
     """parts.add with the splat file's bytes as a uint8 frame (remote clients), the matrix before or after it, merges
     exactly what the path form merges (centres moved by the matrix, to 1e-6); a .spz frame named by filename gives
-    protocol.ply.read_any's 300 Gaussians; a frame over the server's file cap is too_large and changes nothing."""
+    protocol.splats.read_any's 300 Gaussians, and so does a .sog frame; a frame over the server's file cap is too_large and changes nothing."""
     from pathlib import Path
 
     from interactive3d.protocol import ply, splat_data, splats
@@ -269,6 +269,10 @@ def test_add_from_file_frame_like_load_ply(client, session, tmp_path):
                        [np.frombuffer(spz.read_bytes(), np.uint8)]).result
     assert r["added"] == 300
     np.testing.assert_allclose(_state(client, session)[0][-300:], want, atol=1e-6)
+    sog = spz.with_name("source.sog")  # a zip: recognised by its magic whatever the filename says
+    r = client.request("parts.add", {"session": session, "name": "sog"}, [np.frombuffer(sog.read_bytes(), np.uint8)]).result
+    assert r["added"] == 300
+    np.testing.assert_allclose(_state(client, session)[0][-300:], splat_data.splat_to_state(splats.read_any(sog)), atol=1e-6)
 
     small = ThreadedServer(max_file_bytes=blob.size - 1)
     try:

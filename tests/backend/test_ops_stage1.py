@@ -283,8 +283,9 @@ def test_pause_resume_through_protocol_matches_uninterrupted(server, tmp_path):
 
 def test_splat_formats_other_tools_write_load_everywhere(server, tmp_path):
     """gaussians.init (kind 'ply'), gaussians.load_ply, stage1.set_reference and parts.add take the
-    compressed .ply and .spz that splat-transform wrote (tests/fixtures/splats): each gives the 300
-    Gaussians whose state equals protocol.ply.read_any's decoding of the file (float32, to 1e-6)."""
+    compressed .ply, .spz and .sog (bundled, and the unbundled meta.json + images) that splat-transform wrote
+    (tests/fixtures/splats): each gives the 300 Gaussians whose state equals protocol.splats.read_any's
+    decoding of the file (float32, to 1e-6)."""
     import shutil
     from pathlib import Path
 
@@ -292,8 +293,10 @@ def test_splat_formats_other_tools_write_load_everywhere(server, tmp_path):
 
     fix = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
     c = server
-    for name in ("source.compressed.ply", "source_v3.spz", "source_v4.spz"):
-        path = str(shutil.copy(fix / name, tmp_path / name))  # inside the server's data folder (the temp dir)
+    shutil.copytree(fix / "source_sog", tmp_path / "source_sog")
+    for name in ("source.compressed.ply", "source_v3.spz", "source_v4.spz", "source.sog", "source_sog/meta.json"):
+        # inside the server's data folder (the temp dir)
+        path = str(tmp_path / name) if "/" in name else str(shutil.copy(fix / name, tmp_path / name))
         want = splat_data.splat_to_state(splats.read_any(path))
         sid = _session(c)
         assert c.request("gaussians.init", {"session": sid, "kind": "ply", "path": path}).result["count"] == 300
