@@ -2,10 +2,10 @@
 
 ``[header, buf0, buf1, …]`` where header is a msgpack map::
 
-    request {"v": 1, "id": str, "op": str,    "args": map,  "buffers": [{"dtype": str, "shape": [int…]}…]}
-    reply   {"v": 1, "id": str, "ok": true,   "result": map, "buffers": […]}
-            {"v": 1, "id": str, "ok": false,  "error": {"code": str, "message": str}}
-    event   {"v": 1, "id": str, "event": str, "session": str, "job": str, "data": map, "buffers": […]}
+    request {"v": 2, "id": str, "op": str,    "args": map,  "buffers": [{"dtype": str, "shape": [int…]}…]}
+    reply   {"v": 2, "id": str, "ok": true,   "result": map, "buffers": […]}
+            {"v": 2, "id": str, "ok": false,  "error": {"code": str, "message": str}}
+    event   {"v": 2, "id": str, "event": str, "session": str, "job": str, "data": map, "buffers": […]}
 
 Arrays travel as their raw little-endian bytes (C order). Sending never copies a C-contiguous
 little-endian array (the frame is a view of it, sent with ``copy=False``); receiving wraps the frame with
@@ -29,7 +29,12 @@ import numpy as np
 
 from .errors import BadMessage, ProtocolError, TooLarge, UnsupportedVersion
 
-PROTOCOL_VERSION = 1
+# The envelope's "v". It changes whenever the bytes on the wire change: 2 = signatures carry the domain
+# prefixes of auth.REQUEST_DOMAIN / REPLY_DOMAIN (version 1 signed header ‖ buffers alone).
+PROTOCOL_VERSION = 2
+_OLD_VERSIONS = {1: "version 1 signed requests as HMAC-SHA256(key, header ‖ buffers); version 2 signs "
+                    "HMAC-SHA256(key, 'i3d-request-v1\\0' ‖ header ‖ buffers) and replies under 'i3d-reply-v1\\0' "
+                    "(docs/protocol.md, 'Envelope'); update the client"}
 
 # Wire dtype names (numpy's names); multi-byte types are little-endian on the wire.
 DTYPES: tuple[str, ...] = (
@@ -214,7 +219,10 @@ def decode_header(raw: bytes | memoryview, limits: Limits) -> dict:
     if not isinstance(v, int) or isinstance(v, bool):
         raise BadMessage(f"header field 'v' must be an int, got {v!r}", request_id=rid)
     if v != PROTOCOL_VERSION:
-        raise UnsupportedVersion(f"protocol version {v} is not supported (this side speaks {PROTOCOL_VERSION})", request_id=rid)
+        why = f": {_OLD_VERSIONS[v]}" if v in _OLD_VERSIONS else ""
+        # answered in the peer's own version, so that an older client can read why it is refused
+        raise UnsupportedVersion(f"protocol version {v} is not supported: this side speaks version {PROTOCOL_VERSION}{why}",
+                                 request_id=rid, peer_version=v if 0 < v < PROTOCOL_VERSION else None)
     return h
 
 
@@ -299,5 +307,6 @@ def decode(frames: Sequence[Any], limits: Limits = Limits(), verify=None) -> Mes
     return Message(header=h, buffers=arrays, raw_header=raw)
 
 
-def error_header(request_id: str, code: str, message: str) -> dict:
-    return {"v": PROTOCOL_VERSION, "id": request_id, "ok": False, "error": {"code": code, "message": message}}
+def error_header(request_id: str, code: str, message: str, version: int | None = None) -> dict:
+    """An error reply's header, in ``version`` (default this protocol's; an UnsupportedVersion's peer_version)."""
+    return {"v": version or PROTOCOL_VERSION, "id": request_id, "ok": False, "error": {"code": code, "message": message}}

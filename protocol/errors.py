@@ -51,7 +51,13 @@ class BadMessage(ProtocolError):
 
 
 class UnsupportedVersion(ProtocolError):
+    """``peer_version``: the older envelope version the peer spoke, to answer it in (None: answer in ours)."""
+
     code = "unsupported_version"
+
+    def __init__(self, message: str, *, request_id: str = "", peer_version: int | None = None) -> None:
+        super().__init__(message, request_id=request_id)
+        self.peer_version = peer_version
 
 
 class UnknownOp(ProtocolError):

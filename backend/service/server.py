@@ -643,7 +643,7 @@ class Server:
             log.warning("dropping a message to a peer: %s", exc)
 
     def _error(self, identity: bytes, rid: str, exc: ProtocolError) -> list:
-        return self._send(identity, error_header(rid, exc.code, exc.message))
+        return self._send(identity, error_header(rid, exc.code, exc.message, getattr(exc, "peer_version", None)))
 
     def _remember(self, identity: bytes, rid: str, frames: list) -> None:
         """Keep a successful reply so that a Lazy Pirate retry of the same request id gets it again instead of
@@ -676,7 +676,8 @@ class Server:
         try:
             msg = decode(body, self.config.limits, verify if self._signer else None)
         except ProtocolError as exc:
-            if self._signer is not None and not verified[0] and exc.code not in ("unauthorized", "too_large"):
+            # an old client's version is not a secret: its refusal says what changed, signed or not
+            if self._signer is not None and not verified[0] and exc.code not in ("unauthorized", "too_large", "unsupported_version"):
                 exc = Unauthorized("message is not signed (authentication is required)")
             self._peer_log.warning(log, identity, "rejected message code=%s message=%s", exc.code, printable(exc.message))
             # an oversized message still names its request id (read from its header) so the client fails fast;

@@ -200,7 +200,7 @@ def test_no_roots_means_frames_only():
 def _signed_request(op: str = "session.create", signer: Signer | None = None, ts: float | None = None) -> list:
     signer = signer or Signer(KEY)
     specs, frames = buffer_frames([])
-    header = {"v": 1, "id": uuid.uuid4().hex, "op": op, "args": {}, "buffers": specs}
+    header = {"v": 2, "id": uuid.uuid4().hex, "op": op, "args": {}, "buffers": specs}
     if ts is None:
         return [signer.sign(header, pack_header, frames)]
     real = time.time
@@ -611,7 +611,7 @@ def test_curve_encryption_option():
     ts = ThreadedServer(auth_key=KEY, curve_secret_key=secret)
     try:
         with Client(ts.address, auth_key=KEY, curve_server_key=public) as c:
-            assert c.request("ping").result["version"] == 1
+            assert c.request("ping").result["version"] == 2
         with Client(ts.address, auth_key=KEY) as plain:  # no CURVE: the handshake fails, nothing is answered
             with pytest.raises(TimeoutError):
                 plain.request("ping", timeout=1.0, retries=0)

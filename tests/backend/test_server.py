@@ -61,7 +61,7 @@ def _sample(dtype: str, shape: tuple) -> np.ndarray:
 
 def test_ping(client):
     r = client.request("ping").result
-    assert r["name"] == "interactive3d-backend" and r["version"] == 1
+    assert r["name"] == "interactive3d-backend" and r["version"] == 2
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -82,7 +82,7 @@ def test_state_frame_round_trip(client):
 
 
 def _hdr(**kw) -> bytes:
-    h = {"v": 1, "id": "m1", "op": "test.echo", "args": {}, "buffers": []}
+    h = {"v": 2, "id": "m1", "op": "test.echo", "args": {}, "buffers": []}
     h.update(kw)
     return msgpack.packb(h, use_bin_type=True)
 
@@ -90,8 +90,8 @@ def _hdr(**kw) -> bytes:
 MALFORMED = [
     ("garbage bytes", [b"\xc1\x00\xff\xfe"], "bad_message"),
     ("non-map header", [msgpack.packb([1, "op"])], "bad_message"),
-    ("missing id", [msgpack.packb({"v": 1, "op": "ping"})], "bad_message"),
-    ("missing op", [msgpack.packb({"v": 1, "id": "m1"})], "bad_message"),
+    ("missing id", [msgpack.packb({"v": 2, "op": "ping"})], "bad_message"),
+    ("missing op", [msgpack.packb({"v": 2, "id": "m1"})], "bad_message"),
     ("unknown version", [_hdr(v=7)], "unsupported_version"),
     ("unknown op", [_hdr(op="no.such.op")], "unknown_op"),
     ("declared size != frame", [_hdr(buffers=[{"dtype": "float32", "shape": [4]}]), b"\0" * 12], "bad_message"),
@@ -119,7 +119,7 @@ def test_malformed_gets_typed_error_then_ping_works(server, client, name, frames
     finally:
         raw.close()
     assert h["ok"] is False and h["error"]["code"] == code, (name, h)
-    assert client.request("ping", timeout=5).result["version"] == 1
+    assert client.request("ping", timeout=5).result["version"] == 2
 
 
 def test_error_reply_carries_request_id(server):
@@ -175,7 +175,7 @@ def test_auth():
     ts = ThreadedServer(auth_key=key)
     try:
         good, nokey, badkey = Client(ts.address, auth_key=key), Client(ts.address), Client(ts.address, auth_key=b"wrong-key")
-        assert good.request("ping").result["version"] == 1
+        assert good.request("ping").result["version"] == 2
         for c in (nokey, badkey):
             with pytest.raises(RemoteError) as e:
                 c.request("session.create", timeout=5)

@@ -84,7 +84,7 @@ def test_cli_serve_and_ping(tmp_path):
             if out.returncode == 0:
                 break
         assert out.returncode == 0, out.stderr
-        assert out.stdout.startswith("interactive3d-backend protocol 1")
+        assert out.stdout.startswith("interactive3d-backend protocol 2")
         assert not stale.exists() and (tmp_path / "st").is_dir()
         nokey = subprocess.run(ping, cwd=ROOT, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if not k.startswith("I3D_AUTH")})
         assert nokey.returncode == 1 and "unauthorized" in nokey.stderr

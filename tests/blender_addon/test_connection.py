@@ -300,7 +300,7 @@ def test_mesh_reply_becomes_a_coloured_mesh_at_the_splat_object_transform():
     verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0]], np.float32)
     faces = np.array([[0, 1, 2], [1, 3, 2]], np.int32)
     colors = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]], np.uint8)
-    conn.handle(Message(header={"v": 1, "id": "r1", "ok": True, "result": {}}, buffers=[verts, faces, colors]))
+    conn.handle(Message(header={"v": 2, "id": "r1", "ok": True, "result": {}}, buffers=[verts, faces, colors]))
     mesh_obj = bpy.data.objects[conn.meshes[-1]]
     assert len(mesh_obj.data.vertices) == 4 and len(mesh_obj.data.polygons) == 2
     np.testing.assert_allclose(np.array(mesh_obj.matrix_world), np.array(obj.matrix_world), atol=1e-7)

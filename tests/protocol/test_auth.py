@@ -17,7 +17,7 @@ KEY = b"k" * 32
 
 def _signed(signer: Signer, buffers=()):
     specs, frames = buffer_frames(buffers)
-    raw = signer.sign({"v": 1, "id": "a", "op": "ping", "args": {"x": 1}, "buffers": specs}, pack_header, frames)
+    raw = signer.sign({"v": 2, "id": "a", "op": "ping", "args": {"x": 1}, "buffers": specs}, pack_header, frames)
     return [raw, *[bytes(f) for f in frames]]
 
 
@@ -62,7 +62,7 @@ def test_wrong_key_unsigned_and_stale_are_rejected():
     with pytest.raises(ProtocolError, match="bad signature"):
         _verify(_server(), _signed(Signer(b"other-key")))
     with pytest.raises(ProtocolError, match="not signed"):
-        _verify(_server(), [pack_header({"v": 1, "id": "a", "op": "ping", "buffers": []})])
+        _verify(_server(), [pack_header({"v": 2, "id": "a", "op": "ping", "buffers": []})])
     old = Signer(KEY)
     real_time = time.time
     try:

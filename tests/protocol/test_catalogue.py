@@ -26,7 +26,7 @@ def test_committed_doc_equals_generated():
 def test_documented_version_is_code_version():
     doc = (ROOT / "docs" / "protocol.md").read_text()
     m = re.search(r"Protocol version: \*\*(\d+)\*\*", doc)
-    assert m is not None and int(m.group(1)) == PROTOCOL_VERSION == 1
+    assert m is not None and int(m.group(1)) == PROTOCOL_VERSION == 2
 
 
 def test_contract_names():

@@ -93,7 +93,7 @@ def test_timeout_then_reconnect(tmp_path):
             c.request("ping", timeout=0.2, retries=1)
         ts = ThreadedServer(bind=addr)
         try:
-            assert c.request("ping", timeout=5).result["version"] == 1
+            assert c.request("ping", timeout=5).result["version"] == 2
         finally:
             ts.stop()
     finally:

@@ -63,7 +63,7 @@ def test_unsendable_dtype_is_type_error():
 
 
 def _hdr(**kw) -> bytes:
-    h = {"v": 1, "id": "r1", "op": "ping", "args": {}, "buffers": []}
+    h = {"v": 2, "id": "r1", "op": "ping", "args": {}, "buffers": []}
     h.update(kw)
     return msgpack.packb(h, use_bin_type=True)
 
@@ -75,7 +75,7 @@ def _hdr(**kw) -> bytes:
         ([b"\xc1\xff garbage"], "bad_message"),
         ([msgpack.packb([1, 2, 3])], "bad_message"),  # non-map header
         ([msgpack.packb({"id": "r1"})], "bad_message"),  # missing v
-        ([_hdr(v=2)], "unsupported_version"),
+        ([_hdr(v=1)], "unsupported_version"),
         ([_hdr(v="1")], "bad_message"),
         ([_hdr(id=5)], "bad_message"),
         ([_hdr(buffers=[{"dtype": "float32", "shape": [3]}]), b"\0" * 8], "bad_message"),  # 12 declared, 8 sent
