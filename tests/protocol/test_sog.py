@@ -274,3 +274,25 @@ def test_splat_transform_loads_what_we_write(tmp_path):
         theirs, ours = ply.read_ply(out), splats.read_any(tmp_path / name)
         for key in FIELDS:
             np.testing.assert_array_equal(getattr(theirs, key), getattr(ours, key), err_msg=key)
+
+
+def test_large_scenes_cluster_their_sh_into_a_palette(monkeypatch):
+    """Past 65536 Gaussians (16-bit labels) the SH sets are clustered by k-means into LARGE_PALETTE entries
+    (here scaled down: a 600-Gaussian scene, palette of 32 sets): the file holds that many sets, every label
+    points into them, and k-means beats a random assignment to the same palette by far (mean squared SH error
+    below half of the data's variance)."""
+    monkeypatch.setattr(sog, "MAX_PALETTE", 256)
+    monkeypatch.setattr(sog, "LARGE_PALETTE", 32)
+    rng = np.random.default_rng(5)
+    centres = rng.normal(0, 0.3, (8, 3, 3))  # 8 true SH sets, noise around them: clusters exist
+    src = _random(600, 3, seed=5)
+    src.sh_rest[:] = (centres[rng.integers(0, 8, 600)] + rng.normal(0, 0.01, (600, 3, 3))).astype(np.float32)
+    raw = sog.sog_bytes(src)
+    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+        meta = json.loads(zf.read("meta.json"))
+        labels = np.asarray(Image.open(io.BytesIO(zf.read("shN_labels.webp"))).convert("RGBA")).reshape(-1, 4)[:600]
+    assert meta["shN"]["count"] == 32
+    assert (labels[:, 0].astype(int) | (labels[:, 1].astype(int) << 8)).max() < 32
+    got = sog.read_sog(raw)
+    err = ((got.sh_rest - src.sh_rest) ** 2).mean()
+    assert err < 0.5 * src.sh_rest.var() and np.abs(got.sh_rest - src.sh_rest).max() < 0.1
