@@ -27,8 +27,8 @@ import numpy as np
 import zmq
 
 from .auth import Signer
-from .codec import Limits, Message, buffer_frames, decode, pack_header, PROTOCOL_VERSION
-from .errors import ConnectionLost, ProtocolError, RemoteError, RequestTimeout
+from .codec import Limits, Message, buffer_frames, decode, error_header, pack_header, PROTOCOL_VERSION
+from .errors import ConnectionLost, ProtocolError, RemoteError, RequestTimeout, UnsupportedVersion
 
 __all__ = ["Client", "Reply", "Message", "RemoteError", "RequestTimeout", "ConnectionLost"]
 
@@ -142,6 +142,13 @@ class Client:
         frames = self._sock.recv_multipart(copy=False)
         try:
             msg = decode(frames, self.limits)
+        except UnsupportedVersion as exc:
+            if not exc.request_id:
+                return None
+            # a backend of another protocol version: fail that request now, naming both versions, not by timeout
+            theirs = f"version {exc.peer_version}" if exc.peer_version else "another version"
+            return Message(header=error_header(exc.request_id, exc.code, f"the backend speaks protocol {theirs}, this client "
+                                               f"version {PROTOCOL_VERSION}: update the older of the two"))
         except ProtocolError as exc:
             log.warning("dropping an undecodable message from %s: %s", self.address, exc)
             return None

@@ -109,3 +109,38 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="cannot be sent"):
         c.send("ping", {}, [np.array(["s"])])
     c.close()
+
+
+def test_an_older_backend_fails_the_request_naming_both_versions(tmp_path):
+    """A backend of protocol version 1 (a bare ROUTER answering as one would: an error reply in version 1) makes
+    request() raise unsupported_version at once, naming both versions, instead of timing out."""
+    import threading
+
+    import msgpack
+    import zmq
+
+    addr = f"ipc://{tmp_path}/old.sock"
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.bind(addr)
+
+    def answer() -> None:
+        if router.poll(10_000):
+            ident, raw = router.recv_multipart()[:2]
+            rid = msgpack.unpackb(raw)["id"]
+            old = {"v": 1, "id": rid, "ok": False, "error": {"code": "unsupported_version", "message": "protocol version 2 is not supported (this side speaks 1)"}}
+            router.send_multipart([ident, msgpack.packb(old)])
+
+    t = threading.Thread(target=answer)
+    t.start()
+    c = Client(addr)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(Exception) as e:
+            c.request("ping", timeout=5, retries=0)
+        assert time.monotonic() - t0 < 4
+        assert getattr(e.value, "code", None) == "unsupported_version"
+        assert "protocol version 1" in str(e.value) and "version 2" in str(e.value)
+    finally:
+        c.close()
+        t.join()
+        router.close(0)
