@@ -176,6 +176,9 @@ class OpSpec:
 
 
 SESSION_ARG = Arg("session", "str", "session id (from session.create)", required=True)
+# every op that reads a splat file: which axes an .spz holds (its header does not say; protocol/spz.py)
+_SPZ_AXES = Arg("spz_axes", "str", "which axes an .spz file holds: ply = as stored (splat-transform 3.x, the default), "
+                "rub = Niantic's RUB, flipped (splat-transform 2.x); docs/conventions.md", default="ply", choices=("ply", "rub"))
 GENERIC_ERRORS = ("bad_message", "unsupported_version", "unknown_op", "invalid_args", "too_large", "unauthorized", "internal")
 
 
@@ -447,6 +450,7 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("sh_degree", "int", "random/points/mesh: SH degree", default=0, min=0, max=3),
             Arg("path", "str", "ply/mesh: file path inside the server's data folders (--data-dir); or send the file as a frame"),
             Arg("filename", "str", "ply/mesh with a file frame: its name (the suffix picks the format)"),
+            _SPZ_AXES,
             Arg("fit_radius", "float", "mesh: centre and scale the mesh into this radius", min=1e-6, max=1e6),
             Arg("opacity", "float", "points/mesh: initial opacity", default=0.1, min=1e-4, max=0.9999),
             Arg("scale", "float", "points: isotropic scale (default: RMS distance to 3 nearest neighbours)", min=1e-8, max=1e6),
@@ -475,6 +479,7 @@ _STAGE1_OPS: list[OpSpec] = [
         args=(
             Arg("path", "str", ".ply (or .splat) path inside the server's data folders (--data-dir); or send the file as a frame"),
             Arg("filename", "str", "with a file frame: its name (the suffix picks the format; default .ply)"),
+            _SPZ_AXES,
         ),
         buffers=(Buffer("file", ("uint8",), (None,), optional=True, doc="the file's bytes instead of path (remote clients; name the format with path's suffix or filename)"),),
         session=True,
@@ -519,6 +524,7 @@ _STAGE1_OPS: list[OpSpec] = [
         args=(
             Arg("path", "str", "reference .ply inside the server's data folders; omitted (and no frame): the session's current Gaussians"),
             Arg("filename", "str", "with a file frame: its name (the suffix picks the format; default .ply)"),
+            _SPZ_AXES,
         ),
         buffers=(Buffer("file", ("uint8",), (None,), optional=True, doc="the file's bytes instead of path (remote clients; name the format with path's suffix or filename)"),),
         session=True,
@@ -676,6 +682,7 @@ _INTERACTION_OPS: list[OpSpec] = [
             Arg("path", "str", "a splat file (.ply, compressed .ply, .splat, .spz, .sog or a SOG's meta.json) inside the server's data folders (--data-dir); "
                 "or send the file as a frame"),
             Arg("filename", "str", "with a file frame: its name (the suffix picks the format; default .ply)"),
+            _SPZ_AXES,
             Arg("source_session", "str", "another open session to copy from"),
             Arg("matrix", "list", "16 numbers, row-major 4×4 applied to the added set (or the buffer)", items="float", length=16),
         ),

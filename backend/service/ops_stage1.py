@@ -62,7 +62,7 @@ def _load_real_path(req: Request, path: str, shown: str) -> Gaussians:
     est = nbytes + costs.gaussians_bytes(nbytes // MIN_PLY_ROW_BYTES + 1)
     with req.server.memory.reserve(f"{req.op}: loading {shown} ({nbytes} bytes)", est):
         try:
-            return init_mod.load_ply(path, device=req.device)
+            return init_mod.load_ply(path, device=req.device, spz_axes=req.args.get("spz_axes", "ply"))
         except (PlyFormatError, ValueError, OverflowError) as exc:
             raise InvalidArgs(f"{req.op}: {shown}: {exc}") from exc
         except MemoryError:

@@ -256,11 +256,12 @@ def gaussians_to_ply(g: Gaussians) -> SplatData:
     )
 
 
-def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu") -> Gaussians:
-    """Read a splat file (INRIA or compressed .ply, .splat, .spz: protocol.splats.read_any) into Gaussians (FileNotFoundError / PlyFormatError / ValueError)."""
+def load_ply(path: str | os.PathLike, device: torch.device | str = "cpu", spz_axes: str = "ply") -> Gaussians:
+    """Read a splat file (INRIA or compressed .ply, .splat, .spz, .sog: protocol.splats.read_any; ``spz_axes`` as
+    there) into Gaussians (FileNotFoundError / PlyFormatError / ValueError)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f".ply file not found: {os.fspath(path)}")
-    return ply_to_gaussians(splats.read_any(path), device=device)
+    return ply_to_gaussians(splats.read_any(path, spz_axes=spz_axes), device=device)
 
 
 def save_ply(g: Gaussians, path: str | os.PathLike) -> None:

@@ -285,11 +285,11 @@ def test_splat_formats_other_tools_write_load_everywhere(server, tmp_path):
     """gaussians.init (kind 'ply'), gaussians.load_ply, stage1.set_reference and parts.add take the
     compressed .ply, .spz and .sog (bundled, and the unbundled meta.json + images) that splat-transform wrote
     (tests/fixtures/splats): each gives the 300 Gaussians whose state equals protocol.splats.read_any's
-    decoding of the file (float32, to 1e-6)."""
+    decoding of the file (float32, to 1e-6); spz_axes='rub' reads splat-transform 2.7.1's RUB .spz the right way up."""
     import shutil
     from pathlib import Path
 
-    from interactive3d.protocol import splat_data, splats
+    from interactive3d.protocol import ply, splat_data, splats
 
     fix = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
     c = server
@@ -305,6 +305,16 @@ def test_splat_formats_other_tools_write_load_everywhere(server, tmp_path):
         assert c.request("stage1.set_reference", {"session": sid, "path": path}).result["count"] == 300
         assert c.request("parts.add", {"session": sid, "name": "again", "path": path}).result["count"] == 600
         np.testing.assert_allclose(_state(c, sid)[300:], want, atol=1e-6)
+    # spz_axes: splat-transform 2.7.1's .spz holds RUB; 'rub' brings it back to source.ply, by path and by frame
+    src = ply.read_ply(fix / "source.ply").means
+    spz_path, sid = str(tmp_path / "source_v3.spz"), _session(c)
+    c.request("gaussians.init", {"session": sid, "kind": "ply", "path": spz_path, "spz_axes": "rub"})
+    assert np.abs(_state(c, sid)[:, :3] - src).max() <= 0.5 / 4096 + 1e-6
+    c.request("gaussians.load_ply", {"session": sid, "path": spz_path})  # the default reads it as stored: mirrored
+    assert np.abs(_state(c, sid)[:, :3] - src).max() > 0.5
+    frame = np.frombuffer((fix / "source_v3.spz").read_bytes(), np.uint8)
+    c.request("parts.add", {"session": sid, "name": "rub", "filename": "a.spz", "spz_axes": "rub"}, [frame])
+    assert np.abs(_state(c, sid)[300:, :3] - src).max() <= 0.5 / 4096 + 1e-6
 
 
 @pytest.mark.parametrize("steps", [150, 10_000])
