@@ -475,7 +475,8 @@ _STAGE1_OPS: list[OpSpec] = [
     ),
     OpSpec(
         "gaussians.load_ply",
-        "Replace the session's Gaussians by a 3DGS .ply (INRIA layout; extra SH bands and properties tolerated).",
+        "Replace the session's Gaussians by a splat file: a 3DGS .ply (INRIA layout; extra SH bands and properties "
+        "tolerated), a compressed .ply, .splat, .spz, .sog or a SOG's meta.json.",
         args=(
             Arg("path", "str", ".ply (or .splat) path inside the server's data folders (--data-dir); or send the file as a frame"),
             Arg("filename", "str", "with a file frame: its name (the suffix picks the format; default .ply)"),
