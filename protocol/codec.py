@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import msgpack
 import numpy as np
@@ -35,6 +35,11 @@ PROTOCOL_VERSION = 2
 _OLD_VERSIONS = {1: "version 1 signed requests as HMAC-SHA256(key, header ‖ buffers); version 2 signs "
                     "HMAC-SHA256(key, 'i3d-request-v1\\0' ‖ header ‖ buffers) and replies under 'i3d-reply-v1\\0' "
                     "(docs/protocol.md, 'Envelope'); update the client"}
+
+# Versions an *unsigned* message may carry: version 2 changed only the signature, so an unsigned version-1
+# message is byte for byte what it was (a server with no key answers it in version 1; a server with a key
+# refuses it, naming the change).
+UNSIGNED_VERSIONS = (1, PROTOCOL_VERSION)
 
 # Wire dtype names (numpy's names); multi-byte types are little-endian on the wire.
 DTYPES: tuple[str, ...] = (
@@ -200,8 +205,8 @@ def _peek_id(view: memoryview, limits: Limits) -> str:
         return ""
 
 
-def decode_header(raw: bytes | memoryview, limits: Limits) -> dict:
-    """Unpack and check a header frame (map, version). Raises BadMessage / UnsupportedVersion."""
+def decode_header(raw: bytes | memoryview, limits: Limits, versions: Collection[int] = (PROTOCOL_VERSION,)) -> dict:
+    """Unpack and check a header frame (map, version in ``versions``). Raises BadMessage / UnsupportedVersion."""
     if len(raw) > limits.max_header_bytes:
         raise TooLarge(f"header is {len(raw)} bytes, over the cap of {limits.max_header_bytes}")
     try:
@@ -218,7 +223,7 @@ def decode_header(raw: bytes | memoryview, limits: Limits) -> dict:
     v = h.get("v")
     if not isinstance(v, int) or isinstance(v, bool):
         raise BadMessage(f"header field 'v' must be an int, got {v!r}", request_id=rid)
-    if v != PROTOCOL_VERSION:
+    if v not in versions:
         why = f": {_OLD_VERSIONS[v]}" if v in _OLD_VERSIONS else ""
         # answered in the peer's own version, so that an older client can read why it is refused
         raise UnsupportedVersion(f"protocol version {v} is not supported: this side speaks version {PROTOCOL_VERSION}{why}",
@@ -240,7 +245,8 @@ def _check_spec(i: int, spec: Any) -> tuple[np.dtype, tuple[int, ...]]:
     return _NP_DTYPES[name], tuple(shape)
 
 
-def decode(frames: Sequence[Any], limits: Limits = Limits(), verify=None) -> Message:
+def decode(frames: Sequence[Any], limits: Limits = Limits(), verify=None,
+           versions: Collection[int] = (PROTOCOL_VERSION,)) -> Message:
     """Decode and validate ``frames`` (as received by ``recv_multipart``, copy=False or not).
 
     Args:
@@ -248,6 +254,8 @@ def decode(frames: Sequence[Any], limits: Limits = Limits(), verify=None) -> Mes
         limits: caps on frame count and sizes.
         verify: optional callable ``(raw_header, header, buffer_views) -> None`` that raises
             :class:`Unauthorized` (the :class:`.auth.Signer` check); it runs before buffers are wrapped.
+        versions: the envelope versions accepted (a keyless server also takes version 1, see
+            ``UNSIGNED_VERSIONS``).
 
     Returns:
         The :class:`Message`, buffers as read-only arrays viewing the frames.
@@ -275,7 +283,7 @@ def decode(frames: Sequence[Any], limits: Limits = Limits(), verify=None) -> Mes
         exc.request_id = _peek_id(views[0], limits)
         raise
     raw = views[0].tobytes()
-    h = decode_header(raw, limits)
+    h = decode_header(raw, limits, versions)
     rid = _header_id(h)
     try:
         if verify is not None:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
+from interactive3d.protocol.codec import PROTOCOL_VERSION
 from interactive3d.protocol.errors import Busy
 
 from . import checkpoint as ckpt_mod
@@ -57,6 +58,7 @@ class Request:
     resume: ckpt_mod.JobRecord | None = None
     paused: bool = False
     identity: bytes | None = None  # the sender's ROUTER identity (events of sessions it creates go there)
+    version: int = PROTOCOL_VERSION  # the request's envelope version: its reply is sent in it
 
     @property
     def device(self) -> torch.device:

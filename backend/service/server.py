@@ -43,6 +43,7 @@ from interactive3d.protocol.auth import Signer, check_key, is_loopback
 from interactive3d.protocol.catalogue import OpSpec
 from interactive3d.protocol.codec import (
     PROTOCOL_VERSION,
+    UNSIGNED_VERSIONS,
     Limits,
     buffer_frames,
     decode,
@@ -642,8 +643,9 @@ class Server:
         except zmq.ZMQError as exc:  # peer gone or its queue full: drop, as ROUTER does
             log.warning("dropping a message to a peer: %s", exc)
 
-    def _error(self, identity: bytes, rid: str, exc: ProtocolError) -> list:
-        return self._send(identity, error_header(rid, exc.code, exc.message, getattr(exc, "peer_version", None)))
+    def _error(self, identity: bytes, rid: str, exc: ProtocolError, version: int | None = None) -> list:
+        """Send ``exc`` in ``version`` (the request's), else in the version an UnsupportedVersion names, else ours."""
+        return self._send(identity, error_header(rid, exc.code, exc.message, version or getattr(exc, "peer_version", None)))
 
     def _remember(self, identity: bytes, rid: str, frames: list) -> None:
         """Keep a successful reply so that a Lazy Pirate retry of the same request id gets it again instead of
@@ -674,7 +676,9 @@ class Server:
             verified[0] = True
 
         try:
-            msg = decode(body, self.config.limits, verify if self._signer else None)
+            # a keyless server also answers unsigned version-1 messages (their bytes did not change in version 2)
+            msg = decode(body, self.config.limits, verify if self._signer else None,
+                         (PROTOCOL_VERSION,) if self._signer else UNSIGNED_VERSIONS)
         except ProtocolError as exc:
             # an old client's version is not a secret: its refusal says what changed, signed or not
             if self._signer is not None and not verified[0] and exc.code not in ("unauthorized", "too_large", "unsupported_version"):
@@ -710,14 +714,14 @@ class Server:
             session = self.get_session(args.get("session")) if spec.session else None
             if spec.starts_job and session is not None and session.job_active and not (spec.preempts and preemptible(session)):
                 raise Busy(f"session {session.id} already has job {session.job.job_id} ({session.job.kind}, {session.job.state})")
-            req = Request(op, rid, args, msg.buffers, session, self, identity=identity)
+            req = Request(op, rid, args, msg.buffers, session, self, identity=identity, version=msg.header["v"])
         except ProtocolError as exc:
             self._peer_log.info(log, identity, "op=%s id=%s error code=%s message=%s", printable(op), printable(rid), exc.code, printable(exc.message))
-            self._error(identity, rid, exc)
+            self._error(identity, rid, exc, msg.header["v"])
             return
         except Exception as exc:  # noqa: BLE001 - the server never dies of a message
             log.exception("op=%s id=%s failed", printable(op), printable(rid))
-            self._error(identity, rid, ProtocolError(f"{type(exc).__name__}: {exc}", code="internal"))
+            self._error(identity, rid, ProtocolError(f"{type(exc).__name__}: {exc}", code="internal"), msg.header["v"])
             return
         if op in INLINE_OPS or (op == "state.get" and self.last_state(session) is not None):
             self._reply(req, handler, self._send_now)
@@ -751,16 +755,16 @@ class Server:
                 out = Reply(result=out)
             if not isinstance(out, Reply):
                 raise TypeError(f"handler for {op} returned {type(out).__name__}, expected Reply or dict")
-            header = {"v": PROTOCOL_VERSION, "id": rid, "ok": True, "result": _plain(out.result)}
+            header = {"v": req.version, "id": rid, "ok": True, "result": _plain(out.result)}
             # only successes are remembered: a failed op changed nothing and may be retried
             deliver(identity, rid, header, out.buffers, True)
             log.debug("op=%s id=%s ok ms=%.1f", op, printable(rid), (time.perf_counter() - t0) * 1e3)
         except ProtocolError as exc:
             self._peer_log.info(log, identity, "op=%s id=%s error code=%s message=%s", op, printable(rid), exc.code, printable(exc.message))
-            deliver(identity, rid, error_header(rid, exc.code, exc.message), (), False)
+            deliver(identity, rid, error_header(rid, exc.code, exc.message, req.version), (), False)
         except Exception as exc:  # noqa: BLE001 - the server never dies of a message
             log.exception("op=%s id=%s failed", op, printable(rid))
-            deliver(identity, rid, error_header(rid, "internal", f"{type(exc).__name__}: {exc}"), (), False)
+            deliver(identity, rid, error_header(rid, "internal", f"{type(exc).__name__}: {exc}", req.version), (), False)
 
 
 def run(config: ServerConfig, extra_ops: Sequence[OpSpec] = (), extra_handlers: Mapping[str, Handler] | None = None) -> int:

@@ -274,3 +274,43 @@ def test_retried_request_id_is_not_run_twice(tmp_path):
     finally:
         raw.close()
         ts.stop()
+
+
+def test_unsigned_version_1_is_answered_by_a_keyless_server_and_refused_with_a_key():
+    """Version 2 changed only the signature, so a keyless server answers an unsigned version-1 request (in
+    version 1: ping, a typed error, an echo with buffers); a server with a key refuses version 1 with
+    ``unsupported_version`` naming both versions and the signing change (answered in version 1)."""
+    def v1(**kw) -> list:
+        h = {"v": 1, "id": "old-1", "op": "ping", "args": {}, "buffers": []}
+        h.update(kw)
+        return [msgpack.packb(h, use_bin_type=True)]
+
+    ts = ThreadedServer()
+    raw = Raw(ts.address)
+    try:
+        h = raw.ask(v1())
+        assert h["v"] == 1 and h["ok"] is True and h["result"]["name"] == "interactive3d-backend"
+        h = raw.ask(v1(id="old-2", op="state.get", args={"session": "nope"}))
+        assert h["v"] == 1 and h["ok"] is False and h["error"]["code"] == "not_found"
+        h = raw.ask(v1(id="old-3", op="no.such.op"))
+        assert h["v"] == 1 and h["error"]["code"] == "unknown_op"
+        raw.s.send_multipart(v1(id="old-4", op="test.echo", buffers=[{"dtype": "float32", "shape": [3]}])
+                             + [np.arange(3, dtype="<f4").tobytes()])
+        assert raw.s.poll(5000)
+        frames = raw.s.recv_multipart()
+        h = msgpack.unpackb(frames[0], raw=False)
+        assert h["v"] == 1 and h["ok"] and np.frombuffer(frames[1], "<f4").tolist() == [0.0, 1.0, 2.0]
+    finally:
+        raw.close()
+        ts.stop()
+    key = b"0123456789abcdef0123456789abcdef"
+    ts = ThreadedServer(auth_key=key)
+    raw = Raw(ts.address)
+    try:
+        h = raw.ask(v1())
+        assert h["v"] == 1 and h["error"]["code"] == "unsupported_version"
+        assert "version 1" in h["error"]["message"] and "version 2" in h["error"]["message"]
+        assert "i3d-request-v1" in h["error"]["message"]
+    finally:
+        raw.close()
+        ts.stop()
