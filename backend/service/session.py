@@ -58,6 +58,14 @@ class Extra(Protocol):
     def from_state_dict(cls, state: dict, device: torch.device) -> "Extra": ...
 
 
+class JobHandle(Protocol):
+    """What a session reads of its job runner (backend/service/jobs.py JobRunner, which imports this module)."""
+
+    job_id: str
+    state: str  # running | pausing | paused | cancelling | done | cancelled | error | stopped
+    finished: bool
+
+
 @dataclass
 class SessionState:
     """An exact copy of a session's mutable state (one history entry)."""
@@ -116,7 +124,7 @@ class Session:
         self.extras: dict[str, Any] = {}
         self.lock = threading.RLock()
         self.history = History(history_depth)
-        self.job = None  # backend.jobs.JobRunner of the current or last job
+        self.job: JobHandle | None = None  # the JobRunner of the current or last job
         self.suspended = None  # (JobRunner, was_running): a Stage I job paused for an interaction job
         # The session's guidance (stage1.guidance_cache.GuidanceSpec: model, prompt, negative prompt), set by
         # stage1.start and used by drag, semantic edit and refinement. A setting, not an edit: it is kept in

@@ -152,7 +152,7 @@ def test_job_error_becomes_error_event(client, server):
 
     from interactive3d.backend.service.requests import Request
 
-    Request("x", "rid", {}, [], s, server.server).start_job(Boom())
+    Request("x", "rid", {}, [], s, server.server.services).start_job(Boom())
     evs = _wait(client, lambda m: m.event == "error")
     assert "step exploded" in evs[-1].data["message"] and evs[-1].data["code"] == "internal"
     assert client.request("state.get", {"session": sid}).result["count"] == 64
