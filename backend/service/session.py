@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from interactive3d.protocol.errors import Conflict
 
-from ..stage1.gaussians import Gaussians, make_optimizers
+from ..stage1.gaussians import Gaussians, deep_copy_optimizers, make_optimizers
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # ids name folders in the state dir
 DEFAULT_HISTORY_DEPTH = 32
@@ -76,12 +76,6 @@ class SessionState:
     extras: dict[str, tuple[Any, dict]]  # slot → (object, deep-copied state_dict)
     time: float = field(default_factory=time.time)
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # names its file in checkpoints (written once)
-
-
-def _copy_optimizers(optimizers: dict | None) -> dict | None:
-    if optimizers is None:
-        return None
-    return {k: copy.deepcopy(v.state_dict()) for k, v in optimizers.items()}
 
 
 def restore_optimizers(g: Gaussians, states: dict | None) -> dict | None:
@@ -194,7 +188,7 @@ class Session:
             return SessionState(
                 label=label,
                 gaussians=None if self.gaussians is None else self.gaussians.snapshot(),
-                optimizers=_copy_optimizers(self.optimizers),
+                optimizers=deep_copy_optimizers(self.optimizers),
                 extras={k: (v, copy.deepcopy(v.state_dict())) for k, v in self.extras.items()},
             )
 
