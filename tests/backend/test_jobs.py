@@ -13,24 +13,9 @@ import time
 
 import numpy as np
 import pytest
-from _server_helpers import ThreadedServer
 from interactive3d.protocol.client import Client, RemoteError
 
 START_OP = "test.fit"
-
-
-@pytest.fixture(scope="module")
-def server():
-    ts = ThreadedServer()
-    yield ts
-    ts.stop()
-
-
-@pytest.fixture()
-def client(server):
-    c = Client(server.address)
-    yield c
-    c.close()
 
 
 def _session(c: Client, n: int = 64) -> str:

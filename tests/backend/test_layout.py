@@ -80,25 +80,7 @@ def test_imports_run_one_way(layer):
 
 
 def test_no_import_circles():
-    graph = _module_imports()
-    state: dict[str, int] = {}
-    cycles: list[list[str]] = []
-
-    def visit(m: str, stack: list[str]) -> None:
-        state[m] = 1
-        for d in sorted(graph.get(m, ())):
-            if d not in graph:
-                continue
-            if state.get(d) == 1:
-                cycles.append(stack[stack.index(d):] + [d] if d in stack else [m, d])
-            elif d not in state:
-                visit(d, stack + [d])
-        state[m] = 2
-
-    for m in sorted(graph):
-        if m not in state:
-            visit(m, [m])
-    assert cycles == [], f"import circles: {cycles}"
+    assert _circles(_module_imports()) == []
 
 
 def test_quaternion_maths_has_one_home():
