@@ -229,8 +229,8 @@ def test_no_module_uses_names_of_a_module_that_imports_it():
 
 
 def test_handlers_call_no_private_method_of_what_they_are_handed():
-    """requests.py and the ops_* handlers use the :class:`Services` they are handed, never a private
-    ``obj._name`` of another object (only their own ``self._name``)."""
+    """requests.py and the ops_* handlers use the :class:`Services` they are handed, never the server
+    (``req.server``) nor a private ``obj._name`` of another object (only their own ``self._name``)."""
     bad = []
     for path in sorted((BACKEND / "service").glob("*.py")):
         if path.name != "requests.py" and not path.name.startswith("ops_"):
@@ -239,4 +239,6 @@ def test_handlers_call_no_private_method_of_what_they_are_handed():
             if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
                     and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
                 bad.append(f"{path.name}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.Attribute) and node.attr == "server":  # the old Request.server: use req.services
+                bad.append(f"{path.name}:{node.lineno} .server")
     assert bad == [], bad
