@@ -174,7 +174,7 @@ def run_item(item: BatchItem, base: dict, out_root: str, device: str, attempt: i
     cancellation (KeyboardInterrupt from ``ray.cancel``) propagates after the backend is stopped. When
     this runs on another machine than the driver, the output files travel back in ``files``.
     """
-    from interactive3d.demo import PipelineError
+    from interactive3d.pipeline import PipelineError
     from interactive3d.generate import ModelNotAvailableError, run_generate
 
     folder = Path(out_root) / item.slug
@@ -244,7 +244,7 @@ def run_batch(
 ) -> list[Outcome]:
     """Run ``items`` on Ray; returns one Outcome per item (in ``items`` order) and writes
     ``out``/summary.json. Complete items are skipped without a task. ``on_outcome`` sees each as it ends."""
-    from interactive3d.demo import ProgressBar
+    from interactive3d.pipeline import ProgressBar
 
     cfg.check()
     stream = stream if stream is not None else sys.stderr

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from interactive3d.demo import Backend, PipelineError, _installed, _timed, _write_mesh, run_blender_scene, spawn_backend, stop_backend
+from interactive3d.pipeline import Backend, PipelineError, installed, spawn_backend, stop_backend, timed, write_mesh
+from interactive3d.scene import run_blender_scene
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +198,14 @@ def run_generate(
                 if cfg.guidance == "oracle":
                     _set_oracle_reference(backend, cfg.seed)
                 report["init"] = _init(backend, cfg, sizes["n_init"], ops.get("gaussians.init", {}))
-                _timed(stages, "init", t0, backend=backend.pong, kind=report["init"]["kind"])
+                timed(stages, "init", t0, backend=backend.pong, kind=report["init"]["kind"])
                 if progress is not None:
                     progress.update(session=backend.session, done=["init"], running=None, stages=stages)
             if "stage1" not in done:
                 t0 = time.perf_counter()
                 job = _run_or_wait(backend, progress, done, resumed_job, "stage1", "stage1.start", stage1_args, "stage I", sizes["steps"], "loss")
                 state, _ = backend.state()
-                _timed(stages, "stage1", t0, steps=sizes["steps"], resolution=sizes["resolution"], count=int(state.shape[0]),
+                timed(stages, "stage1", t0, steps=sizes["steps"], resolution=sizes["resolution"], count=int(state.shape[0]),
                        job=job["result"], last_metrics=job["metrics"])
                 if progress is not None:
                     progress.update(done=["init", "stage1"], running=None, stages=stages)
@@ -215,7 +216,7 @@ def run_generate(
                 distill = _run_or_wait(
                     backend, progress, done, resumed_job, "distill", "stage2.distill", distill_args, "distill", sizes["distill_steps"], "psnr"
                 )
-                _timed(stages, "distill", t0, steps=sizes["distill_steps"], psnr=distill["result"].get("psnr", distill["metrics"].get("psnr")), job=distill["result"])
+                timed(stages, "distill", t0, steps=sizes["distill_steps"], psnr=distill["result"].get("psnr", distill["metrics"].get("psnr")), job=distill["result"])
                 if progress is not None:
                     progress.update(done=["init", "stage1", "distill"], running=None, stages=stages)
             t0 = time.perf_counter()
@@ -226,8 +227,8 @@ def run_generate(
                 timeout=600.0,
             )
             verts, faces, colors = (np.array(b) for b in reply.buffers[:3])
-            _write_mesh(out / "mesh.glb", reply.buffers[:3])  # written here: the backend may be remote
-            _timed(stages, "mesh", t0, resolution=cfg.mesh_resolution, vertices=int(len(verts)), faces=int(len(faces)))
+            write_mesh(out / "mesh.glb", reply.buffers[:3])  # written here: the backend may be remote
+            timed(stages, "mesh", t0, resolution=cfg.mesh_resolution, vertices=int(len(verts)), faces=int(len(faces)))
             if connect is not None:
                 backend.call("session.close", {})  # a shared backend keeps no finished session behind
         except Exception:
@@ -240,7 +241,7 @@ def run_generate(
             if proc is not None:
                 stop_backend(proc)
     ply.write_ply(out / "splats.ply", splat_data.state_to_splat(state))
-    if cfg.blend and not _installed("bpy"):
+    if cfg.blend and not installed("bpy"):
         stages["blender"] = {"skipped": "no bpy module: pip install 'interactive3d[blender]'"}
         log.warning("scene.blend skipped: no bpy module (pip install 'interactive3d[blender]')")
     elif cfg.blend:
@@ -251,7 +252,7 @@ def run_generate(
             made = run_blender_scene(str(inputs), str(out / "scene.blend"), None)
         finally:
             inputs.unlink(missing_ok=True)
-        _timed(stages, "blender", t0, **made)
+        timed(stages, "blender", t0, **made)
     report["total_seconds"] = time.perf_counter() - t_start
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     return report

@@ -16,6 +16,7 @@ stages must see the same answer without threading an object through them. Tests 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -23,6 +24,12 @@ from typing import Callable
 import torch
 
 log = logging.getLogger(__name__)
+
+
+def triton_interpreted() -> bool:
+    """True when the Triton interpreter is requested (``TRITON_INTERPRET``): kernels then run on CPU tensors,
+    slowly. Triton reads the variable when a module's kernels are decorated, i.e. when that module is imported."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ the part's bounding box by default):
 
 Σ' is re-factorised into the stored scale and rotation. When A is a (possibly mirrored) similarity
 ``A = ±s R`` the rotation is composed into the quaternion directly (exact, keeps each Gaussian's axis
-order); otherwise Σ' is eigendecomposed in float64 in closed form (:func:`eigh3`) into a proper frame.
+order); otherwise Σ' is eigendecomposed in float64 in closed form (``maths/rotations.py`` :func:`stretch_factor`)
+into a proper frame.
 View-dependent colour turns with the part: the spherical-harmonics bands of degree ≥ 1 are rotated by
 the orthogonal factor O of A's polar decomposition (O = A/s exactly for similarities, mirrors included),
 so that the colour seen along d afterwards is the colour seen along Oᵀd before (:func:`sh_rotation`).
@@ -22,13 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..maths.rotations import (
-    eigh3_c,
-    quat_multiply,
-    quat_to_rotmat_c,
-    rotmat_to_quat,
-    rotmat_to_quat_c,
-)
+from ..maths.rotations import quat_multiply, rotmat_to_quat, stretch_factor
 from ..stage1.gaussians import Gaussians
 
 # A matrix whose |det A| is below this (relative to its scale) squashes Gaussians to zero volume.
@@ -42,38 +37,6 @@ class TransformResult:
     count: int  # number of Gaussians transformed
     pivot: Tensor  # [3] pivot used
     similarity: bool  # True: quaternion composition; False: Σ' = AΣAᵀ eigen-refactorisation
-
-
-STRETCH_CHUNK = 16384  # rows per pass: the ~100 live [chunk] float64 temporaries stay in cache (measured
-# at 100k rows on the CPU machine: 70 ms in one pass, 57 ms in chunks of 16k, 78 ms in chunks of 4k)
-
-
-def _stretch_factor(a: Tensor, scales: Tensor, quats: Tensor) -> tuple[Tensor, Tensor]:
-    """Scales [N,3] and unit quats [N,4] of A Σ Aᵀ for Σ = R diag(s²) Rᵀ (float64 in, float64 out).
-
-    M = A R diag(s) entry by entry, A Σ Aᵀ = M Mᵀ (six entries), eigendecomposition, eigenvector frame
-    → quaternion: all on contiguous components (see the note above ``Vec``), in chunks of rows.
-    """
-    if scales.shape[0] > STRETCH_CHUNK:
-        parts = [_stretch_factor(a, scales[i : i + STRETCH_CHUNK], quats[i : i + STRETCH_CHUNK])
-                 for i in range(0, scales.shape[0], STRETCH_CHUNK)]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-    qc = quats.T.contiguous()
-    qc = qc * qc.pow(2).sum(0).sqrt().clamp_min(1e-12).reciprocal()
-    r = quat_to_rotmat_c(tuple(qc))
-    s = scales.T.contiguous()
-    rs = [[r[k][j] * s[j] for j in range(3)] for k in range(3)]  # R diag(s), entry (k, j)
-    av = a.tolist()
-    m = [[av[i][0] * rs[0][j] + av[i][1] * rs[1][j] + av[i][2] * rs[2][j] for j in range(3)] for i in range(3)]
-
-    def dot(i: int, k: int) -> Tensor:
-        return m[i][0] * m[k][0] + m[i][1] * m[k][1] + m[i][2] * m[k][2]
-
-    (l1, l2, l3), (v1, v2, v3) = eigh3_c((dot(0, 0), dot(1, 1), dot(2, 2), dot(0, 1), dot(0, 2), dot(1, 2)))
-    new_s = torch.stack([l1, l2, l3], -1).clamp_min(0.0).sqrt()
-    # the frame's columns are v1, v2, v3: entry (i, j) = v_j[i]
-    frame = ((v1[0], v2[0], v3[0]), (v1[1], v2[1], v3[1]), (v1[2], v2[2], v3[2]))
-    return new_s, torch.stack(rotmat_to_quat_c(frame), -1)
 
 
 def check_matrix(matrix: Tensor, name: str = "matrix") -> Tensor:
@@ -158,7 +121,7 @@ def transform_part(
             new_q = quat_multiply(rotmat_to_quat(r[None]).to(q.dtype), q)
             new_log_s = log_s + math.log(s)
         else:
-            new_s, new_q = _stretch_factor(a, torch.exp(log_s.double()), q.double())
+            new_s, new_q = stretch_factor(a, torch.exp(log_s.double()), q.double())
             new_log_s = torch.log(new_s.clamp_min(1e-30))
         dtype = g.params["means"].dtype
         g.params["means"][rows] = new_mu.to(dtype)

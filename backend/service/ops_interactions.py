@@ -116,7 +116,7 @@ def _session_guidance(req, required: bool, oracle: bool = False):
                 "become the session's), or pass oracle=true after stage1.set_reference, or set guidance=false"
             )
         return None
-    cache, device = req.server.guidance_cache, req.device
+    cache, device = req.services.guidance_cache, req.device
 
     def load():
         return cache.get(spec.kind, spec.model, device, local_files_only=spec.local_files_only, config=spec.config())
@@ -343,7 +343,7 @@ def _check_sds_memory(req, g: Gaussians, cfg: InteractiveSDSConfig) -> None:
     from . import costs
 
     est = costs.stage1_bytes(g, cfg.batch, cfg.width, 1.0, 60.0)
-    req.server.memory.check(f"{req.op}: {cfg.batch} zoom-in views of {cfg.width}² per step, {g.n} Gaussians", est)
+    req.services.memory.check(f"{req.op}: {cfg.batch} zoom-in views of {cfg.width}² per step, {g.n} Gaussians", est)
 
 
 def handle_drag(req) -> dict:
@@ -412,7 +412,7 @@ def handle_sam(req):
 
     args = req.args
     # the checkpoint is unpickled: only a file inside the server's model roots (--model-dir)
-    checkpoint = files.resolve_model_file(req.server.model_roots, args["checkpoint"], req.server.config.max_file_bytes, "segment.sam: checkpoint")
+    checkpoint = files.resolve_model_file(req.services.model_roots, args["checkpoint"], req.services.max_file_bytes, "segment.sam: checkpoint")
     try:
         mask = selection.sam_masks(np.asarray(req.buffers[0]), np.asarray(args["points"], dtype=np.float32), checkpoint, args["model_type"])
     except selection.SegmentorUnavailableError as exc:

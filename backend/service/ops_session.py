@@ -63,21 +63,21 @@ def ping(req: Request) -> Reply:
         "version": PROTOCOL_VERSION,
         "server_version": _package_version(),
         "device": str(req.device),
-        "ops": sorted(req.server.handlers),
+        "ops": list(req.services.ops),
         "backends": fastpath_backends(req.device),
     })
 
 
 def session_create(req: Request) -> Reply:
-    s = req.server.create_session(req.args["name"], identity=req.identity)
+    s = req.services.create_session(req.args["name"], identity=req.identity)
     return Reply({"session": s.id})
 
 
 def session_list(req: Request) -> Reply:
-    srv = req.server
-    cks = [] if srv.config.state_dir is None else ckpt_mod.list_checkpoints(srv.config.state_dir)
+    srv = req.services
+    cks = [] if srv.state_dir is None else ckpt_mod.list_checkpoints(srv.state_dir)
     out = []
-    for s in list(srv.sessions.values()):
+    for s in srv.sessions():
         row = s.summary()
         row["step"] = 0 if s.job is None else int(s.job.step)  # documented field (issue 15)
         owner = srv.owner(s.id)
@@ -89,7 +89,7 @@ def session_list(req: Request) -> Reply:
 def session_attach(req: Request) -> Reply:
     """Observe a session: its job events also go to this client (the creator gets them by default); with
     take_over this client becomes its owner (the only one whose ops may change it)."""
-    srv, s = req.server, req.session
+    srv, s = req.services, req.session
     if req.identity is not None:
         if req.args["take_over"]:
             srv.take_over(s, req.identity)
@@ -101,12 +101,12 @@ def session_attach(req: Request) -> Reply:
 
 
 def session_close(req: Request) -> Reply:
-    req.server.close_session(req.session, checkpoint=req.args["checkpoint"])
+    req.services.close_session(req.session, checkpoint=req.args["checkpoint"])
     return Reply({"closed": True})
 
 
 def session_resume(req: Request) -> Reply:
-    s, job, step = req.server.resume_session(req.args["session"], req.identity, req.args["paused"])
+    s, job, step = req.services.resume_session(req.args["session"], req.identity, req.args["paused"])
     n = 0 if s.gaussians is None else s.gaussians.n
     behind = None if s.suspended is None else s.suspended[0].job_id
     return Reply({"session": s.id, "count": n, "job": job, "step": step, "suspended": behind, "revision": s.revision_now()})
@@ -114,7 +114,7 @@ def session_resume(req: Request) -> Reply:
 
 def session_checkpoint(req: Request) -> Reply:
     s = req.session
-    if req.server.config.state_dir is None:
+    if req.services.state_dir is None:
         raise NotFound("this server has no state dir (start it with --state-dir)")
     runner = s.job
     if runner is not None and not runner.finished:
@@ -123,7 +123,7 @@ def session_checkpoint(req: Request) -> Reply:
         step = runner.step
     else:
         c, step = ckpt_mod.capture(s), 0
-    path = ckpt_mod.write(req.server.config.state_dir, c)
+    path = ckpt_mod.write(req.services.state_dir, c)
     return Reply({"path": str(path), "step": step})
 
 
@@ -197,7 +197,7 @@ def history_list(req: Request) -> Reply:
 
 def state_get(req: Request) -> Reply:
     s = req.session
-    snap = req.server.last_state(s) if s.job_active else None
+    snap = req.services.last_state(s) if s.job_active else None
     if snap is not None:  # a job is stepping: its latest state frame, without waiting for the lock
         frame, parts, counts, revision = snap
         result = {"count": int(frame.shape[0]), "columns": list(STATE_COLUMNS), "parts": parts, "part_counts": counts}

@@ -41,7 +41,7 @@ MAX_RENDER_VIEWS = 64
 
 def _read_path(req: Request, path: str, what: str) -> str:
     """A request path resolved for reading inside the data roots (files.py: invalid_args / not_found / too_large)."""
-    return files.resolve_read(req.server.roots, path, req.server.config.max_file_bytes, f"{req.op}: {what}")
+    return files.resolve_read(req.services.roots, path, req.services.max_file_bytes, f"{req.op}: {what}")
 
 
 def _set_gaussians(req: Request, g: Gaussians, label: str) -> Reply:
@@ -60,7 +60,7 @@ def _load_real_path(req: Request, path: str, shown: str) -> Gaussians:
     """Read a resolved .ply/.splat path under the memory budget (a file of B bytes holds ≤ B/56 Gaussians)."""
     nbytes = os.path.getsize(path)
     est = nbytes + costs.gaussians_bytes(nbytes // MIN_PLY_ROW_BYTES + 1)
-    with req.server.memory.reserve(f"{req.op}: loading {shown} ({nbytes} bytes)", est):
+    with req.services.memory.reserve(f"{req.op}: loading {shown} ({nbytes} bytes)", est):
         try:
             return init_mod.load_ply(path, device=req.device, spz_axes=req.args.get("spz_axes", "ply"))
         except (PlyFormatError, ValueError, OverflowError) as exc:
@@ -92,7 +92,7 @@ def _file_frame(req: Request, buffer=None):
             return None
         buffer = req.buffers[-1]
     frame = files.frame_bytes(buffer, f"{req.op}: file")
-    cap = req.server.config.max_file_bytes
+    cap = req.services.max_file_bytes
     if frame.nbytes > cap:
         raise TooLarge(f"{req.op}: the file frame is {frame.nbytes} bytes, over the server's file cap of {cap}")
     return frame
@@ -102,7 +102,7 @@ def _init_from_mesh(req: Request, mesh_path: str) -> Gaussians:
     a = req.args
     # the mesh itself: trimesh holds a few times its file size; then n Gaussians
     est = costs.gaussians_bytes(a["n"]) + 16 * os.path.getsize(mesh_path)
-    with req.server.memory.reserve(f"gaussians.init: {a['n']} Gaussians from a mesh", est):
+    with req.services.memory.reserve(f"gaussians.init: {a['n']} Gaussians from a mesh", est):
         try:
             return init_mod.init_from_mesh(
                 mesh_path, n=a["n"], seed=a["seed"], fit_radius=a["fit_radius"], opacity=a["opacity"],
@@ -120,7 +120,7 @@ def gaussians_init(req: Request) -> Reply:
     try:
         if kind == "random":
             axes = tuple(a["axes"]) if a["axes"] is not None else None
-            req.server.memory.check(f"gaussians.init: {a['n']} Gaussians", costs.gaussians_bytes(a["n"]))
+            req.services.memory.check(f"gaussians.init: {a['n']} Gaussians", costs.gaussians_bytes(a["n"]))
             g = init_random(a["n"], radius=a["radius"], axes=axes, seed=a["seed"], sh_degree=a["sh_degree"], device=dev)
         elif kind == "points":
             if not req.buffers:
@@ -129,7 +129,7 @@ def gaussians_init(req: Request) -> Reply:
             colors = req.buffers[1] if len(req.buffers) > 1 else None
             if points.shape[0] == 0:
                 raise InvalidArgs("gaussians.init: points buffer is empty (zero Gaussians)")
-            req.server.memory.check(f"gaussians.init: {points.shape[0]} points", costs.gaussians_bytes(points.shape[0]))
+            req.services.memory.check(f"gaussians.init: {points.shape[0]} points", costs.gaussians_bytes(points.shape[0]))
             g = init_mod.init_from_points(points, colors, opacity=a["opacity"], scale=a["scale"], sh_degree=a["sh_degree"], device=dev)
         elif kind == "shap_e":
             g = _init_shap_e(req)
@@ -170,7 +170,7 @@ def _init_shap_e(req: Request) -> Gaussians:
         fit_radius=a["fit_radius"] if a["fit_radius"] is not None else ShapEConfig.fit_radius, opacity=a["opacity"], seed=a["seed"],
     )
     try:
-        pipe = req.server.guidance_cache.get("shap_e", model, req.device, local_files_only=a["local_files_only"])
+        pipe = req.services.guidance_cache.get("shap_e", model, req.device, local_files_only=a["local_files_only"])
     except ShapEUnavailable as exc:
         raise NotFound(str(exc)) from exc
     return init_from_shap_e(pipe, prompt, cfg, sh_degree=a["sh_degree"], device=req.device)
@@ -184,7 +184,7 @@ def gaussians_save_ply(req: Request) -> Reply:
     s, a = req.session, req.args
     if not a["path"] and not a["return_file"]:
         raise InvalidArgs("gaussians.save_ply: give path, return_file=true, or both")
-    target = files.resolve_write(req.server.roots, a["path"], "gaussians.save_ply: path") if a["path"] else None
+    target = files.resolve_write(req.services.roots, a["path"], "gaussians.save_ply: path") if a["path"] else None
     with s.lock:
         if s.gaussians is None or s.gaussians.n == 0:
             raise InvalidArgs("gaussians.save_ply: the session has no Gaussians")
@@ -196,11 +196,11 @@ def gaussians_save_ply(req: Request) -> Reply:
         ply_io.write_ply(target, data)
     if a["return_file"]:
         if target is not None:
-            buffers = [files.read_back(target, req.server.config.max_file_bytes, "the .ply")]
+            buffers = [files.read_back(target, req.services.max_file_bytes, "the .ply")]
         else:
             with files.scratch_path(".ply") as tmp:
                 ply_io.write_ply(tmp, data)
-                buffers = [files.read_back(tmp, req.server.config.max_file_bytes, "the .ply")]
+                buffers = [files.read_back(tmp, req.services.max_file_bytes, "the .ply")]
     return Reply({"path": target, "count": n}, buffers)
 
 
@@ -227,7 +227,7 @@ def gaussians_render(req: Request) -> Reply:
     if abs(float(torch.linalg.det(c2w[:, :3, :3]).abs().min())) < 1e-8:
         raise InvalidArgs("gaussians.render: c2w rotation is singular")
     b, w, h = int(c2w.shape[0]), a["width"], a["height"]
-    mem = req.server.memory
+    mem = req.services.memory
     with s.lock:
         if s.gaussians is None or s.gaussians.n == 0:
             raise InvalidArgs("gaussians.render: the session has no Gaussians")
@@ -270,7 +270,7 @@ def _check_model(req: Request, kind: str, model: str, local_files_only: bool, wh
     outside them, files.resolve_model) or a hub id. Fails fast (not_found) when the weights are certainly
     unavailable; loading happens on the job thread."""
     sub = {"sd": "unet", "pixart": "transformer", "shap_e": "prior"}[kind]
-    resolved = files.resolve_model(req.server.model_roots, model, f"{req.op}: {what}")
+    resolved = files.resolve_model(req.services.model_roots, model, f"{req.op}: {what}")
     if os.path.isabs(resolved):  # a local folder inside a model root (hub ids come back as given, never absolute)
         if not os.path.isfile(os.path.join(resolved, sub, "config.json")):
             raise NotFound(f"model folder {model!r} has no {sub}/config.json: not a diffusers {kind} model folder")
@@ -350,7 +350,7 @@ def stage1_start(req: Request) -> Reply:
 
     with s.lock:
         est = costs.stage1_bytes(s.gaussians, cfg.batch, cfg.resolution, min(cfg.distance_range), max(cfg.fov_range_deg))
-    req.server.memory.check(f"stage1.start ({cfg.batch} views of {cfg.resolution}² per step, {s.gaussians.n} Gaussians)", est)
+    req.services.memory.check(f"stage1.start ({cfg.batch} views of {cfg.resolution}² per step, {s.gaussians.n} Gaussians)", est)
     guidance, loader, new_spec, ref_from_path = None, None, None, None
     device = req.device
     model = None
@@ -370,7 +370,7 @@ def stage1_start(req: Request) -> Reply:
         model = a["model"] or (spec.model if same_kind and spec.model else default_model(kind))
         local = a["local_files_only"] or (same_kind and not a["model"] and spec.local_files_only)
         model = _check_model(req, kind, model, local)
-        cache = req.server.guidance_cache
+        cache = req.services.guidance_cache
 
         def loader():
             # loaded once per (model, dtype, device) for the whole server; this job gets its own config

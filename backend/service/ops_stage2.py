@@ -62,7 +62,7 @@ def distill(req: Request) -> Reply:
             preview_every=a["preview_every"], opacity_weight=a["opacity_weight"], depth_weight=a["depth_weight"],
             orientation_weight=a["orientation_weight"], mesh_every=a["mesh_every"], mesh_resolution=a["mesh_resolution"], seed=a["seed"],
         )
-        req.server.memory.check(
+        req.services.memory.check(
             f"stage2.distill ({a['rays_per_step']} rays × {a['n_samples']} samples, {a['levels']} levels of 2^{a['log2_table_size']}, "
             f"{max(1, a['view_pool'])} views of {a['resolution']}²)",
             costs.rays_bytes(a["rays_per_step"], a["n_samples"], a["levels"])
@@ -80,7 +80,7 @@ def distill(req: Request) -> Reply:
 def occupancy(req: Request) -> Reply:
     s, a = req.session, req.args
     _idle(req)
-    req.server.memory.check(f"stage2.occupancy at {a['resolution']}³", costs.grid_bytes(a["resolution"], costs.OCC_VOXEL_BYTES))
+    req.services.memory.check(f"stage2.occupancy at {a['resolution']}³", costs.grid_bytes(a["resolution"], costs.OCC_VOXEL_BYTES))
     with s.lock:
         st = _state(req)
         s.record("stage2.occupancy")
@@ -140,8 +140,8 @@ def refine(req: Request) -> Reply:
         model = a["model"] or (spec.model if session_sd and spec.model else DEFAULT_SD_MODEL)
         # a local folder only inside the server's model roots (invalid_args otherwise); the weights load at the first
         # step (a missing folder there ends the job with an error event, as documented)
-        model = files.resolve_model(req.server.model_roots, model, "stage2.refine: model", missing_ok=True)
-        local, device, cache = a["local_files_only"], req.device, req.server.guidance_cache
+        model = files.resolve_model(req.services.model_roots, model, "stage2.refine: model", missing_ok=True)
+        local, device, cache = a["local_files_only"], req.device, req.services.guidance_cache
         config = spec.config() if spec is not None else None
 
         def loader():
@@ -153,7 +153,7 @@ def refine(req: Request) -> Reply:
             steps=a["steps"], rays_per_step=a["rays_per_step"], render=RenderConfig(n_samples=a["n_samples"], stratified=True), seed=a["seed"],
             prompt=prompt or "", fixed_t=a["fixed_t"], sds_size=a["resolution"], orientation_weight=a["orientation_weight"],
         )
-        req.server.memory.check(
+        req.services.memory.check(
             f"stage2.refine ({a['rays_per_step']} rays × {a['n_samples']} samples, {a['views']} views of {a['resolution']}²)",
             costs.rays_bytes(a["rays_per_step"], a["n_samples"], 32) + costs.render_output_bytes(a["views"], a["resolution"] ** 2) * 2,
         )
@@ -170,7 +170,7 @@ def refine(req: Request) -> Reply:
 def extract(req: Request) -> Reply:
     s, a = req.session, req.args
     _idle(req)
-    target = files.resolve_write(req.server.roots, a["path"], "stage2.extract_mesh: path") if a["path"] else None
+    target = files.resolve_write(req.services.roots, a["path"], "stage2.extract_mesh: path") if a["path"] else None
     buffers: list = []
     try:
         cfg = MeshConfig(
@@ -179,14 +179,14 @@ def extract(req: Request) -> Reply:
             texture_padding=a["texture_padding"],
         )
         est = costs.grid_bytes(a["resolution"], costs.MESH_VOXEL_BYTES)
-        with req.server.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³", est), s.lock:
+        with req.services.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³", est), s.lock:
             st = _state(req)
             m = extract_mesh(st.refined, cfg, st.occupancy)
         path = None
         if target is not None:
             path = str(export_mesh(m, target, a["format"]))
         if a["return_file"]:
-            cap = req.server.config.max_file_bytes
+            cap = req.services.max_file_bytes
             if path is not None:
                 buffers = [files.read_back(path, cap, "the mesh file")]
             else:

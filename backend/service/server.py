@@ -64,7 +64,7 @@ from . import ops_interactions, ops_session, ops_stage1, ops_stage2
 from .costs import MemoryBudget, default_budget
 from .logsafe import PeerLogLimiter, printable
 from .jobs import JobConfig, JobRunner
-from .requests import Handler, Reply, Request, preemptible
+from .requests import Handler, Reply, Request, Services, preemptible
 from .session import DEFAULT_HISTORY_DEPTH, SESSION_ID_RE, Session
 from ..stage1.guidance_cache import DEFAULT_CACHE_BYTES, GuidanceCache
 
@@ -276,6 +276,16 @@ class Server:
         self._loop_thread: int | None = None
         self._recent: OrderedDict[tuple[bytes, str], tuple[list, int]] = OrderedDict()  # (identity, id) → reply frames
         self._recent_bytes = 0
+        # what handlers may use of this server (they never get the server object itself)
+        self.services = Services(
+            device=self.device, ops=tuple(sorted(self.handlers)), specs=self.specs, memory=self.memory,
+            guidance_cache=self.guidance_cache, roots=self.roots, model_roots=self.model_roots,
+            state_dir=config.state_dir, max_file_bytes=config.max_file_bytes, job=config.job,
+            post_event=self._post_event, job_ended=self._job_ended, get_session=self.get_session,
+            sessions=lambda: list(self.sessions.values()), create_session=self.create_session,
+            close_session=self.close_session, resume_session=self.resume_session, owner=self.owner,
+            subscribe=self.subscribe, take_over=self.take_over, last_state=self.last_state,
+        )
 
     # -- life cycle ---------------------------------------------------------------------------------
     def bind(self) -> str:
@@ -517,7 +527,7 @@ class Server:
         if rec.op not in self.specs or handler is None:
             log.warning("checkpointed job op %s of session %s is not served here; session restored without it", rec.op, s.id)
             return False
-        handler(Request(rec.op, uuid.uuid4().hex, dict(rec.args), list(rec.buffers), s, self, resume=rec, paused=paused))
+        handler(Request(rec.op, uuid.uuid4().hex, dict(rec.args), list(rec.buffers), s, self.services, resume=rec, paused=paused))
         return True
 
     # -- events from job threads ---------------------------------------------------------------------
@@ -714,7 +724,7 @@ class Server:
             session = self.get_session(args.get("session")) if spec.session else None
             if spec.starts_job and session is not None and session.job_active and not (spec.preempts and preemptible(session)):
                 raise Busy(f"session {session.id} already has job {session.job.job_id} ({session.job.kind}, {session.job.state})")
-            req = Request(op, rid, args, msg.buffers, session, self, identity=identity, version=msg.header["v"])
+            req = Request(op, rid, args, msg.buffers, session, self.services, identity=identity, version=msg.header["v"])
         except ProtocolError as exc:
             self._peer_log.info(log, identity, "op=%s id=%s error code=%s message=%s", printable(op), printable(rid), exc.code, printable(exc.message))
             self._error(identity, rid, exc, msg.header["v"])

@@ -34,7 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from interactive3d.protocol.errors import Conflict
 
-from ..stage1.gaussians import Gaussians, make_optimizers
+from ..stage1.gaussians import Gaussians, deep_copy_optimizers, make_optimizers
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # ids name folders in the state dir
 DEFAULT_HISTORY_DEPTH = 32
@@ -58,6 +58,14 @@ class Extra(Protocol):
     def from_state_dict(cls, state: dict, device: torch.device) -> "Extra": ...
 
 
+class JobHandle(Protocol):
+    """What a session reads of its job runner (backend/service/jobs.py JobRunner, which imports this module)."""
+
+    job_id: str
+    state: str  # running | pausing | paused | cancelling | done | cancelled | error | stopped
+    finished: bool
+
+
 @dataclass
 class SessionState:
     """An exact copy of a session's mutable state (one history entry)."""
@@ -68,12 +76,6 @@ class SessionState:
     extras: dict[str, tuple[Any, dict]]  # slot → (object, deep-copied state_dict)
     time: float = field(default_factory=time.time)
     uid: str = field(default_factory=lambda: uuid.uuid4().hex)  # names its file in checkpoints (written once)
-
-
-def _copy_optimizers(optimizers: dict | None) -> dict | None:
-    if optimizers is None:
-        return None
-    return {k: copy.deepcopy(v.state_dict()) for k, v in optimizers.items()}
 
 
 def restore_optimizers(g: Gaussians, states: dict | None) -> dict | None:
@@ -116,7 +118,7 @@ class Session:
         self.extras: dict[str, Any] = {}
         self.lock = threading.RLock()
         self.history = History(history_depth)
-        self.job = None  # backend.jobs.JobRunner of the current or last job
+        self.job: JobHandle | None = None  # the JobRunner of the current or last job
         self.suspended = None  # (JobRunner, was_running): a Stage I job paused for an interaction job
         # The session's guidance (stage1.guidance_cache.GuidanceSpec: model, prompt, negative prompt), set by
         # stage1.start and used by drag, semantic edit and refinement. A setting, not an edit: it is kept in
@@ -186,7 +188,7 @@ class Session:
             return SessionState(
                 label=label,
                 gaussians=None if self.gaussians is None else self.gaussians.snapshot(),
-                optimizers=_copy_optimizers(self.optimizers),
+                optimizers=deep_copy_optimizers(self.optimizers),
                 extras={k: (v, copy.deepcopy(v.state_dict())) for k, v in self.extras.items()},
             )
 

@@ -105,13 +105,6 @@ def intrinsics(fov_x: Tensor, width: int, height: int) -> Tensor:
     return K
 
 
-def fov_from_lens(lens_mm: float, sensor_width_mm: float = 36.0) -> float:
-    """Horizontal fov (radians) of a Blender camera with sensor_fit horizontal: 2·atan(sensor/(2·lens))."""
-    if not (lens_mm > 0 and sensor_width_mm > 0):
-        raise ValueError(f"lens_mm and sensor_width_mm must be positive, got {lens_mm}, {sensor_width_mm}")
-    return 2.0 * math.atan(sensor_width_mm / (2.0 * lens_mm))
-
-
 def cameras_from_blender(c2w: Tensor, fov_x: float | Tensor, width: int, height: int) -> Cameras:
     """Cameras from Blender ``matrix_world`` matrices.
 

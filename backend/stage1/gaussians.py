@@ -274,6 +274,8 @@ def init_random(
     )
 
 
-def deep_copy_optimizers(optimizers: dict[str, torch.optim.Optimizer]) -> dict:
-    """State dicts of every optimiser (for exact pause/resume checkpoints)."""
+def deep_copy_optimizers(optimizers: dict[str, torch.optim.Optimizer] | None) -> dict | None:
+    """Deep copies of every optimiser's state dict (undo points, exact pause/resume checkpoints); None → None."""
+    if optimizers is None:
+        return None
     return {k: copy.deepcopy(v.state_dict()) for k, v in optimizers.items()}

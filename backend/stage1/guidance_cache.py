@@ -30,7 +30,6 @@ from .guidance import (
     DEFAULT_SD_MODEL,
     GuidanceConfig,
     PixArtGuidance,
-    PromptSpec,
     StableDiffusionGuidance,
 )
 
@@ -88,9 +87,6 @@ class GuidanceSpec:
     def config(self) -> GuidanceConfig:
         """The SDS config interactions use with this guidance (they choose t per call)."""
         return GuidanceConfig(guidance_scale=self.guidance_scale)
-
-    def prompt_spec(self) -> PromptSpec | None:
-        return PromptSpec(self.prompt, self.negative_prompt, self.view_dependent) if self.prompt.strip() else None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..accel.fastpath import FASTPATHS
+from ..accel.fastpath import FASTPATHS, triton_interpreted
 
 logger = logging.getLogger(__name__)
 
@@ -139,11 +138,6 @@ def _triton_available() -> bool:
     except Exception:  # noqa: BLE001 - as above: any failure to import means the fast path is absent
         return False
     return True
-
-
-def triton_interpreted() -> bool:
-    """True when the Triton interpreter is requested (kernels then run on CPU tensors, slowly)."""
-    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _fast_device_ok(fast: str, device: torch.device) -> bool:
@@ -382,7 +376,9 @@ class HashGrid(nn.Module):
         if self.backend == "triton" and _fast_device_ok("triton", x.device):
             from . import hashgrid_triton
 
-            return hashgrid_triton.encode(x.float().contiguous(), self.table, self.cfg, self.meta)
+            m = self.meta
+            levels = (m.scale, m.res32, m.sizes32, m.offsets, m.hashed32)
+            return hashgrid_triton.encode(x.float().contiguous(), self.table, levels, (m.mask, m.primes_host[1], m.primes_host[2]))
         if self.backend == "tcnn" and _fast_device_ok("tcnn", x.device):
             return _tcnn_encode(self._tcnn, x.float(), self.table)
         return encode_torch(x.float(), self.table, self.cfg, self.meta)

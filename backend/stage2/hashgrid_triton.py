@@ -13,17 +13,17 @@ interpreter (``TRITON_INTERPRET=1``) on CPU tensors against the torch twin (test
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..accel.fastpath import triton_interpreted
+
 BLOCK = 128  # points per program on a GPU
 # Under the interpreter every op costs Python overhead per program, so fewer, larger programs run far faster.
 # Triton decides interpret-or-compile when this module's kernels are decorated, i.e. at import, as here.
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+INTERPRETED = triton_interpreted()
 INTERPRETER_BLOCK = 4096
 
 
@@ -128,15 +128,6 @@ def _bwd_kernel(x_ptr, gout_ptr, gtable_ptr, scale_ptr, res_ptr, size_ptr, off_p
             tl.atomic_add(gtable_ptr + addr[:, None] + feat[None, :], w[:, None] * g, mask=fmask)
 
 
-def _level_args(meta) -> tuple:
-    """The per-level tensors and host scalars the kernels take (int32 where the kernels use int32)."""
-    return (meta.scale, meta.res32, meta.sizes32, meta.offsets, meta.hashed32)
-
-
-def _scalars(meta) -> tuple[int, int, int]:
-    return meta.mask, meta.primes_host[1], meta.primes_host[2]
-
-
 def _block(x: Tensor) -> int:
     return INTERPRETER_BLOCK if INTERPRETED and x.device.type == "cpu" else BLOCK
 
@@ -147,30 +138,36 @@ def _pow2(f: int) -> int:
 
 class _TritonEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, table: Tensor, cfg, meta) -> Tensor:
-        n, f, l = x.shape[0], table.shape[1], cfg.n_levels
+    def forward(ctx, x: Tensor, table: Tensor, levels: tuple, scalars: tuple) -> Tensor:
+        n, f, l = x.shape[0], table.shape[1], levels[0].shape[0]
         tbl = table.float().contiguous()
         out = torch.empty(n, l * f, device=x.device, dtype=torch.float32)
         if n > 0:
             b = _block(x)
-            _fwd_kernel[(triton.cdiv(n, b),)](x, tbl, out, *_level_args(meta), n, l, *_scalars(meta), F=f, FP=_pow2(f), BLOCK_N=b)
+            _fwd_kernel[(triton.cdiv(n, b),)](x, tbl, out, *levels, n, l, *scalars, F=f, FP=_pow2(f), BLOCK_N=b)
         ctx.save_for_backward(x)
-        ctx.cfg, ctx.meta, ctx.table_shape, ctx.table_dtype = cfg, meta, table.shape, table.dtype
+        ctx.levels, ctx.scalars, ctx.table_shape, ctx.table_dtype = levels, scalars, table.shape, table.dtype
         return out.to(table.dtype)
 
     @staticmethod
     def backward(ctx, g: Tensor):
         (x,) = ctx.saved_tensors
-        cfg, meta = ctx.cfg, ctx.meta
-        n, f, l = x.shape[0], ctx.table_shape[1], cfg.n_levels
+        levels, scalars = ctx.levels, ctx.scalars
+        n, f, l = x.shape[0], ctx.table_shape[1], levels[0].shape[0]
         gtable = torch.zeros(ctx.table_shape, device=x.device, dtype=torch.float32)
         if n > 0:
             b = _block(x)
-            _bwd_kernel[(triton.cdiv(n, b),)](x, g.float().contiguous(), gtable, *_level_args(meta), n, l, *_scalars(meta), F=f, FP=_pow2(f), BLOCK_N=b)
+            _bwd_kernel[(triton.cdiv(n, b),)](x, g.float().contiguous(), gtable, *levels, n, l, *scalars, F=f, FP=_pow2(f), BLOCK_N=b)
         return None, gtable.to(ctx.table_dtype), None, None
 
 
-def encode(x: Tensor, table: Tensor, cfg, meta) -> Tensor:
+def encode(x: Tensor, table: Tensor, levels: tuple[Tensor, ...], scalars: tuple[int, int, int]) -> Tensor:
     """[N,3] in [0,1] (float32, contiguous; CUDA, or CPU under the interpreter) → [N, L·F], differentiable
-    w.r.t. ``table``."""
-    return _TritonEncode.apply(x, table, cfg, meta)
+    w.r.t. ``table`` ([S,F]).
+
+    Args:
+        levels: per-level tensors on x's device, each [L]: scale (float32), resolution and size (int32),
+            table offset (int64), hashed flag (int32).
+        scalars: the hash mask 2^T - 1 and the second and third hash primes reduced mod 2^T.
+    """
+    return _TritonEncode.apply(x, table, levels, scalars)

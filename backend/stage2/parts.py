@@ -165,14 +165,6 @@ class RefinePart(nn.Module):
         """World [N,3] → the part's box as the unit cube [N,3] (its tables' coordinates)."""
         return (x - self.box_lo) / (self.box_hi - self.box_lo)
 
-    def features(self, x: Tensor) -> Tensor:
-        """[N,3] → [N, L·F]; exactly 0 for points outside O_part (the tables are never read there)."""
-        m = self.contains(x)
-        out = torch.zeros(x.shape[0], self.grid.out_dim, device=x.device, dtype=self.grid.table.dtype)
-        if bool(m.any()):
-            out = out.index_put((m.nonzero()[:, 0],), self.grid(self.local(x[m])))
-        return out
-
     def residual(self, x: Tensor, base_features: Tensor | None = None, base_raw: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(Δσ_raw [N], Δc_logits [N,3]), exactly 0 outside O_part.
 

@@ -12,42 +12,20 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
 import torch
 from interactive3d.backend.stage1.cameras import OrbitConfig, sample_orbit
-from interactive3d.backend.stage1.gaussians import Gaussians
 from interactive3d.backend.stage1.render import render
 from interactive3d.backend.stage2.distill import DistillConfig, DistillJob
 from interactive3d.backend.stage2.hashgrid import HashGridConfig
 from interactive3d.backend.stage2.mesh import MeshConfig, extract_mesh
 from interactive3d.backend.stage2.nerf import NeRFConfig, RenderConfig, render_image
 from interactive3d.backend.stage2.state import SLOT
-
-
-def surfel_sphere(n: int = 10000) -> Gaussians:
-    """Flat opaque discs tangent to the sphere r = 0.5, coloured by position."""
-    g = torch.Generator().manual_seed(0)
-    p = torch.randn(n, 3, generator=g)
-    nrm = p / p.norm(dim=-1, keepdim=True)
-    q = torch.stack([1 + nrm[:, 2], -nrm[:, 1], nrm[:, 0], torch.zeros(n)], -1)
-    q = q / q.norm(dim=-1, keepdim=True)
-    rgb = torch.stack([(nrm[:, 0] + 1) / 2, (nrm[:, 1] + 1) / 2, 0.3 + 0.4 * (nrm[:, 2] > 0).float()], -1)
-    return Gaussians.from_activated(0.5 * nrm, rgb, torch.full((n,), 0.9), torch.tensor([0.015, 0.015, 0.004]).expand(n, 3).clone(), q)
-
-
-class _Session:
-    def __init__(self, g):
-        self.gaussians, self.device, self.extras = g, torch.device("cpu"), {}
-
-
-def chamfer(a: np.ndarray, b: np.ndarray) -> float:
-    d = torch.cdist(torch.from_numpy(a).float(), torch.from_numpy(b).float())
-    return float(0.5 * (d.min(1).values.mean() + d.min(0).values.mean()))
+from shapes import BareSession, chamfer, surface, surfel_sample  # scripts/bench/shapes.py
 
 
 def main() -> None:
     for w in [float(a) for a in sys.argv[1:]] or [0.0, 0.01]:
-        s = _Session(surfel_sphere())
+        s = BareSession(surfel_sample("sphere"))
         cfg = DistillConfig(steps=80, resolution=128, view_pool=24, rays_per_step=1024, lr_grid=0.03, lr_mlp=0.01,
                             render=RenderConfig(n_samples=64, stratified=True), occupancy_warmup=16, occupancy_every=8,
                             preview_every=0, orientation_weight=w)
@@ -58,8 +36,7 @@ def main() -> None:
         dt = time.perf_counter() - t
         st = s.extras[SLOT]
         m = extract_mesh(st.field, MeshConfig(resolution=96))
-        gt = torch.randn(4000, 3, generator=torch.Generator().manual_seed(1))
-        gt = (0.5 * gt / gt.norm(dim=-1, keepdim=True)).numpy()
+        gt = surface("sphere", 4000, seed=1)[0].numpy()
         held = sample_orbit(4, OrbitConfig(width=64, height=64), torch.Generator().manual_seed(123)).cameras
         with torch.no_grad():
             want = render(s.gaussians, held, torch.ones(3)).rgb

@@ -71,7 +71,7 @@ def test_deferred_guidance_loads_at_first_call_only():
 def test_spec_validation_and_round_trip():
     spec = GuidanceSpec("sd", "m", True, "a cat", "blurry", False, 50.0)
     assert GuidanceSpec.from_dict(spec.to_dict()) == spec
-    assert spec.prompt_spec().negative_prompt == "blurry" and spec.config().guidance_scale == 50.0
+    assert spec.negative_prompt == "blurry" and spec.config().guidance_scale == 50.0
     with pytest.raises(ValueError, match="prompt"):
         GuidanceSpec("sd", prompt=" ")
     with pytest.raises(ValueError, match="kind"):

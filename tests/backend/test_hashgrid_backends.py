@@ -208,7 +208,8 @@ def interpret_env(monkeypatch, record):
 def test_triton_numeric_mismatch_falls_back(interpret_env, record, monkeypatch, caplog):
     """A Triton encode 1e-3 off the twin fails the self-test: "torch" on the same device, one warning, the
     mismatch in the report; the grid then encodes with the twin."""
-    monkeypatch.setattr(interpret_env, "encode", lambda x, t, c, m: encode_torch(x, t, c, m) + 1e-3)
+    meta = HashGrid._unchecked(SELF_TEST_CFG, "torch", torch.device("cpu"), 0).meta  # the self-test's grid layout
+    monkeypatch.setattr(interpret_env, "encode", lambda x, t, levels, scalars: encode_torch(x, t, SELF_TEST_CFG, meta) + 1e-3)
     with caplog.at_level(logging.WARNING):
         g = HashGrid(SELF_TEST_CFG, backend="triton", seed=0)
     assert g.backend == "torch"
@@ -224,7 +225,7 @@ def test_triton_compile_error_falls_back_under_auto(interpret_env, record, monke
     self-test ran once for the device however many grids are built."""
     calls = []
 
-    def broken(x, t, c, m):
+    def broken(x, t, levels, scalars):
         calls.append(1)
         raise RuntimeError("PTXAS error: Internal Triton PTX codegen error")
 

@@ -41,6 +41,7 @@ def kernels():
     try:
         spec = importlib.util.spec_from_file_location("_hashgrid_triton_compiled", Path(stage2.__file__).parent / "hashgrid_triton.py")
         mod = importlib.util.module_from_spec(spec)
+        mod.__package__ = stage2.__name__  # its relative import (..accel.fastpath) resolves in the package
         spec.loader.exec_module(mod)
     finally:
         if saved is not None:

@@ -13,24 +13,9 @@ import time
 
 import numpy as np
 import pytest
-from _server_helpers import ThreadedServer
 from interactive3d.protocol.client import Client, RemoteError
 
 START_OP = "test.fit"
-
-
-@pytest.fixture(scope="module")
-def server():
-    ts = ThreadedServer()
-    yield ts
-    ts.stop()
-
-
-@pytest.fixture()
-def client(server):
-    c = Client(server.address)
-    yield c
-    c.close()
 
 
 def _session(c: Client, n: int = 64) -> str:
@@ -152,7 +137,7 @@ def test_job_error_becomes_error_event(client, server):
 
     from interactive3d.backend.service.requests import Request
 
-    Request("x", "rid", {}, [], s, server.server).start_job(Boom())
+    Request("x", "rid", {}, [], s, server.server.services).start_job(Boom())
     evs = _wait(client, lambda m: m.event == "error")
     assert "step exploded" in evs[-1].data["message"] and evs[-1].data["code"] == "internal"
     assert client.request("state.get", {"session": sid}).result["count"] == 64

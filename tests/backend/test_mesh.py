@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,9 @@ from interactive3d.backend.stage2.mesh import (
     extract_mesh,
 )
 from interactive3d.backend.stage2.nerf import FieldOutput, NeRFConfig, NeRFField
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
+from shapes import BareSession, chamfer, surface, surfel_sample  # noqa: E402  (scripts/bench/shapes.py)
 
 TINY = NeRFConfig(grid=HashGridConfig(n_levels=2, n_features=2, log2_table_size=10, base_resolution=4), hidden=8)
 
@@ -43,12 +47,6 @@ class _WithFloater(torch.nn.Module):
         return FieldOutput(d, rgb)
 
 
-def _chamfer(a: np.ndarray, b: np.ndarray) -> float:
-    ta, tb = torch.from_numpy(a).float(), torch.from_numpy(b).float()
-    d = torch.cdist(ta, tb)
-    return float(0.5 * (d.min(1).values.mean() + d.min(0).values.mean()))
-
-
 def test_sphere_chamfer_colours_and_floater_removed(tmp_path):
     """64³ marching cubes of the analytic sphere r=0.5: Chamfer to 4000 exact surface points < 2% of the
     diameter (it is ~0.3%); outward normals (positive volume ≈ 4/3·π·0.5³ within 3%); the floater is
@@ -60,7 +58,7 @@ def test_sphere_chamfer_colours_and_floater_removed(tmp_path):
     g = torch.Generator().manual_seed(0)
     gt = torch.randn(4000, 3, generator=g)
     gt = (0.5 * gt / gt.norm(dim=-1, keepdim=True)).numpy()
-    ch = _chamfer(m.vertices, gt)
+    ch = chamfer(m.vertices, gt)
     assert ch < 0.02 * 1.0, ch
     import trimesh
 
@@ -114,7 +112,7 @@ def test_opacity_surface_of_a_soft_ball_and_its_voids():
     g = torch.Generator().manual_seed(0)
     gt = torch.randn(4000, 3, generator=g)
     gt = (_Ball.R_STAR * gt / gt.norm(dim=-1, keepdim=True)).numpy()
-    assert _chamfer(solid.vertices, gt) < 0.02 * 2 * _Ball.R_STAR
+    assert chamfer(solid.vertices, gt) < 0.02 * 2 * _Ball.R_STAR
     hollow = extract_mesh(_Ball(hollow=True), MeshConfig(resolution=96))
     assert np.array_equal(hollow.faces, solid.faces) and np.array_equal(hollow.vertices, solid.vertices)
 
@@ -203,43 +201,25 @@ def test_bad_inputs():
         export_mesh(m, "/tmp/x.fbx")
 
 
-def _surfel_sphere(n: int = 10000, tangent: float = 0.015, normal: float = 0.004):
-    """A Gaussian sample of the sphere r = 0.5: flat opaque discs on the surface, tangent to it (as
-    Stage I Gaussians on a surface are), coloured by position."""
-    from interactive3d.backend.stage1.gaussians import Gaussians
-
-    g = torch.Generator().manual_seed(0)
-    p = torch.randn(n, 3, generator=g)
-    nrm = p / p.norm(dim=-1, keepdim=True)
-    q = torch.stack([1 + nrm[:, 2], -nrm[:, 1], nrm[:, 0], torch.zeros(n)], -1)  # rotates +z onto the normal
-    q = q / q.norm(dim=-1, keepdim=True)
-    rgb = torch.stack([(nrm[:, 0] + 1) / 2, (nrm[:, 1] + 1) / 2, 0.3 + 0.4 * (nrm[:, 2] > 0).float()], -1)
-    scales = torch.tensor([tangent, tangent, normal]).expand(n, 3).clone()
-    return Gaussians.from_activated(0.5 * nrm, rgb, torch.full((n,), 0.9), scales, q)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("geometry", [True, False], ids=["default-loss", "eq7-only"])
 def test_mesh_of_a_distilled_sphere_sample(tmp_path, geometry):
     """Distil a Gaussian sample of the sphere r = 0.5 (80 steps on a 24-view pool of 128² renders,
     8-level 2^14 grid, 64 samples per ray: ≈ 12 s on CPU), extract the default (50 % opacity) surface at
     96³: the Chamfer distance to the exact sphere is < 2 % of its bounding box's diagonal (issue 17), with the
-    default loss (Eq. 7 + opacity 0.1 + depth 0.03 + orientation 0.01) and with Eq. 7 alone. Measured on
-    an AMD EPYC (2026-12-02): 1.17 % and 1.11 % (Chamfer 0.0203, 0.0193; radius 0.488 ± 0.027, 0.487 ±
-    0.019); on the machine of the earlier stops the default loss gave 0.83 % and Eq. 7 alone 1.15 %: the
-    80 training steps amplify the CPU's float rounding, so which loss wins at this length is not asserted
-    (scripts/bench/mesh_quality.py measures the default settings: 0.78 %). The GLB reloads in trimesh with
+    default loss (Eq. 7 + opacity 0.1 + depth 0.03 + orientation 0.01) and with Eq. 7 alone. The sample is
+    scripts/bench/shapes.py's (drawn in float64, as mesh_quality.py's). Measured on this AMD EPYC, shared
+    (2026-12-07): 0.89 % and 1.17 % (Chamfer 0.0155, 0.0202; radius 0.494 ± 0.014, 0.487 ± 0.019); the
+    earlier float32 draw of the same sphere gave 1.17 % and 1.11 % here, 0.83 % and 1.15 % on the machine of
+    the earlier stops: the 80 training steps amplify float rounding and the sample, so which loss wins at this
+    length is not asserted (scripts/bench/mesh_quality.py measures the default settings: 0.78 %). The GLB reloads in trimesh with
     the vertex colours (linear COLOR_0; back in sRGB, red follows x: correlation > 0.9)."""
     import trimesh
     from interactive3d.backend.stage2.distill import DistillConfig, DistillJob
     from interactive3d.backend.stage2.nerf import RenderConfig
     from interactive3d.backend.stage2.state import SLOT
 
-    class _Session:
-        def __init__(self, g):
-            self.gaussians, self.device, self.extras = g, torch.device("cpu"), {}
-
-    s = _Session(_surfel_sphere())
+    s = BareSession(surfel_sample("sphere"))
     cfg = DistillConfig(
         steps=80, resolution=128, view_pool=24, rays_per_step=1024, lr_grid=0.03, lr_mlp=0.01,
         render=RenderConfig(n_samples=64, stratified=True), occupancy_warmup=16, occupancy_every=8, preview_every=0,
@@ -250,9 +230,7 @@ def test_mesh_of_a_distilled_sphere_sample(tmp_path, geometry):
     for i in range(cfg.steps):
         job.step(i)
     m = extract_mesh(s.extras[SLOT].field, MeshConfig(resolution=96))
-    gt = torch.randn(4000, 3, generator=torch.Generator().manual_seed(1))
-    gt = (0.5 * gt / gt.norm(dim=-1, keepdim=True)).numpy()
-    ch = _chamfer(m.vertices, gt)
+    ch = chamfer(m.vertices, surface("sphere", 4000, seed=1)[0].numpy())
     r = np.linalg.norm(m.vertices, axis=1)
     print(f"geometry terms {geometry}: Chamfer {ch:.4f}, vertex radius {r.mean():.4f} ± {r.std():.4f}, {len(m.faces)} faces")
     assert ch < 0.02 * math.sqrt(3.0), ch  # the bounding box of r = 0.5 is the unit cube

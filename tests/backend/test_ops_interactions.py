@@ -18,19 +18,6 @@ from interactive3d.protocol.errors import RemoteError
 N = 2000
 
 
-@pytest.fixture(scope="module")
-def server():
-    srv = ThreadedServer()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture()
-def client(server):
-    with Client(server.address) as c:
-        yield c
-
-
 @pytest.fixture()
 def session(client):
     """A session with N random Gaussians (seed 0) and one part 'right' = x > 0.1."""

@@ -7,26 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from interactive3d.protocol.client import Client
 from interactive3d.protocol.errors import RemoteError
-
-from _server_helpers import ThreadedServer
 
 # a tiny field so every job step is fast on CPU
 FIELD = {"levels": 4, "log2_table_size": 12, "base_resolution": 8, "per_level_scale": 1.5}
-
-
-@pytest.fixture(scope="module")
-def server():
-    srv = ThreadedServer()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture()
-def client(server):
-    with Client(server.address) as c:
-        yield c
 
 
 def _wait_done(client, job, timeout=120.0, seen=None):

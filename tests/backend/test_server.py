@@ -30,13 +30,6 @@ def server():
     ts.stop()
 
 
-@pytest.fixture()
-def client(server):
-    c = Client(server.address)
-    yield c
-    c.close()
-
-
 class Raw:
     """A bare DEALER to send arbitrary frames and read the reply's header."""
 

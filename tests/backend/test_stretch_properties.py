@@ -26,6 +26,14 @@ _factor = st.floats(0.2, 5.0).flatmap(lambda v: st.sampled_from([v, -v]))
 _seed = st.integers(0, 2**31 - 1)
 
 
+def _eigh3(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The production eigendecomposition (rotations._eigh3_c, on the six distinct entries) as [N,3] eigenvalues
+    and [N,3,3] eigenvector columns."""
+    c = 0.5 * (cov + cov.transpose(-1, -2))
+    evals, vecs = Rot._eigh3_c((c[:, 0, 0], c[:, 1, 1], c[:, 2, 2], c[:, 0, 1], c[:, 0, 2], c[:, 1, 2]))
+    return torch.stack(evals, -1), torch.stack([torch.stack(v, -1) for v in vecs], -1)
+
+
 def _rotation(seed: int) -> torch.Tensor:
     q = torch.randn(1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     return Rot.quat_to_rotmat(q)[0]
@@ -85,9 +93,9 @@ def _rel_error(a: torch.Tensor, s: torch.Tensor, q: torch.Tensor, new_s: torch.T
 @_PROPS
 @given(a=_matrices(), gs=_gaussians())
 def test_stretch_reproduces_a_sigma_a_transpose(a, gs):
-    """_stretch_factor: per-Gaussian relative error of Σ' below 1e-5, unit quaternions, positive scales."""
+    """stretch_factor: per-Gaussian relative error of Σ' below 1e-5, unit quaternions, positive scales."""
     s, q = gs
-    new_s, new_q = T._stretch_factor(a, s, q)
+    new_s, new_q = Rot.stretch_factor(a, s, q)
     err = _rel_error(a, s, q, new_s, new_q)
     assert err.max().item() < REL_TOL, (a.tolist(), s.tolist(), q.tolist(), err.tolist())
     assert torch.allclose(new_q.norm(dim=-1), torch.ones(len(q), dtype=torch.float64), atol=1e-12)
@@ -97,11 +105,11 @@ def test_stretch_reproduces_a_sigma_a_transpose(a, gs):
 @_PROPS
 @given(a=_matrices(), gs=_gaussians())
 def test_eigh3_frames_are_proper_and_exact(a, gs):
-    """eigh3 of AΣAᵀ: V diag(λ) Vᵀ = AΣAᵀ to 1e-7 relative (the trigonometric eigenvalues lose ~√ε
+    """_eigh3_c of AΣAᵀ: V diag(λ) Vᵀ = AΣAᵀ to 1e-7 relative (the trigonometric eigenvalues lose ~√ε
     near a repeated pair: 5e-9 seen), V orthonormal with det +1, λ sorted."""
     s, q = gs
     cov = a @ Rot.quat_scale_to_covar(q, s) @ a.T
-    evals, evecs = Rot.eigh3(cov)
+    evals, evecs = _eigh3(cov)
     rec = evecs @ torch.diag_embed(evals) @ evecs.transpose(1, 2)
     assert (torch.linalg.matrix_norm(rec - cov) / torch.linalg.matrix_norm(cov)).max() < 1e-7
     assert torch.allclose(torch.linalg.det(evecs), torch.ones(len(cov), dtype=torch.float64), atol=1e-10)
@@ -114,7 +122,7 @@ def test_issue_example_axis_aligned_stretch_of_identity_rotation():
     a = torch.diag(torch.tensor([1.5, 1.0, 0.5], dtype=torch.float64))
     s = torch.tensor([[0.01, 0.02, 0.03]], dtype=torch.float64)
     q = torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
-    new_s, new_q = T._stretch_factor(a, s, q)
+    new_s, new_q = Rot.stretch_factor(a, s, q)
     got = Rot.quat_scale_to_covar(new_q, new_s)[0]
     want = torch.diag(torch.tensor([0.015**2, 0.02**2, 0.015**2], dtype=torch.float64))
     assert (torch.linalg.matrix_norm(got - want) / torch.linalg.matrix_norm(want)).item() < 1e-12
@@ -139,3 +147,18 @@ def test_transform_part_axis_aligned_stretch_on_fresh_gaussians(diag):
     err = torch.linalg.matrix_norm(got - want) / torch.linalg.matrix_norm(want)
     assert err.max().item() < REL_TOL
     assert math.isfinite(err.max().item())
+
+
+def test_eigh3_matches_reconstruction_including_degenerate():
+    """Closed-form _eigh3_c: V diag(λ) Vᵀ = Σ to 1e-8 relative, V proper orthonormal, on random SPD
+    matrices and on repeated-eigenvalue cases (isotropic, two equal, near-flat)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(2000, 3, 3, dtype=torch.float64, generator=gen)
+    r = Rot.quat_to_rotmat(torch.randn(6, 4, dtype=torch.float64, generator=gen))
+    d = torch.tensor([[1, 1, 1], [2, 1, 1], [2, 2, 1], [1e-6, 1e-6, 1], [3, 2, 1], [1e-8, 0.5, 0.5]], dtype=torch.float64)
+    for cov in (a @ a.transpose(1, 2), r @ torch.diag_embed(d) @ r.transpose(1, 2)):
+        evals, evecs = _eigh3(cov)
+        rec = evecs @ torch.diag_embed(evals) @ evecs.transpose(1, 2)
+        assert ((rec - cov).abs().amax((1, 2)) / cov.abs().amax((1, 2))).max() < 1e-8
+        assert torch.allclose(torch.linalg.det(evecs), torch.ones(len(cov), dtype=torch.float64), atol=1e-12)
+        assert torch.allclose(evecs.transpose(1, 2) @ evecs, torch.eye(3, dtype=torch.float64).expand(len(cov), 3, 3), atol=1e-12)

@@ -38,7 +38,7 @@ def import_file(path) -> bpy.types.Object:
 
 def test_import_gives_attributes_and_modifier_with_the_files_values(tmp_path):
     """Positions equal the file's x y z bit for bit; i3d_color/opacity/scale/rotation equal
-    protocol.ply.splat_to_state of the file (bit for bit: the same float32 code path); the object has the
+    protocol.splat_data.splat_to_state of the file (bit for bit: the same float32 code path); the object has the
     geometry-nodes modifier with the splat group and identity matrix_world."""
     data = random_splats(400)
     path = tmp_path / "in.ply"

@@ -206,8 +206,7 @@ def test_generate_with_oracle_guidance_then_semantic_edit(conn, tmp_path):
     32×32, wait): the job ends 'done' at step 4 and the state the sync path applied differs from the init
     (max |Δ| > 1e-4). Then i3d.semantic_edit on 20 selected splats (2 steps, the session's oracle
     guidance): 'done', and every unselected splat keeps its position bit for bit."""
-    if "stage1.start" not in conn.server_info.get("ops", []):
-        pytest.skip("the backend has no stage1.start op yet")
+    assert {"stage1.start", "interact.edit"} <= set(conn.server_info["ops"])  # a missing op fails here, never skips
     from interactive3d.protocol import ply, splat_data
 
     ref = tmp_path / "ref.ply"
@@ -309,9 +308,8 @@ def test_to_nerf_refine_region_extract_mesh(conn):
     i3d.refine_region (sphere at the object's centre, 2 levels, 2^10 entries, 3 steps, wait) ends 'done';
     i3d.extract_mesh (32³) imports a mesh object with ≥ 1 face, one colour per vertex, and the splat
     object's matrix_world (≤ 1e-6)."""
-    ops = conn.server_info.get("ops", [])
-    if not {"stage2.distill", "stage2.add_part", "stage2.refine", "stage2.extract_mesh"} <= set(ops):
-        pytest.skip("the backend has no stage2.distill / add_part / refine / extract_mesh ops yet")
+    # a missing op fails here, never skips
+    assert {"stage2.distill", "stage2.add_part", "stage2.refine", "stage2.extract_mesh"} <= set(conn.server_info["ops"])
     obj, _ = adopted_object(n=2000, seed=1)
     assert bpy.ops.i3d.to_nerf(steps=20, resolution=32, levels=4, capacity=12, rays_per_step=1024, wait=True) == {"FINISHED"}
     assert conn.job.state == "done"

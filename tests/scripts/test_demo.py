@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from interactive3d import demo, sample
+from interactive3d import demo, pipeline, sample, scene
 
 
 def test_sample_object_parts_colours_and_reference_frame():
@@ -62,7 +62,7 @@ def test_edited_reference_removes_antenna_and_adds_hat():
 def test_progress_bar_plain_text():
     """Off a terminal the bar prints whole lines (CI logs) with step/total."""
     buf = io.StringIO()
-    bar = demo.ProgressBar("stage I", 10, stream=buf)
+    bar = pipeline.ProgressBar("stage I", 10, stream=buf)
     bar.update(5, "loss=0.1", force=True)
     bar.close()
     lines = buf.getvalue().splitlines()
@@ -110,7 +110,7 @@ def test_blender_scene_and_contact_sheet(tmp_path):
     st = sample.surface_state(sample.sample_surface(obj, 4000), sum(p.mesh.area for p in obj.parts))
     np.savez(tmp_path / "in.npz", after=st, before=st, mesh_vertices=mesh.vertices.astype(np.float32),
              mesh_faces=mesh.faces.astype(np.int32), mesh_colors=np.asarray(mesh.visual.vertex_colors))
-    made = demo.run_blender_scene(str(tmp_path / "in.npz"), str(tmp_path / "scene.blend"), str(tmp_path / "sheet.png"), resolution=96, samples=4)
+    made = scene.run_blender_scene(str(tmp_path / "in.npz"), str(tmp_path / "scene.blend"), str(tmp_path / "sheet.png"), resolution=96, samples=4)
     assert made["objects"] == ["I3D_splats", "I3D_mesh"] and made["sheet"]["rows"] == ["before", "after", "mesh"]
     objs = open_blend(tmp_path / "scene.blend")
     assert "I3D_splats_before" not in objs
@@ -180,11 +180,11 @@ def test_demo_quick_end_to_end(tmp_path):
 def test_missing_optional_parts_are_named_with_their_extra(monkeypatch):
     """Without bpy and xatlas the demo names what it skips and the extras that bring them back, in one
     line; with both installed it skips nothing."""
-    monkeypatch.setattr(demo, "_installed", lambda module: module not in ("bpy", "xatlas"))
+    monkeypatch.setattr(demo, "installed", lambda module: module not in ("bpy", "xatlas"))
     line = demo.skipped_line(demo.missing_extras())
     assert "\n" not in line and "scene.blend and contact_sheet.png" in line and "mesh_textured" in line
     assert "pip install 'interactive3d[blender,texture]'" in line
-    monkeypatch.setattr(demo, "_installed", lambda module: True)
+    monkeypatch.setattr(demo, "installed", lambda module: True)
     assert demo.missing_extras() == [] and demo.skipped_line([]) == ""
 
 
@@ -196,7 +196,7 @@ def test_demo_without_bpy_writes_everything_else(tmp_path, monkeypatch):
     (splats.ply, mesh.glb, the textured GLB/OBJ/MTL/PNG, report.json naming the skip)."""
     import json
 
-    monkeypatch.setattr(demo, "_installed", lambda module: module != "bpy")
+    monkeypatch.setattr(demo, "installed", lambda module: module != "bpy")
 
     def no_blender(*a, **k):
         raise AssertionError("the Blender step ran without bpy")

@@ -59,21 +59,21 @@ def test_spawned_backend_gets_the_local_model_folders_as_model_dirs(tmp_path, mo
     """The backend loads local models only from its --model-dir folders: generate's spawn passes the folders of the
     models it will name (resolved; hub ids and None need none, a folder named twice once), and `i3d serve` refuses a
     --model-dir that is not a folder (exit 2, naming it)."""
-    from interactive3d import demo
+    from interactive3d import pipeline
 
     sd, shap = tmp_path / "sd", tmp_path / "shap"
     sd.mkdir()
     shap.mkdir()
     (tmp_path / "link").symlink_to(sd)
-    assert demo.model_dir_args([str(sd), "openai/shap-e", None, str(tmp_path / "link"), str(shap)]) == [
+    assert pipeline.model_dir_args([str(sd), "openai/shap-e", None, str(tmp_path / "link"), str(shap)]) == [
         "--model-dir", str(sd.resolve()), "--model-dir", str(shap.resolve())]
     proc = subprocess.run([sys.executable, "-m", "interactive3d.cli", "serve", "--bind", "ipc://" + str(tmp_path / "s.sock"),
                            "--state-dir", str(tmp_path / "st"), "--model-dir", str(tmp_path / "nope"), "--device", "cpu"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--model-dir" in proc.stderr and "nope" in proc.stderr
     seen = []
-    monkeypatch.setattr(demo.subprocess, "Popen", lambda cmd, **kw: seen.append(cmd))
-    demo.spawn_backend("ipc:///x", str(tmp_path / "st"), str(tmp_path / "log"), models=(str(sd), "stabilityai/stable-diffusion-2-1-base"))
+    monkeypatch.setattr(pipeline.subprocess, "Popen", lambda cmd, **kw: seen.append(cmd))
+    pipeline.spawn_backend("ipc:///x", str(tmp_path / "st"), str(tmp_path / "log"), models=(str(sd), "stabilityai/stable-diffusion-2-1-base"))
     cmd = seen[0]
     assert cmd[cmd.index("serve") + 1:].count("--model-dir") == 1 and cmd[cmd.index("--model-dir") + 1] == str(sd.resolve())
 

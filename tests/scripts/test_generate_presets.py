@@ -15,14 +15,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 from _server_helpers import ThreadedServer  # noqa: E402
 
-from interactive3d.demo import Backend  # noqa: E402
+from interactive3d.pipeline import Backend  # noqa: E402
 from interactive3d.generate import GenerateConfig, _init  # noqa: E402
 
 
 def test_auto_init_falls_back_to_random_and_says_why(tmp_path, capsys):
     """--init auto with Shap-E missing: a random sphere of n points, stderr names the model and how to get it;
     --init shap_e with it missing is an error; --init random never asks for Shap-E."""
-    from interactive3d.demo import PipelineError
+    from interactive3d.pipeline import PipelineError
 
     ts = ThreadedServer()
     b = Backend(ts.address)

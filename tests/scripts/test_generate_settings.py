@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from interactive3d.demo import PipelineError
+from interactive3d.pipeline import PipelineError
 from interactive3d.generate import GenerateConfig, run_generate
 
 
