@@ -97,10 +97,6 @@ def test_quaternion_maths_has_one_home():
 
 ROOT = BACKEND.parent
 TREES = {"backend": "interactive3d.backend", "protocol": "interactive3d.protocol", "interactive3d": "interactive3d"}
-# Known circle, fixed on branch i28 (issue 23: the splat formats share a module, one dispatcher above them):
-# ply.py imports compressed_ply.py and spz.py, which import ply.py. Tolerated only while it exists; the
-# coordinator removes this after merging i28.
-KNOWN_CIRCLES = [{"protocol.ply", "protocol.compressed_ply"}, {"protocol.ply", "protocol.spz"}]
 
 
 def _tree_name(dotted: str) -> str | None:
@@ -168,8 +164,7 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_circle_in_backend_protocol_or_package():
     circles = _circles(_graph(_modules()))
-    unknown = [c for c in circles if set(c) not in KNOWN_CIRCLES]
-    assert unknown == [], f"import circles: {unknown}"
+    assert circles == [], f"import circles: {circles}"
 
 
 # Same attribute name, different object (checked by reading the code):
@@ -217,8 +212,6 @@ def test_no_module_uses_names_of_a_module_that_imports_it():
     for importer, deps in graph.items():
         only_importer = {n for n in defined[importer] - common if owners[n] == {importer} and not n.startswith("__")}
         for m in deps:
-            if {importer, m} in KNOWN_CIRCLES:
-                continue
             imported = {a.asname or a.name.split(".")[0] for n in ast.walk(mods[m]) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
             used = {  # obj.name, except module.name (os.path, json.load) and ImportedClass.name
                 n.attr for n in ast.walk(mods[m])
