@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
 
 import interactive3d.blender_addon as addon  # noqa: E402
-from interactive3d.blender_addon import splat  # noqa: E402
+from interactive3d.blender_addon import geometry_nodes, materials, splat  # noqa: E402
 from interactive3d.protocol import ply  # noqa: E402
+
+from tests.blender_addon.test_geometry_nodes import evaluated  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -151,8 +155,6 @@ def test_large_files_import_in_the_light_points_mode(tmp_path, monkeypatch):
     """Display "Auto": at or above LIGHT_MODE_THRESHOLD splats the modifier starts in Points mode (the
     threshold is lowered to 50 here to keep the test small); below it, ellipsoids; the panel's
     i3d_display.mode agrees with the modifier."""
-    from interactive3d.blender_addon import geometry_nodes
-
     monkeypatch.setattr(splat, "LIGHT_MODE_THRESHOLD", 50)
     for n, points in ((60, True), (40, False)):
         path = tmp_path / f"n{n}.ply"
@@ -162,18 +164,38 @@ def test_large_files_import_in_the_light_points_mode(tmp_path, monkeypatch):
         assert obj.i3d_display.mode == ("POINTS" if points else "SPLATS")
 
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
+
+
+def assert_splat_object_from(path: Path, obj) -> None:
+    """``obj`` is a splat object made from ``path``: 300 vertices with exactly the state protocol.ply.read_any
+    decodes, and its geometry-nodes modifier draws one ellipsoid per splat (the display inputs readable)."""
+    assert splat.is_splat_object(obj) and len(obj.data.vertices) == 300
+    np.testing.assert_array_equal(splat.read_state(obj), ply.splat_to_state(ply.read_any(path)))
+    mod = obj.modifiers[splat.MODIFIER_NAME]
+    assert mod.type == "NODES" and mod.node_group.name == geometry_nodes.GROUP_NAME
+    assert not geometry_nodes.get_input(mod, "points")
+    assert geometry_nodes.get_input(mod, "material") == bpy.data.materials[materials.SPLAT_MATERIAL]
+    assert evaluated(obj) == (300, 0)
+
+
 @pytest.mark.parametrize("name", ["source.compressed.ply", "source_v3.spz", "source_v4.spz"])
 def test_import_reads_supersplat_and_spz_files(name):
     """SuperSplat's compressed .ply and .spz (v3 gzip, v4 ZSTD), written by splat-transform, import through
-    the operator with exactly the state protocol.ply.read_any decodes (the object is named without the
-    double extension); the File menu's filter lists .spz."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "fixtures" / "splats" / name
+    the operator as splat objects (assert_splat_object_from; named without the double extension); the File
+    menu's filter lists .spz. (test_blender_versions.py requires this to pass under every tested bpy.)"""
+    path = FIXTURES / name
     obj = import_file(path)
-    assert obj.name == name.split(".")[0] and len(obj.data.vertices) == 300
-    np.testing.assert_array_equal(splat.read_state(obj), ply.splat_to_state(ply.read_any(path)))
+    assert obj.name == name.split(".")[0]
+    assert_splat_object_from(path, obj)
     assert "*.spz" in bpy.ops.i3d.import_ply.get_rna_type().properties["filter_glob"].default
+
+
+@pytest.mark.parametrize("name", ["ours.spz.by-splat-transform.ply", "ours.compressed.by-splat-transform.ply"])
+def test_import_reads_splat_transform_conversions_of_our_files(name):
+    """Plain 3DGS .ply files splat-transform wrote (from our .spz / .compressed.ply) import as splat objects."""
+    path = FIXTURES / name
+    assert_splat_object_from(path, import_file(path))
 
 
 @pytest.mark.parametrize("ext", [".spz", ".compressed.ply"])
