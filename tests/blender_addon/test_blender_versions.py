@@ -11,7 +11,8 @@ Which add-on tests run where (the CI time budget: one full suite costs minutes o
 - on bpy 4.2.0, 5.1.2 and 5.2.4, the part that touches the Blender API (SUBSET below): the zip installed and
   enabled and the add-on registered (test_install.py), splats imported and exported, including the
   .compressed.ply and .spz files splat-transform wrote (test_io_ply.py), the geometry-nodes inputs and the
-  display they drive (test_geometry_nodes.py), the edit guard (test_edit_guard.py) and the backend-connected
+  display they drive (test_geometry_nodes.py), the edit guard (test_edit_guard.py), every panel's UILayout
+  calls, icons and properties checked against that Blender's RNA (test_ui_draw.py) and the backend-connected
   operators remove_selected, undo and redo against a real backend process
   (test_operators_backend.py::test_remove_selected_then_undo_redo).
 
@@ -45,6 +46,7 @@ SUBSET = (
     "tests/blender_addon/test_io_ply.py",
     "tests/blender_addon/test_geometry_nodes.py",
     "tests/blender_addon/test_edit_guard.py",
+    "tests/blender_addon/test_ui_draw.py",
     "tests/blender_addon/test_operators_backend.py::test_remove_selected_then_undo_redo",
 )
 # Tests a nested run must have PASSED (not skipped) on every bpy: splat objects from other tools' files, the
@@ -57,6 +59,7 @@ MUST_PASS = (
     "test_geometry_nodes.py::test_display_properties_drive_the_modifier",
     "test_geometry_nodes.py::test_modifier_inputs_read_back_what_was_written",
     "test_install.py::test_zip_installs_enables_and_registers_contract_operators",
+    "test_ui_draw.py::test_every_draw_uses_ui_api_this_blender_has",
     "test_operators_backend.py::test_remove_selected_then_undo_redo",
 )
 
