@@ -1,4 +1,4 @@
-"""The add-on's panels, preferences, menu entries and status-bar text use only UI API this Blender has.
+"""The add-on's panels, preferences, menu entries, status-bar text and gizmo groups use only UI API this Blender has.
 
 Headless Blender never draws, so a Blender release that renames a UILayout function or keyword, an icon or a
 property would break the sidebar unnoticed. Each draw function runs here against a recording stand-in for
@@ -149,3 +149,49 @@ def test_the_checker_sees_what_a_blender_lacks():
     layout.no_such_attribute = 1
     problems = check(calls)
     assert len(problems) == 6, problems
+
+
+class GizmoRecorder:
+    """Stands in for a Gizmo (headless Blender never runs a gizmo group's setup): records attribute sets and
+    method calls."""
+
+    def __init__(self, log: list) -> None:
+        object.__setattr__(self, "_log", log)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return lambda *args, **kwargs: self._log.append(("call", name))
+
+    def __setattr__(self, name, value):
+        self._log.append(("set", name))
+
+
+def test_gizmo_groups_use_gizmo_api_this_blender_has(registered):
+    """Each gizmo group's setup() and draw_prepare() run against recording gizmos: every attribute they set is a
+    Gizmo property of this Blender and every method they call a Gizmo method (``draw_options`` belongs to the
+    gizmo type, whose RNA exists only with a window, so it is not checked)."""
+    from interactive3d.blender_addon import gizmos
+
+    state = np.zeros((5, 14), np.float32)
+    state[:, 10] = 1.0
+    bpy.context.view_layer.objects.active = splat.new_splat_object("s", state)
+    gizmo = bpy.types.Gizmo.bl_rna
+    for group in gizmos._GIZMO_GROUPS:
+        log: list = []
+        made: list = []
+
+        def new(idname, log=log, made=made):
+            made.append(idname)
+            return GizmoRecorder(log)
+
+        holder = type("Holder", (), {"gizmos": type("Gizmos", (), {"new": staticmethod(new)})()})()
+        assert group.poll(bpy.context)
+        group.setup(holder, bpy.context)
+        group.draw_prepare(holder, bpy.context)
+        assert made and all(m.startswith("GIZMO_GT_") for m in made), made
+        bad = [(kind, name) for kind, name in log
+               if (kind == "set" and name not in gizmo.properties and name != "draw_options")
+               or (kind == "call" and not hasattr(bpy.types.Gizmo, name))]
+        assert not bad, (group.__name__, bad)
+        assert ("call", "target_set_handler") in log and ("set", "matrix_basis") in log
