@@ -115,28 +115,48 @@ def python_with_bpy(version: str) -> str:
         pytest.skip(f"I3D_SKIP_BPY_MATRIX is set: bpy {version} is not tested")
     venv = ROOT / f".venv-bpy-{version}"
     python = venv / "bin" / "python"
-    done = venv / ".i3d-ready"
-    if done.exists():
+    done = venv / ".i3d-ready"  # holds what was installed: a changed TEST_DEPS is installed on the next run
+    if done.exists() and (_layered(venv) or done.read_text() == _recipe(version)):
         return str(python)
     if not pypi_reachable():
         pytest.skip(f"PyPI is not reachable: bpy {version} cannot be installed")
-    minor = python_version_for_bpy(version)
-    subprocess.run([find_python(minor), "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
-    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    if minor == "%d.%d" % sys.version_info[:2]:
-        # zz_: processed after the venv's own .pth files; addsitedir also runs this venv's .pth files (editable
-        # install, layered venvs)
-        site = sysconfig.get_paths()["purelib"]
-        Path(own, "zz_i3d_project_venv.pth").write_text(f"import site; site.addsitedir({site!r})\n")
-        _pip(str(python), "install", "--no-deps", f"bpy=={version}")
-    else:
-        _pip(str(python), "install", f"bpy=={version}", "pyzmq>=25", "msgpack>=1.0", "zstandard>=0.21", "scipy",
-             f"pytest=={pytest.__version__}")
-        _pip(str(python), "install", "--no-deps", "-e", str(ROOT))
+    if not done.exists():
+        minor = python_version_for_bpy(version)
+        subprocess.run([find_python(minor), "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
+        if minor == "%d.%d" % sys.version_info[:2]:
+            # zz_: processed after the venv's own .pth files; addsitedir also runs this venv's .pth files
+            # (editable install, layered venvs)
+            own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            site = sysconfig.get_paths()["purelib"]
+            Path(own, "zz_i3d_project_venv.pth").write_text(f"import site; site.addsitedir({site!r})\n")
+            _pip(str(python), "install", "--no-deps", f"bpy=={version}")
+            assert bpy_version_of(str(python)) == version
+            done.write_text(f"{version}\n")
+            return str(python)
+        _pip(str(python), "install", f"bpy=={version}")
+    _pip(str(python), "install", f"bpy=={version}", *TEST_DEPS)
+    _pip(str(python), "install", "--no-deps", "-e", str(ROOT))
     assert bpy_version_of(str(python)) == version
-    done.write_text(version + "\n")
+    done.write_text(_recipe(version))
     return str(python)
+
+
+# What the add-on tests import beside bpy (and its numpy) in a bpy venv of another Python: the add-on's network
+# libraries, the protocol's .spz v4 reader, and what test modules use (scipy's KD-tree; trimesh and Pillow for
+# the mesh files backend/stage2/mesh_files.py writes); pytest as in this venv.
+TEST_DEPS = ("pyzmq>=25", "msgpack>=1.0", "zstandard>=0.21", "scipy", "trimesh>=4.0", "pillow>=9",
+             f"pytest=={pytest.__version__}")
+
+
+def _layered(venv: Path) -> bool:
+    """Whether ``venv`` is of this interpreter's Python (then layered over this venv, with bpy only)."""
+    cfg = (venv / "pyvenv.cfg").read_text()
+    return re.search(r"(?m)^version(?:_info)?\s*=\s*(\d+\.\d+)", cfg).group(1) == "%d.%d" % sys.version_info[:2]
+
+
+def _recipe(version: str) -> str:
+    return f"{version}\n{' '.join(TEST_DEPS)}\n"
 
 
 def wheel_tag_loads_in(tag: str, python: str) -> bool:
