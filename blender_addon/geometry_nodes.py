@@ -158,8 +158,7 @@ def write_input(modifier: bpy.types.Modifier, identifier: str, value) -> None:
 
 
 def read_input(modifier: bpy.types.Modifier, identifier: str):
-    """The modifier's value of group input ``identifier`` (``Socket_N``) on any Blender 4.2+ (a bool
-    input reads as 0/1 on 4.2–5.1, True/False on 5.2+)."""
+    """The modifier's value of group input ``identifier`` (``Socket_N``) on any Blender 4.2+."""
     inputs = _input_values(modifier)
     return modifier[identifier] if inputs is None else getattr(inputs, identifier).value
 
