@@ -6,6 +6,9 @@ mode replaces the ellipsoids by points (for 10⁵+ splats, where instancing make
 both modes honour an opacity threshold and a density (random subsample by vertex index, stable across
 frames). Sockets are found by identifier, then by name among *enabled* sockets, because identifiers and
 dynamic socket types changed between Blender 4.2 and 5.0 (version guards in one place: _socket()).
+The modifier's input values are read and written only through :func:`read_input` / :func:`write_input`:
+Blender 4.2–5.1 keep them as ID properties on the modifier (``modifier["Socket_1"]``), 5.2+ as
+``modifier.properties.inputs.Socket_1.value`` (the modifier there holds no ID properties at all).
 """
 
 from __future__ import annotations
@@ -131,11 +134,33 @@ def splat_node_group() -> bpy.types.NodeTree:
 
 
 def input_identifier(tree: bpy.types.NodeTree, name: str) -> str:
-    """The modifier key (``Socket_N``) of group input ``name``."""
+    """The identifier (``Socket_N``) of group input ``name``: the key of its value on a modifier."""
     for item in tree.interface.items_tree:
         if getattr(item, "item_type", "SOCKET") == "SOCKET" and item.in_out == "INPUT" and item.name == name:
             return item.identifier
     raise KeyError(f"node group {tree.name!r} has no input {name!r}")
+
+
+def _input_values(modifier: bpy.types.Modifier):
+    """Where a Geometry Nodes modifier keeps its input values: ``modifier.properties.inputs`` (one struct
+    per input, ``.value``) on Blender 5.2+, else None: the modifier's own ID properties (4.2–5.1)."""
+    props = getattr(modifier, "properties", None)
+    return getattr(props, "inputs", None)
+
+
+def write_input(modifier: bpy.types.Modifier, identifier: str, value) -> None:
+    """Set the modifier's value of group input ``identifier`` (``Socket_N``) on any Blender 4.2+."""
+    inputs = _input_values(modifier)
+    if inputs is None:
+        modifier[identifier] = value
+    else:
+        getattr(inputs, identifier).value = value
+
+
+def read_input(modifier: bpy.types.Modifier, identifier: str):
+    """The modifier's value of group input ``identifier`` (``Socket_N``) on any Blender 4.2+."""
+    inputs = _input_values(modifier)
+    return modifier[identifier] if inputs is None else getattr(inputs, identifier).value
 
 
 def set_inputs(modifier: bpy.types.Modifier, **values) -> None:
@@ -149,10 +174,10 @@ def set_inputs(modifier: bpy.types.Modifier, **values) -> None:
         if name not in INPUTS:
             raise ValueError(f"unknown splat display input {key!r}; expected one of "
                              f"{[n.lower().replace(' ', '_') for n in INPUTS]}")
-        modifier[input_identifier(tree, name)] = value
+        write_input(modifier, input_identifier(tree, name), value)
     modifier.id_data.update_tag()
 
 
 def get_input(modifier: bpy.types.Modifier, key: str):
     """Current value of a group input on the modifier (python name as in set_inputs)."""
-    return modifier[input_identifier(modifier.node_group, key.replace("_", " ").title())]
+    return read_input(modifier, input_identifier(modifier.node_group, key.replace("_", " ").title()))

@@ -15,8 +15,9 @@ The installed versions of pyzmq and msgpack are pinned (same versions as develop
 the highest version (ties: the greatest file name, so a cp312-abi3 or cp313 wheel beat cp311 and did not
 load in its Python 3.11); 4.2.1+ also match the Python tag. So the wheels for the newer Pythons are the
 newest release *below* the Python 3.11 one: every Blender then installs a wheel that loads
-(:func:`blender_4_2_0_pick` re-implements 4.2.0's choice; the add-on tests run on bpy 4.2.0 and 5.0.1). Install the result with Blender's "Install from Disk" or
-``blender --command extension install-file -r user_default -e ZIP``.
+(:func:`blender_4_2_0_pick` re-implements 4.2.0's choice). ``PYTHONS`` covers the Python of every bpy the
+add-on is tested on (tests/blender_addon/conftest.py's BPY_MATRIX; a test checks it). Install the result with
+Blender's "Install from Disk" or ``blender --command extension install-file -r user_default -e ZIP``.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +17,8 @@ import pytest
 from interactive3d.blender_addon import connection
 from interactive3d.protocol.client import Client
 from interactive3d.protocol.errors import RequestTimeout
+
+from tests.blender_addon.conftest import BACKEND_PYTHON
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +40,7 @@ class BackendProcess:
         self.log = os.path.join(self.dir, "backend.log")
 
     def start(self, timeout: float = 90.0) -> "BackendProcess":
-        cmd = [sys.executable, "-m", self.module]
+        cmd = [BACKEND_PYTHON, "-m", self.module]
         if self.module == "interactive3d.cli":
             cmd += ["serve", "--device", "cpu"]
         cmd += ["--bind", self.address, "--state-dir", self.state_dir, *self.extra]
@@ -248,7 +249,7 @@ def test_start_backend_spawns_i3d_serve_with_a_log_and_connects():
     address = f"ipc://{d}/local.sock"
     conn = connection.Connection(timeout_s=60.0)
     try:
-        log_path = conn.start_backend(sys.executable, address, os.path.join(d, "logs"), ["--device", "cpu"])
+        log_path = conn.start_backend(BACKEND_PYTHON, address, os.path.join(d, "logs"), ["--device", "cpu"])
         assert log_path == os.path.join(d, "logs", "backend.log")
         conn.connect(address)  # before the server binds: zmq queues the ping
         sync_until(conn, lambda c: c.status == connection.CONNECTED, timeout=90.0)

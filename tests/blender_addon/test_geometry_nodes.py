@@ -76,6 +76,34 @@ def test_display_properties_drive_the_modifier():
     assert evaluated(obj) == (0, int((line_state(10)[:, 6] >= 0.25).sum()))
 
 
+def test_modifier_inputs_read_back_what_was_written():
+    """Every group input written by set_inputs reads back through get_input, and sits where this Blender keeps
+    it: ``modifier.properties.inputs.<id>.value`` on 5.2+ (whose modifier refuses ID properties), the
+    modifier's ID property ``modifier[<id>]`` before. The evaluated display follows (Points mode, 3 of 10 kept
+    by the threshold); an unknown name is a ValueError that changes nothing."""
+    obj = splat.new_splat_object("s", line_state(10), light=False)
+    mod = obj.modifiers[splat.MODIFIER_NAME]
+    other = bpy.data.materials.new("other")
+    values = {"points": True, "opacity_threshold": 0.75, "density": 1.0, "scale_multiplier": 2.5,
+              "point_radius": 0.25, "subdivisions": 3, "material": other}
+    geometry_nodes.set_inputs(mod, **values)
+    tree = mod.node_group
+    new_form = hasattr(mod, "properties") and hasattr(mod.properties, "inputs")
+    for key, want in values.items():
+        got = geometry_nodes.get_input(mod, key)
+        assert got == pytest.approx(want) if isinstance(want, float) else got == want, (key, got)
+        ident = geometry_nodes.input_identifier(tree, key.replace("_", " ").title())
+        stored = getattr(mod.properties.inputs, ident).value if new_form else mod[ident]
+        assert stored == got, (key, stored)
+    if new_form:
+        with pytest.raises(TypeError):
+            mod["Socket_1"] = 1.0
+    assert evaluated(obj) == (0, int((line_state(10)[:, 6] >= 0.75).sum())) == (0, 3)
+    with pytest.raises(ValueError, match="unknown splat display input 'opacity'"):
+        geometry_nodes.set_inputs(mod, opacity=0.1)
+    assert geometry_nodes.get_input(mod, "opacity_threshold") == pytest.approx(0.75)
+
+
 def test_node_group_and_materials_are_shared_and_versioned():
     """Two objects share one node group and one material; an old-version group is replaced, not reused."""
     a = splat.new_splat_object("a", line_state(3))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
 
 import interactive3d.blender_addon as addon  # noqa: E402
-from interactive3d.blender_addon import splat  # noqa: E402
+from interactive3d.blender_addon import geometry_nodes, materials, splat  # noqa: E402
 from interactive3d.protocol import ply, splat_data, splats  # noqa: E402
+
+from tests.blender_addon.test_geometry_nodes import evaluated  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -151,8 +155,6 @@ def test_large_files_import_in_the_light_points_mode(tmp_path, monkeypatch):
     """Display "Auto": at or above LIGHT_MODE_THRESHOLD splats the modifier starts in Points mode (the
     threshold is lowered to 50 here to keep the test small); below it, ellipsoids; the panel's
     i3d_display.mode agrees with the modifier."""
-    from interactive3d.blender_addon import geometry_nodes
-
     monkeypatch.setattr(splat, "LIGHT_MODE_THRESHOLD", 50)
     for n, points in ((60, True), (40, False)):
         path = tmp_path / f"n{n}.ply"
@@ -162,21 +164,41 @@ def test_large_files_import_in_the_light_points_mode(tmp_path, monkeypatch):
         assert obj.i3d_display.mode == ("POINTS" if points else "SPLATS")
 
 
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
+
+
+def assert_splat_object_from(path: Path, obj) -> None:
+    """``obj`` is a splat object made from ``path``: 300 vertices with exactly the state protocol.splats.read_any
+    decodes, and its geometry-nodes modifier draws one ellipsoid per splat (the display inputs readable)."""
+    assert splat.is_splat_object(obj) and len(obj.data.vertices) == 300
+    np.testing.assert_array_equal(splat.read_state(obj), splat_data.splat_to_state(splats.read_any(path)))
+    mod = obj.modifiers[splat.MODIFIER_NAME]
+    assert mod.type == "NODES" and mod.node_group.name == geometry_nodes.GROUP_NAME
+    assert not geometry_nodes.get_input(mod, "points")
+    assert geometry_nodes.get_input(mod, "material") == bpy.data.materials[materials.SPLAT_MATERIAL]
+    assert evaluated(obj) == (300, 0)
+
+
 @pytest.mark.parametrize("name", ["source.compressed.ply", "source_v3.spz", "source_v4.spz", "source.sog",
                                   "source_sog/meta.json"])
-def test_import_reads_supersplat_spz_and_sog_files(name):
+def test_import_reads_supersplat_and_spz_files(name):
     """SuperSplat's compressed .ply, .spz (v3 gzip, v4 ZSTD) and SOG (bundled, and unbundled as meta.json +
-    images), written by splat-transform, import through the operator with exactly the state
-    protocol.splats.read_any decodes (the object is named without the double extension, an unbundled SOG after
-    its folder); the File menu's filter lists .spz, .sog and meta.json."""
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "fixtures" / "splats" / name
+    images), written by splat-transform, import through the operator as splat objects (assert_splat_object_from;
+    named without the double extension, an unbundled SOG after its folder); the File menu's filter lists .spz,
+    .sog and meta.json. (test_blender_versions.py requires the non-SOG cases to pass under every tested bpy.)"""
+    path = FIXTURES / name
     obj = import_file(path)
-    assert obj.name == name.split(".")[0].split("/")[0] and len(obj.data.vertices) == 300
-    np.testing.assert_array_equal(splat.read_state(obj), splat_data.splat_to_state(splats.read_any(path)))
+    assert obj.name == name.split(".")[0].split("/")[0]
+    assert_splat_object_from(path, obj)
     glob = bpy.ops.i3d.import_ply.get_rna_type().properties["filter_glob"].default
     assert {"*.spz", "*.sog", "meta.json"} <= set(glob.split(";"))
+
+
+@pytest.mark.parametrize("name", ["ours.spz.by-splat-transform.ply", "ours.compressed.by-splat-transform.ply"])
+def test_import_reads_splat_transform_conversions_of_our_files(name):
+    """Plain 3DGS .ply files splat-transform wrote (from our .spz / .compressed.ply) import as splat objects."""
+    path = FIXTURES / name
+    assert_splat_object_from(path, import_file(path))
 
 
 @pytest.mark.parametrize("name, axes", [("source_st3.spz", "ply"), ("source_v3.spz", "rub")])
@@ -184,9 +206,7 @@ def test_import_spz_axes_choice(name, axes):
     """The import operator's '.spz Axes' option (shown in its panel: an operator property with both choices):
     splat-transform 3.10.2's .spz is right side up with the default 'As stored', 2.7.1's with 'RUB'; each within
     the .spz position step (2^-13) of source.ply, and mirrored in y and z with the other choice."""
-    from pathlib import Path
-
-    fix = Path(__file__).resolve().parents[1] / "fixtures" / "splats"
+    fix = FIXTURES
     prop = bpy.ops.i3d.import_ply.get_rna_type().properties["spz_axes"]
     assert prop.default == "ply" and {item.identifier for item in prop.enum_items} == {"ply", "rub"}
     src = ply.read_ply(fix / "source.ply")
