@@ -195,6 +195,19 @@ def scratch_path(suffix: str) -> Iterator[str]:
         yield os.path.join(d, "out" + suffix)
 
 
+def read_bytes(real: str, what: str = "file") -> bytes:
+    """The bytes of a resolved regular file (:func:`resolve_read`), opened without following a symlink and
+    without blocking: a FIFO or device put there after the check is refused, not read."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise InvalidArgs(f"{what}: cannot open {os.path.basename(real)!r}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InvalidArgs(f"{what}: {os.path.basename(real)!r} is not a regular file")
+        return f.read()
+
+
 def read_back(path: str, max_bytes: int, what: str = "file") -> np.ndarray:
     """A written file's bytes as a uint8 array for a reply frame (too_large over ``max_bytes``)."""
     n = os.path.getsize(path)

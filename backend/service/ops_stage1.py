@@ -18,7 +18,7 @@ import re
 import numpy as np
 import torch
 from interactive3d.protocol import ply as ply_io
-from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
+from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, ProtocolError, TooLarge
 from interactive3d.protocol.ply import PlyFormatError
 
 from ..stage1 import init as init_mod
@@ -98,18 +98,34 @@ def _file_frame(req: Request, buffer=None):
     return frame
 
 
-def _init_from_mesh(req: Request, mesh_path: str) -> Gaussians:
+def _data_fetch(req: Request, folder: str):
+    """The ``fetch`` of a mesh read from a data folder: a file it names (an OBJ's .mtl and textures, a glTF's
+    .bin) is taken relative to the mesh's folder and checked like any request path (inside the data folders,
+    a regular file, under the file cap)."""
+
+    def fetch(name: str) -> bytes:
+        if re.match(r"^[A-Za-z][\w+.-]*:", name):  # file:, http:, … (data: URIs never get here)
+            raise InvalidArgs(f"gaussians.init: the mesh refers to {name[:200]!r}; only paths beside it are read")
+        return files.read_bytes(_read_path(req, os.path.join(folder, name), f"file {name!r} the mesh refers to"))
+
+    return fetch
+
+
+def _init_from_mesh(req: Request, data: memoryview | bytes, suffix: str, folder: str | None) -> Gaussians:
+    """Gaussians on a mesh parsed from its bytes; files it refers to come from ``folder`` in the data folders
+    (a mesh given by path) or are refused (an uploaded mesh: ``folder`` None)."""
     a = req.args
     # the mesh itself: trimesh holds a few times its file size; then n Gaussians
-    est = costs.gaussians_bytes(a["n"]) + 16 * os.path.getsize(mesh_path)
+    est = costs.gaussians_bytes(a["n"]) + 16 * len(data)
     with req.server.memory.reserve(f"gaussians.init: {a['n']} Gaussians from a mesh", est):
         try:
+            mesh = init_mod.load_mesh_bytes(data, suffix, None if folder is None else _data_fetch(req, folder))
             return init_mod.init_from_mesh(
-                mesh_path, n=a["n"], seed=a["seed"], fit_radius=a["fit_radius"], opacity=a["opacity"],
+                mesh, n=a["n"], seed=a["seed"], fit_radius=a["fit_radius"], opacity=a["opacity"],
                 sh_degree=a["sh_degree"], device=req.device,
             )
-        except (ValueError, TypeError):
-            raise  # gaussians_init turns these into invalid_args
+        except (ValueError, TypeError, ProtocolError):
+            raise  # gaussians_init turns ValueError/TypeError into invalid_args
         except Exception as exc:  # noqa: BLE001 - trimesh raises many types (KeyError, NotImplementedError, …) on bad files
             raise InvalidArgs(f"gaussians.init: cannot read the mesh: {type(exc).__name__}: {exc}") from None
 
@@ -139,13 +155,13 @@ def gaussians_init(req: Request) -> Reply:
             g = load_splat(req, a["path"])
         else:  # mesh
             if a["path"]:
-                g = _init_from_mesh(req, _read_path(req, a["path"], "path"))
+                real = _read_path(req, a["path"], "path")
+                g = _init_from_mesh(req, files.read_bytes(real), files.suffix_of(real, ""), os.path.dirname(real))
             elif len(req.buffers) == 3:
                 suffix = files.suffix_of(a["filename"], "")
                 if not suffix:
                     raise InvalidArgs("gaussians.init: a mesh file frame needs filename (its suffix names the format: .obj, .glb, .ply, …)")
-                with files.staged(_file_frame(req), suffix) as tmp:
-                    g = _init_from_mesh(req, tmp)
+                g = _init_from_mesh(req, _file_frame(req), suffix, None)
             else:
                 raise InvalidArgs("gaussians.init: kind 'mesh' needs path or a file frame")
     except (ValueError, TypeError) as exc:
