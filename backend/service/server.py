@@ -156,6 +156,11 @@ class ServerConfig:
             raise ValueError("max_sessions_per_client and max_file_bytes must be >= 1")
         if self.memory_budget is not None and self.memory_budget < 1:
             raise ValueError(f"memory_budget must be > 0 bytes, got {self.memory_budget!r}")
+        if self.state_dir is not None:  # requests write in the data folders: checkpoints must be out of their reach
+            ckpts = os.path.realpath(ckpt_mod.sessions_dir(os.path.expanduser(self.state_dir)))
+            for r in self.roots():
+                if os.path.commonpath([ckpts, r]) in (ckpts, r):
+                    raise ValueError(f"data folder {r!r} overlaps the checkpoint folder {ckpts!r}; requests could write checkpoints")
 
     def roots(self) -> tuple[str, ...]:
         """The data roots (absolute, symlinks resolved); the default is created on first use."""
@@ -480,6 +485,8 @@ class Server:
             c = ckpt_mod.read(self.config.state_dir, session_id, self.device)
         except FileNotFoundError:
             raise NotFound(f"no checkpoint for session {session_id!r} in {self.config.state_dir}") from None
+        except ValueError as exc:
+            raise NotFound(f"session {session_id!r} has no checkpoint this server can read: {exc}") from None
         s = ckpt_mod.restore_session(c, self.device)
         s.history.depth = self.config.history_depth
         with self._sessions_lock:
@@ -767,6 +774,9 @@ def run(config: ServerConfig, extra_ops: Sequence[OpSpec] = (), extra_handlers: 
     server = Server(config, extra_ops, extra_handlers)
     server.bind()
     if config.state_dir is not None:
+        orphans = ckpt_mod.remove_orphans(config.state_dir)
+        if orphans:
+            log.info("deleted %d temp file(s) left by checkpoint writes that were killed", orphans)
         gone = ckpt_mod.prune(config.state_dir, config.keep_checkpoints_days * 86400.0)
         if gone:
             log.info("deleted %d checkpoint(s) older than %g days: %s", len(gone), config.keep_checkpoints_days, " ".join(gone))

@@ -91,3 +91,83 @@ def test_meshes_cannot_name_files_outside_the_data_folders(sandboxed, tmp_path):
     assert c.request("gaussians.init", {**args, "path": "ok.gltf"}).result["count"] == 50
     # an archive or a format that fetches is not parsed at all
     assert _code(c, "gaussians.init", {**args, "filename": "m.zip"}, [*EMPTY, _frame(b"PK\x03\x04" + bytes(40))]) == "invalid_args"
+
+
+# -- 2. checkpoints out of the requests' reach; 10. orphaned temp files --------------------------------------
+class _Payload:
+    """Unpickling this makes a folder: proof that a checkpoint load ran a client's code."""
+
+    def __init__(self, proof: str) -> None:
+        self.proof = proof
+
+    def __reduce__(self):
+        return (os.mkdir, (self.proof,))
+
+
+def test_client_files_are_never_sessions_and_cleanup_spares_them(tmp_path):
+    """The issue's attack: with the default data folder (<state>/data), gaussians.save_ply to ``checkpoint.pt``
+    (and to ``x/checkpoint.pt``) shows no session in session.list, session.resume of ``data`` is not_found; a
+    pickle that would run code, planted in a session folder, is refused without running (weights_only); the
+    30-day clean-up with every file 40 days old deletes the one real stale session and nothing of the data
+    folder; a data folder overlapping the checkpoints is refused at start-up."""
+    import torch
+    from interactive3d.backend.service import checkpoint as ck
+    from interactive3d.backend.service.server import ServerConfig
+
+    state = tmp_path / "state"
+    ts = ThreadedServer(state_dir=str(state))
+    c = Client(ts.address)
+    try:
+        data = state / "data"
+        data.mkdir(parents=True)
+        (data / "x").mkdir()
+        sid = c.request("session.create").result["session"]
+        c.request("gaussians.init", {"session": sid, "kind": "random", "n": 9})
+        for p in ("checkpoint.pt", "x/checkpoint.pt"):
+            c.request("gaussians.save_ply", {"session": sid, "path": p})
+        c.request("session.close", {"session": sid, "checkpoint": True})
+        assert [x["session"] for x in c.request("session.list").result["checkpoints"]] == [sid]
+        for bad in ("data", "x", "sessions", ".."):
+            assert _code(c, "session.resume", {"session": bad}) in ("not_found", "invalid_args")
+        proof = tmp_path / "pwned"
+        forged = state / "sessions" / "forged"
+        forged.mkdir()
+        (forged / ".i3d-session").write_text("forged")
+        torch.save({"format": ck.FORMAT_VERSION, "session": "forged", "x": _Payload(str(proof))}, forged / "checkpoint.pt")
+        assert _code(c, "session.resume", {"session": "forged"}) == "not_found"
+        assert not proof.exists()  # the pickle never ran
+        assert c.request("session.resume", {"session": sid}).result["count"] == 9
+        c.request("session.close", {"session": sid, "checkpoint": True})
+    finally:
+        c.close()
+        ts.stop()
+    old = time.time() - 40 * 86400
+    for root, dirs, names in os.walk(state):
+        for n in dirs + names:
+            os.utime(os.path.join(root, n), (old, old), follow_symlinks=False)
+    assert sorted(ck.prune(state, 30 * 86400)) == sorted(["forged", sid])  # marked session folders, and only they
+    assert sorted(p.name for p in data.iterdir()) == ["checkpoint.pt", "x"] and (data / "x" / "checkpoint.pt").is_file()
+    for dirs in ((str(state),), (str(state / "sessions" / "y"),), (str(tmp_path),)):
+        with pytest.raises(ValueError, match="overlaps the checkpoint folder"):
+            ServerConfig(state_dir=str(state), data_dirs=dirs).check()
+
+
+def test_startup_removes_only_its_own_orphaned_temp_files(tmp_path):
+    """Temp files a killed checkpoint write left (in a session folder and its history) go at start-up; a
+    ``.tmp-`` file in the data folder or in a folder of the state dir the server did not mark stays."""
+    from interactive3d.backend.service import checkpoint as ck
+    from interactive3d.backend.service.session import Session
+    from interactive3d.backend.stage1.gaussians import init_random
+
+    s = Session("s1")
+    s.gaussians = init_random(5, seed=0)
+    s.record("edit")
+    path = ck.write(tmp_path, ck.capture(s))
+    orphans = [path.parent / ".tmp-a1.pt", path.parent / "history" / ".tmp-b2.pt"]
+    kept = [tmp_path / "data" / ".tmp-c3.pt", tmp_path / "sessions" / "alien" / ".tmp-d4.pt"]
+    for f in orphans + kept:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x" * 100)
+    assert ck.remove_orphans(tmp_path) == 2
+    assert not any(f.exists() for f in orphans) and all(f.exists() for f in kept)
+    assert ck.restore_session(ck.read(tmp_path, "s1")).gaussians.n == 5

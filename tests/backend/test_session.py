@@ -107,8 +107,8 @@ def test_checkpoint_round_trip(tmp_path):
     s.extras["stage2"].k = 7
     now = _fingerprint(s)
     path = ck.write(tmp_path, ck.capture(s))
-    assert path == tmp_path / "s1" / "checkpoint.pt"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt", "history"]
+    assert path == tmp_path / "sessions" / "s1" / "checkpoint.pt"
+    assert sorted(p.name for p in path.parent.iterdir()) == [".i3d-session", "checkpoint.pt", "history"]
     assert len(list((path.parent / "history").iterdir())) == 1  # the one undo entry
     with pytest.raises(ValueError, match="refusing"):  # only trusted modules' classes are imported
         ck.read(tmp_path, "s1")
@@ -127,12 +127,12 @@ def test_prune_deletes_only_checkpoints_older_than_the_limit(tmp_path):
         s.gaussians = init_random(20, seed=2)
         s.record("edit")  # a history entry, so the folder has more than the one file
         ck.write(tmp_path, ck.capture(s))
-    old = tmp_path / "stale" / "checkpoint.pt"
+    old = tmp_path / "sessions" / "stale" / "checkpoint.pt"
     t = old.stat().st_mtime - 40 * 86400
     os.utime(old, (t, t))
     assert ck.prune(tmp_path, 0) == []
     assert ck.prune(tmp_path, 30 * 86400) == ["stale"]
-    assert not (tmp_path / "stale").exists()
+    assert not (tmp_path / "sessions" / "stale").exists()
     assert [c["session"] for c in ck.list_checkpoints(tmp_path)] == ["fresh"]
     assert ck.restore_session(ck.read(tmp_path, "fresh")).gaussians.n == 20
 
@@ -141,7 +141,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A failure while writing leaves the previous checkpoint intact and no temp file behind."""
     s = _session()
     ck.write(tmp_path, ck.capture(s))
-    good = (tmp_path / "s1" / "checkpoint.pt").read_bytes()
+    good = (tmp_path / "sessions" / "s1" / "checkpoint.pt").read_bytes()
 
     def fail(*a, **k):
         raise OSError("disk full")
@@ -150,8 +150,8 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     _step(s)
     with pytest.raises(OSError):
         ck.write(tmp_path, ck.capture(s))
-    assert (tmp_path / "s1" / "checkpoint.pt").read_bytes() == good
-    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["checkpoint.pt", "history"]
+    assert (tmp_path / "sessions" / "s1" / "checkpoint.pt").read_bytes() == good
+    assert sorted(p.name for p in (tmp_path / "sessions" / "s1").iterdir()) == [".i3d-session", "checkpoint.pt", "history"]
 
 
 def test_session_id_is_checked():
@@ -166,7 +166,7 @@ def test_history_entries_written_once_and_pruned(tmp_path):
     s.record("a")
     s.record("b")
     ck.write(tmp_path, ck.capture(s))
-    hist = tmp_path / "s1" / "history"
+    hist = tmp_path / "sessions" / "s1" / "history"
     first = {p.name: p.stat().st_mtime_ns for p in hist.iterdir()}
     assert len(first) == 2
     _step(s)
