@@ -171,3 +171,53 @@ def test_startup_removes_only_its_own_orphaned_temp_files(tmp_path):
     assert ck.remove_orphans(tmp_path) == 2
     assert not any(f.exists() for f in orphans) and all(f.exists() for f in kept)
     assert ck.restore_session(ck.read(tmp_path, "s1")).gaussians.n == 5
+
+
+# -- 3. the replay floor ----------------------------------------------------------------------------------
+KEY = b"k" * 32
+
+
+def _signed_at(ts: float, op: str = "ping") -> list:
+    """A correctly signed request stamped ``ts`` (the sender's clock), without touching this process's clock."""
+    import secrets
+    import uuid
+
+    from interactive3d.protocol.auth import Signer
+    from interactive3d.protocol.codec import pack_header
+
+    signer = Signer(KEY)
+    raw = pack_header({"v": 1, "id": uuid.uuid4().hex, "op": op, "args": {}, "buffers": [],
+                       "auth": {"ts": ts, "nonce": secrets.token_hex(16), "sig": bytes(32)}})
+    return [raw[:-32] + signer._digest(signer.sign_domain, raw, [])]
+
+
+def test_a_future_stamped_flood_cannot_lock_others_out():
+    """The issue's attack, scaled to a store of 300 nonces: 900 correctly signed pings stamped now + 280 s (inside
+    the ±300 s window) fill the store for messages stamped ahead (the first 300 pass, the rest are unauthorized);
+    the floor stays at or below the server's clock, and a fresh request from another client succeeds at once.
+    Replays of flooded messages stay refused."""
+    import zmq
+    from interactive3d.protocol.codec import decode
+
+    ts = ThreadedServer(auth_key=KEY)
+    ts.server._signer.max_nonces = 300  # the default 200,000 behaves the same, only slower to fill
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(ts.address)
+    try:
+        flood = [_signed_at(time.time() + 280) for _ in range(900)]
+        codes = []
+        for m in flood:
+            sock.send_multipart(m)
+            assert sock.poll(10_000)
+            h = decode(sock.recv_multipart()).header
+            codes.append("ok" if h["ok"] else h["error"]["code"])
+        assert codes[:300] == ["ok"] * 300 and set(codes[300:]) == {"unauthorized"}
+        assert ts.server._signer.floor <= time.time()
+        with Client(ts.address, auth_key=KEY) as other:
+            assert other.request("session.create").result["session"]
+        sock.send_multipart(flood[0])  # a replay of an accepted flood message
+        assert sock.poll(10_000) and decode(sock.recv_multipart()).header["error"]["code"] == "unauthorized"
+    finally:
+        sock.close(0)
+        ts.stop()
