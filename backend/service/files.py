@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from typing import Iterator, Sequence
@@ -32,6 +33,8 @@ import numpy as np
 from interactive3d.protocol.errors import InvalidArgs, NotFound, TooLarge
 
 MAX_PATH_CHARS = 4096
+# a Hugging Face repo id: [org/]name, word characters, '-' and '.', no '--' or '..', at most 96 per part
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?/)?[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?$")
 
 
 def _check_text(path: object, what: str) -> str:
@@ -139,7 +142,9 @@ def resolve_model(roots: Sequence[str], model: object, what: str = "model", miss
                 break
     local = local or os.path.lexists(p)  # relative to the working folder: from_pretrained would read it
     if not local:
-        return text  # a hub id (ops check its form and the cache)
+        if not _HUB_ID.match(text) or ".." in text or "--" in text or text.endswith(".git"):
+            raise InvalidArgs(f"{what}: {text[:200]!r} is neither a folder inside a model folder nor a hub id 'org/name'")
+        return text  # a hub id (ops check the cache)
     real = os.path.realpath(os.path.abspath(p))
     if not roots or not _inside(real, roots):
         raise InvalidArgs(f"{what}: {text!r} is not inside a model folder: {_model_roots_text(roots)}")

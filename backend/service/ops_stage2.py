@@ -14,14 +14,16 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
 from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
+from interactive3d.protocol.files import atomic_write
 
 from ..stage2.distill import DistillConfig, DistillJob
 from ..stage2.hashgrid import HashGridConfig
-from ..stage2.mesh import MeshConfig, MeshError, export_mesh, extract_mesh
+from ..stage2.mesh import MeshConfig, MeshError, extract_mesh, mesh_file_bytes
 from ..stage2.nerf import NeRFConfig, RenderConfig, occupancy_from_field, render_step_size
 from ..stage2.parts import PartConfig, RegionError, region_cells
 from ..stage2.refine import RefineConfig, RefineJob
@@ -167,10 +169,29 @@ def refine(req: Request) -> Reply:
     return Reply({"job": job_id, "total": cfg.steps})
 
 
+def _mesh_targets(req: Request, fmt: str) -> dict[str, str]:
+    """Every file extract_mesh will write for its ``path`` arg, by suffix, each checked as a request path before
+    anything is written (an OBJ's .mtl and .png beside it too). The path's suffix must be the format's or none."""
+    a = req.args
+    first = files.resolve_write(req.server.roots, a["path"], "stage2.extract_mesh: path")
+    stem, suffix = os.path.splitext(first)
+    if suffix and suffix.lower() != "." + fmt:
+        raise InvalidArgs(f"stage2.extract_mesh: path {a['path']!r} ends in {suffix!r} but format is {fmt!r}; name a .{fmt} file")
+    out = {"." + fmt: first if fmt != "obj" else stem + ".obj"}
+    if fmt == "obj" and a["texture"]:
+        out.update({s: stem + s for s in (".mtl", ".png")})
+    for s, p in out.items():  # the same checks for the side files (inside the roots, never a symlink …)
+        out[s] = files.resolve_write(req.server.roots, p, f"stage2.extract_mesh: {s} file")
+    return out
+
+
 def extract(req: Request) -> Reply:
     s, a = req.session, req.args
     _idle(req)
-    target = files.resolve_write(req.server.roots, a["path"], "stage2.extract_mesh: path") if a["path"] else None
+    fmt = (a["format"] or (files.suffix_of(a["path"], ".glb") if a["path"] else ".glb").lstrip(".")).lower()
+    if fmt not in ("glb", "obj", "ply"):
+        raise InvalidArgs(f"stage2.extract_mesh: path {a['path']!r} has no mesh suffix (.glb, .obj, .ply); give format")
+    targets = _mesh_targets(req, fmt) if a["path"] else {}
     buffers: list = []
     try:
         cfg = MeshConfig(
@@ -182,17 +203,17 @@ def extract(req: Request) -> Reply:
         with req.server.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³", est), s.lock:
             st = _state(req)
             m = extract_mesh(st.refined, cfg, st.occupancy)
-        path = None
-        if target is not None:
-            path = str(export_mesh(m, target, a["format"]))
+        main = targets.get("." + fmt)
+        data = mesh_file_bytes(m, fmt, os.path.splitext(os.path.basename(main))[0] if main else "mesh")
         if a["return_file"]:
             cap = req.server.config.max_file_bytes
-            if path is not None:
-                buffers = [files.read_back(path, cap, "the mesh file")]
-            else:
-                fmt = a["format"] or "glb"
-                with files.scratch_path("." + fmt) as tmp:
-                    buffers = [files.read_back(str(export_mesh(m, tmp, fmt)), cap, "the mesh file")]
+            if len(data["." + fmt]) > cap:
+                raise TooLarge(f"stage2.extract_mesh: the mesh file is {len(data['.' + fmt])} bytes, over the cap of {cap} for a reply frame")
+            buffers = [np.frombuffer(data["." + fmt], np.uint8)]
+        for suffix in (".png", ".mtl", "." + fmt):  # an OBJ last: when it appears, what it names is there
+            if suffix in data and suffix in targets:
+                atomic_write(targets[suffix], [data[suffix]])
+        path = main
     except MeshError as exc:
         raise InvalidArgs(f"stage2.extract_mesh: {exc}") from exc
     except OSError as exc:

@@ -175,6 +175,21 @@ class ServerConfig:
         return tuple(os.path.realpath(os.path.expanduser(d)) for d in self.model_dirs)
 
 
+MAX_ARG_DEPTH = 32  # the deepest real args are lists of [x, y] pairs; deeper nesting is refused before validation
+
+
+def _check_depth(value: Any, limit: int = MAX_ARG_DEPTH) -> None:
+    """InvalidArgs when lists/maps in ``value`` nest deeper than ``limit`` (checked without recursion: a
+    1,000-deep list must be a typed error, not a RecursionError)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (list, tuple, dict)):
+            if depth > limit:
+                raise InvalidArgs(f"args nest lists/maps deeper than {limit} levels")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+
+
 def _plain(v: Any) -> Any:
     """Convert numpy scalars/arrays and tuples in a result map to msgpack-able values."""
     if isinstance(v, dict):
@@ -712,6 +727,7 @@ class Server:
             if spec.session and spec.mutates:  # before the args: another client's session is not its to change
                 raw = msg.header.get("args")
                 self.check_owner(op, raw.get("session") if isinstance(raw, dict) else None, identity)
+            _check_depth(msg.header.get("args", {}))
             args = catalogue.validate_request(spec, msg.header.get("args", {}), msg.buffers)
             session = self.get_session(args.get("session")) if spec.session else None
             if spec.starts_job and session is not None and session.job_active and not (spec.preempts and preemptible(session)):

@@ -122,6 +122,15 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": "/outside-the-roots/m.glb"}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": str(out.parent / "no" / "m.glb")}) == "not_found"
     assert not (out.parent / "no").exists()  # no folder created
+    # issue 25: every file is checked before anything is written, and the reply names the file written
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": str(tmp_path / "x.glb"), "format": "obj"}) == "invalid_args"
+    assert not (tmp_path / "x.obj").exists() and not (tmp_path / "x.glb").exists()
+    (tmp_path / "s.mtl").symlink_to(tmp_path / "elsewhere.mtl")  # where a textured OBJ's side file goes
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": str(tmp_path / "s.obj"), "texture": True,
+                                                 "texture_size": 64}) == "invalid_args"
+    assert (tmp_path / "s.mtl").is_symlink() and not (tmp_path / "elsewhere.mtl").exists() and not (tmp_path / "s.obj").exists()
+    bare = client.request("stage2.extract_mesh", {"session": sid, "resolution": 16, "path": str(tmp_path / "n"), "format": "obj"})
+    assert bare.result["path"] == str((tmp_path / "n.obj").resolve()) and (tmp_path / "n.obj").is_file()
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 4096}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "density", "threshold": 1e9}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "sdf"}) == "invalid_args"

@@ -221,3 +221,22 @@ def test_a_future_stamped_flood_cannot_lock_others_out():
     finally:
         sock.close(0)
         ts.stop()
+
+
+# -- 9. no internal from nested or malformed arguments -----------------------------------------------------
+def test_deep_nesting_and_bad_hub_ids_are_invalid_args(sandboxed):
+    """indices/parts lists nested 1,000 deep and hub ids like ``x/..`` (with local_files_only) were ``internal``
+    (RecursionError, HFValidationError): now invalid_args, and the session's Gaussians are untouched."""
+    c, _, _ = sandboxed
+    sid = c.request("session.create").result["session"]
+    c.request("gaussians.init", {"session": sid, "kind": "random", "n": 10})
+    deep = [0]
+    for _ in range(1000):
+        deep = [deep]
+    for op, args in (("parts.select", {"name": "a", "kind": "indices", "indices": deep}), ("parts.remove", {"indices": deep}),
+                     ("state.get", {"parts": deep}), ("gaussians.render", {"width": {"a": deep}})):
+        assert _code(c, op, {"session": sid, **args}) == "invalid_args", op
+    for model in ("x/..", "../x", "a--b/c", "x/y/z", "."):
+        code = _code(c, "stage1.start", {"session": sid, "prompt": "a cat", "model": model, "local_files_only": True, "steps": 1})
+        assert code == "invalid_args", (model, code)
+    assert c.request("state.get", {"session": sid}).buffers[0].shape == (10, 14)
