@@ -74,6 +74,7 @@ REPLY_CACHE_ENTRIES = 256
 INLINE_OPS = frozenset({"ping", "session.create", "session.attach", "job.status", "job.pause", "job.resume", "job.cancel", "stage2.preview"})
 POOL_WORKERS = 4  # ops without a session (session.list, session.resume) that do file I/O
 REPLY_CACHE_BYTES = 64 << 20
+PEER_MEMORY = 4096  # identities whose peer address is remembered (enough for every owner of 64 sessions)
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
 
@@ -111,6 +112,10 @@ class ServerConfig:
             (0 keeps them all).
         guidance_cache_bytes: memory bound of the loaded diffusion models shared by all jobs.
         max_sessions_per_client: open sessions one client identity may own.
+        max_sessions_per_address: open sessions all the identities of one peer may own together: one IP address
+            over TCP (loopback clients share it), one process over IPC. Fresh routing identities cannot bypass it.
+        idle_timeout: seconds after which a session no request has named and no job runs on is checkpointed and
+            closed (session.resume brings it back); 0 never. Only with a state dir (else nothing could bring it back).
         data_dirs: roots that request paths are resolved in (:mod:`.files`); empty: ``<state_dir>/data``
             (no roots at all without a state dir: paths are refused, frames still work).
         max_file_bytes: largest file a request may read (.ply, mesh).
@@ -134,6 +139,8 @@ class ServerConfig:
     keep_checkpoints_days: float = 30.0
     guidance_cache_bytes: int = DEFAULT_CACHE_BYTES
     max_sessions_per_client: int = 16
+    max_sessions_per_address: int = 32
+    idle_timeout: float = 86400.0
     data_dirs: tuple[str, ...] = ()
     max_file_bytes: int = 1 << 30
     memory_budget: int | None = None
@@ -152,8 +159,10 @@ class ServerConfig:
             check_key(self.auth_key, "the server config")
         if not self.keep_checkpoints_days >= 0:  # also NaN
             raise ValueError(f"keep_checkpoints_days must be >= 0 (0 keeps all), got {self.keep_checkpoints_days!r}")
-        if self.max_sessions_per_client < 1 or self.max_file_bytes < 1:
-            raise ValueError("max_sessions_per_client and max_file_bytes must be >= 1")
+        if self.max_sessions_per_client < 1 or self.max_sessions_per_address < 1 or self.max_file_bytes < 1:
+            raise ValueError("max_sessions_per_client, max_sessions_per_address and max_file_bytes must be >= 1")
+        if not self.idle_timeout >= 0:  # also NaN
+            raise ValueError(f"idle_timeout must be >= 0 seconds (0: never), got {self.idle_timeout!r}")
         if self.memory_budget is not None and self.memory_budget < 1:
             raise ValueError(f"memory_budget must be > 0 bytes, got {self.memory_budget!r}")
         if self.state_dir is not None:  # requests write in the data folders: checkpoints must be out of their reach
@@ -273,6 +282,10 @@ class Server:
         # session → identities that get its events (the creator by default; session.attach adds one)
         self._subscribers: dict[str, set[bytes]] = {}
         self._owners: dict[str, bytes] = {}  # session → identity that created (or resumed) it
+        self._owner_peers: dict[str, str] = {}  # session → its owner's peer (IP address, IPC process): the per-address cap
+        self._peers: OrderedDict[bytes, str] = OrderedDict()  # identity → its peer, the latest PEER_MEMORY identities
+        self._last_use: dict[str, float] = {}  # session → monotonic time a request last named it (idle reaping)
+        self._reaping: set[str] = set()
         self._sessions_lock = threading.Lock()  # sessions/_subscribers/_owners change on workers too
         self._signer = Signer(config.auth_key, role="server") if config.auth_key else None
         self.roots = config.roots()
@@ -332,6 +345,7 @@ class Server:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_pull, zmq.POLLIN)
+        next_reap = time.monotonic() + 1.0
         try:
             while not self._stopping.is_set():
                 try:
@@ -351,6 +365,9 @@ class Server:
                             break
                         self._handle(frames)
                 self._flush_events()
+                if time.monotonic() >= next_reap:
+                    self._reap_idle()
+                    next_reap = time.monotonic() + 1.0
         finally:
             self.shutdown()
 
@@ -404,17 +421,34 @@ class Server:
             self._check_client_cap(identity)
 
     def _check_client_cap(self, identity: bytes) -> None:
-        """Busy when ``identity`` already owns its cap of open sessions (_sessions_lock held)."""
+        """Busy when ``identity``, or its peer (address / process), already owns its cap of open sessions
+        (_sessions_lock held)."""
         mine = sum(1 for o in self._owners.values() if o == identity)
         if mine >= self.config.max_sessions_per_client:
             raise Busy(f"this client owns {mine} open sessions (max_sessions_per_client={self.config.max_sessions_per_client}); close one")
+        peer = self._peers.get(identity)
+        if peer is not None:
+            ours = sum(1 for p in self._owner_peers.values() if p == peer)
+            if ours >= self.config.max_sessions_per_address:
+                raise Busy(f"clients from this address own {ours} open sessions (max_sessions_per_address="
+                           f"{self.config.max_sessions_per_address}); close one")
+
+    def _set_owner(self, sid: str, identity: bytes) -> None:
+        """``identity`` owns ``sid`` (_sessions_lock held); its peer is counted for the per-address cap."""
+        self._owners[sid] = identity
+        peer = self._peers.get(identity)
+        if peer is None:
+            self._owner_peers.pop(sid, None)
+        else:
+            self._owner_peers[sid] = peer
 
     def _adopt(self, s: Session, identity: bytes | None) -> None:
         """Register an open session, owned by and subscribed to ``identity`` (_sessions_lock held)."""
         self.sessions[s.id] = s
         self._subscribers[s.id] = set()
+        self._last_use[s.id] = time.monotonic()
         if identity is not None:
-            self._owners[s.id] = identity
+            self._set_owner(s.id, identity)
             self._subscribers[s.id].add(identity)
 
     def subscribe(self, s: Session, identity: bytes) -> None:
@@ -447,7 +481,7 @@ class Server:
                 return
             self._check_client_cap(identity)
             previous = self._owners.get(s.id)
-            self._owners[s.id] = identity
+            self._set_owner(s.id, identity)
             self._subscribers[s.id].add(identity)
         log.info("session %s taken over by another client (previous owner %s)", s.id, "none" if previous is None else "kept as subscriber")
 
@@ -474,6 +508,9 @@ class Server:
             self.sessions.pop(s.id, None)
             self._subscribers.pop(s.id, None)
             self._owners.pop(s.id, None)
+            self._owner_peers.pop(s.id, None)
+            self._last_use.pop(s.id, None)
+            self._reaping.discard(s.id)
             self._last_state.pop(s.id, None)
             lane = self._lanes.pop(s.id, None)
         if lane is not None:
@@ -689,6 +726,7 @@ class Server:
     def _handle(self, frames: list) -> None:
         """Decode, verify, validate; answer inline ops here and hand the rest to a worker (router thread)."""
         identity, body = frames[0].bytes, frames[1:]
+        self._note_peer(identity, frames[0])
         verified = [False]
 
         def verify(raw: bytes, header: dict, views: list) -> None:
@@ -730,6 +768,8 @@ class Server:
             _check_depth(msg.header.get("args", {}))
             args = catalogue.validate_request(spec, msg.header.get("args", {}), msg.buffers)
             session = self.get_session(args.get("session")) if spec.session else None
+            if session is not None:
+                self._last_use[session.id] = time.monotonic()
             if spec.starts_job and session is not None and session.job_active and not (spec.preempts and preemptible(session)):
                 raise Busy(f"session {session.id} already has job {session.job.job_id} ({session.job.kind}, {session.job.state})")
             req = Request(op, rid, args, msg.buffers, session, self, identity=identity)
@@ -750,11 +790,51 @@ class Server:
         if session is None:
             self._pool.submit(work)
             return
+        self._lane(session).submit(work)
+
+    def _lane(self, session: Session) -> _Lane:
         with self._sessions_lock:
             lane = self._lanes.get(session.id)
             if lane is None:
                 lane = self._lanes[session.id] = _Lane(session.id)
-        lane.submit(work)
+        return lane
+
+    def _note_peer(self, identity: bytes, frame) -> None:
+        """Remember which peer (TCP: IP address; IPC: process) ``identity`` sends from, for the per-address cap."""
+        try:
+            addr = frame.get("Peer-Address")
+        except (zmq.ZMQError, AttributeError):  # inproc has none
+            return
+        if addr:
+            self._peers[identity] = addr
+            self._peers.move_to_end(identity)
+            while len(self._peers) > PEER_MEMORY:
+                self._peers.popitem(last=False)
+
+    def _reap_idle(self) -> None:
+        """Checkpoint and close sessions idle for longer than ``idle_timeout`` (router thread; the work runs on
+        each session's lane, after the requests already queued there)."""
+        limit = self.config.idle_timeout
+        if limit <= 0 or self.config.state_dir is None:
+            return
+        now = time.monotonic()
+        for sid, s in list(self.sessions.items()):
+            if sid in self._reaping or now - self._last_use.get(sid, now) <= limit or s.job_active or s.suspended is not None:
+                continue
+            self._reaping.add(sid)
+            log.info("session %s idle for %.0f s: checkpointed and closed (session.resume brings it back)", sid, now - self._last_use[sid])
+            self._lane(s).submit(lambda s=s: self._reap(s))
+
+    def _reap(self, s: Session) -> None:
+        """(lane) Close ``s`` into its checkpoint unless a request named it since it was picked."""
+        if time.monotonic() - self._last_use.get(s.id, 0.0) <= self.config.idle_timeout or s.job_active:
+            self._reaping.discard(s.id)
+            return
+        try:
+            self.close_session(s, checkpoint=True)
+        except Exception:  # noqa: BLE001 - a failed checkpoint keeps the session open, never loses it
+            log.exception("idle session %s could not be checkpointed; it stays open", s.id)
+            self._reaping.discard(s.id)
 
     def _send_now(self, identity: bytes, rid: str, header: dict, buffers: Sequence[Any], remember: bool) -> None:
         sent = self._send(identity, header, buffers)

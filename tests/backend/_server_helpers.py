@@ -140,6 +140,7 @@ def make_server(bind: str = "tcp://127.0.0.1:*", **kw) -> Server:
     kw.setdefault("model_dirs", (tempfile.gettempdir(),))
     # module-scoped test servers serve one client that opens many sessions (the per-client cap has its own test)
     kw.setdefault("max_sessions_per_client", 64)
+    kw.setdefault("max_sessions_per_address", 64)  # (and all of them come from one process)
     return Server(ServerConfig(bind=bind, **kw), extra_ops=TEST_OPS, extra_handlers=TEST_HANDLERS)
 
 

@@ -240,3 +240,70 @@ def test_deep_nesting_and_bad_hub_ids_are_invalid_args(sandboxed):
         code = _code(c, "stage1.start", {"session": sid, "prompt": "a cat", "model": model, "local_files_only": True, "steps": 1})
         assert code == "invalid_args", (model, code)
     assert c.request("state.get", {"session": sid}).buffers[0].shape == (10, 14)
+
+
+# -- 7. session caps per address, idle reaping, one identity per process -----------------------------------
+def test_fresh_identities_cannot_take_every_session(tmp_path):
+    """The issue's attack: 10 sockets with fresh routing ids each ask for sessions. Over IPC the peer is the
+    process, so the 10 together get max_sessions_per_address (4), then busy; another process still gets one."""
+    import subprocess
+    import sys
+    import uuid
+
+    addr = f"ipc://{tmp_path}/s.sock"
+    ts = ThreadedServer(bind=addr, max_sessions=8, max_sessions_per_client=2, max_sessions_per_address=4)
+    try:
+        codes = []
+        for _ in range(10):
+            with Client(addr, routing_id=uuid.uuid4().hex.encode()) as c:
+                for _ in range(2):
+                    try:
+                        c.request("session.create")
+                        codes.append("ok")
+                    except RemoteError as e:
+                        codes.append(e.code)
+        assert codes.count("ok") == 4 and set(codes[4:]) == {"busy"}
+        other = ("from interactive3d.protocol.client import Client\n"
+                 f"print(Client({addr!r}).request('session.create').result['session'])")
+        out = subprocess.run([sys.executable, "-c", other], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and len(out.stdout.strip()) == 16, out.stderr[-2000:]
+    finally:
+        ts.stop()
+
+
+def test_idle_sessions_are_checkpointed_and_closed(tmp_path):
+    """idle_timeout 1 s: a session nobody names for ~3 s leaves the open list for the checkpoints and comes back
+    whole with session.resume; one with a job running stays open."""
+    ts = ThreadedServer(state_dir=str(tmp_path / "state"), idle_timeout=1.0)
+    c = Client(ts.address)
+    try:
+        idle, busy = (c.request("session.create").result["session"] for _ in range(2))
+        for sid in (idle, busy):
+            c.request("test.init", {"session": sid, "n": 12})
+        c.request("test.fit", {"session": busy, "steps": 1000, "sleep": 0.02})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            listed = c.request("session.list").result
+            if idle not in {x["session"] for x in listed["sessions"]}:
+                break
+            time.sleep(0.2)
+        assert {x["session"] for x in listed["sessions"]} == {busy}
+        assert idle in {x["session"] for x in listed["checkpoints"]}
+        assert c.request("session.resume", {"session": idle}).result["count"] == 12
+        c.request("job.cancel", {"session": busy})
+    finally:
+        c.close()
+        ts.stop()
+
+
+def test_one_identity_per_process():
+    """Clients made one after another share the process's identity (a reconnecting program owns its sessions
+    again); one made while another is open gets a different one."""
+    a = Client("tcp://127.0.0.1:9")
+    rid = a.routing_id
+    b = Client("tcp://127.0.0.1:9")
+    assert b.routing_id != rid
+    a.close()
+    b.close()
+    with Client("tcp://127.0.0.1:9") as again:
+        assert again.routing_id == rid
