@@ -244,24 +244,24 @@ def gaussians_render(req: Request) -> Reply:
         raise InvalidArgs("gaussians.render: c2w rotation is singular")
     b, w, h = int(c2w.shape[0]), a["width"], a["height"]
     mem = req.server.memory
-    with s.lock:
+    with s.lock:  # a copy taken between two job steps: the render itself never holds the job up (issue 25)
         if s.gaussians is None or s.gaussians.n == 0:
             raise InvalidArgs("gaussians.render: the session has no Gaussians")
-        g = s.gaussians
-        n = g.n
-        mem.check(f"gaussians.render: {b} views of {w}x{h}", costs.render_output_bytes(b, w * h) + n * costs.PROJECT_BYTES)
-        rgbs, alphas = [], []
-        bg = torch.tensor(a["background"], dtype=torch.float32, device=g.device)
-        with torch.no_grad():
-            for i in range(b):
-                cams = cameras_from_blender(c2w[i : i + 1], a["fov_x"], w, h).to(g.device)
-                pairs = costs.view_pairs(g, cams)
-                est = costs.render_view_bytes(n, pairs, w * h)
-                with mem.reserve(f"gaussians.render: view {i} ({n} Gaussians covering up to {pairs} pixel pairs at {w}x{h})", est):
-                    out = render(g, cams, bg)
-                rgbs.append(out.rgb[0].float().cpu().numpy())
-                alphas.append(out.alpha[0].float().cpu().numpy())
-                del out
+        n = s.gaussians.n
+        mem.check(f"gaussians.render: {b} views of {w}x{h}", costs.render_output_bytes(b, w * h) + n * costs.PROJECT_BYTES + costs.gaussians_bytes(n))
+        g = s.gaussians.clone()
+    rgbs, alphas = [], []
+    bg = torch.tensor(a["background"], dtype=torch.float32, device=g.device)
+    with torch.no_grad():
+        for i in range(b):
+            cams = cameras_from_blender(c2w[i : i + 1], a["fov_x"], w, h).to(g.device)
+            pairs = costs.view_pairs(g, cams)
+            est = costs.render_view_bytes(n, pairs, w * h)
+            with mem.reserve(f"gaussians.render: view {i} ({n} Gaussians covering up to {pairs} pixel pairs at {w}x{h})", est):
+                out = render(g, cams, bg)
+            rgbs.append(out.rgb[0].float().cpu().numpy())
+            alphas.append(out.alpha[0].float().cpu().numpy())
+            del out
     return Reply({"count": b}, [np.ascontiguousarray(np.stack(rgbs)), np.ascontiguousarray(np.stack(alphas))])
 
 

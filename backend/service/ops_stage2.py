@@ -245,16 +245,18 @@ def render(req: Request) -> Reply:
     b, w, h, n = c2w.shape[0], a["width"], a["height"], a["n_samples"]
     if b * w * h * n > _MAX_RENDER_SAMPLES:
         raise TooLarge(f"stage2.render: {b}×{w}×{h} pixels × {n} samples exceeds {_MAX_RENDER_SAMPLES} samples; render smaller or fewer")
-    # no idle check: a running job steps under the session lock, so this renders between two of its steps
+    # no idle check: a copy of the field is taken between two steps of a running job, and rendered without the
+    # session lock, so a long render never stops the owner's job (issue 25)
     with s.lock:
         st = _state(req)
-        try:
-            cams = cameras_from_blender(c2w, a["fov_x"], w, h).to(st.device)
-        except ValueError as exc:
-            raise InvalidArgs(f"stage2.render: {exc}") from exc
-        bg = torch.tensor(a["background"], dtype=torch.float32, device=st.device)
-        with torch.no_grad():
-            out = render_image(st.refined, cams, RenderConfig(n_samples=n, normals=a["normals"]), st.occupancy, bg)
+        st = type(st).from_state_dict(st.state_dict(), st.device)
+    try:
+        cams = cameras_from_blender(c2w, a["fov_x"], w, h).to(st.device)
+    except ValueError as exc:
+        raise InvalidArgs(f"stage2.render: {exc}") from exc
+    bg = torch.tensor(a["background"], dtype=torch.float32, device=st.device)
+    with torch.no_grad():
+        out = render_image(st.refined, cams, RenderConfig(n_samples=n, normals=a["normals"]), st.occupancy, bg)
     # ray distance → camera-space z (the Gaussian renderer's depth): z = t·(d·forward)
     from ..stage2.nerf import camera_rays
 

@@ -74,6 +74,7 @@ REPLY_CACHE_ENTRIES = 256
 INLINE_OPS = frozenset({"ping", "session.create", "session.attach", "job.status", "job.pause", "job.resume", "job.cancel", "stage2.preview"})
 POOL_WORKERS = 4  # ops without a session (session.list, session.resume) that do file I/O
 REPLY_CACHE_BYTES = 64 << 20
+FOREIGN_READS = 1  # reads of a session by clients other than its owner, in flight at once (the rest: busy)
 PEER_MEMORY = 4096  # identities whose peer address is remembered (enough for every owner of 64 sessions)
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
@@ -286,6 +287,7 @@ class Server:
         self._peers: OrderedDict[bytes, str] = OrderedDict()  # identity → its peer, the latest PEER_MEMORY identities
         self._last_use: dict[str, float] = {}  # session → monotonic time a request last named it (idle reaping)
         self._reaping: set[str] = set()
+        self._foreign_reads: dict[str, int] = {}  # session → reads by non-owners in flight (_sessions_lock)
         self._sessions_lock = threading.Lock()  # sessions/_subscribers/_owners change on workers too
         self._signer = Signer(config.auth_key, role="server") if config.auth_key else None
         self.roots = config.roots()
@@ -784,9 +786,18 @@ class Server:
         if op in INLINE_OPS or (op == "state.get" and self.last_state(session) is not None):
             self._reply(req, handler, self._send_now)
             return
+        if session is not None and self._owners.get(session.id) not in (None, identity):  # a read by another client
+            with self._sessions_lock:
+                n = self._foreign_reads.get(session.id, 0)
+                if n >= FOREIGN_READS:
+                    self._error(identity, rid, Busy(f"{op}: another client's read of session {session.id} is running; retry when it is done"))
+                    return
+                self._foreign_reads[session.id] = n + 1
+            work = lambda: self._foreign_read(req, handler)  # noqa: E731
+        else:
+            work = lambda: self._reply(req, handler, self._post_reply)  # noqa: E731
         if rid:
             self._inflight.add(key)
-        work = lambda: self._reply(req, handler, self._post_reply)  # noqa: E731
         if session is None:
             self._pool.submit(work)
             return
@@ -835,6 +846,14 @@ class Server:
         except Exception:  # noqa: BLE001 - a failed checkpoint keeps the session open, never loses it
             log.exception("idle session %s could not be checkpointed; it stays open", s.id)
             self._reaping.discard(s.id)
+
+    def _foreign_read(self, req: Request, handler: Handler) -> None:
+        """(lane) A non-owner's read, counted against :data:`FOREIGN_READS` until it is answered."""
+        try:
+            self._reply(req, handler, self._post_reply)
+        finally:
+            with self._sessions_lock:
+                self._foreign_reads[req.session.id] -= 1
 
     def _send_now(self, identity: bytes, rid: str, header: dict, buffers: Sequence[Any], remember: bool) -> None:
         sent = self._send(identity, header, buffers)

@@ -242,8 +242,8 @@ class Session:
         return (self.job is not None and not self.job.finished) or self.suspended is not None
 
     def summary(self) -> dict:
-        with self.lock:
-            n = 0 if self.gaussians is None else self.gaussians.n
+        g = self.gaussians  # no lock (issue 25): session.list must not wait for a job's step or a long op
+        n = 0 if g is None else g.n
         return {
             "session": self.id,
             "name": self.name,
