@@ -57,9 +57,14 @@ def _set_gaussians(req: Request, g: Gaussians, label: str) -> Reply:
 
 
 def _load_real_path(req: Request, path: str, shown: str) -> Gaussians:
-    """Read a resolved .ply/.splat path under the memory budget (a file of B bytes holds ≤ B/56 Gaussians)."""
+    """Read a resolved splat file under the memory budget: the Gaussians its header declares (a .spz's decompressed
+    count; without a readable header, a file of B bytes holds ≤ B/56), their decoded floats and the live set."""
     nbytes = os.path.getsize(path)
-    est = nbytes + costs.gaussians_bytes(nbytes // MIN_PLY_ROW_BYTES + 1)
+    declared = costs.splat_file_count(path)
+    n, floats = declared if declared is not None else (nbytes // MIN_PLY_ROW_BYTES + 1, 14)
+    if n > init_mod.MAX_POINTS:
+        raise TooLarge(f"{req.op}: {shown} declares {n} Gaussians, over the cap of {init_mod.MAX_POINTS}")
+    est = nbytes + 2 * 4 * floats * n + costs.gaussians_bytes(n)
     with req.server.memory.reserve(f"{req.op}: loading {shown} ({nbytes} bytes)", est):
         try:
             return init_mod.load_ply(path, device=req.device)

@@ -117,10 +117,13 @@ def add_part(req: Request) -> Reply:
             raise InvalidArgs(f"stage2.add_part: {exc}") from exc
         except ValueError as exc:
             raise InvalidArgs(f"stage2.add_part: {exc}") from exc
-        s.record("stage2.add_part")
-        st.occupancy = st_occ
-        part = st.refined.add_part(name, cells, st_occ, pcfg, seed=a["seed"])
-        st.parts[name] = PartInfo(part.cfg, tuple(a["center"]), float(radius))
+        tables = a["levels"] * (1 << a["log2_table_size"]) * a["features"]
+        req.server.memory.check(f"stage2.add_part ({a['levels']} levels of 2^{a['log2_table_size']} × {a['features']} features)",
+                                tables * costs.TABLE_ENTRY_BYTES)
+        with s.recorded("stage2.add_part"):
+            st.occupancy = st_occ
+            part = st.refined.add_part(name, cells, st_occ, pcfg, seed=a["seed"])
+            st.parts[name] = PartInfo(part.cfg, tuple(a["center"]), float(radius))
         res = part.grid.cfg.resolutions()
         extent = float((part.box_hi - part.box_lo).max())
         base_finest = st.cfg.grid.resolutions()[-1] * extent / (2 * st.cfg.aabb_radius)
@@ -200,7 +203,9 @@ def extract(req: Request) -> Reply:
             texture_padding=a["texture_padding"],
         )
         est = costs.grid_bytes(a["resolution"], costs.MESH_VOXEL_BYTES)
-        with req.server.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³", est), s.lock:
+        if a["texture"]:  # the bake queries the field once per texel, and the PNG/GLB hold the texture again
+            est += a["texture_size"] ** 2 * costs.TEXEL_BYTES
+        with req.server.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³" + (f", {a['texture_size']}² texture" if a["texture"] else ""), est), s.lock:
             st = _state(req)
             m = extract_mesh(st.refined, cfg, st.occupancy)
         main = targets.get("." + fmt)

@@ -83,6 +83,10 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
 
     assert _code(client, "stage2.add_part", {"session": sid, "name": "p", "center": [0.0, 0.0, 0.0], "radius": 0.0}) == "invalid_args"
     assert _code(client, "stage2.add_part", {"session": sid, "name": "p", "center": [0.97, 0.97, 0.97], "radius": 0.02}) == "invalid_args"
+    labels = client.request("history.list", {"session": sid}).result
+    huge = {"session": sid, "name": "h", "center": [0.3, 0.0, 0.0], "radius": 0.3, "levels": 32, "log2_table_size": 24, "features": 8}
+    assert _code(client, "stage2.add_part", huge) == "too_large"  # 64 GiB of tables: estimated, not tried
+    assert client.request("history.list", {"session": sid}).result == labels  # and no undo entry left (issue 25)
     args = {"session": sid, "name": "p", "center": [0.3, 0.0, 0.0], "radius": 0.3, "levels": 4, "log2_table_size": 12}
     assert client.request("stage2.add_part", args).result["cells"] > 0
     assert _code(client, "stage2.add_part", args) == "invalid_args"  # duplicate name

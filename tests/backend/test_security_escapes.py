@@ -340,3 +340,46 @@ def test_another_clients_render_does_not_stop_the_owners_job():
         owner.close()
         other.close()
         ts.stop()
+
+
+# -- 8. estimates from real inputs, a budget under the process's limits --------------------------------------
+def test_splat_estimates_use_the_declared_count(tmp_path):
+    """A 0.1 KiB .spz declaring 12 M Gaussians is too_large before decoding (its compressed size said ~2);
+    a 2,000-Gaussian SH-3 .ply (248-byte rows) loads under an 8 MiB budget that the old 56-byte-row estimate
+    (8,857 Gaussians × 1.5 KiB = 13 MiB) refused."""
+    import gzip
+    import struct
+
+    from interactive3d.backend.stage1.gaussians import init_random
+    from interactive3d.backend.stage1 import init as init_mod
+
+    ts = ThreadedServer(data_dirs=(str(tmp_path),), memory_budget=8 << 20)
+    c = Client(ts.address)
+    try:
+        sid = c.request("session.create").result["session"]
+        bomb = gzip.compress(struct.pack("<IIIBBBB", 0x5053474E, 2, 12_000_000, 0, 12, 0, 0) + bytes(64))
+        assert len(bomb) < 200
+        assert _code(c, "gaussians.load_ply", {"session": sid, "filename": "x.spz"}, [_frame(bomb)]) == "too_large"
+        init_mod.save_ply(init_random(2000, seed=1, sh_degree=3), tmp_path / "sh3.ply")
+        assert (tmp_path / "sh3.ply").stat().st_size // 56 * 1536 > 8 << 20
+        assert c.request("gaussians.load_ply", {"session": sid, "path": "sh3.ply"}).result["count"] == 2000
+    finally:
+        c.close()
+        ts.stop()
+
+
+def test_budget_respects_the_address_space_limit():
+    """Under ``ulimit -v`` (RLIMIT_AS) = what the process maps now + 1 GiB, the CPU budget's free memory is at most
+    1 GiB, whatever MemAvailable says."""
+    import subprocess
+    import sys
+
+    code = ("import resource, os\n"
+            "from interactive3d.backend.service import costs\n"
+            "import torch\n"
+            "used = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), resource.RLIM_INFINITY))\n"
+            "print(costs.available_bytes(torch.device('cpu')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 0 <= int(out.stdout.split()[-1]) <= 1 << 30
