@@ -121,13 +121,16 @@ def splat_file_count(path: str) -> tuple[int, int] | None:
             return os.path.getsize(path) // 32, 14
         with open(path, "rb") as f:
             if fmt in ("ply", "compressed.ply"):
-                _, elements = ply_io.parse_ply_elements(f)
+                form, elements = ply_io.parse_ply_elements(f)
                 counts = {e.name: e for e in elements}
                 v = counts.get("vertex")
-                if v is None:
+                if v is None or not v.props:
                     return None
                 sh = counts.get("sh")
-                return v.count, max(len(v.props), 14 + (len(sh.props) if sh is not None else 0))
+                # no more rows than the file can hold (a header that claims more is the reader's invalid_args)
+                row = v.dtype().itemsize if form != "ascii" else 2 * len(v.props)
+                n = min(v.count, os.path.getsize(path) // max(1, row))
+                return n, max(len(v.props), 14 + (len(sh.props) if sh is not None else 0))
             head = f.read(1 << 16)
         if head[:4] == b"NGSP":
             n, degree = struct.unpack_from("<IIIB", head)[2:4]

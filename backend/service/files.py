@@ -27,6 +27,7 @@ import os
 import re
 import stat
 import tempfile
+import uuid
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -200,17 +201,77 @@ def scratch_path(suffix: str) -> Iterator[str]:
         yield os.path.join(d, "out" + suffix)
 
 
-def read_bytes(real: str, what: str = "file") -> bytes:
-    """The bytes of a resolved regular file (:func:`resolve_read`), opened without following a symlink and
-    without blocking: a FIFO or device put there after the check is refused, not read."""
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _open_folder(roots: Sequence[str], folder: str, what: str) -> int:
+    """A descriptor of ``folder`` (a real path inside a root, as resolve_* return), reached from its root one
+    component at a time without following a symlink (issue 25): a folder swapped for a symlink after the check
+    makes this fail instead of leading elsewhere."""
+    root = next((r for r in roots if os.path.commonpath([folder, r]) == r), None)
+    if root is None:
+        raise InvalidArgs(f"{what}: {folder!r} is outside the server's data folders")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        for part in [p for p in os.path.relpath(folder, root).split(os.sep) if p not in ("", ".")]:
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except OSError as exc:
+        os.close(fd)
+        raise InvalidArgs(f"{what}: a folder on the way to {folder!r} changed or is a symlink: {exc.strerror}") from None
+    return fd
+
+
+def read_bytes(roots: Sequence[str], real: str, max_bytes: int, what: str = "file") -> bytes:
+    """The bytes of a resolved regular file (:func:`resolve_read`), opened once relative to its folder's handle
+    (:func:`_open_folder`), without following a symlink and without blocking, then checked on the open handle: a
+    file swapped after the check for a symlink, FIFO or device is refused, never read; at most ``max_bytes``."""
+    dfd = _open_folder(roots, os.path.dirname(real), what)
+    try:
+        fd = os.open(os.path.basename(real), os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK | _CLOEXEC, dir_fd=dfd)
     except OSError as exc:
         raise InvalidArgs(f"{what}: cannot open {os.path.basename(real)!r}: {exc.strerror}") from None
+    finally:
+        os.close(dfd)
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise InvalidArgs(f"{what}: {os.path.basename(real)!r} is not a regular file")
-        return f.read()
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TooLarge(f"{what}: {os.path.basename(real)!r} is over the server's file cap of {max_bytes} bytes")
+    return data
+
+
+def write_bytes(roots: Sequence[str], real: str, chunks, what: str = "file") -> None:
+    """Write ``chunks`` atomically to a resolved target (:func:`resolve_write`): a temp file made and renamed
+    over the target relative to the folder's handle (:func:`_open_folder`), so a folder swapped for a symlink
+    after the check cannot redirect the write; an existing target must still be a regular file."""
+    from interactive3d.protocol.files import _umask
+
+    dfd = _open_folder(roots, os.path.dirname(real), what)
+    name = os.path.basename(real)
+    tmp = f".tmp-{uuid.uuid4().hex}"
+    try:
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidArgs(f"{what}: {name!r} exists and is not a regular file; only regular files are replaced")
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o666 & ~_umask(), dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+    finally:
+        os.close(dfd)
 
 
 def read_back(path: str, max_bytes: int, what: str = "file") -> np.ndarray:

@@ -86,7 +86,11 @@ def load_splat(req: Request, path: str | None, what: str = "path", buffer=None) 
         suffix = files.suffix_of(req.args.get("filename"), ".ply")
         with files.staged(frame, suffix) as tmp:
             return _load_real_path(req, tmp, f"the uploaded {suffix} file")
-    return _load_real_path(req, _read_path(req, path, what), repr(path))
+    real = _read_path(req, path, what)
+    # read once through a folder handle (no swap after the check can redirect it), parsed from a private copy
+    data = files.read_bytes(req.server.roots, real, req.server.config.max_file_bytes, f"{req.op}: {what}")
+    with files.staged(data, os.path.splitext(real)[1]) as tmp:
+        return _load_real_path(req, tmp, repr(path))
 
 
 def _file_frame(req: Request, buffer=None):
@@ -111,7 +115,8 @@ def _data_fetch(req: Request, folder: str):
     def fetch(name: str) -> bytes:
         if re.match(r"^[A-Za-z][\w+.-]*:", name):  # file:, http:, … (data: URIs never get here)
             raise InvalidArgs(f"gaussians.init: the mesh refers to {name[:200]!r}; only paths beside it are read")
-        return files.read_bytes(_read_path(req, os.path.join(folder, name), f"file {name!r} the mesh refers to"))
+        what = f"file {name!r} the mesh refers to"
+        return files.read_bytes(req.server.roots, _read_path(req, os.path.join(folder, name), what), req.server.config.max_file_bytes, what)
 
     return fetch
 
@@ -161,7 +166,8 @@ def gaussians_init(req: Request) -> Reply:
         else:  # mesh
             if a["path"]:
                 real = _read_path(req, a["path"], "path")
-                g = _init_from_mesh(req, files.read_bytes(real), files.suffix_of(real, ""), os.path.dirname(real))
+                data = files.read_bytes(req.server.roots, real, req.server.config.max_file_bytes, "gaussians.init: path")
+                g = _init_from_mesh(req, data, files.suffix_of(real, ""), os.path.dirname(real))
             elif len(req.buffers) == 3:
                 suffix = files.suffix_of(a["filename"], "")
                 if not suffix:
@@ -213,15 +219,16 @@ def gaussians_save_ply(req: Request) -> Reply:
         n = s.gaussians.n
     # written outside the lock: a running job goes on stepping while the bytes go to disk
     buffers = []
+    with files.scratch_path(".ply") as tmp:  # encoded privately, then written through the folder's handle
+        ply_io.write_ply(tmp, data)
+        body = np.fromfile(tmp, dtype=np.uint8)
+    cap = req.server.config.max_file_bytes
+    if a["return_file"] and body.nbytes > cap:  # refused before anything is written
+        raise TooLarge(f"gaussians.save_ply: the .ply is {body.nbytes} bytes, over the cap of {cap} for a reply frame")
     if target is not None:
-        ply_io.write_ply(target, data)
+        files.write_bytes(req.server.roots, target, [memoryview(body)], "gaussians.save_ply: path")
     if a["return_file"]:
-        if target is not None:
-            buffers = [files.read_back(target, req.server.config.max_file_bytes, "the .ply")]
-        else:
-            with files.scratch_path(".ply") as tmp:
-                ply_io.write_ply(tmp, data)
-                buffers = [files.read_back(tmp, req.server.config.max_file_bytes, "the .ply")]
+        buffers = [body]
     return Reply({"path": target, "count": n}, buffers)
 
 
@@ -377,7 +384,7 @@ def stage1_start(req: Request) -> Reply:
     model = None
     if kind == "oracle":
         if a["reference_path"]:
-            ref = ref_from_path = _load_real_path(req, _read_path(req, a["reference_path"], "reference_path"), repr(a["reference_path"]))
+            ref = ref_from_path = load_splat(req, a["reference_path"], "reference_path")
         else:
             slot = s.extras.get(OracleReference.SLOT)
             if slot is None:

@@ -383,3 +383,103 @@ def test_budget_respects_the_address_space_limit():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert 0 <= int(out.stdout.split()[-1]) <= 1 << 30
+
+
+# -- 5. swapped after the check ----------------------------------------------------------------------------
+def test_swaps_after_the_check_cannot_redirect_reads_or_writes(tmp_path):
+    """Each swap done between the check (resolve_*) and the use: a folder exchanged for a symlink to an outside
+    folder (read and write), the file exchanged for a FIFO or a symlink to /dev/zero — all invalid_args, at once,
+    and nothing outside is read or written."""
+    import shutil
+
+    from interactive3d.backend.service import files
+    from interactive3d.protocol.errors import InvalidArgs
+
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    (root / "d").mkdir(parents=True)
+    outside.mkdir()
+    (root / "d" / "x.ply").write_bytes(b"inside")
+    (outside / "x.ply").write_bytes(b"outside")
+    roots = (str(root.resolve()),)
+
+    def swap_folder():
+        shutil.move(str(root / "d"), str(root / "d-away"))
+        (root / "d").symlink_to(outside)
+
+    def unswap():
+        (root / "d").unlink()
+        shutil.move(str(root / "d-away"), str(root / "d"))
+
+    real = files.resolve_read(roots, "d/x.ply", 1 << 20)
+    assert files.read_bytes(roots, real, 1 << 20) == b"inside"
+    swap_folder()
+    with pytest.raises(InvalidArgs):
+        files.read_bytes(roots, real, 1 << 20)
+    unswap()
+    target = files.resolve_write(roots, "d/new.ply")
+    swap_folder()
+    with pytest.raises(InvalidArgs):
+        files.write_bytes(roots, target, [b"x"])
+    unswap()
+    assert sorted(p.name for p in outside.iterdir()) == ["x.ply"]
+    files.write_bytes(roots, target, [b"written"])
+    assert (root / "d" / "new.ply").read_bytes() == b"written"
+    for make in (lambda p: os.mkfifo(p), lambda p: p.symlink_to("/dev/zero")):
+        real = files.resolve_read(roots, "d/x.ply", 1 << 20)
+        (root / "d" / "x.ply").unlink()
+        make(root / "d" / "x.ply")
+        t0 = time.monotonic()
+        with pytest.raises(InvalidArgs):
+            files.read_bytes(roots, real, 1 << 20)
+        assert time.monotonic() - t0 < 10  # refused on the handle, not read or waited on
+        (root / "d" / "x.ply").unlink()
+        (root / "d" / "x.ply").write_bytes(b"inside")
+
+
+def test_a_folder_swapped_during_requests_never_leads_outside(sandboxed, tmp_path):
+    """The issue's race, end to end: a thread exchanges data/d with a symlink to an outside folder while 150
+    load_ply and 150 save_ply requests name d/: no load returns the outside file's 20 Gaussians and no save
+    writes outside (the outside folder keeps its one file)."""
+    import shutil
+    import threading
+
+    from interactive3d.backend.stage1 import init as init_mod
+    from interactive3d.backend.stage1.gaussians import init_random
+
+    c, root, _ = sandboxed
+    outside = tmp_path / "outside"
+    (root / "d").mkdir()
+    outside.mkdir()
+    init_mod.save_ply(init_random(10, seed=1), root / "d" / "x.ply")
+    init_mod.save_ply(init_random(20, seed=2), outside / "x.ply")
+    sid = c.request("session.create").result["session"]
+    c.request("gaussians.init", {"session": sid, "kind": "random", "n": 5})
+    stop = threading.Event()
+
+    def swapper():
+        while not stop.is_set():
+            shutil.move(str(root / "d"), str(root / "d-away"))
+            (root / "d").symlink_to(outside)
+            time.sleep(0.001)
+            (root / "d").unlink()
+            shutil.move(str(root / "d-away"), str(root / "d"))
+            time.sleep(0.001)
+
+    t = threading.Thread(target=swapper)
+    t.start()
+    counts = []
+    try:
+        for _ in range(150):
+            try:
+                counts.append(c.request("gaussians.load_ply", {"session": sid, "path": "d/x.ply"}).result["count"])
+            except RemoteError as e:
+                counts.append(e.code)
+            try:
+                c.request("gaussians.save_ply", {"session": sid, "path": "d/out.ply"})
+            except RemoteError as e:
+                assert e.code in ("invalid_args", "not_found"), e
+    finally:
+        stop.set()
+        t.join()
+    assert 20 not in counts and set(counts) <= {10, "invalid_args", "not_found"}
+    assert sorted(p.name for p in outside.iterdir()) == ["x.ply"]
