@@ -6,9 +6,12 @@ repeatable; default ``<state dir>/data``). Relative paths are taken under the fi
 - :func:`resolve_read` → the real path of an existing *regular* file inside a root, at most
   ``max_bytes`` long. Outside every root, a symlink leading out, a folder, FIFO or device, an empty
   path or one with a NUL byte: ``invalid_args``; a missing file: ``not_found``; too long: ``too_large``.
-- :func:`resolve_write` → the real path to create or atomically replace (``protocol.files.atomic_write``
-  renames a temp file over it, so a symlink put there meanwhile is replaced, never followed). Its folder
-  must already exist inside a root (no folders are created); an existing target must be a regular file.
+- :func:`resolve_write` → the real path to create or atomically replace. Its folder must already exist
+  inside a root (no folders are created); an existing target must be a regular file.
+- :func:`read_bytes` / :func:`write_bytes` then use those paths *once*, relative to a handle on their folder
+  reached from the root without following any symlink (issue 25): a folder or file swapped after the check
+  for a symlink, FIFO or device is refused, never followed, read or waited on. A write renames a temp file
+  over the target through the same handle, so a symlink put there meanwhile is replaced, never followed.
 - :func:`staged` gives readers that want a path a private temp file holding an uploaded frame's bytes
   (remote clients need no shared filesystem); :func:`read_back` reads a written file for a reply frame.
 

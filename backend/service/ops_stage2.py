@@ -19,7 +19,6 @@ import os
 import numpy as np
 import torch
 from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
-from interactive3d.protocol.files import atomic_write
 
 from ..stage2.distill import DistillConfig, DistillJob
 from ..stage2.hashgrid import HashGridConfig
@@ -217,7 +216,7 @@ def extract(req: Request) -> Reply:
             buffers = [np.frombuffer(data["." + fmt], np.uint8)]
         for suffix in (".png", ".mtl", "." + fmt):  # an OBJ last: when it appears, what it names is there
             if suffix in data and suffix in targets:
-                atomic_write(targets[suffix], [data[suffix]])
+                files.write_bytes(req.server.roots, targets[suffix], [data[suffix]], f"stage2.extract_mesh: {suffix} file")
         path = main
     except MeshError as exc:
         raise InvalidArgs(f"stage2.extract_mesh: {exc}") from exc
