@@ -193,6 +193,21 @@ class Signer:
         heapq.heappush(self._expiry, (ts, nonce))
 
 
+def curve_client_secret(key: bytes) -> bytes:
+    """The Z85 CURVE secret key every holder of ``key`` uses as a client (derived from it, so the server can admit
+    exactly the key holders at the CURVE handshake: a peer without the key never gets to send a frame)."""
+    from zmq.utils import z85
+
+    return z85.encode(hmac.new(bytes(key), b"i3d-curve-client-v1", hashlib.sha256).digest())
+
+
+def curve_client_public(key: bytes) -> bytes:
+    """The Z85 CURVE public key of :func:`curve_client_secret`."""
+    import zmq
+
+    return zmq.curve_public(curve_client_secret(key))
+
+
 def is_loopback(address: str) -> bool:
     """True for ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost."""
     if address.startswith(("ipc://", "inproc://")):

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 import zmq
 
-from .auth import Signer
+from .auth import Signer, curve_client_public, curve_client_secret
 from .codec import Limits, Message, buffer_frames, decode, pack_header, PROTOCOL_VERSION
 from .errors import ConnectionLost, ProtocolError, RemoteError, RequestTimeout
 
@@ -121,7 +121,10 @@ class Client:
             raise ValueError("routing_id must be 1..255 bytes not starting with a zero byte (ZeroMQ reserves those)")
         self._pooled = routing_id is None
         self.routing_id = routing_id or _IDENTITY.take()
-        self._curve = None if curve_server_key is None else (curve_server_key, *zmq.curve_keypair())
+        # with the shared key too, the client's CURVE keys are derived from it: the server admits only key holders
+        # at the handshake (issue 25); without one, a fresh pair
+        keys = (curve_client_public(auth_key), curve_client_secret(auth_key)) if auth_key else zmq.curve_keypair()
+        self._curve = None if curve_server_key is None else (curve_server_key, *keys)
         self._connect()
 
     # -- socket life cycle ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ events. ``state.get`` while a job runs answers from the job's last state snapsho
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import queue
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 import zmq
 from interactive3d.protocol import catalogue
-from interactive3d.protocol.auth import Signer, check_key, is_loopback
+from interactive3d.protocol.auth import Signer, check_key, curve_client_public, is_loopback
 from interactive3d.protocol.catalogue import OpSpec
 from interactive3d.protocol.codec import (
     PROTOCOL_VERSION,
@@ -307,6 +308,7 @@ class Server:
         self._router: zmq.Socket | None = None
         self._wake_pull: zmq.Socket | None = None
         self.bound_address: str | None = None
+        self._zap = None  # the CURVE key gate (bind), with both a CURVE secret and an auth key
         self._loop_thread: int | None = None
         self._recent: OrderedDict[tuple[bytes, str], tuple[list, int]] = OrderedDict()  # (identity, id) → reply frames
         self._recent_bytes = 0
@@ -326,6 +328,11 @@ class Server:
             # clients need the server's public key (zmq.curve_public of this secret).
             r.setsockopt(zmq.CURVE_SERVER, 1)
             r.setsockopt(zmq.CURVE_SECRETKEY, self.config.curve_secret_key)
+            if self._signer is not None:
+                # and with the shared key, only its holders pass the handshake (their client keys derive from it):
+                # a peer without the key cannot make the server hold a single frame (issue 25: unfinished
+                # multipart messages pinned gigabytes before the signature was ever checked)
+                self._zap = self._start_zap(curve_client_public(self.config.auth_key))
         r.bind(self.config.bind)
         self._router = r
         self.bound_address = r.getsockopt(zmq.LAST_ENDPOINT).decode()
@@ -335,6 +342,19 @@ class Server:
         self._wake_pull = w
         log.info("listening address=%s device=%s auth=%s state_dir=%s", self.bound_address, self.device, bool(self._signer), self.config.state_dir)
         return self.bound_address
+
+    def _start_zap(self, allowed: bytes):
+        """A ZAP handler (a thread of this context) that admits the CURVE client key ``allowed`` only."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        class OneKey:
+            def callback(self, domain: str, key: bytes) -> bool:
+                return hmac.compare_digest(key, allowed)
+
+        zap = ThreadAuthenticator(self._ctx)
+        zap.start()
+        zap.configure_curve_callback("*", credentials_provider=OneKey())
+        return zap
 
     def request_stop(self) -> None:
         """Ask the loop to stop (safe from a signal handler or another thread)."""
@@ -386,6 +406,9 @@ class Server:
             if sock is not None:
                 sock.close(linger=0)
         self._router = self._wake_pull = None
+        if self._zap is not None:
+            self._zap.stop()
+            self._zap = None
         if self._own_ctx:
             # destroy, not term: a job thread that did not stop in time must not hang the exit
             self._ctx.destroy(linger=0)

@@ -483,3 +483,52 @@ def test_a_folder_swapped_during_requests_never_leads_outside(sandboxed, tmp_pat
         t.join()
     assert 20 not in counts and set(counts) <= {10, "invalid_args", "not_found"}
     assert sorted(p.name for p in outside.iterdir()) == ["x.ply"]
+
+
+# -- 4. nothing held for peers without the key ---------------------------------------------------------------
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_keyless_peers_cannot_make_the_server_hold_frames(tmp_path):
+    """The issue's attack: a peer without the shared key sends 1 MiB frames with MORE set and never the last one
+    (400 MiB), then one 256 MiB frame. With CURVE and the key, the server admits only key holders at the
+    handshake (their CURVE keys derive from the key), so it holds none of it: this process's RSS grows by less
+    than 100 MiB (the attacker is another process), and a key holder's pings are answered throughout."""
+    import subprocess
+    import sys
+
+    import zmq
+
+    public, secret = zmq.curve_keypair()
+    ts = ThreadedServer(auth_key=KEY, curve_secret_key=secret)
+    attacker = ("import time, zmq\n"
+                "pub, sec = zmq.curve_keypair()\n"
+                "def sock():\n"
+                "    s = zmq.Context.instance().socket(zmq.DEALER)\n"
+                f"    s.setsockopt(zmq.CURVE_SERVERKEY, {public!r})\n"
+                "    s.setsockopt(zmq.CURVE_PUBLICKEY, pub); s.setsockopt(zmq.CURVE_SECRETKEY, sec)\n"
+                "    s.setsockopt(zmq.SNDHWM, 0); s.setsockopt(zmq.SNDTIMEO, 2000)\n"
+                f"    s.connect({ts.address!r})\n"
+                "    return s\n"
+                "s, t, chunk = sock(), sock(), bytes(1 << 20)\n"
+                "try:\n"
+                "    for _ in range(400):\n        s.send(chunk, zmq.SNDMORE)\n"
+                "    t.send(bytes(256 << 20))\n"
+                "except zmq.Again:\n    pass\n"
+                "print('sent', flush=True)\n"
+                "time.sleep(60)\n")
+    before = _rss_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", attacker], stdout=subprocess.PIPE, text=True)
+    try:
+        with Client(ts.address, auth_key=KEY, curve_server_key=public) as c:
+            assert proc.stdout.readline().strip() == "sent"
+            for _ in range(20):
+                assert c.request("ping", timeout=10.0).result["version"] >= 1
+                time.sleep(0.1)
+            assert _rss_bytes() - before < 100 << 20
+    finally:
+        proc.kill()
+        proc.wait()
+        ts.stop()
