@@ -12,7 +12,7 @@ are deleted after the new checkpoint is in place.
 
 Trust (issue 25): ``<state_dir>/sessions`` is written by the server only — the server refuses a data folder that
 overlaps it, so no request can put a file there. Even so, files are read with ``torch.load(weights_only=True)``
-(tensors and plain containers; numpy arrays are stored as tagged bytes), so a file cannot run code when loaded.
+(tensors and plain containers; numpy arrays are stored as tagged uint8 tensors), so a file cannot run code when loaded.
 Each session folder carries a :data:`MARKER` naming its session, written before anything else in it; listing and
 clean-up consider only folders with a matching marker, so they never touch what the server did not make.
 """
@@ -37,7 +37,7 @@ from .session import Session, SessionState
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: numpy arrays tagged (weights_only loading), sessions/ folder, marker
+FORMAT_VERSION = 2  # 2: numpy arrays tagged as uint8 tensors (weights_only loading), sessions/ folder, marker
 FILE_NAME = "checkpoint.pt"
 HISTORY_DIR = "history"
 SESSIONS_DIR = "sessions"
@@ -90,8 +90,9 @@ def checkpoint_path(state_dir: str | Path, session_id: str) -> Path:
 def _to_safe(v: Any) -> Any:
     """``v`` with numpy arrays and scalars replaced by plain values weights_only loading accepts."""
     if isinstance(v, np.ndarray):
-        a = np.ascontiguousarray(v)
-        return {_NDARRAY: a.tobytes(), "dtype": a.dtype.str, "shape": list(a.shape)}
+        # (the shape of v itself: ascontiguousarray makes a 0-d array 1-d)
+        raw = np.frombuffer(np.ascontiguousarray(v).tobytes(), np.uint8).copy()  # a tensor: weights_only loads it
+        return {_NDARRAY: torch.from_numpy(raw), "dtype": v.dtype.str, "shape": list(v.shape)}
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, dict):
@@ -104,7 +105,8 @@ def _to_safe(v: Any) -> Any:
 def _from_safe(v: Any) -> Any:
     if isinstance(v, dict):
         if _NDARRAY in v:
-            return np.frombuffer(v[_NDARRAY], dtype=np.dtype(v["dtype"])).reshape(v["shape"]).copy()
+            raw = v[_NDARRAY].cpu().numpy().tobytes()
+            return np.frombuffer(raw, dtype=np.dtype(v["dtype"])).reshape(v["shape"]).copy()
         return {k: _from_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return type(v)(_from_safe(x) for x in v)

@@ -179,3 +179,18 @@ def test_history_entries_written_once_and_pruned(tmp_path):
     assert names == {f"{e.uid}.pt" for e in s.history.undo} and len(names) == 2
     r = ck.restore_session(ck.read(tmp_path, "s1", trusted=("interactive3d.", Field.__module__)))
     assert r.history.labels() == {"undo": ["a", "c"], "redo": []}
+
+
+def test_checkpoint_arrays_round_trip_without_unpickling(tmp_path):
+    """numpy arrays in a checkpoint (job buffers, snapshots) come back with their exact dtype, shape and values
+    — 0-d, empty, non-contiguous, bool — through torch.load(weights_only=True) (issue 25)."""
+    import io
+
+    arrays = [np.array(3), np.zeros((2, 0, 3), np.float16), np.arange(6).reshape(2, 3).T, np.array([True, False])]
+    buf = io.BytesIO()
+    torch.save(ck._to_safe({"a": [arrays, tuple(arrays)]}), buf)
+    buf.seek(0)
+    back = ck._from_safe(torch.load(buf, weights_only=True))["a"]
+    for got_list in back:
+        for got, want in zip(got_list, arrays):
+            assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
