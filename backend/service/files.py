@@ -51,6 +51,15 @@ def _check_text(path: object, what: str) -> str:
     return path
 
 
+def _realpath(path: str, what: str) -> str:
+    """os.path.realpath, with a path that changes while it is resolved (a symlink removed between its lstat
+    and readlink: FileNotFoundError) refused as invalid_args instead of escaping as internal."""
+    try:
+        return os.path.realpath(path)
+    except OSError as exc:
+        raise InvalidArgs(f"{what}: the path changed while it was checked: {exc.strerror}") from None
+
+
 def _inside(real: str, roots: Sequence[str]) -> bool:
     for r in roots:
         try:
@@ -78,7 +87,7 @@ def resolve_read(roots: Sequence[str], path: object, max_bytes: int, what: str =
     """The real path of the regular file ``path`` names inside ``roots`` (see the module docstring)."""
     text = _check_text(path, what)
     cand = _candidate(roots, text, what)
-    real = os.path.realpath(cand)
+    real = _realpath(cand, what)
     if not _inside(real, roots):
         raise InvalidArgs(f"{what}: {text!r} is outside the server's data folders ({_roots_text(roots)})")
     try:
@@ -101,7 +110,7 @@ def resolve_write(roots: Sequence[str], path: object, what: str = "path") -> str
     name = os.path.basename(cand)
     if not name or name in (".", ".."):
         raise InvalidArgs(f"{what}: {text!r} names a folder, not a file")
-    folder = os.path.realpath(os.path.dirname(cand))
+    folder = _realpath(os.path.dirname(cand), what)
     if not _inside(folder, roots):
         raise InvalidArgs(f"{what}: {text!r} is outside the server's data folders ({_roots_text(roots)})")
     if not os.path.isdir(folder):
@@ -149,7 +158,7 @@ def resolve_model(roots: Sequence[str], model: object, what: str = "model", miss
         if not _HUB_ID.match(text) or ".." in text or "--" in text or text.endswith(".git"):
             raise InvalidArgs(f"{what}: {text[:200]!r} is neither a folder inside a model folder nor a hub id 'org/name'")
         return text  # a hub id (ops check the cache)
-    real = os.path.realpath(os.path.abspath(p))
+    real = _realpath(os.path.abspath(p), what)
     if not roots or not _inside(real, roots):
         raise InvalidArgs(f"{what}: {text!r} is not inside a model folder: {_model_roots_text(roots)}")
     if not os.path.exists(real):
@@ -168,7 +177,7 @@ def resolve_model_file(roots: Sequence[str], path: object, max_bytes: int, what:
     p = os.path.expanduser(text)
     if not os.path.isabs(p) and roots:
         p = os.path.join(roots[0], p)
-    real = os.path.realpath(os.path.abspath(p))
+    real = _realpath(os.path.abspath(p), what)
     if not roots or not _inside(real, roots):
         raise InvalidArgs(f"{what}: {text!r} is not inside a model folder: {_model_roots_text(roots)}")
     return resolve_read(roots, real, max_bytes, what)
