@@ -155,9 +155,8 @@ class Signer:
             raise Unauthorized("malformed auth field")
         if raw_header[-SIG_BYTES:] != sig or raw_header[-SIG_BYTES - 2 : -SIG_BYTES] != _SIG_PREFIX:
             raise Unauthorized("signature must be the last field of the header")
-        expected = self._digest(self.verify_domain, raw_header[:-SIG_BYTES] + bytes(SIG_BYTES), buffers)
-        if not hmac.compare_digest(expected, sig):
-            raise Unauthorized("bad signature")
+        # the checks that need no hashing first (issue 25): a stale, pre-floor or replayed message is refused
+        # before its buffers (up to the frame caps) are hashed
         try:
             ts = float(ts)
         except OverflowError:  # a huge msgpack int
@@ -167,10 +166,15 @@ class Signer:
         now = time.time()
         if abs(now - ts) > self.max_skew:
             raise Unauthorized(f"stale timestamp ({now - ts:+.0f} s from this clock, limit ±{self.max_skew:.0f} s)")
+        if check_replay and ts <= self.floor:
+            raise Unauthorized("message signed before the replay window this server can vouch for (signed before it started, or during a flood); sign it again")
+        if check_replay and nonce in self._seen:
+            raise Unauthorized("replayed message (nonce already seen)")
+        expected = self._digest(self.verify_domain, raw_header[:-SIG_BYTES] + bytes(SIG_BYTES), buffers)
+        if not hmac.compare_digest(expected, sig):
+            raise Unauthorized("bad signature")
         if not check_replay:
             return
-        if ts <= self.floor:
-            raise Unauthorized("message signed before the replay window this server can vouch for (signed before it started, or during a flood); sign it again")
         while self._ahead and self._ahead[0][0] <= now + AHEAD_GRACE_S:  # the clock caught up: evictable now
             heapq.heappush(self._expiry, heapq.heappop(self._ahead))
         while self._expiry and self._expiry[0][0] < now - self.max_skew:  # outside the window: staleness refuses it
