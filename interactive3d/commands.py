@@ -68,6 +68,11 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory-budget", type=_size, default=None,
                    help="peak bytes one op may need, e.g. 8G (default: half the device's free memory, RAM on CPU)")
     p.add_argument("--max-sessions-per-client", type=int, default=16, help="open sessions one client may own (default %(default)s)")
+    p.add_argument("--max-sessions-per-address", type=int, default=32,
+                   help="open sessions the clients of one IP address (TCP) or process (IPC) may own together (default %(default)s)")
+    p.add_argument("--idle-timeout", type=float, default=86400.0, metavar="SECONDS",
+                   help="checkpoint and close sessions no request named for this long; session.resume brings them back "
+                   "(0: never; default %(default)s)")
     p.add_argument("--curve-secret-file", default=None,
                    help="CURVE secret key (Z85, 40 chars) to encrypt traffic on untrusted networks; clients need its public key")
     p.set_defaults(func=_cmd_serve)
@@ -100,6 +105,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             max_file_bytes=args.max_file_bytes,
             memory_budget=args.memory_budget,
             max_sessions_per_client=args.max_sessions_per_client,
+            max_sessions_per_address=args.max_sessions_per_address,
+            idle_timeout=args.idle_timeout,
             curve_secret_key=_curve_key(args.curve_secret_file),
         )
         cfg.check()

@@ -15,6 +15,10 @@ Replays (issue 15): the nonce store is bounded by *time*, not count — a nonce 
 timestamp leaves the ±``max_skew`` window, after which the staleness check refuses it anyway. If the
 store reaches ``max_nonces`` (a flood), the oldest entries are dropped and the *floor* rises to their
 timestamp: every message signed at or before the floor is refused, so nothing dropped can come back.
+The floor never passes this clock by more than :data:`AHEAD_GRACE_S` (issue 25: one key holder stamping a
+flood ``now + 280 s`` locked every client out): messages stamped further ahead are kept in a store of their
+own that is never evicted (they move to the main store as the clock reaches them); when it is full, further
+messages stamped that far ahead are refused, and only they.
 The floor starts at the verifier's creation time, which makes a restart safe too: a message signed
 before this server started may have been seen by its predecessor and is refused. (A remote client whose
 clock runs behind by d seconds is refused for the first d seconds after a restart; keep clocks in sync.)
@@ -46,6 +50,7 @@ ENV_KEY_FILE = "I3D_AUTH_KEY_FILE"
 MIN_KEY_BYTES = 32
 REQUEST_DOMAIN = b"i3d-request-v1\x00"
 REPLY_DOMAIN = b"i3d-reply-v1\x00"
+AHEAD_GRACE_S = 5.0  # how far ahead of this clock a message may be stamped and still share the evictable store
 
 
 def check_key(key: bytes, where: str) -> bytes:
@@ -101,8 +106,9 @@ class Signer:
     Args:
         key: the shared secret (``load_key`` insists on at least MIN_KEY_BYTES; here any non-empty key).
         max_skew: seconds a timestamp may differ from this machine's clock.
-        max_nonces: most nonces remembered (≈ 200 B each); past it the replay floor rises (see the module
-            docstring) — at 20,000 messages/s the floor trails the clock by 10 s, far inside max_skew.
+        max_nonces: most nonces remembered (≈ 200 B each), and as many again for messages stamped ahead of this
+            clock; past it the replay floor rises (see the module docstring) — at 20,000 messages/s the floor
+            trails the clock by 10 s, far inside max_skew.
         role: "client" signs requests and verifies replies; "server" signs replies and verifies requests.
     """
 
@@ -119,7 +125,8 @@ class Signer:
         self.sign_domain, self.verify_domain = (REQUEST_DOMAIN, REPLY_DOMAIN) if role == "client" else (REPLY_DOMAIN, REQUEST_DOMAIN)
         self.floor = time.time()  # messages signed at or before this are refused (restart, flood)
         self._seen: set[str] = set()
-        self._expiry: list[tuple[float, str]] = []  # heap of (ts, nonce)
+        self._expiry: list[tuple[float, str]] = []  # heap of (ts, nonce), ts <= clock + AHEAD_GRACE_S: evictable
+        self._ahead: list[tuple[float, str]] = []  # heap of (ts, nonce) stamped further ahead: never evicted
 
     def _digest(self, domain: bytes, header_bytes: bytes, buffers: Sequence) -> bytes:
         mac = hmac.new(self._key, domain, hashlib.sha256)
@@ -148,9 +155,8 @@ class Signer:
             raise Unauthorized("malformed auth field")
         if raw_header[-SIG_BYTES:] != sig or raw_header[-SIG_BYTES - 2 : -SIG_BYTES] != _SIG_PREFIX:
             raise Unauthorized("signature must be the last field of the header")
-        expected = self._digest(self.verify_domain, raw_header[:-SIG_BYTES] + bytes(SIG_BYTES), buffers)
-        if not hmac.compare_digest(expected, sig):
-            raise Unauthorized("bad signature")
+        # the checks that need no hashing first (issue 25): a stale, pre-floor or replayed message is refused
+        # before its buffers (up to the frame caps) are hashed
         try:
             ts = float(ts)
         except OverflowError:  # a huge msgpack int
@@ -160,15 +166,28 @@ class Signer:
         now = time.time()
         if abs(now - ts) > self.max_skew:
             raise Unauthorized(f"stale timestamp ({now - ts:+.0f} s from this clock, limit ±{self.max_skew:.0f} s)")
+        if check_replay and ts <= self.floor:
+            raise Unauthorized("message signed before the replay window this server can vouch for (signed before it started, or during a flood); sign it again")
+        if check_replay and nonce in self._seen:
+            raise Unauthorized("replayed message (nonce already seen)")
+        expected = self._digest(self.verify_domain, raw_header[:-SIG_BYTES] + bytes(SIG_BYTES), buffers)
+        if not hmac.compare_digest(expected, sig):
+            raise Unauthorized("bad signature")
         if not check_replay:
             return
-        if ts <= self.floor:
-            raise Unauthorized("message signed before the replay window this server can vouch for (signed before it started, or during a flood); sign it again")
+        while self._ahead and self._ahead[0][0] <= now + AHEAD_GRACE_S:  # the clock caught up: evictable now
+            heapq.heappush(self._expiry, heapq.heappop(self._ahead))
         while self._expiry and self._expiry[0][0] < now - self.max_skew:  # outside the window: staleness refuses it
             self._seen.discard(heapq.heappop(self._expiry)[1])
         if nonce in self._seen:
             raise Unauthorized("replayed message (nonce already seen)")
-        while len(self._seen) >= self.max_nonces:
+        if ts > now + AHEAD_GRACE_S:
+            if len(self._ahead) >= self.max_nonces:
+                raise Unauthorized(f"too many messages signed more than {AHEAD_GRACE_S:.0f} s ahead of this server's clock; check the sender's clock")
+            self._seen.add(nonce)
+            heapq.heappush(self._ahead, (ts, nonce))
+            return
+        while len(self._expiry) >= self.max_nonces:  # every entry here is stamped <= clock + grace: so is the floor
             old_ts, old = heapq.heappop(self._expiry)
             self._seen.discard(old)
             self.floor = max(self.floor, old_ts)
@@ -176,6 +195,21 @@ class Signer:
             raise Unauthorized("message signed before the replay window this server can vouch for; sign it again")
         self._seen.add(nonce)
         heapq.heappush(self._expiry, (ts, nonce))
+
+
+def curve_client_secret(key: bytes) -> bytes:
+    """The Z85 CURVE secret key every holder of ``key`` uses as a client (derived from it, so the server can admit
+    exactly the key holders at the CURVE handshake: a peer without the key never gets to send a frame)."""
+    from zmq.utils import z85
+
+    return z85.encode(hmac.new(bytes(key), b"i3d-curve-client-v1", hashlib.sha256).digest())
+
+
+def curve_client_public(key: bytes) -> bytes:
+    """The Z85 CURVE public key of :func:`curve_client_secret`."""
+    import zmq
+
+    return zmq.curve_public(curve_client_secret(key))
 
 
 def is_loopback(address: str) -> bool:

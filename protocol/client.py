@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,13 +28,45 @@ from typing import Any, Sequence
 import numpy as np
 import zmq
 
-from .auth import Signer
-from .codec import Limits, Message, buffer_frames, decode, error_header, pack_header, PROTOCOL_VERSION
+from .auth import Signer, curve_client_public, curve_client_secret
+from .codec import PROTOCOL_VERSION, Limits, Message, buffer_frames, decode, error_header, pack_header
 from .errors import ConnectionLost, ProtocolError, RemoteError, RequestTimeout, UnsupportedVersion
 
 __all__ = ["Client", "Reply", "Message", "RemoteError", "RequestTimeout", "ConnectionLost"]
 
 log = logging.getLogger(__name__)
+
+
+class _ProcessIdentity:
+    """One routing identity per process (issue 25): the server gives sessions to identities, so a Client made
+    again after a lost connection must come back as the same one. While a Client holds it, another Client of
+    the same process gets ``<id>-1``, ``<id>-2``, … (two live sockets with one identity would steal each other's
+    replies); a closed Client gives its identity back. A forked child draws its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.base = b"i3d-" + uuid.uuid4().hex.encode()
+        self._held: set[bytes] = set()
+
+    def take(self) -> bytes:
+        with self._lock:
+            n = 0
+            while (rid := self.base if n == 0 else self.base + b"-%d" % n) in self._held:
+                n += 1
+            self._held.add(rid)
+            return rid
+
+    def give_back(self, rid: bytes) -> None:
+        with self._lock:
+            self._held.discard(rid)
+
+
+_IDENTITY = _ProcessIdentity()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_IDENTITY._reset)
 
 
 @dataclass
@@ -56,9 +90,10 @@ class Client:
         context: a zmq.Context to use (default: the process's shared instance).
         curve_server_key: the server's Z85 CURVE public key: encrypt the connection (the server runs with
             ``--curve-secret-file``); this client makes its own key pair.
-        routing_id: this client's identity at the server (default: a fresh random one). The server gives a
-            session to the identity that created it (only that identity may change it), so a program that
-            makes a new Client for the same work (the add-on after a lost connection) passes the old one.
+        routing_id: this client's identity at the server (default: this process's identity, the same for every
+            Client it makes one after another; a Client made while another is open gets a numbered variant). The
+            server gives a session to the identity that created it (only that identity may change it), so a new
+            Client for the same work (the add-on after a lost connection) is its owner again.
 
     Not thread-safe: use one Client per thread.
     """
@@ -84,8 +119,12 @@ class Client:
         self._inbox: collections.deque[Message] = collections.deque()
         if routing_id is not None and (not isinstance(routing_id, bytes) or not 1 <= len(routing_id) <= 255 or routing_id[:1] == b"\x00"):
             raise ValueError("routing_id must be 1..255 bytes not starting with a zero byte (ZeroMQ reserves those)")
-        self.routing_id = routing_id or b"i3d-" + uuid.uuid4().hex.encode()
-        self._curve = None if curve_server_key is None else (curve_server_key, *zmq.curve_keypair())
+        self._pooled = routing_id is None
+        self.routing_id = routing_id or _IDENTITY.take()
+        # with the shared key too, the client's CURVE keys are derived from it: the server admits only key holders
+        # at the handshake (issue 25); without one, a fresh pair
+        keys = (curve_client_public(auth_key), curve_client_secret(auth_key)) if auth_key else zmq.curve_keypair()
+        self._curve = None if curve_server_key is None else (curve_server_key, *keys)
         self._connect()
 
     # -- socket life cycle ------------------------------------------------------------------------
@@ -115,6 +154,9 @@ class Client:
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
+        if self._pooled:
+            self._pooled = False
+            _IDENTITY.give_back(self.routing_id)
 
     def __enter__(self) -> "Client":
         return self

@@ -1,6 +1,6 @@
 """Session checkpoints: one file per session in the server's state dir, written atomically.
 
-``<state_dir>/<session>/checkpoint.pt`` holds the session (Gaussians, optimiser moments, extra slots,
+``<state_dir>/sessions/<session>/checkpoint.pt`` holds the session (Gaussians, optimiser moments, extra slots,
 the ids of its undo/redo entries) and, when a job was in flight, what is needed to continue it: the op and args that
 started it, its request buffers, the step it reached and the job's own ``state_dict()`` (RNG state
 included). Writes go to a temp file in the same folder, are fsync'ed, then ``os.replace``d over the old
@@ -9,6 +9,12 @@ file, so a ``kill -9`` at any moment leaves the previous or the new checkpoint, 
 History entries never change once recorded, so each is written once to ``history/<uid>.pt`` (same
 atomic write) and a periodic checkpoint only rewrites the current state; entries no longer referenced
 are deleted after the new checkpoint is in place.
+
+Trust (issue 25): ``<state_dir>/sessions`` is written by the server only — the server refuses a data folder that
+overlaps it, so no request can put a file there. Even so, files are read with ``torch.load(weights_only=True)``
+(tensors and plain containers; numpy arrays are stored as tagged uint8 tensors), so a file cannot run code when loaded.
+Each session folder carries a :data:`MARKER` naming its session, written before anything else in it; listing and
+clean-up consider only folders with a matching marker, so they never touch what the server did not make.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -30,9 +37,13 @@ from .session import Session, SessionState
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: numpy arrays tagged as uint8 tensors (weights_only loading), sessions/ folder, marker
 FILE_NAME = "checkpoint.pt"
 HISTORY_DIR = "history"
+SESSIONS_DIR = "sessions"
+MARKER = ".i3d-session"
+TMP_PREFIX = ".tmp-"
+_NDARRAY = "__i3d_ndarray__"
 
 
 @dataclass
@@ -67,8 +78,55 @@ class Checkpoint:
     revision: int = 0  # the session's state revision (issue 14); a resumed session continues above it
 
 
+def sessions_dir(state_dir: str | Path) -> Path:
+    """The folder of every session's checkpoint folder (written by the server only)."""
+    return Path(state_dir) / SESSIONS_DIR
+
+
 def checkpoint_path(state_dir: str | Path, session_id: str) -> Path:
-    return Path(state_dir) / session_id / FILE_NAME
+    return sessions_dir(state_dir) / session_id / FILE_NAME
+
+
+def _to_safe(v: Any) -> Any:
+    """``v`` with numpy arrays and scalars replaced by plain values weights_only loading accepts."""
+    if isinstance(v, np.ndarray):
+        # (the shape of v itself: ascontiguousarray makes a 0-d array 1-d)
+        raw = np.frombuffer(np.ascontiguousarray(v).tobytes(), np.uint8).copy()  # a tensor: weights_only loads it
+        return {_NDARRAY: torch.from_numpy(raw), "dtype": v.dtype.str, "shape": list(v.shape)}
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {k: _to_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_to_safe(x) for x in v)
+    return v
+
+
+def _from_safe(v: Any) -> Any:
+    if isinstance(v, dict):
+        if _NDARRAY in v:
+            raw = v[_NDARRAY].cpu().numpy().tobytes()
+            return np.frombuffer(raw, dtype=np.dtype(v["dtype"])).reshape(v["shape"]).copy()
+        return {k: _from_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_from_safe(x) for x in v)
+    return v
+
+
+def _load(path: Path, device: torch.device) -> Any:
+    """A file this module wrote, loaded without unpickling anything but tensors and plain containers."""
+    with open(path, "rb") as f:
+        return _from_safe(torch.load(f, map_location=device, weights_only=True))
+
+
+def _owned(folder: Path) -> bool:
+    """True when ``folder`` is a real folder (not a symlink) holding this server's marker for its own name."""
+    try:
+        if folder.is_symlink() or not folder.is_dir():
+            return False
+        return (folder / MARKER).read_text(encoding="utf-8") == folder.name
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _class_path(obj: Any) -> str:
@@ -134,10 +192,10 @@ def capture(session: Session, job: JobRecord | None = None, with_history: bool =
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".pt", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            torch.save(_to_safe(obj), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -147,10 +205,13 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def write(state_dir: str | Path, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` atomically to ``<state_dir>/<session>/checkpoint.pt``; returns the path."""
+    """Write ``ckpt`` atomically to ``<state_dir>/sessions/<session>/checkpoint.pt``; returns the path."""
     path = checkpoint_path(state_dir, ckpt.session_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not _owned(path.parent):
+        (path.parent / MARKER).write_text(ckpt.session_id, encoding="utf-8")
     hist = path.parent / HISTORY_DIR
-    hist.mkdir(parents=True, exist_ok=True)
+    hist.mkdir(exist_ok=True)
     for s in (*ckpt.undo, *ckpt.redo):
         f = hist / f"{s.uid}.pt"
         if not f.exists():
@@ -171,7 +232,7 @@ def write(state_dir: str | Path, ckpt: Checkpoint) -> Path:
     _atomic_save(payload, path)
     keep = {f"{s.uid}.pt" for s in (*ckpt.undo, *ckpt.redo)}
     for f in hist.iterdir():
-        if f.name not in keep and not f.name.startswith(".tmp-"):
+        if f.name not in keep and not f.name.startswith(TMP_PREFIX):
             f.unlink(missing_ok=True)
     return path
 
@@ -182,16 +243,20 @@ def read(state_dir: str | Path, session_id: str, device: torch.device | str = "c
     Extra-slot classes are imported only from modules whose names start with one of ``trusted``.
     """
     path = checkpoint_path(state_dir, session_id)
-    # Our own file in our own state dir: full unpickling is needed for optimiser and RNG states.
-    payload = torch.load(path, map_location=torch.device(device), weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not an interactive3d checkpoint of format {FORMAT_VERSION}")
+    if not _owned(path.parent):
+        raise FileNotFoundError(path)
     device = torch.device(device)
+    try:
+        payload = _load(path, device)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path} is not an interactive3d checkpoint: {exc}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or payload.get("session") != session_id:
+        raise ValueError(f"{path} is not an interactive3d checkpoint of format {FORMAT_VERSION} for session {session_id}")
     objects: dict[str, Any] = {}
     job, suspended = payload["job"], payload.get("suspended")  # files from before preemption have no "suspended"
 
     def entry(uid: str) -> SessionState:
-        d = torch.load(path.parent / HISTORY_DIR / f"{uid}.pt", map_location=device, weights_only=False)
+        d = _load(path.parent / HISTORY_DIR / f"{uid}.pt", device)
         st = _state_from_plain(d, device, objects, trusted)
         st.uid = uid
         return st
@@ -226,21 +291,40 @@ def restore_session(ckpt: Checkpoint, device: torch.device | str = "cpu") -> Ses
 
 
 def remove(state_dir: str | Path, session_id: str) -> None:
-    """Delete a session's checkpoint folder (nothing if there is none)."""
+    """Delete a session's checkpoint folder (nothing if there is none, or if the server did not make it)."""
     folder = checkpoint_path(state_dir, session_id).parent
-    if folder.is_dir() and folder.parent == Path(state_dir):
+    if folder.parent == sessions_dir(state_dir) and _owned(folder):
         shutil.rmtree(folder)
 
 
 def list_checkpoints(state_dir: str | Path) -> list[dict]:
-    """[{session, time}] for every checkpoint file in ``state_dir``."""
-    root = Path(state_dir)
+    """[{session, time}] for every checkpoint the server wrote in ``state_dir`` (marked folders only)."""
+    root = sessions_dir(state_dir)
     if not root.is_dir():
         return []
     out = []
     for p in sorted(root.glob(f"*/{FILE_NAME}")):
-        out.append({"session": p.parent.name, "time": p.stat().st_mtime})
+        if _owned(p.parent) and not p.is_symlink():
+            out.append({"session": p.parent.name, "time": p.stat().st_mtime})
     return out
+
+
+def remove_orphans(state_dir: str | Path) -> int:
+    """Delete the temp files a write killed mid-way left in the server's own session folders (start-up, before
+    any session is open); returns how many."""
+    gone = 0
+    root = sessions_dir(state_dir)
+    if not root.is_dir():
+        return 0
+    for folder in root.iterdir():
+        if not _owned(folder):
+            continue
+        for d in (folder, folder / HISTORY_DIR):
+            for f in d.glob(f"{TMP_PREFIX}*") if d.is_dir() and not d.is_symlink() else ():
+                if f.is_file() and not f.is_symlink():
+                    f.unlink(missing_ok=True)
+                    gone += 1
+    return gone
 
 
 def prune(state_dir: str | Path, max_age_s: float, now: float | None = None) -> list[str]:

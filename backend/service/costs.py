@@ -14,13 +14,15 @@ that; the grid and ray figures are counted from the tensors the code allocates. 
 | gaussians.render | per view: N (projection) + covered (Gaussian, pixel) pairs; all: views × pixels | ``PROJECT_BYTES``, ``PAIR_BYTES`` |
 | stage2.distill / refine | rays × samples (+ hash tables, target views) | ``SAMPLE_BYTES`` |
 | stage2.occupancy | resolution³ | ``OCC_VOXEL_BYTES`` |
-| stage2.extract_mesh | resolution³ | ``MESH_VOXEL_BYTES`` |
+| stage2.extract_mesh | resolution³ (+ texture_size² when textured) | ``MESH_VOXEL_BYTES``, ``TEXEL_BYTES`` |
+| stage2.add_part | levels × 2^log2_table_size × features | ``TABLE_ENTRY_BYTES`` |
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 
 import torch
@@ -38,23 +40,106 @@ SAMPLE_BYTES_MLP = 1024  # one ray sample's MLP activations and gradients
 TABLE_ENTRY_BYTES = 16  # one float32 hash-table feature + grad + 2 Adam moments
 OCC_VOXEL_BYTES = 48  # cell centres [R³,3], densities, the grid
 MESH_VOXEL_BYTES = 64  # density grid, optical depth (float64), marching-cubes scratch
+TEXEL_BYTES = 256  # one baked texel: surface point, field query (features, colour), masks, the RGBA image and its encodings (a bound, not measured)
+
+
+def _read_int(path: str) -> int | None:
+    """An integer from a one-line kernel file ("max" and unreadable files: None)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _cgroup_headroom() -> int | None:
+    """Bytes this process's cgroup may still allocate (v2 memory.max − memory.current; v1 limit − usage)."""
+    folder = "/sys/fs/cgroup"
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    folder = os.path.join("/sys/fs/cgroup", line[3:].strip().lstrip("/"))
+    except OSError:
+        pass
+    for limit_file, used_file in ((os.path.join(folder, "memory.max"), os.path.join(folder, "memory.current")),
+                                  ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        limit = _read_int(limit_file)
+        if limit is not None and limit < 1 << 60:  # v1 says "no limit" with a huge number
+            return max(0, limit - (_read_int(used_file) or 0))
+    return None
+
+
+def _address_space_headroom() -> int | None:
+    """Bytes of address space left under RLIMIT_AS (``ulimit -v``), or None without a limit."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        with open("/proc/self/statm", encoding="ascii") as f:
+            used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        return max(0, soft - used)
+    except (ImportError, OSError, ValueError, IndexError):
+        return None
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory of ``device`` now: CUDA's free bytes, else the kernel's MemAvailable."""
+    """Free memory of ``device`` now: CUDA's free bytes, else the least of the kernel's MemAvailable, what the
+    process's cgroup still allows (memory.max) and the address space left under RLIMIT_AS (issue 25)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
+    free = None
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    free = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    import os
+    if free is None:
+        free = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    limits = [x for x in (_cgroup_headroom(), _address_space_headroom()) if x is not None]
+    return min([free, *limits])
 
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+def splat_file_count(path: str) -> tuple[int, int] | None:
+    """(Gaussians, floats per Gaussian) a splat file declares in its header, read without decoding the body
+    (.spz: its gzip'd header only, so a tiny file that declares millions is caught); None when unknown."""
+    import struct
+    import zlib
+
+    from interactive3d.protocol import ply as ply_io
+
+    try:
+        fmt = ply_io.format_of(path)
+        if fmt == "splat":
+            return os.path.getsize(path) // 32, 14
+        with open(path, "rb") as f:
+            if fmt in ("ply", "compressed.ply"):
+                form, elements = ply_io.parse_ply_elements(f)
+                counts = {e.name: e for e in elements}
+                v = counts.get("vertex")
+                if v is None or not v.props:
+                    return None
+                sh = counts.get("sh")
+                # no more rows than the file can hold (a header that claims more is the reader's invalid_args)
+                row = v.dtype().itemsize if form != "ascii" else 2 * len(v.props)
+                n = min(v.count, os.path.getsize(path) // max(1, row))
+                return n, max(len(v.props), 14 + (len(sh.props) if sh is not None else 0))
+            head = f.read(1 << 16)
+        if head[:4] == b"NGSP":
+            n, degree = struct.unpack_from("<IIIB", head)[2:4]
+        else:
+            data = zlib.decompressobj(wbits=31).decompress(head, 16)
+            n, degree = struct.unpack_from("<IIIB", data)[2:4]
+        return int(n), 14 + 3 * {0: 0, 1: 3, 2: 8, 3: 15, 4: 24}.get(int(degree), 24)
+    except (OSError, ValueError, struct.error, zlib.error):
+        return None
 
 
 def default_budget(device: torch.device, fraction: float = DEFAULT_FRACTION) -> int:

@@ -18,8 +18,8 @@ import re
 import numpy as np
 import torch
 from interactive3d.protocol import ply as ply_io
-from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
-from interactive3d.protocol.splat_data import PlyFormatError
+from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, ProtocolError, TooLarge
+from interactive3d.protocol.ply import PlyFormatError
 
 from ..stage1 import init as init_mod
 from ..stage1.gaussians import Gaussians, init_random, make_optimizers
@@ -57,9 +57,14 @@ def _set_gaussians(req: Request, g: Gaussians, label: str) -> Reply:
 
 
 def _load_real_path(req: Request, path: str, shown: str) -> Gaussians:
-    """Read a resolved .ply/.splat path under the memory budget (a file of B bytes holds ≤ B/56 Gaussians)."""
+    """Read a resolved splat file under the memory budget: the Gaussians its header declares (a .spz's decompressed
+    count; without a readable header, a file of B bytes holds ≤ B/56), their decoded floats and the live set."""
     nbytes = os.path.getsize(path)
-    est = nbytes + costs.gaussians_bytes(nbytes // MIN_PLY_ROW_BYTES + 1)
+    declared = costs.splat_file_count(path)
+    n, floats = declared if declared is not None else (nbytes // MIN_PLY_ROW_BYTES + 1, 14)
+    if n > init_mod.MAX_POINTS:
+        raise TooLarge(f"{req.op}: {shown} declares {n} Gaussians, over the cap of {init_mod.MAX_POINTS}")
+    est = nbytes + 2 * 4 * floats * n + costs.gaussians_bytes(n)
     with req.services.memory.reserve(f"{req.op}: loading {shown} ({nbytes} bytes)", est):
         try:
             return init_mod.load_ply(path, device=req.device, spz_axes=req.args.get("spz_axes", "ply"))
@@ -81,7 +86,11 @@ def load_splat(req: Request, path: str | None, what: str = "path", buffer=None) 
         suffix = files.suffix_of(req.args.get("filename"), ".ply")
         with files.staged(frame, suffix) as tmp:
             return _load_real_path(req, tmp, f"the uploaded {suffix} file")
-    return _load_real_path(req, _read_path(req, path, what), repr(path))
+    real = _read_path(req, path, what)
+    # read once through a folder handle (no swap after the check can redirect it), parsed from a private copy
+    data = files.read_bytes(req.services.roots, real, req.services.max_file_bytes, f"{req.op}: {what}")
+    with files.staged(data, os.path.splitext(real)[1]) as tmp:
+        return _load_real_path(req, tmp, repr(path))
 
 
 def _file_frame(req: Request, buffer=None):
@@ -98,18 +107,35 @@ def _file_frame(req: Request, buffer=None):
     return frame
 
 
-def _init_from_mesh(req: Request, mesh_path: str) -> Gaussians:
+def _data_fetch(req: Request, folder: str):
+    """The ``fetch`` of a mesh read from a data folder: a file it names (an OBJ's .mtl and textures, a glTF's
+    .bin) is taken relative to the mesh's folder and checked like any request path (inside the data folders,
+    a regular file, under the file cap)."""
+
+    def fetch(name: str) -> bytes:
+        if re.match(r"^[A-Za-z][\w+.-]*:", name):  # file:, http:, … (data: URIs never get here)
+            raise InvalidArgs(f"gaussians.init: the mesh refers to {name[:200]!r}; only paths beside it are read")
+        what = f"file {name!r} the mesh refers to"
+        return files.read_bytes(req.services.roots, _read_path(req, os.path.join(folder, name), what), req.services.max_file_bytes, what)
+
+    return fetch
+
+
+def _init_from_mesh(req: Request, data: memoryview | bytes, suffix: str, folder: str | None) -> Gaussians:
+    """Gaussians on a mesh parsed from its bytes; files it refers to come from ``folder`` in the data folders
+    (a mesh given by path) or are refused (an uploaded mesh: ``folder`` None)."""
     a = req.args
     # the mesh itself: trimesh holds a few times its file size; then n Gaussians
-    est = costs.gaussians_bytes(a["n"]) + 16 * os.path.getsize(mesh_path)
+    est = costs.gaussians_bytes(a["n"]) + 16 * len(data)
     with req.services.memory.reserve(f"gaussians.init: {a['n']} Gaussians from a mesh", est):
         try:
+            mesh = init_mod.load_mesh_bytes(data, suffix, None if folder is None else _data_fetch(req, folder))
             return init_mod.init_from_mesh(
-                mesh_path, n=a["n"], seed=a["seed"], fit_radius=a["fit_radius"], opacity=a["opacity"],
+                mesh, n=a["n"], seed=a["seed"], fit_radius=a["fit_radius"], opacity=a["opacity"],
                 sh_degree=a["sh_degree"], device=req.device,
             )
-        except (ValueError, TypeError):
-            raise  # gaussians_init turns these into invalid_args
+        except (ValueError, TypeError, ProtocolError):
+            raise  # gaussians_init turns ValueError/TypeError into invalid_args
         except Exception as exc:  # noqa: BLE001 - trimesh raises many types (KeyError, NotImplementedError, …) on bad files
             raise InvalidArgs(f"gaussians.init: cannot read the mesh: {type(exc).__name__}: {exc}") from None
 
@@ -139,13 +165,14 @@ def gaussians_init(req: Request) -> Reply:
             g = load_splat(req, a["path"])
         else:  # mesh
             if a["path"]:
-                g = _init_from_mesh(req, _read_path(req, a["path"], "path"))
+                real = _read_path(req, a["path"], "path")
+                data = files.read_bytes(req.services.roots, real, req.services.max_file_bytes, "gaussians.init: path")
+                g = _init_from_mesh(req, data, files.suffix_of(real, ""), os.path.dirname(real))
             elif len(req.buffers) == 3:
                 suffix = files.suffix_of(a["filename"], "")
                 if not suffix:
                     raise InvalidArgs("gaussians.init: a mesh file frame needs filename (its suffix names the format: .obj, .glb, .ply, …)")
-                with files.staged(_file_frame(req), suffix) as tmp:
-                    g = _init_from_mesh(req, tmp)
+                g = _init_from_mesh(req, _file_frame(req), suffix, None)
             else:
                 raise InvalidArgs("gaussians.init: kind 'mesh' needs path or a file frame")
     except (ValueError, TypeError) as exc:
@@ -192,15 +219,16 @@ def gaussians_save_ply(req: Request) -> Reply:
         n = s.gaussians.n
     # written outside the lock: a running job goes on stepping while the bytes go to disk
     buffers = []
+    with files.scratch_path(".ply") as tmp:  # encoded privately, then written through the folder's handle
+        ply_io.write_ply(tmp, data)
+        body = np.fromfile(tmp, dtype=np.uint8)
+    cap = req.services.max_file_bytes
+    if a["return_file"] and body.nbytes > cap:  # refused before anything is written
+        raise TooLarge(f"gaussians.save_ply: the .ply is {body.nbytes} bytes, over the cap of {cap} for a reply frame")
     if target is not None:
-        ply_io.write_ply(target, data)
+        files.write_bytes(req.services.roots, target, [memoryview(body)], "gaussians.save_ply: path")
     if a["return_file"]:
-        if target is not None:
-            buffers = [files.read_back(target, req.services.max_file_bytes, "the .ply")]
-        else:
-            with files.scratch_path(".ply") as tmp:
-                ply_io.write_ply(tmp, data)
-                buffers = [files.read_back(tmp, req.services.max_file_bytes, "the .ply")]
+        buffers = [body]
     return Reply({"path": target, "count": n}, buffers)
 
 
@@ -228,24 +256,24 @@ def gaussians_render(req: Request) -> Reply:
         raise InvalidArgs("gaussians.render: c2w rotation is singular")
     b, w, h = int(c2w.shape[0]), a["width"], a["height"]
     mem = req.services.memory
-    with s.lock:
+    with s.lock:  # a copy taken between two job steps: the render itself never holds the job up (issue 25)
         if s.gaussians is None or s.gaussians.n == 0:
             raise InvalidArgs("gaussians.render: the session has no Gaussians")
-        g = s.gaussians
-        n = g.n
-        mem.check(f"gaussians.render: {b} views of {w}x{h}", costs.render_output_bytes(b, w * h) + n * costs.PROJECT_BYTES)
-        rgbs, alphas = [], []
-        bg = torch.tensor(a["background"], dtype=torch.float32, device=g.device)
-        with torch.no_grad():
-            for i in range(b):
-                cams = cameras_from_blender(c2w[i : i + 1], a["fov_x"], w, h).to(g.device)
-                pairs = costs.view_pairs(g, cams)
-                est = costs.render_view_bytes(n, pairs, w * h)
-                with mem.reserve(f"gaussians.render: view {i} ({n} Gaussians covering up to {pairs} pixel pairs at {w}x{h})", est):
-                    out = render(g, cams, bg)
-                rgbs.append(out.rgb[0].float().cpu().numpy())
-                alphas.append(out.alpha[0].float().cpu().numpy())
-                del out
+        n = s.gaussians.n
+        mem.check(f"gaussians.render: {b} views of {w}x{h}", costs.render_output_bytes(b, w * h) + n * costs.PROJECT_BYTES + costs.gaussians_bytes(n))
+        g = s.gaussians.clone()
+    rgbs, alphas = [], []
+    bg = torch.tensor(a["background"], dtype=torch.float32, device=g.device)
+    with torch.no_grad():
+        for i in range(b):
+            cams = cameras_from_blender(c2w[i : i + 1], a["fov_x"], w, h).to(g.device)
+            pairs = costs.view_pairs(g, cams)
+            est = costs.render_view_bytes(n, pairs, w * h)
+            with mem.reserve(f"gaussians.render: view {i} ({n} Gaussians covering up to {pairs} pixel pairs at {w}x{h})", est):
+                out = render(g, cams, bg)
+            rgbs.append(out.rgb[0].float().cpu().numpy())
+            alphas.append(out.alpha[0].float().cpu().numpy())
+            del out
     return Reply({"count": b}, [np.ascontiguousarray(np.stack(rgbs)), np.ascontiguousarray(np.stack(alphas))])
 
 
@@ -356,7 +384,7 @@ def stage1_start(req: Request) -> Reply:
     model = None
     if kind == "oracle":
         if a["reference_path"]:
-            ref = ref_from_path = _load_real_path(req, _read_path(req, a["reference_path"], "reference_path"), repr(a["reference_path"]))
+            ref = ref_from_path = load_splat(req, a["reference_path"], "reference_path")
         else:
             slot = s.extras.get(OracleReference.SLOT)
             if slot is None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
 
 from ..stage2.distill import DistillConfig, DistillJob
 from ..stage2.hashgrid import HashGridConfig
-from ..stage2.mesh import MeshConfig, MeshError, export_mesh, extract_mesh
+from ..stage2.mesh import MeshConfig, MeshError, extract_mesh, mesh_file_bytes
 from ..stage2.nerf import NeRFConfig, RenderConfig, occupancy_from_field, render_step_size
 from ..stage2.parts import PartConfig, RegionError, region_cells
 from ..stage2.refine import RefineConfig, RefineJob
@@ -115,10 +116,13 @@ def add_part(req: Request) -> Reply:
             raise InvalidArgs(f"stage2.add_part: {exc}") from exc
         except ValueError as exc:
             raise InvalidArgs(f"stage2.add_part: {exc}") from exc
-        s.record("stage2.add_part")
-        st.occupancy = st_occ
-        part = st.refined.add_part(name, cells, st_occ, pcfg, seed=a["seed"])
-        st.parts[name] = PartInfo(part.cfg, tuple(a["center"]), float(radius))
+        tables = a["levels"] * (1 << a["log2_table_size"]) * a["features"]
+        req.services.memory.check(f"stage2.add_part ({a['levels']} levels of 2^{a['log2_table_size']} × {a['features']} features)",
+                                tables * costs.TABLE_ENTRY_BYTES)
+        with s.recorded("stage2.add_part"):
+            st.occupancy = st_occ
+            part = st.refined.add_part(name, cells, st_occ, pcfg, seed=a["seed"])
+            st.parts[name] = PartInfo(part.cfg, tuple(a["center"]), float(radius))
         res = part.grid.cfg.resolutions()
         extent = float((part.box_hi - part.box_lo).max())
         base_finest = st.cfg.grid.resolutions()[-1] * extent / (2 * st.cfg.aabb_radius)
@@ -167,10 +171,29 @@ def refine(req: Request) -> Reply:
     return Reply({"job": job_id, "total": cfg.steps})
 
 
+def _mesh_targets(req: Request, fmt: str) -> dict[str, str]:
+    """Every file extract_mesh will write for its ``path`` arg, by suffix, each checked as a request path before
+    anything is written (an OBJ's .mtl and .png beside it too). The path's suffix must be the format's or none."""
+    a = req.args
+    first = files.resolve_write(req.services.roots, a["path"], "stage2.extract_mesh: path")
+    stem, suffix = os.path.splitext(first)
+    if suffix and suffix.lower() != "." + fmt:
+        raise InvalidArgs(f"stage2.extract_mesh: path {a['path']!r} ends in {suffix!r} but format is {fmt!r}; name a .{fmt} file")
+    out = {"." + fmt: first if fmt != "obj" else stem + ".obj"}
+    if fmt == "obj" and a["texture"]:
+        out.update({s: stem + s for s in (".mtl", ".png")})
+    for s, p in out.items():  # the same checks for the side files (inside the roots, never a symlink …)
+        out[s] = files.resolve_write(req.services.roots, p, f"stage2.extract_mesh: {s} file")
+    return out
+
+
 def extract(req: Request) -> Reply:
     s, a = req.session, req.args
     _idle(req)
-    target = files.resolve_write(req.services.roots, a["path"], "stage2.extract_mesh: path") if a["path"] else None
+    fmt = (a["format"] or (files.suffix_of(a["path"], ".glb") if a["path"] else ".glb").lstrip(".")).lower()
+    if fmt not in ("glb", "obj", "ply"):
+        raise InvalidArgs(f"stage2.extract_mesh: path {a['path']!r} has no mesh suffix (.glb, .obj, .ply); give format")
+    targets = _mesh_targets(req, fmt) if a["path"] else {}
     buffers: list = []
     try:
         cfg = MeshConfig(
@@ -179,20 +202,22 @@ def extract(req: Request) -> Reply:
             texture_padding=a["texture_padding"],
         )
         est = costs.grid_bytes(a["resolution"], costs.MESH_VOXEL_BYTES)
-        with req.services.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³", est), s.lock:
+        if a["texture"]:  # the bake queries the field once per texel, and the PNG/GLB hold the texture again
+            est += a["texture_size"] ** 2 * costs.TEXEL_BYTES
+        with req.services.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³" + (f", {a['texture_size']}² texture" if a["texture"] else ""), est), s.lock:
             st = _state(req)
             m = extract_mesh(st.refined, cfg, st.occupancy)
-        path = None
-        if target is not None:
-            path = str(export_mesh(m, target, a["format"]))
+        main = targets.get("." + fmt)
+        data = mesh_file_bytes(m, fmt, os.path.splitext(os.path.basename(main))[0] if main else "mesh")
         if a["return_file"]:
             cap = req.services.max_file_bytes
-            if path is not None:
-                buffers = [files.read_back(path, cap, "the mesh file")]
-            else:
-                fmt = a["format"] or "glb"
-                with files.scratch_path("." + fmt) as tmp:
-                    buffers = [files.read_back(str(export_mesh(m, tmp, fmt)), cap, "the mesh file")]
+            if len(data["." + fmt]) > cap:
+                raise TooLarge(f"stage2.extract_mesh: the mesh file is {len(data['.' + fmt])} bytes, over the cap of {cap} for a reply frame")
+            buffers = [np.frombuffer(data["." + fmt], np.uint8)]
+        for suffix in (".png", ".mtl", "." + fmt):  # an OBJ last: when it appears, what it names is there
+            if suffix in data and suffix in targets:
+                files.write_bytes(req.services.roots, targets[suffix], [data[suffix]], f"stage2.extract_mesh: {suffix} file")
+        path = main
     except MeshError as exc:
         raise InvalidArgs(f"stage2.extract_mesh: {exc}") from exc
     except OSError as exc:
@@ -224,16 +249,18 @@ def render(req: Request) -> Reply:
     b, w, h, n = c2w.shape[0], a["width"], a["height"], a["n_samples"]
     if b * w * h * n > _MAX_RENDER_SAMPLES:
         raise TooLarge(f"stage2.render: {b}×{w}×{h} pixels × {n} samples exceeds {_MAX_RENDER_SAMPLES} samples; render smaller or fewer")
-    # no idle check: a running job steps under the session lock, so this renders between two of its steps
+    # no idle check: a copy of the field is taken between two steps of a running job, and rendered without the
+    # session lock, so a long render never stops the owner's job (issue 25)
     with s.lock:
         st = _state(req)
-        try:
-            cams = cameras_from_blender(c2w, a["fov_x"], w, h).to(st.device)
-        except ValueError as exc:
-            raise InvalidArgs(f"stage2.render: {exc}") from exc
-        bg = torch.tensor(a["background"], dtype=torch.float32, device=st.device)
-        with torch.no_grad():
-            out = render_image(st.refined, cams, RenderConfig(n_samples=n, normals=a["normals"]), st.occupancy, bg)
+        st = type(st).from_state_dict(st.state_dict(), st.device)
+    try:
+        cams = cameras_from_blender(c2w, a["fov_x"], w, h).to(st.device)
+    except ValueError as exc:
+        raise InvalidArgs(f"stage2.render: {exc}") from exc
+    bg = torch.tensor(a["background"], dtype=torch.float32, device=st.device)
+    with torch.no_grad():
+        out = render_image(st.refined, cams, RenderConfig(n_samples=n, normals=a["normals"]), st.occupancy, bg)
     # ray distance → camera-space z (the Gaussian renderer's depth): z = t·(d·forward)
     from ..stage2.nerf import camera_rays
 

@@ -22,6 +22,7 @@ events. ``state.get`` while a job runs answers from the job's last state snapsho
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import queue
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 import zmq
 from interactive3d.protocol import catalogue
-from interactive3d.protocol.auth import Signer, check_key, is_loopback
+from interactive3d.protocol.auth import Signer, check_key, curve_client_public, is_loopback
 from interactive3d.protocol.catalogue import OpSpec
 from interactive3d.protocol.codec import (
     PROTOCOL_VERSION,
@@ -75,6 +76,8 @@ REPLY_CACHE_ENTRIES = 256
 INLINE_OPS = frozenset({"ping", "session.create", "session.attach", "job.status", "job.pause", "job.resume", "job.cancel", "stage2.preview"})
 POOL_WORKERS = 4  # ops without a session (session.list, session.resume) that do file I/O
 REPLY_CACHE_BYTES = 64 << 20
+FOREIGN_READS = 1  # reads of a session by clients other than its owner, in flight at once (the rest: busy)
+PEER_MEMORY = 4096  # identities whose peer address is remembered (enough for every owner of 64 sessions)
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
 
@@ -112,6 +115,10 @@ class ServerConfig:
             (0 keeps them all).
         guidance_cache_bytes: memory bound of the loaded diffusion models shared by all jobs.
         max_sessions_per_client: open sessions one client identity may own.
+        max_sessions_per_address: open sessions all the identities of one peer may own together: one IP address
+            over TCP (loopback clients share it), one process over IPC. Fresh routing identities cannot bypass it.
+        idle_timeout: seconds after which a session no request has named and no job runs on is checkpointed and
+            closed (session.resume brings it back); 0 never. Only with a state dir (else nothing could bring it back).
         data_dirs: roots that request paths are resolved in (:mod:`.files`); empty: ``<state_dir>/data``
             (no roots at all without a state dir: paths are refused, frames still work).
         max_file_bytes: largest file a request may read (.ply, mesh).
@@ -135,6 +142,8 @@ class ServerConfig:
     keep_checkpoints_days: float = 30.0
     guidance_cache_bytes: int = DEFAULT_CACHE_BYTES
     max_sessions_per_client: int = 16
+    max_sessions_per_address: int = 32
+    idle_timeout: float = 86400.0
     data_dirs: tuple[str, ...] = ()
     max_file_bytes: int = 1 << 30
     memory_budget: int | None = None
@@ -153,10 +162,17 @@ class ServerConfig:
             check_key(self.auth_key, "the server config")
         if not self.keep_checkpoints_days >= 0:  # also NaN
             raise ValueError(f"keep_checkpoints_days must be >= 0 (0 keeps all), got {self.keep_checkpoints_days!r}")
-        if self.max_sessions_per_client < 1 or self.max_file_bytes < 1:
-            raise ValueError("max_sessions_per_client and max_file_bytes must be >= 1")
+        if self.max_sessions_per_client < 1 or self.max_sessions_per_address < 1 or self.max_file_bytes < 1:
+            raise ValueError("max_sessions_per_client, max_sessions_per_address and max_file_bytes must be >= 1")
+        if not self.idle_timeout >= 0:  # also NaN
+            raise ValueError(f"idle_timeout must be >= 0 seconds (0: never), got {self.idle_timeout!r}")
         if self.memory_budget is not None and self.memory_budget < 1:
             raise ValueError(f"memory_budget must be > 0 bytes, got {self.memory_budget!r}")
+        if self.state_dir is not None:  # requests write in the data folders: checkpoints must be out of their reach
+            ckpts = os.path.realpath(ckpt_mod.sessions_dir(os.path.expanduser(self.state_dir)))
+            for r in self.roots():
+                if os.path.commonpath([ckpts, r]) in (ckpts, r):
+                    raise ValueError(f"data folder {r!r} overlaps the checkpoint folder {ckpts!r}; requests could write checkpoints")
 
     def roots(self) -> tuple[str, ...]:
         """The data roots (absolute, symlinks resolved); the default is created on first use."""
@@ -169,6 +185,21 @@ class ServerConfig:
     def model_roots(self) -> tuple[str, ...]:
         """The model roots (absolute, symlinks resolved); empty unless ``model_dirs`` names some."""
         return tuple(os.path.realpath(os.path.expanduser(d)) for d in self.model_dirs)
+
+
+MAX_ARG_DEPTH = 32  # the deepest real args are lists of [x, y] pairs; deeper nesting is refused before validation
+
+
+def _check_depth(value: Any, limit: int = MAX_ARG_DEPTH) -> None:
+    """InvalidArgs when lists/maps in ``value`` nest deeper than ``limit`` (checked without recursion: a
+    1,000-deep list must be a typed error, not a RecursionError)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (list, tuple, dict)):
+            if depth > limit:
+                raise InvalidArgs(f"args nest lists/maps deeper than {limit} levels")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
 
 
 def _plain(v: Any) -> Any:
@@ -254,6 +285,11 @@ class Server:
         # session → identities that get its events (the creator by default; session.attach adds one)
         self._subscribers: dict[str, set[bytes]] = {}
         self._owners: dict[str, bytes] = {}  # session → identity that created (or resumed) it
+        self._owner_peers: dict[str, str] = {}  # session → its owner's peer (IP address, IPC process): the per-address cap
+        self._peers: OrderedDict[bytes, str] = OrderedDict()  # identity → its peer, the latest PEER_MEMORY identities
+        self._last_use: dict[str, float] = {}  # session → monotonic time a request last named it (idle reaping)
+        self._reaping: set[str] = set()
+        self._foreign_reads: dict[str, int] = {}  # session → reads by non-owners in flight (_sessions_lock)
         self._sessions_lock = threading.Lock()  # sessions/_subscribers/_owners change on workers too
         self._signer = Signer(config.auth_key, role="server") if config.auth_key else None
         self.roots = config.roots()
@@ -273,6 +309,7 @@ class Server:
         self._router: zmq.Socket | None = None
         self._wake_pull: zmq.Socket | None = None
         self.bound_address: str | None = None
+        self._zap = None  # the CURVE key gate (bind), with both a CURVE secret and an auth key
         self._loop_thread: int | None = None
         self._recent: OrderedDict[tuple[bytes, str], tuple[list, int]] = OrderedDict()  # (identity, id) → reply frames
         self._recent_bytes = 0
@@ -302,6 +339,11 @@ class Server:
             # clients need the server's public key (zmq.curve_public of this secret).
             r.setsockopt(zmq.CURVE_SERVER, 1)
             r.setsockopt(zmq.CURVE_SECRETKEY, self.config.curve_secret_key)
+            if self._signer is not None:
+                # and with the shared key, only its holders pass the handshake (their client keys derive from it):
+                # a peer without the key cannot make the server hold a single frame (issue 25: unfinished
+                # multipart messages pinned gigabytes before the signature was ever checked)
+                self._zap = self._start_zap(curve_client_public(self.config.auth_key))
         r.bind(self.config.bind)
         self._router = r
         self.bound_address = r.getsockopt(zmq.LAST_ENDPOINT).decode()
@@ -311,6 +353,19 @@ class Server:
         self._wake_pull = w
         log.info("listening address=%s device=%s auth=%s state_dir=%s", self.bound_address, self.device, bool(self._signer), self.config.state_dir)
         return self.bound_address
+
+    def _start_zap(self, allowed: bytes):
+        """A ZAP handler (a thread of this context) that admits the CURVE client key ``allowed`` only."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        class OneKey:
+            def callback(self, domain: str, key: bytes) -> bool:
+                return hmac.compare_digest(key, allowed)
+
+        zap = ThreadAuthenticator(self._ctx)
+        zap.start()
+        zap.configure_curve_callback("*", credentials_provider=OneKey())
+        return zap
 
     def request_stop(self) -> None:
         """Ask the loop to stop (safe from a signal handler or another thread)."""
@@ -323,6 +378,7 @@ class Server:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_pull, zmq.POLLIN)
+        next_reap = time.monotonic() + 1.0
         try:
             while not self._stopping.is_set():
                 try:
@@ -342,6 +398,9 @@ class Server:
                             break
                         self._handle(frames)
                 self._flush_events()
+                if time.monotonic() >= next_reap:
+                    self._reap_idle()
+                    next_reap = time.monotonic() + 1.0
         finally:
             self.shutdown()
 
@@ -358,6 +417,9 @@ class Server:
             if sock is not None:
                 sock.close(linger=0)
         self._router = self._wake_pull = None
+        if self._zap is not None:
+            self._zap.stop()
+            self._zap = None
         if self._own_ctx:
             # destroy, not term: a job thread that did not stop in time must not hang the exit
             self._ctx.destroy(linger=0)
@@ -395,17 +457,34 @@ class Server:
             self._check_client_cap(identity)
 
     def _check_client_cap(self, identity: bytes) -> None:
-        """Busy when ``identity`` already owns its cap of open sessions (_sessions_lock held)."""
+        """Busy when ``identity``, or its peer (address / process), already owns its cap of open sessions
+        (_sessions_lock held)."""
         mine = sum(1 for o in self._owners.values() if o == identity)
         if mine >= self.config.max_sessions_per_client:
             raise Busy(f"this client owns {mine} open sessions (max_sessions_per_client={self.config.max_sessions_per_client}); close one")
+        peer = self._peers.get(identity)
+        if peer is not None:
+            ours = sum(1 for p in self._owner_peers.values() if p == peer)
+            if ours >= self.config.max_sessions_per_address:
+                raise Busy(f"clients from this address own {ours} open sessions (max_sessions_per_address="
+                           f"{self.config.max_sessions_per_address}); close one")
+
+    def _set_owner(self, sid: str, identity: bytes) -> None:
+        """``identity`` owns ``sid`` (_sessions_lock held); its peer is counted for the per-address cap."""
+        self._owners[sid] = identity
+        peer = self._peers.get(identity)
+        if peer is None:
+            self._owner_peers.pop(sid, None)
+        else:
+            self._owner_peers[sid] = peer
 
     def _adopt(self, s: Session, identity: bytes | None) -> None:
         """Register an open session, owned by and subscribed to ``identity`` (_sessions_lock held)."""
         self.sessions[s.id] = s
         self._subscribers[s.id] = set()
+        self._last_use[s.id] = time.monotonic()
         if identity is not None:
-            self._owners[s.id] = identity
+            self._set_owner(s.id, identity)
             self._subscribers[s.id].add(identity)
 
     def subscribe(self, s: Session, identity: bytes) -> None:
@@ -438,7 +517,7 @@ class Server:
                 return
             self._check_client_cap(identity)
             previous = self._owners.get(s.id)
-            self._owners[s.id] = identity
+            self._set_owner(s.id, identity)
             self._subscribers[s.id].add(identity)
         log.info("session %s taken over by another client (previous owner %s)", s.id, "none" if previous is None else "kept as subscriber")
 
@@ -465,6 +544,9 @@ class Server:
             self.sessions.pop(s.id, None)
             self._subscribers.pop(s.id, None)
             self._owners.pop(s.id, None)
+            self._owner_peers.pop(s.id, None)
+            self._last_use.pop(s.id, None)
+            self._reaping.discard(s.id)
             self._last_state.pop(s.id, None)
             lane = self._lanes.pop(s.id, None)
         if lane is not None:
@@ -491,6 +573,8 @@ class Server:
             c = ckpt_mod.read(self.config.state_dir, session_id, self.device)
         except FileNotFoundError:
             raise NotFound(f"no checkpoint for session {session_id!r} in {self.config.state_dir}") from None
+        except ValueError as exc:
+            raise NotFound(f"session {session_id!r} has no checkpoint this server can read: {exc}") from None
         s = ckpt_mod.restore_session(c, self.device)
         s.history.depth = self.config.history_depth
         with self._sessions_lock:
@@ -679,6 +763,7 @@ class Server:
     def _handle(self, frames: list) -> None:
         """Decode, verify, validate; answer inline ops here and hand the rest to a worker (router thread)."""
         identity, body = frames[0].bytes, frames[1:]
+        self._note_peer(identity, frames[0])
         verified = [False]
 
         def verify(raw: bytes, header: dict, views: list) -> None:
@@ -720,8 +805,11 @@ class Server:
             if spec.session and spec.mutates:  # before the args: another client's session is not its to change
                 raw = msg.header.get("args")
                 self.check_owner(op, raw.get("session") if isinstance(raw, dict) else None, identity)
+            _check_depth(msg.header.get("args", {}))
             args = catalogue.validate_request(spec, msg.header.get("args", {}), msg.buffers)
             session = self.get_session(args.get("session")) if spec.session else None
+            if session is not None:
+                self._last_use[session.id] = time.monotonic()
             if spec.starts_job and session is not None and session.job_active and not (spec.preempts and preemptible(session)):
                 raise Busy(f"session {session.id} already has job {session.job.job_id} ({session.job.kind}, {session.job.state})")
             req = Request(op, rid, args, msg.buffers, session, self.services, identity=identity, version=msg.header["v"])
@@ -736,17 +824,74 @@ class Server:
         if op in INLINE_OPS or (op == "state.get" and self.last_state(session) is not None):
             self._reply(req, handler, self._send_now)
             return
+        if session is not None and self._owners.get(session.id) not in (None, identity):  # a read by another client
+            with self._sessions_lock:
+                n = self._foreign_reads.get(session.id, 0)
+                if n >= FOREIGN_READS:
+                    self._error(identity, rid, Busy(f"{op}: another client's read of session {session.id} is running; retry when it is done"))
+                    return
+                self._foreign_reads[session.id] = n + 1
+            work = lambda: self._foreign_read(req, handler)  # noqa: E731
+        else:
+            work = lambda: self._reply(req, handler, self._post_reply)  # noqa: E731
         if rid:
             self._inflight.add(key)
-        work = lambda: self._reply(req, handler, self._post_reply)  # noqa: E731
         if session is None:
             self._pool.submit(work)
             return
+        self._lane(session).submit(work)
+
+    def _lane(self, session: Session) -> _Lane:
         with self._sessions_lock:
             lane = self._lanes.get(session.id)
             if lane is None:
                 lane = self._lanes[session.id] = _Lane(session.id)
-        lane.submit(work)
+        return lane
+
+    def _note_peer(self, identity: bytes, frame) -> None:
+        """Remember which peer (TCP: IP address; IPC: process) ``identity`` sends from, for the per-address cap."""
+        try:
+            addr = frame.get("Peer-Address")
+        except (zmq.ZMQError, AttributeError):  # inproc has none
+            return
+        if addr:
+            self._peers[identity] = addr
+            self._peers.move_to_end(identity)
+            while len(self._peers) > PEER_MEMORY:
+                self._peers.popitem(last=False)
+
+    def _reap_idle(self) -> None:
+        """Checkpoint and close sessions idle for longer than ``idle_timeout`` (router thread; the work runs on
+        each session's lane, after the requests already queued there)."""
+        limit = self.config.idle_timeout
+        if limit <= 0 or self.config.state_dir is None:
+            return
+        now = time.monotonic()
+        for sid, s in list(self.sessions.items()):
+            if sid in self._reaping or now - self._last_use.get(sid, now) <= limit or s.job_active or s.suspended is not None:
+                continue
+            self._reaping.add(sid)
+            log.info("session %s idle for %.0f s: checkpointed and closed (session.resume brings it back)", sid, now - self._last_use[sid])
+            self._lane(s).submit(lambda s=s: self._reap(s))
+
+    def _reap(self, s: Session) -> None:
+        """(lane) Close ``s`` into its checkpoint unless a request named it since it was picked."""
+        if time.monotonic() - self._last_use.get(s.id, 0.0) <= self.config.idle_timeout or s.job_active:
+            self._reaping.discard(s.id)
+            return
+        try:
+            self.close_session(s, checkpoint=True)
+        except Exception:  # noqa: BLE001 - a failed checkpoint keeps the session open, never loses it
+            log.exception("idle session %s could not be checkpointed; it stays open", s.id)
+            self._reaping.discard(s.id)
+
+    def _foreign_read(self, req: Request, handler: Handler) -> None:
+        """(lane) A non-owner's read, counted against :data:`FOREIGN_READS` until it is answered."""
+        try:
+            self._reply(req, handler, self._post_reply)
+        finally:
+            with self._sessions_lock:
+                self._foreign_reads[req.session.id] -= 1
 
     def _send_now(self, identity: bytes, rid: str, header: dict, buffers: Sequence[Any], remember: bool) -> None:
         sent = self._send(identity, header, buffers)
@@ -782,6 +927,9 @@ def run(config: ServerConfig, extra_ops: Sequence[OpSpec] = (), extra_handlers: 
     server = Server(config, extra_ops, extra_handlers)
     server.bind()
     if config.state_dir is not None:
+        orphans = ckpt_mod.remove_orphans(config.state_dir)
+        if orphans:
+            log.info("deleted %d temp file(s) left by checkpoint writes that were killed", orphans)
         gone = ckpt_mod.prune(config.state_dir, config.keep_checkpoints_days * 86400.0)
         if gone:
             log.info("deleted %d checkpoint(s) older than %g days: %s", len(gone), config.keep_checkpoints_days, " ".join(gone))

@@ -22,6 +22,7 @@ history snapshots and of checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import threading
@@ -209,7 +210,21 @@ class Session:
     # -- history ----------------------------------------------------------------------------------
     def record(self, label: str) -> None:
         """Push the current state as an undo point before an edit labelled ``label``; clears redo."""
+        self._push(self.capture(label))
+
+    @contextlib.contextmanager
+    def recorded(self, label: str):
+        """An edit that becomes an undo point only if it completes: an exception inside restores the state
+        before it and leaves the history as it was (issue 25: a failed op leaves no entry)."""
         state = self.capture(label)
+        try:
+            yield
+        except BaseException:
+            self.restore(state)
+            raise
+        self._push(state)
+
+    def _push(self, state: SessionState) -> None:
         h = self.history
         h.undo.append(state)
         del h.undo[: max(0, len(h.undo) - h.depth)]
@@ -244,8 +259,8 @@ class Session:
         return (self.job is not None and not self.job.finished) or self.suspended is not None
 
     def summary(self) -> dict:
-        with self.lock:
-            n = 0 if self.gaussians is None else self.gaussians.n
+        g = self.gaussians  # no lock (issue 25): session.list must not wait for a job's step or a long op
+        n = 0 if g is None else g.n
         return {
             "session": self.id,
             "name": self.name,

@@ -109,18 +109,71 @@ def init_from_points(
     )
 
 
-def load_mesh_file(path: str | os.PathLike):
-    """A mesh file as one trimesh.Trimesh in the backend's frame, by each format's convention
+MESH_FORMATS = ("obj", "glb", "gltf", "ply", "stl", "off")  # parsed from bytes; no archives, no formats that fetch
+
+
+def _reference_guard(fetch):
+    """A trimesh resolver through which every file a mesh names (glTF buffers and images that are not ``data:``
+    URIs, OBJ ``mtllib`` and ``map_*``, PLY ``TextureFile``) must pass. ``fetch(name) -> bytes`` decides; None
+    refuses all. trimesh swallows some failures (an OBJ's missing .mtl only loses its colours), so the guard keeps
+    the first refusal and :func:`load_mesh_bytes` raises it after parsing."""
+    from trimesh.resolvers import Resolver
+
+    class Guard(Resolver):
+        def __init__(self) -> None:
+            self.error: Exception | None = None
+
+        def get(self, name):
+            try:
+                if fetch is None:
+                    raise ValueError(f"the mesh refers to the external file {str(name)[:200]!r}; only self-contained "
+                                     "meshes are read (embed buffers and textures: .glb or data: URIs)")
+                return fetch(str(name))
+            except Exception as exc:
+                self.error = self.error or exc
+                raise
+
+        def namespaced(self, namespace):
+            return self
+
+        def keys(self):
+            return iter(())
+
+        def write(self, name, data):
+            raise ValueError("mesh loading never writes files")
+
+    return Guard()
+
+
+def load_mesh_bytes(data: bytes | memoryview, file_type: str, fetch=None):
+    """A mesh file's bytes as one trimesh.Trimesh in the backend's frame, by each format's convention
     (docs/conventions.md, "Files for other programs"): glTF and OBJ are Y up and come in rotated to Z up
     (as Blender's importers do); glTF's COLOR_0 is linear and becomes sRGB vertex colours; PLY, STL and
-    the rest are taken as they are."""
+    OFF are taken as they are.
+
+    ``file_type`` is one of :data:`MESH_FORMATS`. Files the mesh refers to are read only through
+    ``fetch(name) -> bytes`` (which checks ``name`` like any path); None refuses them (ValueError), so an
+    upload can never make the server read a file by naming it."""
+    import io
+
     import trimesh
 
     from ..maths.conventions import linear_to_srgb, y_up_to_blender
 
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    if ext in (".glb", ".gltf"):
-        loaded = trimesh.load(path, process=False)
+    ext = file_type.lower().lstrip(".")
+    if ext not in MESH_FORMATS:
+        raise ValueError(f"mesh format {file_type!r} is not read (formats: {', '.join(MESH_FORMATS)})")
+    guard = _reference_guard(fetch)
+    try:
+        loaded = trimesh.load(io.BytesIO(bytes(data)), file_type=ext, resolver=guard, process=False,
+                              **({} if ext in ("glb", "gltf") else {"force": "mesh"}))
+    except Exception:
+        if guard.error is not None:
+            raise guard.error from None
+        raise
+    if guard.error is not None:  # swallowed by trimesh (an OBJ's material): still refused
+        raise guard.error
+    if ext in ("glb", "gltf"):
         if isinstance(loaded, trimesh.Scene):  # (Scene.dump would drop the COLOR_0 attribute)
             geoms = []
             for node in loaded.graph.nodes_geometry:
@@ -145,14 +198,40 @@ def load_mesh_file(path: str | os.PathLike):
                 g = trimesh.Trimesh(g.vertices, g.faces, vertex_colors=np.round(srgb * 255).astype(np.uint8), process=False)
             parts.append(g)
         if not parts:
-            raise ValueError(f"{os.fspath(path)}: the glTF holds no mesh")
+            raise ValueError("the glTF holds no mesh")
         mesh = parts[0] if len(parts) == 1 else trimesh.util.concatenate(parts)
     else:
-        mesh = trimesh.load(path, force="mesh", process=False)
-    if ext in (".glb", ".gltf", ".obj"):
+        mesh = loaded
+    if not isinstance(mesh, trimesh.Trimesh):
+        raise ValueError(f"the {ext} file holds no triangle mesh")
+    if ext in ("glb", "gltf", "obj"):
         mesh = mesh.copy()
         mesh.vertices = y_up_to_blender(np.asarray(mesh.vertices))
     return mesh
+
+
+def load_mesh_file(path: str | os.PathLike, fetch=None):
+    """:func:`load_mesh_bytes` of a file on disk (its suffix names the format). The files it refers to are
+    refused unless ``fetch`` is given (:func:`sibling_fetch` reads them from the mesh's own folder)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    return load_mesh_bytes(data, os.path.splitext(path)[1], fetch)
+
+
+def sibling_fetch(path: str | os.PathLike):
+    """A ``fetch`` for :func:`load_mesh_file` that reads referenced files from the mesh's folder only (local use:
+    the server checks every name against its data folders instead)."""
+    folder = os.path.realpath(os.path.dirname(os.fspath(path)))
+
+    def fetch(name: str) -> bytes:
+        real = os.path.realpath(os.path.join(folder, name))
+        if os.path.dirname(real) != folder or not os.path.isfile(real):
+            raise ValueError(f"the mesh refers to {name!r}, which is not a file beside it")
+        with open(real, "rb") as f:
+            return f.read()
+
+    return fetch
 
 
 def _mesh_sample(mesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +257,7 @@ def _mesh_sample(mesh, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def init_from_mesh(
-    mesh,  # trimesh.Trimesh | path to any file trimesh reads (.obj .glb .ply .stl ...), see load_mesh_file
+    mesh,  # trimesh.Trimesh | path to a mesh file (.obj .glb .gltf .ply .stl .off), see load_mesh_file
     n: int = 4096,
     seed: int = 0,
     fit_radius: float | None = None,
@@ -202,7 +281,7 @@ def init_from_mesh(
         path = os.fspath(mesh)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"mesh file not found: {path}")
-        mesh = load_mesh_file(path)
+        mesh = load_mesh_file(path, sibling_fetch(path))
     if len(mesh.faces) == 0 or mesh.area <= 0:
         raise ValueError("mesh has no faces with positive area")
     if fit_radius is not None:

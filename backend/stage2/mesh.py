@@ -210,28 +210,35 @@ def extract_mesh(field, cfg: MeshConfig = MeshConfig(), occupancy=None) -> MeshR
     return result
 
 
-def export_mesh(mesh: MeshResult, path: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Write the mesh atomically by its format's conventions (mesh_files.py); returns the path.
-
-    GLB: +Y up, linear COLOR_0, or TEXCOORD_0 + an sRGB baseColorTexture when the mesh is textured. OBJ:
-    Y up / −Z forward with sRGB ``v`` colours, and ``<stem>.mtl`` + ``<stem>.png`` beside it when textured.
-    PLY: Blender's Z-up axes, sRGB uchar colours (no texture: PLY has no standard for one)."""
+def mesh_file_bytes(mesh: MeshResult, fmt: str, stem: str = "mesh") -> dict[str, bytes]:
+    """The bytes of the files a mesh is written as, by suffix (``{".glb": …}``; OBJ: ``.obj``, and ``.mtl`` +
+    ``.png`` named after ``stem`` when textured), by its format's conventions (mesh_files.py): GLB +Y up, linear
+    COLOR_0, or TEXCOORD_0 + an sRGB baseColorTexture when textured; OBJ Y up / −Z forward with sRGB ``v``
+    colours; PLY Blender's Z-up axes, sRGB uchar colours (no texture: PLY has no standard for one)."""
     from .mesh_files import glb_bytes, obj_files, ply_bytes
 
-    path = Path(path)
-    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    fmt = fmt.lower()
     if fmt not in FORMATS:
         raise MeshError(f"format must be one of {FORMATS}, got {fmt!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     textured = mesh.texture is not None and mesh.uvs is not None
     tex = dict(uvs=mesh.uvs, texture=mesh.texture) if textured else {}
     if fmt == "glb":
-        atomic_write(path, [glb_bytes(mesh.vertices, mesh.faces, mesh.colors, name=path.stem or "mesh", **tex)])
-    elif fmt == "obj":
-        files = obj_files(mesh.vertices, mesh.faces, mesh.colors, stem=path.stem or "mesh", **tex)
-        for suffix in (".png", ".mtl", ".obj"):  # the OBJ last: when it appears, what it names is there
-            if suffix in files:
-                atomic_write(path.with_suffix(suffix), [files[suffix]])
-    else:
-        atomic_write(path, [ply_bytes(mesh.vertices, mesh.faces, mesh.colors)])
+        return {".glb": glb_bytes(mesh.vertices, mesh.faces, mesh.colors, name=stem or "mesh", **tex)}
+    if fmt == "obj":
+        return obj_files(mesh.vertices, mesh.faces, mesh.colors, stem=stem or "mesh", **tex)
+    return {".ply": ply_bytes(mesh.vertices, mesh.faces, mesh.colors)}
+
+
+def export_mesh(mesh: MeshResult, path: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Write the mesh atomically (:func:`mesh_file_bytes`); returns the path. An OBJ's side files go beside it."""
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    data = mesh_file_bytes(mesh, fmt, path.stem or "mesh")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt != "obj":
+        atomic_write(path, [data["." + fmt]])
+        return path
+    for suffix in (".png", ".mtl", ".obj"):  # the OBJ last: when it appears, what it names is there
+        if suffix in data:
+            atomic_write(path.with_suffix(suffix), [data[suffix]])
     return path

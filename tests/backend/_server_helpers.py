@@ -133,12 +133,14 @@ TEST_HANDLERS = {"test.init": _init, "test.fit": _fit, "test.echo": _echo, "test
 
 def make_server(bind: str = "tcp://127.0.0.1:*", **kw) -> Server:
     kw.setdefault("device", "cpu")
-    # tests write their files under pytest's tmp_path: the system temp folder is the data root
-    kw.setdefault("data_dirs", (tempfile.gettempdir(),))
+    # tests write their files under pytest's tmp_path: the system temp folder is the data root, unless the server
+    # checkpoints (a data folder must not hold the checkpoints: then the default <state_dir>/data)
+    kw.setdefault("data_dirs", () if kw.get("state_dir") else (tempfile.gettempdir(),))
     # and save their tiny models there (save_tiny_sd under tmp_path): the system temp folder is the model root too
     kw.setdefault("model_dirs", (tempfile.gettempdir(),))
     # module-scoped test servers serve one client that opens many sessions (the per-client cap has its own test)
     kw.setdefault("max_sessions_per_client", 64)
+    kw.setdefault("max_sessions_per_address", 64)  # (and all of them come from one process)
     return Server(ServerConfig(bind=bind, **kw), extra_ops=TEST_OPS, extra_handlers=TEST_HANDLERS)
 
 
@@ -169,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = ServerConfig(
         bind=a.bind, state_dir=a.state_dir, device="cpu", auth_key=a.auth_key.encode() if a.auth_key else None,
-        job=JobConfig(checkpoint_every=a.checkpoint_every, state_every=a.state_every), data_dirs=(tempfile.gettempdir(),),
+        job=JobConfig(checkpoint_every=a.checkpoint_every, state_every=a.state_every),
+        data_dirs=() if a.state_dir else (tempfile.gettempdir(),),
         model_dirs=(tempfile.gettempdir(),),
     )
     return run(cfg, TEST_OPS, TEST_HANDLERS)

@@ -152,7 +152,7 @@ def test_stage1_bad_inputs_typed_errors(server, tmp_path):
         ("stage1.start", {**base, "session": empty, "guidance": "oracle"}, [], "invalid_args"),  # zero Gaussians
         ("stage1.start", {**base, "guidance": "sd", "prompt": "  "}, [], "invalid_args"),  # empty prompt
         ("stage1.start", {**base, "guidance": "sd", "prompt": "a cat", "model": str(tmp_path / "no-model")}, [], "not_found"),
-        ("stage1.start", {**base, "guidance": "sd", "prompt": "a cat", "model": "not a model id"}, [], "not_found"),
+        ("stage1.start", {**base, "guidance": "sd", "prompt": "a cat", "model": "not a model id"}, [], "invalid_args"),  # malformed, not missing
         ("stage1.start", {**base, "guidance": "sd", "prompt": "a cat", "local_files_only": True}, [], "not_found"),
         ("stage1.start", {**base, "guidance": "pixart", "prompt": "a cat", "local_files_only": True}, [], "not_found"),
         ("stage1.start", {**base, "guidance": "oracle"}, [], "invalid_args"),  # no reference

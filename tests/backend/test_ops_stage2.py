@@ -67,6 +67,10 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
 
     assert _code(client, "stage2.add_part", {"session": sid, "name": "p", "center": [0.0, 0.0, 0.0], "radius": 0.0}) == "invalid_args"
     assert _code(client, "stage2.add_part", {"session": sid, "name": "p", "center": [0.97, 0.97, 0.97], "radius": 0.02}) == "invalid_args"
+    labels = client.request("history.list", {"session": sid}).result
+    huge = {"session": sid, "name": "h", "center": [0.3, 0.0, 0.0], "radius": 0.3, "levels": 32, "log2_table_size": 24, "features": 8}
+    assert _code(client, "stage2.add_part", huge) == "too_large"  # 64 GiB of tables: estimated, not tried
+    assert client.request("history.list", {"session": sid}).result == labels  # and no undo entry left (issue 25)
     args = {"session": sid, "name": "p", "center": [0.3, 0.0, 0.0], "radius": 0.3, "levels": 4, "log2_table_size": 12}
     assert client.request("stage2.add_part", args).result["cells"] > 0
     assert _code(client, "stage2.add_part", args) == "invalid_args"  # duplicate name
@@ -106,6 +110,15 @@ def test_stage2_pipeline_and_errors(client, tmp_path):
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": "/outside-the-roots/m.glb"}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": str(out.parent / "no" / "m.glb")}) == "not_found"
     assert not (out.parent / "no").exists()  # no folder created
+    # issue 25: every file is checked before anything is written, and the reply names the file written
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": str(tmp_path / "x.glb"), "format": "obj"}) == "invalid_args"
+    assert not (tmp_path / "x.obj").exists() and not (tmp_path / "x.glb").exists()
+    (tmp_path / "s.mtl").symlink_to(tmp_path / "elsewhere.mtl")  # where a textured OBJ's side file goes
+    assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "path": str(tmp_path / "s.obj"), "texture": True,
+                                                 "texture_size": 64}) == "invalid_args"
+    assert (tmp_path / "s.mtl").is_symlink() and not (tmp_path / "elsewhere.mtl").exists() and not (tmp_path / "s.obj").exists()
+    bare = client.request("stage2.extract_mesh", {"session": sid, "resolution": 16, "path": str(tmp_path / "n"), "format": "obj"})
+    assert bare.result["path"] == str((tmp_path / "n.obj").resolve()) and (tmp_path / "n.obj").is_file()
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 4096}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "density", "threshold": 1e9}) == "invalid_args"
     assert _code(client, "stage2.extract_mesh", {"session": sid, "resolution": 16, "surface": "sdf"}) == "invalid_args"

@@ -125,7 +125,8 @@ def test_checkpoint_after_the_interaction_records_the_stage1_job(tmp_path):
     ts = ThreadedServer(state_dir=str(tmp_path / "state"))
     c = Client(ts.address)
     try:
-        sid, s1 = _stage1_session(c, tmp_path, steps=100_000)
+        (data := tmp_path / "state" / "data").mkdir(parents=True, exist_ok=True)  # the default data folder
+        sid, s1 = _stage1_session(c, data, steps=100_000)
         _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "progress")
         c.request("job.pause", {"session": sid})
         _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "paused")
@@ -170,7 +171,8 @@ def test_kill9_mid_drag_resumes_the_drag_then_stage1(tmp_path):
     c = Client(addr)
     try:
         wait_up(c, proc, log)
-        sid, s1 = _stage1_session(c, tmp_path, steps=100_000)
+        (data := tmp_path / "state" / "data").mkdir(parents=True, exist_ok=True)  # the default data folder
+        sid, s1 = _stage1_session(c, data, steps=100_000)
         _events_until(c, lambda m: m.header.get("job") == s1 and m.event == "progress" and m.data["step"] >= 4)
         drag = c.request("interact.drag", _drag_args(c, sid, steps=100_000)).result["job"]
         # Stage I's 'paused' may come after a few drag steps (it finishes the step it was in first)

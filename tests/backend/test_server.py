@@ -231,7 +231,7 @@ def test_session_close(client, tmp_path):
         listed = c.request("session.list").result["sessions"]
         assert [(x["session"], x["name"], x["count"]) for x in listed] == [(sid, "a", 16)]
         assert c.request("session.close", {"session": sid, "checkpoint": True}).result["closed"] is True
-        assert (tmp_path / sid / "checkpoint.pt").is_file()
+        assert (tmp_path / "sessions" / sid / "checkpoint.pt").is_file()
         with pytest.raises(RemoteError) as e:
             c.request("job.status", {"session": sid})
         assert e.value.code == "not_found"

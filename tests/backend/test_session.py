@@ -107,8 +107,8 @@ def test_checkpoint_round_trip(tmp_path):
     s.extras["stage2"].k = 7
     now = _fingerprint(s)
     path = ck.write(tmp_path, ck.capture(s))
-    assert path == tmp_path / "s1" / "checkpoint.pt"
-    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pt", "history"]
+    assert path == tmp_path / "sessions" / "s1" / "checkpoint.pt"
+    assert sorted(p.name for p in path.parent.iterdir()) == [".i3d-session", "checkpoint.pt", "history"]
     assert len(list((path.parent / "history").iterdir())) == 1  # the one undo entry
     with pytest.raises(ValueError, match="refusing"):  # only trusted modules' classes are imported
         ck.read(tmp_path, "s1")
@@ -127,12 +127,12 @@ def test_prune_deletes_only_checkpoints_older_than_the_limit(tmp_path):
         s.gaussians = init_random(20, seed=2)
         s.record("edit")  # a history entry, so the folder has more than the one file
         ck.write(tmp_path, ck.capture(s))
-    old = tmp_path / "stale" / "checkpoint.pt"
+    old = tmp_path / "sessions" / "stale" / "checkpoint.pt"
     t = old.stat().st_mtime - 40 * 86400
     os.utime(old, (t, t))
     assert ck.prune(tmp_path, 0) == []
     assert ck.prune(tmp_path, 30 * 86400) == ["stale"]
-    assert not (tmp_path / "stale").exists()
+    assert not (tmp_path / "sessions" / "stale").exists()
     assert [c["session"] for c in ck.list_checkpoints(tmp_path)] == ["fresh"]
     assert ck.restore_session(ck.read(tmp_path, "fresh")).gaussians.n == 20
 
@@ -141,7 +141,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A failure while writing leaves the previous checkpoint intact and no temp file behind."""
     s = _session()
     ck.write(tmp_path, ck.capture(s))
-    good = (tmp_path / "s1" / "checkpoint.pt").read_bytes()
+    good = (tmp_path / "sessions" / "s1" / "checkpoint.pt").read_bytes()
 
     def fail(*a, **k):
         raise OSError("disk full")
@@ -150,8 +150,8 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     _step(s)
     with pytest.raises(OSError):
         ck.write(tmp_path, ck.capture(s))
-    assert (tmp_path / "s1" / "checkpoint.pt").read_bytes() == good
-    assert sorted(p.name for p in (tmp_path / "s1").iterdir()) == ["checkpoint.pt", "history"]
+    assert (tmp_path / "sessions" / "s1" / "checkpoint.pt").read_bytes() == good
+    assert sorted(p.name for p in (tmp_path / "sessions" / "s1").iterdir()) == [".i3d-session", "checkpoint.pt", "history"]
 
 
 def test_session_id_is_checked():
@@ -166,7 +166,7 @@ def test_history_entries_written_once_and_pruned(tmp_path):
     s.record("a")
     s.record("b")
     ck.write(tmp_path, ck.capture(s))
-    hist = tmp_path / "s1" / "history"
+    hist = tmp_path / "sessions" / "s1" / "history"
     first = {p.name: p.stat().st_mtime_ns for p in hist.iterdir()}
     assert len(first) == 2
     _step(s)
@@ -179,3 +179,18 @@ def test_history_entries_written_once_and_pruned(tmp_path):
     assert names == {f"{e.uid}.pt" for e in s.history.undo} and len(names) == 2
     r = ck.restore_session(ck.read(tmp_path, "s1", trusted=("interactive3d.", Field.__module__)))
     assert r.history.labels() == {"undo": ["a", "c"], "redo": []}
+
+
+def test_checkpoint_arrays_round_trip_without_unpickling(tmp_path):
+    """numpy arrays in a checkpoint (job buffers, snapshots) come back with their exact dtype, shape and values
+    — 0-d, empty, non-contiguous, bool — through torch.load(weights_only=True) (issue 25)."""
+    import io
+
+    arrays = [np.array(3), np.zeros((2, 0, 3), np.float16), np.arange(6).reshape(2, 3).T, np.array([True, False])]
+    buf = io.BytesIO()
+    torch.save(ck._to_safe({"a": [arrays, tuple(arrays)]}), buf)
+    buf.seek(0)
+    back = ck._from_safe(torch.load(buf, weights_only=True))["a"]
+    for got_list in back:
+        for got, want in zip(got_list, arrays):
+            assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)

@@ -10,7 +10,7 @@ import pytest
 
 from interactive3d.protocol.auth import Signer, is_loopback, load_key
 from interactive3d.protocol.codec import buffer_frames, decode, pack_header
-from interactive3d.protocol.errors import ProtocolError
+from interactive3d.protocol.errors import ProtocolError, Unauthorized
 
 KEY = b"k" * 32
 
@@ -121,3 +121,35 @@ def test_secret_files_must_be_owner_only(tmp_path):
     assert _curve_key(str(f)) == b"x" * 40
     with pytest.raises(ValueError, match="cannot be read"):
         read_secret_file(str(tmp_path / "missing"), "CURVE secret file")
+
+
+def test_the_floor_never_passes_the_clock_under_a_future_stamped_flood():
+    """Issue 25: 1,000 messages stamped now + 280 s into a 100-nonce store: 100 pass, the rest are refused, the
+    floor stays at or below this clock, a message stamped now passes, and none of the accepted ones replays."""
+    import secrets
+
+    from interactive3d.protocol.codec import pack_header
+
+    recv = Signer(KEY, role="server", max_nonces=100)
+    sender = Signer(KEY)
+
+    def at(ts: float) -> tuple[bytes, dict]:
+        h = {"v": 1, "id": "x", "op": "ping", "args": {}, "buffers": [], "auth": {"ts": ts, "nonce": secrets.token_hex(16), "sig": bytes(32)}}
+        raw = pack_header(h)
+        raw = raw[:-32] + sender._digest(sender.sign_domain, raw, [])
+        h["auth"]["sig"] = raw[-32:]
+        return raw, h
+
+    msgs = [at(time.time() + 280) for _ in range(1000)]
+    passed = 0
+    for raw, h in msgs:
+        try:
+            recv.verify(raw, h, [])
+            passed += 1
+        except Unauthorized:
+            pass
+    assert passed == 100 and recv.floor <= time.time()
+    recv.verify(*at(time.time()), [])
+    for raw, h in msgs[:100]:
+        with pytest.raises(Unauthorized, match="replayed"):
+            recv.verify(raw, h, [])

@@ -106,7 +106,7 @@ def _kill_mid_stage1(folder: Path, killed: dict, deadline: float) -> None:
             continue
         if progress.get("running") == "stage1":
             started = started or time.time()
-            ckpts = list((folder / "backend_state").glob("*/checkpoint.pt"))
+            ckpts = list((folder / "backend_state").glob("sessions/*/checkpoint.pt"))
             if any(c.stat().st_mtime > started for c in ckpts):
                 os.kill(int(worker["pid"]), signal.SIGKILL)
                 killed.update(pid=int(worker["pid"]), at=time.time())
