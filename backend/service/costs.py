@@ -113,15 +113,17 @@ def splat_file_count(path: str) -> tuple[int, int] | None:
     import struct
     import zlib
 
-    from interactive3d.protocol import ply as ply_io
+    from interactive3d.protocol import splat_data, splats
 
     try:
-        fmt = ply_io.format_of(path)
+        fmt = splats.format_of(path)
         if fmt == "splat":
             return os.path.getsize(path) // 32, 14
+        if fmt == "sog":  # its reader checks the declared count against MAX_POINTS and the images' sizes
+            return None
         with open(path, "rb") as f:
             if fmt in ("ply", "compressed.ply"):
-                form, elements = ply_io.parse_ply_elements(f)
+                form, elements = splat_data.parse_ply_elements(f)
                 counts = {e.name: e for e in elements}
                 v = counts.get("vertex")
                 if v is None or not v.props:

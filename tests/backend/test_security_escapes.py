@@ -183,10 +183,10 @@ def _signed_at(ts: float, op: str = "ping") -> list:
     import uuid
 
     from interactive3d.protocol.auth import Signer
-    from interactive3d.protocol.codec import pack_header
+    from interactive3d.protocol.codec import PROTOCOL_VERSION, pack_header
 
     signer = Signer(KEY)
-    raw = pack_header({"v": 1, "id": uuid.uuid4().hex, "op": op, "args": {}, "buffers": [],
+    raw = pack_header({"v": PROTOCOL_VERSION, "id": uuid.uuid4().hex, "op": op, "args": {}, "buffers": [],
                        "auth": {"ts": ts, "nonce": secrets.token_hex(16), "sig": bytes(32)}})
     return [raw[:-32] + signer._digest(signer.sign_domain, raw, [])]
 
