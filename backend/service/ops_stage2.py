@@ -22,7 +22,9 @@ from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
 from ..stage2.distill import DistillConfig, DistillJob
 from ..stage2.hashgrid import HashGridConfig
 from ..stage2.mesh import MeshConfig, MeshError, export_mesh, extract_mesh
-from ..stage2.nerf import NeRFConfig, RenderConfig, occupancy_from_field, render_step_size
+from ..stage2.nerf import NeRFConfig
+from ..stage2.occupancy import occupancy_from_field
+from ..stage2.rays import RenderConfig, render_step_size
 from ..stage2.parts import PartConfig, RegionError, region_cells
 from ..stage2.refine import RefineConfig, RefineJob
 from ..stage2.state import SLOT, PartInfo
@@ -210,7 +212,7 @@ def render(req: Request) -> Reply:
     """The (refined) field from Blender cameras, as ``gaussians.render``: rgb, alpha, depth (camera z),
     normals (world, opacity-weighted; 0 where the ray is empty)."""
     from ..stage1.cameras import cameras_from_blender
-    from ..stage2.nerf import render_image
+    from ..stage2.render import render_image
 
     s, a = req.session, req.args
     c2w = torch.from_numpy(np.array(req.buffers[0], dtype=np.float32))
@@ -235,7 +237,7 @@ def render(req: Request) -> Reply:
         with torch.no_grad():
             out = render_image(st.refined, cams, RenderConfig(n_samples=n, normals=a["normals"]), st.occupancy, bg)
     # ray distance → camera-space z (the Gaussian renderer's depth): z = t·(d·forward)
-    from ..stage2.nerf import camera_rays
+    from ..stage2.rays import camera_rays
 
     d_cam = camera_rays(cams).dirs.reshape(b, h, w, 3)
     fwd = torch.linalg.inv(cams.viewmats.float())[:, :3, 2]  # [B,3] the OpenCV camera's +z in world

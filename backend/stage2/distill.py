@@ -6,8 +6,8 @@ Cameras are drawn from the Stage I orbit distribution; the Gaussian renders are 
 the hash grid trains with lr 0.01 and the MLPs with 1e-3 (Adam), as the official configs. Each step
 renders a random subset of the target pixels (``rays_per_step``; all of them when None). The occupancy
 grid is updated from the field every ``occupancy_every`` steps as nerfacc does (σ·step of the marching step,
-an EMA over updates; nerf.update_occupancy) and skips empty space while rendering; the renderer marches
-with nerfacc on CUDA and with its torch twin elsewhere (nerf.render_rays).
+an EMA over updates; occupancy.update_occupancy) and skips empty space while rendering; the renderer marches
+with nerfacc on CUDA and with its torch twin elsewhere (render.render_rays).
 
 Eq. 7 supervises colour only, which leaves the density soft: a white-ish object on a white background
 or a thick haze both render fine but mesh badly. The Gaussian render also gives alpha and depth for free,
@@ -20,7 +20,7 @@ held-out PSNR of tests/backend/test_distill.py from 28.6 to 30.4 dB; on tcnn's l
 
 DreamFusion's orientation loss, which the paper's Stage II keeps as a regulariser, is on by default
 (``orientation_weight`` 0.01): Σ_i sg(w_i)·max(0, n_i·d)² per ray with normals n = −∇σ/‖∇σ‖ from the
-density gradient (nerf.density_normals), on ``orientation_rays`` of each step's rays (normals cost ≈ 2.5×).
+density gradient (normals.density_normals), on ``orientation_rays`` of each step's rays (normals cost ≈ 2.5×).
 """
 
 from __future__ import annotations
@@ -36,19 +36,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .nerf import (
-    NeRFField,
-    OccupancyConfig,
-    NeRFRender,
-    OccupancyGrid,
-    Rays,
-    RenderConfig,
-    camera_rays,
-    render_image,
-    render_rays,
-    render_step_size,
-    update_occupancy,
-)
+from .nerf import NeRFField
+from .occupancy import OccupancyConfig, OccupancyGrid, update_occupancy
+from .rays import Rays, RenderConfig, camera_rays, render_step_size
+from .render import render_image, render_rays
+from .volrend import NeRFRender
 from .preview import MeshPreviewer
 from .state import SLOT, Stage2State
 

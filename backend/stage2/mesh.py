@@ -105,7 +105,7 @@ def texture_mesh(mesh: MeshResult, colour, size: int = 1024, padding: int = 4) -
 def density_grid(field, resolution: int, chunk: int = 1 << 18, occupancy=None) -> np.ndarray:
     """σ at the (resolution)³ grid points spanning [-r, r]³ (inclusive), float32 [R,R,R] indexed [x,y,z].
 
-    With ``occupancy`` (the renderer's grid, backend/stage2/nerf.py) the field is queried only in occupied
+    With ``occupancy`` (the renderer's grid, backend/stage2/occupancy.py) the field is queried only in occupied
     cells and their 26 neighbours (σ = 0 elsewhere): the empty-space skipping the volume renderer does, widened
     by one cell so no iso-surface can sit on the border of a skipped cell (nerfacc's sampled grid may miss a
     thin cap of an occupied cell)."""

@@ -27,17 +27,10 @@ from dataclasses import dataclass
 import torch
 from interactive3d.backend.stage1.cameras import zoom_in_cameras
 from interactive3d.backend.stage2.hashgrid import HashGridConfig
-from interactive3d.backend.stage2.nerf import (
-    FieldOutput,
-    NeRFConfig,
-    NeRFField,
-    Rays,
-    RenderConfig,
-    camera_rays,
-    occupancy_from_field,
-    render_image,
-    render_rays,
-)
+from interactive3d.backend.stage2.nerf import FieldOutput, NeRFConfig, NeRFField
+from interactive3d.backend.stage2.occupancy import occupancy_from_field
+from interactive3d.backend.stage2.rays import Rays, RenderConfig, camera_rays
+from interactive3d.backend.stage2.render import render_image, render_rays
 from interactive3d.backend.stage2.parts import PartConfig, RefinedField, region_cells
 from interactive3d.backend.stage2.refine import RefineConfig, Refiner
 

@@ -6,15 +6,10 @@ import pytest
 import torch
 from _stage2_helpers import look_at_cams, psnr
 from interactive3d.backend.stage2.hashgrid import HashGridConfig
-from interactive3d.backend.stage2.nerf import (
-    FieldOutput,
-    NeRFConfig,
-    NeRFField,
-    RenderConfig,
-    camera_rays,
-    occupancy_from_field,
-    render_image,
-)
+from interactive3d.backend.stage2.nerf import FieldOutput, NeRFConfig, NeRFField
+from interactive3d.backend.stage2.occupancy import occupancy_from_field
+from interactive3d.backend.stage2.rays import RenderConfig, camera_rays
+from interactive3d.backend.stage2.render import render_image
 from interactive3d.backend.stage2.parts import (
     PartConfig,
     RefinedField,
@@ -63,7 +58,7 @@ def test_region_cells_cover_exactly_the_occupied_cells_that_meet_q(radius):
     """O_part = the occupied cells whose box meets the sphere Q: every occupied point of Q lies in one (Q's rim
     included, a sphere smaller than a cell included), and each of them has a point within ``radius`` of the
     centre (its box's closest point). Centres on a cell corner, inside a cell and off-grid."""
-    from interactive3d.backend.stage2.nerf import OccupancyGrid
+    from interactive3d.backend.stage2.occupancy import OccupancyGrid
 
     g = torch.Generator().manual_seed(0)
     occ = OccupancyGrid(torch.rand(16, 16, 16, generator=g) < 0.6, 1.0)

@@ -1,4 +1,4 @@
-"""Volume rendering (backend/stage2/nerf.py): the torch twin of nerfacc's marching against a dense reference,
+"""Volume rendering (backend/stage2/render.py, volrend.py, rays.py): the torch twin of nerfacc's marching against a dense reference,
 the volrend fast path's self-test and fallback, and (GPU only) nerfacc's packed path against the twin.
 
 Tolerances: the twin's weights equal T_i·α_i computed independently at the same steps to 1e-6; against a
@@ -11,7 +11,8 @@ import logging
 import pytest
 import torch
 from interactive3d.backend.accel.fastpath import FastPaths
-from interactive3d.backend.stage2 import nerf as N
+from interactive3d.backend.stage2 import nerf, occupancy, render, volrend
+from interactive3d.backend.stage2.rays import Rays, RenderConfig, march, ray_aabb, render_step_size
 
 pytest.importorskip("nerfacc")
 
@@ -27,7 +28,7 @@ class _Ball:
 
     def __call__(self, x):
         r = x.norm(dim=-1)
-        return N.FieldOutput(density=30.0 * torch.sigmoid((0.5 - r) / 0.005), rgb=(x * 0.6 + 0.5).clamp(0, 1))
+        return nerf.FieldOutput(density=30.0 * torch.sigmoid((0.5 - r) / 0.005), rgb=(x * 0.6 + 0.5).clamp(0, 1))
 
     def density(self, x):
         return self(x).density
@@ -38,12 +39,12 @@ def _rays(n=24, dev="cpu"):
     yy, zz = torch.meshgrid(v, v, indexing="ij")
     origins = torch.stack([torch.full_like(yy, 2.5), yy, zz], -1).reshape(-1, 3)
     d = torch.stack([torch.full_like(yy, -2.5), -0.2 * yy, 0.1 * zz], -1).reshape(-1, 3)
-    return N.Rays(origins, torch.nn.functional.normalize(d, dim=-1))
+    return Rays(origins, torch.nn.functional.normalize(d, dim=-1))
 
 
 def _dense_reference(field, rays, steps=4096):
     """Independent dense quadrature: ``steps`` midpoints across each ray's chord of the box, no skipping."""
-    near, far = N.ray_aabb(rays, 1.0)
+    near, far = ray_aabb(rays, 1.0)
     far = torch.maximum(far, near)
     u = (torch.arange(steps) + 0.5) / steps
     t = near[:, None] + (far - near)[:, None] * u
@@ -60,9 +61,9 @@ def test_twin_weights_are_nerfacc_maths_at_the_same_steps():
     """No occupancy: the twin's weights [R,S] equal T_i·α_i (T_i = Π_{j<i}(1 − α_j), α = 1 − e^{−σδ})
     recomputed here at its own steps to 1e-6; opacity = Σw, depth = Σ w t / Σ w."""
     f, rays = _Ball(), _rays(8)
-    cfg = N.RenderConfig(n_samples=128)
-    out = N.render_rays(f, rays, cfg, backend="torch")
-    starts, ends, keep = N._march(rays, 1.0, cfg, None, None)
+    cfg = RenderConfig(n_samples=128)
+    out = render.render_rays(f, rays, cfg, backend="torch")
+    starts, ends, keep = march(rays, 1.0, cfg, None, None)
     assert keep.any(-1).all()  # every ray crosses the box
     mids = 0.5 * (starts + ends)
     sig = torch.where(keep, f((rays.origins[:, None] + rays.dirs[:, None] * mids[..., None]).reshape(-1, 3)).density.reshape(keep.shape), 0.0)
@@ -74,7 +75,7 @@ def test_twin_weights_are_nerfacc_maths_at_the_same_steps():
     hit = out.opacity[:, 0] > 1e-3
     assert torch.allclose(out.depth[hit, 0], d[hit], rtol=1e-5)
     # steps are nerfacc's: a fixed 2√3/128, midpoints inside the box
-    assert torch.allclose(ends - starts, torch.full_like(starts, N.render_step_size(1.0, 128)))
+    assert torch.allclose(ends - starts, torch.full_like(starts, render_step_size(1.0, 128)))
 
 
 def test_twin_matches_the_dense_reference():
@@ -88,27 +89,27 @@ def test_twin_matches_the_dense_reference():
     shares this; more updates find them), so the worst pixel is bounded only loosely (< 0.3) and the
     opaque depth within 3 % (2 % measured)."""
     f, rays = _Ball(), _rays(24)
-    cfg = N.RenderConfig(n_samples=512)
-    step = N.render_step_size(1.0, 512)
+    cfg = RenderConfig(n_samples=512)
+    step = render_step_size(1.0, 512)
     rgb, acc, depth = _dense_reference(f, rays)
     solid = acc[:, 0] > 0.5
     assert solid.sum() > 100 and (~solid).sum() > 100
-    full = N.render_rays(f, rays, cfg, backend="torch")
+    full = render.render_rays(f, rays, cfg, backend="torch")
     assert (full.rgb - rgb).abs().max() < 1e-3 and (full.opacity - acc).abs().max() < 1e-3
     assert ((full.depth - depth).abs()[solid] / depth[solid]).max() < 1e-3
-    centre = N.Rays(torch.tensor([[2.5, 0.0, 0.0]]), torch.tensor([[-1.0, 0.0, 0.0]]))
-    c = N.render_rays(f, centre, cfg, backend="torch")
+    centre = Rays(torch.tensor([[2.5, 0.0, 0.0]]), torch.tensor([[-1.0, 0.0, 0.0]]))
+    c = render.render_rays(f, centre, cfg, backend="torch")
     assert abs(float(c.depth) - (2.0 + 1 / 30)) < step and float(c.opacity) > 0.999  # surface + mean free path 1/σ
 
     occ, gen = None, torch.Generator().manual_seed(0)
     for _ in range(8):
-        occ = N.update_occupancy(occ, f, step, N.OccupancyConfig(samples_per_cell=8), gen)
-    out = N.render_rays(f, rays, cfg, occ, backend="torch")
+        occ = occupancy.update_occupancy(occ, f, step, occupancy.OccupancyConfig(samples_per_cell=8), gen)
+    out = render.render_rays(f, rays, cfg, occ, backend="torch")
     d = (out.rgb - rgb).abs().amax(-1)
     assert d.mean() < 0.003 and d.quantile(0.99) < 0.03 and d.max() < 0.3
     assert ((out.depth - depth).abs()[solid] / depth[solid]).max() < 0.03
-    _, _, keep = N._march(rays, 1.0, cfg, occ, None)
-    _, _, all_steps = N._march(rays, 1.0, cfg, None, None)
+    _, _, keep = march(rays, 1.0, cfg, occ, None)
+    _, _, all_steps = march(rays, 1.0, cfg, None, None)
     assert keep.sum() < 0.5 * all_steps.sum()
 
 
@@ -117,11 +118,11 @@ def test_stratified_steps_keep_the_image_and_get_gradients():
     gradient reaches the field's parameters through nerfacc's batched functions."""
     from interactive3d.backend.stage2.hashgrid import HashGridConfig
 
-    field = N.NeRFField(N.NeRFConfig(grid=HashGridConfig(n_levels=4, n_features=2, log2_table_size=12, base_resolution=8), hidden=16), backend="torch")
+    field = nerf.NeRFField(nerf.NeRFConfig(grid=HashGridConfig(n_levels=4, n_features=2, log2_table_size=12, base_resolution=8), hidden=16), backend="torch")
     rays = _rays(6)
-    cfg = N.RenderConfig(n_samples=64, stratified=True)
-    a = N.render_rays(field, rays, cfg, generator=torch.Generator().manual_seed(0), backend="torch")
-    b = N.render_rays(field, rays, N.RenderConfig(n_samples=64), backend="torch")
+    cfg = RenderConfig(n_samples=64, stratified=True)
+    a = render.render_rays(field, rays, cfg, generator=torch.Generator().manual_seed(0), backend="torch")
+    b = render.render_rays(field, rays, RenderConfig(n_samples=64), backend="torch")
     assert (a.rgb - b.rgb).abs().max() < 0.03
     a.rgb.mean().backward()
     assert field.grid.table.grad.abs().sum() > 0
@@ -130,16 +131,16 @@ def test_stratified_steps_keep_the_image_and_get_gradients():
 def test_empty_and_missing_rays():
     """Rays that miss the box: opacity 0, depth 0, the background; an all-empty grid: the same."""
     f = _Ball()
-    miss = N.Rays(torch.tensor([[3.0, 3.0, 3.0]]), torch.tensor([[1.0, 0.0, 0.0]]))
-    out = N.render_rays(f, miss, N.RenderConfig(n_samples=64), backend="torch")
+    miss = Rays(torch.tensor([[3.0, 3.0, 3.0]]), torch.tensor([[1.0, 0.0, 0.0]]))
+    out = render.render_rays(f, miss, RenderConfig(n_samples=64), backend="torch")
     assert float(out.opacity) == 0 and float(out.depth) == 0 and torch.equal(out.rgb, torch.ones(1, 3))
-    empty = N.OccupancyGrid(torch.zeros(8, 8, 8, dtype=torch.bool), 1.0)
-    out = N.render_rays(f, _rays(4), N.RenderConfig(n_samples=64), empty, backend="torch")
+    empty = occupancy.OccupancyGrid(torch.zeros(8, 8, 8, dtype=torch.bool), 1.0)
+    out = render.render_rays(f, _rays(4), RenderConfig(n_samples=64), empty, backend="torch")
     assert out.opacity.abs().max() == 0 and torch.equal(out.rgb, torch.ones(16, 3))
     with pytest.raises(ValueError, match="nerfacc"):
-        N.render_rays(f, _rays(2), backend="nerfacc")  # CPU tensors
+        render.render_rays(f, _rays(2), backend="nerfacc")  # CPU tensors
     with pytest.raises(ValueError, match="backend"):
-        N.render_rays(f, _rays(2), backend="cuda")
+        render.render_rays(f, _rays(2), backend="cuda")
 
 
 # -- occupancy, nerfacc's rule ---------------------------------------------------------------------
@@ -155,19 +156,19 @@ def test_occupancy_ema_and_threshold():
         def density(self, x):
             return torch.where(x[:, 0] > 0, 50.0 if self.on else 0.0, 2.0)
 
-    f, cfg = _Switch(), N.OccupancyConfig(resolution=4, threshold=0.01, ema_decay=0.5, samples_per_cell=2)
-    g = N.update_occupancy(None, f, 0.01, cfg)
+    f, cfg = _Switch(), occupancy.OccupancyConfig(resolution=4, threshold=0.01, ema_decay=0.5, samples_per_cell=2)
+    g = occupancy.update_occupancy(None, f, 0.01, cfg)
     assert g.occ.all() and torch.allclose(g.density[2:], torch.tensor(0.5)) and torch.allclose(g.density[:2], torch.tensor(0.02))
     f.on = False
     for k in range(1, 9):
-        g = N.update_occupancy(g, f, 0.01, cfg)
+        g = occupancy.update_occupancy(g, f, 0.01, cfg)
         assert g.occ[:2].all() and bool(g.occ[2:].all()) == (k <= 5) and bool(g.occ[2:].any()) == (k <= 5), k
 
 
 # -- the fast path ---------------------------------------------------------------------------------
 def test_cpu_uses_the_twin_without_a_self_test():
     fp = FastPaths()
-    assert N.choose_volrend("cpu", fp, test=lambda: pytest.fail("no self-test on CPU")) == "torch"
+    assert render.choose_volrend("cpu", fp, test=lambda: pytest.fail("no self-test on CPU")) == "torch"
     assert fp.report()["volrend"]["cpu"] == "torch"
 
 
@@ -179,7 +180,7 @@ def test_nerfacc_without_its_cuda_extension_falls_back(caplog):
     fp = FastPaths()
     with caplog.at_level(logging.WARNING):
         for _ in range(2):
-            assert N.choose_volrend("cuda:1", fp, test=lambda: N.self_test("cpu")) == "torch"
+            assert render.choose_volrend("cuda:1", fp, test=lambda: render.self_test("cpu")) == "torch"
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
     c = fp.get("volrend", "cuda:1")
     assert not c.ok and c.fast == "nerfacc" and c.reason
@@ -189,15 +190,15 @@ def test_numeric_mismatch_falls_back_and_a_faithful_path_passes(monkeypatch):
     """With nerfacc's packed path replaced by the twin the self-test passes; replaced by one whose
     opacity is 1 % off it fails on the numbers and the twin is used."""
     fp = FastPaths()
-    monkeypatch.setattr(N, "_render_chunk_nerfacc", N._render_chunk)
-    assert N.choose_volrend("cuda:0", fp, test=lambda: N.self_test("cpu")) == "nerfacc"
+    monkeypatch.setattr(render, "render_chunk_nerfacc", volrend.render_chunk_torch)
+    assert render.choose_volrend("cuda:0", fp, test=lambda: render.self_test("cpu")) == "nerfacc"
 
     def off(*a):
-        o = N._render_chunk(*a)
-        return N.NeRFRender(o.rgb, o.opacity * 1.01, o.depth)
+        o = volrend.render_chunk_torch(*a)
+        return volrend.NeRFRender(o.rgb, o.opacity * 1.01, o.depth)
 
-    monkeypatch.setattr(N, "_render_chunk_nerfacc", off)
-    assert N.choose_volrend("cuda:1", fp, test=lambda: N.self_test("cpu")) == "torch"
+    monkeypatch.setattr(render, "render_chunk_nerfacc", off)
+    assert render.choose_volrend("cuda:1", fp, test=lambda: render.self_test("cpu")) == "torch"
     assert "differ by" in fp.get("volrend", "cuda:1").reason
     assert fp.report()["volrend"]["cuda:0"] == "nerfacc"
 
@@ -209,14 +210,14 @@ def test_nerfacc_packed_matches_the_twin_on_cuda():
     grid (the ball, 512 steps per diagonal, 32³ occupancy): rgb/opacity within 1e-3, depth within 1e-3
     relative where opaque; the self-test passes. Not run yet: no GPU was lent when it was written."""
     f, rays = _Ball("cuda"), _rays(32, "cuda")
-    cfg = N.RenderConfig(n_samples=512)
-    occ = N.occupancy_from_field(f, 32, step_size=N.render_step_size(1.0, 512))
-    a = N.render_rays(f, rays, cfg, occ, backend="nerfacc")
-    b = N.render_rays(f, rays, cfg, occ, backend="torch")
+    cfg = RenderConfig(n_samples=512)
+    occ = occupancy.occupancy_from_field(f, 32, step_size=render_step_size(1.0, 512))
+    a = render.render_rays(f, rays, cfg, occ, backend="nerfacc")
+    b = render.render_rays(f, rays, cfg, occ, backend="torch")
     assert (a.rgb - b.rgb).abs().max() < 1e-3 and (a.opacity - b.opacity).abs().max() < 1e-3
     solid = b.opacity[:, 0] > 0.5
     assert ((a.depth - b.depth).abs()[solid] / b.depth[solid]).max() < 1e-3
-    N.self_test("cuda")
+    render.self_test("cuda")
 
 
 def test_mesh_density_skips_what_the_renderer_skips():
@@ -234,7 +235,7 @@ def test_mesh_density_skips_what_the_renderer_skips():
             return super().__call__(x)
 
     f = _Counting()
-    occ = N.occupancy_from_field(f, 16, step_size=N.render_step_size(1.0, 64))
+    occ = occupancy.occupancy_from_field(f, 16, step_size=render_step_size(1.0, 64))
     f.queried = 0
     skip = density_grid(f, 64, occupancy=occ)
     assert 0 < f.queried < 0.4 * 64**3
@@ -252,9 +253,9 @@ def test_stage2_state_keeps_the_occupancy_ema():
     from interactive3d.backend.stage2.hashgrid import HashGridConfig
     from interactive3d.backend.stage2.state import Stage2State
 
-    cfg = N.NeRFConfig(grid=HashGridConfig(n_levels=2, n_features=2, log2_table_size=10, base_resolution=4), hidden=8)
+    cfg = nerf.NeRFConfig(grid=HashGridConfig(n_levels=2, n_features=2, log2_table_size=10, base_resolution=4), hidden=8)
     st = Stage2State(cfg, backend="torch")
-    st.occupancy = N.update_occupancy(None, _Ball(), 0.01, N.OccupancyConfig(resolution=8, samples_per_cell=1))
+    st.occupancy = occupancy.update_occupancy(None, _Ball(), 0.01, occupancy.OccupancyConfig(resolution=8, samples_per_cell=1))
     snap = st.state_dict()
     other = Stage2State.from_state_dict(snap, torch.device("cpu"))
     assert torch.equal(other.occupancy.occ, st.occupancy.occ) and torch.equal(other.occupancy.density, st.occupancy.density)

@@ -1,0 +1,132 @@
+"""The two chunk renderers behind :func:`render.render_rays`, and the compositing they share.
+
+Weights w_i = T_i·(1 − exp(−σ_i δ_i)); depth is the expected ray distance Σ w t / Σ w on both paths. On CUDA,
+nerfacc's ``OccGridEstimator`` (its binaries copied from the project's grid) marches and its packed
+``render_weight_from_density`` composites (:func:`render_chunk_nerfacc`); elsewhere a torch twin marches the
+same steps (:func:`rays.march`) and feeds nerfacc's batched [rays, samples] volrend functions, which are
+torch (:func:`render_chunk_torch`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .normals import density_normals
+from .occupancy import OccupancyGrid
+from .rays import Rays, RenderConfig, march, render_step_size
+
+
+@dataclass
+class NeRFRender:
+    """Volume-rendered rays. ``depth`` is the expected ray distance Σ w t / Σ w (nerfacc's convention, and the
+    Gaussian renderer's "ED"), 0 where the opacity Σ w is 0; ``opacity`` is Σ w."""
+
+    rgb: Tensor  # [R,3] (or [B,H,W,3] from render_image)
+    opacity: Tensor  # [R,1]
+    depth: Tensor  # [R,1]
+    weights: Tensor | None = None  # [R,S] (the torch twin; None from nerfacc's packed path)
+    normals: Tensor | None = None  # [R,3] Σ w_i n_i (world; 0 on empty rays), with RenderConfig.normals
+    orientation: Tensor | None = None  # [R] Σ sg(w_i)·max(0, n_i·d)², DreamFusion's orientation penalty
+
+
+
+def render_chunk_torch(field, rays: Rays, radius: float, cfg: RenderConfig, occupancy, bg: Tensor, generator) -> NeRFRender:
+    """The CPU (and any-device) twin: torch marching + nerfacc's batched volrend functions, which are torch."""
+    from nerfacc import render_weight_from_density
+
+    n_rays = rays.origins.shape[0]
+    dev = rays.origins.device
+    starts, ends, keep = march(rays, radius, cfg, occupancy, generator)
+    s = starts.shape[1]
+    mids = 0.5 * (starts + ends)
+    sig = torch.zeros(n_rays * s, device=dev)
+    rgb = torch.zeros(n_rays * s, 3, device=dev)
+    nrm = torch.zeros(n_rays * s, 3, device=dev) if cfg.normals else None
+    live = keep.reshape(-1)
+    if bool(live.any()):
+        idx = live.nonzero()[:, 0]
+        pts = (rays.origins[:, None] + rays.dirs[:, None] * mids[..., None]).reshape(-1, 3)[idx]
+        if cfg.normals:
+            out, n_live = density_normals(field, pts)
+            nrm = nrm.index_put((idx,), n_live.float())
+        else:
+            out = field(pts)
+        sig = sig.index_put((idx,), out.density.float())
+        rgb = rgb.index_put((idx,), out.rgb.float())
+    # skipped steps have σ = 0: α = 0, so they change neither T nor the sums (the packed form omits them)
+    w, _, _ = render_weight_from_density(starts, ends, sig.reshape(n_rays, s))
+    normals = None if nrm is None else (nrm.reshape(n_rays, s, 3), rays.dirs[:, None].expand(n_rays, s, 3))
+    return composite(w, rgb.reshape(n_rays, s, 3), mids, bg.to(dev), ray_indices=None, n_rays=n_rays, normals=normals)
+
+
+def composite(w: Tensor, rgb: Tensor, mids: Tensor, bg: Tensor, ray_indices, n_rays: int,
+               normals: tuple[Tensor, Tensor] | None = None) -> NeRFRender:
+    """nerfacc.rendering's accumulation: colour, opacity, depth / opacity, background·(1 − opacity); with
+    ``normals`` = (per-sample normals, per-sample ray directions) also Σ w n and DreamFusion's orientation
+    penalty Σ sg(w)·max(0, n·d)² (a normal facing away from the camera is penalised)."""
+    from nerfacc import accumulate_along_rays
+
+    color = accumulate_along_rays(w, rgb, ray_indices=ray_indices, n_rays=n_rays)
+    acc = accumulate_along_rays(w, None, ray_indices=ray_indices, n_rays=n_rays)
+    depth = accumulate_along_rays(w, mids[..., None], ray_indices=ray_indices, n_rays=n_rays)
+    depth = depth / acc.clamp_min(torch.finfo(acc.dtype).eps)
+    color = color + bg[None] * (1.0 - acc)
+    out = NeRFRender(rgb=color, opacity=acc, depth=depth, weights=w if ray_indices is None else None)
+    if normals is not None:
+        nrm, dirs = normals
+        facing_away = (nrm * dirs).sum(-1, keepdim=True).clamp_min(0.0)
+        out.normals = accumulate_along_rays(w, nrm, ray_indices=ray_indices, n_rays=n_rays)
+        out.orientation = accumulate_along_rays(w.detach(), facing_away**2, ray_indices=ray_indices, n_rays=n_rays)[..., 0]
+    return out
+
+
+def _estimator(occupancy: OccupancyGrid | None, radius: float, device: torch.device):
+    """nerfacc's OccGridEstimator holding the project's occupancy (its ``binaries`` copied from ``occ``; the
+    project computes the grid itself, :func:`update_occupancy`); all cells occupied when ``occupancy`` is None.
+    Cached on the grid object: a new grid (every update makes one) gets a new estimator."""
+    import nerfacc
+
+    if occupancy is not None and occupancy._estimator is not None:
+        return occupancy._estimator
+    res = 1 if occupancy is None else occupancy.resolution
+    est = nerfacc.OccGridEstimator(roi_aabb=[-radius, -radius, -radius, radius, radius, radius], resolution=res, levels=1).to(device)
+    binaries = torch.ones(1, res, res, res, dtype=torch.bool, device=device) if occupancy is None else occupancy.occ.to(device)[None]
+    est.binaries.copy_(binaries)
+    if occupancy is not None:
+        occupancy._estimator = est
+    return est
+
+
+def render_chunk_nerfacc(field, rays: Rays, radius: float, cfg: RenderConfig, occupancy, bg: Tensor, generator) -> NeRFRender:
+    """CUDA: nerfacc's packed marching (``OccGridEstimator.sampling``) and packed volrend."""
+    import nerfacc
+
+    o, d = rays.origins, rays.dirs
+    n_rays = o.shape[0]
+    est = _estimator(occupancy, radius, o.device)
+    step = render_step_size(radius, cfg.n_samples)
+    if cfg.stratified:  # the same per-ray shift as the twin (nerfacc's own would use torch's global RNG)
+        t_min = torch.rand(n_rays, generator=generator).to(o.device) * step
+    else:
+        t_min = torch.zeros(n_rays, device=o.device)
+    # t_min as the near plane anchors the steps where the twin's are; no sigma_fn: every step in an occupied
+    # cell is kept, as in the twin (nerfacc's early stop would drop steps behind T < 1e-4)
+    ray_indices, t_starts, t_ends = est.sampling(o, d, near_plane=0.0, t_min=t_min, render_step_size=step, stratified=False)
+    mids = 0.5 * (t_starts + t_ends)
+    normals = None
+    if t_starts.shape[0]:
+        pts = o[ray_indices] + d[ray_indices] * mids[:, None]
+        if cfg.normals:
+            out, nrm = density_normals(field, pts)
+            normals = (nrm.float(), d[ray_indices])
+        else:
+            out = field(pts)
+        sig, rgb = out.density.float(), out.rgb.float()
+    else:
+        sig, rgb = torch.zeros(0, device=o.device), torch.zeros(0, 3, device=o.device)
+        if cfg.normals:
+            normals = (torch.zeros(0, 3, device=o.device), torch.zeros(0, 3, device=o.device))
+    w, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sig, ray_indices=ray_indices, n_rays=n_rays)
+    return composite(w, rgb, mids, bg.to(o.device), ray_indices=ray_indices, n_rays=n_rays, normals=normals)
