@@ -22,6 +22,7 @@ from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
 from ..stage2.distill import DistillConfig, DistillJob
 from ..stage2.hashgrid import HashGridConfig
 from ..stage2.mesh import MeshConfig, MeshError, export_mesh, extract_mesh
+from ..stage2.mesh_error import surface_error
 from ..stage2.nerf import NeRFConfig
 from ..stage2.occupancy import occupancy_from_field
 from ..stage2.rays import RenderConfig, render_step_size
@@ -184,6 +185,7 @@ def extract(req: Request) -> Reply:
         with req.server.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³", est), s.lock:
             st = _state(req)
             m = extract_mesh(st.refined, cfg, st.occupancy)
+            error = surface_error(m.vertices, m.faces, s.gaussians)  # against the Gaussians' surface (None: no Gaussians)
         path = None
         if target is not None:
             path = str(export_mesh(m, target, a["format"]))
@@ -202,7 +204,7 @@ def extract(req: Request) -> Reply:
     textured = m.texture is not None
     return Reply(
         {"vertices": int(len(m.vertices)), "faces": int(len(m.faces)), "path": path, "removed_components": m.removed_components,
-         "textured": textured},
+         "textured": textured, "signed_error": None if error is None else error.as_dict()},
         # vertices, faces, colours; with a texture: uvs, texture; with return_file: the file's bytes, last
         [m.vertices, m.faces, m.colors] + ([m.uvs, m.texture] if textured else []) + buffers,
     )

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .nerf import NeRFField
-from .occupancy import OccupancyConfig, OccupancyGrid, update_occupancy
+from .occupancy import OccupancyConfig, OccupancyGrid, gaussian_support, update_occupancy
 from .rays import Rays, RenderConfig, camera_rays, render_step_size
 from .render import render_image, render_rays
 from .volrend import NeRFRender
@@ -205,8 +205,9 @@ def distill_step(
             t_nerf = out.depth[:, 0]  # expected ray distance Σ w t / Σ w
             loss = loss + cfg.depth_weight * (t_nerf - t_gs)[solid].abs().mean()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if loss.requires_grad:  # False when no ray crossed an occupied cell: nothing to learn from this batch
+        loss.backward()
+        optimizer.step()
     return DistillStepResult(float(loss.detach()), time.perf_counter() - t0)
 
 
@@ -239,12 +240,15 @@ class DistillJob:
         self._pending_opt: dict | None = None
         self.bg = torch.tensor(cfg.background, dtype=torch.float32, device=session.device)
         geometry = cfg.opacity_weight > 0 or cfg.depth_weight > 0
+        self.uses_gaussians = target_fn is None
         self.target_fn = target_fn or (lambda cams: gaussian_targets(session.gaussians, cams, self.bg, geometry))
         self.preview: np.ndarray | None = None
         self._preview_new = False
         self.mesh_preview = MeshPreviewer(cfg.mesh_every, cfg.mesh_resolution)
         self.last_loss: float | None = None
         self._pool = None  # (cameras, targets) when cfg.view_pool > 0; rebuilt deterministically after a resume
+        self.support: Tensor | None = None  # [R,R,R] bool cells the Gaussians render in (targets are the Gaussians)
+        self._support_grid: OccupancyGrid | None = None
 
     def _ensure_state(self):
         if self.state is None:
@@ -253,6 +257,12 @@ class DistillJob:
                 st = Stage2State(self.nerf_cfg, device=self.session.device, backend=self.backend, seed=self.cfg.seed)
                 self.session.extras[SLOT] = st
             self.state = st
+            if self.uses_gaussians:
+                g, n = self.session.gaussians, self.cfg.occupancy_resolution
+                self.support = gaussian_support(g.means, g.scales, g.rotations, g.opacities, n, st.cfg.aabb_radius).to(st.device)
+                self._support_grid = OccupancyGrid(self.support, st.cfg.aabb_radius)
+                if st.occupancy is None or st.occupancy.resolution != n:
+                    st.occupancy = OccupancyGrid(self.support.clone(), st.cfg.aabb_radius)  # no EMA history: the blob start is not the object
             self.optimizer = make_optimizer(st.field, self.cfg)
             if self._pending_opt is not None:
                 self.optimizer.load_state_dict(self._pending_opt)
@@ -277,11 +287,14 @@ class DistillJob:
         st = self._ensure_state()
         st.field.train()
         cams, target = self._views()
-        occ = st.occupancy if (cfg.occupancy_every and i >= cfg.occupancy_warmup) else None
+        if cfg.occupancy_every and i >= cfg.occupancy_warmup:
+            occ = st.occupancy
+        else:  # before the warm-up only the Gaussians' support is skipped (None: nothing)
+            occ = self._support_grid
         r = distill_step(st.field, self.optimizer, cams, target, cfg, self.generator, occ)
         if cfg.occupancy_every and (i + 1) % cfg.occupancy_every == 0:
             st.occupancy = update_occupancy(st.occupancy, st.field, render_step_size(st.cfg.aabb_radius, cfg.render.n_samples),
-                                            occupancy_config(cfg), torch.Generator().manual_seed(cfg.seed * 7919 + i))
+                                            occupancy_config(cfg), torch.Generator().manual_seed(cfg.seed * 7919 + i), within=self.support)
         if cfg.preview_every and ((i + 1) % cfg.preview_every == 0 or i + 1 == self.total_steps):
             self.preview = self.render_preview()
             self._preview_new = True

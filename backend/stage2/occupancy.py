@@ -75,10 +75,15 @@ def update_occupancy(
     cfg: OccupancyConfig = OccupancyConfig(),
     generator: torch.Generator | None = None,
     chunk: int = 65536,
+    within: Tensor | None = None,
 ) -> OccupancyGrid:
     """One nerfacc-style update: a new :class:`OccupancyGrid` whose ``density`` is
     max(decay·old, max_k σ(x_k)·step_size) and whose ``occ`` is density > min(threshold, mean density).
-    ``grid`` None (or of another resolution) starts from zero, i.e. no history."""
+    ``grid`` None (or of another resolution) starts from zero, i.e. no history.
+
+    ``within`` [R,R,R] bool (e.g. :func:`gaussian_support`) bounds the grid: occ is then the cells above
+    min(threshold, mean density inside ``within``) widened by one cell, inside ``within`` (a surface cell whose few
+    random samples missed the density stays; the bound keeps the widening, the blob start and floaters off the grid)."""
     if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
     r = field.cfg.aabb_radius if isinstance(field, NeRFField) else field.aabb_radius
@@ -100,8 +105,13 @@ def update_occupancy(
     best = best.reshape(n, n, n)
     if grid is not None and grid.density is not None and grid.density.shape == best.shape:
         best = torch.maximum(grid.density.to(dev) * cfg.ema_decay, best)
-    thre = min(cfg.threshold, float(best.mean()))
-    return OccupancyGrid(best > thre, r, best)
+    if within is None:
+        occ = best > min(cfg.threshold, float(best.mean()))
+    else:  # nerfacc's rule among the cells that may be occupied (the blob outside them would raise the mean)
+        within = within.to(dev)
+        thre = min(cfg.threshold, float(best[within].mean())) if bool(within.any()) else cfg.threshold
+        occ = torch.nn.functional.max_pool3d((best > thre).float()[None, None], 3, stride=1, padding=1)[0, 0].bool() & within
+    return OccupancyGrid(occ, r, best)
 
 
 def occupancy_from_field(
@@ -138,3 +148,41 @@ def _density_fn(field):
         return field.density
     return lambda x: field(x).density
 
+
+
+@torch.no_grad()
+def gaussian_support(means: Tensor, scales: Tensor, quats: Tensor, opacities: Tensor, resolution: int, aabb_radius: float,
+                     max_sigmas: float = 3.33) -> Tensor:
+    """The cells [R,R,R] bool over [-r, r]³ where Gaussians can render anything: each Gaussian (means [N,3], scales
+    [N,3], quats [N,4] w-first, opacities [N]) marks the cells that meet the axis-aligned box of its ellipsoid at
+    k standard deviations, where o·exp(−½k²) = 1/255 (the Gaussian rasteriser's cut-off, stage1/render.py), at most
+    ``max_sigmas`` (its 3.33σ bound).
+
+    The Stage II field distilled from these Gaussians needs density only here: distillation intersects its
+    occupancy grid with this (the blob start and floaters outside it are never rendered nor meshed)."""
+    from ..maths.rotations import quat_scale_to_covar
+    from ..stage1.render import ALPHA_MIN
+
+    n = resolution
+    occ = torch.zeros(n, n, n, dtype=torch.bool, device=means.device)
+    k = torch.sqrt(2.0 * torch.log((opacities.float() / ALPHA_MIN).clamp_min(1.0))).clamp_max(max_sigmas)  # [N]
+    live = k > 0
+    if not bool(live.any()):
+        return occ
+    mu, k = means[live].float(), k[live]
+    half = k[:, None] * torch.diagonal(quat_scale_to_covar(quats[live].float(), scales[live].float()), dim1=-2, dim2=-1).clamp_min(0).sqrt()
+    cell = 2 * aabb_radius / n
+    lo = torch.floor((mu - half + aabb_radius) / cell).long()
+    hi = torch.floor((mu + half + aabb_radius) / cell).long()
+    inside = ((hi >= 0) & (lo < n)).all(dim=-1)  # boxes that meet the grid at all
+    lo, hi = lo[inside].clamp(0, n - 1), hi[inside].clamp(0, n - 1)
+    span = hi - lo + 1  # [M,3] cells per axis
+    small = (span <= 4).all(dim=-1)
+    for d in range(64):  # boxes up to 4 cells a side: every offset at once
+        off = torch.tensor([d // 16, (d // 4) % 4, d % 4], device=lo.device)
+        hit = small & (off < span).all(dim=-1)
+        c = lo[hit] + off
+        occ[c[:, 0], c[:, 1], c[:, 2]] = True
+    for a, b in zip(lo[~small].tolist(), hi[~small].tolist()):  # the few larger Gaussians one by one
+        occ[a[0] : b[0] + 1, a[1] : b[1] + 1, a[2] : b[2] + 1] = True
+    return occ
