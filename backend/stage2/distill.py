@@ -9,6 +9,12 @@ grid is updated from the field every ``occupancy_every`` steps as nerfacc does (
 an EMA over updates; occupancy.update_occupancy) and skips empty space while rendering; the renderer marches
 with nerfacc on CUDA and with its torch twin elsewhere (render.render_rays).
 
+When the targets are the session's Gaussians, the grid never leaves the cells they render in
+(occupancy.gaussian_support), from the first step on: the blob the field starts as and any floater outside
+them are never rendered, so neither trained nor meshed. Short budgets (the ``preview`` and ``fast`` presets)
+inflated the mesh without this: the blob's density stayed in the occupancy EMA (0.95 per update fades e^10
+in hundreds of updates) and one cell around the grid was meshed untrained (issue 26, docs/benchmarks.md).
+
 Eq. 7 supervises colour only, which leaves the density soft: a white-ish object on a white background
 or a thick haze both render fine but mesh badly. The Gaussian render also gives alpha and depth for free,
 so two small extra terms (``opacity_weight`` 0.1, ``depth_weight`` 0.03; both 0 is the paper's loss) pull
