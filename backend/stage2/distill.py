@@ -166,7 +166,8 @@ def render_with_orientation(f, rays: Rays, render: RenderConfig, weight: float, 
         return with_n
     rest = render_rays(f, Rays(rays.origins[k:], rays.dirs[k:]), render, occupancy, bg, generator)
     cat = lambda a, b: torch.cat([a, b])  # noqa: E731
-    return NeRFRender(cat(with_n.rgb, rest.rgb), cat(with_n.opacity, rest.opacity), cat(with_n.depth, rest.depth), orientation=with_n.orientation)
+    return NeRFRender(cat(with_n.rgb, rest.rgb), cat(with_n.opacity, rest.opacity), cat(with_n.depth, rest.depth), orientation=with_n.orientation,
+                      median_depth=cat(with_n.median_depth, rest.median_depth))
 
 
 @dataclass
@@ -208,7 +209,8 @@ def distill_step(
         solid = tgt[:, 3] > 0.5
         if bool(solid.any()):
             t_gs = tgt[:, 4] * _z_to_ray_distance(cams, pix)
-            t_nerf = out.depth[:, 0]  # expected ray distance Σ w t / Σ w
+            # where the field's opacity reaches 1/2, the mesh's surface (the expected distance where it never does)
+            t_nerf = torch.where(out.median_depth[:, 0] > 0, out.median_depth[:, 0], out.depth[:, 0])
             loss = loss + cfg.depth_weight * (t_nerf - t_gs)[solid].abs().mean()
     optimizer.zero_grad(set_to_none=True)
     if loss.requires_grad:  # False when no ray crossed an occupied cell: nothing to learn from this batch

@@ -58,7 +58,8 @@ def render_rays(
     if len(outs) == 1:
         weights = outs[0].weights
     cat = lambda k: None if getattr(outs[0], k) is None else torch.cat([getattr(o, k) for o in outs])  # noqa: E731
-    return NeRFRender(*(cat(k) for k in ("rgb", "opacity", "depth")), weights=weights, normals=cat("normals"), orientation=cat("orientation"))
+    return NeRFRender(*(cat(k) for k in ("rgb", "opacity", "depth")), weights=weights, normals=cat("normals"), orientation=cat("orientation"),
+                      median_depth=cat("median_depth"))
 
 
 def render_image(field, cams, cfg: RenderConfig = RenderConfig(), occupancy: OccupancyGrid | None = None, background: Tensor | None = None,
@@ -68,7 +69,8 @@ def render_image(field, cams, cfg: RenderConfig = RenderConfig(), occupancy: Occ
     out = render_rays(field, camera_rays(cams), cfg, occupancy, background, backend=backend)
     shp = (len(cams.viewmats), cams.height, cams.width)
     extra = {} if out.normals is None else {"normals": out.normals.reshape(*shp, 3), "orientation": out.orientation.reshape(*shp)}
-    return NeRFRender(rgb=out.rgb.reshape(*shp, 3), opacity=out.opacity.reshape(*shp, 1), depth=out.depth.reshape(*shp, 1), **extra)
+    return NeRFRender(rgb=out.rgb.reshape(*shp, 3), opacity=out.opacity.reshape(*shp, 1), depth=out.depth.reshape(*shp, 1),
+                      median_depth=None if out.median_depth is None else out.median_depth.reshape(*shp, 1), **extra)
 
 
 # -- the fast path's self-test ----------------------------------------------------------------------

@@ -30,6 +30,7 @@ class NeRFRender:
     weights: Tensor | None = None  # [R,S] (the torch twin; None from nerfacc's packed path)
     normals: Tensor | None = None  # [R,3] Σ w_i n_i (world; 0 on empty rays), with RenderConfig.normals
     orientation: Tensor | None = None  # [R] Σ sg(w_i)·max(0, n_i·d)², DreamFusion's orientation penalty
+    median_depth: Tensor | None = None  # [R,1] ray distance where the opacity reaches 1/2 (0: never), median_distance
 
 
 
@@ -58,9 +59,27 @@ def render_chunk_torch(field, rays: Rays, radius: float, cfg: RenderConfig, occu
         rgb = rgb.index_put((idx,), out.rgb.float())
     # skipped steps have σ = 0: α = 0, so they change neither T nor the sums (the packed form omits them)
     sig = sig.reshape(n_rays, s)
-    w, _, _ = render_weight_from_density(starts, ends, sig)
+    w, trans, alphas = render_weight_from_density(starts, ends, sig)
     normals = None if nrm is None else (nrm.reshape(n_rays, s, 3), rays.dirs[:, None].expand(n_rays, s, 3))
-    return composite(w, rgb.reshape(n_rays, s, 3), termination_distance(starts, ends, sig), bg.to(dev), ray_indices=None, n_rays=n_rays, normals=normals)
+    out = composite(w, rgb.reshape(n_rays, s, 3), termination_distance(starts, ends, sig), bg.to(dev), ray_indices=None, n_rays=n_rays, normals=normals)
+    out.median_depth = median_distance(trans, alphas, starts, sig, None, n_rays)
+    return out
+
+
+def median_distance(trans: Tensor, alphas: Tensor, t_starts: Tensor, sigmas: Tensor, ray_indices, n_rays: int) -> Tensor:
+    """[R,1] where each ray's opacity reaches 1/2, 0 where it never does: in the one step whose transmittance
+    drops across 1/2 (T before ≥ 1/2 > T after; σ constant in it), at t_start + ln(2T)/σ. Differentiable in σ.
+    Inputs per step ([R,S], or packed [N] with ``ray_indices``): transmittance before it, its α, start, σ.
+
+    The mesh's surface is where a ray from outside has gathered 1/2 of opacity (mesh.py), so this, not the
+    expected depth, is the depth that puts the mesh where the Gaussians are: on a soft density the two differ
+    (constant σ from the surface on: the mean is 1/σ in, the median ln2/σ)."""
+    from nerfacc import accumulate_along_rays
+
+    cross = (trans >= 0.5) & (trans * (1.0 - alphas) < 0.5)
+    t = t_starts + torch.log(2.0 * trans.clamp_min(0.5)) / sigmas.clamp_min(1e-12)
+    t = torch.where(cross, t, torch.zeros_like(t))
+    return accumulate_along_rays(cross.to(t.dtype), t[..., None], ray_indices=ray_indices, n_rays=n_rays)
 
 
 def termination_distance(t_starts: Tensor, t_ends: Tensor, sigmas: Tensor) -> Tensor:
@@ -148,5 +167,7 @@ def render_chunk_nerfacc(field, rays: Rays, radius: float, cfg: RenderConfig, oc
         sig, rgb = torch.zeros(0, device=o.device), torch.zeros(0, 3, device=o.device)
         if cfg.normals:
             normals = (torch.zeros(0, 3, device=o.device), torch.zeros(0, 3, device=o.device))
-    w, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sig, ray_indices=ray_indices, n_rays=n_rays)
-    return composite(w, rgb, termination_distance(t_starts, t_ends, sig), bg.to(o.device), ray_indices=ray_indices, n_rays=n_rays, normals=normals)
+    w, trans, alphas = nerfacc.render_weight_from_density(t_starts, t_ends, sig, ray_indices=ray_indices, n_rays=n_rays)
+    out = composite(w, rgb, termination_distance(t_starts, t_ends, sig), bg.to(o.device), ray_indices=ray_indices, n_rays=n_rays, normals=normals)
+    out.median_depth = median_distance(trans, alphas, t_starts, sig, ray_indices, n_rays)
+    return out
