@@ -420,6 +420,7 @@ def _stage2(backend: Backend, out: Path, cfg: DemoConfig, obj, edited: np.ndarra
     timed(
         stages, "mesh", t0, resolution=cfg.mesh_resolution, vertices=int(len(verts)), faces=int(len(faces)),
         chamfer=chamfer_distance(np.asarray(mesh_pts), gt),
+        signed_error=reply.result.get("signed_error"),  # to the Gaussians' surface, > 0 = inflated (stage2/mesh_error.py)
     )
     if texture:
         # The same surface UV-unwrapped with the colour baked into a texture: GLB and OBJ + MTL + PNG.

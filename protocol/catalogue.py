@@ -900,7 +900,9 @@ _STAGE2_OPS: list[OpSpec] = [
         session=True,
         mutates=False,
         result=(("vertices", "V"), ("faces", "F"), ("path", "written file or null"), ("removed_components", "floaters dropped"),
-                ("textured", "true when uvs and texture follow")),
+                ("textured", "true when uvs and texture follow"),
+                ("signed_error", "the vertices' signed distance to the session's Gaussians' surface (mean, p10, p50, p90, "
+                 "mean_abs, vertices; > 0 = outside, i.e. inflated; backend/stage2/mesh_error.py), null without Gaussians")),
         result_buffers=(
             Buffer("vertices", ("float32",), (None, 3), doc="[V,3] positions"),
             Buffer("faces", ("int32",), (None, 3), doc="[F,3] vertex indices"),

@@ -41,7 +41,7 @@ def fastpath_backends(device, self_test: bool = False) -> dict[str, dict]:
     dev = torch.device(device)
     if self_test:
         from ..stage1.render import choose_backend
-        from ..stage2.nerf import choose_volrend
+        from ..stage2.render import choose_volrend
 
         choose_backend(dev)
         choose_volrend(dev)

@@ -23,7 +23,10 @@ from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
 from ..stage2.distill import DistillConfig, DistillJob
 from ..stage2.hashgrid import HashGridConfig
 from ..stage2.mesh import MeshConfig, MeshError, extract_mesh, mesh_file_bytes
-from ..stage2.nerf import NeRFConfig, RenderConfig, occupancy_from_field, render_step_size
+from ..stage2.mesh_error import surface_error
+from ..stage2.nerf import NeRFConfig
+from ..stage2.occupancy import occupancy_from_field
+from ..stage2.rays import RenderConfig, render_step_size
 from ..stage2.parts import PartConfig, RegionError, region_cells
 from ..stage2.refine import RefineConfig, RefineJob
 from ..stage2.state import SLOT, PartInfo
@@ -207,6 +210,7 @@ def extract(req: Request) -> Reply:
         with req.services.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³" + (f", {a['texture_size']}² texture" if a["texture"] else ""), est), s.lock:
             st = _state(req)
             m = extract_mesh(st.refined, cfg, st.occupancy)
+            error = surface_error(m.vertices, m.faces, s.gaussians)  # against the Gaussians' surface (None: no Gaussians)
         main = targets.get("." + fmt)
         data = mesh_file_bytes(m, fmt, os.path.splitext(os.path.basename(main))[0] if main else "mesh")
         if a["return_file"]:
@@ -225,7 +229,7 @@ def extract(req: Request) -> Reply:
     textured = m.texture is not None
     return Reply(
         {"vertices": int(len(m.vertices)), "faces": int(len(m.faces)), "path": path, "removed_components": m.removed_components,
-         "textured": textured},
+         "textured": textured, "signed_error": None if error is None else error.as_dict()},
         # vertices, faces, colours; with a texture: uvs, texture; with return_file: the file's bytes, last
         [m.vertices, m.faces, m.colors] + ([m.uvs, m.texture] if textured else []) + buffers,
     )
@@ -235,7 +239,7 @@ def render(req: Request) -> Reply:
     """The (refined) field from Blender cameras, as ``gaussians.render``: rgb, alpha, depth (camera z),
     normals (world, opacity-weighted; 0 where the ray is empty)."""
     from ..stage1.cameras import cameras_from_blender
-    from ..stage2.nerf import render_image
+    from ..stage2.render import render_image
 
     s, a = req.session, req.args
     c2w = torch.from_numpy(np.array(req.buffers[0], dtype=np.float32))
@@ -262,7 +266,7 @@ def render(req: Request) -> Reply:
     with torch.no_grad():
         out = render_image(st.refined, cams, RenderConfig(n_samples=n, normals=a["normals"]), st.occupancy, bg)
     # ray distance → camera-space z (the Gaussian renderer's depth): z = t·(d·forward)
-    from ..stage2.nerf import camera_rays
+    from ..stage2.rays import camera_rays
 
     d_cam = camera_rays(cams).dirs.reshape(b, h, w, 3)
     fwd = torch.linalg.inv(cams.viewmats.float())[:, :3, 2]  # [B,3] the OpenCV camera's +z in world

@@ -6,8 +6,14 @@ Cameras are drawn from the Stage I orbit distribution; the Gaussian renders are 
 the hash grid trains with lr 0.01 and the MLPs with 1e-3 (Adam), as the official configs. Each step
 renders a random subset of the target pixels (``rays_per_step``; all of them when None). The occupancy
 grid is updated from the field every ``occupancy_every`` steps as nerfacc does (σ·step of the marching step,
-an EMA over updates; nerf.update_occupancy) and skips empty space while rendering; the renderer marches
-with nerfacc on CUDA and with its torch twin elsewhere (nerf.render_rays).
+an EMA over updates; occupancy.update_occupancy) and skips empty space while rendering; the renderer marches
+with nerfacc on CUDA and with its torch twin elsewhere (render.render_rays).
+
+When the targets are the session's Gaussians, the grid never leaves the cells they render in
+(occupancy.gaussian_support), from the first step on: the blob the field starts as and any floater outside
+them are never rendered, so neither trained nor meshed. Short budgets (the ``preview`` and ``fast`` presets)
+inflated the mesh without this: the blob's density stayed in the occupancy EMA (0.95 per update fades e^10
+in hundreds of updates) and one cell around the grid was meshed untrained (issue 26, docs/benchmarks.md).
 
 Eq. 7 supervises colour only, which leaves the density soft: a white-ish object on a white background
 or a thick haze both render fine but mesh badly. The Gaussian render also gives alpha and depth for free,
@@ -20,7 +26,7 @@ held-out PSNR of tests/backend/test_distill.py from 28.6 to 30.4 dB; on tcnn's l
 
 DreamFusion's orientation loss, which the paper's Stage II keeps as a regulariser, is on by default
 (``orientation_weight`` 0.01): Σ_i sg(w_i)·max(0, n_i·d)² per ray with normals n = −∇σ/‖∇σ‖ from the
-density gradient (nerf.density_normals), on ``orientation_rays`` of each step's rays (normals cost ≈ 2.5×).
+density gradient (normals.density_normals), on ``orientation_rays`` of each step's rays (normals cost ≈ 2.5×).
 """
 
 from __future__ import annotations
@@ -36,19 +42,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .nerf import (
-    NeRFField,
-    OccupancyConfig,
-    NeRFRender,
-    OccupancyGrid,
-    Rays,
-    RenderConfig,
-    camera_rays,
-    render_image,
-    render_rays,
-    render_step_size,
-    update_occupancy,
-)
+from .nerf import NeRFField
+from .occupancy import OccupancyConfig, OccupancyGrid, gaussian_support, update_occupancy
+from .rays import Rays, RenderConfig, camera_rays, render_step_size
+from .render import render_image, render_rays
+from .volrend import NeRFRender
 from .preview import MeshPreviewer
 from .state import SLOT, Stage2State
 
@@ -168,7 +166,8 @@ def render_with_orientation(f, rays: Rays, render: RenderConfig, weight: float, 
         return with_n
     rest = render_rays(f, Rays(rays.origins[k:], rays.dirs[k:]), render, occupancy, bg, generator)
     cat = lambda a, b: torch.cat([a, b])  # noqa: E731
-    return NeRFRender(cat(with_n.rgb, rest.rgb), cat(with_n.opacity, rest.opacity), cat(with_n.depth, rest.depth), orientation=with_n.orientation)
+    return NeRFRender(cat(with_n.rgb, rest.rgb), cat(with_n.opacity, rest.opacity), cat(with_n.depth, rest.depth), orientation=with_n.orientation,
+                      median_depth=cat(with_n.median_depth, rest.median_depth))
 
 
 @dataclass
@@ -210,11 +209,13 @@ def distill_step(
         solid = tgt[:, 3] > 0.5
         if bool(solid.any()):
             t_gs = tgt[:, 4] * _z_to_ray_distance(cams, pix)
-            t_nerf = out.depth[:, 0]  # expected ray distance Σ w t / Σ w
+            # where the field's opacity reaches 1/2, the mesh's surface (the expected distance where it never does)
+            t_nerf = torch.where(out.median_depth[:, 0] > 0, out.median_depth[:, 0], out.depth[:, 0])
             loss = loss + cfg.depth_weight * (t_nerf - t_gs)[solid].abs().mean()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if loss.requires_grad:  # False when no ray crossed an occupied cell: nothing to learn from this batch
+        loss.backward()
+        optimizer.step()
     return DistillStepResult(float(loss.detach()), time.perf_counter() - t0)
 
 
@@ -247,12 +248,15 @@ class DistillJob:
         self._pending_opt: dict | None = None
         self.bg = torch.tensor(cfg.background, dtype=torch.float32, device=session.device)
         geometry = cfg.opacity_weight > 0 or cfg.depth_weight > 0
+        self.uses_gaussians = target_fn is None
         self.target_fn = target_fn or (lambda cams: gaussian_targets(session.gaussians, cams, self.bg, geometry))
         self.preview: np.ndarray | None = None
         self._preview_new = False
         self.mesh_preview = MeshPreviewer(cfg.mesh_every, cfg.mesh_resolution)
         self.last_loss: float | None = None
         self._pool = None  # (cameras, targets) when cfg.view_pool > 0; rebuilt deterministically after a resume
+        self.support: Tensor | None = None  # [R,R,R] bool cells the Gaussians render in (targets are the Gaussians)
+        self._support_grid: OccupancyGrid | None = None
 
     def _ensure_state(self):
         if self.state is None:
@@ -261,6 +265,12 @@ class DistillJob:
                 st = Stage2State(self.nerf_cfg, device=self.session.device, backend=self.backend, seed=self.cfg.seed)
                 self.session.extras[SLOT] = st
             self.state = st
+            if self.uses_gaussians:
+                g, n = self.session.gaussians, self.cfg.occupancy_resolution
+                self.support = gaussian_support(g.means, g.scales, g.rotations, g.opacities, n, st.cfg.aabb_radius).to(st.device)
+                self._support_grid = OccupancyGrid(self.support, st.cfg.aabb_radius)
+                if st.occupancy is None or st.occupancy.resolution != n:
+                    st.occupancy = OccupancyGrid(self.support.clone(), st.cfg.aabb_radius)  # no EMA history: the blob start is not the object
             self.optimizer = make_optimizer(st.field, self.cfg)
             if self._pending_opt is not None:
                 self.optimizer.load_state_dict(self._pending_opt)
@@ -285,11 +295,14 @@ class DistillJob:
         st = self._ensure_state()
         st.field.train()
         cams, target = self._views()
-        occ = st.occupancy if (cfg.occupancy_every and i >= cfg.occupancy_warmup) else None
+        if cfg.occupancy_every and i >= cfg.occupancy_warmup:
+            occ = st.occupancy
+        else:  # before the warm-up only the Gaussians' support is skipped (None: nothing)
+            occ = self._support_grid
         r = distill_step(st.field, self.optimizer, cams, target, cfg, self.generator, occ)
         if cfg.occupancy_every and (i + 1) % cfg.occupancy_every == 0:
             st.occupancy = update_occupancy(st.occupancy, st.field, render_step_size(st.cfg.aabb_radius, cfg.render.n_samples),
-                                            occupancy_config(cfg), torch.Generator().manual_seed(cfg.seed * 7919 + i))
+                                            occupancy_config(cfg), torch.Generator().manual_seed(cfg.seed * 7919 + i), within=self.support)
         if cfg.preview_every and ((i + 1) % cfg.preview_every == 0 or i + 1 == self.total_steps):
             self.preview = self.render_preview()
             self._preview_new = True

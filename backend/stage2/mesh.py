@@ -105,16 +105,16 @@ def texture_mesh(mesh: MeshResult, colour, size: int = 1024, padding: int = 4) -
 def density_grid(field, resolution: int, chunk: int = 1 << 18, occupancy=None) -> np.ndarray:
     """σ at the (resolution)³ grid points spanning [-r, r]³ (inclusive), float32 [R,R,R] indexed [x,y,z].
 
-    With ``occupancy`` (the renderer's grid, backend/stage2/nerf.py) the field is queried only in occupied
-    cells and their 26 neighbours (σ = 0 elsewhere): the empty-space skipping the volume renderer does, widened
-    by one cell so no iso-surface can sit on the border of a skipped cell (nerfacc's sampled grid may miss a
-    thin cap of an occupied cell)."""
+    With ``occupancy`` (the renderer's grid, backend/stage2/occupancy.py) the field is queried only in occupied
+    cells (σ = 0 elsewhere): the empty-space skipping the volume renderer does, so the mesh is the surface the
+    renderer shows. (Skipped cells are never trained: their density is the blob start or noise, which a
+    one-cell widening here used to put into the mesh; distillation's grid widens itself inside the Gaussians'
+    support instead, occupancy.update_occupancy.)"""
     r = field.cfg.aabb_radius if hasattr(field, "cfg") else field.aabb_radius
     dev = field.device
     near = None
     if occupancy is not None:
-        occ = occupancy.occ.to(dev).float()[None, None]
-        near = torch.nn.functional.max_pool3d(occ, 3, stride=1, padding=1)[0, 0] > 0
+        near = occupancy.occ.to(dev)
         cells = near.shape[0]
     t = torch.linspace(-r, r, resolution, device=dev)
     out = np.empty(resolution**3, np.float32)

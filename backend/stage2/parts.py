@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from .hashgrid import HashGrid, HashGridConfig
-from .nerf import FieldOutput, NeRFConfig, NeRFField, OccupancyGrid, trunc_exp
+from .nerf import FieldOutput, NeRFConfig, NeRFField, trunc_exp
+from .occupancy import OccupancyGrid
 
 
 class RegionError(ValueError):

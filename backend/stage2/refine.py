@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from .distill import ORIENTATION_WEIGHT, gaussian_targets, render_with_orientation
-from .nerf import OccupancyGrid, Rays, RenderConfig, camera_rays
+from .occupancy import OccupancyGrid
+from .rays import Rays, RenderConfig, camera_rays
 from .parts import RefinedField
 from .preview import MeshPreviewer
 from .state import SLOT
@@ -48,6 +49,14 @@ class RefineConfig:
             raise ValueError(f"fixed_t must be in (0, 1), got {self.fixed_t}")
 
 
+def parts_region(field: RefinedField, names: list[str]) -> tuple[Tensor, float]:
+    """The sphere that zoom-in cameras look at for the parts ``names``: the centre [3] of the box around their
+    boxes (O_part's bounding boxes) and half its diagonal."""
+    lo = torch.stack([field.parts[n].box_lo for n in names]).min(0).values
+    hi = torch.stack([field.parts[n].box_hi for n in names]).max(0).values
+    return 0.5 * (lo + hi), float(0.5 * (hi - lo).norm())
+
+
 class Refiner:
     """Optimises the chosen parts of a :class:`RefinedField` (a Job body: one :meth:`step` per call).
 
@@ -71,6 +80,7 @@ class Refiner:
             raise ValueError("refinement with guidance needs a prompt")
         self.field, self.part_names, self.cfg = field, list(parts), cfg
         self.guidance, self.occupancy = guidance, occupancy
+        self.region = parts_region(field, self.part_names)  # where the zoom-in cameras look
         self.generator = torch.Generator().manual_seed(cfg.seed)
         groups = []
         for name in parts:
@@ -84,13 +94,8 @@ class Refiner:
             if (len(cams.viewmats), cams.height, cams.width) != (b, h, w):
                 raise ValueError(f"targets: rgb {tuple(rgb.shape)} does not match {len(cams.viewmats)} cameras of {cams.width}x{cams.height}")
             rays = camera_rays(cams)
-            # train only on rays that can see a trained part (the others cannot change: Eq. 9's indicator)
+            # every target ray is kept; one that misses the trained parts gives them no gradient (Eq. 9's indicator)
             self.targets = (rays, rgb.reshape(-1, 3).to(field.device))
-
-    def _region(self) -> tuple[Tensor, float]:
-        lo = torch.stack([self.field.parts[n].box_lo for n in self.part_names]).min(0).values
-        hi = torch.stack([self.field.parts[n].box_hi for n in self.part_names]).max(0).values
-        return 0.5 * (lo + hi), float(0.5 * (hi - lo).norm())
 
     def step(self, i: int) -> dict[str, float]:
         cfg = self.cfg
@@ -113,10 +118,10 @@ class Refiner:
     def _sds_loss(self, i: int) -> Tensor:  # Eq. 8 with zoom-in cameras and the user's t
         from ..stage1.cameras import zoom_in_cameras
         from ..stage1.guidance import PromptSpec
-        from .nerf import render_image
+        from .render import render_image
 
         cfg = self.cfg
-        center, radius = self._region()
+        center, radius = self.region
         sample = zoom_in_cameras(center.cpu(), radius, cfg.sds_batch, cfg.sds_size, cfg.sds_size, self.generator, outward=center.cpu())
         cams = sample.cameras.to(self.field.device)
         orient = cfg.orientation_weight > 0
@@ -168,11 +173,10 @@ class RefineJob:
             self.guidance = self.load_guidance()
         targets = None
         if self.guidance is None:
-            lo = torch.stack([st.refined.parts[n].box_lo for n in self.parts]).min(0).values.cpu()
-            hi = torch.stack([st.refined.parts[n].box_hi for n in self.parts]).max(0).values.cpu()
+            mid, radius = parts_region(st.refined, self.parts)
+            mid = mid.cpu()
             gen = torch.Generator().manual_seed(self.cfg.seed + 7)
-            mid = 0.5 * (lo + hi)
-            cams = zoom_in_cameras(mid, float(0.5 * (hi - lo).norm()), self.views, self.resolution, self.resolution, gen, outward=mid).cameras
+            cams = zoom_in_cameras(mid, radius, self.views, self.resolution, self.resolution, gen, outward=mid).cameras
             cams = cams.to(st.device)
             targets = (cams, gaussian_targets(self.session.gaussians, cams, self.bg.to(st.device)))
         r = Refiner(st.refined, self.parts, self.cfg, targets=targets, guidance=self.guidance, occupancy=st.occupancy)

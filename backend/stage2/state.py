@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from .hashgrid import HashGridConfig, loadable_backend
-from .nerf import NeRFConfig, NeRFField, OccupancyGrid
+from .nerf import NeRFConfig, NeRFField
+from .occupancy import OccupancyGrid
 from .parts import PartConfig, RefinedField
 
 SLOT = "stage2"

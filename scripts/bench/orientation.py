@@ -18,7 +18,9 @@ from interactive3d.backend.stage1.render import render
 from interactive3d.backend.stage2.distill import DistillConfig, DistillJob
 from interactive3d.backend.stage2.hashgrid import HashGridConfig
 from interactive3d.backend.stage2.mesh import MeshConfig, extract_mesh
-from interactive3d.backend.stage2.nerf import NeRFConfig, RenderConfig, render_image
+from interactive3d.backend.stage2.nerf import NeRFConfig
+from interactive3d.backend.stage2.rays import RenderConfig
+from interactive3d.backend.stage2.render import render_image
 from interactive3d.backend.stage2.state import SLOT
 from shapes import BareSession, chamfer, surface, surfel_sample  # scripts/bench/shapes.py
 

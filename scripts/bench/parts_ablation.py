@@ -27,17 +27,10 @@ from dataclasses import dataclass
 import torch
 from interactive3d.backend.stage1.cameras import zoom_in_cameras
 from interactive3d.backend.stage2.hashgrid import HashGridConfig
-from interactive3d.backend.stage2.nerf import (
-    FieldOutput,
-    NeRFConfig,
-    NeRFField,
-    Rays,
-    RenderConfig,
-    camera_rays,
-    occupancy_from_field,
-    render_image,
-    render_rays,
-)
+from interactive3d.backend.stage2.nerf import FieldOutput, NeRFConfig, NeRFField
+from interactive3d.backend.stage2.occupancy import occupancy_from_field
+from interactive3d.backend.stage2.rays import Rays, RenderConfig, camera_rays
+from interactive3d.backend.stage2.render import render_image, render_rays
 from interactive3d.backend.stage2.parts import PartConfig, RefinedField, region_cells
 from interactive3d.backend.stage2.refine import RefineConfig, Refiner
 
@@ -97,8 +90,18 @@ VARIANTS = ("finetune_base", "shared_table", "part_specific")
 
 
 def run(cfg: AblationConfig = AblationConfig(), log=print, variants=VARIANTS) -> dict:
-    """The three variants; returns {variant: {"psnr_in", "psnr_out", "outside_identical", "seconds"}} and
-    "before" (the untouched base)."""
+    """The three variants; returns {variant: {"psnr_in", "psnr_out", "parameters", "outside_identical", "seconds"}}
+    and "before" (the untouched base). Runs on one torch thread: a thread count changes the order of float sums,
+    which a hundred training steps amplify to tenths of a dB."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(cfg, log, variants)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: AblationConfig, log, variants) -> dict:
     base = NeRFField(cfg.base, backend="torch", seed=cfg.seed)
     for p in base.parameters():
         p.requires_grad_(True)
@@ -127,7 +130,9 @@ def run(cfg: AblationConfig = AblationConfig(), log=print, variants=VARIANTS) ->
         seconds = time.perf_counter() - t0
         with torch.no_grad():
             after = render_image(field, held, rcfg, occ).rgb
-        entry = {"psnr_in": _psnr(after, held_target, inside), "psnr_out": _psnr(after, held_target, ~inside), "seconds": seconds}
+        trained = base if variant == "finetune_base" else field.parts["part"]
+        entry = {"psnr_in": _psnr(after, held_target, inside), "psnr_out": _psnr(after, held_target, ~inside), "seconds": seconds,
+                 "parameters": sum(p.numel() for p in trained.parameters())}
         if variant == "part_specific":
             part = field.parts["part"]
             out_pts = probe[~part.contains(probe)]
@@ -142,7 +147,7 @@ def run(cfg: AblationConfig = AblationConfig(), log=print, variants=VARIANTS) ->
             entry["blind_max_diff"] = float((after[blind] - held_before[blind]).abs().max()) if bool(blind.any()) else 0.0
             entry["base_identical"] = all(torch.equal(v, base_state[k]) for k, v in base.state_dict().items())
         results[variant] = entry
-        log(f"{variant:14s} PSNR inside {entry['psnr_in']:6.2f} dB  outside {entry['psnr_out']:6.2f} dB  {seconds:6.1f} s"
+        log(f"{variant:14s} PSNR inside {entry['psnr_in']:6.2f} dB  outside {entry['psnr_out']:6.2f} dB  {entry['parameters']:7d} trained parameters  {seconds:6.1f} s"
             + (f"  field outside O_part bit-identical: {entry['outside_identical']}, base bit-identical: {entry['base_identical']}, "
                f"max |Δ| on {entry['blind_pixels']} pixels that never see O_part: {entry['blind_max_diff']:.1e}" if "outside_identical" in entry else ""))
     return results
@@ -196,6 +201,28 @@ def _sees(part, cams):
     return hit.reshape(len(cams), cams.height, cams.width)
 
 
+def sweep(cfg: AblationConfig, seeds: list[int], periods: list[tuple[float, float]], variants=VARIANTS, log=print) -> dict:
+    """:func:`run` at every seed × (coarse, fine) stripe period pair; prints each run's region PSNRs and, per
+    variant, the mean, min and max, and how often each ordering held. Returns {(seed, periods): results}."""
+    runs = {}
+    for seed in seeds:
+        for pc, pf in periods:
+            res = run(dataclasses.replace(cfg, seed=seed, period=pc, fine_period=pf), log=lambda *_: None, variants=variants)
+            runs[(seed, (pc, pf))] = res
+            log(f"seed {seed} periods {pc}/{pf}: base {res['before']['psnr_in']:.2f}  "
+                + "  ".join(f"{v} {res[v]['psnr_in']:.2f} ({res[v]['parameters']} params)" for v in variants), flush=True)
+    for v in ("before",) + tuple(variants):
+        x = torch.tensor([r[v]["psnr_in"] for r in runs.values()])
+        log(f"{v:14s} region PSNR mean {float(x.mean()):.2f} dB, min {float(x.min()):.2f}, max {float(x.max()):.2f} over {len(x)} runs")
+    for lo, hi in zip(("before",) + tuple(variants), tuple(variants)):
+        held = sum(r[lo]["psnr_in"] < r[hi]["psnr_in"] for r in runs.values())
+        log(f"{lo} < {hi}: {held}/{len(runs)} runs")
+    if "finetune_base" in variants and "part_specific" in variants:
+        held = sum(r["finetune_base"]["psnr_in"] < r["part_specific"]["psnr_in"] for r in runs.values())
+        log(f"finetune_base < part_specific: {held}/{len(runs)} runs")
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=150)
@@ -204,9 +231,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr-grid", type=float, default=AblationConfig.lr_grid)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    ap.add_argument("--part-log2-table", type=int, default=AblationConfig.part.log2_table_size,
+                    help="log2 entries per part table (12: about the base's own rows, an equal parameter budget)")
+    ap.add_argument("--sweep", action="store_true", help="every seed of --seeds × every stripe period pair of --periods; prints the spread")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--periods", type=float, nargs="+", default=[0.1, 0.05, 0.12, 0.06, 0.08, 0.04], help="coarse fine [coarse fine …]")
     a = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = dataclasses.replace(AblationConfig(), steps=a.steps, size=a.size, rays=a.rays, seed=a.seed, lr_grid=a.lr_grid)
+    cfg = dataclasses.replace(AblationConfig(), steps=a.steps, size=a.size, rays=a.rays, seed=a.seed, lr_grid=a.lr_grid,
+                              part=dataclasses.replace(AblationConfig.part, log2_table_size=a.part_log2_table))
+    if a.sweep:
+        sweep(cfg, a.seeds, list(zip(a.periods[::2], a.periods[1::2])), tuple(a.variants))
+        return
     print(f"steps {cfg.steps}, {cfg.rays} rays × {cfg.n_samples} samples, {cfg.views} zoom-in views of {cfg.size}², stripe periods {cfg.period} and {cfg.fine_period}")
     print(f"base finest {cfg.base.grid.resolutions()[-1]} cells over 2 units; part tables {cfg.part.n_levels}×{cfg.part.n_features}×2^{cfg.part.log2_table_size}, "
           f"finest {cfg.part.finest_resolution} cells across their box")

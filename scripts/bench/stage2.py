@@ -33,7 +33,8 @@ from interactive3d.backend.stage2.hashgrid import (
     _triton_available,
 )
 from interactive3d.backend.stage2.mesh import density_grid, optical_depth_from_outside
-from interactive3d.backend.stage2.nerf import NeRFConfig, NeRFField, RenderConfig
+from interactive3d.backend.stage2.nerf import NeRFConfig, NeRFField
+from interactive3d.backend.stage2.rays import RenderConfig
 
 def _sync(dev):
     if dev.type == "cuda":
@@ -149,7 +150,9 @@ def bench_distill_marching(steps: int, nerf_cfg: NeRFConfig, label: str, n_sampl
     passes; else the torch twin, and the line says which), the official step (n_samples per diagonal) and
     empty-space skipping with the 32³ occupancy grid of the field (the init blob)."""
     from interactive3d.backend.stage1.cameras import OrbitConfig, sample_orbit
-    from interactive3d.backend.stage2.nerf import _march, camera_rays, choose_volrend, occupancy_from_field, render_step_size
+    from interactive3d.backend.stage2.occupancy import occupancy_from_field
+    from interactive3d.backend.stage2.rays import camera_rays, march, render_step_size
+    from interactive3d.backend.stage2.render import choose_volrend
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     f = NeRFField(nerf_cfg, backend="auto", device=dev)
@@ -161,7 +164,7 @@ def bench_distill_marching(steps: int, nerf_cfg: NeRFConfig, label: str, n_sampl
     target = torch.rand(1, 64, 64, 3, device=dev)
     volrend = choose_volrend(dev)
     t = _time(lambda: distill_step(f, opt, cams, target, cfg, gen, occ), dev, steps)
-    _, _, keep = _march(camera_rays(cams), nerf_cfg.aabb_radius, cfg.render, occ, None)
+    _, _, keep = march(camera_rays(cams), nerf_cfg.aabb_radius, cfg.render, occ, None)
     print(f"distill step ({label}, {dev.type}, volrend={volrend}, {rays} rays, {n_samples} steps per diagonal, "
           f"32³ occupancy: {float(keep.sum(-1).float().mean()):.1f} samples per ray kept): {1e3 * t:8.1f} ms", flush=True)
 

@@ -15,12 +15,9 @@ from interactive3d.backend.stage2.distill import (
     make_optimizer,
 )
 from interactive3d.backend.stage2.hashgrid import HashGridConfig
-from interactive3d.backend.stage2.nerf import (
-    NeRFConfig,
-    NeRFField,
-    RenderConfig,
-    render_image,
-)
+from interactive3d.backend.stage2.nerf import NeRFConfig, NeRFField
+from interactive3d.backend.stage2.rays import RenderConfig
+from interactive3d.backend.stage2.render import render_image
 from interactive3d.backend.stage2.state import SLOT, Stage2State
 
 # test field: 8 levels × 2 features × 2^14 (base 16, ×1.447), MLPs of width 32
@@ -117,7 +114,7 @@ def test_density_gradient_normals_match_finite_differences():
     outward on the blob-initialised field (mean n·x̂ > 0.99); the finite-difference method (for CUDA
     hash-grid kernels) gives the same normals and passes gradients to the tables; an unknown method is a
     ValueError."""
-    from interactive3d.backend.stage2.nerf import density_normals
+    from interactive3d.backend.stage2.normals import density_normals
 
     f = NeRFField(NeRFConfig(grid=HashGridConfig(n_levels=4, log2_table_size=12, base_resolution=8), hidden=16), backend="torch")
     x = torch.randn(300, 3, generator=torch.Generator().manual_seed(0)) * 0.3

@@ -216,7 +216,7 @@ def test_mesh_of_a_distilled_sphere_sample(tmp_path, geometry):
     the vertex colours (linear COLOR_0; back in sRGB, red follows x: correlation > 0.9)."""
     import trimesh
     from interactive3d.backend.stage2.distill import DistillConfig, DistillJob
-    from interactive3d.backend.stage2.nerf import RenderConfig
+    from interactive3d.backend.stage2.rays import RenderConfig
     from interactive3d.backend.stage2.state import SLOT
 
     s = BareSession(surfel_sample("sphere"))

@@ -1,21 +1,14 @@
-"""Stage II field and volume rendering (backend/stage2/nerf.py)."""
+"""Stage II field and volume rendering (backend/stage2/nerf.py, render.py)."""
 
 import math
 
 import pytest
 import torch
 from interactive3d.backend.stage2.hashgrid import HashGridConfig
-from interactive3d.backend.stage2.nerf import (
-    NeRFConfig,
-    NeRFField,
-    RenderConfig,
-    camera_rays,
-    occupancy_from_field,
-    render_image,
-    render_rays,
-    render_step_size,
-    weights_from_density,
-)
+from interactive3d.backend.stage2.nerf import NeRFConfig, NeRFField
+from interactive3d.backend.stage2.occupancy import occupancy_from_field
+from interactive3d.backend.stage2.rays import RenderConfig, camera_rays, render_step_size
+from interactive3d.backend.stage2.render import render_image, render_rays
 
 TINY = NeRFConfig(grid=HashGridConfig(n_levels=4, n_features=2, log2_table_size=12, base_resolution=8, per_level_scale=1.5), hidden=32)
 
@@ -42,19 +35,6 @@ def test_camera_rays_opencv_convention():
     assert torch.allclose(rays.origins[0], torch.tensor([2.0, 0.0, 0.0]))
     assert torch.allclose(rays.dirs[0], torch.tensor([-1.0, 0.0, 0.0]), atol=1e-6)
     assert rays.dirs[1, 1] > 0.3 and rays.dirs[2, 2] > 0.2
-
-
-def test_weights_match_nerfacc():
-    """Dense weights and transmittance equal nerfacc.render_weight_from_density (its dense torch path on
-    CPU) to 1e-6 on random densities."""
-    nerfacc = pytest.importorskip("nerfacc")
-    g = torch.Generator().manual_seed(0)
-    sig = torch.rand(64, 32, generator=g) * 20
-    t = torch.sort(torch.rand(64, 33, generator=g), dim=-1).values
-    w, trans = weights_from_density(sig, t[:, 1:] - t[:, :-1])
-    w_ref, trans_ref, _ = nerfacc.render_weight_from_density(t[:, :-1], t[:, 1:], sig)
-    assert torch.allclose(w, w_ref, atol=1e-6)
-    assert torch.allclose(trans, trans_ref, atol=1e-6)
 
 
 def test_blob_density_bias_and_occupancy():

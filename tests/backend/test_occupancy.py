@@ -1,11 +1,13 @@
-"""The occupancy grid of a distilled known shape hugs its surface (backend/stage2/nerf.py update_occupancy,
+"""The occupancy grid of a distilled known shape hugs its surface (backend/stage2/occupancy.py update_occupancy,
 nerfacc's rule: σ·step against 0.01, an EMA over updates, the max over several samples per cell)."""
 
 import pytest
 import torch
 from interactive3d.backend.stage2.distill import DistillConfig, DistillJob
 from interactive3d.backend.stage2.hashgrid import HashGridConfig
-from interactive3d.backend.stage2.nerf import NeRFConfig, OccupancyGrid, RenderConfig, occupancy_from_field, render_step_size
+from interactive3d.backend.stage2.nerf import NeRFConfig
+from interactive3d.backend.stage2.occupancy import OccupancyGrid, occupancy_from_field
+from interactive3d.backend.stage2.rays import RenderConfig, render_step_size
 from interactive3d.backend.stage2.state import SLOT
 from test_mesh import _surfel_sphere
 

@@ -158,6 +158,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert st["edited"]["chamfer"] < 0.06
     assert st["distill"]["psnr"] >= 20.0
     assert st["mesh"]["chamfer"] < 0.06 and st["mesh"]["faces"] > 1000
+    assert st["mesh"]["signed_error"]["vertices"] > 0 and np.isfinite(st["mesh"]["signed_error"]["mean"])  # issue 26
 
     splats = ply.read_ply(out / "splats.ply")
     assert splats.n == st["edited"]["count"]
