@@ -11,22 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from _venvs import NUMPY2, overlay_venv
 
 ROOT = Path(__file__).resolve().parents[2]
-NUMPY2 = "numpy==2.2.6"  # a numpy 2 with cp311 wheels; the one GPU images ship is newer, the resolution is the same
 
 
 @pytest.fixture(scope="module")
 def numpy2_env(tmp_path_factory):
     """A venv with numpy 2.2.6 of its own, seeing this venv's packages (torch, diffusers, …) after its own."""
-    venv = tmp_path_factory.mktemp("numpy2") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-    py = venv / "bin" / "python"
-    site = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True).stdout.strip())
-    # every site-packages this interpreter sees (a worktree venv sees the main one through its own .pth line)
-    (site / "_outer.pth").write_text("".join(f"{d}\n" for d in sys.path if d.endswith("site-packages")))
-    # pip runs from this venv (it acts on the interpreter --python names); numpy 2 lands in the new venv only
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", NUMPY2], check=True, timeout=600)
+    py = overlay_venv(tmp_path_factory.mktemp("numpy2") / "venv")
     got = subprocess.run([str(py), "-c", "import numpy, torch; print(numpy.__version__, torch.__version__)"], capture_output=True, text=True, timeout=300)
     assert got.returncode == 0, got.stderr
     numpy_v, torch_v = got.stdout.split()
