@@ -7,8 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V="${1:?usage: ci_python.sh 3.12|3.13}"
-PY=$(command -v "python$V" 2>/dev/null || ls -d "$HOME"/.pyenv/versions/"$V".*/bin/python 2>/dev/null | sort -V | tail -1 || true)
-if [ -z "$PY" ] || [ ! -x "$PY" ]; then echo "ci_python: no Python $V on PATH or in ~/.pyenv/versions" >&2; exit 1; fi
+PY=""
+for cand in $(ls -d "$HOME"/.pyenv/versions/"$V".*/bin/python 2>/dev/null | sort -V -r) "$(command -v "python$V" 2>/dev/null)"; do
+    # a pyenv shim exists even where that version is not selected: take the first that really runs it
+    if [ -n "$cand" ] && "$cand" -c "import sys; sys.exit(0 if sys.version.startswith('$V.') else 1)" 2>/dev/null; then PY="$cand"; break; fi
+done
+if [ -z "$PY" ]; then echo "ci_python: no Python $V in ~/.pyenv/versions or on PATH" >&2; exit 1; fi
 VENV=".venv/py$V"
 t0=$SECONDS
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
