@@ -4,7 +4,8 @@
 # torch: any release from 2.10 to 2.14 (README, "Supported torch and Triton"). A torch already in .venv in
 # that range is kept; I3D_TORCH=X.Y.Z asks for one. Otherwise: with an NVIDIA driver the newest CUDA build
 # from PyPI; without one the CPU build, installed FIRST so that no dependency pulls gigabytes of CUDA wheels
-# (PyTorch's CPU index when it is reachable, else a CPU wheel the machine carries in pip's find-links).
+# (PyTorch's CPU index when it is reachable, else a CPU wheel the machine carries in pip's find-links, else
+# PyPI's build).
 # Triton: a CUDA torch brings its own. A CPU torch brings none, so the Triton its CUDA twin pins is added
 # (--no-deps) for the in-process kernel tests, and the other supported Tritons go to .venv/triton-layers/<v>
 # (pip --target, no dependencies): tests/backend/test_hashgrid_triton.py compiles and interprets the kernels
@@ -35,8 +36,12 @@ elif command -v nvidia-smi >/dev/null 2>&1; then
     $PIP install "$TORCH_RANGE"
 elif curl -sfI --max-time 5 "$CPU_INDEX/torch/" >/dev/null 2>&1; then
     $PIP install --index-url "$CPU_INDEX" "$TORCH_RANGE"
+elif $PIP install --no-index --no-deps "$TORCH_RANGE" 2>/dev/null; then
+    # a CPU wheel from find-links (its dependencies come from the index: installed torch satisfies the range,
+    # so pip only adds what it needs)
+    $PIP install "torch==$(.venv/bin/python -c 'import torch; print(torch.__version__)')"
 else
-    $PIP install --no-index "$TORCH_RANGE" || $PIP install "$TORCH_RANGE"
+    $PIP install "$TORCH_RANGE"   # PyPI's CUDA build: runs on CPU too, gigabytes larger
 fi
 $PIP install -e ".[test]"
 # the Triton a CUDA build of this torch would bring (a CPU build brings none)
