@@ -39,7 +39,7 @@ elif curl -sfI --max-time 5 "$CPU_INDEX/torch/" >/dev/null 2>&1; then
 elif $PIP install --no-index --no-deps "$TORCH_RANGE" 2>/dev/null; then
     # a CPU wheel from find-links (its dependencies come from the index: installed torch satisfies the range,
     # so pip only adds what it needs)
-    $PIP install "torch==$(.venv/bin/python -c 'import torch; print(torch.__version__)')"
+    $PIP install "torch==$(.venv/bin/python -c 'from importlib.metadata import version; print(version("torch"))')"
 else
     $PIP install "$TORCH_RANGE"   # PyPI's CUDA build: runs on CPU too, gigabytes larger
 fi
