@@ -4,6 +4,7 @@
 # Builds .venv/py<version> (idempotent): torch 2.10-2.14 (PyTorch's CPU index when reachable, else PyPI's
 # CUDA build, which runs on CPU too), numpy >= 2, then this checkout with the texture extra and the test tools
 # in pip's ordinary resolution, which must keep both. Python comes from PATH or pyenv (~/.pyenv/versions).
+# On 3.12 (the GPU images' Python) also the GPU acceptance dry run, from a kit built for cp312.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V="${1:?usage: ci_python.sh 3.12|3.13}"
@@ -31,3 +32,6 @@ print(f'ci_python: Python {sys.version.split()[0]}, numpy {numpy.__version__}, t
 sys.exit(0 if int(numpy.__version__.split('.')[0]) >= 2 else 'numpy was downgraded below 2')"
 echo "ci_python: $VENV ready in $((SECONDS - t0)) s"
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider -m "not slow" tests/protocol tests/backend
+if [ "$V" = 3.12 ]; then  # the GPU images' Python: the acceptance dry run from a kit built for cp312
+    "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/scripts/test_gpu_acceptance.py
+fi
