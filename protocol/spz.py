@@ -28,7 +28,6 @@ opacity 1/255, colour f_dc to 1/(0.15·255) ≈ 0.026, quaternions ≈ 1/1447 pe
 
 from __future__ import annotations
 
-import gzip
 import os
 import struct
 import zlib
@@ -242,7 +241,10 @@ def spz_bytes(data: SplatData, fractional_bits: int = 12, sh1_bits: int = 5, sh_
     sh_q = np.concatenate([_quantise_sh(sh[:, :9], sh1_bits), _quantise_sh(sh[:, 9:], sh_rest_bits)], axis=1) if m else np.zeros((n, 0), np.uint8)
     header = struct.pack("<IIIBBBB", MAGIC, 3, n, degree, fractional_bits, 0, 0)
     body = b"".join([header, pos.tobytes(), alpha.tobytes(), color.tobytes(), scale.tobytes(), rot.tobytes(), sh_q.tobytes()])
-    return gzip.compress(body, compresslevel=6, mtime=0)  # mtime 0: the same Gaussians give the same bytes
+    # zlib's own gzip container (mtime 0, OS byte 3) as Niantic's encoder writes it: the same Gaussians give the
+    # same bytes on every Python (3.13's gzip.compress writes OS byte 255)
+    z = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return z.compress(body) + z.flush()
 
 
 def write_spz(path: str | os.PathLike, data: SplatData, **options) -> None:

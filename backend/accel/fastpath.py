@@ -5,7 +5,9 @@ volume rendering) has a pure-torch twin. The first time a component would use it
 :meth:`FastPaths.choose` runs a tiny self-test of that path (which compares it with the twin and raises on
 any failure: no nvcc for gsplat's JIT, a compile error, a numeric mismatch). On success the fast path is
 used from then on; on failure one warning is logged and the twin runs on the same device. The outcome is
-remembered per (component, device) and reported by ``ping`` and at ``i3d serve`` start-up.
+remembered per (component, device) and reported by ``ping`` and at ``i3d serve`` start-up. Devices are
+keyed by :func:`canonical_device`, so ``cuda`` (what ``--device auto`` resolves to) and ``cuda:0`` (a
+tensor's device) are one record.
 
 The record is process-wide (:data:`FASTPATHS`) on purpose: a self-test result is a fact about this process
 and its device (a kernel compiled, a library loaded), not about a session, and every caller deep in the
@@ -30,6 +32,16 @@ def triton_interpreted() -> bool:
     """True when the Triton interpreter is requested (``TRITON_INTERPRET``): kernels then run on CPU tensors,
     slowly. Triton reads the variable when a module's kernels are decorated, i.e. when that module is imported."""
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def canonical_device(device: torch.device | str) -> str:
+    """The one name a device's fast-path record is kept under: "cuda" becomes "cuda:N" (the current CUDA
+    device, 0 where CUDA is not initialised or absent), everything else is ``str(torch.device(device))``."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        return f"cuda:{index}"
+    return str(device)
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,7 @@ class FastPaths:
         The self-test runs at most once per (component, device) in this record; it must raise on any
         failure (an exception of any type, including a numeric mismatch as an AssertionError/ValueError).
         """
-        key = (component, str(torch.device(device)))
+        key = (component, canonical_device(device))
         with self._lock:  # one self-test per key even when two jobs start together
             got = self._choices.get(key)
             if got is None:
@@ -75,14 +87,14 @@ class FastPaths:
 
     def record(self, component: str, device: torch.device | str, backend: str, reason: str = "") -> None:
         """Note a choice made without a self-test (e.g. CPU, or the fast path's library is not installed)."""
-        key = (component, str(torch.device(device)))
+        key = (component, canonical_device(device))
         with self._lock:
             if key not in self._choices:
                 self._choices[key] = Choice(component, key[1], backend, backend, True, reason)
 
     def get(self, component: str, device: torch.device | str) -> Choice | None:
         with self._lock:
-            return self._choices.get((component, str(torch.device(device))))
+            return self._choices.get((component, canonical_device(device)))
 
     def report(self) -> dict[str, dict[str, str]]:
         """{component: {device: backend}} plus the reason of each fallback, for ``ping`` and logs."""

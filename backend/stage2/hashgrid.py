@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..accel.fastpath import FASTPATHS, triton_interpreted
+from ..accel.fastpath import FASTPATHS, canonical_device, triton_interpreted
 
 logger = logging.getLogger(__name__)
 
@@ -147,13 +147,6 @@ def _fast_device_ok(fast: str, device: torch.device) -> bool:
     return fast == "triton" and device.type == "cpu" and triton_interpreted()
 
 
-def _canonical(device: torch.device | str) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def resolve_backend(backend: str, device: torch.device | str, cfg: HashGridConfig | None = None) -> str:
     """The backend a hash grid of ``cfg`` uses on ``device``: validated, and for triton/tcnn self-tested.
 
@@ -163,7 +156,7 @@ def resolve_backend(backend: str, device: torch.device | str, cfg: HashGridConfi
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    device = _canonical(device)
+    device = torch.device(canonical_device(device))  # the self-test runs on, and is recorded under, cuda:N
     n_features = cfg.n_features if cfg is not None else 2
     if backend == "torch":
         return "torch"

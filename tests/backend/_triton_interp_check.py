@@ -1,6 +1,7 @@
 """Run by tests/backend/test_hashgrid_triton.py in a subprocess with TRITON_INTERPRET=1 (it must be set before
-triton is imported, so it cannot share the pytest process with the compile tests). Prints one JSON object
-of measured differences between the Triton kernels (interpreted, CPU tensors) and the torch twin."""
+triton is imported, so it cannot share the pytest process with the compile tests), once per supported Triton
+(each from its own layer on PYTHONPATH). Prints one JSON object of measured differences between the Triton
+kernels (interpreted, CPU tensors) and the torch twin, with the Triton and numpy versions that ran."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import os
 import sys
 from dataclasses import replace
 
+import numpy
 import torch
+import triton
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 
@@ -47,7 +50,7 @@ def boundary_points(cfg: HashGridConfig) -> torch.Tensor:
 
 
 def main() -> None:
-    out: dict = {}
+    out: dict = {"triton": triton.__version__, "numpy": numpy.__version__}
     # the public class accepts triton on CPU under the interpreter, after its self-test
     g = HashGrid(SELF_TEST_CFG, backend="triton", device="cpu", seed=0)
     out["backend"] = g.backend

@@ -66,3 +66,40 @@ def test_serve_prints_and_ping_reports_the_backends(tmp_path):
         proc.wait(60)
     text = log.read_text()
     assert "fast paths on cpu: render=torch (no CUDA device" in text and "volrend=torch" in text
+
+
+def test_ping_with_device_cuda_reads_records_written_under_cuda_0(clean_record, monkeypatch):
+    """Issue 24 item 6: `--device auto` resolves to `cuda` while the renderers and the hash grid record their
+    self-tests under a tensor's device, `cuda:0`. The ping handler, given the server device `cuda`, reports
+    those records (no "pending"), and a second choice under the other name runs no second self-test.
+    No GPU here: CUDA is faked for resolve_device and the records are written under the string `cuda:0`."""
+    import types
+
+    import torch
+    from interactive3d.backend.accel.fastpath import canonical_device
+    from interactive3d.backend.service.ops_session import ping
+    from interactive3d.backend.service.requests import Request
+    from interactive3d.backend.service.server import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    dev = resolve_device("auto")
+    assert str(dev) == "cuda"
+    assert canonical_device(dev) == canonical_device("cuda:0") == "cuda:0"
+    assert canonical_device("cuda:1") == "cuda:1" and canonical_device("cpu") == "cpu"
+
+    calls = []
+    clean_record.choose("render", "cuda:0", "gsplat", lambda: calls.append("render"))
+    clean_record.choose("hashgrid", torch.device("cuda", 0), "triton", lambda: calls.append("hashgrid"))
+    clean_record.choose("volrend", "cuda:0", "nerfacc", lambda: calls.append("volrend"))
+    for comp, fast in (("render", "gsplat"), ("hashgrid", "triton"), ("volrend", "nerfacc")):
+        assert clean_record.choose(comp, dev, fast, lambda: calls.append("again")) == fast
+    assert calls == ["render", "hashgrid", "volrend"]  # one self-test each, whichever name asks
+
+    server = types.SimpleNamespace(device=dev, handlers={"ping": ping})
+    reply = ping(Request(op="ping", id="1", args={}, buffers=[], session=None, server=server))
+    backends = reply.result["backends"]
+    assert reply.result["device"] == "cuda"
+    assert {c: b["backend"] for c, b in backends.items()} == {"render": "gsplat", "hashgrid": "triton", "volrend": "nerfacc"}
+    assert all(b["ok"] for b in backends.values())
+    assert clean_record.report() == {"render": {"cuda:0": "gsplat"}, "hashgrid": {"cuda:0": "triton"}, "volrend": {"cuda:0": "nerfacc"}}

@@ -1,6 +1,10 @@
-"""The Triton hash-grid kernels without a GPU (issue 13, item 1): compiled to PTX and cubin for sm_80, sm_89
-and sm_90 (ptxas ships inside the triton wheel), and run under the Triton interpreter on CPU tensors
-against the torch twin.
+"""The Triton hash-grid kernels without a GPU (issue 13 item 1, issue 24 item 4), with every Triton a supported
+torch brings: 3.6.0 (torch 2.10/2.11, today's GPU images), 3.7.1 (2.12/2.13) and 3.8.0 (2.14). Each is
+compiled to PTX and cubin for sm_80, sm_89 and sm_90 (ptxas ships inside the triton wheel) and run under the
+Triton interpreter on CPU tensors against the torch twin — in a subprocess per version, on this one torch:
+the venv's own Triton, or the layer scripts/setup.sh put in ``.venv/triton-layers/<version>`` (pip
+``--target --no-deps``) first on PYTHONPATH. Triton 3.4-3.6's interpreter fails with numpy >= 2.4 (Triton
+issue 9171); this venv has numpy 1.26 (bpy 5.0.1), which every version accepts.
 
 Tolerances (max |Triton − twin| / max(1, max |twin|)): output 1e-6 and table gradient 1e-6 — both compute
 in fp32 with the same float32 position arithmetic; what is left is the order of the 8-corner sums and of
@@ -15,84 +19,59 @@ from pathlib import Path
 
 import pytest
 
-triton = pytest.importorskip("triton")
-
 HERE = Path(__file__).resolve().parent
 TOL = 1e-6
-
-# argument types of both kernels (each takes the ones its signature names, in its own order)
-TYPES = {
-    "x_ptr": "*fp32", "table_ptr": "*fp32", "out_ptr": "*fp32", "gout_ptr": "*fp32", "gtable_ptr": "*fp32",
-    "scale_ptr": "*fp32", "res_ptr": "*i32", "size_ptr": "*i32", "off_ptr": "*i64", "hashed_ptr": "*i32",
-    "n": "i32", "n_levels": "i32", "mask": "i32", "p1": "i32", "p2": "i32",
-    "F": "constexpr", "FP": "constexpr", "BLOCK_N": "constexpr",
-}
+TRITONS = ["3.6.0", "3.7.1", "3.8.0"]  # keep in step with scripts/setup.sh and the README
 
 
-@pytest.fixture(scope="module")
-def kernels():
-    """A fresh copy of backend/stage2/hashgrid_triton.py loaded with TRITON_INTERPRET unset, so its kernels are
-    compilable JIT functions even if this process imported the package's copy under the interpreter."""
-    import importlib.util
-
-    import interactive3d.backend.stage2 as stage2
-
-    saved = os.environ.pop("TRITON_INTERPRET", None)
-    try:
-        spec = importlib.util.spec_from_file_location("_hashgrid_triton_compiled", Path(stage2.__file__).parent / "hashgrid_triton.py")
-        mod = importlib.util.module_from_spec(spec)
-        mod.__package__ = stage2.__name__  # its relative import (..accel.fastpath) resolves in the package
-        spec.loader.exec_module(mod)
-    finally:
-        if saved is not None:
-            os.environ["TRITON_INTERPRET"] = saved
-    return mod
+def _venv_triton() -> str | None:
+    p = subprocess.run([sys.executable, "-c", "import triton; print(triton.__version__)"], capture_output=True, text=True, timeout=120)
+    return p.stdout.strip() if p.returncode == 0 else None
 
 
-def _kernel(ht, name):
-    fn = ht._fwd_kernel if name == "forward" else ht._bwd_kernel
-    assert type(fn).__name__ == "JITFunction", type(fn)
-    return fn, {a: TYPES[a] for a in fn.arg_names}
+def _env(version: str, interpret: bool) -> dict:
+    """The environment that runs ``version`` of Triton with this interpreter: the venv's own, or its layer."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    if _venv_triton() != version:
+        layer = Path(sys.prefix) / "triton-layers" / version
+        assert (layer / "triton" / "__init__.py").is_file(), f"no Triton {version} layer at {layer}: run scripts/setup.sh"
+        env["PYTHONPATH"] = os.pathsep.join([str(layer)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
 
 
-@pytest.mark.parametrize("cc", [80, 89, 90])
-@pytest.mark.parametrize("name", ["forward", "backward"])
-def test_kernels_compile_to_ptx_and_cubin(kernels, name, cc):
+def _run(script: str, version: str, interpret: bool) -> dict:
+    p = subprocess.run([sys.executable, str(HERE / script)], env=_env(version, interpret), capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    out = json.loads(p.stdout)
+    assert out["triton"] == version, out["triton"]
+    return out
+
+
+@pytest.fixture(scope="module", params=TRITONS)
+def compiled(request):
+    """tests/backend/_triton_compile_check.py's results with one Triton version."""
+    return _run("_triton_compile_check.py", request.param, interpret=False)
+
+
+@pytest.mark.slow
+def test_kernels_compile_to_ptx_and_cubin(compiled):
     """Both kernels compile for sm_80 (A100), sm_89 (L4/4090) and sm_90 (H100/H200) with F = 2 (every config
     of the project): the PTX targets that architecture, the cubin is an ELF image, and the backward's PTX
-    holds the atomic adds of the table gradient."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    fn, sig = _kernel(kernels, name)
-    src = ASTSource(fn=fn, signature=sig, constexprs={"F": 2, "FP": 2, "BLOCK_N": 128})
-    k = triton.compile(src, target=GPUTarget("cuda", cc, 32))
-    ptx, cubin = k.asm["ptx"], k.asm["cubin"]
-    assert f".target sm_{cc}" in ptx
-    assert isinstance(cubin, bytes) and cubin[:4] == b"\x7fELF" and len(cubin) > 4096
-    if name == "backward":
-        assert "atom.global" in ptx or "red.global" in ptx
-    else:
-        assert "ld.global" in ptx and "st.global" in ptx
+    holds the atomic adds of the table gradient. F = 3 runs as a [B, 4] feature vector with the 4th lane
+    masked: it compiles for sm_90 too."""
+    ks = compiled["kernels"]
+    assert set(ks) == {f"{n} sm_{cc}" for n in ("forward", "backward") for cc in (80, 89, 90)} | {"forward F=3 sm_90"}
+    for name, k in ks.items():
+        assert k["jit_function"] == "JITFunction" and k["ptx_target"] and k["cubin_elf"] and k["cubin_bytes"] > 4096, (name, k)
+        assert k["atomics"] if name.startswith("backward") else k["loads_stores"], (name, k)
 
 
-def test_padded_feature_count_compiles(kernels):
-    """F = 3 runs as a [B, 4] feature vector with the 4th lane masked: it compiles for sm_90 too."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    fn, sig = _kernel(kernels, "forward")
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs={"F": 3, "FP": 4, "BLOCK_N": 128}), target=GPUTarget("cuda", 90, 32))
-    assert k.asm["cubin"][:4] == b"\x7fELF"
-
-
-@pytest.fixture(scope="module")
-def interpreted():
-    """The measurements of tests/backend/_triton_interp_check.py, run once with TRITON_INTERPRET=1."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    p = subprocess.run([sys.executable, str(HERE / "_triton_interp_check.py")], env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-4000:]
-    return json.loads(p.stdout)
+@pytest.fixture(scope="module", params=TRITONS)
+def interpreted(request):
+    """The measurements of tests/backend/_triton_interp_check.py with one Triton version, TRITON_INTERPRET=1."""
+    return _run("_triton_interp_check.py", request.param, interpret=True)
 
 
 @pytest.mark.slow

@@ -1,6 +1,9 @@
 """The occupancy grid of a distilled known shape hugs its surface (backend/stage2/occupancy.py update_occupancy,
 nerfacc's rule: σ·step against 0.01, an EMA over updates, the max over several samples per cell)."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from interactive3d.backend.stage2.distill import DistillConfig, DistillJob
@@ -9,7 +12,9 @@ from interactive3d.backend.stage2.nerf import NeRFConfig
 from interactive3d.backend.stage2.occupancy import OccupancyGrid, occupancy_from_field
 from interactive3d.backend.stage2.rays import RenderConfig, render_step_size
 from interactive3d.backend.stage2.state import SLOT
-from test_mesh import _surfel_sphere
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
+from shapes import surfel_sample  # noqa: E402  (scripts/bench/shapes.py)
 
 R = 0.5  # the sphere the Gaussians sample
 
@@ -42,7 +47,7 @@ def test_occupancy_of_a_distilled_sphere_hugs_its_surface():
     (the EMA) has ≥ 90 % of its occupied cells within one cell of the ball (0.94 measured) and every cell
     the sphere passes through occupied; a fresh grid of the same field (stage2.occupancy) likewise (0.99).
     The old rule (σ > 0.01, no step) marks a visibly looser set (its share is lower)."""
-    s = _Session(_surfel_sphere())
+    s = _Session(surfel_sample("sphere"))
     n_samples = 64
     cfg = DistillConfig(
         steps=60, resolution=64, view_pool=16, rays_per_step=1024, lr_grid=0.03, lr_mlp=0.01,
