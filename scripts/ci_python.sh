@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # CI: the protocol and backend fast tests (-m "not slow") on another Python with numpy 2 (issue 24 item 3).
 #   bash scripts/ci_python.sh 3.12      # or 3.13
-# Builds .venv/py<version> (idempotent): torch 2.10-2.14 (PyTorch's CPU index when reachable, else PyPI's
+#   bash scripts/ci_python.sh 3.12 --build-only   # only the venv (.ci/run builds both while the main suite runs)
+# Builds .venv/py<version> (idempotent): torch 2.10-2.14 from the package index (for 3.12/3.13 that is the
 # CUDA build, which runs on CPU too), numpy >= 2, then this checkout with the texture extra and the test tools
 # in pip's ordinary resolution, which must keep both. Python comes from PATH or pyenv (~/.pyenv/versions).
 # On 3.12 (the GPU images' Python) also the GPU acceptance dry run, from a kit built for cp312.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-V="${1:?usage: ci_python.sh 3.12|3.13}"
+V="${1:?usage: ci_python.sh 3.12|3.13 [--build-only]}"
+BUILD_ONLY=${2:-}
 PY=""
 for cand in $(ls -d "$HOME"/.pyenv/versions/"$V".*/bin/python 2>/dev/null | sort -V -r) "$(command -v "python$V" 2>/dev/null)"; do
     # a pyenv shim exists even where that version is not selected: take the first that really runs it
@@ -19,12 +21,11 @@ t0=$SECONDS
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
-    if curl -sfI --max-time 5 https://download.pytorch.org/whl/cpu/torch/ >/dev/null 2>&1; then
-        $PIP install --index-url https://download.pytorch.org/whl/cpu "torch>=2.10,<2.15" "numpy>=2"
-    else
-        $PIP install "torch>=2.10,<2.15" "numpy>=2"
-    fi
+    $PIP install "torch>=2.10,<2.15" "numpy>=2"
 fi
+# the heavy part (torch) is all --build-only does: the checkout's own install writes into the source tree,
+# which the main suite's set-up is installing at the same time
+[ "$BUILD_ONLY" = --build-only ] && { echo "ci_python: torch for $VENV ready in $((SECONDS - t0)) s"; exit 0; }
 $PIP install -e ".[texture]" pytest hypothesis plyfile
 "$VENV/bin/python" -c "
 import sys, numpy, torch
