@@ -49,6 +49,56 @@ def run_schedule(steps: int, lr: LearningRates = LearningRates()) -> DensifyConf
     return cfg
 
 
+# The authors' Stage I config (interactive-3d/interactive3d, configs/gaussian_splatting.yaml) for a run of
+# SDS_REFERENCE_STEPS: densify every 1000 steps from 1000 until 10000, prune every 500 steps until the end of
+# the run with a minimum opacity of 0.05, no opacity reset.
+SDS_REFERENCE_STEPS = 15_000
+SDS_PRUNE_OPACITY = 0.05
+# Densify at most this fraction of the Gaussians seen since the last densify step (top average gradients).
+SDS_GRAD_QUANTILE = 0.25
+# Gaussians farther from the origin than this fraction of the nearest camera distance are outside the scene.
+SCENE_BOUND = 0.8
+
+
+def sds_schedule(steps: int, lr: LearningRates = LearningRates(), nearest_camera: float = 1.5) -> DensifyConfig:
+    """Stage I's default densification (issue 27): the authors' Stage I practice scaled to ``steps`` —
+    densify every steps/15 from steps/15 until 2·steps/3, prune every steps/30 until the end of the run
+    (opacity < 0.05, largest scale > 0.1, centre beyond SCENE_BOUND·nearest_camera), no opacity reset —
+    with the densify threshold taken from the gradients' own statistics: the top SDS_GRAD_QUANTILE of the
+    Gaussians, and no lower than SDS_GRAD_THRESHOLD."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    f = steps / SDS_REFERENCE_STEPS
+    every = max(1, round(1000 * f))
+    return DensifyConfig(
+        grad_threshold=SDS_GRAD_THRESHOLD, grad_quantile=SDS_GRAD_QUANTILE,
+        from_step=every, until_step=max(1, round(10_000 * f)), every=every,
+        prune_every=max(1, round(500 * f)), prune_until_step=steps, prune_opacity=SDS_PRUNE_OPACITY,
+        prune_radius=SCENE_BOUND * nearest_camera, opacity_reset_every=None,
+    )
+
+
+def fixed_schedule(steps: int, lr: LearningRates = LearningRates()) -> DensifyConfig:
+    """3DGS's thresholds and steps as written for 30k iterations, whatever the run's length (DensifyConfig())."""
+    return DensifyConfig()
+
+
+SDS_SCHEDULE = "sds"
+SCHEDULE_NAMES = (SDS_SCHEDULE, RUN_SCHEDULE, "fixed")
+
+
+def named_schedule(name: str, steps: int, lr: LearningRates = LearningRates(), nearest_camera: float = 1.5) -> DensifyConfig:
+    """The DensifyConfig of schedule ``name`` (one of SCHEDULE_NAMES) for a run of ``steps`` at ``lr``
+    whose cameras come no nearer than ``nearest_camera`` to the origin."""
+    if name == SDS_SCHEDULE:
+        return sds_schedule(steps, lr, nearest_camera)
+    if name == RUN_SCHEDULE:
+        return run_schedule(steps, lr)
+    if name == "fixed":
+        return fixed_schedule(steps, lr)
+    raise ValueError(f"densify schedule must be one of {SCHEDULE_NAMES}, got {name!r}")
+
+
 @dataclass(frozen=True)
 class Stage1Config:
     """Stage I hyper-parameters (paper §4 implementation details).
@@ -93,14 +143,6 @@ class Stage1Config:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Stage1Config.{name} must be a positive integer, got {value!r}")
-        if isinstance(self.densify, str):
-            if self.densify != RUN_SCHEDULE:
-                raise ValueError(f"Stage1Config.densify must be a DensifyConfig, None or {RUN_SCHEDULE!r}, got {self.densify!r}")
-            # The one place the default schedule is derived (the op, the CLI and the tests all get it from
-            # here): a 150-step demo and a 10k paper run densify over the same fractions of their length.
-            object.__setattr__(self, "densify", run_schedule(self.steps, self.lr))
-        elif self.densify is not None and not isinstance(self.densify, DensifyConfig):
-            raise ValueError(f"Stage1Config.densify must be a DensifyConfig, None or {RUN_SCHEDULE!r}, got {self.densify!r}")
         if self.resolution > 4096:
             raise ValueError(f"Stage1Config.resolution must be <= 4096, got {self.resolution}")
         if len(self.background) != 3 or not all(0.0 <= c <= 1.0 for c in self.background):
@@ -115,6 +157,14 @@ class Stage1Config:
                 raise ValueError(f"Stage1Config.{name} must be finite (lo, hi) with lo <= hi, got {(lo, hi)}")
         if self.distance_range[0] <= 0 or not (0 < self.fov_range_deg[0] and self.fov_range_deg[1] < 180):
             raise ValueError("Stage1Config.distance_range must be > 0 and fov_range_deg inside (0, 180)")
+        if isinstance(self.densify, str):
+            if self.densify not in SCHEDULE_NAMES:
+                raise ValueError(f"Stage1Config.densify must be a DensifyConfig, None or one of {SCHEDULE_NAMES}, got {self.densify!r}")
+            # The one place the named schedules are derived (the op, the CLI and the tests all get them from
+            # here): a 150-step demo and a 10k paper run densify over the same fractions of their length.
+            object.__setattr__(self, "densify", named_schedule(self.densify, self.steps, self.lr, self.distance_range[0]))
+        elif self.densify is not None and not isinstance(self.densify, DensifyConfig):
+            raise ValueError(f"Stage1Config.densify must be a DensifyConfig, None or one of {SCHEDULE_NAMES}, got {self.densify!r}")
 
     def orbit(self) -> OrbitConfig:
         return OrbitConfig(

@@ -215,3 +215,4 @@ def test_demo_without_bpy_writes_everything_else(tmp_path, monkeypatch):
     assert not {"scene.blend", "contact_sheet.png", "scene_inputs.npz"} & names
     assert json.loads((tmp_path / "report.json").read_text())["skipped"] == rep["skipped"]
     assert rep["stages"]["mesh_textured"]["faces"] > 0
+    assert 0.0 <= rep["stages"]["stage1"]["floater_share"] <= 1.0  # share of alpha outside the reference's silhouette
