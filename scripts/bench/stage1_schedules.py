@@ -31,7 +31,7 @@ import torch
 
 from interactive3d.backend.stage1.cameras import OrbitConfig, sample_orbit
 from interactive3d.backend.stage1.densify import DensifyConfig
-from interactive3d.backend.stage1.gaussians import Gaussians, init_random, make_optimizers, rgb_to_sh_dc
+from interactive3d.backend.stage1.gaussians import Gaussians, init_random, keep, make_optimizers, rgb_to_sh_dc
 from interactive3d.backend.stage1.guidance import OracleGuidance, PromptSpec
 from interactive3d.backend.stage1.metrics import score_against_reference
 from interactive3d.backend.stage1.render import render
@@ -108,7 +108,16 @@ def run_cell(obj: str, schedule: str, steps: int, seed: int, res: int, n_init: i
     seconds = time.perf_counter() - t0
     cams = sample_orbit(eval_views, OrbitConfig(width=eval_res, height=eval_res), torch.Generator().manual_seed(1234)).cameras
     score = score_against_reference(g, ref, cams)
-    return {"object": obj, "schedule": schedule, "steps": steps, "seed": seed, "res": res, "n_init": n_init,
+    # what a last prune of the faint Gaussians would give (without training further)
+    posthoc = {}
+    for p in (0.05, 0.1):
+        h = Gaussians.from_snapshot(g.snapshot())
+        keep(h, None, h.opacities.detach() >= p)
+        s = score_against_reference(h, ref, cams)
+        posthoc[str(p)] = {"psnr": s.psnr, "floater_share": s.floater_share, "count": h.n}
+    return {"posthoc_prune_opacity": posthoc, "max_radius": float(g.params["means"].detach().norm(dim=-1).max()),
+            "opacity_quantiles": [float(q) for q in torch.quantile(g.opacities.detach(), torch.tensor([0.1, 0.5, 0.9]))],
+            "object": obj, "schedule": schedule, "steps": steps, "seed": seed, "res": res, "n_init": n_init,
             "psnr": score.psnr, "floater_share": score.floater_share, "count": g.n, "counts": counts,
             "ms_per_step": 1000.0 * seconds / steps,
             "densify": None if cfg.densify is None else asdict(cfg.densify)}
