@@ -70,6 +70,8 @@ class DensifyConfig:
             None: until_step). As the authors' Stage I config, which keeps pruning to the end of the run.
         prune_radius: prune Gaussians whose centre is farther than ``prune_radius·extent`` from the origin
             (outside the scene bound; None: off).
+        end_prune_opacity: the run's last step prunes below this opacity (the trainer applies it after the
+            last optimiser step; None: no final prune).
     """
 
     grad_threshold: float = 0.0002
@@ -90,6 +92,7 @@ class DensifyConfig:
     prune_every: int | None = None
     prune_until_step: int | None = None
     prune_radius: float | None = None
+    end_prune_opacity: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("grad_threshold", "percent_dense", "extent", "split_scale_div"):
@@ -100,8 +103,10 @@ class DensifyConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"DensifyConfig.{name} must be a positive integer, got {v!r}")
-        if not (0.0 <= self.prune_opacity < 1.0):
-            raise ValueError(f"DensifyConfig.prune_opacity must be in [0,1), got {self.prune_opacity}")
+        for name in ("prune_opacity", "end_prune_opacity"):
+            v = getattr(self, name)
+            if v is not None and not (0.0 <= v < 1.0):
+                raise ValueError(f"DensifyConfig.{name} must be in [0,1), got {v}")
         if not (0.0 < self.opacity_reset_value < 1.0):
             raise ValueError(f"DensifyConfig.opacity_reset_value must be in (0,1), got {self.opacity_reset_value}")
         if self.opacity_reset_every is not None and (not isinstance(self.opacity_reset_every, int) or self.opacity_reset_every < 1):

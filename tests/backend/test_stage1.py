@@ -175,7 +175,8 @@ def test_default_densify_is_the_sds_schedule_scaled_to_the_run():
         plan = cfg.densify.plan(steps)
         assert plan.densify_steps == densify and plan.reset_steps == (), steps
         assert cfg.densify.prune_every == prune_every and plan.prune_steps[-1] == (steps - 1) // prune_every * prune_every
-        assert (cfg.densify.grad_threshold, cfg.densify.prune_opacity, cfg.densify.grad_quantile) == (SDS_GRAD_THRESHOLD, 0.05, None)
+        assert (cfg.densify.grad_threshold, cfg.densify.prune_opacity, cfg.densify.grad_quantile, cfg.densify.end_prune_opacity) == (
+            SDS_GRAD_THRESHOLD, 0.05, None, 0.1)
     for steps, resets in ((8, ()), (150, ()), (2000, ()), (5000, (500, 1000, 1500, 2000)), (10_000, (1000, 2000, 3000, 4000))):
         cfg = Stage1Config(steps=steps, densify="run")
         assert cfg.densify == run_schedule(steps)
@@ -208,3 +209,25 @@ def test_short_run_with_the_run_schedule_grows_boundedly():
         job.step(i)
     n, p1 = job.session.gaussians.n, heldout_psnr(job.session.gaussians, ref)
     assert 300 < n <= 4000 and p1 > p0 + 1.0, (n, p0, p1)
+
+
+def test_last_step_prunes_faint_gaussians_only_at_the_end():
+    """end_prune_opacity acts after the run's last optimiser step only: 100 random Gaussians at opacity 0.1
+    (init_random's), 20 of them set to 0.06 (and 0.7 for 10 others); a 4-step oracle run with the sds
+    schedule (no densify step in 4 steps, opacity lr 0 so opacities stay put) keeps all 100 through step 2
+    and ends with the 80 at or above 0.1 (the 0.06 ones pruned, with their Adam moments)."""
+    ref = reference_object(200)
+    g = init_random(100, radius=0.5, seed=4)
+    with torch.no_grad():
+        g.params["opacity_logits"][:20] = math.log(0.06 / 0.94)
+        g.params["opacity_logits"][20:30] = math.log(0.7 / 0.3)
+    cfg = Stage1Config(steps=4, batch=1, resolution=16, lr=LearningRates(opacity_logits=0.0))
+    assert cfg.densify.plan(4).densify_steps == () and cfg.densify.end_prune_opacity == 0.1
+    job = Stage1Job(_session(g), _oracle(ref), PromptSpec("x"), cfg)
+    for i in range(3):
+        job.step(i)
+    assert job.session.gaussians.n == 100
+    job.step(3)
+    out = job.session.gaussians
+    assert out.n == 80 and float(out.opacities.min()) >= 0.1 - 1e-6
+    assert job.session.optimizers["means"].state[out.params["means"]]["exp_avg"].shape == (80, 3)
