@@ -1,13 +1,16 @@
 """Run presets (``--preset paper|fast|preview`` of ``i3d generate`` and the add-on's Generate; op ``presets.resolve``).
 
 ``paper`` is the paper's schedule (§4 and supplementary): Stage I 10k steps of SDS at 256² renders, Stage II
-10k distillation steps at 256² (and 10k refinement steps), interactive-SDS zoom-in renders at 256², Stage I's
-default densification schedule ``sds`` (backend/stage1/trainer.py ``sds_schedule``: the authors' Stage I
-practice scaled to the run, every preset uses it: it was within 0.5 dB of the best schedule measured at every
-run length and leaves the fewest floaters, docs/benchmarks.md) and threestudio's timestep annealing (``max_step_percent: [N/2, 0.98, 0.5, N/2+1]``: t_max drops from 0.98 to
-0.5 half-way), initialised from 4096 Shap-E points. ``fast`` and ``preview`` are lighter runs of the same
-pipeline. The backend resolves a preset for its own device: on a CPU every preset is scaled down (steps ÷10,
-renders ≤ 64², one view per step, a coarser Shap-E grid) and the result says so in ``note``.
+10k distillation steps at 256² (and 10k refinement steps), interactive-SDS zoom-in renders at 256², threestudio's
+timestep annealing (``max_step_percent: [N/2, 0.98, 0.5, N/2+1]``: t_max drops from 0.98 to 0.5 half-way),
+initialised from 4096 Shap-E points. ``fast`` and ``preview`` are lighter runs of the same pipeline. The backend
+resolves a preset for its own device: on a CPU every preset is scaled down (steps ÷10, renders ≤ 64², one view
+per step, a coarser Shap-E grid) and the result says so in ``note``.
+
+Every preset densifies with Stage I's default schedule, ``sds`` (backend/stage1/trainer.py ``sds_schedule``:
+the authors' Stage I practice scaled to the run, a last prune of the faint haze): on the oracle it was the
+best or within 0.5 dB of the best schedule at every run length measured, with the fewest floaters and Gaussians
+(docs/benchmarks.md, issue 27), so one schedule serves a 50-step CPU preview and a 10k-step paper run.
 
 A preset is pure data: op arguments for ``gaussians.init``, ``stage1.start``, ``stage2.distill``,
 ``stage2.refine`` and the interactions (``interact.drag`` / ``interact.edit`` ``resolution``).
