@@ -6,7 +6,11 @@ Every ``every`` steps inside [from_step, until_step):
 - **split** those above the threshold with a larger scale (over-reconstruction: ``split_count`` samples
   drawn from the Gaussian replace it, scales divided by ``split_scale_div`` = 0.8·split_count = 1.6);
 - **prune** Gaussians with opacity < ``prune_opacity``, largest world scale > ``prune_scale·extent``
-  and, optionally, a screen radius > ``prune_screen_px`` pixels.
+  and, optionally, a screen radius > ``prune_screen_px`` pixels or a centre beyond ``prune_radius·extent``
+  (outside the scene bound); also every ``prune_every`` steps until ``prune_until_step`` (the authors'
+  Stage I config keeps pruning to the end of the run).
+The threshold can follow the gradients' own statistics: with ``grad_quantile`` only the top fraction of
+the Gaussians (by average gradient) is densified, never below ``grad_threshold``.
 Every ``opacity_reset_every`` steps *inside the densification window* opacities are clamped to
 ``opacity_reset_value`` (and their Adam moments zeroed); the densify steps that follow prune what the
 optimiser does not bring back (floaters). As in 3DGS (and gsplat's DefaultStrategy) a reset never happens
