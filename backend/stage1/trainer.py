@@ -57,23 +57,23 @@ SDS_PRUNE_OPACITY = 0.05
 # it is haze). Measured on the oracle (docs/benchmarks.md): floaters 5.0 % → 0.1 % at 500 steps, PSNR +0.05 dB.
 SDS_END_PRUNE_OPACITY = 0.1
 # Steps of optimisation and view statistics between two densify steps, at least: at 150 steps (oracle, 48²,
-# docs/benchmarks.md) densifying every 10 steps ends 1.1 dB below densifying once at step 50.
+# docs/benchmarks.md) densifying every 10 steps ends 1.1 dB below densifying at step 50 only.
 SDS_MIN_EVERY = 50
 
 
 def sds_schedule(steps: int, lr: LearningRates = LearningRates()) -> DensifyConfig:
     """Stage I's default densification (issue 27): the authors' Stage I practice scaled to ``steps`` —
-    densify every max(steps/15, SDS_MIN_EVERY) steps until 2·steps/3 (view-space gradient ≥
+    densify every max(steps/15, SDS_MIN_EVERY) steps through 2·steps/3 (view-space gradient ≥
     SDS_GRAD_THRESHOLD), prune every steps/30 steps until the end of the run (opacity < 0.05, largest scale
     > 0.1), no opacity reset; the last step prunes below SDS_END_PRUNE_OPACITY. A 2000-step run densifies
-    at 133, 266, …, 1330 and prunes every 67 steps; a 150-step run densifies once, at step 50, and prunes
+    at 133, 266, …, 1330 and prunes every 67 steps; a 150-step run densifies at steps 50 and 100 and prunes
     every 5 steps; a run under 75 steps never densifies (fewer than SDS_MIN_EVERY steps before 2/3 of it)."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     f = steps / SDS_REFERENCE_STEPS
     every = max(SDS_MIN_EVERY, round(1000 * f))
     return DensifyConfig(
-        grad_threshold=SDS_GRAD_THRESHOLD, from_step=every, until_step=max(1, round(10_000 * f)), every=every,
+        grad_threshold=SDS_GRAD_THRESHOLD, from_step=every, until_step=round(10_000 * f) + 1, every=every,
         prune_every=max(1, round(500 * f)), prune_until_step=steps, prune_opacity=SDS_PRUNE_OPACITY,
         end_prune_opacity=SDS_END_PRUNE_OPACITY, opacity_reset_every=None,
     )

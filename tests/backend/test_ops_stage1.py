@@ -307,7 +307,7 @@ def test_splat_formats_other_tools_write_load_everywhere(server, tmp_path):
 @pytest.mark.parametrize("steps", [150, 10_000])
 def test_stage1_start_default_schedule_scales_with_the_run(steps):
     """stage1.start without densify_schedule runs trainer.sds_schedule(steps) (issue 27): a 150-step run
-    densifies once (step 50) and prunes every 5 steps to the end, a 10k-step run densifies every 667 steps
+    densifies at steps 50 and 100 and prunes every 5 steps to the end, a 10k-step run densifies every 667 steps
     from 667 to 6003 and prunes every 333; neither resets. "run" is run_schedule(steps) (issue 18: 14
     densify steps at 150, 146 and resets at 1k..4k at 10k), "fixed" the unscaled 100..1400 schedule with
     3DGS's threshold; densify=false turns it off. densify_grad_threshold / densify_grad_quantile override
@@ -320,7 +320,7 @@ def test_stage1_start_default_schedule_scales_with_the_run(steps):
     from interactive3d.backend.stage1.trainer import run_schedule, sds_schedule
 
     sds, run = sds_schedule(steps), run_schedule(steps)
-    expected = {150: ((50,), ()), 10_000: (tuple(range(667, 6667, 667)), ())}[steps]
+    expected = {150: ((50, 100), ()), 10_000: (tuple(range(667, 6667, 667)), ())}[steps]
     ts = ThreadedServer()
     try:
         with Client(ts.address) as c:

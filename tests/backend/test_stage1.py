@@ -159,16 +159,16 @@ def test_job_refuses_empty_session_and_bad_config():
 
 def test_default_densify_is_the_sds_schedule_scaled_to_the_run():
     """Stage1Config derives its schedules from its own steps and lrs (issues 18, 27). The default, "sds", is
-    the authors' Stage I practice scaled to the run: densify every max(steps/15, 50) steps until 2·steps/3
+    the authors' Stage I practice scaled to the run: densify every max(steps/15, 50) steps through 2·steps/3
     with SDS_GRAD_THRESHOLD, prune every steps/30 steps to the end at opacity 0.05, never reset — a
-    150-step run densifies once (50), a 2000-step run at 133..1330, a 10k run every 667 from 667 to 6003.
+    150-step run densifies at 50 and 100, a 2000-step run at 133..1330, a 10k run every 667 from 667 to 6003.
     "run" keeps run_schedule: its opacity resets only when the run leaves (logit(0.5) − logit(0.01)) / lr =
     1532 steps (paper lr 0.003) after the last one: none at 150 and 2000 steps, 1k..4k at 10k; 3DGS's
     opacity lr (0.05, 92 steps) keeps the 2000-step run's resets. "fixed" is DensifyConfig(); None turns
     densification off; anything else is refused."""
     from interactive3d.backend.stage1.trainer import SDS_GRAD_THRESHOLD, run_schedule, sds_schedule
 
-    for steps, densify, prune_every in ((150, (50,), 5), (2000, tuple(range(133, 1334, 133)), 67),
+    for steps, densify, prune_every in ((150, (50, 100), 5), (2000, tuple(range(133, 1334, 133)), 67),
                                         (10_000, tuple(range(667, 6667, 667)), 333)):
         cfg = Stage1Config(steps=steps)
         assert cfg.densify == Stage1Config(steps=steps, densify="sds").densify == sds_schedule(steps)

@@ -43,7 +43,7 @@ def test_default_schedule_holds_its_place_on_the_150_step_cell():
     """The table's 150-step cell, seed 0 (the demo's start: 2048 random Gaussians, the robot reference, 48²,
     batch 1; 8 held-out views at 64²), for the default and the two older schedules: the default ("sds")
     ends within 0.5 dB of the best and with the smallest floater share (within 0.5 points), under 1 %.
-    Measured (docs/benchmarks.md): sds 25.63 dB / 0.03 %, fixed 25.16 dB / 6.63 %, run 21.53 dB / 17.33 %."""
+    Measured (docs/benchmarks.md): sds 25.85 dB / 0.07 %, fixed 25.16 dB / 6.63 %, run 21.53 dB / 17.33 %."""
     from interactive3d.backend.stage1.trainer import Stage1Config
 
     mod = _module()
