@@ -54,7 +54,7 @@ def run_schedule(steps: int, lr: LearningRates = LearningRates()) -> DensifyConf
 SDS_REFERENCE_STEPS = 15_000
 SDS_PRUNE_OPACITY = 0.05
 # The run's last step prunes below this opacity (the random init's 3DGS opacity: what the guidance pushed below
-# it is haze). Measured on the oracle (docs/benchmarks.md): floaters 5.0 % → 0.1 % at 500 steps, PSNR +0.05 dB.
+# it is haze). Measured on the oracle (docs/benchmarks.md): floaters 5.2 % → 0.2 % at 500 steps, 8.3 % → 3.1 % at 2000.
 SDS_END_PRUNE_OPACITY = 0.1
 # Steps of optimisation and view statistics between two densify steps, at least: at 150 steps (oracle, 48²,
 # docs/benchmarks.md) densifying every 10 steps ends 1.1 dB below densifying at step 50 only.
