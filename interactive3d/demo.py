@@ -180,19 +180,31 @@ class HeldoutViews:
         self.cameras = sample_orbit(views, OrbitConfig(width=resolution, height=resolution), gen).cameras
         self.target = self.render(reference)
 
-    def render(self, state: np.ndarray) -> np.ndarray:  # [B,H,W,3]
+    @staticmethod
+    def gaussians(state: np.ndarray):
         import torch
 
         from interactive3d.backend.stage1.gaussians import Gaussians
-        from interactive3d.backend.stage1.render import render
 
         t = torch.from_numpy(np.ascontiguousarray(state, dtype=np.float32))
-        g = Gaussians.from_activated(t[:, 0:3], t[:, 3:6], t[:, 6], t[:, 7:10], t[:, 10:14])
+        return Gaussians.from_activated(t[:, 0:3], t[:, 3:6], t[:, 6], t[:, 7:10], t[:, 10:14])
+
+    def render(self, state: np.ndarray) -> np.ndarray:  # [B,H,W,3]
+        import torch
+
+        from interactive3d.backend.stage1.render import render
+
         with torch.no_grad():
-            return render(g, self.cameras, torch.ones(3)).rgb.numpy()
+            return render(self.gaussians(state), self.cameras, torch.ones(3)).rgb.numpy()
 
     def psnr(self, state: np.ndarray) -> float:
         return psnr(self.render(state), self.target)
+
+    def floater_share(self, state: np.ndarray, reference: np.ndarray) -> float:
+        """Share of the state's rendered alpha outside the reference's silhouette (backend/stage1/metrics.py)."""
+        from interactive3d.backend.stage1.metrics import score_against_reference
+
+        return score_against_reference(self.gaussians(state), self.gaussians(reference), self.cameras).floater_share
 
 
 def run_demo(out_dir: str | os.PathLike, cfg: DemoConfig, connect: str | None = None) -> dict:
@@ -264,20 +276,19 @@ def _pipeline(backend: Backend, out: Path, cfg: DemoConfig, obj, reference: np.n
     state0, _ = backend.state()
     timed(stages, "init", t0, count=int(state0.shape[0]), reference_count=int(ref_state.shape[0]), psnr=heldout.psnr(state0), reply=init)
 
-    # Stage I with the oracle guidance (closed-form denoiser toward the reference) through the SDS path.
-    # The fixed schedule (one densify step at 100): the run-scaled default densifies the random init from
-    # step 2, before it has moved, and ends worse at 150 steps (measured 22.5 dB, 15.6k Gaussians, Chamfer
-    # 0.056, vs 27.0 dB, 4096, 0.036).
+    # Stage I with the oracle guidance (closed-form denoiser toward the reference) through the SDS path, on
+    # stage1.start's default densification schedule (docs/benchmarks.md, issue 27).
     t0 = time.perf_counter()
     job = backend.run_job(
         "stage1.start",
         {"guidance": "oracle", "prompt": "a toy robot", "steps": cfg.stage1_steps, "resolution": cfg.stage1_resolution,
-         "batch": cfg.stage1_batch, "seed": cfg.seed, "densify_schedule": "fixed"},
+         "batch": cfg.stage1_batch, "seed": cfg.seed},
         "stage I", cfg.stage1_steps, metric="loss",
     )
     before, _ = backend.state()
     timed(
         stages, "stage1", t0, steps=cfg.stage1_steps, count=int(before.shape[0]), psnr=heldout.psnr(before),
+        floater_share=heldout.floater_share(before, ref_state),
         chamfer=chamfer_distance(before[:, :3], ref_state[:, :3]), job=job["result"], last_metrics=job["metrics"],
     )
 
@@ -468,7 +479,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 1
     st = report["stages"]
     summary = [
-        f"Stage I    PSNR {st['init']['psnr']:.2f} → {st['stage1']['psnr']:.2f} dB  ({st['stage1']['seconds']:.1f} s, {st['stage1']['count']} Gaussians)",
+        f"Stage I    PSNR {st['init']['psnr']:.2f} → {st['stage1']['psnr']:.2f} dB, floaters {100 * st['stage1']['floater_share']:.2f} %"
+        f"  ({st['stage1']['seconds']:.1f} s, {st['stage1']['count']} Gaussians)",
         f"drag       translation error {st['drag']['translation_error']:.4f}, rigidity error {st['drag'].get('rigidity_error', float('nan')):.4f}",
         f"undo       bit-identical: {st['undo']['bit_identical']}",
         f"edited     Chamfer to the edited object {st['edited']['chamfer']:.4f}",

@@ -269,7 +269,7 @@ def _pick(cfg: GenerateConfig, name: str, preset_value):
 def _stage_args(cfg: GenerateConfig, sizes: dict, ops: dict, model: str, connect: str | None) -> tuple[dict, dict]:
     """(stage1.start args, stage2.distill args) from the settings, the sizes and the preset's op args."""
     preset_s1 = ops.get("stage1.start", {})
-    s1 = dict(preset_s1 or {"densify_schedule": "run"})
+    s1 = dict(preset_s1)  # no preset: stage1.start's own defaults (its densification schedule included)
     s1.update({"guidance": cfg.guidance, "prompt": cfg.prompt, "negative_prompt": cfg.negative_prompt, "steps": sizes["steps"],
                "resolution": sizes["resolution"], "batch": sizes["batch"], "seed": cfg.seed})
     if cfg.guidance == "sd":

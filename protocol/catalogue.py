@@ -566,11 +566,16 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("background", "list", "RGB background in [0,1]", default=[1.0, 1.0, 1.0], items="float", length=3, min=0.0, max=1.0),
             Arg("random_background", "bool", "one random background colour per view", default=False),
             Arg("densify", "bool", "densify & prune (3DGS schedule)", default=True),
-            Arg("densify_schedule", "str", "run: 3DGS's 30k schedule (densify from 500 until 15k every 100, reset "
-                "opacities every 3k) scaled to `steps`, e.g. 10k steps: every 33 from 167 until 5000, resets at 1k-4k, "
-                "gradient threshold 0.2 (SDS gradients; the authors' 0.02 at lambda_sds 0.1); fixed: every 100 steps "
-                "from 100 until 1500, no reset, 3DGS's threshold 0.0002, whatever `steps` (does not scale)",
-                default="run", choices=("run", "fixed")),
+            Arg("densify_schedule", "str", "sds (default): the authors' Stage I practice scaled to `steps` (densify every "
+                "max(steps/15, 50) steps through 2·steps/3 at a view-space gradient ≥ 0.2; prune every steps/30 steps "
+                "to the end: opacity < 0.05, scale > 0.1; no opacity reset; the last step prunes opacity < 0.1, the "
+                "haze of floaters); run: 3DGS's 30k schedule (densify from 500 until 15k every 100, reset opacities "
+                "every 3k) scaled to `steps`, threshold 0.2; fixed: every 100 steps from 100 until 1500, 3DGS's "
+                "threshold 0.0002, whatever `steps`. docs/benchmarks.md compares them",
+                default="sds", choices=("sds", "run", "fixed")),
+            Arg("densify_grad_threshold", "float", "override the schedule's view-space gradient threshold (floor)", min=1e-12, max=1e6),
+            Arg("densify_grad_quantile", "float", "override the schedule's top fraction densified per step (1: every Gaussian above the threshold)",
+                min=1e-6, max=1.0),
             Arg("snapshot_every", "int", "state snapshot interval (steps)", default=10, min=1, max=1_000_000),
             Arg("seed", "int", "seed of cameras, backgrounds, t and noise", default=0, min=0, max=2**63 - 1),
         ),

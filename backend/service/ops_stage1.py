@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -323,9 +324,7 @@ def _check_model(req: Request, kind: str, model: str, local_files_only: bool, wh
 
 def stage1_start(req: Request) -> Reply:
     # Imported on use: the trainer pulls in the renderer and densification (B1's modules).
-    from ..stage1.densify import DensifyConfig
     from ..stage1.trainer import (
-        RUN_SCHEDULE,
         OracleReference,
         Stage1Config,
         Stage1Job,
@@ -360,12 +359,8 @@ def stage1_start(req: Request) -> Reply:
             anneal_steps=a["anneal_steps"],
             anneal_start=a["anneal_start"],
         )
-        if not a["densify"]:
-            dcfg = None
-        elif a["densify_schedule"] == "fixed":
-            dcfg = DensifyConfig()  # from 100 until 1500 every 100, whatever the run's length
-        else:
-            dcfg = RUN_SCHEDULE  # Stage1Config derives DensifyConfig.for_run(steps)
+        # Stage1Config derives the named schedule for this run's length and cameras (trainer.named_schedule)
+        dcfg = a["densify_schedule"] if a["densify"] else None
         cfg = Stage1Config(
             steps=a["steps"], batch=a["batch"], resolution=a["resolution"], background=tuple(a["background"]),
             random_background=a["random_background"], densify=dcfg,
@@ -373,6 +368,9 @@ def stage1_start(req: Request) -> Reply:
             elevation_range_deg=tuple(a["elevation_range_deg"]), distance_range=tuple(a["distance_range"]),
             fov_range_deg=tuple(a["fov_range_deg"]),
         )
+        overrides = {k: a["densify_" + k] for k in ("grad_threshold", "grad_quantile") if a["densify_" + k] is not None}
+        if cfg.densify is not None and overrides:
+            cfg = replace(cfg, densify=replace(cfg.densify, **overrides))
     except ValueError as exc:
         raise InvalidArgs(f"stage1.start: {exc}") from exc
 

@@ -1,12 +1,17 @@
 """Run presets (``--preset paper|fast|preview`` of ``i3d generate`` and the add-on's Generate; op ``presets.resolve``).
 
 ``paper`` is the paper's schedule (§4 and supplementary): Stage I 10k steps of SDS at 256² renders, Stage II
-10k distillation steps at 256² (and 10k refinement steps), interactive-SDS zoom-in renders at 256², the
-3DGS densification schedule scaled to the run (backend/stage1/densify.py ``DensifyConfig.for_run``) and
-threestudio's timestep annealing (``max_step_percent: [N/2, 0.98, 0.5, N/2+1]``: t_max drops from 0.98 to
-0.5 half-way), initialised from 4096 Shap-E points. ``fast`` and ``preview`` are lighter runs of the same
-pipeline. The backend resolves a preset for its own device: on a CPU every preset is scaled down (steps ÷10,
-renders ≤ 64², one view per step, a coarser Shap-E grid) and the result says so in ``note``.
+10k distillation steps at 256² (and 10k refinement steps), interactive-SDS zoom-in renders at 256², threestudio's
+timestep annealing (``max_step_percent: [N/2, 0.98, 0.5, N/2+1]``: t_max drops from 0.98 to 0.5 half-way),
+initialised from 4096 Shap-E points. ``fast`` and ``preview`` are lighter runs of the same pipeline. The backend
+resolves a preset for its own device: on a CPU every preset is scaled down (steps ÷10, renders ≤ 64², one view
+per step, a coarser Shap-E grid) and the result says so in ``note``.
+
+Every preset densifies with Stage I's default schedule, ``sds`` (backend/stage1/trainer.py ``sds_schedule``:
+the authors' Stage I practice scaled to the run, a last prune of the faint haze): on the oracle it was the
+best or within 0.5 dB of the best schedule at 150 and 500 steps, with the fewest floaters and fewer Gaussians
+than ``fixed`` and ``run`` (docs/benchmarks.md, issue 27), so one schedule serves a short CPU preview and a
+10k-step paper run.
 
 A preset is pure data: op arguments for ``gaussians.init``, ``stage1.start``, ``stage2.distill``,
 ``stage2.refine`` and the interactions (``interact.drag`` / ``interact.edit`` ``resolution``).
@@ -43,7 +48,7 @@ class Preset:
     def ops(self) -> dict[str, dict]:
         """Op name → the arguments this preset gives it."""
         stage1 = {"steps": self.stage1_steps, "resolution": self.stage1_resolution, "batch": self.stage1_batch,
-                  "densify": True, "densify_schedule": "run", "t_range": [0.02, 0.98]}
+                  "densify": True, "densify_schedule": "sds", "t_range": [0.02, 0.98]}
         if self.anneal:
             half = self.stage1_steps // 2
             stage1.update(t_range_end=[0.02, 0.5], anneal_start=half, anneal_steps=1)

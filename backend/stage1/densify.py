@@ -6,7 +6,11 @@ Every ``every`` steps inside [from_step, until_step):
 - **split** those above the threshold with a larger scale (over-reconstruction: ``split_count`` samples
   drawn from the Gaussian replace it, scales divided by ``split_scale_div`` = 0.8·split_count = 1.6);
 - **prune** Gaussians with opacity < ``prune_opacity``, largest world scale > ``prune_scale·extent``
-  and, optionally, a screen radius > ``prune_screen_px`` pixels.
+  and, optionally, a screen radius > ``prune_screen_px`` pixels or a centre beyond ``prune_radius·extent``
+  (outside the scene bound); also every ``prune_every`` steps until ``prune_until_step`` (the authors'
+  Stage I config keeps pruning to the end of the run).
+The threshold can follow the gradients' own statistics: with ``grad_quantile`` only the top fraction of
+the Gaussians (by average gradient) is densified, never below ``grad_threshold``.
 Every ``opacity_reset_every`` steps *inside the densification window* opacities are clamped to
 ``opacity_reset_value`` (and their Adam moments zeroed); the densify steps that follow prune what the
 optimiser does not bring back (floaters). As in 3DGS (and gsplat's DefaultStrategy) a reset never happens
@@ -61,6 +65,17 @@ class DensifyConfig:
         opacity_reset_every: reset opacities every this many steps (None: never); opacity_reset_value:
             the reset's ceiling.
         max_gaussians: never grow past this count (the largest gradients win).
+        grad_quantile: when set, densify only the top ``grad_quantile`` fraction of the Gaussians seen since
+            the last densify step (by average gradient), and of those only the ones ≥ ``grad_threshold``:
+            the threshold follows the gradients' own scale (which depends on the guidance, its CFG scale and
+            the resolution) and a densify step grows the set by at most that fraction.
+        prune_every, prune_until_step: also prune (without densifying) at steps s with from_step ≤ s <
+            prune_until_step and s % prune_every == 0 (None: prune only on densify steps; prune_until_step
+            None: until_step). As the authors' Stage I config, which keeps pruning to the end of the run.
+        prune_radius: prune Gaussians whose centre is farther than ``prune_radius·extent`` from the origin
+            (outside the scene bound; None: off).
+        end_prune_opacity: the run's last step prunes below this opacity (the trainer applies it after the
+            last optimiser step; None: no final prune).
     """
 
     grad_threshold: float = 0.0002
@@ -77,6 +92,11 @@ class DensifyConfig:
     opacity_reset_every: int | None = 3000
     opacity_reset_value: float = 0.01
     max_gaussians: int = 1_000_000
+    grad_quantile: float | None = None
+    prune_every: int | None = None
+    prune_until_step: int | None = None
+    prune_radius: float | None = None
+    end_prune_opacity: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("grad_threshold", "percent_dense", "extent", "split_scale_div"):
@@ -87,21 +107,38 @@ class DensifyConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"DensifyConfig.{name} must be a positive integer, got {v!r}")
-        if not (0.0 <= self.prune_opacity < 1.0):
-            raise ValueError(f"DensifyConfig.prune_opacity must be in [0,1), got {self.prune_opacity}")
+        for name in ("prune_opacity", "end_prune_opacity"):
+            v = getattr(self, name)
+            if v is not None and not (0.0 <= v < 1.0):
+                raise ValueError(f"DensifyConfig.{name} must be in [0,1), got {v}")
         if not (0.0 < self.opacity_reset_value < 1.0):
             raise ValueError(f"DensifyConfig.opacity_reset_value must be in (0,1), got {self.opacity_reset_value}")
         if self.opacity_reset_every is not None and (not isinstance(self.opacity_reset_every, int) or self.opacity_reset_every < 1):
             raise ValueError(f"DensifyConfig.opacity_reset_every must be a positive integer or None, got {self.opacity_reset_every!r}")
         if not (isinstance(self.from_step, int) and isinstance(self.until_step, int) and 0 <= self.from_step):
             raise ValueError(f"DensifyConfig.from_step/until_step must be integers >= 0, got {self.from_step}, {self.until_step}")
-        for name in ("prune_scale", "prune_screen_px"):
+        if self.grad_quantile is not None and not (0.0 < self.grad_quantile <= 1.0):
+            raise ValueError(f"DensifyConfig.grad_quantile must be in (0,1] or None, got {self.grad_quantile!r}")
+        for name in ("prune_every", "prune_until_step"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"DensifyConfig.{name} must be a positive integer or None, got {v!r}")
+        for name in ("prune_scale", "prune_screen_px", "prune_radius"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ValueError(f"DensifyConfig.{name} must be > 0 or None, got {v!r}")
 
     def densify_at(self, step: int) -> bool:
         return step > 0 and self.from_step <= step < self.until_step and step % self.every == 0
+
+    def prune_at(self, step: int) -> bool:
+        """A prune at ``step``: every densify step, and every ``prune_every`` steps until ``prune_until_step``."""
+        if self.densify_at(step):
+            return True
+        if self.prune_every is None or step <= 0 or step % self.prune_every:
+            return False
+        until = self.until_step if self.prune_until_step is None else self.prune_until_step
+        return self.from_step <= step < until
 
     def reset_at(self, step: int) -> bool:
         """An opacity reset at ``step``: on the reset period, inside [from_step, until_step), and followed
@@ -111,7 +148,12 @@ class DensifyConfig:
         if not (self.from_step <= step < self.until_step):
             return False
         following = (step // self.every + 1) * self.every  # the next multiple of every after step
-        return following < self.until_step
+        if following < self.until_step:
+            return True
+        if self.prune_every is None:
+            return False
+        until = self.until_step if self.prune_until_step is None else self.prune_until_step
+        return (step // self.prune_every + 1) * self.prune_every < until
 
     def plan(self, total_steps: int) -> "DensifyPlan":
         """The steps of a run of ``total_steps`` steps (0..total_steps−1) that densify & prune and that reset."""
@@ -121,6 +163,7 @@ class DensifyConfig:
         return DensifyPlan(
             densify_steps=tuple(s for s in steps if self.densify_at(s)),
             reset_steps=tuple(s for s in steps if self.reset_at(s)),
+            prune_steps=tuple(s for s in steps if self.prune_at(s) and not self.densify_at(s)),
         )
 
     @classmethod
@@ -161,10 +204,12 @@ MIN_EVERY = 5
 
 @dataclass(frozen=True)
 class DensifyPlan:
-    """The steps on which a run densifies & prunes (clone/split by statistics, then prune) and resets opacities."""
+    """The steps on which a run densifies & prunes (clone/split by statistics, then prune), only prunes, and
+    resets opacities."""
 
     densify_steps: tuple[int, ...]
     reset_steps: tuple[int, ...]
+    prune_steps: tuple[int, ...] = ()  # prune-only steps (every densify step also prunes)
 
 
 @dataclass(frozen=True)
@@ -222,6 +267,18 @@ def _inherited_buffers(g: Gaussians, idx: Tensor, repeats: int = 1) -> dict[str,
     return out
 
 
+def grad_threshold(avg: Tensor, count: Tensor, cfg: DensifyConfig) -> float:
+    """The densify threshold on average view-space gradients ``avg`` [N] (``count`` [N]: views seen):
+    ``cfg.grad_threshold``, raised to the (1 − grad_quantile) quantile of the seen Gaussians' averages."""
+    thr = cfg.grad_threshold
+    seen = avg[count > 0]
+    if cfg.grad_quantile is not None and seen.numel():
+        # the k-th largest average: exactly the top fraction (ties aside), for any N (torch.quantile caps N at 16M)
+        k = max(1, math.ceil(cfg.grad_quantile * seen.numel()))
+        thr = max(thr, float(torch.topk(seen, k, sorted=False).values.min()))
+    return thr
+
+
 @torch.no_grad()
 def densify(
     g: Gaussians,
@@ -237,7 +294,7 @@ def densify(
     ensure_state(g)
     n = g.n
     avg = g.buffers[GRAD] / g.buffers[COUNT].clamp_min(1.0)
-    big_grad = avg >= cfg.grad_threshold
+    big_grad = avg >= grad_threshold(avg, g.buffers[COUNT], cfg)
     max_scale = g.scales.amax(dim=-1)
     small = max_scale <= cfg.percent_dense * cfg.extent
     clone_sel, split_sel = big_grad & small, big_grad & ~small
@@ -278,7 +335,8 @@ def densify(
 
 @torch.no_grad()
 def prune(g: Gaussians, optimizers: dict[str, torch.optim.Optimizer] | None, cfg: DensifyConfig) -> int:
-    """Remove transparent, oversized (world) and optionally screen-oversized Gaussians; returns the count.
+    """Remove transparent, oversized (world), outside-the-bound and optionally screen-oversized Gaussians;
+    returns the count.
 
     Never removes every Gaussian: if all would go, the set is left unchanged.
     """
@@ -288,6 +346,8 @@ def prune(g: Gaussians, optimizers: dict[str, torch.optim.Optimizer] | None, cfg
         bad |= g.scales.amax(dim=-1) > cfg.prune_scale * cfg.extent
     if cfg.prune_screen_px is not None:
         bad |= g.buffers[RADII] > cfg.prune_screen_px
+    if cfg.prune_radius is not None:
+        bad |= g.params["means"].detach().norm(dim=-1) > cfg.prune_radius * cfg.extent
     removed = int(bad.sum())
     if removed == 0 or removed == g.n:
         return 0
@@ -333,8 +393,9 @@ def step_post_backward(
         update_state(g, grad, out.radii, w, h)
         if cfg.densify_at(step):
             cloned, split = densify(g, optimizers, cfg, generator)
-            pruned = prune(g, optimizers, cfg)
             densified = True
+    if cfg.prune_at(step):
+        pruned = prune(g, optimizers, cfg)
     reset = cfg.reset_at(step)
     if reset:
         reset_opacity(g, optimizers, cfg.opacity_reset_value)

@@ -99,6 +99,58 @@ def test_prune_rules():
     assert D.prune(g, None, D.DensifyConfig(prune_opacity=0.99)) == 0 and g.n == 5
 
 
+def test_grad_quantile_densifies_the_top_fraction_above_the_floor():
+    """10 small Gaussians with average gradients 1..10 (×0.1), one never seen (count 0, gradient 0):
+    grad_quantile 0.3 clones exactly the top 3 of the 10 seen (gradients 0.8, 0.9, 1.0) whatever their
+    scale; a floor above them (grad_threshold 0.95) keeps only the 1.0; quantile 1.0 with a floor of 0.5
+    clones the 6 at or above 0.5. The never-seen Gaussian does not count toward the quantile."""
+    grads = [0.1 * (i + 1) for i in range(10)] + [0.0]
+    counts = [1.0] * 10 + [0.0]
+
+    def run(**kw):
+        g = _set([0.005] * 11, [0.5] * 11, grads, counts)
+        cloned, split = D.densify(g, None, D.DensifyConfig(**kw))
+        return cloned, sorted(g.params["means"][11:, 0].mul(10).round().int().tolist())
+
+    assert run(grad_threshold=1e-6, grad_quantile=0.3) == (3, [7, 8, 9])
+    assert run(grad_threshold=0.95, grad_quantile=0.3) == (1, [9])
+    assert run(grad_threshold=0.5, grad_quantile=1.0) == (6, [4, 5, 6, 7, 8, 9])
+    g = _set([0.005], [0.5], [0.0], [0.0])  # nothing seen: nothing densified
+    assert D.densify(g, None, D.DensifyConfig(grad_threshold=1e-6, grad_quantile=0.5)) == (0, 0)
+
+
+def test_prune_radius_removes_gaussians_outside_the_scene_bound():
+    """Centres at x = 0, 0.1, …, 0.4 with prune_radius 0.25 (extent 1): the 2 beyond 0.25 go; with
+    extent 2 the bound is 0.5 and none goes."""
+    g = _set([0.01] * 5, [0.5] * 5, [0.0] * 5)
+    assert D.prune(g, None, D.DensifyConfig(prune_radius=0.25)) == 2 and g.n == 3
+    assert torch.allclose(g.params["means"][:, 0], torch.tensor([0.0, 0.1, 0.2]))
+    g = _set([0.01] * 5, [0.5] * 5, [0.0] * 5)
+    assert D.prune(g, None, D.DensifyConfig(prune_radius=0.25, extent=2.0, prune_scale=None)) == 0
+
+
+def test_prune_every_prunes_between_densify_steps_until_its_own_end():
+    """Densify every 10 from 10 until 40, prune every 5 until 60: the plan lists densify steps 10, 20, 30
+    and prune-only steps 15, 25, 35, 40, 45, 50, 55; the hook prunes a transparent Gaussian at a prune-only
+    step after the densify window (step 45) without densifying, and leaves it alone at step 44."""
+    cfg = D.DensifyConfig(from_step=10, until_step=40, every=10, prune_every=5, prune_until_step=60,
+                          opacity_reset_every=None, grad_threshold=1e-9)
+    assert cfg.plan(60) == D.DensifyPlan((10, 20, 30), (), (15, 25, 35, 40, 45, 50, 55))
+    assert D.DensifyConfig().plan(300).prune_steps == ()
+    g = _set([0.01] * 3, [0.5, 0.001, 0.5], [0.0] * 3)
+
+    class Out:  # the hook reads means2d.grad/radii only inside the densify window (step < until_step)
+        pass
+
+    assert D.step_post_backward(g, None, Out(), 44, cfg).pruned == 0 and g.n == 3
+    r = D.step_post_backward(g, None, Out(), 45, cfg)
+    assert (r.pruned, r.densified, r.cloned, g.n) == (1, False, 0, 2)
+    # an opacity reset is kept when only a prune-only step follows it inside the prune window
+    late = D.DensifyConfig(from_step=10, until_step=40, every=10, prune_every=5, prune_until_step=60, opacity_reset_every=35)
+    assert late.plan(60).reset_steps == (35,)
+    assert D.DensifyConfig(from_step=10, until_step=40, every=10, opacity_reset_every=35).plan(60).reset_steps == ()
+
+
 def test_max_gaussians_cap_keeps_largest_gradients():
     """Cap 6 with 4 Gaussians and 4 clone candidates: only the 2 with the largest gradients are cloned."""
     g = _set([0.005] * 4, [0.5] * 4, [1e-3, 4e-3, 3e-3, 2e-3])
@@ -168,6 +220,10 @@ def test_config_validation():
         D.DensifyConfig(every=0)
     with pytest.raises(ValueError, match="opacity_reset_value"):
         D.DensifyConfig(opacity_reset_value=1.0)
+    for bad in (dict(grad_quantile=0.0), dict(grad_quantile=1.5), dict(prune_every=0), dict(prune_until_step=2.5),
+                dict(prune_radius=-1.0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            D.DensifyConfig(**bad)
     cfg = D.DensifyConfig(from_step=100, until_step=300, every=100)
     assert [s for s in range(0, 400) if cfg.densify_at(s)] == [100, 200]
 

@@ -319,26 +319,30 @@ def test_splat_formats_other_tools_write_load_everywhere(server, tmp_path):
 
 @pytest.mark.parametrize("steps", [150, 10_000])
 def test_stage1_start_default_schedule_scales_with_the_run(steps):
-    """stage1.start without densify_schedule runs trainer.run_schedule(steps) (issue 18): DensifyConfig.for_run
-    with the SDS gradient threshold; a 150-step run densifies every 5 steps from 5 to 70 and never resets
-    (too short for opacities to recover at the paper's lr), a 10k-step run every 33 steps from 198 to 4983
-    and resets at 1k..4k (both before the half-way point, each reset followed by a prune). "fixed" is the
-    unscaled 100..1400 schedule with 3DGS's threshold; densify=false turns it off. Each job is cancelled
-    right after it starts."""
+    """stage1.start without densify_schedule runs trainer.sds_schedule(steps) (issue 27): a 150-step run
+    densifies at steps 50 and 100 and prunes every 5 steps to the end, a 10k-step run densifies every 667 steps
+    from 667 to 6003 and prunes every 333; neither resets. "run" is run_schedule(steps) (issue 18: 14
+    densify steps at 150, 146 and resets at 1k..4k at 10k), "fixed" the unscaled 100..1400 schedule with
+    3DGS's threshold; densify=false turns it off. densify_grad_threshold / densify_grad_quantile override
+    the chosen schedule's threshold per request; a quantile outside (0, 1] is invalid_args. Each job is
+    cancelled right after it starts."""
+    from dataclasses import replace
+
     from _server_helpers import ThreadedServer
     from interactive3d.backend.stage1.densify import DensifyConfig
-    from interactive3d.backend.stage1.trainer import SDS_GRAD_THRESHOLD, run_schedule
+    from interactive3d.backend.stage1.trainer import run_schedule, sds_schedule
 
-    run = run_schedule(steps)
-    assert run == DensifyConfig.for_run(steps, grad_threshold=SDS_GRAD_THRESHOLD,
-                                        opacity_reset_every=None if steps == 150 else 1000)
-    expected = {150: (14, ()), 10_000: (146, (1000, 2000, 3000, 4000))}[steps]
+    sds, run = sds_schedule(steps), run_schedule(steps)
+    expected = {150: ((50, 100), ()), 10_000: (tuple(range(667, 6667, 667)), ())}[steps]
     ts = ThreadedServer()
     try:
         with Client(ts.address) as c:
             base = {"guidance": "oracle", "steps": steps, "batch": 1, "resolution": 16}
-            for extra, want in (({}, run), ({"densify_schedule": "run"}, run),
-                                ({"densify_schedule": "fixed"}, DensifyConfig()), ({"densify": False}, None)):
+            for extra, want in (({}, sds), ({"densify_schedule": "sds"}, sds), ({"densify_schedule": "run"}, run),
+                                ({"densify_schedule": "fixed"}, DensifyConfig()), ({"densify": False}, None),
+                                ({"densify_grad_threshold": 0.5, "densify_grad_quantile": 0.1},
+                                 replace(sds, grad_threshold=0.5, grad_quantile=0.1)),
+                                ({"densify_schedule": "run", "densify_grad_quantile": 0.3}, replace(run, grad_quantile=0.3))):
                 sid = _session(c)  # one per case: a cancelled job keeps its session busy until it stops
                 c.request("gaussians.init", {"session": sid, "kind": "random", "n": 50})
                 c.request("stage1.set_reference", {"session": sid})
@@ -349,10 +353,15 @@ def test_stage1_start_default_schedule_scales_with_the_run(steps):
                 plan = None if want is None else want.plan(steps)
                 assert reply["densify_steps"] == (0 if plan is None else len(plan.densify_steps)), extra
                 if extra == {}:
-                    assert (len(plan.densify_steps), plan.reset_steps) == expected
-                    assert plan.densify_steps[-1] < steps // 2 and all(any(d > r for d in plan.densify_steps) for r in plan.reset_steps)
+                    assert (plan.densify_steps, plan.reset_steps) == expected
+                if extra == {"densify_schedule": "run"}:
+                    assert (len(plan.densify_steps), plan.reset_steps) == {150: (14, ()), 10_000: (146, (1000, 2000, 3000, 4000))}[steps]
                 if extra == {"densify_schedule": "fixed"}:
                     assert plan.densify_steps == tuple(range(100, min(steps, 1500), 100)) and plan.reset_steps == ()
+            sid = _session(c)
+            c.request("gaussians.init", {"session": sid, "kind": "random", "n": 50})
+            c.request("stage1.set_reference", {"session": sid})
+            assert _code(c, "stage1.start", {**base, "session": sid, "densify_grad_quantile": 1.5}) == "invalid_args"
             sid = _session(c)
             c.request("gaussians.init", {"session": sid, "kind": "random", "n": 50})
             c.request("stage1.set_reference", {"session": sid})

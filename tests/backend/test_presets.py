@@ -6,26 +6,27 @@ from __future__ import annotations
 import pytest
 from _server_helpers import ThreadedServer
 from interactive3d.backend.service import presets
-from interactive3d.backend.stage1.densify import DensifyConfig
 from interactive3d.backend.stage1.guidance import GuidanceConfig, linear_alphas_cumprod
 from interactive3d.backend.stage1.guidance import OracleGuidance
-from interactive3d.backend.stage1.trainer import run_schedule
+from interactive3d.backend.stage1.trainer import sds_schedule
 from interactive3d.protocol.client import Client
 from interactive3d.protocol.errors import RemoteError
 
 
 def test_paper_preset_on_cuda_is_the_papers_schedule():
-    """10k + 10k steps at 256², zoom-in 256², 4096 Shap-E points, the 3DGS schedule scaled to 10k (resets at
-    1k..4k) and threestudio's t annealing: t_max index 979 until step 5000, 500 from step 5001."""
+    """10k + 10k steps at 256², zoom-in 256², 4096 Shap-E points, Stage I's default schedule (the authors'
+    practice scaled to 10k: densify every 667 steps until 6667, no reset) and threestudio's t annealing:
+    t_max index 979 until step 5000, 500 from step 5001."""
     r = presets.resolve("paper", "cuda")
     assert not r.scaled and "paper" in r.note
     ops = r.preset.ops()
     s1 = ops["stage1.start"]
-    assert (s1["steps"], s1["resolution"], s1["densify_schedule"]) == (10_000, 256, "run")
+    assert (s1["steps"], s1["resolution"], s1["densify_schedule"]) == (10_000, 256, "sds")
     assert ops["stage2.distill"] == {"steps": 10_000, "resolution": 256}
     assert ops["stage2.refine"]["resolution"] == ops["interact.edit"]["resolution"] == ops["interact.drag"]["resolution"] == 256
     assert ops["gaussians.init"]["kind"] == "shap_e" and ops["gaussians.init"]["n"] == 4096
-    assert DensifyConfig.for_run(s1["steps"]).plan(s1["steps"]).reset_steps == (1000, 2000, 3000, 4000)
+    plan = sds_schedule(s1["steps"]).plan(s1["steps"])
+    assert plan.densify_steps == tuple(range(667, 6667, 667)) and plan.reset_steps == ()
     g = OracleGuidance(None, None, GuidanceConfig(t_range=tuple(s1["t_range"]), t_range_end=tuple(s1["t_range_end"]),
                                                   anneal_start=s1["anneal_start"], anneal_steps=s1["anneal_steps"]),
                        linear_alphas_cumprod())
@@ -47,8 +48,8 @@ def test_presets_scale_down_on_cpu_and_say_so(name):
 
 def test_preset_through_the_protocol_reaches_the_job():
     """presets.resolve on the CPU test server answers the scaled paper preset; stage1.start with its arguments
-    (renders cut to 16² for the test, cancelled after it starts) runs with the 3DGS schedule scaled to its 1000 steps
-    (Stage I's run_schedule: no reset in 1000 steps at the paper's opacity lr) and t_max annealed at step 500."""
+    (renders cut to 16² for the test, cancelled after it starts) runs Stage I's default schedule scaled to its 1000
+    steps (sds_schedule: densify every 67 steps from 67 until 667, no reset) and t_max annealed at step 500."""
     ts = ThreadedServer()
     try:
         with Client(ts.address) as c:
@@ -64,8 +65,8 @@ def test_preset_through_the_protocol_reaches_the_job():
             reply = c.request("stage1.start", args).result
             c.request("job.cancel", {"session": sid})
             job = ts.server.sessions[sid].job.job
-            assert reply["total"] == 1000 and job.cfg.densify == run_schedule(1000)
-            assert reply["densify_steps"] == len(DensifyConfig.for_run(1000).plan(1000).densify_steps) == 96  # every 5 steps, 20..495
+            assert reply["total"] == 1000 and job.cfg.densify == sds_schedule(1000)
+            assert reply["densify_steps"] == len(job.cfg.densify.plan(1000).densify_steps) == 9  # every 67 steps, 67..603
             assert (job.guidance.config.anneal_start, job.guidance.config.t_range_end) == (500, (0.02, 0.5))
     finally:
         ts.stop()

@@ -157,38 +157,51 @@ def test_job_refuses_empty_session_and_bad_config():
         Stage1Config(background=(2.0, 0.0, 0.0))
 
 
-def test_default_densify_is_the_run_scaled_schedule_with_the_sds_threshold():
-    """Stage1Config derives its default schedule from its own steps and lrs (issue 18): run_schedule =
-    DensifyConfig.for_run(steps) with SDS_GRAD_THRESHOLD, its opacity resets kept only when the run leaves
-    (logit(0.5) − logit(0.01)) / lr = 1532 steps (paper lr 0.003) after the last one: none at 150 and 2000
-    steps, 1k..4k at 10k; 3DGS's opacity lr (0.05, 92 steps) keeps the 2000-step run's resets. "run"
-    spelled out is the same; None turns it off; anything else is refused."""
-    from interactive3d.backend.stage1.trainer import SDS_GRAD_THRESHOLD, run_schedule
+def test_default_densify_is_the_sds_schedule_scaled_to_the_run():
+    """Stage1Config derives its schedules from its own steps and lrs (issues 18, 27). The default, "sds", is
+    the authors' Stage I practice scaled to the run: densify every max(steps/15, 50) steps through 2·steps/3
+    with SDS_GRAD_THRESHOLD, prune every steps/30 steps to the end at opacity 0.05, never reset — a
+    150-step run densifies at 50 and 100, a 2000-step run at 133..1330, a 10k run every 667 from 667 to 6003.
+    "run" keeps run_schedule: its opacity resets only when the run leaves (logit(0.5) − logit(0.01)) / lr =
+    1532 steps (paper lr 0.003) after the last one: none at 150 and 2000 steps, 1k..4k at 10k; 3DGS's
+    opacity lr (0.05, 92 steps) keeps the 2000-step run's resets. "fixed" is DensifyConfig(); None turns
+    densification off; anything else is refused."""
+    from interactive3d.backend.stage1.trainer import SDS_GRAD_THRESHOLD, run_schedule, sds_schedule
 
-    for steps, resets in ((8, ()), (150, ()), (2000, ()), (5000, (500, 1000, 1500, 2000)), (10_000, (1000, 2000, 3000, 4000))):
+    for steps, densify, prune_every in ((150, (50, 100), 5), (2000, tuple(range(133, 1334, 133)), 67),
+                                        (10_000, tuple(range(667, 6667, 667)), 333)):
         cfg = Stage1Config(steps=steps)
-        assert cfg.densify == Stage1Config(steps=steps, densify="run").densify == run_schedule(steps)
+        assert cfg.densify == Stage1Config(steps=steps, densify="sds").densify == sds_schedule(steps)
+        plan = cfg.densify.plan(steps)
+        assert plan.densify_steps == densify and plan.reset_steps == (), steps
+        assert cfg.densify.prune_every == prune_every and plan.prune_steps[-1] == (steps - 1) // prune_every * prune_every
+        assert (cfg.densify.grad_threshold, cfg.densify.prune_opacity, cfg.densify.grad_quantile, cfg.densify.end_prune_opacity) == (
+            SDS_GRAD_THRESHOLD, 0.05, None, 0.1)
+    for steps, resets in ((8, ()), (150, ()), (2000, ()), (5000, (500, 1000, 1500, 2000)), (10_000, (1000, 2000, 3000, 4000))):
+        cfg = Stage1Config(steps=steps, densify="run")
+        assert cfg.densify == run_schedule(steps)
         assert cfg.densify.plan(steps).reset_steps == resets, steps
         full = DensifyConfig.for_run(steps, grad_threshold=SDS_GRAD_THRESHOLD)
         assert cfg.densify == (full if resets else replace(full, opacity_reset_every=None))
     fast = LearningRates(opacity_logits=0.05)
-    assert Stage1Config(steps=2000, lr=fast).densify.plan(2000).reset_steps == (200, 400, 600, 800)
+    assert Stage1Config(steps=2000, lr=fast, densify="run").densify.plan(2000).reset_steps == (200, 400, 600, 800)
     assert Stage1Config(densify=None).densify is None
+    assert Stage1Config(densify="fixed").densify == DensifyConfig()
     fixed = DensifyConfig()
     assert Stage1Config(steps=10_000, densify=fixed).densify is fixed
-    for bad in ("fixed", 3):
+    for bad in ("paper", 3):
         with pytest.raises(ValueError, match="densify"):
             Stage1Config(densify=bad)
 
 
-def test_short_run_with_the_default_schedule_grows_boundedly():
-    """A 60-step oracle run from 300 random Gaussians (32², batch 1) on the default schedule densifies at
+def test_short_run_with_the_run_schedule_grows_boundedly():
+    """A 60-step oracle run from 300 random Gaussians (32², batch 1) on the "run" schedule densifies at
     steps 5..25 and never resets: the count grows but stays bounded (measured 300 → 3292) and the held-out
     PSNR rises (measured +2.1 dB). With 3DGS's threshold 0.0002 the SDS gradients double every Gaussian at
     each of the 5 densify steps (measured 300 → 9600 = 300·2⁵, held-out PSNR −1.2 dB)."""
     ref = reference_object(300)
     g = init_random(300, radius=0.5, seed=1)
-    cfg = Stage1Config(steps=60, batch=1, resolution=32)
+    cfg = Stage1Config(steps=60, batch=1, resolution=32, densify="run")
     assert cfg.densify.plan(60) == DensifyPlan(densify_steps=(5, 10, 15, 20, 25), reset_steps=())
     job = Stage1Job(_session(g), _oracle(ref), PromptSpec("x"), cfg)
     p0 = heldout_psnr(g, ref)
@@ -196,3 +209,25 @@ def test_short_run_with_the_default_schedule_grows_boundedly():
         job.step(i)
     n, p1 = job.session.gaussians.n, heldout_psnr(job.session.gaussians, ref)
     assert 300 < n <= 4000 and p1 > p0 + 1.0, (n, p0, p1)
+
+
+def test_last_step_prunes_faint_gaussians_only_at_the_end():
+    """end_prune_opacity acts after the run's last optimiser step only: 100 random Gaussians at opacity 0.1
+    (init_random's), 20 of them set to 0.06 (and 0.7 for 10 others); a 4-step oracle run with the sds
+    schedule (no densify step in 4 steps, opacity lr 0 so opacities stay put) keeps all 100 through step 2
+    and ends with the 80 at or above 0.1 (the 0.06 ones pruned, with their Adam moments)."""
+    ref = reference_object(200)
+    g = init_random(100, radius=0.5, seed=4)
+    with torch.no_grad():
+        g.params["opacity_logits"][:20] = math.log(0.06 / 0.94)
+        g.params["opacity_logits"][20:30] = math.log(0.7 / 0.3)
+    cfg = Stage1Config(steps=4, batch=1, resolution=16, lr=LearningRates(opacity_logits=0.0))
+    assert cfg.densify.plan(4).densify_steps == () and cfg.densify.end_prune_opacity == 0.1
+    job = Stage1Job(_session(g), _oracle(ref), PromptSpec("x"), cfg)
+    for i in range(3):
+        job.step(i)
+    assert job.session.gaussians.n == 100
+    job.step(3)
+    out = job.session.gaussians
+    assert out.n == 80 and float(out.opacities.detach().min()) >= 0.1 - 1e-6
+    assert job.session.optimizers["means"].state[out.params["means"]]["exp_avg"].shape == (80, 3)
