@@ -96,8 +96,8 @@ def test_ping_with_device_cuda_reads_records_written_under_cuda_0(clean_record, 
         assert clean_record.choose(comp, dev, fast, lambda: calls.append("again")) == fast
     assert calls == ["render", "hashgrid", "volrend"]  # one self-test each, whichever name asks
 
-    server = types.SimpleNamespace(device=dev, handlers={"ping": ping})
-    reply = ping(Request(op="ping", id="1", args={}, buffers=[], session=None, server=server))
+    services = types.SimpleNamespace(device=dev, ops=("ping",))
+    reply = ping(Request(op="ping", id="1", args={}, buffers=[], session=None, services=services))
     backends = reply.result["backends"]
     assert reply.result["device"] == "cuda"
     assert {c: b["backend"] for c, b in backends.items()} == {"render": "gsplat", "hashgrid": "triton", "volrend": "nerfacc"}
