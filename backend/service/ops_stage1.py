@@ -11,16 +11,19 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import re
+import zipfile
 from dataclasses import replace
 
 import numpy as np
 import torch
 from interactive3d.protocol import ply as ply_io
 from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, ProtocolError, TooLarge
-from interactive3d.protocol.ply import PlyFormatError
+from interactive3d.protocol.splat_data import PlyFormatError
 
 from ..stage1 import init as init_mod
 from ..stage1.gaussians import Gaussians, init_random, make_optimizers
@@ -90,8 +93,37 @@ def load_splat(req: Request, path: str | None, what: str = "path", buffer=None) 
     real = _read_path(req, path, what)
     # read once through a folder handle (no swap after the check can redirect it), parsed from a private copy
     data = files.read_bytes(req.services.roots, real, req.services.max_file_bytes, f"{req.op}: {what}")
-    with files.staged(data, os.path.splitext(real)[1]) as tmp:
+    suffix = os.path.splitext(real)[1]
+    if suffix.lower() == ".json":  # an unbundled .sog: its images are read the same way and bundled privately
+        data, suffix = _bundle_sog(req, real, data, what), ".sog"
+    with files.staged(data, suffix) as tmp:
         return _load_real_path(req, tmp, repr(path))
+
+
+def _bundle_sog(req: Request, meta_path: str, meta: bytes, what: str) -> bytes:
+    """An unbundled SOG (``meta.json`` and the images it names, beside it) as the bytes of a bundled .sog: each
+    image is a plain file name beside meta.json, read like any request path (in the data folders, a regular
+    file, under the file cap), so the reader never opens a file by itself."""
+    try:
+        sections = json.loads(meta)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgs(f"{req.op}: {what}: meta.json is not JSON: {exc}") from None
+    if not isinstance(sections, dict):
+        raise InvalidArgs(f"{req.op}: {what}: meta.json must hold an object")
+    names = []
+    for sec in sections.values():
+        for name in (sec.get("files") if isinstance(sec, dict) else None) or []:
+            if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", ".."):
+                raise InvalidArgs(f"{req.op}: {what}: meta.json names {str(name)[:200]!r}; only files beside it are read")
+            names.append(name)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("meta.json", meta)
+        for name in dict.fromkeys(names):
+            image = f"image {name!r} beside {what}"
+            real = _read_path(req, os.path.join(os.path.dirname(meta_path), name), image)
+            z.writestr(name, files.read_bytes(req.services.roots, real, req.services.max_file_bytes, f"{req.op}: {image}"))
+    return buf.getvalue()
 
 
 def _file_frame(req: Request, buffer=None):

@@ -73,9 +73,10 @@ def render_step_size(aabb_radius: float, n_samples: int) -> float:
 
 
 
-def march(rays: Rays, radius: float, cfg: RenderConfig, occupancy, generator) -> tuple[Tensor, Tensor, Tensor]:
+def march(rays: Rays, radius: float, cfg: RenderConfig, occupied, generator) -> tuple[Tensor, Tensor, Tensor]:
     """The torch twin of nerfacc's ``traverse_grids`` with a fixed step: t_starts, t_ends [R,S] and a mask
-    [R,S] of the kept steps (midpoint inside the AABB and in an occupied cell)."""
+    [R,S] of the kept steps (midpoint inside the AABB and, with ``occupied`` — [N,3] world points → [N] bool,
+    e.g. an OccupancyGrid's ``lookup`` — in an occupied cell)."""
     n_rays = rays.origins.shape[0]
     dev = rays.origins.device
     step = render_step_size(radius, cfg.n_samples)
@@ -91,7 +92,7 @@ def march(rays: Rays, radius: float, cfg: RenderConfig, occupancy, generator) ->
     ends = starts + step
     mids = 0.5 * (starts + ends)
     keep = hit[:, None] & (mids >= near[:, None]) & (mids < far[:, None])
-    if occupancy is not None:
+    if occupied is not None:
         pts = rays.origins[:, None] + rays.dirs[:, None] * mids[..., None]
-        keep = keep & occupancy.lookup(pts.reshape(-1, 3)).reshape(n_rays, s)
+        keep = keep & occupied(pts.reshape(-1, 3)).reshape(n_rays, s)
     return starts, ends, keep

@@ -40,7 +40,7 @@ def render_chunk_torch(field, rays: Rays, radius: float, cfg: RenderConfig, occu
 
     n_rays = rays.origins.shape[0]
     dev = rays.origins.device
-    starts, ends, keep = march(rays, radius, cfg, occupancy, generator)
+    starts, ends, keep = march(rays, radius, cfg, None if occupancy is None else occupancy.lookup, generator)
     s = starts.shape[1]
     mids = 0.5 * (starts + ends)
     sig = torch.zeros(n_rays * s, device=dev)

@@ -164,7 +164,7 @@ def bench_distill_marching(steps: int, nerf_cfg: NeRFConfig, label: str, n_sampl
     target = torch.rand(1, 64, 64, 3, device=dev)
     volrend = choose_volrend(dev)
     t = _time(lambda: distill_step(f, opt, cams, target, cfg, gen, occ), dev, steps)
-    _, _, keep = march(camera_rays(cams), nerf_cfg.aabb_radius, cfg.render, occ, None)
+    _, _, keep = march(camera_rays(cams), nerf_cfg.aabb_radius, cfg.render, None if occ is None else occ.lookup, None)
     print(f"distill step ({label}, {dev.type}, volrend={volrend}, {rays} rays, {n_samples} steps per diagonal, "
           f"32³ occupancy: {float(keep.sum(-1).float().mean()):.1f} samples per ray kept): {1e3 * t:8.1f} ms", flush=True)
 

@@ -20,3 +20,18 @@ def client(server):
     """A protocol client connected to ``server``, closed after the test."""
     with Client(server.address) as c:
         yield c
+
+
+@pytest.fixture()
+def sandboxed(tmp_path):
+    """A server whose only data root is tmp_path/data (files up to 1 MiB), a client, and that root:
+    ``(client, root, threaded_server)`` (the security tests)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    ts = ThreadedServer(data_dirs=(str(root),), max_file_bytes=1 << 20)
+    c = Client(ts.address)
+    try:
+        yield c, root, ts
+    finally:
+        c.close()
+        ts.stop()

@@ -67,20 +67,6 @@ def _code(c: Client, op: str, args: dict, buffers=()) -> str:
     return err.value.code
 
 
-@pytest.fixture()
-def sandboxed(tmp_path):
-    """A server whose only data root is tmp_path/data, and a client."""
-    root = tmp_path / "data"
-    root.mkdir()
-    ts = ThreadedServer(data_dirs=(str(root),), max_file_bytes=1 << 20)
-    c = Client(ts.address)
-    try:
-        yield c, root, ts
-    finally:
-        c.close()
-        ts.stop()
-
-
 # -- the file sandbox --------------------------------------------------------------------------------------
 def test_writes_stay_in_the_roots_and_replace_only_regular_files(sandboxed, tmp_path):
     c, root, _ = sandboxed

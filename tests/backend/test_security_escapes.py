@@ -49,20 +49,6 @@ def _gltf(uri: str) -> bytes:
 OBJ = b"mtllib %s\nusemtl m\nv 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n"
 
 
-@pytest.fixture()
-def sandboxed(tmp_path):
-    """A server whose only data root is tmp_path/data, and a client."""
-    root = tmp_path / "data"
-    root.mkdir()
-    ts = ThreadedServer(data_dirs=(str(root),), max_file_bytes=1 << 20)
-    c = Client(ts.address)
-    try:
-        yield c, root, ts
-    finally:
-        c.close()
-        ts.stop()
-
-
 # -- 1. files named inside an uploaded mesh -----------------------------------------------------------------
 def test_meshes_cannot_name_files_outside_the_data_folders(sandboxed, tmp_path):
     """A glTF whose buffer URI is ``../outside.bin`` or an absolute path, and an OBJ whose ``mtllib`` is outside:
@@ -513,3 +499,30 @@ def test_keyless_peers_never_get_a_frame_to_the_server():
     finally:
         peer.close(0)
         ts.stop()
+
+
+def test_an_unbundled_sog_reads_only_images_beside_it(sandboxed, tmp_path):
+    """An unbundled SOG given by path (meta.json in a data folder) loads with its images read like any request
+    path; a meta.json naming ``../outside.webp`` or an absolute path is invalid_args, and a symlink beside it
+    leading out of the data folders is refused too (the file outside is never read)."""
+    import shutil
+    from pathlib import Path
+
+    c, root, _ = sandboxed
+    sid = c.request("session.create").result["session"]
+    src = Path(__file__).resolve().parents[1] / "fixtures" / "splats" / "source_sog"
+    good = root / "sog"
+    shutil.copytree(src, good)
+    assert c.request("gaussians.load_ply", {"session": sid, "path": str(good / "meta.json")}).result["count"] == 300
+    meta = json.loads((good / "meta.json").read_text())
+    outside = tmp_path / "outside.webp"
+    shutil.copy(good / meta["means"]["files"][0], outside)
+    for name in ("../../outside.webp", str(outside)):
+        bad = dict(meta, means=dict(meta["means"], files=[name, meta["means"]["files"][1]]))
+        (good / "meta.json").write_text(json.dumps(bad))
+        assert _code(c, "gaussians.load_ply", {"session": sid, "path": str(good / "meta.json")}) == "invalid_args"
+    link = meta["means"]["files"][0]
+    (good / link).unlink()
+    (good / link).symlink_to(outside)
+    (good / "meta.json").write_text(json.dumps(meta))
+    assert _code(c, "gaussians.load_ply", {"session": sid, "path": str(good / "meta.json")}) == "invalid_args"

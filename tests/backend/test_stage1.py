@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,26 +19,20 @@ from interactive3d.backend.stage1.gaussians import (
     deep_copy_optimizers,
     init_random,
     make_optimizers,
-    rgb_to_sh_dc,
 )
 from interactive3d.backend.stage1.densify import DensifyConfig, DensifyPlan
 from interactive3d.backend.stage1.guidance import OracleGuidance, PromptSpec
 from interactive3d.backend.stage1.render import render
 from interactive3d.backend.stage1.trainer import Stage1Config, Stage1Job, stage1_step
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts" / "bench"))
+from stage1_schedules import blobs_reference  # noqa: E402  (scripts/bench/stage1_schedules.py)
+
 
 def reference_object(n: int = 600, seed: int = 5) -> Gaussians:
-    """A two-colour object: a red lower ellipsoid and a blue upper sphere, opaque, well inside radius 0.6."""
-    g = init_random(n, radius=0.5, seed=seed)
-    with torch.no_grad():
-        m = g.params["means"]
-        m[:, 2] = m[:, 2] * 1.2
-        top = m[:, 2] > 0.1
-        rgb = torch.where(top[:, None], torch.tensor([0.1, 0.2, 0.9]), torch.tensor([0.9, 0.15, 0.1]))
-        g.params["sh"][:, 0] = rgb_to_sh_dc(rgb)
-        g.params["opacity_logits"].fill_(math.log(0.9 / 0.1))
-        g.params["log_scales"].add_(math.log(1.5))
-    return g
+    """A two-colour object: a red lower ellipsoid and a blue upper sphere, opaque, well inside radius 0.6
+    (scripts/bench/stage1_schedules.py's 'blobs', with fewer Gaussians)."""
+    return blobs_reference(n, seed)
 
 
 def heldout_psnr(g: Gaussians, ref: Gaussians, res: int = 64) -> float:

@@ -129,7 +129,7 @@ def test_twin_matches_the_dense_reference():
     d = (out.rgb - rgb).abs().amax(-1)
     assert d.mean() < 0.003 and d.quantile(0.99) < 0.03 and d.max() < 0.3
     assert ((out.depth - depth).abs()[solid] / depth[solid]).max() < 0.03
-    _, _, keep = march(rays, 1.0, cfg, occ, None)
+    _, _, keep = march(rays, 1.0, cfg, occ.lookup, None)
     _, _, all_steps = march(rays, 1.0, cfg, None, None)
     assert keep.sum() < 0.5 * all_steps.sum()
 
@@ -215,7 +215,7 @@ def _compacted_alpha_chunk(field, rays, radius, cfg, occupancy, bg, generator):
     ``render_weight_from_density`` (T_i = exp(−Σ σ_j δ_j), a sum); nerfacc's packed functions need CUDA."""
     from nerfacc import accumulate_along_rays, render_weight_from_alpha
 
-    starts, ends, keep = march(rays, radius, cfg, occupancy, generator)
+    starts, ends, keep = march(rays, radius, cfg, None if occupancy is None else occupancy.lookup, generator)
     n_rays = keep.shape[0]
     r, c = keep.nonzero(as_tuple=True)
     col = (keep.cumsum(1) - 1)[r, c]  # each kept step's column once the skipped ones are gone
