@@ -53,7 +53,7 @@ class Choice:
     backend: str  # the backend in use, e.g. "gsplat" or "torch"
     fast: str  # the fast path that was tried
     ok: bool  # True: the fast path passed its self-test
-    reason: str = ""  # why the fast path is not used ("" when it is)
+    reason: str = ""  # why the fast path is not used; when it is, what its self-test measured against the twin
 
 
 class FastPaths:
@@ -63,19 +63,20 @@ class FastPaths:
         self._choices: dict[tuple[str, str], Choice] = {}
         self._lock = threading.Lock()
 
-    def choose(self, component: str, device: torch.device | str, fast: str, self_test: Callable[[], None], twin: str = "torch") -> str:
+    def choose(self, component: str, device: torch.device | str, fast: str, self_test: Callable[[], str | None], twin: str = "torch") -> str:
         """The backend ``component`` uses on ``device``: ``fast`` if ``self_test()`` returns, else ``twin``.
 
         The self-test runs at most once per (component, device) in this record; it must raise on any
-        failure (an exception of any type, including a numeric mismatch as an AssertionError/ValueError).
+        failure (an exception of any type, including a numeric mismatch as an AssertionError/ValueError), and
+        may return what it measured (kept as the choice's reason: the parity the GPU acceptance reports).
         """
         key = (component, canonical_device(device))
         with self._lock:  # one self-test per key even when two jobs start together
             got = self._choices.get(key)
             if got is None:
                 try:
-                    self_test()
-                    got = Choice(component, key[1], fast, fast, True)
+                    measured = self_test()
+                    got = Choice(component, key[1], fast, fast, True, f"self-test passed: {measured}" if measured else "")
                     log.info("fast path %s for %s on %s passed its self-test", fast, component, key[1])
                 except Exception as exc:  # noqa: BLE001 - any failure of a fast path means: use the twin
                     reason = f"{type(exc).__name__}: {exc}".strip()

@@ -416,7 +416,7 @@ def _render_gsplat(g, viewmats, Ks, w, h, colors, bg, near_plane, far_plane) -> 
 SELF_TEST_TOL = 2e-3  # max abs on rgb/alpha (gsplat's fast-math exp vs torch); depth 1e-2 relative
 
 
-def self_test(device: torch.device | str) -> None:
+def self_test(device: torch.device | str) -> str:
     """Render a tiny scene with gsplat and with the torch twin on ``device``; raise on any difference.
 
     Fails with gsplat's own error where its kernels cannot load (no nvcc for the JIT, a compile error) and
@@ -454,6 +454,7 @@ def self_test(device: torch.device | str) -> None:
         raise ValueError(f"gsplat and the torch twin differ by {err:.3g} (> {SELF_TEST_TOL}) on the self-test scene")
     if not torch.equal(a.radii > 0, b.radii > 0):
         raise ValueError("gsplat and the torch twin disagree on which Gaussians are visible")
+    return f"max |rgb, alpha difference| {err:.3g} against the torch twin (tolerance {SELF_TEST_TOL:g})"
 
 
 def choose_backend(device: torch.device | str, fastpaths: FastPaths = FASTPATHS, test: Callable[[], None] | None = None) -> str:

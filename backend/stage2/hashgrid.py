@@ -474,7 +474,7 @@ def compare_to_twin(fast: str, device: torch.device, cfg: HashGridConfig, x: Ten
     return d_out, d_grad
 
 
-def self_test(fast: str, device: torch.device | str, n_features: int = 2) -> None:
+def self_test(fast: str, device: torch.device | str, n_features: int = 2) -> str:
     """Raise unless ``fast`` matches the torch twin on ``device`` (forward and table gradient, dense and
     hashed levels, points on the cube's faces and corners and on grid planes) within :data:`SELF_TEST_TOL`.
 
@@ -482,6 +482,7 @@ def self_test(fast: str, device: torch.device | str, n_features: int = 2) -> Non
     """
     device = torch.device(device)
     x = self_test_points(device)
+    measured = []
     for f in sorted({2, n_features}):
         d_out, d_grad = compare_to_twin(fast, device, replace(SELF_TEST_CFG, n_features=f), x)
         if not (d_out <= SELF_TEST_TOL[fast] and d_grad <= SELF_TEST_TOL[fast]):
@@ -489,3 +490,5 @@ def self_test(fast: str, device: torch.device | str, n_features: int = 2) -> Non
                 f"hash grid {fast!r} differs from the torch twin with {f} features: output {d_out:.3g}, "
                 f"table gradient {d_grad:.3g} (tolerance {SELF_TEST_TOL[fast]:g})"
             )
+        measured.append(f"F={f}: output {d_out:.3g}, table gradient {d_grad:.3g}")
+    return f"max difference from the torch twin {'; '.join(measured)} (tolerance {SELF_TEST_TOL[fast]:g})"

@@ -93,7 +93,7 @@ class _BallField:
 SELF_TEST_TOL = 1e-3  # max abs on rgb and opacity, relative on depth, between nerfacc and the twin
 
 
-def self_test(device: torch.device | str) -> None:
+def self_test(device: torch.device | str) -> str:
     """nerfacc's packed marching and volrend against the torch twin on ``device`` (16×16 rays through a ball,
     the outer shell of the 8³ occupancy grid empty, where the ball's density is < 0.01); raises on a load
     failure or a difference beyond SELF_TEST_TOL."""
@@ -116,6 +116,7 @@ def self_test(device: torch.device | str) -> None:
         raise ValueError(f"nerfacc and the torch twin differ by {err:.3g} (colour/opacity), {derr:.3g} (depth) on the self-test rays")
     if not float(b.opacity.max()) > 0.9:
         raise ValueError("the self-test scene rendered empty")
+    return f"max |colour, opacity difference| {err:.3g}, relative depth {derr:.3g} against the torch twin (tolerance {SELF_TEST_TOL:g})"
 
 
 def choose_volrend(device: torch.device | str, fastpaths: FastPaths = FASTPATHS, test: Callable[[], None] | None = None) -> str:

@@ -253,6 +253,8 @@ def test_numeric_mismatch_falls_back_and_a_faithful_path_passes(monkeypatch):
 
     monkeypatch.setattr(render, "render_chunk_nerfacc", _compacted_alpha_chunk)
     assert render.choose_volrend("cuda:0", fp, test=lambda: render.self_test("cpu")) == "nerfacc"
+    # the record keeps what the self-test measured (the parity the GPU acceptance reports)
+    assert fp.get("volrend", "cuda:0").reason.startswith("self-test passed: max |colour, opacity difference| ")
 
     def off(*a):
         o = _compacted_alpha_chunk(*a)
