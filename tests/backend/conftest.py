@@ -24,11 +24,13 @@ def client(server):
 
 @pytest.fixture()
 def sandboxed(tmp_path):
-    """A server whose only data root is tmp_path/data (files up to 1 MiB), a client, and that root:
-    ``(client, root, threaded_server)`` (the security tests)."""
+    """A server whose only data root is tmp_path/data (files up to 1 MiB) and only model root tmp_path/models
+    (so no relative path from the working folder — wherever the checkout is — lands in a root), a client, and
+    the data root: ``(client, root, threaded_server)`` (the security tests)."""
     root = tmp_path / "data"
     root.mkdir()
-    ts = ThreadedServer(data_dirs=(str(root),), max_file_bytes=1 << 20)
+    (tmp_path / "models").mkdir()
+    ts = ThreadedServer(data_dirs=(str(root),), model_dirs=(str(tmp_path / "models"),), max_file_bytes=1 << 20)
     c = Client(ts.address)
     try:
         yield c, root, ts
