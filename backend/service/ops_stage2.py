@@ -25,7 +25,7 @@ from ..stage2.hashgrid import HashGridConfig
 from ..stage2.mesh import MeshConfig, MeshError, extract_mesh, mesh_file_bytes
 from ..stage2.mesh_error import surface_error
 from ..stage2.nerf import NeRFConfig
-from ..stage2.occupancy import occupancy_from_field
+from ..stage2.occupancy import gaussian_support, occupancy_from_field
 from ..stage2.rays import RenderConfig, render_step_size
 from ..stage2.parts import PartConfig, RegionError, region_cells
 from ..stage2.refine import RefineConfig, RefineJob
@@ -81,6 +81,15 @@ def distill(req: Request) -> Reply:
     return Reply({"job": job_id, "total": cfg.steps})
 
 
+def _support(s, resolution: int, aabb_radius: float):
+    """The cells the session's Gaussians can render in (occupancy.gaussian_support), None without Gaussians:
+    a grid made from the field alone is bounded by them, as distillation's is."""
+    g = s.gaussians
+    if g is None or g.n == 0:
+        return None
+    return gaussian_support(g.means, g.scales, g.rotations, g.opacities, resolution, aabb_radius)
+
+
 def occupancy(req: Request) -> Reply:
     s, a = req.session, req.args
     _idle(req)
@@ -89,7 +98,8 @@ def occupancy(req: Request) -> Reply:
         st = _state(req)
         s.record("stage2.occupancy")
         step = render_step_size(st.cfg.aabb_radius, a["n_samples"])
-        st.occupancy = occupancy_from_field(st.refined, a["resolution"], threshold=max(a["threshold"], 1e-12), step_size=step)
+        st.occupancy = occupancy_from_field(st.refined, a["resolution"], threshold=max(a["threshold"], 1e-12), step_size=step,
+                                            within=_support(s, a["resolution"], st.cfg.aabb_radius))
         occ = st.occupancy.occ
         n = int(occ.sum())
     return Reply({"resolution": a["resolution"], "occupied": n, "fraction": n / occ.numel()}, [occ.cpu().numpy().astype(np.uint8)])
@@ -106,7 +116,8 @@ def add_part(req: Request) -> Reply:
         if name in st.parts:
             raise InvalidArgs(f"stage2.add_part: part {name!r} already exists")
         if st.occupancy is None:
-            st_occ = occupancy_from_field(st.refined, 32, step_size=render_step_size(st.cfg.aabb_radius, RenderConfig(n_samples=64).n_samples))
+            st_occ = occupancy_from_field(st.refined, 32, step_size=render_step_size(st.cfg.aabb_radius, RenderConfig(n_samples=64).n_samples),
+                                          within=_support(s, 32, st.cfg.aabb_radius))
         else:
             st_occ = st.occupancy
         try:

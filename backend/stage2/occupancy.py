@@ -122,14 +122,20 @@ def occupancy_from_field(
     chunk: int = 65536,
     seed: int = 0,
     step_size: float | None = None,
+    within: Tensor | None = None,
 ) -> OccupancyGrid:
     """A fresh occupancy grid (one :func:`update_occupancy` without history): occupied where σ·step of some
     of ``samples_per_cell`` random points exceeds ``threshold``; ``step_size`` defaults to the step of the
-    official 512 samples per box diagonal (:func:`render_step_size`)."""
+    official 512 samples per box diagonal (:func:`render_step_size`). ``within`` ([R,R,R] bool, e.g.
+    :func:`gaussian_support`) bounds it: distillation trains the field only there, so what the field holds
+    outside (its start blob) is not the object."""
     cfg = OccupancyConfig(resolution=resolution, threshold=threshold, samples_per_cell=samples_per_cell)  # checks them
     r = field.cfg.aabb_radius if isinstance(field, NeRFField) else field.aabb_radius
     step = render_step_size(r, RenderConfig().n_samples) if step_size is None else step_size
-    return update_occupancy(None, field, step, cfg, torch.Generator().manual_seed(seed), chunk)
+    grid = update_occupancy(None, field, step, cfg, torch.Generator().manual_seed(seed), chunk)
+    if within is not None:
+        grid.occ &= within.to(grid.occ.device)
+    return grid
 
 
 class DensityFn:
