@@ -15,7 +15,9 @@ import time
 import torch
 from interactive3d.backend.stage1.cameras import OrbitConfig, sample_orbit
 from interactive3d.backend.stage2.hashgrid import HashGridConfig
-from interactive3d.backend.stage2.nerf import NeRFConfig, NeRFField, RenderConfig, occupancy_from_field
+from interactive3d.backend.stage2.nerf import NeRFConfig, NeRFField
+from interactive3d.backend.stage2.occupancy import occupancy_from_field
+from interactive3d.backend.stage2.rays import RenderConfig
 from interactive3d.backend.stage2.parts import PartConfig, RefinedField, region_cells
 from interactive3d.backend.stage2.refine import RefineConfig, Refiner
 
