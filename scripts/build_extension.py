@@ -1,17 +1,25 @@
 """Build the installable Blender extension zip.
 
-    python scripts/build_extension.py --out DIR [--no-wheels] [--cache-dir DIR]
+    python scripts/build_extension.py --out DIR [--no-wheels] [--split-platforms] [--cache-dir DIR]
 
 The zip's root is blender_addon/ (manifest at the top, as Blender requires), with protocol/ vendored as
-``_vendor/protocol`` (the add-on imports it through ``_deps``) and the pyzmq + msgpack wheels under
-``wheels/`` for the Pythons Blender ships (3.11 for 4.2-5.0, 3.13 for 5.1+) on Linux x86_64, Windows x64
-and macOS arm64/x86_64, fetched with ``pip download --only-binary=:all:``. The manifest in the zip lists
-exactly the wheel files that were downloaded, and ``platforms`` lists the platforms they cover.
-``--no-wheels`` (offline builds, tests) bundles none: that add-on then needs pyzmq and msgpack available
-in Blender's Python some other way, and says so on the terminal.
+``_vendor/protocol`` (the add-on imports it through ``_deps``) and the wheels of ``PACKAGES`` (pyzmq + msgpack
+for the backend connection, Pillow for .sog's WebP images) under ``wheels/`` for the Pythons Blender ships
+(3.11 for 4.2-5.0, 3.13 for 5.1+) on Linux x86_64, Windows x64 and macOS arm64/x86_64, fetched with
+``pip download --only-binary=:all:``. The manifest in the zip lists exactly the wheel files that were
+downloaded, and ``platforms`` lists the platforms they cover. ``--split-platforms`` writes one zip per platform
+instead (``interactive3d-<version>-<platform>.zip``, only that platform's wheels: what Blender's own
+``extension build --split-platforms`` does to keep downloads small). ``--no-wheels`` (offline builds, tests)
+bundles none: that add-on then needs pyzmq and msgpack available in Blender's Python some other way, and says
+so on the terminal.
 
-The installed versions of pyzmq and msgpack are pinned (same versions as development) unless
-``--unpinned``. Blender 4.2.0's installer picks bundled wheels by platform only and keeps one per package,
+zstandard (.spz version 4) is *not* bundled: every Blender ships it in its own Python (it reads ZSTD-compressed
+.blend files; the bpy module on PyPI requires it), and Blender puts the extensions' site-packages *before* its
+own, so a bundled copy would replace Blender's for Blender itself and every add-on. ``BLENDER_SHIPS`` lists such
+packages; a test checks it against each tested bpy's requirements.
+
+The installed versions of the packages are pinned (same versions as development) unless ``--unpinned``.
+Blender 4.2.0's installer picks bundled wheels by platform only and keeps one per package,
 the highest version (ties: the greatest file name, so a cp312-abi3 or cp313 wheel beat cp311 and did not
 load in its Python 3.11); 4.2.1+ also match the Python tag. So the wheels for the newer Pythons are the
 newest release *below* the Python 3.11 one: every Blender then installs a wheel that loads
@@ -38,8 +46,11 @@ from pathlib import Path
 log = logging.getLogger("build_extension")
 ROOT = Path(__file__).resolve().parents[1]
 ADDON, PROTOCOL = ROOT / "blender_addon", ROOT / "protocol"
-PACKAGES = ("pyzmq", "msgpack")
+PACKAGES = ("pyzmq", "msgpack", "pillow")
 PYTHONS = ("3.11", "3.13")
+# In Blender's own Python (its build's Python modules; PyPI's bpy requires them): never bundled (module docstring).
+BLENDER_SHIPS = ("numpy", "zstandard", "requests", "cython", "cattrs", "attrs", "certifi", "charset-normalizer", "idna",
+                 "urllib3")
 
 
 @dataclass(frozen=True)
@@ -67,19 +78,23 @@ def _version_of(package: str) -> str | None:
 
 
 def download_wheels(dest: Path, cache_dir: Path | None, pinned: bool = True, pip: tuple[str, ...] | None = None
-                    ) -> tuple[list[Path], list[str]]:
+                    ) -> tuple[list[Path], dict[str, list[str]]]:
     """Download one wheel per (package, Python, platform) into ``dest``.
 
-    Returns (the distinct wheel files, the Blender platforms for which every package and Python got a
-    wheel). Raises RuntimeError with pip's message when a download fails. ``cache_dir`` keeps pip's
-    downloads between builds (a file already there is not fetched again).
+    Returns (the distinct wheel files, Blender platform → the names of its wheels, for each platform on which
+    every package and Python got a wheel). Raises RuntimeError with pip's message when a download fails.
+    ``cache_dir`` keeps pip's downloads between builds (a file already there is not fetched again).
     """
     pip = pip or (sys.executable, "-m", "pip")
     dest.mkdir(parents=True, exist_ok=True)
+    if set(PACKAGES) & set(BLENDER_SHIPS):
+        raise RuntimeError(f"{sorted(set(PACKAGES) & set(BLENDER_SHIPS))} ship with Blender: bundling them "
+                           "would replace Blender's own copy")
     files: dict[str, Path] = {}
-    covered = []
+    covered: dict[str, list[str]] = {}
     for plat in PLATFORMS:
         ok = True
+        names: list[str] = []
         oldest: dict[str, str] = {}  # package → version of its wheel for PYTHONS[0]
         for py in PYTHONS:
             for package in PACKAGES:
@@ -108,10 +123,11 @@ def download_wheels(dest: Path, cache_dir: Path | None, pinned: bool = True, pip
                     log.warning("no %s wheel for Python %s on %s", package, py, plat.blender)
                     continue
                 files.setdefault(wheel.name, wheel)
+                names.append(wheel.name)
                 if py == PYTHONS[0]:
                     oldest[package] = wheel.name.split("-")[1]
         if ok:
-            covered.append(plat.blender)
+            covered[plat.blender] = sorted(set(names))
     out = []
     for name, src in sorted(files.items()):
         shutil.copy2(src, dest / name)
@@ -189,60 +205,75 @@ def _add_tree(zf: zipfile.ZipFile, src: Path, prefix: str) -> None:
         zf.write(path, f"{prefix}{rel.as_posix()}")
 
 
+def _write_zip(zip_path: Path, manifest: str, wheel_files: list[Path]) -> None:
+    """The extension zip: ``manifest``, the add-on, protocol/ vendored, ``wheel_files`` under wheels/."""
+    tmp_zip = zip_path.with_name(f".{zip_path.name}.tmp")
+    with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("blender_manifest.toml", manifest)
+        for path in sorted(ADDON.rglob("*")):
+            rel = path.relative_to(ADDON)
+            if path.is_dir() or rel.as_posix() == "blender_manifest.toml" or rel.parts[0] in ("_vendor", "wheels"):
+                continue
+            if any(_EXCLUDE.search(part) for part in rel.parts):
+                continue
+            zf.write(path, rel.as_posix())
+        zf.writestr("_vendor/__init__.py", '"""Vendored copies of project packages (built by '
+                    'scripts/build_extension.py)."""\n')
+        _add_tree(zf, PROTOCOL, "_vendor/protocol/")
+        for wheel in wheel_files:
+            zf.write(wheel, f"wheels/{wheel.name}")
+    os.replace(tmp_zip, zip_path)
+    log.info("built %s (%d wheels, %.1f MB)", zip_path, len(wheel_files), zip_path.stat().st_size / 1e6)
+
+
 def build(out_dir: str | os.PathLike, wheels: bool = True, cache_dir: str | os.PathLike | None = None,
-          pinned: bool = True) -> Path:
-    """Build ``interactive3d-<version>.zip`` in ``out_dir``; returns its path."""
+          pinned: bool = True, split_platforms: bool = False) -> list[Path]:
+    """Build ``interactive3d-<version>.zip`` in ``out_dir`` (with ``split_platforms``: one
+    ``interactive3d-<version>-<platform>.zip`` per platform, holding only its wheels); returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = (ADDON / "blender_manifest.toml").read_text(encoding="utf-8")
     version = re.search(r'(?m)^version\s*=\s*"([^"]+)"', manifest).group(1)
     with tempfile.TemporaryDirectory() as tmp:
-        wheel_files: list[Path] = []
-        platforms = None
-        if wheels:
-            wheel_files, platforms = download_wheels(Path(tmp) / "wheels", Path(cache_dir) if cache_dir else None,
-                                                     pinned=pinned)
-            if not platforms:
-                raise RuntimeError("no platform got a wheel for every package and Python")
-        else:
-            log.warning("--no-wheels: the zip bundles no pyzmq/msgpack wheels; the add-on can import and "
-                        "export splats but cannot reach a backend unless Blender's Python already has them")
-        manifest = _manifest(manifest, [w.name for w in wheel_files], platforms)
-        zip_path = out_dir / f"interactive3d-{version}.zip"
-        tmp_zip = out_dir / f".{zip_path.name}.tmp"
-        with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr("blender_manifest.toml", manifest)
-            for path in sorted(ADDON.rglob("*")):
-                rel = path.relative_to(ADDON)
-                if path.is_dir() or rel.as_posix() == "blender_manifest.toml" or rel.parts[0] in ("_vendor", "wheels"):
-                    continue
-                if any(_EXCLUDE.search(part) for part in rel.parts):
-                    continue
-                zf.write(path, rel.as_posix())
-            zf.writestr("_vendor/__init__.py", '"""Vendored copies of project packages (built by '
-                        'scripts/build_extension.py)."""\n')
-            _add_tree(zf, PROTOCOL, "_vendor/protocol/")
-            for wheel in wheel_files:
-                zf.write(wheel, f"wheels/{wheel.name}")
-        os.replace(tmp_zip, zip_path)
-    log.info("built %s (%d wheels)", zip_path, len(wheel_files))
-    return zip_path
+        if not wheels:
+            log.warning("--no-wheels: the zip bundles no wheels; the add-on can import and export splats (but "
+                        ".sog) yet cannot reach a backend unless Blender's Python already has pyzmq and msgpack")
+            zip_path = out_dir / f"interactive3d-{version}.zip"
+            _write_zip(zip_path, _manifest(manifest, [], None), [])
+            return [zip_path]
+        wheel_files, covered = download_wheels(Path(tmp) / "wheels", Path(cache_dir) if cache_dir else None,
+                                               pinned=pinned)
+        if not covered:
+            raise RuntimeError("no platform got a wheel for every package and Python")
+        if not split_platforms:
+            zip_path = out_dir / f"interactive3d-{version}.zip"
+            _write_zip(zip_path, _manifest(manifest, [w.name for w in wheel_files], list(covered)), wheel_files)
+            return [zip_path]
+        paths = []
+        for plat, names in covered.items():
+            zip_path = out_dir / f"interactive3d-{version}-{plat}.zip"
+            _write_zip(zip_path, _manifest(manifest, names, [plat]), [w for w in wheel_files if w.name in names])
+            paths.append(zip_path)
+        return paths
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder for the zip")
     parser.add_argument("--no-wheels", action="store_true", help="bundle no wheels (offline builds, tests)")
+    parser.add_argument("--split-platforms", action="store_true", help="one zip per platform, with only its wheels")
     parser.add_argument("--cache-dir", help="keep downloaded wheels here between builds")
-    parser.add_argument("--unpinned", action="store_true", help="latest pyzmq/msgpack, not the installed ones")
+    parser.add_argument("--unpinned", action="store_true", help="latest wheels, not the installed versions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        path = build(args.out, wheels=not args.no_wheels, cache_dir=args.cache_dir, pinned=not args.unpinned)
+        paths = build(args.out, wheels=not args.no_wheels, cache_dir=args.cache_dir, pinned=not args.unpinned,
+                      split_platforms=args.split_platforms)
     except (RuntimeError, OSError) as exc:
         log.error("build failed: %s", exc)
         return 1
-    print(path)
+    for path in paths:
+        print(path)
     return 0
 
 

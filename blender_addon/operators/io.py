@@ -10,7 +10,10 @@ positions, rotations and scales by matrix_world (Σ' = AΣAᵀ, exact for any sc
 
 from __future__ import annotations
 
+import importlib
 import os
+import platform
+import sys
 
 import bpy
 import numpy as np
@@ -27,10 +30,68 @@ _SPZ_AXES = (("ply", "As stored (.ply axes)", "The numbers as stored, in the .pl
               "and older Niantic exports (use this if an .spz comes in upside down)"))
 
 
+# What a format needs beyond numpy, and where Blender gets it: Pillow is a wheel the extension bundles
+# (scripts/build_extension.py), zstandard comes with Blender's own Python (the extension does not bundle it).
+_LIBRARIES = {".sog": ("PIL.Image", "Pillow", "bundled"), ".json": ("PIL.Image", "Pillow", "bundled"),
+              ".spz": ("zstandard", "zstandard", "blender")}
+
+
+def _bundled_for(name: str) -> str:
+    """Where this build bundles the wheels of ``name`` ("Pillow"): the manifest's platforms, if it lists any of
+    its wheels (a build without wheels lists none), for messages."""
+    import tomllib
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "blender_manifest.toml")
+    try:
+        with open(path, "rb") as f:
+            manifest = tomllib.load(f)
+    except (OSError, ValueError):
+        return "no platform known (no readable blender_manifest.toml)"
+    if not any(os.path.basename(w).lower().startswith(name.lower() + "-") for w in manifest.get("wheels", [])):
+        return f"no platform in this build (it has no {name} wheel)"
+    return ", ".join(manifest.get("platforms", []))
+
+
+def missing_library_message(filepath: str) -> str | None:
+    """Why a file named ``filepath`` cannot be read or written in this Blender: the library its format needs
+    does not import (a platform or Python the extension has no wheel for), in plain words with what to do;
+    None when it imports (or the format needs none)."""
+    ext = os.path.splitext(filepath)[1].lower()
+    if ext not in _LIBRARIES:
+        return None
+    module, name, source = _LIBRARIES[ext]
+    try:
+        importlib.import_module(module)
+        return None
+    except ImportError as exc:
+        reason = str(exc)
+    where = f"Blender's Python {platform.python_version()} on {sys.platform} {platform.machine()}"
+    if source == "bundled":
+        return (f"{ext} files need the {name} library, which does not load in {where} ({reason}). The extension "
+                f"bundles {name} for {_bundled_for(name)}: reinstall the extension built for this platform, or "
+                f"use .ply, .compressed.ply or .spz instead")
+    return (f"this {ext} file needs the {name} library, which Blender ships with its Python but which does not "
+            f"load in {where} ({reason}). Convert it to .spz version 3 or .ply (e.g. `i3d convert`) and import "
+            f"that")
+
+
+def _explained(filepath: str, exc: Exception) -> Exception:
+    """``exc`` with the plain-words reason when a library the format needs is missing (the readers' own
+    message says `pip install`, which is no advice inside Blender)."""
+    entry = _LIBRARIES.get(os.path.splitext(filepath)[1].lower())
+    if entry is None or entry[1].lower() not in str(exc).lower():  # another fault of the file
+        return exc
+    message = missing_library_message(filepath)
+    return splats.PlyFormatError(message) if message else exc
+
+
 def import_splat_file(context, filepath: str, display: str = "AUTO", spz_axes: str = "ply") -> bpy.types.Object:
     """Read a splat file (any format splats.read_any knows; ``spz_axes`` as there) and build a splat object in the
     active collection; returns it (raises on error)."""
-    data = splats.read_any(filepath, spz_axes=spz_axes)
+    try:
+        data = splats.read_any(filepath, spz_axes=spz_axes)
+    except splats.PlyFormatError as exc:
+        raise _explained(filepath, exc) from exc
     base = os.path.basename(filepath)
     if base.lower().endswith(".json"):  # an unbundled SOG: the scene is its folder
         base = os.path.basename(os.path.dirname(os.path.abspath(filepath)))
@@ -59,7 +120,10 @@ def export_splat_file(obj: bpy.types.Object, filepath: str, apply_transform: boo
         if data.sh_rest.size and np.any(data.sh_rest) and not np.allclose(linear, np.eye(3)):
             warnings.append("higher spherical-harmonics bands were not rotated with the object "
                             "(view-dependent colour keeps its old orientation)")
-    splats.write_any(filepath, data, spz_axes=spz_axes)
+    try:
+        splats.write_any(filepath, data, spz_axes=spz_axes)
+    except splats.PlyFormatError as exc:
+        raise _explained(filepath, exc) from exc
     return warnings
 
 

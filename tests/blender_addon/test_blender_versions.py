@@ -32,12 +32,18 @@ import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.blender_addon.conftest import (BPY_MATRIX, NEWEST_BPY, OLDEST_BPY, PROJECT_BPY, ROOT, python_with_bpy,
                                           wheel_tag_loads_in)
 
 pytest.importorskip("bpy")
+
+from interactive3d.protocol import ply, splats  # noqa: E402  (after the skip: the project's own readers)
+
+FIXTURES = ROOT / "tests" / "fixtures" / "splats"
+SPZ_POSITION_STEP = 1.0 / 4096  # .spz v2+ positions: 12 fractional bits (fixtures/splats/README.md)
 
 # The bpy modules that run the whole add-on suite; the others run SUBSET (see the module docstring).
 FULL_SUITE_BPY = (PROJECT_BPY, NEWEST_BPY)
@@ -72,9 +78,12 @@ local_site = os.path.join(bpy.utils.user_resource("EXTENSIONS"), ".local", "lib"
                           "python{}.{}".format(*sys.version_info[:2]), "site-packages")
 
 class OnlyFromExtension(importlib.abc.MetaPathFinder):
-    # zmq and msgpack come from the extension's wheels (mode "bundled") or nowhere (mode "blocked")
+    # zmq, msgpack and PIL come from the extension's wheels (mode "bundled") or nowhere (mode "blocked");
+    # zstandard from Blender's own Python (mode "bundled") or nowhere (mode "blocked")
     def find_spec(self, name, path=None, target=None):
-        if path is not None or name not in ("zmq", "msgpack"):
+        if path is None and name == "zstandard" and mode == "blocked":
+            raise ModuleNotFoundError("No module named 'zstandard' (blocked by the test)", name=name)
+        if path is not None or name not in ("zmq", "msgpack", "PIL"):
             return None
         spec = None if mode == "blocked" else importlib.machinery.PathFinder.find_spec(name, [local_site])
         if spec is None:
@@ -82,6 +91,7 @@ class OnlyFromExtension(importlib.abc.MetaPathFinder):
         return spec
 
 sys.meta_path.insert(0, OnlyFromExtension())
+out_preloaded = sorted(m for m in ("zmq", "msgpack", "PIL", "zstandard") if m in sys.modules)
 out = {"version": bpy.app.version_string, "python": "{}.{}".format(*sys.version_info[:2])}
 out["install"] = sorted(bpy.ops.extensions.package_install_files(
     filepath=zip_path, repo="user_default", enable_on_install=True))
@@ -111,16 +121,50 @@ else:
         out["connect"] = "no error"
     except RuntimeError as exc:
         out["connect"] = str(exc)
+
+# splat files through the add-on's operators: splat-transform's .sog and .spz v4 in, .sog out and back in
+import numpy as np
+splat = sys.modules["bl_ext.user_default.interactive3d.splat"]
+fixtures, outdir = sys.argv[3], sys.argv[4]
+
+def imported(path, key, **kw):
+    for obj in list(bpy.data.objects):
+        bpy.data.objects.remove(obj)
+    try:
+        bpy.ops.i3d.import_ply(filepath=path, **kw)
+    except RuntimeError as exc:
+        return str(exc)
+    obj = bpy.context.view_layer.objects.active
+    d = splat.splat_data(obj)
+    np.savez(os.path.join(outdir, key + ".npz"), means=d.means, sh_dc=d.sh_dc, sh_rest=d.sh_rest,
+             opacity_logits=d.opacity_logits, log_scales=d.log_scales, quats=d.quats)
+    return len(obj.data.vertices)
+
+got = {"source.sog": imported(os.path.join(fixtures, "source.sog"), "source.sog")}
+if not isinstance(got["source.sog"], int):
+    imported(os.path.join(fixtures, "source.ply"), "source.ply")
+try:
+    out["export"] = sorted(bpy.ops.i3d.export_ply(filepath=os.path.join(outdir, "out.sog")))
+    got["out.sog"] = imported(os.path.join(outdir, "out.sog"), "out.sog")
+except RuntimeError as exc:
+    out["export"] = str(exc)
+got["source_v4.spz"] = imported(os.path.join(fixtures, "source_v4.spz"), "source_v4.spz", spz_axes="rub")
+out["splats"] = got
+out["preloaded"] = out_preloaded
+out["modules"] = {m: getattr(sys.modules.get(m), "__file__", None) for m in ("PIL", "zstandard")}
 print("RESULT" + json.dumps(out))
 """
 
 
 def _install(python: str, zip_path: Path, tmp_path: Path, mode: str) -> dict:
+    """Install ``zip_path`` under the bpy of ``python`` in a fresh user folder and run SCRIPT there (its splat
+    files' arrays land in ``tmp_path / "splats-<mode>"``)."""
     user = tmp_path / f"user-{mode}"
     user.mkdir()
+    (tmp_path / f"splats-{mode}").mkdir()
     env = dict(os.environ, BLENDER_USER_RESOURCES=str(user))
-    proc = subprocess.run([python, "-c", SCRIPT, str(zip_path), mode], env=env, cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([python, "-c", SCRIPT, str(zip_path), mode, str(FIXTURES), str(tmp_path / f"splats-{mode}")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads([s for s in proc.stdout.splitlines() if s.startswith("RESULT")][-1][len("RESULT"):])
 
@@ -206,26 +250,105 @@ def test_built_zip_lets_blender_4_2_0_pick_the_cp311_wheels(wheel_zip):
         picked = b.blender_4_2_0_pick(wheels, plat)
         assert all("-cp311-" in n for n in picked.values()), (plat, picked)
         if not plat.startswith("macosx"):  # (4.2.0 skips universal2 wheels on macOS: no pyzmq there)
-            assert sorted(picked) == ["msgpack", "pyzmq"], (plat, picked)
+            assert sorted(picked) == ["msgpack", "pillow", "pyzmq"], (plat, picked)
+        else:
+            assert {"msgpack", "pillow"} <= set(picked), (plat, picked)
+
+
+def test_builder_bundles_nothing_blender_ships_and_blender_ships_zstandard():
+    """No bundled package is one the tested bpy modules require (Blender's own Python has those, and the
+    extensions' site-packages come first on sys.path: a wheel would replace Blender's copy); every tested bpy
+    requires zstandard (what .spz v4 needs, so it is not bundled) and none requires Pillow (so it is)."""
+    b = _builder()
+    for version in BPY_MATRIX:
+        python = python_with_bpy(version)
+        code = ("import importlib.metadata as m, re; "
+                "print(' '.join(re.split(r'[^A-Za-z0-9_.-]', r)[0].lower() for r in m.requires('bpy')))")
+        requires = set(subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+        assert "zstandard" in requires and "pillow" not in requires, (version, requires)
+        assert requires <= set(b.BLENDER_SHIPS), (version, requires)
+    assert not set(b.PACKAGES) & set(b.BLENDER_SHIPS)
+
+
+@pytest.mark.slow
+def test_split_platform_zips_hold_only_their_platforms_wheels(wheel_zip, tmp_path):
+    """--split-platforms: one zip per platform of the full zip, each listing exactly its own wheels (every
+    package for both Pythons, all also in the full zip) and only its platform; each smaller than the full zip."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_extension.py"), "--out", str(tmp_path),
+                           "--split-platforms", "--cache-dir", str(wheel_zip.parents[1] / "cache")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    paths = [Path(p) for p in proc.stdout.split()]
+    full = tomllib.loads(zipfile.ZipFile(wheel_zip).read("blender_manifest.toml").decode())
+    assert sorted(p.name for p in paths) == sorted(f"interactive3d-{full['version']}-{plat}.zip"
+                                                   for plat in full["platforms"])
+    tag = {"linux-x64": "linux_x86_64", "windows-x64": "win_amd64", "macos-arm64": "macosx_11_0_arm64",
+           "macos-x64": "macosx_10_15_x86_64"}
+    for path in paths:
+        with zipfile.ZipFile(path) as zf:
+            manifest = tomllib.loads(zf.read("blender_manifest.toml").decode())
+        plat = path.stem.rsplit("-", 2)[-2] + "-" + path.stem.rsplit("-", 1)[-1]
+        wheels = _zip_wheels(path)
+        assert manifest["platforms"] == [plat] and sorted(manifest["wheels"]) == sorted(f"./wheels/{w}" for w in wheels)
+        assert set(wheels) <= set(_zip_wheels(wheel_zip)) and path.stat().st_size < wheel_zip.stat().st_size
+        assert len({(w.split("-")[0].lower(), w.split("-")[2]) for w in wheels}) == 6, wheels  # 3 packages × 2 Pythons
+        assert set(_builder().blender_4_2_0_pick(wheels, tag[plat])) >= {"msgpack", "pillow"}
+
+
+def _arrays(tmp_path: Path, mode: str, key: str) -> dict:
+    with np.load(tmp_path / f"splats-{mode}" / f"{key}.npz") as z:
+        return dict(z)
+
+
+def _assert_same_rotations(a: np.ndarray, b: np.ndarray) -> None:
+    """Quaternions [N,4] equal up to sign and norm: 1 − |q̂·q̂'| < 1e-6."""
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    assert (1 - np.abs((a * b).sum(axis=1))).max() < 1e-6
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("version", BPY_MATRIX)
 def test_built_zip_installs_enables_and_loads_its_wheels(version, wheel_zip, tmp_path):
     """The zip with wheels on each bpy: installed and enabled, every contract operator registered, Blender
-    extracted a pyzmq and a msgpack wheel whose tags load in the Python this bpy runs, and zmq (a DEALER socket)
-    and msgpack (its compiled extension, a round trip) load from them; the add-on reports no dependency
-    problem."""
+    extracted pyzmq, msgpack and Pillow wheels whose tags load in the Python this bpy runs, and zmq (a DEALER
+    socket) and msgpack (its compiled extension, a round trip) load from them; the add-on reports no dependency
+    problem. Through the add-on's operators, with PIL loadable only from the extension's wheel: splat-transform
+    3.10.2's .sog imports as 300 splats with exactly the values splat-transform decodes from it; exported to .sog
+    and read back (here and by the project's reader) it holds the same Gaussians (positions within 1e-4, the
+    16-bit log-extent step; the rest exact); splat-transform 2.7.1's .spz v4 (ZSTD) imports within the .spz
+    position step of source.ply, its zstandard being Blender's own (not a wheel of the extension)."""
     python = python_with_bpy(version)
     out = _install(python, wheel_zip, tmp_path, "bundled")
     assert out["version"].startswith(version), out
     assert out["install"] == ["FINISHED"] and out["enabled"], out
     assert {"connect", "remove_selected", "transform_selected", "drag", "undo", "redo", "import_ply"} <= set(out["operators"])
     assert out["problem"] is None, out["problem"]
-    tags = {k.split("-")[0]: v for k, v in out["wheel_tags"].items()}
-    assert set(tags) >= {"pyzmq", "msgpack"}, tags
+    tags = {k.split("-")[0].lower(): v for k, v in out["wheel_tags"].items()}
+    assert set(tags) >= {"pyzmq", "msgpack", "pillow"} and "zstandard" not in tags, tags
     assert all(wheel_tag_loads_in(t, out["python"]) for v in tags.values() for t in v), (out["python"], tags)
     assert all(".local" in f for f in out["files"]) and out["roundtrip"] == {"a": [1, 2.5]}
+    assert "PIL" not in out["preloaded"], out["preloaded"]
+    assert ".local" in out["modules"]["PIL"] and ".local" not in out["modules"]["zstandard"], out["modules"]
+
+    assert out["splats"] == {"source.sog": 300, "out.sog": 300, "source_v4.spz": 300}, out["splats"]
+    assert out["export"] == ["FINISHED"], out["export"]
+    sog = _arrays(tmp_path, "bundled", "source.sog")
+    ref = ply.read_ply(FIXTURES / "source.sog.by-splat-transform.ply")
+    for name in ("means", "sh_dc", "sh_rest", "opacity_logits", "log_scales", "quats"):
+        np.testing.assert_array_equal(sog[name], getattr(ref, name), err_msg=name)
+    ours = splats.read_any(tmp_path / "splats-bundled" / "out.sog")  # what the add-on wrote, by the project's reader
+    for back in (_arrays(tmp_path, "bundled", "out.sog"), {k: getattr(ours, k) for k in ("means", "sh_dc", "sh_rest",
+                                                                                         "opacity_logits", "log_scales",
+                                                                                         "quats")}):
+        assert np.abs(back["means"] - ref.means).max() <= 1e-4
+        for name in ("sh_dc", "sh_rest", "opacity_logits", "log_scales"):
+            np.testing.assert_array_equal(back[name], getattr(ref, name), err_msg=name)
+        _assert_same_rotations(back["quats"], ref.quats)
+    v4 = _arrays(tmp_path, "bundled", "source_v4.spz")
+    src = ply.read_ply(FIXTURES / "source.ply")
+    assert np.abs(v4["means"] - src.means).max() <= SPZ_POSITION_STEP / 2 + 1e-6
+    _assert_same_rotations(v4["quats"], src.quats)
 
 
 @pytest.mark.parametrize("version", [pytest.param(v, marks=pytest.mark.slow) if v != PROJECT_BPY else v
@@ -242,6 +365,14 @@ def test_addon_registers_without_loadable_wheels_and_says_why(version, tmp_path)
     assert re.search(rf"pyzmq, msgpack\) do not load in Blender's Python {re.escape(out['python'])}\b",
                      out["problem"]), out["problem"]
     assert "pyzmq" in out["connect"] and "Reinstall the extension" in out["connect"]
+    assert not {"PIL", "zstandard"} & set(out["preloaded"]), out["preloaded"]
+    where = f"does not load in Blender's Python {out['python']}"
+    for message in (out["splats"]["source.sog"], out["export"]):
+        assert isinstance(message, str) and ".sog files need the Pillow library" in message and where in message
+        assert "no platform in this build (it has no Pillow wheel)" in message and "reinstall the extension" in message
+    spz = out["splats"]["source_v4.spz"]
+    assert isinstance(spz, str) and "needs the zstandard library, which Blender ships" in spz and where in spz
+    assert "Convert it to .spz version 3 or .ply" in spz
 
 
 def _bpy_scripts(python: str) -> Path:
