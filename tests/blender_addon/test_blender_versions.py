@@ -1,23 +1,26 @@
 """The add-on on every Blender it claims (issues 14, 24): the built zip installs and enables on each bpy module of
 the tested matrix (conftest.BPY_MATRIX: 4.2.0 = blender_version_min and 5.0.1 on Python 3.11; the newest 5.1.x,
-5.2.x LTS and 5.3.x on Python 3.13), each Blender's installer picks bundled pyzmq/msgpack wheels that load in its
-Python (the Python and its wheel tags are read from the bpy that runs, not assumed), the add-on registers even
-when no wheel loads (and says why in plain words), Blender's own extension validator accepts the built zip under
-the newest bpy, and the add-on test suite passes under each bpy.
+5.2.x LTS and 5.3.x on Python 3.13), each Blender's installer picks bundled pyzmq/msgpack/Pillow wheels that load
+in its Python (the Python and its wheel tags are read from the bpy that runs, not assumed), .sog (Pillow from the
+extension's wheel) and .spz v4 (Blender's own zstandard) files import and export through the installed add-on,
+the add-on registers even when no wheel loads (and says why in plain words, for the network and for .sog),
+Blender's own extension validator accepts the built zip (and each --split-platforms zip) under the newest bpy,
+and the add-on test suite passes under each bpy.
 
 Which add-on tests run where (the CI time budget: one full suite costs minutes on 2 cores):
 - the full suite (every module but this one): on the project venv's bpy 5.0.1 (the plain pytest run itself) and
   on the newest, bpy 5.3.0 (a nested run in .venv-bpy-5.3.0);
 - on bpy 4.2.0, 5.1.2 and 5.2.4, the part that touches the Blender API (SUBSET below): the zip installed and
   enabled and the add-on registered (test_install.py), splats imported and exported, including the
-  .compressed.ply and .spz files splat-transform wrote (test_io_ply.py), the geometry-nodes inputs and the
+  .compressed.ply, .spz and .sog files splat-transform wrote (test_io_ply.py), the geometry-nodes inputs and the
   display they drive (test_geometry_nodes.py), the edit guard (test_edit_guard.py), every panel's UILayout
   calls, icons and properties checked against that Blender's RNA (test_ui_draw.py) and the backend-connected
   operators remove_selected, undo and redo against a real backend process
   (test_operators_backend.py::test_remove_selected_then_undo_redo).
 
-Each install runs in a subprocess with a fresh BLENDER_USER_RESOURCES; ``zmq`` and ``msgpack`` are imported
-there only from the extension's own wheel folder (or not at all), so the venv's copies cannot hide a wrong wheel.
+Each install runs in a subprocess with a fresh BLENDER_USER_RESOURCES; ``zmq``, ``msgpack`` and ``PIL`` are
+imported there only from the extension's own wheel folder (or not at all), so the venv's copies cannot hide a
+wrong wheel.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ MUST_PASS = (
     "test_io_ply.py::test_import_reads_supersplat_and_spz_files[source.compressed.ply]",
     "test_io_ply.py::test_import_reads_supersplat_and_spz_files[source_v3.spz]",
     "test_io_ply.py::test_import_reads_supersplat_and_spz_files[source_v4.spz]",
+    "test_io_ply.py::test_import_reads_supersplat_and_spz_files[source.sog]",
+    "test_io_ply.py::test_export_writes_spz_and_compressed_ply_by_name[.sog]",
     "test_io_ply.py::test_import_reads_splat_transform_conversions_of_our_files[ours.spz.by-splat-transform.ply]",
     "test_geometry_nodes.py::test_display_properties_drive_the_modifier",
     "test_geometry_nodes.py::test_modifier_inputs_read_back_what_was_written",
@@ -273,7 +278,8 @@ def test_builder_bundles_nothing_blender_ships_and_blender_ships_zstandard():
 @pytest.mark.slow
 def test_split_platform_zips_hold_only_their_platforms_wheels(wheel_zip, tmp_path):
     """--split-platforms: one zip per platform of the full zip, each listing exactly its own wheels (every
-    package for both Pythons, all also in the full zip) and only its platform; each smaller than the full zip."""
+    package for both Pythons, all also in the full zip) and only its platform; each smaller than the full zip, and
+    accepted by Blender's extension validator (of the newest bpy)."""
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_extension.py"), "--out", str(tmp_path),
                            "--split-platforms", "--cache-dir", str(wheel_zip.parents[1] / "cache")],
                           capture_output=True, text=True, timeout=900)
@@ -293,6 +299,8 @@ def test_split_platform_zips_hold_only_their_platforms_wheels(wheel_zip, tmp_pat
         assert set(wheels) <= set(_zip_wheels(wheel_zip)) and path.stat().st_size < wheel_zip.stat().st_size
         assert len({(w.split("-")[0].lower(), w.split("-")[2]) for w in wheels}) == 6, wheels  # 3 packages × 2 Pythons
         assert set(_builder().blender_4_2_0_pick(wheels, tag[plat])) >= {"msgpack", "pillow"}
+        ok = _validate(path)
+        assert ok.returncode == 0 and "Success" in ok.stdout, ok.stdout[-2000:] + ok.stderr[-2000:]
 
 
 def _arrays(tmp_path: Path, mode: str, key: str) -> dict:
@@ -384,21 +392,22 @@ def _bpy_scripts(python: str) -> Path:
     return found[0].parents[3]
 
 
+def _validate(path: Path) -> subprocess.CompletedProcess:
+    """`blender_ext.py validate` of the newest bpy, with Blender's own list of valid tags."""
+    python = python_with_bpy(NEWEST_BPY)
+    scripts = _bpy_scripts(python)
+    cli = scripts / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
+    tags = scripts / "modules" / "_bpy_internal" / "extensions" / "tags.py"
+    return subprocess.run([python, str(cli), "validate", "--valid-tags", str(tags), str(path)],
+                          capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_blender_extension_validator_accepts_the_built_zip_under_the_newest_bpy(wheel_zip, tmp_path):
     """`blender_ext.py validate` of the newest bpy (with Blender's own list of valid tags) accepts the zip with
     its wheels (manifest fields, tags, permissions, the wheels listed and present); the same zip with a tag
     Blender does not know is refused (the validator checks what it is given)."""
-    python = python_with_bpy(NEWEST_BPY)
-    scripts = _bpy_scripts(python)
-    cli = scripts / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
-    tags = scripts / "modules" / "_bpy_internal" / "extensions" / "tags.py"
-
-    def validate(path: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([python, str(cli), "validate", "--valid-tags", str(tags), str(path)],
-                              capture_output=True, text=True, timeout=300)
-
-    ok = validate(wheel_zip)
+    ok = _validate(wheel_zip)
     assert ok.returncode == 0 and "Success" in ok.stdout, ok.stdout[-2000:] + ok.stderr[-2000:]
     assert len(_zip_wheels(wheel_zip)) >= 8
     bad = tmp_path / "bad.zip"
@@ -409,7 +418,7 @@ def test_blender_extension_validator_accepts_the_built_zip_under_the_newest_bpy(
                 data = data.replace(b'tags = ["3D View"', b'tags = ["Not A Blender Tag", "3D View"')
                 assert b"Not A Blender Tag" in data
             dst.writestr(item, data)
-    refused = validate(bad)
+    refused = _validate(bad)
     assert refused.returncode != 0 and "Not A Blender Tag" in refused.stdout + refused.stderr, refused.stdout
 
 

@@ -185,7 +185,7 @@ def test_import_reads_supersplat_and_spz_files(name):
     """SuperSplat's compressed .ply, .spz (v3 gzip, v4 ZSTD) and SOG (bundled, and unbundled as meta.json +
     images), written by splat-transform, import through the operator as splat objects (assert_splat_object_from;
     named without the double extension, an unbundled SOG after its folder); the File menu's filter lists .spz,
-    .sog and meta.json. (test_blender_versions.py requires the non-SOG cases to pass under every tested bpy.)"""
+    .sog and meta.json. (test_blender_versions.py requires all but the unbundled SOG to pass under every tested bpy.)"""
     path = FIXTURES / name
     obj = import_file(path)
     assert obj.name == name.split(".")[0].split("/")[0]
