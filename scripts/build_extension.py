@@ -10,8 +10,8 @@ for the backend connection, Pillow for .sog's WebP images) under ``wheels/`` for
 downloaded, and ``platforms`` lists the platforms they cover. ``--split-platforms`` writes one zip per platform
 instead (``interactive3d-<version>-<platform>.zip``, only that platform's wheels: what Blender's own
 ``extension build --split-platforms`` does to keep downloads small). ``--no-wheels`` (offline builds, tests)
-bundles none: that add-on then needs pyzmq and msgpack available in Blender's Python some other way, and says
-so on the terminal.
+bundles none: that add-on then needs pyzmq and msgpack (and Pillow for .sog) available in Blender's Python some
+other way, and says so on the terminal.
 
 zstandard (.spz version 4) is *not* bundled: every Blender ships it in its own Python (it reads ZSTD-compressed
 .blend files; the bpy module on PyPI requires it), and Blender puts the extensions' site-packages *before* its
