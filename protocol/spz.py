@@ -28,6 +28,7 @@ opacity 1/255, colour f_dc to 1/(0.15·255) ≈ 0.026, quaternions ≈ 1/1447 pe
 
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 import zlib
@@ -82,17 +83,46 @@ def _decompress(raw: bytes, name: str) -> tuple[int, tuple[int, int, int, int], 
     raise PlyFormatError(f"{name}: not an .spz (neither gzip nor NGSP magic)")
 
 
+ZSTD_MODULES = ("zstandard", "compression.zstd", "backports.zstd")  # the first that imports reads version 4
+
+
+def _zstd_inflater(name: str):
+    """``inflate(data, limit) -> bytes`` over the first ZSTD library that imports: ``zstandard`` (what the backend
+    installs and every Blender ships), else the standard library's ``compression.zstd`` (Python 3.14+) or its
+    backport. Output is capped at ``limit`` bytes."""
+    for module in ZSTD_MODULES:
+        try:
+            lib = importlib.import_module(module)
+        except ImportError:
+            continue
+        if module == "zstandard":
+            def inflate(data, limit, lib=lib):
+                try:
+                    return lib.ZstdDecompressor().decompress(data, max_output_size=limit)
+                except lib.ZstdError as exc:
+                    raise ValueError(str(exc)) from None
+        else:
+            def inflate(data, limit, lib=lib):
+                d = lib.ZstdDecompressor()
+                try:
+                    out = d.decompress(data, max_length=limit)
+                except lib.ZstdError as exc:
+                    raise ValueError(str(exc)) from None
+                if not d.eof:  # cut short, or more than its entry declares
+                    raise ValueError("the stream does not end where its table-of-contents entry says")
+                return out
+        return inflate
+    raise PlyFormatError(f"{name}: .spz version 4 is ZSTD-compressed; install the 'zstandard' package to read it "
+                         "(Python 3.14+ reads it without; or convert it to version 3 / .ply)")
+
+
 def _read_v4(raw: bytes, name: str):
     if len(raw) < 32:
         raise PlyFormatError(f"{name}: .spz v4 shorter than its 32-byte header")
     magic, version, n, degree, frac, flags, streams, toc = struct.unpack_from("<IIIBBBBI", raw)
     if version != 4:
         raise PlyFormatError(f"{name}: NGSP .spz version {version} (this reader knows 1–4)")
-    try:
-        import zstandard
-    except ImportError:
-        raise PlyFormatError(f"{name}: .spz version 4 is ZSTD-compressed; install the 'zstandard' package to read it "
-                             "(or convert it to version 3 / .ply)") from None
+    inflate = _zstd_inflater(name)
     end = toc + 16 * streams
     if toc < 32 or end > len(raw):
         raise PlyFormatError(f"{name}: .spz v4 table of contents out of range")
@@ -102,15 +132,14 @@ def _read_v4(raw: bytes, name: str):
     declared = sum(struct.unpack_from("<QQ", raw, toc + 16 * i)[1] for i in range(streams))
     if declared != need:  # checked before inflating anything: no stream may claim more than the header allows
         raise PlyFormatError(f"{name}: .spz v4 streams declare {declared} bytes, {n} Gaussians need {need}")
-    dctx = zstandard.ZstdDecompressor()
     body, off = [], end
     for i in range(streams):
         csize, usize = struct.unpack_from("<QQ", raw, toc + 16 * i)
         if off + csize > len(raw):
             raise PlyFormatError(f"{name}: .spz v4 stream {i} runs past the end of the file")
         try:
-            chunk = dctx.decompress(raw[off:off + csize], max_output_size=usize)
-        except zstandard.ZstdError as exc:
+            chunk = inflate(raw[off:off + csize], usize)
+        except (ValueError, EOFError) as exc:  # a bad frame (both libraries, as ValueError) or a cut one
             raise PlyFormatError(f"{name}: corrupt ZSTD stream {i} in .spz: {exc}") from None
         if len(chunk) != usize:
             raise PlyFormatError(f"{name}: .spz v4 stream {i} has {len(chunk)} bytes, its entry says {usize}")

@@ -110,6 +110,32 @@ def test_spz_v3_and_v4_decode_to_the_same_numbers():
         assert getattr(a, f).tobytes() == getattr(b, f).tobytes(), f
 
 
+
+@pytest.mark.parametrize("library", spz.ZSTD_MODULES)
+def test_spz_v4_reads_alike_through_every_zstd_library(monkeypatch, library):
+    """zstandard (the backend's, Blender's), Python 3.14's compression.zstd or its backport: each alone gives
+    the same numbers, and a stream longer or shorter than its table entry is a typed error, not a short read."""
+    pytest.importorskip(library)
+    monkeypatch.setattr(spz, "ZSTD_MODULES", (library,))
+    ref = splats.read_any(FIX / "source_v3.spz", spz_axes="rub")
+    got = splats.read_any(FIX / "source_v4.spz", spz_axes="rub")
+    for f in ("means", "sh_dc", "sh_rest", "opacity_logits", "log_scales", "quats"):
+        assert getattr(ref, f).tobytes() == getattr(got, f).tobytes(), f
+    raw = bytearray((FIX / "source_v4.spz").read_bytes())
+    toc = int.from_bytes(raw[28:32], "little")
+    usize = int.from_bytes(raw[toc + 8:toc + 16], "little")
+    for declared in (usize - 1, usize + 1):  # the first stream's entry one byte off either way
+        bad = bytearray(raw)
+        bad[toc + 8:toc + 16] = declared.to_bytes(8, "little")
+        with pytest.raises(splat_data.PlyFormatError, match="spz"):
+            spz.read_spz(bytes(bad))
+
+
+def test_spz_v4_without_any_zstd_library_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(spz, "ZSTD_MODULES", ("no_such_zstd_module",))
+    with pytest.raises(splat_data.PlyFormatError, match="install the 'zstandard' package"):
+        spz.read_spz((FIX / "source_v4.spz").read_bytes())
+
 def test_our_spz_is_byte_identical_to_the_reference_encoder():
     """spz.spz_bytes(source) equals the .spz v3 Niantic's library (in splat-transform 2.7.1) wrote in RUB, and, in
     the .ply's own axes (the default), the .spz v3 splat-transform 3.10.2 wrote, byte for byte."""
