@@ -53,23 +53,47 @@ def _read_int(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _cgroup_headroom() -> int | None:
-    """Bytes this process's cgroup may still allocate (v2 memory.max − memory.current; v1 limit − usage)."""
-    folder = "/sys/fs/cgroup"
+def _cgroup_folders(root: str, self_cgroup: str) -> list[tuple[str, str, str]]:
+    """(folder, limit file, usage file) of this process's memory cgroup, then of each ancestor up to ``root``:
+    cgroup v2 (``0::/path`` in ``self_cgroup``: memory.max, memory.current) or v1 (``N:…memory…:/path``:
+    memory/…/memory.limit_in_bytes, memory.usage_in_bytes); the root alone when ``self_cgroup`` is unreadable."""
+    v2, v1 = None, None
     try:
-        with open("/proc/self/cgroup", encoding="ascii") as f:
+        with open(self_cgroup, encoding="ascii") as f:
             for line in f:
-                if line.startswith("0::"):
-                    folder = os.path.join("/sys/fs/cgroup", line[3:].strip().lstrip("/"))
-    except OSError:
+                num, controllers, path = line.rstrip("\n").split(":", 2)
+                if num == "0" and controllers == "":
+                    v2 = path
+                elif "memory" in controllers.split(","):
+                    v1 = path
+    except (OSError, ValueError):
         pass
-    for limit_file, used_file in ((os.path.join(folder, "memory.max"), os.path.join(folder, "memory.current")),
-                                  ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    out = []
+    for base, rel, files in ((root, v2, ("memory.max", "memory.current")),
+                             (os.path.join(root, "memory"), v1, ("memory.limit_in_bytes", "memory.usage_in_bytes"))):
+        parts = [p for p in (rel or "").split("/") if p and p not in (".", "..")]
+        for depth in range(len(parts), -1, -1):  # the process's own folder first, the hierarchy's root last
+            folder = os.path.join(base, *parts[:depth])
+            out.append((folder, os.path.join(folder, files[0]), os.path.join(folder, files[1])))
+    return out
+
+
+def cgroup_headroom(root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> int | None:
+    """Bytes this process's cgroup may still allocate: the least of limit − usage over its memory cgroup and every
+    ancestor that sets a limit (v2 memory.max − memory.current; v1 memory.limit_in_bytes − memory.usage_in_bytes;
+    "max" and v1's huge "unlimited" number set none); None when no level sets one.
+
+    Args:
+        root: where the cgroup file system is mounted (a fake tree in tests).
+        self_cgroup: the process's cgroup membership file (``/proc/self/cgroup`` format).
+    """
+    room = None
+    for _, limit_file, used_file in _cgroup_folders(root, self_cgroup):
         limit = _read_int(limit_file)
         if limit is not None and limit < 1 << 60:  # v1 says "no limit" with a huge number
-            return max(0, limit - (_read_int(used_file) or 0))
-    return None
+            left = max(0, limit - (_read_int(used_file) or 0))
+            room = left if room is None else min(room, left)
+    return room
 
 
 def _address_space_headroom() -> int | None:
@@ -87,9 +111,10 @@ def _address_space_headroom() -> int | None:
         return None
 
 
-def available_bytes(device: torch.device) -> int:
+def available_bytes(device: torch.device, cgroup_root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> int:
     """Free memory of ``device`` now: CUDA's free bytes, else the least of the kernel's MemAvailable, what the
-    process's cgroup still allows (memory.max) and the address space left under RLIMIT_AS (issue 25)."""
+    process's cgroup still allows (:func:`cgroup_headroom` of ``cgroup_root``, ``self_cgroup``) and the address
+    space left under RLIMIT_AS (issue 25)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
@@ -103,7 +128,7 @@ def available_bytes(device: torch.device) -> int:
         pass
     if free is None:
         free = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    limits = [x for x in (_cgroup_headroom(), _address_space_headroom()) if x is not None]
+    limits = [x for x in (cgroup_headroom(cgroup_root, self_cgroup), _address_space_headroom()) if x is not None]
     return min([free, *limits])
 
 
