@@ -183,8 +183,8 @@ def _cmd_ping(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"i3d ping: {exc}\n")
         return 2
-    except RequestTimeout:
-        sys.stderr.write(f"i3d ping: no backend answered at {args.connect} within {args.timeout:g} s\n")
+    except RequestTimeout as exc:  # its message says why, as far as the connection's events tell
+        sys.stderr.write(f"i3d ping: no backend answered at {args.connect} within {args.timeout:g} s ({exc})\n")
         return 1
     except RemoteError as exc:
         sys.stderr.write(f"i3d ping: the backend at {args.connect} refused: {exc.code}: {exc.message}\n")
