@@ -13,8 +13,9 @@ that; the grid and ray figures are counted from the tensors the code allocates. 
 | gaussians.init / load_ply / set_reference | N Gaussians (params, Adam moments, undo snapshot) | ``GAUSSIAN_BYTES`` |
 | gaussians.render | per view: N (projection) + covered (Gaussian, pixel) pairs; all: views × pixels | ``PROJECT_BYTES``, ``PAIR_BYTES`` |
 | stage2.distill / refine | rays × samples (+ hash tables, target views) | ``SAMPLE_BYTES`` |
+| stage2.render | one chunk of rays × samples × levels (base + parts); all: views × pixels | ``SAMPLE_BYTES``, ``RAY_BYTES`` |
 | stage2.occupancy | resolution³ | ``OCC_VOXEL_BYTES`` |
-| stage2.extract_mesh | resolution³ (+ texture_size² when textured) | ``MESH_VOXEL_BYTES``, ``TEXEL_BYTES`` |
+| stage2.extract_mesh | resolution³ (+ texture_size² when textured) + one chunk of field queries | ``MESH_VOXEL_BYTES``, ``TEXEL_BYTES``, ``SAMPLE_BYTES`` |
 | stage2.add_part | levels × 2^log2_table_size × features | ``TABLE_ENTRY_BYTES`` |
 """
 
@@ -40,7 +41,13 @@ SAMPLE_BYTES_MLP = 1024  # one ray sample's MLP activations and gradients
 TABLE_ENTRY_BYTES = 16  # one float32 hash-table feature + grad + 2 Adam moments
 OCC_VOXEL_BYTES = 48  # cell centres [R³,3], densities, the grid
 MESH_VOXEL_BYTES = 64  # density grid, optical depth (float64), marching-cubes scratch
-TEXEL_BYTES = 256  # one baked texel: surface point, field query (features, colour), masks, the RGBA image and its encodings (a bound, not measured)
+# one baked texel: surface point, masks, colour, the RGBA image and its PNG/GLB encodings. Measured (op_memory.py
+# texel, 2026-12-07): 297 B per texel (the slope between 512² and 1536²) on top of the bake's one chunk of field
+# queries (counted apart, field_query_bytes); about twice that here
+TEXEL_BYTES = 600
+# one ray of stage2.render: its origin and direction, rgb/opacity/depth/normals and the handler's camera-z and
+# float32 copies. Measured (op_memory.py stage2_render_ray): 439 B per ray with normals; about twice that here
+RAY_BYTES = 1024
 
 
 def _read_int(path: str) -> int | None:
@@ -263,6 +270,20 @@ def field_bytes(levels: int, features: int, log2_table_size: int, resolution_cap
 def rays_bytes(rays: int, samples: int, levels: int) -> int:
     """One optimisation step over ``rays`` × ``samples`` with autograd."""
     return int(rays) * int(samples) * (int(levels) * SAMPLE_BYTES_PER_LEVEL + SAMPLE_BYTES_MLP)
+
+
+def field_query_bytes(points: int, levels: int) -> int:
+    """One batch of ``points`` field queries at ``levels`` hash-grid levels (all tables together), with autograd
+    (normals need the density's gradient). Measured without it (op_memory.py stage2_render_sample, 16 levels):
+    2,437 B per sample, 3,154 B with normals; this gives 3,584 B."""
+    return int(points) * (int(levels) * SAMPLE_BYTES_PER_LEVEL + SAMPLE_BYTES_MLP)
+
+
+def stage2_render_bytes(views: int, width: int, height: int, samples: int, levels: int, chunk: int) -> int:
+    """``stage2.render``: the torch renderer evaluates one chunk of ``chunk`` rays × ``samples`` at a time (every
+    sample in the worst case: an occupancy grid only skips some), and keeps every ray's outputs."""
+    rays = int(views) * int(width) * int(height)
+    return field_query_bytes(min(rays, int(chunk)) * int(samples), levels) + rays * RAY_BYTES
 
 
 def grid_bytes(resolution: int, per_voxel: int) -> int:

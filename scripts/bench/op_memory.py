@@ -2,9 +2,11 @@
 
 Each case runs in a fresh subprocess and reports its peak RSS growth (VmHWM) divided by the items it
 processed: (Gaussian, pixel) pairs of the torch rasteriser, Gaussians of an init with optimisers and an
-undo snapshot, voxels of a mesh extraction grid.
+undo snapshot; ray samples and rays of ``stage2.render`` (one 8,192-ray chunk of the default field, every cell
+occupied: the worst case; with and without normals), texels of ``extract_mesh``'s texture bake with its GLB and
+OBJ/PNG encodings (at two sizes: the slope is the per-texel cost, the rest is the bake's fixed field-query chunk).
 
-    .venv/bin/python scripts/bench/op_memory.py
+    .venv/bin/python scripts/bench/op_memory.py [CASE…]   (e.g. texel, stage2_render_sample)
 """
 
 from __future__ import annotations
@@ -42,7 +44,78 @@ s.optimizers = make_optimizers(s.gaussians)
 s.record("x")
 s.gaussians.state_array()
 """,
+    "stage2_render_sample": """
+import torch
+from interactive3d.backend.stage1.cameras import cameras_from_blender
+from interactive3d.backend.stage2.nerf import NeRFField
+from interactive3d.backend.stage2.rays import RenderConfig
+from interactive3d.backend.stage2.render import render_image
+f = NeRFField(device="cpu")
+c2w = torch.eye(4)[None].clone(); c2w[0, 2, 3] = 2.5
+small = cameras_from_blender(c2w, 0.8, 8, 8)
+cams = cameras_from_blender(c2w, 0.8, 90, 90)  # 8,100 rays: one chunk
+with torch.no_grad():
+    render_image(f, small, RenderConfig(n_samples=8))
+items = 8100 * 128
+base = hwm()
+with torch.no_grad():
+    render_image(f, cams, RenderConfig(n_samples=128))
+""",
+    "stage2_render_sample_normals": """
+import torch
+from interactive3d.backend.stage1.cameras import cameras_from_blender
+from interactive3d.backend.stage2.nerf import NeRFField
+from interactive3d.backend.stage2.rays import RenderConfig
+from interactive3d.backend.stage2.render import render_image
+f = NeRFField(device="cpu")
+c2w = torch.eye(4)[None].clone(); c2w[0, 2, 3] = 2.5
+small = cameras_from_blender(c2w, 0.8, 8, 8)
+cams = cameras_from_blender(c2w, 0.8, 90, 90)
+with torch.no_grad():
+    render_image(f, small, RenderConfig(n_samples=8, normals=True))
+items = 8100 * 128
+base = hwm()
+with torch.no_grad():
+    render_image(f, cams, RenderConfig(n_samples=128, normals=True))
+""",
+    "stage2_render_ray": """
+import torch
+from interactive3d.backend.stage1.cameras import cameras_from_blender
+from interactive3d.backend.stage2.nerf import NeRFField
+from interactive3d.backend.stage2.rays import RenderConfig
+from interactive3d.backend.stage2.render import render_image
+f = NeRFField(device="cpu")
+c2w = torch.eye(4)[None].clone(); c2w[0, 2, 3] = 2.5
+small = cameras_from_blender(c2w, 0.8, 8, 8)
+cams = cameras_from_blender(c2w, 0.8, 512, 512)  # 262,144 rays, 32 chunks of 2 samples: the per-ray outputs
+with torch.no_grad():
+    render_image(f, small, RenderConfig(n_samples=2, normals=True))
+items = 512 * 512
+base = hwm()
+with torch.no_grad():
+    render_image(f, cams, RenderConfig(n_samples=2, normals=True))
+""",
 }
+for _size in (512, 1536):
+    CASES[f"texel_{_size}"] = """
+import numpy as np, torch, trimesh
+from interactive3d.backend.stage2.mesh import MeshResult, mesh_file_bytes, texture_mesh
+from interactive3d.backend.stage2.nerf import NeRFField
+f = NeRFField(device="cpu")
+sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.5)
+v = np.ascontiguousarray(sphere.vertices, np.float32)
+mesh = MeshResult(vertices=v, faces=np.ascontiguousarray(sphere.faces, np.int32), colors=np.full((len(v), 4), 200, np.uint8),
+                  removed_components=0)
+@torch.no_grad()
+def colour(points):
+    return f(torch.from_numpy(np.ascontiguousarray(points, np.float32))).rgb.float().numpy()
+colour(v[:1024])
+items = SIZE * SIZE
+base = hwm()
+m = texture_mesh(mesh, colour, SIZE, 4)
+mesh_file_bytes(m, "glb")
+mesh_file_bytes(m, "obj")
+""".replace("SIZE", str(_size))
 
 PRELUDE = """
 def hwm():
@@ -54,12 +127,20 @@ def hwm():
 
 def main() -> int:
     out = {}
+    only = sys.argv[1:]  # case names (default: all)
     for name, body in CASES.items():
+        if only and name not in only and not (name.startswith("texel") and "texel" in only):
+            continue
         code = PRELUDE + body + "\nimport json; print(json.dumps({'items': int(items), 'bytes': hwm() - base}))\n"
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         m = json.loads(r.stdout.strip().splitlines()[-1])
         out[name] = {**m, "bytes_per_item": m["bytes"] / max(1, m["items"])}
         print(f"{name}: {m['items']} items, peak +{m['bytes'] / 2**20:.1f} MiB, {out[name]['bytes_per_item']:.0f} B/item")
+    if "texel_512" not in out or "texel_1536" not in out:
+        return 0
+    lo, hi = out["texel_512"], out["texel_1536"]
+    slope = (hi["bytes"] - lo["bytes"]) / (hi["items"] - lo["items"])
+    print(f"texel slope (1536² vs 512²): {slope:.0f} B/texel, fixed part {(lo['bytes'] - slope * lo['items']) / 2**20:.1f} MiB")
     return 0
 
 

@@ -354,6 +354,44 @@ def test_splat_estimates_use_the_declared_count(tmp_path):
         ts.stop()
 
 
+def test_stage2_render_and_texture_bake_are_estimated_in_bytes():
+    """stage2.render against a 256 MiB budget, on a distilled 4-level field: one 90×90 view at 128 samples (1 M
+    samples, far under the old 268 M-sample cap; measured at 16 levels it peaks at 3.1 GB) is too_large, naming the
+    views, size, samples and levels; 2 views of 32×32 at 16 samples are served ([2,32,32,3] rgb). The estimate's
+    per-sample and per-ray figures are above the measured ones (op_memory.py: 3,154 B per sample with normals at
+    16 levels, 439 B per ray). extract_mesh at 64³ with a 512² texture, which the old estimate admitted (16 MiB +
+    512² × 256 B = 80 MiB), is too_large: the bake's chunk of 2¹⁸ field queries (measured +878 MiB at 16 levels)
+    now counts."""
+    from interactive3d.backend.service import costs
+
+    assert costs.field_query_bytes(1, 16) >= 3154 and costs.RAY_BYTES >= 439
+    ts = ThreadedServer(memory_budget=256 << 20)
+    c = Client(ts.address)
+    try:
+        sid = c.request("session.create").result["session"]
+        c.request("gaussians.init", {"session": sid, "kind": "random", "n": 200, "radius": 0.5})
+        c.request("stage2.distill", {"session": sid, "steps": 1, "resolution": 16, "view_pool": 2, "rays_per_step": 64,
+                                           "n_samples": 8, "levels": 4, "log2_table_size": 10})
+        deadline = time.monotonic() + 120
+        while c.request("job.status", {"session": sid}).result["state"] not in ("done", "error") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cam = np.float32([[1, 0, 0, 0], [0, 0, -1, -3], [0, 1, 0, 0], [0, 0, 0, 1]])
+        args = {"session": sid, "fov_x": 0.8, "width": 90, "height": 90, "n_samples": 128}
+        with pytest.raises(RemoteError) as err:
+            c.request("stage2.render", args, [cam])
+        assert err.value.code == "too_large", err.value
+        assert "1 view(s) of 90×90, 128 samples per ray, 4 hash-grid levels, normals" in err.value.message
+        out = c.request("stage2.render", {**args, "width": 32, "height": 32, "n_samples": 16}, [np.stack([cam, cam])])
+        assert out.buffers[0].shape == (2, 32, 32, 3)
+        assert 64 ** 3 * costs.MESH_VOXEL_BYTES + 512 ** 2 * 256 < 256 << 20
+        with pytest.raises(RemoteError) as err:
+            c.request("stage2.extract_mesh", {"session": sid, "resolution": 64, "texture": True, "texture_size": 512})
+        assert err.value.code == "too_large" and "512² texture" in err.value.message, err.value
+    finally:
+        c.close()
+        ts.stop()
+
+
 def test_budget_respects_the_address_space_limit():
     """Under ``ulimit -v`` (RLIMIT_AS) = what the process maps now + 1 GiB, the CPU budget's free memory is at most
     1 GiB, whatever MemAvailable says."""
