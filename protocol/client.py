@@ -148,8 +148,12 @@ class Client:
         # connection events say why nothing answers (no listener, handshake refused, other mechanism)
         self._monitor = s.get_monitor_socket(_WATCHED, addr=f"inproc://i3d-client-monitor-{uuid.uuid4().hex}")
         self._events = set()
-        s.connect(self.address)
         self._sock = s
+        try:
+            s.connect(self.address)
+        except zmq.ZMQError:
+            self._close_socket()
+            raise
 
     def _close_socket(self) -> None:
         if self._sock is not None:

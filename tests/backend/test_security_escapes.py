@@ -719,3 +719,27 @@ def test_an_unbundled_sog_reads_only_images_beside_it(sandboxed, tmp_path):
     (good / link).symlink_to(outside)
     (good / "meta.json").write_text(json.dumps(meta))
     assert _code(c, "gaussians.load_ply", {"session": sid, "path": str(good / "meta.json")}) == "invalid_args"
+
+
+def test_a_clients_timeout_names_the_likely_cause():
+    """When nothing answers, Client's error says why from its connection's handshake events: a keyless client at
+    a server with a key (it requires CURVE), a client with a key at a keyless server (no CURVE there), another
+    key (the keys differ), an operator's CURVE key the client was not given, and no listener at all."""
+    import zmq
+    from interactive3d.protocol.client import ConnectionLost
+
+    public, secret = zmq.curve_keypair()
+    keyed, keyless, own = ThreadedServer(auth_key=KEY), ThreadedServer(), ThreadedServer(auth_key=KEY, curve_secret_key=secret)
+    cases = [(keyed.address, {}, "requires the CURVE handshake"), (keyless.address, {"auth_key": KEY}, "does not speak CURVE"),
+             (keyed.address, {"auth_key": b"o" * 32}, "auth key differs"), (own.address, {"auth_key": KEY}, "--curve-secret-file"),
+             ("tcp://127.0.0.1:9", {}, "nothing accepted the connection")]
+    try:
+        for address, kw, why in cases:
+            with Client(address, **kw) as c:
+                with pytest.raises(ConnectionLost, match=why):
+                    c.request("ping", timeout=1.5, retries=0)
+        with Client(own.address, auth_key=KEY, curve_server_key=public) as c:
+            assert c.request("ping").result["version"] >= 1
+    finally:
+        for ts in (keyed, keyless, own):
+            ts.stop()
