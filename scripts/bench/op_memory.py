@@ -44,58 +44,29 @@ s.optimizers = make_optimizers(s.gaussians)
 s.record("x")
 s.gaussians.state_array()
 """,
-    "stage2_render_sample": """
-import torch
-from interactive3d.backend.stage1.cameras import cameras_from_blender
-from interactive3d.backend.stage2.nerf import NeRFField
-from interactive3d.backend.stage2.rays import RenderConfig
-from interactive3d.backend.stage2.render import render_image
-f = NeRFField(device="cpu")
-c2w = torch.eye(4)[None].clone(); c2w[0, 2, 3] = 2.5
-small = cameras_from_blender(c2w, 0.8, 8, 8)
-cams = cameras_from_blender(c2w, 0.8, 90, 90)  # 8,100 rays: one chunk
-with torch.no_grad():
-    render_image(f, small, RenderConfig(n_samples=8))
-items = 8100 * 128
-base = hwm()
-with torch.no_grad():
-    render_image(f, cams, RenderConfig(n_samples=128))
-""",
-    "stage2_render_sample_normals": """
-import torch
-from interactive3d.backend.stage1.cameras import cameras_from_blender
-from interactive3d.backend.stage2.nerf import NeRFField
-from interactive3d.backend.stage2.rays import RenderConfig
-from interactive3d.backend.stage2.render import render_image
-f = NeRFField(device="cpu")
-c2w = torch.eye(4)[None].clone(); c2w[0, 2, 3] = 2.5
-small = cameras_from_blender(c2w, 0.8, 8, 8)
-cams = cameras_from_blender(c2w, 0.8, 90, 90)
-with torch.no_grad():
-    render_image(f, small, RenderConfig(n_samples=8, normals=True))
-items = 8100 * 128
-base = hwm()
-with torch.no_grad():
-    render_image(f, cams, RenderConfig(n_samples=128, normals=True))
-""",
-    "stage2_render_ray": """
-import torch
-from interactive3d.backend.stage1.cameras import cameras_from_blender
-from interactive3d.backend.stage2.nerf import NeRFField
-from interactive3d.backend.stage2.rays import RenderConfig
-from interactive3d.backend.stage2.render import render_image
-f = NeRFField(device="cpu")
-c2w = torch.eye(4)[None].clone(); c2w[0, 2, 3] = 2.5
-small = cameras_from_blender(c2w, 0.8, 8, 8)
-cams = cameras_from_blender(c2w, 0.8, 512, 512)  # 262,144 rays, 32 chunks of 2 samples: the per-ray outputs
-with torch.no_grad():
-    render_image(f, small, RenderConfig(n_samples=2, normals=True))
-items = 512 * 512
-base = hwm()
-with torch.no_grad():
-    render_image(f, cams, RenderConfig(n_samples=2, normals=True))
-""",
 }
+_RENDER = """
+import torch
+from interactive3d.backend.stage1.cameras import cameras_from_blender
+from interactive3d.backend.stage2.nerf import NeRFField
+from interactive3d.backend.stage2.rays import RenderConfig
+from interactive3d.backend.stage2.render import render_image
+f = NeRFField(device="cpu")
+c2w = torch.eye(4)[None].clone(); c2w[0, 2, 3] = 2.5
+with torch.no_grad():  # warm every path on a tiny image first
+    render_image(f, cameras_from_blender(c2w, 0.8, 8, 8), RenderConfig(n_samples=2, normals=NORMALS))
+cams = cameras_from_blender(c2w, 0.8, SIZE, SIZE)
+items = ITEMS
+base = hwm()
+with torch.no_grad():
+    render_image(f, cams, RenderConfig(n_samples=SAMPLES, normals=NORMALS))
+"""
+# one chunk (90² = 8,100 rays ≤ 8,192) × 128 samples: per sample; 512² rays × 2 samples (32 chunks): per ray
+for _name, _size, _samples, _normals, _items in (("stage2_render_sample", 90, 128, False, "8100 * 128"),
+                                                  ("stage2_render_sample_normals", 90, 128, True, "8100 * 128"),
+                                                  ("stage2_render_ray", 512, 2, True, "512 * 512")):
+    CASES[_name] = (_RENDER.replace("SIZE", str(_size)).replace("SAMPLES", str(_samples)).replace("NORMALS", str(_normals))
+                    .replace("ITEMS", _items))
 for _size in (512, 1536):
     CASES[f"texel_{_size}"] = """
 import numpy as np, torch, trimesh

@@ -183,12 +183,15 @@ def test_a_future_stamped_flood_cannot_lock_others_out():
     the floor stays at or below the server's clock, and a fresh request from another client succeeds at once.
     Replays of flooded messages stay refused."""
     import zmq
+    from interactive3d.protocol.auth import curve_client_options
     from interactive3d.protocol.codec import decode
 
     ts = ThreadedServer(auth_key=KEY)
     ts.server._signer.max_nonces = 300  # the default 200,000 behaves the same, only slower to fill
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    for opt, value in curve_client_options(KEY):  # a key holder: its transport passes the handshake
+        sock.setsockopt(opt, value)
     sock.connect(ts.address)
     try:
         flood = [_signed_at(time.time() + 280) for _ in range(900)]

@@ -12,25 +12,12 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from interactive3d import blender_addon as addon  # noqa: E402
 from interactive3d.blender_addon import connection, splat  # noqa: E402
 from interactive3d.protocol.client import Client, RemoteError  # noqa: E402
 from tests.blender_addon.test_connection import BackendProcess, sync_until  # noqa: E402
+from tests.blender_addon.test_disconnect import scene  # noqa: E402,F401 - the fixture: a clean scene, the add-on registered
 
 IDLE_S = 1.0
-
-
-@pytest.fixture()
-def scene():
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    if hasattr(bpy.types, "I3D_OT_connect"):  # left registered by another test module: start clean
-        addon.unregister()
-    addon.register()
-    try:
-        yield bpy.context.scene
-    finally:
-        connection.get().disconnect()
-        addon.unregister()
 
 
 @pytest.fixture()
@@ -39,6 +26,7 @@ def backend():
     try:
         yield b
     finally:
+        connection.get().disconnect()
         b.cleanup()
 
 
