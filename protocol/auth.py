@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import ipaddress
 import math
 import os
 import secrets
@@ -257,4 +258,9 @@ def is_loopback(address: str) -> bool:
     if not address.startswith("tcp://"):
         return False
     host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:  # an IP literal only: a name like 127.0.0.1.example.com is whatever DNS says it is
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

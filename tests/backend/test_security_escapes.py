@@ -746,3 +746,23 @@ def test_a_clients_timeout_names_the_likely_cause():
     finally:
         for ts in (keyed, keyless, own):
             ts.stop()
+
+
+def test_keyless_servers_bind_loopback_only():
+    """Without a key a server refuses every bind that is not loopback: any address, an interface name, a DNS name
+    that merely starts with 127., IPv6's any; it accepts 127.0.0.0/8, ::1, localhost and ipc://. A keyless
+    server started on tcp://127.0.0.1:* is bound there. (Its residual risk — any local user who can reach the
+    port may send it messages and hold memory — is documented in the protocol doc and the README.)"""
+    from interactive3d.backend.service.server import ServerConfig
+
+    for bind in ("tcp://0.0.0.0:0", "tcp://*:0", "tcp://[::]:0", "tcp://eth0:0", "tcp://127.0.0.1.example.com:0", "tcp://10.0.0.1:0"):
+        with pytest.raises(ValueError, match="needs an auth key"):
+            ServerConfig(bind=bind).check()
+        ServerConfig(bind=bind, auth_key=KEY).check()  # with a key: allowed (and CURVE-gated)
+    for bind in ("tcp://127.0.0.1:0", "tcp://127.8.9.10:0", "tcp://[::1]:0", "tcp://localhost:0", "ipc:///tmp/x.sock"):
+        ServerConfig(bind=bind).check()
+    ts = ThreadedServer()
+    try:
+        assert ts.address.startswith("tcp://127.0.0.1:")
+    finally:
+        ts.stop()
