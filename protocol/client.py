@@ -257,6 +257,7 @@ class Client:
         out: list[Message] = []
         if self._sock is None:
             return out
+        self._read_events()  # keep the monitor's queue short (a refused handshake repeats every reconnect)
         if self._sock.poll(max(0, int(timeout_ms)), zmq.POLLIN):
             while True:
                 msg = self._recv_one()

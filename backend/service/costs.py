@@ -46,7 +46,7 @@ MESH_VOXEL_BYTES = 64  # density grid, optical depth (float64), marching-cubes s
 # queries (counted apart, field_query_bytes); about twice that here
 TEXEL_BYTES = 600
 # one ray of stage2.render: its origin and direction, rgb/opacity/depth/normals and the handler's camera-z and
-# float32 copies. Measured (op_memory.py stage2_render_ray): 439 B per ray with normals; about twice that here
+# float32 copies. Measured (op_memory.py stage2_render_ray): 465 B per ray with normals; about twice that here
 RAY_BYTES = 1024
 
 
@@ -273,17 +273,19 @@ def rays_bytes(rays: int, samples: int, levels: int) -> int:
 
 
 def field_query_bytes(points: int, levels: int) -> int:
-    """One batch of ``points`` field queries at ``levels`` hash-grid levels (all tables together), with autograd
-    (normals need the density's gradient). Measured without it (op_memory.py stage2_render_sample, 16 levels):
-    2,437 B per sample, 3,154 B with normals; this gives 3,584 B."""
+    """One batch of ``points`` field queries at ``levels`` hash-grid levels (all tables together), counted as a step
+    with autograd. Measured (op_memory.py, default 16-level field): 2,434 B per render sample; the texture bake's
+    fixed part (one 2¹⁸-point chunk and all else it allocates once) 878 MiB, ≤ 3,510 B per query. This gives 3,584 B
+    at 16 levels: 1.47× and ≥ 1.02× those (a thin margin for the bake, whose chunk is a fixed cost per mesh)."""
     return int(points) * (int(levels) * SAMPLE_BYTES_PER_LEVEL + SAMPLE_BYTES_MLP)
 
 
-def stage2_render_bytes(views: int, width: int, height: int, samples: int, levels: int, chunk: int) -> int:
+def stage2_render_bytes(views: int, width: int, height: int, samples: int, levels: int, chunk: int, normals: bool) -> int:
     """``stage2.render``: the torch renderer evaluates one chunk of ``chunk`` rays × ``samples`` at a time (every
-    sample in the worst case: an occupancy grid only skips some), and keeps every ray's outputs."""
+    sample in the worst case: an occupancy grid only skips some), and keeps every ray's outputs. Normals take the
+    density's gradient: twice the per-sample bytes (measured 3,155 B per sample at 16 levels; this gives 7,168 B)."""
     rays = int(views) * int(width) * int(height)
-    return field_query_bytes(min(rays, int(chunk)) * int(samples), levels) + rays * RAY_BYTES
+    return field_query_bytes(min(rays, int(chunk)) * int(samples), levels) * (2 if normals else 1) + rays * RAY_BYTES
 
 
 def grid_bytes(resolution: int, per_voxel: int) -> int:

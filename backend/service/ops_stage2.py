@@ -275,7 +275,7 @@ def render(req: Request) -> Reply:
         st = _state(req)
         levels = _levels(st.refined)
         # the copy of the field is held beside the session's: its tables count too
-        est = costs.stage2_render_bytes(b, w, h, n, levels, render_cfg.chunk) + sum(p.numel() * 4 for p in st.refined.parameters())
+        est = costs.stage2_render_bytes(b, w, h, n, levels, render_cfg.chunk, a["normals"]) + sum(p.numel() * 4 for p in st.refined.parameters())
         req.services.memory.check(f"stage2.render ({b} view(s) of {w}×{h}, {n} samples per ray, {levels} hash-grid levels"
                                   + (", normals" if a["normals"] else "") + ")", est)
         st = type(st).from_state_dict(st.state_dict(), st.device)
