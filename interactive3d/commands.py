@@ -74,7 +74,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint and close sessions no request named for this long; session.resume brings them back "
                    "(0: never; default %(default)s)")
     p.add_argument("--curve-secret-file", default=None,
-                   help="CURVE secret key (Z85, 40 chars) to encrypt traffic on untrusted networks; clients need its public key")
+                   help="CURVE secret key (Z85, 40 chars) to use instead of the one derived from the auth key (a server with a "
+                   "key always speaks CURVE); clients then need its public key")
     p.set_defaults(func=_cmd_serve)
 
 

@@ -371,7 +371,9 @@ class Server:
         w.setsockopt(zmq.LINGER, 0)
         w.bind(self._wake_addr)
         self._wake_pull = w
-        log.info("listening address=%s device=%s auth=%s state_dir=%s", self.bound_address, self.device, bool(self._signer), self.config.state_dir)
+        curve = "none" if secret is None else ("file" if self.config.curve_secret_key is not None else "derived from the key")
+        log.info("listening address=%s device=%s auth=%s curve=%s state_dir=%s", self.bound_address, self.device, bool(self._signer),
+                 curve, self.config.state_dir)
         return self.bound_address
 
     def _start_zap(self, allowed: bytes):
