@@ -468,6 +468,13 @@ class Connection:
             self.job = JobProgress()
             self.then("session.create", {"name": "blender"}, kind="session", session=False)
             return True
+        if code == "not_found" and self.session is not None and f"no open session {self.session!r}" in message:
+            # The backend closed the session into its checkpoint (idle for --idle-timeout): take it back, as a
+            # reconnect does; the refused op changed nothing, so the artist runs it again.
+            self.last_error = (f"{p.op}: the backend had closed session {self.session} after it sat idle; it was resumed "
+                               "from its checkpoint: run the operation again")
+            self.then("session.resume", {"paused": False}, kind="session")
+            return False
         if p.kind == "init_shap_e" and code in ("not_found", "invalid_args") and p.context.get("fallback"):
             # Shap-E is not available on the backend: say so and start from the random sphere instead
             self.last_message = self.init_note = f"Shap-E not available ({message[:160]}); random initialisation"

@@ -74,7 +74,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint and close sessions no request named for this long; session.resume brings them back "
                    "(0: never; default %(default)s)")
     p.add_argument("--curve-secret-file", default=None,
-                   help="CURVE secret key (Z85, 40 chars) to encrypt traffic on untrusted networks; clients need its public key")
+                   help="CURVE secret key (Z85, 40 chars) to use instead of the one derived from the auth key (a server with a "
+                   "key always speaks CURVE); clients then need its public key")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -183,8 +184,8 @@ def _cmd_ping(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"i3d ping: {exc}\n")
         return 2
-    except RequestTimeout:
-        sys.stderr.write(f"i3d ping: no backend answered at {args.connect} within {args.timeout:g} s\n")
+    except RequestTimeout as exc:  # its message says why, as far as the connection's events tell
+        sys.stderr.write(f"i3d ping: no backend answered at {args.connect} within {args.timeout:g} s ({exc})\n")
         return 1
     except RemoteError as exc:
         sys.stderr.write(f"i3d ping: the backend at {args.connect} refused: {exc.code}: {exc.message}\n")

@@ -25,8 +25,13 @@ clock runs behind by d seconds is refused for the first d seconds after a restar
 
 The key comes from a file (``--auth-key-file`` / ``I3D_AUTH_KEY_FILE``, readable by its owner only) or
 the ``I3D_AUTH_KEY`` variable; surrounding whitespace is stripped; at least :data:`MIN_KEY_BYTES` bytes.
-For untrusted networks add CURVE encryption (``i3d serve --curve-secret-file``): HMAC authenticates,
-CURVE also hides the traffic.
+Transport (issue 25): a server with a key always speaks ZeroMQ CURVE, and both CURVE key pairs derive from the
+key (:func:`curve_server_secret`, :func:`curve_client_secret`, domain-separated); the server's ZAP handler admits
+only the derived client key. A peer without the key fails the handshake and never gets a frame into the server,
+so nothing it sends is buffered, hashed or parsed; the traffic is encrypted too. ``i3d serve --curve-secret-file``
+replaces the derived server key pair with one of the operator's (clients are then given its public key). HMAC
+still signs every message: CURVE admits key holders, the signature binds each message to the key, its time and
+its nonce.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import hmac
+import ipaddress
 import math
 import os
 import secrets
@@ -197,12 +203,18 @@ class Signer:
         heapq.heappush(self._expiry, (ts, nonce))
 
 
+def _curve_secret(key: bytes, role: bytes) -> bytes:
+    """A Z85 CURVE secret key derived from ``key`` for ``role`` (b"client" or b"server"): HMAC-SHA256 with a
+    domain per role, so the two key pairs are unrelated and neither reveals ``key``."""
+    from zmq.utils import z85
+
+    return z85.encode(hmac.new(bytes(key), b"i3d-curve-" + role + b"-v1", hashlib.sha256).digest())
+
+
 def curve_client_secret(key: bytes) -> bytes:
     """The Z85 CURVE secret key every holder of ``key`` uses as a client (derived from it, so the server can admit
     exactly the key holders at the CURVE handshake: a peer without the key never gets to send a frame)."""
-    from zmq.utils import z85
-
-    return z85.encode(hmac.new(bytes(key), b"i3d-curve-client-v1", hashlib.sha256).digest())
+    return _curve_secret(key, b"client")
 
 
 def curve_client_public(key: bytes) -> bytes:
@@ -212,6 +224,33 @@ def curve_client_public(key: bytes) -> bytes:
     return zmq.curve_public(curve_client_secret(key))
 
 
+def curve_server_secret(key: bytes) -> bytes:
+    """The Z85 CURVE secret key of a server with ``key`` and no ``--curve-secret-file`` (issue 25): every key holder
+    can derive the server's public key, so the handshake needs nothing beyond the shared key."""
+    return _curve_secret(key, b"server")
+
+
+def curve_server_public(key: bytes) -> bytes:
+    """The Z85 CURVE public key of :func:`curve_server_secret`: what a client with ``key`` expects the server to be."""
+    import zmq
+
+    return zmq.curve_public(curve_server_secret(key))
+
+
+def curve_client_options(key: bytes | None, server_key: bytes | None = None) -> list[tuple[int, bytes]]:
+    """The ``(zmq option, value)`` pairs that make a socket a CURVE client: of a server with ``key`` (its public key
+    derived from ``key`` unless ``server_key``, a ``--curve-secret-file`` server's, is given), with the client pair
+    derived from ``key`` (a fresh pair without one). Empty with neither key (no CURVE)."""
+    import zmq
+
+    if server_key is None and key:
+        server_key = curve_server_public(key)
+    if server_key is None:
+        return []
+    public, secret = (curve_client_public(key), curve_client_secret(key)) if key else zmq.curve_keypair()
+    return [(zmq.CURVE_SERVERKEY, server_key), (zmq.CURVE_PUBLICKEY, public), (zmq.CURVE_SECRETKEY, secret)]
+
+
 def is_loopback(address: str) -> bool:
     """True for ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or localhost."""
     if address.startswith(("ipc://", "inproc://")):
@@ -219,4 +258,9 @@ def is_loopback(address: str) -> bool:
     if not address.startswith("tcp://"):
         return False
     host = address[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
-    return host == "localhost" or host == "::1" or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:  # an IP literal only: a name like 127.0.0.1.example.com is whatever DNS says it is
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

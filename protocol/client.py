@@ -28,13 +28,17 @@ from typing import Any, Sequence
 import numpy as np
 import zmq
 
-from .auth import Signer, curve_client_public, curve_client_secret
+from .auth import Signer, curve_client_options
 from .codec import PROTOCOL_VERSION, Limits, Message, buffer_frames, decode, error_header, pack_header
 from .errors import ConnectionLost, ProtocolError, RemoteError, RequestTimeout, UnsupportedVersion
 
 __all__ = ["Client", "Reply", "Message", "RemoteError", "RequestTimeout", "ConnectionLost"]
 
 log = logging.getLogger(__name__)
+
+_WATCHED = (zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_MECHANISM_MISMATCH = -1  # our marker in Client._events: a HANDSHAKE_FAILED_PROTOCOL for the other security mechanism
 
 
 class _ProcessIdentity:
@@ -88,8 +92,10 @@ class Client:
         limits: caps on received messages.
         hwm: send/receive high-water marks (messages).
         context: a zmq.Context to use (default: the process's shared instance).
-        curve_server_key: the server's Z85 CURVE public key: encrypt the connection (the server runs with
-            ``--curve-secret-file``); this client makes its own key pair.
+        curve_server_key: the server's Z85 CURVE public key when it runs with ``--curve-secret-file``; None: with
+            ``auth_key``, the public key derived from it (a server with a key always speaks CURVE, issue 25),
+            without one, no CURVE. The client's own key pair derives from ``auth_key`` (the server admits only
+            it), or is fresh without one.
         routing_id: this client's identity at the server (default: this process's identity, the same for every
             Client it makes one after another; a Client made while another is open gets a numbered variant). The
             server gives a session to the identity that created it (only that identity may change it), so a new
@@ -121,10 +127,11 @@ class Client:
             raise ValueError("routing_id must be 1..255 bytes not starting with a zero byte (ZeroMQ reserves those)")
         self._pooled = routing_id is None
         self.routing_id = routing_id or _IDENTITY.take()
-        # with the shared key too, the client's CURVE keys are derived from it: the server admits only key holders
-        # at the handshake (issue 25); without one, a fresh pair
-        keys = (curve_client_public(auth_key), curve_client_secret(auth_key)) if auth_key else zmq.curve_keypair()
-        self._curve = None if curve_server_key is None else (curve_server_key, *keys)
+        # with the shared key, the client's CURVE keys are derived from it: the server admits only key holders at
+        # the handshake (issue 25); without one, a fresh pair
+        self._curve = curve_client_options(auth_key, curve_server_key)
+        self._monitor: zmq.Socket | None = None
+        self._events: set[int] = set()  # connection events seen on the current socket (for the timeout's message)
         self._connect()
 
     # -- socket life cycle ------------------------------------------------------------------------
@@ -136,24 +143,66 @@ class Client:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, self.hwm)
         s.setsockopt(zmq.RCVHWM, self.hwm)
-        if self._curve is not None:
-            server_key, public, secret = self._curve
-            s.setsockopt(zmq.CURVE_SERVERKEY, server_key)
-            s.setsockopt(zmq.CURVE_PUBLICKEY, public)
-            s.setsockopt(zmq.CURVE_SECRETKEY, secret)
-        s.connect(self.address)
+        for opt, value in self._curve:
+            s.setsockopt(opt, value)
+        # connection events say why nothing answers (no listener, handshake refused, other mechanism)
+        self._monitor = s.get_monitor_socket(_WATCHED, addr=f"inproc://i3d-client-monitor-{uuid.uuid4().hex}")
+        self._events = set()
         self._sock = s
+        try:
+            s.connect(self.address)
+        except zmq.ZMQError:
+            self._close_socket()
+            raise
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._read_events()
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._sock.close(linger=0)
+            self._sock = self._monitor = None
+
+    def _read_events(self) -> None:
+        """Move the monitor's pending connection events into ``_events``."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor is not None and self._monitor.poll(0):
+            ev = recv_monitor_message(self._monitor)
+            self._events.add(ev["event"])
+            if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and ev["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                self._events.add(_MECHANISM_MISMATCH)
+
+    def diagnosis(self) -> str:
+        """Why the backend is not answering, as far as this socket's connection events tell (for error messages)."""
+        self._read_events()
+        ev = self._events
+        if _MECHANISM_MISMATCH in ev:
+            if self._curve:
+                return ("the backend does not speak CURVE: it runs without an auth key (connect without one) or it is an "
+                        "older release, from before a key implied CURVE (update it)")
+            return ("the backend requires the CURVE handshake of a server with an auth key: connect with its key "
+                    "(--auth-key-file, $I3D_AUTH_KEY_FILE, the add-on's preferences); a client released before a key "
+                    "implied CURVE cannot connect to it (update the client)")
+        if zmq.EVENT_HANDSHAKE_FAILED_AUTH in ev:
+            return "the backend refused this client at the handshake: its auth key differs from this client's"
+        if zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL in ev:
+            return ("the CURVE handshake failed: the backend's auth key differs from this client's, or it runs with "
+                    "--curve-secret-file and this client was not given its public key")
+        if zmq.EVENT_HANDSHAKE_SUCCEEDED in ev:
+            return ("the backend accepted the connection but did not answer in time (busy or stuck; or a frame over its "
+                    "--max-bytes cap made it drop the connection)")
+        if zmq.EVENT_CONNECTED not in ev and not self.address.startswith("inproc://"):
+            return "nothing accepted the connection: is the backend running at this address?"
+        return "no reply"
 
     def reconnect(self) -> None:
         """Close the socket (dropping anything queued in it) and connect a fresh one."""
-        if self._sock is not None:
-            self._sock.close(linger=0)
+        self._close_socket()
         self._connect()
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        self._close_socket()
         if self._pooled:
             self._pooled = False
             _IDENTITY.give_back(self.routing_id)
@@ -208,6 +257,7 @@ class Client:
         out: list[Message] = []
         if self._sock is None:
             return out
+        self._read_events()  # keep the monitor's queue short (a refused handshake repeats every reconnect)
         if self._sock.poll(max(0, int(timeout_ms)), zmq.POLLIN):
             while True:
                 msg = self._recv_one()
@@ -258,9 +308,10 @@ class Client:
                         self._inbox.append(msg)  # events and other replies wait for poll()
                 if reply is not None:
                     return self._to_reply(op, reply)
-            log.info("no reply to %s from %s after %.1f s (attempt %d/%d); reconnecting", op, self.address, timeout, attempt + 1, retries + 1)
+            why = self.diagnosis()
+            log.info("no reply to %s from %s after %.1f s (attempt %d/%d: %s); reconnecting", op, self.address, timeout, attempt + 1, retries + 1, why)
             self.reconnect()
-        raise ConnectionLost(f"no reply to {op!r} from {self.address} after {retries + 1} attempt(s) of {timeout:g} s")
+        raise ConnectionLost(f"no reply to {op!r} from {self.address} after {retries + 1} attempt(s) of {timeout:g} s: {why}")
 
     @staticmethod
     def _to_reply(op: str, msg: Message) -> Reply:

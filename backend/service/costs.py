@@ -13,8 +13,9 @@ that; the grid and ray figures are counted from the tensors the code allocates. 
 | gaussians.init / load_ply / set_reference | N Gaussians (params, Adam moments, undo snapshot) | ``GAUSSIAN_BYTES`` |
 | gaussians.render | per view: N (projection) + covered (Gaussian, pixel) pairs; all: views × pixels | ``PROJECT_BYTES``, ``PAIR_BYTES`` |
 | stage2.distill / refine | rays × samples (+ hash tables, target views) | ``SAMPLE_BYTES`` |
+| stage2.render | one chunk of rays × samples × levels (base + parts); all: views × pixels | ``SAMPLE_BYTES``, ``RAY_BYTES`` |
 | stage2.occupancy | resolution³ | ``OCC_VOXEL_BYTES`` |
-| stage2.extract_mesh | resolution³ (+ texture_size² when textured) | ``MESH_VOXEL_BYTES``, ``TEXEL_BYTES`` |
+| stage2.extract_mesh | resolution³ (+ texture_size² when textured) + one chunk of field queries | ``MESH_VOXEL_BYTES``, ``TEXEL_BYTES``, ``SAMPLE_BYTES`` |
 | stage2.add_part | levels × 2^log2_table_size × features | ``TABLE_ENTRY_BYTES`` |
 """
 
@@ -40,7 +41,13 @@ SAMPLE_BYTES_MLP = 1024  # one ray sample's MLP activations and gradients
 TABLE_ENTRY_BYTES = 16  # one float32 hash-table feature + grad + 2 Adam moments
 OCC_VOXEL_BYTES = 48  # cell centres [R³,3], densities, the grid
 MESH_VOXEL_BYTES = 64  # density grid, optical depth (float64), marching-cubes scratch
-TEXEL_BYTES = 256  # one baked texel: surface point, field query (features, colour), masks, the RGBA image and its encodings (a bound, not measured)
+# one baked texel: surface point, masks, colour, the RGBA image and its PNG/GLB encodings. Measured (op_memory.py
+# texel, 2026-12-07): 297 B per texel (the slope between 512² and 1536²) on top of the bake's one chunk of field
+# queries (counted apart, field_query_bytes); about twice that here
+TEXEL_BYTES = 600
+# one ray of stage2.render: its origin and direction, rgb/opacity/depth/normals and the handler's camera-z and
+# float32 copies. Measured (op_memory.py stage2_render_ray): 465 B per ray with normals; about twice that here
+RAY_BYTES = 1024
 
 
 def _read_int(path: str) -> int | None:
@@ -53,23 +60,47 @@ def _read_int(path: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _cgroup_headroom() -> int | None:
-    """Bytes this process's cgroup may still allocate (v2 memory.max − memory.current; v1 limit − usage)."""
-    folder = "/sys/fs/cgroup"
+def _cgroup_folders(root: str, self_cgroup: str) -> list[tuple[str, str, str]]:
+    """(folder, limit file, usage file) of this process's memory cgroup, then of each ancestor up to ``root``:
+    cgroup v2 (``0::/path`` in ``self_cgroup``: memory.max, memory.current) or v1 (``N:…memory…:/path``:
+    memory/…/memory.limit_in_bytes, memory.usage_in_bytes); the root alone when ``self_cgroup`` is unreadable."""
+    v2, v1 = None, None
     try:
-        with open("/proc/self/cgroup", encoding="ascii") as f:
+        with open(self_cgroup, encoding="ascii") as f:
             for line in f:
-                if line.startswith("0::"):
-                    folder = os.path.join("/sys/fs/cgroup", line[3:].strip().lstrip("/"))
-    except OSError:
+                num, controllers, path = line.rstrip("\n").split(":", 2)
+                if num == "0" and controllers == "":
+                    v2 = path
+                elif "memory" in controllers.split(","):
+                    v1 = path
+    except (OSError, ValueError):
         pass
-    for limit_file, used_file in ((os.path.join(folder, "memory.max"), os.path.join(folder, "memory.current")),
-                                  ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    out = []
+    for base, rel, files in ((root, v2, ("memory.max", "memory.current")),
+                             (os.path.join(root, "memory"), v1, ("memory.limit_in_bytes", "memory.usage_in_bytes"))):
+        parts = [p for p in (rel or "").split("/") if p and p not in (".", "..")]
+        for depth in range(len(parts), -1, -1):  # the process's own folder first, the hierarchy's root last
+            folder = os.path.join(base, *parts[:depth])
+            out.append((folder, os.path.join(folder, files[0]), os.path.join(folder, files[1])))
+    return out
+
+
+def cgroup_headroom(root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> int | None:
+    """Bytes this process's cgroup may still allocate: the least of limit − usage over its memory cgroup and every
+    ancestor that sets a limit (v2 memory.max − memory.current; v1 memory.limit_in_bytes − memory.usage_in_bytes;
+    "max" and v1's huge "unlimited" number set none); None when no level sets one.
+
+    Args:
+        root: where the cgroup file system is mounted (a fake tree in tests).
+        self_cgroup: the process's cgroup membership file (``/proc/self/cgroup`` format).
+    """
+    room = None
+    for _, limit_file, used_file in _cgroup_folders(root, self_cgroup):
         limit = _read_int(limit_file)
         if limit is not None and limit < 1 << 60:  # v1 says "no limit" with a huge number
-            return max(0, limit - (_read_int(used_file) or 0))
-    return None
+            left = max(0, limit - (_read_int(used_file) or 0))
+            room = left if room is None else min(room, left)
+    return room
 
 
 def _address_space_headroom() -> int | None:
@@ -87,9 +118,10 @@ def _address_space_headroom() -> int | None:
         return None
 
 
-def available_bytes(device: torch.device) -> int:
+def available_bytes(device: torch.device, cgroup_root: str = "/sys/fs/cgroup", self_cgroup: str = "/proc/self/cgroup") -> int:
     """Free memory of ``device`` now: CUDA's free bytes, else the least of the kernel's MemAvailable, what the
-    process's cgroup still allows (memory.max) and the address space left under RLIMIT_AS (issue 25)."""
+    process's cgroup still allows (:func:`cgroup_headroom` of ``cgroup_root``, ``self_cgroup``) and the address
+    space left under RLIMIT_AS (issue 25)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
@@ -103,7 +135,7 @@ def available_bytes(device: torch.device) -> int:
         pass
     if free is None:
         free = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    limits = [x for x in (_cgroup_headroom(), _address_space_headroom()) if x is not None]
+    limits = [x for x in (cgroup_headroom(cgroup_root, self_cgroup), _address_space_headroom()) if x is not None]
     return min([free, *limits])
 
 
@@ -238,6 +270,22 @@ def field_bytes(levels: int, features: int, log2_table_size: int, resolution_cap
 def rays_bytes(rays: int, samples: int, levels: int) -> int:
     """One optimisation step over ``rays`` × ``samples`` with autograd."""
     return int(rays) * int(samples) * (int(levels) * SAMPLE_BYTES_PER_LEVEL + SAMPLE_BYTES_MLP)
+
+
+def field_query_bytes(points: int, levels: int) -> int:
+    """One batch of ``points`` field queries at ``levels`` hash-grid levels (all tables together), counted as a step
+    with autograd. Measured (op_memory.py, default 16-level field): 2,434 B per render sample; the texture bake's
+    fixed part (one 2¹⁸-point chunk and all else it allocates once) 878 MiB, ≤ 3,510 B per query. This gives 3,584 B
+    at 16 levels: 1.47× and ≥ 1.02× those (a thin margin for the bake, whose chunk is a fixed cost per mesh)."""
+    return int(points) * (int(levels) * SAMPLE_BYTES_PER_LEVEL + SAMPLE_BYTES_MLP)
+
+
+def stage2_render_bytes(views: int, width: int, height: int, samples: int, levels: int, chunk: int, normals: bool) -> int:
+    """``stage2.render``: the torch renderer evaluates one chunk of ``chunk`` rays × ``samples`` at a time (every
+    sample in the worst case: an occupancy grid only skips some), and keeps every ray's outputs. Normals take the
+    density's gradient: twice the per-sample bytes (measured 3,155 B per sample at 16 levels; this gives 7,168 B)."""
+    rays = int(views) * int(width) * int(height)
+    return field_query_bytes(min(rays, int(chunk)) * int(samples), levels) * (2 if normals else 1) + rays * RAY_BYTES
 
 
 def grid_bytes(resolution: int, per_voxel: int) -> int:

@@ -216,9 +216,13 @@ def extract(req: Request) -> Reply:
             texture_padding=a["texture_padding"],
         )
         est = costs.grid_bytes(a["resolution"], costs.MESH_VOXEL_BYTES)
-        if a["texture"]:  # the bake queries the field once per texel, and the PNG/GLB hold the texture again
+        if a["texture"]:  # the bake's per-texel arrays, and the PNG/GLB hold the texture again
             est += a["texture_size"] ** 2 * costs.TEXEL_BYTES
-        with req.services.memory.reserve(f"stage2.extract_mesh at {a['resolution']}³" + (f", {a['texture_size']}² texture" if a["texture"] else ""), est), s.lock:
+        what = f"stage2.extract_mesh at {a['resolution']}³" + (f", {a['texture_size']}² texture" if a["texture"] else "")
+        req.services.memory.check(what, est)  # what the arguments alone ask for, before the field is looked up
+        # the density grid and the bake query the field in chunks of cfg.chunk points (the bake's chunk is the same)
+        est += costs.field_query_bytes(cfg.chunk, _levels(_state(req).refined))
+        with req.services.memory.reserve(what, est), s.lock:
             st = _state(req)
             m = extract_mesh(st.refined, cfg, st.occupancy)
             error = surface_error(m.vertices, m.faces, s.gaussians)  # against the Gaussians' surface (None: no Gaussians)
@@ -262,12 +266,18 @@ def render(req: Request) -> Reply:
     if not torch.allclose(bottom, torch.tensor([0.0, 0.0, 0.0, 1.0]).expand_as(bottom), atol=1e-5):
         raise InvalidArgs(f"stage2.render: c2w last row must be (0,0,0,1), got {bottom.tolist()}")
     b, w, h, n = c2w.shape[0], a["width"], a["height"], a["n_samples"]
-    if b * w * h * n > _MAX_RENDER_SAMPLES:
+    if b * w * h * n > _MAX_RENDER_SAMPLES:  # a bound on the work (time on a worker); memory is the budget's
         raise TooLarge(f"stage2.render: {b}×{w}×{h} pixels × {n} samples exceeds {_MAX_RENDER_SAMPLES} samples; render smaller or fewer")
+    render_cfg = RenderConfig(n_samples=n, normals=a["normals"])
     # no idle check: a copy of the field is taken between two steps of a running job, and rendered without the
     # session lock, so a long render never stops the owner's job (issue 25)
     with s.lock:
         st = _state(req)
+        levels = _levels(st.refined)
+        # the copy of the field is held beside the session's: its tables count too
+        est = costs.stage2_render_bytes(b, w, h, n, levels, render_cfg.chunk, a["normals"]) + sum(p.numel() * 4 for p in st.refined.parameters())
+        req.services.memory.check(f"stage2.render ({b} view(s) of {w}×{h}, {n} samples per ray, {levels} hash-grid levels"
+                                  + (", normals" if a["normals"] else "") + ")", est)
         st = type(st).from_state_dict(st.state_dict(), st.device)
     try:
         cams = cameras_from_blender(c2w, a["fov_x"], w, h).to(st.device)
@@ -275,7 +285,7 @@ def render(req: Request) -> Reply:
         raise InvalidArgs(f"stage2.render: {exc}") from exc
     bg = torch.tensor(a["background"], dtype=torch.float32, device=st.device)
     with torch.no_grad():
-        out = render_image(st.refined, cams, RenderConfig(n_samples=n, normals=a["normals"]), st.occupancy, bg)
+        out = render_image(st.refined, cams, render_cfg, st.occupancy, bg)
     # ray distance → camera-space z (the Gaussian renderer's depth): z = t·(d·forward)
     from ..stage2.rays import camera_rays
 
@@ -289,6 +299,11 @@ def render(req: Request) -> Reply:
 
 
 _MAX_RENDER_SAMPLES = 1 << 28  # ≈ 268M field queries (a 1024² image at 256 samples)
+
+
+def _levels(field) -> int:
+    """Hash-grid levels a sample may be looked up in: the base field's and every part's (worst case: all)."""
+    return field.base.cfg.grid.n_levels + sum(p.cfg.n_levels for p in field.parts.values())
 
 
 def preview(req: Request) -> Reply:

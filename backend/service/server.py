@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import zmq
 from interactive3d.protocol import catalogue
-from interactive3d.protocol.auth import Signer, check_key, curve_client_public, is_loopback
+from interactive3d.protocol.auth import Signer, check_key, curve_client_public, curve_server_secret, is_loopback
 from interactive3d.protocol.catalogue import OpSpec
 from interactive3d.protocol.codec import (
     PROTOCOL_VERSION,
@@ -81,6 +81,11 @@ PEER_MEMORY = 4096  # identities whose peer address is remembered (enough for ev
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
 
+def max_frame_size(limits: Limits) -> int:
+    """The largest single frame a message within ``limits`` can hold (the router's ZMQ_MAXMSGSIZE)."""
+    return max(limits.max_header_bytes, min(limits.max_frame_bytes, limits.max_total_bytes))
+
+
 def default_state_dir() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "interactive3d")
@@ -104,7 +109,11 @@ class ServerConfig:
     Attributes:
         bind: ZeroMQ address (``tcp://127.0.0.1:5555``, ``ipc:///tmp/i3d.sock``).
         state_dir: where checkpoints go; None disables checkpoints (tests).
-        auth_key: shared HMAC key; required for a non-loopback bind.
+        auth_key: shared HMAC key; required for a non-loopback bind. With a key the router speaks CURVE and admits
+            only the client key derived from it (:mod:`interactive3d.protocol.auth`): a peer without the key never
+            gets a frame in. Without a key the server must bind loopback (or ipc://), and any local user who can
+            reach the port or socket file can send it messages up to the caps and hold memory with unfinished
+            multipart messages: set a key on shared machines.
         device: "cpu" | "cuda" | "auto".
         limits: caps on incoming messages.
         job: progress/state/checkpoint intervals of jobs.
@@ -124,7 +133,8 @@ class ServerConfig:
         max_file_bytes: largest file a request may read (.ply, mesh).
         memory_budget: bytes an op may estimate to need at peak (:mod:`.costs`); None: a fraction of
             the device's free memory (RAM on CPU) measured at start-up.
-        curve_secret_key: Z85 CURVE secret key of the server (encryption for untrusted networks), or None.
+        curve_secret_key: Z85 CURVE secret key of the server, or None: with an auth key, the key pair derived from it
+            (:func:`~interactive3d.protocol.auth.curve_server_secret`); without one, no CURVE.
         model_dirs: the only folders local model args (diffusers/Shap-E folders, SAM checkpoints) may name
             (:func:`.files.resolve_model`); none by default: only hub ids (the Hugging Face cache). The data folders
             are not model folders (requests write files there, and loading weights can unpickle).
@@ -187,6 +197,7 @@ class ServerConfig:
         return tuple(os.path.realpath(os.path.expanduser(d)) for d in self.model_dirs)
 
 
+_REFUSED_HANDSHAKES = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 MAX_ARG_DEPTH = 32  # the deepest real args are lists of [x, y] pairs; deeper nesting is refused before validation
 
 
@@ -309,7 +320,8 @@ class Server:
         self._router: zmq.Socket | None = None
         self._wake_pull: zmq.Socket | None = None
         self.bound_address: str | None = None
-        self._zap = None  # the CURVE key gate (bind), with both a CURVE secret and an auth key
+        self._zap = None  # the CURVE key gate (bind), whenever there is an auth key
+        self._handshakes: zmq.Socket | None = None  # the router's refused-handshake events (with the gate)
         self._loop_thread: int | None = None
         self._recent: OrderedDict[tuple[bytes, str], tuple[list, int]] = OrderedDict()  # (identity, id) → reply frames
         self._recent_bytes = 0
@@ -332,18 +344,26 @@ class Server:
         r.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client's fresh socket (same routing id) takes over its route
         r.setsockopt(zmq.SNDHWM, 1000)
         r.setsockopt(zmq.RCVHWM, 1000)
-        # Hard guard far above the caps (a too_large reply needs the message to arrive first).
-        r.setsockopt(zmq.MAXMSGSIZE, 2 * max(self.config.limits.max_frame_bytes, self.config.limits.max_header_bytes) + 4096)
-        if self.config.curve_secret_key is not None:
-            # CURVE (pyzmq's libsodium build): encrypted, server-authenticated transport for untrusted networks;
-            # clients need the server's public key (zmq.curve_public of this secret).
+        # The largest frame any op legitimately accepts (uploads and arrays are capped by max_frame_bytes and the
+        # total, the header by its own cap): libzmq drops a connection whose frame is larger as it arrives, before
+        # allocating it. Messages over the caps in other ways (total, frame count) are still answered too_large.
+        r.setsockopt(zmq.MAXMSGSIZE, max_frame_size(self.config.limits))
+        secret = self.config.curve_secret_key
+        if secret is None and self._signer is not None:
+            secret = curve_server_secret(self.config.auth_key)  # issue 25: a key always means CURVE
+        if secret is not None:
+            # CURVE (pyzmq's libsodium build): encrypted, server-authenticated transport; clients need the server's
+            # public key (derived from the shared key, or zmq.curve_public of the --curve-secret-file secret).
             r.setsockopt(zmq.CURVE_SERVER, 1)
-            r.setsockopt(zmq.CURVE_SECRETKEY, self.config.curve_secret_key)
+            r.setsockopt(zmq.CURVE_SECRETKEY, secret)
             if self._signer is not None:
                 # and with the shared key, only its holders pass the handshake (their client keys derive from it):
                 # a peer without the key cannot make the server hold a single frame (issue 25: unfinished
-                # multipart messages pinned gigabytes before the signature was ever checked)
+                # multipart messages pinned gigabytes, and 1 GiB frames were hashed, before any signature check)
                 self._zap = self._start_zap(curve_client_public(self.config.auth_key))
+                # refused handshakes are logged (rate-limited): an old client or one without the key learns nothing
+                # over the wire, the operator reads why here
+                self._handshakes = r.get_monitor_socket(_REFUSED_HANDSHAKES, addr=f"inproc://i3d-handshakes-{id(self):x}")
         r.bind(self.config.bind)
         self._router = r
         self.bound_address = r.getsockopt(zmq.LAST_ENDPOINT).decode()
@@ -351,7 +371,9 @@ class Server:
         w.setsockopt(zmq.LINGER, 0)
         w.bind(self._wake_addr)
         self._wake_pull = w
-        log.info("listening address=%s device=%s auth=%s state_dir=%s", self.bound_address, self.device, bool(self._signer), self.config.state_dir)
+        curve = "none" if secret is None else ("file" if self.config.curve_secret_key is not None else "derived from the key")
+        log.info("listening address=%s device=%s auth=%s curve=%s state_dir=%s", self.bound_address, self.device, bool(self._signer),
+                 curve, self.config.state_dir)
         return self.bound_address
 
     def _start_zap(self, allowed: bytes):
@@ -378,6 +400,8 @@ class Server:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._wake_pull, zmq.POLLIN)
+        if self._handshakes is not None:
+            poller.register(self._handshakes, zmq.POLLIN)
         next_reap = time.monotonic() + 1.0
         try:
             while not self._stopping.is_set():
@@ -390,6 +414,8 @@ class Server:
                 if self._wake_pull in ready:
                     while self._wake_pull.poll(0):
                         self._wake_pull.recv(copy=False)
+                if self._handshakes in ready:
+                    self._log_handshakes()
                 if self._router in ready:
                     for _ in range(100):  # fairness with events
                         try:
@@ -404,6 +430,19 @@ class Server:
         finally:
             self.shutdown()
 
+    def _log_handshakes(self) -> None:
+        """Log the router's refused CURVE handshakes (router thread), at most a burst and then ~2 a second."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._handshakes.poll(0):
+            ev = recv_monitor_message(self._handshakes)
+            if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and ev["value"] == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+                why = "it does not speak CURVE: a client without the auth key, or one released before a key implied CURVE"
+            else:
+                why = "its CURVE keys are not derived from this server's auth key"
+            self._peer_log.warning(log, b"handshakes", "refused a connection on %s: %s",
+                                   printable(ev.get("endpoint", b"").decode(errors="replace")), why)
+
     def shutdown(self) -> None:
         """Stop jobs between two steps, checkpoint every session, close the sockets."""
         for s in list(self.sessions.values()):
@@ -413,10 +452,12 @@ class Server:
         self._lanes.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._flush_events()
-        for sock in (self._router, self._wake_pull):
+        if self._handshakes is not None:
+            self._router.disable_monitor()
+        for sock in (self._handshakes, self._router, self._wake_pull):
             if sock is not None:
                 sock.close(linger=0)
-        self._router = self._wake_pull = None
+        self._router = self._wake_pull = self._handshakes = None
         if self._zap is not None:
             self._zap.stop()
             self._zap = None

@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--state-every", type=int, default=10)
     p.add_argument("--auth-key", default=None)
+    p.add_argument("--idle-timeout", type=float, default=86400.0)
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from interactive3d.backend.service.server import run
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         bind=a.bind, state_dir=a.state_dir, device="cpu", auth_key=a.auth_key.encode() if a.auth_key else None,
         job=JobConfig(checkpoint_every=a.checkpoint_every, state_every=a.state_every),
         data_dirs=() if a.state_dir else (tempfile.gettempdir(),),
-        model_dirs=(tempfile.gettempdir(),),
+        model_dirs=(tempfile.gettempdir(),), idle_timeout=a.idle_timeout,
     )
     return run(cfg, TEST_OPS, TEST_HANDLERS)
 

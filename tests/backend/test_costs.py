@@ -131,3 +131,73 @@ def test_worst_in_cap_requests_cannot_exhaust_memory(tmp_path):
         c.close()
         proc.terminate()
         proc.wait(60)
+
+
+# -- the budget's limits: cgroup v2 and v1 files, RLIMIT_AS (issue 25) -----------------------------------------
+def _cgroup_tree(tmp_path, membership: str, files: dict[str, str]) -> tuple[str, str]:
+    """A fake cgroup mount under tmp_path (``files``: path relative to the mount → contents) and a
+    /proc/self/cgroup-style membership file; returns (root, membership file)."""
+    root = tmp_path / "cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text + "\n")
+    (tmp_path / "self_cgroup").write_text(membership)
+    return str(root), str(tmp_path / "self_cgroup")
+
+
+GIB = 1 << 30
+
+
+def test_cgroup_v2_headroom_is_the_least_over_the_process_cgroup_and_its_ancestors(tmp_path):
+    """v2: the process's cgroup (memory.max 4 GiB, current 1 GiB → 3 GiB) under a parent that allows 2 GiB more
+    (memory.max 6 GiB, current 4 GiB): 2 GiB. "max" at every level: no limit (None). A limit under its usage: 0.
+    A membership path with ``..`` never leaves the mount."""
+    membership = "0::/user.slice/app.scope\n"
+    numeric = {"user.slice/app.scope/memory.max": str(4 * GIB), "user.slice/app.scope/memory.current": str(GIB),
+               "user.slice/memory.max": str(6 * GIB), "user.slice/memory.current": str(4 * GIB)}
+    assert costs.cgroup_headroom(*_cgroup_tree(tmp_path / "a", membership, numeric)) == 2 * GIB
+    unlimited = {"user.slice/app.scope/memory.max": "max", "user.slice/app.scope/memory.current": str(GIB),
+                 "user.slice/memory.max": "max", "user.slice/memory.current": str(GIB)}
+    assert costs.cgroup_headroom(*_cgroup_tree(tmp_path / "b", membership, unlimited)) is None
+    only_child = dict(unlimited, **{"user.slice/app.scope/memory.max": str(GIB + 123)})
+    assert costs.cgroup_headroom(*_cgroup_tree(tmp_path / "c", membership, only_child)) == 123
+    over = {"app/memory.max": str(GIB), "app/memory.current": str(2 * GIB)}
+    assert costs.cgroup_headroom(*_cgroup_tree(tmp_path / "d", "0::/app\n", over)) == 0
+    assert costs.cgroup_headroom(*_cgroup_tree(tmp_path / "e", "0::/../../etc\n", {"memory.max": str(GIB), "memory.current": "0"})) == GIB
+
+
+def test_cgroup_v1_headroom_and_no_cgroup(tmp_path):
+    """v1 (``4:memory:/docker/x``): limit_in_bytes 3 GiB − usage_in_bytes 1 GiB = 2 GiB; v1's "unlimited" (the
+    page-rounded 2^63) sets none; an unreadable membership file falls back to the mount's root files; nothing at
+    all: None."""
+    membership = "9:name=systemd:/\n4:memory:/docker/x\n1:cpu,cpuacct:/\n0::/\n"
+    v1 = {"memory/docker/x/memory.limit_in_bytes": str(3 * GIB), "memory/docker/x/memory.usage_in_bytes": str(GIB)}
+    assert costs.cgroup_headroom(*_cgroup_tree(tmp_path / "a", membership, v1)) == 2 * GIB
+    huge = {"memory/docker/x/memory.limit_in_bytes": "9223372036854771712", "memory/docker/x/memory.usage_in_bytes": str(GIB)}
+    assert costs.cgroup_headroom(*_cgroup_tree(tmp_path / "b", membership, huge)) is None
+    root, _ = _cgroup_tree(tmp_path / "c", "", {"memory.max": str(5 * GIB), "memory.current": str(GIB)})
+    assert costs.cgroup_headroom(root, str(tmp_path / "missing")) == 4 * GIB
+    assert costs.cgroup_headroom(str(tmp_path / "nothing"), str(tmp_path / "missing")) is None
+
+
+def test_available_memory_is_the_least_of_meminfo_cgroup_and_address_space(tmp_path):
+    """In a child process: a fake cgroup with 256 MiB of headroom under RLIMIT_AS = mapped + 1 GiB → at most
+    256 MiB (the cgroup binds); with 64 GiB of cgroup headroom → at most 1 GiB (the address space binds), and
+    more than 256 MiB (the cgroup figure is not stuck); with neither, at least as much as either."""
+    tight, loose = tmp_path / "tight", tmp_path / "loose"
+    for folder, room in ((tight, 256 << 20), (loose, 64 * GIB)):
+        _cgroup_tree(folder, "0::/app\n", {"app/memory.max": str(GIB + room), "app/memory.current": str(GIB)})
+    code = ("import os, resource, sys, torch\n"
+            "from interactive3d.backend.service import costs\n"
+            "cpu = torch.device('cpu')\n"
+            "free = costs.available_bytes(cpu, sys.argv[3], sys.argv[3] + '/none')\n"
+            "used = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), resource.RLIM_INFINITY))\n"
+            "print(free, *(costs.available_bytes(cpu, a + '/cgroup', a + '/self_cgroup') for a in sys.argv[1:3]))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tight), str(loose), str(tmp_path / "none")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    free, with_tight, with_loose = map(int, out.stdout.split())
+    assert 0 <= with_tight <= 256 << 20
+    assert 256 << 20 < with_loose <= GIB
+    assert free >= with_loose

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import zmq
 from _server_helpers import ThreadedServer
-from interactive3d.protocol.auth import Signer, load_key
+from interactive3d.protocol.auth import Signer, curve_client_options, load_key
 from interactive3d.protocol.client import Client, RemoteError
 from interactive3d.protocol.codec import Limits, buffer_frames, decode, encode, pack_header
 
@@ -32,9 +32,11 @@ KEY = b"k" * 32
 class Raw:
     """A bare DEALER with a chosen routing id: sends arbitrary frames, reads whole messages."""
 
-    def __init__(self, address: str, identity: bytes | None = None) -> None:
+    def __init__(self, address: str, identity: bytes | None = None, key: bytes | None = None) -> None:
         self.s = zmq.Context.instance().socket(zmq.DEALER)
         self.s.setsockopt(zmq.LINGER, 0)
+        for opt, value in curve_client_options(key):  # a server with a key takes frames from key holders only
+            self.s.setsockopt(opt, value)
         if identity is not None:
             self.s.setsockopt(zmq.ROUTING_ID, identity)
         self.s.connect(address)
@@ -201,7 +203,7 @@ def test_replay_after_restart_nan_timestamp_and_reflected_reply():
     first = ThreadedServer(auth_key=KEY)
     captured = _signed_request()
     try:
-        raw = Raw(first.address)
+        raw = Raw(first.address, key=KEY)
         assert raw.ask(captured)["ok"] is True
         assert raw.ask(captured)["error"]["code"] == "unauthorized"  # replay within the run
         # the server's own signed reply, sent back to it, is not a request
@@ -213,7 +215,7 @@ def test_replay_after_restart_nan_timestamp_and_reflected_reply():
         first.stop()
     second = ThreadedServer(auth_key=KEY)
     try:
-        raw = Raw(second.address)
+        raw = Raw(second.address, key=KEY)
         assert raw.ask(captured)["error"]["code"] == "unauthorized"  # replay after a restart
         for bad_ts in (math.nan, math.inf, -math.inf):
             h = msgpack.unpackb(_signed_request("ping")[0])
@@ -477,12 +479,14 @@ def test_take_over_by_attach_and_by_resume_of_an_open_session():
 
 # -- the small ones -----------------------------------------------------------------------------------------
 def test_oversized_message_reply_names_its_request_and_the_client_fails_fast():
+    """Frames within the per-frame cap (a larger one is dropped at the socket: test_server) that exceed the total
+    cap together: too_large, in one round trip."""
     ts = ThreadedServer(limits=Limits(max_frame_bytes=1 << 16, max_total_bytes=1 << 16))
     try:
         with Client(ts.address) as c:
             t0 = time.monotonic()
             with pytest.raises(RemoteError) as e:
-                c.request("test.echo", {}, [np.zeros(1 << 17, np.uint8)], timeout=5.0, retries=2)
+                c.request("test.echo", {}, [np.zeros(1 << 15, np.uint8)] * 3, timeout=5.0, retries=2)
             assert e.value.code == "too_large" and time.monotonic() - t0 < 4.0  # one round trip, no retries
     finally:
         ts.stop()
@@ -592,13 +596,14 @@ def test_bounded_fuzz_ends_with_zero_internal_replies(tmp_path):
 
 
 def test_curve_encryption_option():
-    """With a CURVE secret the server talks only to clients that know its public key (and the key still signs)."""
+    """With an operator's CURVE secret the server talks only to clients that know its public key (the one derived
+    from the shared key is not it; the key still signs)."""
     public, secret = zmq.curve_keypair()
     ts = ThreadedServer(auth_key=KEY, curve_secret_key=secret)
     try:
         with Client(ts.address, auth_key=KEY, curve_server_key=public) as c:
             assert c.request("ping").result["version"] == 2
-        with Client(ts.address, auth_key=KEY) as plain:  # no CURVE: the handshake fails, nothing is answered
+        with Client(ts.address, auth_key=KEY) as plain:  # the derived server key: the handshake fails, nothing is answered
             with pytest.raises(TimeoutError):
                 plain.request("ping", timeout=1.0, retries=0)
     finally:

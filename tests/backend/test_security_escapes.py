@@ -183,12 +183,15 @@ def test_a_future_stamped_flood_cannot_lock_others_out():
     the floor stays at or below the server's clock, and a fresh request from another client succeeds at once.
     Replays of flooded messages stay refused."""
     import zmq
+    from interactive3d.protocol.auth import curve_client_options
     from interactive3d.protocol.codec import decode
 
     ts = ThreadedServer(auth_key=KEY)
     ts.server._signer.max_nonces = 300  # the default 200,000 behaves the same, only slower to fill
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    for opt, value in curve_client_options(KEY):  # a key holder: its transport passes the handshake
+        sock.setsockopt(opt, value)
     sock.connect(ts.address)
     try:
         flood = [_signed_at(time.time() + 280) for _ in range(900)]
@@ -354,6 +357,44 @@ def test_splat_estimates_use_the_declared_count(tmp_path):
         ts.stop()
 
 
+def test_stage2_render_and_texture_bake_are_estimated_in_bytes():
+    """stage2.render against a 256 MiB budget, on a distilled 4-level field: one 90×90 view at 128 samples (1 M
+    samples, far under the old 268 M-sample cap; measured at 16 levels it peaks at 3.1 GB) is too_large, naming the
+    views, size, samples and levels; 2 views of 32×32 at 16 samples are served ([2,32,32,3] rgb). The estimate's
+    per-sample and per-ray figures are above the measured ones (op_memory.py at 16 levels: 2,434 B per sample,
+    3,155 B with normals, 465 B per ray). extract_mesh at 64³ with a 512² texture, which the old estimate admitted (16 MiB +
+    512² × 256 B = 80 MiB), is too_large: the bake's chunk of 2¹⁸ field queries (measured +878 MiB at 16 levels)
+    now counts."""
+    from interactive3d.backend.service import costs
+
+    assert costs.field_query_bytes(1, 16) >= 2434 and 2 * costs.field_query_bytes(1, 16) >= 3155 and costs.RAY_BYTES >= 465
+    ts = ThreadedServer(memory_budget=256 << 20)
+    c = Client(ts.address)
+    try:
+        sid = c.request("session.create").result["session"]
+        c.request("gaussians.init", {"session": sid, "kind": "random", "n": 200, "radius": 0.5})
+        c.request("stage2.distill", {"session": sid, "steps": 1, "resolution": 16, "view_pool": 2, "rays_per_step": 64,
+                                           "n_samples": 8, "levels": 4, "log2_table_size": 10})
+        deadline = time.monotonic() + 120
+        while c.request("job.status", {"session": sid}).result["state"] not in ("done", "error") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cam = np.float32([[1, 0, 0, 0], [0, 0, -1, -3], [0, 1, 0, 0], [0, 0, 0, 1]])
+        args = {"session": sid, "fov_x": 0.8, "width": 90, "height": 90, "n_samples": 128}
+        with pytest.raises(RemoteError) as err:
+            c.request("stage2.render", args, [cam])
+        assert err.value.code == "too_large", err.value
+        assert "1 view(s) of 90×90, 128 samples per ray, 4 hash-grid levels, normals" in err.value.message
+        out = c.request("stage2.render", {**args, "width": 32, "height": 32, "n_samples": 16}, [np.stack([cam, cam])])
+        assert out.buffers[0].shape == (2, 32, 32, 3)
+        assert 64 ** 3 * costs.MESH_VOXEL_BYTES + 512 ** 2 * 256 < 256 << 20
+        with pytest.raises(RemoteError) as err:
+            c.request("stage2.extract_mesh", {"session": sid, "resolution": 64, "texture": True, "texture_size": 512})
+        assert err.value.code == "too_large" and "512² texture" in err.value.message, err.value
+    finally:
+        c.close()
+        ts.stop()
+
+
 def test_budget_respects_the_address_space_limit():
     """Under ``ulimit -v`` (RLIMIT_AS) = what the process maps now + 1 GiB, the CPU budget's free memory is at most
     1 GiB, whatever MemAvailable says."""
@@ -472,38 +513,188 @@ def test_a_folder_swapped_during_requests_never_leads_outside(sandboxed, tmp_pat
 
 
 # -- 4. nothing held for peers without the key ---------------------------------------------------------------
-def test_keyless_peers_never_get_a_frame_to_the_server():
-    """With CURVE and a shared key, a peer that knows the server's public key but not the shared key fails the
-    CURVE handshake (client keys derive from the shared key; a ZAP handler admits only that one), so nothing it
-    sends — a 64 MiB frame, or 64 frames with MORE set and never the last — is held by the server or reaches it:
-    no reply at all (without the gate the 64 MiB message is received and answered unauthorized). A key holder's
-    pings are answered throughout."""
+def _curve_dealer(address: str, server_key: bytes | None):
+    """A DEALER without the shared key: no CURVE (server_key None) or CURVE with the server's public key (public
+    knowledge) and a fresh client pair. Its sends are bounded: a DEALER whose handshake was refused has no pipe."""
     import zmq
+
+    peer = zmq.Context.instance().socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.setsockopt(zmq.SNDTIMEO, 2000)
+    if server_key is not None:
+        pub, sec = zmq.curve_keypair()
+        for opt, v in ((zmq.CURVE_SERVERKEY, server_key), (zmq.CURVE_PUBLICKEY, pub), (zmq.CURVE_SECRETKEY, sec)):
+            peer.setsockopt(opt, v)
+    peer.connect(address)
+    return peer
+
+
+def test_keyless_peers_never_get_a_frame_to_the_server():
+    """A server with a key and no --curve-secret-file (the default): a peer without CURVE, and one that knows the
+    server's public key but not the shared key, fail the handshake, so nothing they send — a 64 MiB frame, or 64
+    frames with MORE set and never the last — reaches the server: no reply at all. The same with an operator's
+    CURVE secret. A key holder's Client (no CURVE argument: the server key derives from the shared key) is
+    answered throughout."""
+    import zmq
+    from interactive3d.protocol.auth import curve_server_public
     from interactive3d.protocol.codec import encode
 
     public, secret = zmq.curve_keypair()
-    ts = ThreadedServer(auth_key=KEY, curve_secret_key=secret)
-    peer = zmq.Context.instance().socket(zmq.DEALER)
-    try:
-        pub, sec = zmq.curve_keypair()
-        # a DEALER whose handshake failed has no pipe, and its sends block: bounded, and a refused send is the point
-        for opt, v in ((zmq.CURVE_SERVERKEY, public), (zmq.CURVE_PUBLICKEY, pub), (zmq.CURVE_SECRETKEY, sec), (zmq.LINGER, 0),
-                       (zmq.SNDTIMEO, 2000)):
-            peer.setsockopt(opt, v)
-        peer.connect(ts.address)
+    for config, server_key in (({}, curve_server_public(KEY)), ({"curve_secret_key": secret}, public)):
+        ts = ThreadedServer(auth_key=KEY, **config)
+        peers = [_curve_dealer(ts.address, None), _curve_dealer(ts.address, server_key)]
         try:
-            peer.send_multipart([*encode({"id": "x", "op": "ping", "args": {}}), bytes(64 << 20)], copy=False)
-            for _ in range(64):
-                peer.send(bytes(1 << 20), zmq.SNDMORE)
-        except zmq.Again:
-            pass  # the gate dropped the connection before all of it was queued
-        with Client(ts.address, auth_key=KEY, curve_server_key=public) as c:
-            for _ in range(10):
-                assert c.request("ping", timeout=10.0).result["version"] >= 1
-        assert peer.poll(3000) == 0  # the server never saw it
+            for peer in peers:
+                try:
+                    peer.send_multipart([*encode({"id": "x", "op": "ping", "args": {}}), bytes(64 << 20)], copy=False)
+                    for _ in range(64):
+                        peer.send(bytes(1 << 20), zmq.SNDMORE)
+                except zmq.Again:
+                    pass  # the gate dropped the connection before all of it was queued
+            with Client(ts.address, auth_key=KEY, curve_server_key=None if not config else public) as c:
+                for _ in range(10):
+                    assert c.request("ping", timeout=10.0).result["version"] >= 1
+            assert [peer.poll(3000) for peer in peers] == [0, 0]  # the server never saw them
+        finally:
+            for peer in peers:
+                peer.close(0)
+            ts.stop()
+
+
+def _rss(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _zmtp_flood(port: int, frames: int, frame_bytes: int, finish: bool):
+    """A ZeroMQ peer written by hand (ZMTP 3.0, NULL mechanism, as a DEALER): ``frames`` frames of ``frame_bytes``
+    with MORE set, then (``finish``) an empty last frame. libzmq's own DEALER never sends an unfinished message
+    (it flushes whole messages only); this is what an attacker writes instead. Returns (bytes of frames the server
+    took before it closed the connection — all of them when it never did, the open socket: the caller closes it
+    after reading the server's memory)."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    greeting = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + bytes(31)
+    ready = b"\x05READY" + b"\x0bSocket-Type" + (6).to_bytes(4, "big") + b"DEALER"
+    chunk = b"\x03" + frame_bytes.to_bytes(8, "big") + bytes(frame_bytes)  # LONG | MORE
+    sent = 0
+    try:
+        sock.sendall(greeting + b"\x04" + bytes([len(ready)]) + ready)
+        for _ in range(frames):
+            sock.sendall(chunk)
+            sent += len(chunk)
+        if finish:
+            sock.sendall(b"\x00\x00")
+    except OSError:  # the server closed the connection (reset, broken pipe)
+        pass
+    return sent, sock
+
+
+def _serve(tmp_path, key: bytes | None):
+    """An ``i3d serve`` subprocess on a free loopback port (with a key file when ``key``); (process, port)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "interactive3d.cli", "serve", "--bind", f"tcp://127.0.0.1:{port}", "--device", "cpu",
+           "--state-dir", str(tmp_path / "state")]
+    if key is not None:
+        (tmp_path / "key").write_bytes(key)
+        (tmp_path / "key").chmod(0o600)
+        cmd += ["--auth-key-file", str(tmp_path / "key")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("I3D_AUTH")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "wb"))
+    with Client(f"tcp://127.0.0.1:{port}", auth_key=key) as c:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                c.request("ping", timeout=2.0, retries=0)
+                return proc, port
+            except (TimeoutError, RemoteError):  # not up yet, or a knock signed before it started
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+def test_unfinished_messages_and_big_frames_pin_no_memory_in_a_served_backend(tmp_path):
+    """The issue's attack on a real ``i3d serve`` with a key: a hand-written ZeroMQ peer without the key streams
+    300 MiB of frames with MORE set and never the last, and sends an unsigned message with one 300 MiB frame;
+    libzmq DEALERs without the key (plain, and CURVE with random keys) send another 300 MiB unsigned frame. The
+    server takes none of it (it closes the hand-written peer after its greeting: < 300 MiB sent), its RSS, sampled
+    through the attack, grows by < 64 MiB, and a key holder's 20 pings are all answered within their 5 s timeout.
+    The control — the same flood against a keyless server (loopback, the residual local-user risk) — grows its
+    RSS by > 200 MiB, so the measurement sees the attack when it lands."""
+    import threading
+
+    from interactive3d.protocol.auth import curve_server_public
+    from interactive3d.protocol.codec import encode
+
+    frames, size = 300, 1 << 20
+    key = b"s" * 40
+    (tmp_path / "keyed").mkdir()
+    proc, port = _serve(tmp_path / "keyed", key)
+    address = f"tcp://127.0.0.1:{port}"
+    held = []
+    try:
+        base = peak = _rss(proc.pid)
+        sent = {}
+
+        def attack():
+            sent["more"], sock = _zmtp_flood(port, frames, size, finish=False)
+            held.append(sock)
+            sent["big"], sock = _zmtp_flood(port, 1, frames * size, finish=True)
+            held.append(sock)
+            big = bytes(frames * size)
+            for server_key in (None, curve_server_public(key)):
+                peer = _curve_dealer(address, server_key)
+                held.append(peer)
+                try:
+                    peer.send_multipart([*encode({"id": "x", "op": "ping", "args": {}}), big], copy=False)
+                except Exception:  # noqa: BLE001 - a refused send is the point
+                    pass
+
+        t = threading.Thread(target=attack)
+        t.start()
+        latencies = []
+        with Client(address, auth_key=key) as c:
+            while t.is_alive() or len(latencies) < 20:
+                t0 = time.monotonic()
+                assert c.request("ping", timeout=5.0, retries=0).result["version"] >= 1
+                latencies.append(time.monotonic() - t0)
+                peak = max(peak, _rss(proc.pid))
+                time.sleep(0.05)
+        t.join()
+        peak = max(peak, _rss(proc.pid))
+        print(f"keyed: sent {sent}, RSS {base >> 20} → peak {peak >> 20} MiB, {len(latencies)} pings, max {max(latencies) * 1e3:.0f} ms")
+        assert sent["more"] < frames * size and sent["big"] < frames * size
+        assert peak - base < 64 << 20
     finally:
-        peer.close(0)
-        ts.stop()
+        for x in held:
+            x.close()
+        proc.terminate()
+        proc.wait(60)
+    (tmp_path / "keyless").mkdir()
+    proc, port = _serve(tmp_path / "keyless", None)
+    try:
+        base = _rss(proc.pid)
+        more, sock = _zmtp_flood(port, frames, size, finish=False)
+        try:
+            deadline = time.monotonic() + 60
+            while _rss(proc.pid) - base < 200 << 20 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            grown = _rss(proc.pid) - base
+        finally:
+            sock.close()
+        print(f"keyless control: sent {more >> 20} MiB unfinished, RSS grew {grown >> 20} MiB")
+        assert more == frames * (size + 9) and grown > 200 << 20
+    finally:
+        proc.terminate()
+        proc.wait(60)
 
 
 def test_an_unbundled_sog_reads_only_images_beside_it(sandboxed, tmp_path):
@@ -531,3 +722,47 @@ def test_an_unbundled_sog_reads_only_images_beside_it(sandboxed, tmp_path):
     (good / link).symlink_to(outside)
     (good / "meta.json").write_text(json.dumps(meta))
     assert _code(c, "gaussians.load_ply", {"session": sid, "path": str(good / "meta.json")}) == "invalid_args"
+
+
+def test_a_clients_timeout_names_the_likely_cause():
+    """When nothing answers, Client's error says why from its connection's handshake events: a keyless client at
+    a server with a key (it requires CURVE), a client with a key at a keyless server (no CURVE there), another
+    key (the keys differ), an operator's CURVE key the client was not given, and no listener at all."""
+    import zmq
+    from interactive3d.protocol.client import ConnectionLost
+
+    public, secret = zmq.curve_keypair()
+    keyed, keyless, own = ThreadedServer(auth_key=KEY), ThreadedServer(), ThreadedServer(auth_key=KEY, curve_secret_key=secret)
+    cases = [(keyed.address, {}, "requires the CURVE handshake"), (keyless.address, {"auth_key": KEY}, "does not speak CURVE"),
+             (keyed.address, {"auth_key": b"o" * 32}, "auth key differs"), (own.address, {"auth_key": KEY}, "--curve-secret-file"),
+             ("tcp://127.0.0.1:9", {}, "nothing accepted the connection")]
+    try:
+        for address, kw, why in cases:
+            with Client(address, **kw) as c:
+                with pytest.raises(ConnectionLost, match=why):
+                    c.request("ping", timeout=1.5, retries=0)
+        with Client(own.address, auth_key=KEY, curve_server_key=public) as c:
+            assert c.request("ping").result["version"] >= 1
+    finally:
+        for ts in (keyed, keyless, own):
+            ts.stop()
+
+
+def test_keyless_servers_bind_loopback_only():
+    """Without a key a server refuses every bind that is not loopback: any address, an interface name, a DNS name
+    that merely starts with 127., IPv6's any; it accepts 127.0.0.0/8, ::1, localhost and ipc://. A keyless
+    server started on tcp://127.0.0.1:* is bound there. (Its residual risk — any local user who can reach the
+    port may send it messages and hold memory — is documented in the protocol doc and the README.)"""
+    from interactive3d.backend.service.server import ServerConfig
+
+    for bind in ("tcp://0.0.0.0:0", "tcp://*:0", "tcp://[::]:0", "tcp://eth0:0", "tcp://127.0.0.1.example.com:0", "tcp://10.0.0.1:0"):
+        with pytest.raises(ValueError, match="needs an auth key"):
+            ServerConfig(bind=bind).check()
+        ServerConfig(bind=bind, auth_key=KEY).check()  # with a key: allowed (and CURVE-gated)
+    for bind in ("tcp://127.0.0.1:0", "tcp://127.8.9.10:0", "tcp://[::1]:0", "tcp://localhost:0", "ipc:///tmp/x.sock"):
+        ServerConfig(bind=bind).check()
+    ts = ThreadedServer()
+    try:
+        assert ts.address.startswith("tcp://127.0.0.1:")
+    finally:
+        ts.stop()

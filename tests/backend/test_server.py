@@ -17,6 +17,7 @@ import zmq
 from _server_helpers import ThreadedServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from interactive3d.protocol.auth import curve_client_options
 from interactive3d.protocol.client import Client, ConnectionLost, RemoteError
 from interactive3d.protocol.codec import DTYPES, Limits, decode, encode
 
@@ -31,11 +32,14 @@ def server():
 
 
 class Raw:
-    """A bare DEALER to send arbitrary frames and read the reply's header."""
+    """A bare DEALER to send arbitrary frames and read the reply's header (``key``: the CURVE keys of a key holder,
+    which a server with a key requires before it takes a frame)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, key: bytes | None = None) -> None:
         self.s = zmq.Context.instance().socket(zmq.DEALER)
         self.s.setsockopt(zmq.LINGER, 0)
+        for opt, value in curve_client_options(key):
+            self.s.setsockopt(opt, value)
         self.s.connect(address)
 
     def ask(self, frames: list, timeout_ms: int = 5000) -> dict:
@@ -101,7 +105,7 @@ MALFORMED = [
     ("wrong arg type", [_hdr(args={"x": "one"})], "invalid_args"),
     ("args not a map", [_hdr(args=[1])], "invalid_args"),
     ("over the frame-count cap", [_hdr()] + [b""] * 8, "too_large"),
-    ("over the per-frame cap", [_hdr(buffers=[{"dtype": "uint8", "shape": [(8 << 20) + 1]}]), b"\0" * ((8 << 20) + 1)], "too_large"),
+    ("over the total cap", [_hdr(buffers=[{"dtype": "uint8", "shape": [6 << 20]}] * 3), *[b"\0" * (6 << 20)] * 3], "too_large"),
     ("unknown session", [_hdr(op="state.get", args={"session": "nope"})], "not_found"),
     ("handler exception", [_hdr(op="test.crash")], "internal"),
 ]
@@ -165,25 +169,48 @@ def fuzz_server(server):
 
 
 def test_auth():
-    """With a key: the right key works; unsigned and wrongly-signed requests get `unauthorized` and
-    have no effect (no session is created)."""
+    """With a key: the right key works. A client without the key, or with another key, fails the CURVE handshake
+    (ConnectionLost naming why: the server requires CURVE / the keys differ); over a key holder's transport, an
+    unsigned message, garbage and a message signed with another key get `unauthorized`. None of it has any effect
+    (no session is created)."""
+    from interactive3d.protocol.auth import Signer
+    from interactive3d.protocol.codec import pack_header
+
     key = b"0123456789abcdef0123456789abcdef"
     ts = ThreadedServer(auth_key=key)
     try:
-        good, nokey, badkey = Client(ts.address, auth_key=key), Client(ts.address), Client(ts.address, auth_key=b"wrong-key")
+        good, nokey, badkey = Client(ts.address, auth_key=key), Client(ts.address), Client(ts.address, auth_key=b"w" * 32)
         assert good.request("ping").result["version"] == 2
-        for c in (nokey, badkey):
-            with pytest.raises(RemoteError) as e:
-                c.request("session.create", timeout=5)
-            assert e.value.code == "unauthorized"
-        raw = Raw(ts.address)
-        assert raw.ask([b"garbage"])["error"]["code"] == "unauthorized"
+        for c, why in ((nokey, "requires the CURVE handshake"), (badkey, "auth key differs")):
+            with pytest.raises(ConnectionLost, match=why):
+                c.request("session.create", timeout=1.5, retries=0)
+        raw = Raw(ts.address, key)
+        header = {"v": 2, "id": "x", "op": "session.create", "args": {}, "buffers": []}
+        for frames in ([b"garbage"], [pack_header(header)], [Signer(b"w" * 32).sign(header, pack_header, [])]):
+            assert raw.ask(frames)["error"]["code"] == "unauthorized"
         raw.close()
         assert good.request("session.list").result["sessions"] == []
         for c in (good, nokey, badkey):
             c.close()
     finally:
         ts.stop()
+
+
+def test_a_frame_over_the_cap_is_dropped_at_the_socket(server, client):
+    """ZMQ_MAXMSGSIZE is the largest frame the caps allow (8 MiB here): a frame one byte over it closes the sender's
+    connection as it arrives, so it gets no reply and its Client's error says the backend dropped the connection
+    after a good handshake; the server answers the next ping, and a frame of exactly the cap is echoed."""
+    raw = Raw(server.address)
+    try:
+        raw.s.send_multipart([_hdr(buffers=[{"dtype": "uint8", "shape": [(8 << 20) + 1]}]), b"\0" * ((8 << 20) + 1)])
+        assert raw.s.poll(2000) == 0
+    finally:
+        raw.close()
+    with Client(server.address) as c:
+        with pytest.raises(ConnectionLost, match="max-bytes"):
+            c.request("test.echo", {}, [np.zeros((8 << 20) + 1, np.uint8)], timeout=1.5, retries=0)
+        assert c.request("test.echo", {}, [np.zeros(8 << 20, np.uint8)]).buffers[0].nbytes == 8 << 20
+    assert client.request("ping", timeout=5).result["version"] == 2
 
 
 def test_non_loopback_bind_needs_key():
@@ -298,7 +325,7 @@ def test_unsigned_version_1_is_answered_by_a_keyless_server_and_refused_with_a_k
         ts.stop()
     key = b"0123456789abcdef0123456789abcdef"
     ts = ThreadedServer(auth_key=key)
-    raw = Raw(ts.address)
+    raw = Raw(ts.address, key)
     try:
         h = raw.ask(v1())
         assert h["v"] == 1 and h["error"]["code"] == "unsupported_version"

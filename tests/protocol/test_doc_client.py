@@ -1,7 +1,8 @@
 """A third-party client written from docs/protocol.md alone: its own msgpack packing and unpacking, its own
-HMAC-SHA256 signing, a plain ZeroMQ DEALER, nothing imported from protocol/. The domains and the version come
-from the doc's text, so the doc and the server cannot drift apart unnoticed. It runs a signed session through a
-real ``i3d serve`` subprocess with a key file."""
+HMAC-SHA256 signing, a ZeroMQ DEALER with the CURVE keys the doc derives from the key (pyzmq's Z85 and
+curve_public), nothing imported from protocol/. The domains, the CURVE key names and the version come from the
+doc's text, so the doc and the server cannot drift apart unnoticed. It runs a signed session through a real
+``i3d serve`` subprocess with a key file."""
 
 from __future__ import annotations
 
@@ -31,8 +32,23 @@ def _doc_domain(what: str) -> bytes:
     return m.group(1).encode("ascii") + b"\x00"
 
 
+def _doc_curve_name(role: str) -> bytes:
+    """The name the doc derives ``role``'s CURVE secret with: `HMAC-SHA256(key, "i3d-curve-server-v1")`."""
+    m = re.search(r'`HMAC-SHA256\(key, "(i3d-curve-' + role + r'-v\d+)"\)`', DOC)
+    assert m, f"docs/protocol.md names no CURVE {role} key"
+    return m.group(1).encode("ascii")
+
+
 VERSION = int(re.search(r"Protocol version: \*\*(\d+)\*\*", DOC).group(1))
 REQUEST_DOMAIN, REPLY_DOMAIN = _doc_domain("request"), _doc_domain("reply")
+CURVE_SERVER, CURVE_CLIENT = _doc_curve_name("server"), _doc_curve_name("client")
+
+
+def curve_secret(key: bytes, name: bytes) -> bytes:
+    """The doc's CURVE secret: HMAC-SHA256(key, name), Z85-encoded."""
+    from zmq.utils import z85
+
+    return z85.encode(hmac.new(key, name, hashlib.sha256).digest())
 
 
 # -- msgpack, only what the envelope uses (msgpack.org spec) -------------------------------------------
@@ -122,11 +138,17 @@ def check_reply(key: bytes, raw: bytes, buffers: list[bytes]) -> dict:
 
 
 class DocClient:
-    def __init__(self, address: str, key: bytes) -> None:
+    def __init__(self, address: str, key: bytes, curve: bool = True) -> None:
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve:  # the doc's transport: the server's public key and the client pair, all from the key
+            self.sock.setsockopt(zmq.CURVE_SERVERKEY, zmq.curve_public(curve_secret(key, CURVE_SERVER)))
+            secret = curve_secret(key, CURVE_CLIENT)
+            self.sock.setsockopt(zmq.CURVE_PUBLICKEY, zmq.curve_public(secret))
+            self.sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
         self.sock.connect(address)
+        self.address = address
         self.key = key
 
     def send_raw(self, frames: list[bytes]) -> tuple[bytes, list[bytes]]:
@@ -171,7 +193,11 @@ def served(tmp_path_factory):
     try:
         deadline = time.monotonic() + 120
         while True:  # the server starts (imports torch) while we knock
-            client.sock.send_multipart([sign(key, {"v": VERSION, "id": "hello", "op": "ping", "args": {}, "buffers": []}, [])])
+            try:
+                client.sock.send_multipart([sign(key, {"v": VERSION, "id": "hello", "op": "ping", "args": {}, "buffers": []}, [])],
+                                           flags=zmq.NOBLOCK)
+            except zmq.Again:  # no pipe (a refused handshake): never block the knock
+                time.sleep(1.0)
             if client.sock.poll(1000):
                 client.sock.recv_multipart()
                 break
@@ -227,3 +253,22 @@ def test_what_the_server_refuses_is_what_the_doc_says(served):
     assert reply["v"] == 1 and reply["id"] == "old" and reply["error"]["code"] == "unsupported_version"
     msg = reply["error"]["message"]
     assert "version 1" in msg and f"version {VERSION}" in msg and "i3d-request-v1" in msg
+
+
+def test_without_the_curve_keys_nothing_is_answered(served):
+    """The doc's transport is required: the same correctly signed ping from a DEALER without CURVE, and from one
+    whose client keys come from another key, gets no reply within 3 s (the handshake refuses them), while the
+    doc client's next ping is answered."""
+    client, key = served
+    address = client.address
+    for other in (DocClient(address, key, curve=False), DocClient(address, secrets.token_hex(32).encode())):
+        try:
+            other.sock.setsockopt(zmq.SNDTIMEO, 3000)
+            try:
+                other.sock.send_multipart([sign(key, {"v": VERSION, "id": "x", "op": "ping", "args": {}, "buffers": []}, [])])
+            except zmq.Again:
+                pass  # no pipe after a refused handshake: the send cannot even be queued
+            assert other.sock.poll(3000) == 0
+        finally:
+            other.close()
+    assert client.call("ping", {})[0]["ok"]
