@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true", help="the offline demo object with oracle guidance")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--connect", default=None, help="backend address (default: spawn a local backend)")
+    p.add_argument("--auth-key-file", default=None,
+                   help="the shared key of a --connect backend started with a key (default $I3D_AUTH_KEY_FILE)")
     p.add_argument("--backend-python", default=None, help="Python with the backend installed (local backend; default: this one)")
     p.add_argument("--model", default=None, help="diffusion model id or local folder (default: the backend's)")
     p.add_argument("--steps", type=int, default=None, help="Stage I steps (default per mode)")
@@ -322,15 +324,23 @@ def main(argv: list[str]) -> int:
         if local:
             address = f"ipc://{tmp.name}/backend.sock"
             proc = spawn_backend(python, address, out, args.model)
-        if args.model:
-            _set_model(args.model)
+        from interactive3d.protocol.auth import ENV_KEY_FILE, load_key
+
+        key_file = None if local else (args.auth_key_file or os.environ.get(ENV_KEY_FILE) or None)
+        try:
+            key = load_key(key_file, env={}) if key_file else None
+        except ValueError as exc:
+            print(f"blender_batch: --auth-key-file: {exc}", file=sys.stderr)
+            return 2
+        if args.model or key_file:
+            _set_preferences(model=args.model, auth_key_file=os.path.abspath(key_file) if key_file else None)
         conn = connection.get()
         conn.timeout_s = 60.0  # a CPU backend answers slowly while it imports torch and loads models
         reference = None
         if args.demo:
             reference = out / "reference.ply"
             write_demo_reference(python, reference)
-        _wait_for_backend(address, proc)
+        _wait_for_backend(address, proc, key)
         outcomes = []
         for i, job in enumerate(jobs, start=1):
             name = "demo" if args.demo else slug(i, job.prompt)
@@ -417,9 +427,10 @@ def scene_from_outputs(folder: Path, name: str) -> Path:
     return blend
 
 
-def _set_model(model: str) -> None:
-    """Point the add-on's preferences at ``model`` (what i3d.generate sends). Registered from the checkout
-    the add-on has no preferences entry yet: one is added, as enabling it in Blender would."""
+def _set_preferences(**values) -> None:
+    """Set the add-on's preferences (``model``: what i3d.generate sends; ``auth_key_file``: what i3d.connect signs
+    with); None leaves one as it is. Registered from the checkout the add-on has no preferences entry yet: one is
+    added, as enabling it in Blender would."""
     import bpy
     from interactive3d.blender_addon import preferences
 
@@ -428,24 +439,29 @@ def _set_model(model: str) -> None:
     if entry is None:
         entry = addons.new()
         entry.module = preferences.ADDON_PACKAGE
-    entry.preferences.model = model
+    for name, value in values.items():
+        if value is not None:
+            setattr(entry.preferences, name, value)
 
 
-def _wait_for_backend(address: str, proc: subprocess.Popen | None, timeout: float = 90.0) -> None:
-    from interactive3d.protocol.client import Client, ConnectionLost
+def _wait_for_backend(address: str, proc: subprocess.Popen | None, key: bytes | None = None, timeout: float = 90.0) -> None:
+    """Ping until the backend answers (it may still be importing torch); exit with the reason when it does not."""
+    from interactive3d.protocol.client import Client, ConnectionLost, RemoteError, RequestTimeout
 
     deadline = time.monotonic() + timeout
-    with Client(address) as client:
+    with Client(address, auth_key=key) as client:
         while True:
             try:
                 client.request("ping", timeout=2.0, retries=0)
                 return
-            except ConnectionLost:
+            except (ConnectionLost, RequestTimeout, RemoteError) as exc:
+                # not up yet; a key the backend does not take; or a ping signed (and queued) before it started
+                if isinstance(exc, RemoteError) and exc.code != "unauthorized":
+                    raise SystemExit(f"blender_batch: the backend at {address} refused ping: {exc}") from None
                 if proc is not None and proc.poll() is not None:
                     raise SystemExit(f"blender_batch: the backend exited with code {proc.returncode}; see backend.log") from None
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"blender_batch: no backend answered at {address} within {timeout:.0f} s") from None
-
+                    raise SystemExit(f"blender_batch: no backend answered at {address} within {timeout:.0f} s ({exc})") from None
 
 if __name__ == "__main__":
     code = main(sys.argv)

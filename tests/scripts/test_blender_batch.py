@@ -129,3 +129,60 @@ def test_its_backend_gets_a_local_model_folder_as_model_dir(batch, tmp_path):
     assert cmd[-2:] == ["--model-dir", str((tmp_path / "sd").resolve())]
     assert "--model-dir" not in batch.serve_command("python", "ipc:///x", tmp_path, "stabilityai/stable-diffusion-2-1-base")
     assert "--model-dir" not in batch.serve_command("python", "ipc:///x", tmp_path, None)
+
+
+@pytest.fixture
+def keyed_backend(tmp_path):
+    """`i3d serve` with a shared key (so it speaks CURVE with keys derived from it), on an ipc address."""
+    import os
+    import subprocess
+
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"a-batch-test-key-0123456789abcdef0123456789")
+    os.chmod(key_file, 0o600)
+    address = f"ipc://{tmp_path}/keyed.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "interactive3d.cli", "serve", "--bind", address, "--state-dir",
+                             str(tmp_path / "state"), "--auth-key-file", str(key_file), "--device", "cpu"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield address, key_file
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_waiting_for_a_keyed_backend_with_and_without_its_key(batch, keyed_backend):
+    """The batch's wait for `--connect` pings with the key (a keyed backend admits only key holders at its CURVE
+    handshake); without it, it exits with the reason in its message instead of a traceback."""
+    from interactive3d.protocol.auth import load_key
+
+    address, key_file = keyed_backend
+    batch._wait_for_backend(address, None, load_key(str(key_file), env={}), timeout=120)
+    with pytest.raises(SystemExit, match="no backend answered .* requires the CURVE handshake"):
+        batch._wait_for_backend(address, None, None, timeout=3)
+
+
+def test_an_unreadable_key_file_exits_2_before_any_work(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--demo", "--out", str(tmp_path / "out"), "--connect",
+                           "ipc:///nowhere", "--auth-key-file", str(tmp_path / "missing")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--auth-key-file" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_batch_demo_on_a_backend_with_a_key(tmp_path, keyed_backend):
+    """`--connect ADDR --auth-key-file F`: the whole batch (add-on operators signing with the key) runs on a
+    remote-style backend that has a key: exit 0, the .glb written."""
+    import json
+    import subprocess
+
+    address, key_file = keyed_backend
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(SCRIPT), "--demo", "--out", str(out), "--connect", address, "--auth-key-file",
+           str(key_file), "--steps", "10", "--resolution", "32", "--distill-steps", "10", "--mesh-resolution", "32"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    job = json.loads((out / "summary.json").read_text())["jobs"][0]
+    assert job["ok"] and (out / "demo.glb").is_file()
