@@ -31,6 +31,8 @@ Blender's "Install from Disk" or ``blender --command extension install-file -r u
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -59,13 +61,14 @@ class Platform:
 
     blender: str
     pip_tags: tuple[str, ...]
+    arch_tag: str = ""  # macOS: the tag a universal2 wheel is given (Blender 4.2.0 skips universal2 wheels)
 
 
 PLATFORMS = (
     Platform("linux-x64", ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")),
     Platform("windows-x64", ("win_amd64",)),
-    Platform("macos-arm64", ("macosx_11_0_arm64", "macosx_10_15_universal2", "macosx_10_9_universal2")),
-    Platform("macos-x64", ("macosx_10_15_x86_64", "macosx_10_9_x86_64", "macosx_10_9_universal2")),
+    Platform("macos-arm64", ("macosx_11_0_arm64", "macosx_10_15_universal2", "macosx_10_9_universal2"), "arm64"),
+    Platform("macos-x64", ("macosx_10_15_x86_64", "macosx_10_9_x86_64", "macosx_10_9_universal2"), "x86_64"),
 )
 _EXCLUDE = re.compile(r"(__pycache__|\.pyc$|\.pyo$|^\.)")
 
@@ -122,6 +125,8 @@ def download_wheels(dest: Path, cache_dir: Path | None, pinned: bool = True, pip
                     ok = False
                     log.warning("no %s wheel for Python %s on %s", package, py, plat.blender)
                     continue
+                if wheel.name[:-4].endswith("universal2") and plat.arch_tag:
+                    wheel = retag_universal2(wheel, plat.arch_tag, target)
                 files.setdefault(wheel.name, wheel)
                 names.append(wheel.name)
                 if py == PYTHONS[0]:
@@ -134,6 +139,36 @@ def download_wheels(dest: Path, cache_dir: Path | None, pinned: bool = True, pip
         out.append(dest / name)
     shutil.rmtree(dest / ".pip", ignore_errors=True)
     return out, covered
+
+
+def retag_universal2(wheel: Path, arch: str, dest: Path) -> Path:
+    """A copy of the universal2 ``wheel`` tagged for one architecture (``arm64`` or ``x86_64``) in ``dest``: its
+    file name, its WHEEL ``Tag:`` lines and their RECORD entry; the binaries are the same fat ones, which run on
+    both. Blender 4.2.0's installer keeps a macOS wheel only if its platform tag ends with the machine's
+    architecture, so it skips universal2 wheels (pyzmq publishes no others): without this, no pyzmq there."""
+    parts = wheel.name[:-4].split("-")
+    old_plat = parts[-1]
+    major, minor = (int(v) for v in re.match(r"macosx_(\d+)_(\d+)_universal2$", old_plat).groups())
+    if arch == "arm64" and (major, minor) < (11, 0):  # no arm64 macOS before 11.0
+        major, minor = 11, 0
+    new_plat = f"macosx_{major}_{minor}_{arch}"
+    out = dest / ("-".join(parts[:-1] + [new_plat]) + ".whl")
+    with zipfile.ZipFile(wheel) as src:
+        names = src.namelist()
+        info = next(n for n in names if n.count("/") == 1 and n.endswith(".dist-info/WHEEL"))
+        record = info.rpartition("/")[0] + "/RECORD"
+        meta = src.read(info).decode()
+        meta = re.sub(r"^(Tag: [^-\n]+-[^-\n]+-)" + re.escape(old_plat) + r"$", r"\g<1>" + new_plat, meta, flags=re.M)
+        meta_bytes = meta.encode()
+        digest = base64.urlsafe_b64encode(hashlib.sha256(meta_bytes).digest()).rstrip(b"=").decode()
+        lines = src.read(record).decode().splitlines()
+        lines = [f"{info},sha256={digest},{len(meta_bytes)}" if line.split(",")[0] == info else line for line in lines]
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+            for item in src.infolist():
+                data = meta_bytes if item.filename == info else ("\n".join(lines) + "\n").encode() \
+                    if item.filename == record else src.read(item)
+                dst.writestr(item, data)
+    return out
 
 
 def _version_key(version: str) -> tuple:

@@ -254,10 +254,36 @@ def test_built_zip_lets_blender_4_2_0_pick_the_cp311_wheels(wheel_zip):
     for plat in ("linux_x86_64", "win_amd64", "macosx_11_0_arm64", "macosx_10_15_x86_64"):
         picked = b.blender_4_2_0_pick(wheels, plat)
         assert all("-cp311-" in n for n in picked.values()), (plat, picked)
-        if not plat.startswith("macosx"):  # (4.2.0 skips universal2 wheels on macOS: no pyzmq there)
-            assert sorted(picked) == ["msgpack", "pillow", "pyzmq"], (plat, picked)
-        else:
-            assert {"msgpack", "pillow"} <= set(picked), (plat, picked)
+        # every package on macOS too: 4.2.0 skips universal2 wheels, the builder retags pyzmq's per architecture
+        assert sorted(picked) == ["msgpack", "pillow", "pyzmq"], (plat, picked)
+    assert not any(w[:-4].endswith("universal2") for w in wheels), wheels
+
+
+def test_a_retagged_universal2_wheel_is_the_same_wheel_for_one_architecture(wheel_zip, tmp_path):
+    """retag_universal2 on pyzmq's universal2 wheel (from the build's pip cache): the name and the WHEEL Tag
+    lines name the architecture, RECORD's hash of WHEEL matches, and every other member is byte-identical."""
+    import base64
+    import hashlib
+
+    b = _builder()
+    universal = sorted((wheel_zip.parents[1] / "cache").glob("*/pyzmq-*universal2.whl"))
+    assert universal, "pyzmq publishes universal2 macOS wheels: the builder must have fetched one"
+    src = universal[0]
+    for arch in ("arm64", "x86_64"):
+        out = b.retag_universal2(src, arch, tmp_path)
+        assert out.name.endswith(f"_{arch}.whl") and "universal2" not in out.name
+        assert b.blender_4_2_0_pick([out.name], "macosx_11_0_arm64" if arch == "arm64" else "macosx_10_15_x86_64")
+        with zipfile.ZipFile(src) as a, zipfile.ZipFile(out) as z:
+            assert a.namelist() == z.namelist()
+            wheel_meta = next(n for n in z.namelist() if n.endswith(".dist-info/WHEEL"))
+            meta = z.read(wheel_meta)
+            tags = [l for l in meta.decode().splitlines() if l.startswith("Tag: ")]
+            assert tags and all(t.endswith(out.name[:-4].split("-")[-1]) for t in tags), tags
+            digest = base64.urlsafe_b64encode(hashlib.sha256(meta).digest()).rstrip(b"=").decode()
+            record = z.read(wheel_meta.rpartition("/")[0] + "/RECORD").decode()
+            assert f"{wheel_meta},sha256={digest},{len(meta)}" in record.splitlines()
+            same = [n for n in a.namelist() if not n.endswith((".dist-info/WHEEL", ".dist-info/RECORD"))]
+            assert all(a.read(n) == z.read(n) for n in same)
 
 
 def test_builder_bundles_nothing_blender_ships_and_blender_ships_zstandard():
