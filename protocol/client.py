@@ -177,7 +177,9 @@ class Client:
         """Why the backend is not answering, as far as this socket's connection events tell (for error messages)."""
         self._read_events()
         ev = self._events
-        if _MECHANISM_MISMATCH in ev:
+        # A peer that closes during the greeting shows as NO_DETAIL instead of a mismatch (which side reads the
+        # other's mechanism first is a race); a client without CURVE fails a handshake only against CURVE.
+        if _MECHANISM_MISMATCH in ev or (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL in ev and not self._curve):
             if self._curve:
                 return ("the backend does not speak CURVE: it runs without an auth key (connect without one) or it is an "
                         "older release, from before a key implied CURVE (update it)")
@@ -187,8 +189,9 @@ class Client:
         if zmq.EVENT_HANDSHAKE_FAILED_AUTH in ev:
             return "the backend refused this client at the handshake: its auth key differs from this client's"
         if zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL in ev:
-            return ("the CURVE handshake failed: the backend's auth key differs from this client's, or it runs with "
-                    "--curve-secret-file and this client was not given its public key")
+            return ("the CURVE handshake failed: the backend's auth key differs from this client's, it runs with "
+                    "--curve-secret-file and this client was not given its public key, or it does not speak CURVE "
+                    "(it runs without an auth key)")
         if zmq.EVENT_HANDSHAKE_SUCCEEDED in ev:
             return ("the backend accepted the connection but did not answer in time (busy or stuck; or a frame over its "
                     "--max-bytes cap made it drop the connection)")

@@ -84,10 +84,11 @@ local_site = os.path.join(bpy.utils.user_resource("EXTENSIONS"), ".local", "lib"
 
 class OnlyFromExtension(importlib.abc.MetaPathFinder):
     # zmq, msgpack and PIL come from the extension's wheels (mode "bundled") or nowhere (mode "blocked");
-    # zstandard from Blender's own Python (mode "bundled") or nowhere (mode "blocked")
+    # zstandard from Blender's own Python (mode "bundled") or nowhere (mode "blocked": nor the standard library's
+    # compression.zstd or its backport, which a test venv may hold and no Blender ships)
     def find_spec(self, name, path=None, target=None):
-        if path is None and name == "zstandard" and mode == "blocked":
-            raise ModuleNotFoundError("No module named 'zstandard' (blocked by the test)", name=name)
+        if name in ("zstandard", "compression.zstd", "backports.zstd") and mode == "blocked":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
         if path is not None or name not in ("zmq", "msgpack", "PIL"):
             return None
         spec = None if mode == "blocked" else importlib.machinery.PathFinder.find_spec(name, [local_site])
