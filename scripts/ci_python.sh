@@ -26,7 +26,7 @@ fi
 # the heavy part (torch) is all --build-only does: the checkout's own install writes into the source tree,
 # which the main suite's set-up is installing at the same time
 [ "$BUILD_ONLY" = --build-only ] && { echo "ci_python: torch for $VENV ready in $((SECONDS - t0)) s"; exit 0; }
-$PIP install -e ".[texture]" pytest hypothesis plyfile
+$PIP install -e ".[texture]" pytest hypothesis plyfile "backports.zstd; python_version<'3.14'"
 "$VENV/bin/python" -c "
 import sys, numpy, torch
 print(f'ci_python: Python {sys.version.split()[0]}, numpy {numpy.__version__}, torch {torch.__version__}')
