@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .cameras import OrbitConfig, sample_orbit
-from .densify import SDS_GRAD_THRESHOLD, DensifyConfig, prune, step_post_backward  # noqa: F401 (re-exported)
+from .densify import SDS_GRAD_THRESHOLD, DensifyConfig, end_prune, prune, step_post_backward  # noqa: F401 (re-exported)
 from .gaussians import Gaussians, LearningRates, make_optimizers
 from .guidance import PromptSpec
 from .render import render
@@ -233,10 +233,9 @@ def stage1_step(
         step_post_backward(g, optimizers, out, step, cfg.densify, generator)
     for opt in optimizers.values():
         opt.step()
-    if cfg.densify is not None and cfg.densify.end_prune_opacity is not None and step == cfg.steps - 1:
-        # the state the run hands over: faint Gaussians are the haze around the object (floaters)
-        prune(g, optimizers, replace(cfg.densify, prune_opacity=cfg.densify.end_prune_opacity, prune_scale=None,
-                                     prune_screen_px=None, prune_radius=None))
+    if cfg.densify is not None and step == cfg.steps - 1:
+        # the state the run hands over: faint Gaussians and stray ones are the haze around the object (floaters)
+        end_prune(g, optimizers, cfg.densify)
     return Stage1StepResult(
         loss=float(res.loss.detach()),
         grad_norm=float(res.grad_norm),
