@@ -103,6 +103,8 @@ POSTHOC = {
     "opacity0.1": dict(end_prune_opacity=0.1),
     "radius1": dict(prune_radius=1.0),
     "outliers2": dict(end_outlier_std=2.0),
+    "outliers3": dict(end_outlier_std=3.0),
+    "outliers4": dict(end_outlier_std=4.0),
     "radius1+outliers2": dict(prune_radius=1.0, end_outlier_std=2.0),
 }
 
