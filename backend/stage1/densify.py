@@ -15,7 +15,9 @@ Every ``opacity_reset_every`` steps *inside the densification window* opacities 
 ``opacity_reset_value`` (and their Adam moments zeroed); the densify steps that follow prune what the
 optimiser does not bring back (floaters). As in 3DGS (and gsplat's DefaultStrategy) a reset never happens
 at or after ``until_step``, and none is scheduled unless a densify/prune step follows it in the window, so
-a run never ends with every opacity forced down and nothing pruned.
+a run never ends with every opacity forced down and nothing pruned. :func:`end_prune` is the run's last
+clean-up (the trainer calls it after the last step): below ``end_prune_opacity``, then the statistical
+outliers (:func:`outliers`, Open3D's rule) — the stray haze an SDS run leaves (floaters).
 
 :meth:`DensifyConfig.for_run` scales 3DGS's 30k-iteration schedule (densify from 500 until 15k every 100,
 reset every 3k) to a run of any length; :meth:`DensifyConfig.plan` lists the steps a run of N steps

@@ -1,8 +1,9 @@
 """Stage I densification schedules on the oracle guidance: held-out PSNR, Gaussian count, time per step and
 floater share at several run lengths (issue 27; the table in docs/benchmarks.md).
 
-    OMP_NUM_THREADS=1 nice python scripts/bench/stage1_schedules.py --steps 150 500 2000 --seeds 0 1 \\
-        --schedules none fixed run default --out /tmp/schedules.jsonl
+    OMP_NUM_THREADS=1 nice python scripts/bench/stage1_schedules.py --steps 150 500 2000 --objects robot blobs \
+        --schedules none fixed run sds --seeds 0 --max-count 65536 --max-seconds 420 --out /tmp/schedules.jsonl
+    python scripts/bench/stage1_schedules.py --guidance tiny-sd --steps 150     # cost rows (no PSNR)
     python scripts/bench/stage1_schedules.py --smoke          # seconds: every schedule, 20 steps at 24²
 
 Each cell: the demo's start (2048 random grey Gaussians in a sphere of radius 0.6, seed = the run's seed) is
@@ -10,10 +11,13 @@ optimised toward a reference object with the closed-form oracle through the SDS 
 learning rates, white background), then scored on 8 held-out orbit views (a camera seed the run never uses)
 at 64²: PSNR against the reference's renders and the share of rendered alpha outside the reference's
 silhouette (backend/stage1/metrics.py). Objects: ``robot`` (the demo's sample object, interactive3d/sample.py,
-as the demo's reference) and ``blobs`` (a red ellipsoid under a blue sphere). ``--out`` appends one JSON line
-per cell and skips cells already there, so a long sweep can be run in parts. Milliseconds per step are only
-comparable within one run on an unloaded machine: the summary prints each schedule's time relative to
-``run`` at the same length and seed (measured in the same invocation).
+as the demo's reference) and ``blobs`` (a red ellipsoid under a blue sphere). A cell stops early past
+``--max-count`` Gaussians or ``--max-seconds`` (``stopped`` says where; schedules that densify every Gaussian
+under SDS would otherwise run for hours). Each oracle row also scores post-hoc prunes of its final set
+(``POSTHOC``). ``--guidance tiny-sd`` runs the tests' tiny Stable Diffusion: time and count only.
+``--out`` appends one JSON line per cell and skips cells already there, so a long sweep can be run in parts.
+Milliseconds per step are only comparable within one run on an unloaded machine: the summary prints each
+schedule's time relative to ``run`` at the same length and seed.
 """
 
 from __future__ import annotations
