@@ -15,7 +15,9 @@ Every ``opacity_reset_every`` steps *inside the densification window* opacities 
 ``opacity_reset_value`` (and their Adam moments zeroed); the densify steps that follow prune what the
 optimiser does not bring back (floaters). As in 3DGS (and gsplat's DefaultStrategy) a reset never happens
 at or after ``until_step``, and none is scheduled unless a densify/prune step follows it in the window, so
-a run never ends with every opacity forced down and nothing pruned.
+a run never ends with every opacity forced down and nothing pruned. :func:`end_prune` is the run's last
+clean-up (the trainer calls it after the last step): below ``end_prune_opacity``, then the statistical
+outliers (:func:`outliers`, Open3D's rule) — the stray haze an SDS run leaves (floaters).
 
 :meth:`DensifyConfig.for_run` scales 3DGS's 30k-iteration schedule (densify from 500 until 15k every 100,
 reset every 3k) to a run of any length; :meth:`DensifyConfig.plan` lists the steps a run of N steps
@@ -76,6 +78,9 @@ class DensifyConfig:
             (outside the scene bound; None: off).
         end_prune_opacity: the run's last step prunes below this opacity (the trainer applies it after the
             last optimiser step; None: no final prune).
+        end_outlier_std: the run's last step also removes statistical outliers (:func:`outliers`): centres
+            whose mean distance to their ``outlier_neighbours`` nearest neighbours exceeds the set's mean of
+            that distance by this many standard deviations (None: off).
     """
 
     grad_threshold: float = 0.0002
@@ -97,6 +102,8 @@ class DensifyConfig:
     prune_until_step: int | None = None
     prune_radius: float | None = None
     end_prune_opacity: float | None = None
+    end_outlier_std: float | None = None
+    outlier_neighbours: int = 16
 
     def __post_init__(self) -> None:
         for name in ("grad_threshold", "percent_dense", "extent", "split_scale_div"):
@@ -123,7 +130,9 @@ class DensifyConfig:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ValueError(f"DensifyConfig.{name} must be a positive integer or None, got {v!r}")
-        for name in ("prune_scale", "prune_screen_px", "prune_radius"):
+        if not isinstance(self.outlier_neighbours, int) or self.outlier_neighbours < 1:
+            raise ValueError(f"DensifyConfig.outlier_neighbours must be a positive integer, got {self.outlier_neighbours!r}")
+        for name in ("prune_scale", "prune_screen_px", "prune_radius", "end_outlier_std"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v > 0):
                 raise ValueError(f"DensifyConfig.{name} must be > 0 or None, got {v!r}")
@@ -352,6 +361,47 @@ def prune(g: Gaussians, optimizers: dict[str, torch.optim.Optimizer] | None, cfg
     if removed == 0 or removed == g.n:
         return 0
     keep(g, optimizers, ~bad)
+    return removed
+
+
+@torch.no_grad()
+def outliers(means: Tensor, neighbours: int, std_ratio: float, chunk: int = 1024) -> Tensor:
+    """Statistical outliers (Open3D's ``remove_statistical_outlier``, the usual clean-up of a point set).
+
+    Args:
+        means: [N,3] centres.
+        neighbours: k, the nearest neighbours each centre's mean distance is taken over.
+        std_ratio: a centre is an outlier when its mean distance exceeds the mean over the set by this many
+            standard deviations.
+        chunk: rows of the [chunk,N] distance matrix computed at once (memory: 4·chunk·N bytes).
+    Returns:
+        [N] bool, True for an outlier (none when N ≤ k).
+    """
+    n = means.shape[0]
+    k = min(neighbours, n - 1)
+    if k < 1:
+        return torch.zeros(n, dtype=torch.bool, device=means.device)
+    x = means.detach().float()
+    mean_d = torch.empty(n, dtype=torch.float32, device=x.device)
+    for i in range(0, n, chunk):
+        d = torch.cdist(x[i:i + chunk], x)  # [c,N], the point itself at distance 0 is the first of the k+1
+        mean_d[i:i + chunk] = torch.topk(d, k + 1, dim=1, largest=False).values[:, 1:].mean(1)
+    return mean_d > mean_d.mean() + std_ratio * mean_d.std()
+
+
+@torch.no_grad()
+def end_prune(g: Gaussians, optimizers: dict[str, torch.optim.Optimizer] | None, cfg: DensifyConfig) -> int:
+    """The run's last prune (the state a Stage I run hands over): opacity below ``cfg.end_prune_opacity``, then
+    the statistical outliers of what is left (``cfg.end_outlier_std``); returns the count removed. Never
+    removes every Gaussian."""
+    removed = 0
+    if cfg.end_prune_opacity is not None:
+        removed += prune(g, optimizers, DensifyConfig(prune_opacity=cfg.end_prune_opacity, prune_scale=None))
+    if cfg.end_outlier_std is not None:
+        bad = outliers(g.params["means"], cfg.outlier_neighbours, cfg.end_outlier_std)
+        if 0 < int(bad.sum()) < g.n:
+            removed += int(bad.sum())
+            keep(g, optimizers, ~bad)
     return removed
 
 

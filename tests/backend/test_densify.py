@@ -335,3 +335,37 @@ def test_run_clones_splits_prunes_and_resets_on_schedule(steps):
     # the old schedule (resets outside its window) never removes the floaters
     g_old, log_old = _run_schedule(D.DensifyConfig(), 2000)
     assert int((g_old.means[:, 0] < 0).sum()) == 2 and not any(r.opacity_reset for r in log_old.values())
+
+
+def test_outliers_are_the_stray_centres_of_a_cluster():
+    """500 centres in a ball of radius 0.5 and 5 strays at distance 1.5–2.5: the mean distance to 16 nearest
+    neighbours of a stray is ~1 (the cluster's ~0.1), above the set's mean + 2 std; no cluster point is
+    flagged. The chunked distance matrix gives the same answer as one chunk."""
+    gen = torch.Generator().manual_seed(0)
+    ball = torch.nn.functional.normalize(torch.randn(500, 3, generator=gen), dim=-1) * 0.5 * torch.rand(500, 1, generator=gen) ** (1 / 3)
+    strays = torch.tensor([[1.5, 0, 0], [0, 2.0, 0], [0, 0, -2.5], [1.2, 1.2, 0], [-1.6, 0, 0.4]])
+    means = torch.cat([ball, strays])
+    bad = D.outliers(means, 16, 2.0)
+    assert bad[500:].all() and not bad[:500].any()
+    assert torch.equal(bad, D.outliers(means, 16, 2.0, chunk=7))
+    assert not D.outliers(means[:3], 16, 2.0).any()  # k capped at N−1: 3 points, nothing stands out by 2 std
+
+
+def test_end_prune_removes_faint_then_stray_gaussians_with_their_moments():
+    """The run's last prune: opacity < end_prune_opacity goes (2 of 12), then the statistical outlier (the one
+    centre 3 units away); parameters, Adam moments and part masks stay in step. Off (None, None): nothing."""
+    n = 12
+    g = _set([0.005] * n, [0.5] * n, [0.0] * n)
+    with torch.no_grad():
+        g.params["means"][:, 1] = torch.linspace(-0.05, 0.05, n)
+        g.params["means"][5] = torch.tensor([0.5, 3.0, 0.0])
+        g.params["opacity_logits"][[0, 1]] = math.log(0.05 / 0.95)
+    opts = make_optimizers(g)
+    _prime_adam(g, opts)
+    kept_means = g.params["means"].detach()[[i for i in range(n) if i not in (0, 1, 5)]].clone()
+    assert D.end_prune(g, opts, D.DensifyConfig()) == 0 and g.n == n
+    removed = D.end_prune(g, opts, D.DensifyConfig(end_prune_opacity=0.1, end_outlier_std=2.0, outlier_neighbours=4))
+    assert removed == 3 and g.n == 9
+    assert torch.equal(g.params["means"].detach(), kept_means)
+    state = opts["means"].state[g.params["means"]]
+    assert state["exp_avg"].shape == (9, 3) and g.part_mask("arm").shape == (9,)

@@ -156,7 +156,9 @@ def test_job_refuses_empty_session_and_bad_config():
 def test_default_densify_is_the_sds_schedule_scaled_to_the_run():
     """Stage1Config derives its schedules from its own steps and lrs (issues 18, 27). The default, "sds", is
     the authors' Stage I practice scaled to the run: densify every max(steps/15, 50) steps through 2·steps/3
-    with SDS_GRAD_THRESHOLD, prune every steps/30 steps to the end at opacity 0.05, never reset — a
+    with SDS_GRAD_THRESHOLD, prune every steps/30 steps to the end at opacity 0.05 and outside the scene bound
+    (radius 1), never reset, and end by pruning opacity < 0.1 and the statistical outliers (k 16, 3 std); runs
+    under 300 steps densify at the lower threshold 0.05 — a
     150-step run densifies at 50 and 100, a 2000-step run at 133..1330, a 10k run every 667 from 667 to 6003.
     "run" keeps run_schedule: its opacity resets only when the run leaves (logit(0.5) − logit(0.01)) / lr =
     1532 steps (paper lr 0.003) after the last one: none at 150 and 2000 steps, 1k..4k at 10k; 3DGS's
@@ -172,7 +174,8 @@ def test_default_densify_is_the_sds_schedule_scaled_to_the_run():
         assert plan.densify_steps == densify and plan.reset_steps == (), steps
         assert cfg.densify.prune_every == prune_every and plan.prune_steps[-1] == (steps - 1) // prune_every * prune_every
         assert (cfg.densify.grad_threshold, cfg.densify.prune_opacity, cfg.densify.grad_quantile, cfg.densify.end_prune_opacity) == (
-            SDS_GRAD_THRESHOLD, 0.05, None, 0.1)
+            SDS_GRAD_THRESHOLD if steps >= 300 else 0.05, 0.05, None, 0.1)
+        assert (cfg.densify.prune_radius, cfg.densify.end_outlier_std, cfg.densify.outlier_neighbours) == (1.0, 3.0, 16)
     for steps, resets in ((8, ()), (150, ()), (2000, ()), (5000, (500, 1000, 1500, 2000)), (10_000, (1000, 2000, 3000, 4000))):
         cfg = Stage1Config(steps=steps, densify="run")
         assert cfg.densify == run_schedule(steps)
@@ -211,13 +214,15 @@ def test_last_step_prunes_faint_gaussians_only_at_the_end():
     """end_prune_opacity acts after the run's last optimiser step only: 100 random Gaussians at opacity 0.1
     (init_random's), 20 of them set to 0.06 (and 0.7 for 10 others); a 4-step oracle run with the sds
     schedule (no densify step in 4 steps, opacity lr 0 so opacities stay put) keeps all 100 through step 2
-    and ends with the 80 at or above 0.1 (the 0.06 ones pruned, with their Adam moments)."""
+    and ends with the 80 at or above 0.1 (the 0.06 ones pruned, with their Adam moments). The outlier removal
+    of the last step is off here (its own test: test_densify.py)."""
     ref = reference_object(200)
     g = init_random(100, radius=0.5, seed=4)
     with torch.no_grad():
         g.params["opacity_logits"][:20] = math.log(0.06 / 0.94)
         g.params["opacity_logits"][20:30] = math.log(0.7 / 0.3)
     cfg = Stage1Config(steps=4, batch=1, resolution=16, lr=LearningRates(opacity_logits=0.0))
+    cfg = replace(cfg, densify=replace(cfg.densify, end_outlier_std=None))
     assert cfg.densify.plan(4).densify_steps == () and cfg.densify.end_prune_opacity == 0.1
     job = Stage1Job(_session(g), _oracle(ref), PromptSpec("x"), cfg)
     for i in range(3):
