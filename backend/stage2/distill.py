@@ -88,6 +88,7 @@ class DistillConfig:
     orientation_weight: float = ORIENTATION_WEIGHT  # λ·mean_rays Σ sg(w)·max(0, n·d)² (DreamFusion; 0: off)
     orientation_rays: int | None = 512  # rays per step that carry the orientation penalty (normals cost
     # ≈ 2.5× a plain ray); None: all of them
+    target_supersample: int = 4  # Gaussian targets rendered at s·resolution and averaged over s×s (gaussian_targets)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,6 +96,8 @@ class DistillConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not 8 <= self.resolution <= 1024:
             raise ValueError(f"resolution must be in [8, 1024], got {self.resolution}")
+        if not 1 <= self.target_supersample <= 8:
+            raise ValueError(f"target_supersample must be in [1, 8], got {self.target_supersample}")
         if self.view_pool < 0:
             raise ValueError(f"view_pool must be >= 0, got {self.view_pool}")
         if self.batch < 1:
@@ -135,16 +138,33 @@ def sample_cameras(cfg: DistillConfig, generator: torch.Generator):
     return sample_orbit(cfg.batch, ocfg, generator).cameras
 
 
-def gaussian_targets(g, cams, background: Tensor, geometry: bool = False) -> Tensor:
+def gaussian_targets(g, cams, background: Tensor, geometry: bool = False, supersample: int = 1) -> Tensor:
     """R_GS(cam), no gradient (the distillation targets): [B,H,W,3] rgb, or with ``geometry``
-    [B,H,W,5] rgb + alpha + expected camera-space depth z."""
+    [B,H,W,5] rgb + alpha + expected camera-space depth z.
+
+    With ``supersample`` s > 1 each pixel is the mean of s×s sub-pixels rendered at s·H × s·W (the depth
+    the alpha-weighted mean of theirs): the rasteriser's 0.3 px² low-pass widens every Gaussian by about half
+    a pixel, which at 64² on an object of unit size is ≈ 0.014 world units — surfels of a thin surface render
+    that much too far out, so the targets' silhouettes and depths, and the field distilled from them, inflate
+    (issue 26: +22 % silhouette area, depth 0.02 in front at 64²; docs/benchmarks.md)."""
     from ..stage1.render import render
 
+    if supersample < 1:
+        raise ValueError(f"supersample must be >= 1, got {supersample}")
     with torch.no_grad():
+        if supersample > 1:
+            scale = torch.tensor([supersample, supersample, 1.0], dtype=cams.Ks.dtype, device=cams.Ks.device)
+            cams = type(cams)(cams.viewmats, cams.Ks * scale[None, :, None], cams.width * supersample, cams.height * supersample)
         out = render(g, cams, background)
+        if supersample == 1:
+            rgb, alpha, depth = out.rgb, out.alpha, out.depth
+        else:
+            pool = lambda x: torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)  # noqa: E731
+            rgb, alpha = pool(out.rgb), pool(out.alpha)
+            depth = pool(out.depth * out.alpha) / alpha.clamp_min(1e-10)
         if not geometry:
-            return out.rgb.detach()
-        return torch.cat([out.rgb, out.alpha, out.depth], dim=-1).detach()
+            return rgb.detach().contiguous()
+        return torch.cat([rgb, alpha, depth], dim=-1).detach()
 
 
 def _z_to_ray_distance(cams, pix: Tensor) -> Tensor:
@@ -249,7 +269,7 @@ class DistillJob:
         self.bg = torch.tensor(cfg.background, dtype=torch.float32, device=session.device)
         geometry = cfg.opacity_weight > 0 or cfg.depth_weight > 0
         self.uses_gaussians = target_fn is None
-        self.target_fn = target_fn or (lambda cams: gaussian_targets(session.gaussians, cams, self.bg, geometry))
+        self.target_fn = target_fn or (lambda cams: gaussian_targets(session.gaussians, cams, self.bg, geometry, cfg.target_supersample))
         self.preview: np.ndarray | None = None
         self._preview_new = False
         self.mesh_preview = MeshPreviewer(cfg.mesh_every, cfg.mesh_resolution)
