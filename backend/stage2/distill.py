@@ -15,6 +15,15 @@ them are never rendered, so neither trained nor meshed. Short budgets (the ``pre
 inflated the mesh without this: the blob's density stayed in the occupancy EMA (0.95 per update fades e^10
 in hundreds of updates) and one cell around the grid was meshed untrained (issue 26, docs/benchmarks.md).
 
+The targets are rendered 4× supersampled and averaged per pixel (``target_supersample``): the rasteriser's
+0.3 px² low-pass widens every thin surfel by about half a pixel, which at 64² grew the silhouettes by 22 % and put
+the target depth 0.02 in front (≈ one 96³ mesh cell): the field, and its mesh, inflated by that much. A fresh
+field distilled from Gaussians starts as a wide, low blob (``start_blob`` σ = e^{4(1 − |x|/2)}: e^2.2…e^4 over
+the unit ball) instead of threestudio's e^{10(1 − |x|/0.5)} (e^10 at the centre, e^0 at |x| = 0.5): the support
+grid already keeps the start density off empty space, and within a short budget Adam moves the raw density by
+a few units only, so a start that is too dense inside (inflated inner sides) or too faint near |x| = 0.5
+(shrunk outer sides) stays in the mesh. Measured per budget in docs/benchmarks.md (issue 26).
+
 Eq. 7 supervises colour only, which leaves the density soft: a white-ish object on a white background
 or a thick haze both render fine but mesh badly. The Gaussian render also gives alpha and depth for free,
 so two small extra terms (``opacity_weight`` 0.1, ``depth_weight`` 0.03; both 0 is the paper's loss) pull
@@ -89,6 +98,8 @@ class DistillConfig:
     orientation_rays: int | None = 512  # rays per step that carry the orientation penalty (normals cost
     # ≈ 2.5× a plain ray); None: all of them
     target_supersample: int = 4  # Gaussian targets rendered at s·resolution and averaged over s×s (gaussian_targets)
+    start_blob: tuple[float, float] | None = (4.0, 2.0)  # (density_blob_scale, density_blob_std) of a fresh field
+    # distilled from the session's Gaussians (None: the NeRFConfig's, threestudio's 10, 0.5); see the module's docstring
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -96,6 +107,8 @@ class DistillConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not 8 <= self.resolution <= 1024:
             raise ValueError(f"resolution must be in [8, 1024], got {self.resolution}")
+        if self.start_blob is not None and not (len(self.start_blob) == 2 and all(math.isfinite(v) for v in self.start_blob) and self.start_blob[1] > 0):
+            raise ValueError(f"start_blob must be (scale, std > 0) or None, got {self.start_blob}")
         if not 1 <= self.target_supersample <= 8:
             raise ValueError(f"target_supersample must be in [1, 8], got {self.target_supersample}")
         if self.view_pool < 0:
@@ -282,7 +295,11 @@ class DistillJob:
         if self.state is None:
             st = self.session.extras.get(SLOT)
             if st is None or self.reset:
-                st = Stage2State(self.nerf_cfg, device=self.session.device, backend=self.backend, seed=self.cfg.seed)
+                nerf_cfg = self.nerf_cfg
+                if self.uses_gaussians and self.cfg.start_blob is not None:  # the support grid bounds the start density
+                    scale, std = self.cfg.start_blob
+                    nerf_cfg = dataclasses.replace(nerf_cfg, density_blob_scale=float(scale), density_blob_std=float(std))
+                st = Stage2State(nerf_cfg, device=self.session.device, backend=self.backend, seed=self.cfg.seed)
                 self.session.extras[SLOT] = st
             self.state = st
             if self.uses_gaussians:

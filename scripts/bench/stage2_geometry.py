@@ -66,7 +66,7 @@ def depth_error(field, occupancy, g, views: int = 4, size: int = 48) -> float:
 
 def run(shape: str, steps: int, resolution: int, levels: int, log2_table: int, rays: int, mesh_res: int, n_surfels: int, seed: int = 0,
         elevation: tuple[float, float] | None = None, depth_weight: float | None = None, blob: float | None = None,
-        supersample: int | None = None) -> dict:
+        supersample: int | None = None, blob_std: float | None = None) -> dict:
     g = shapes.surfels(shape, n_surfels, seed=seed)
     s = _Session(g)
     cfg = DistillConfig(steps=steps, resolution=resolution, rays_per_step=rays, preview_every=0, seed=seed)
@@ -79,6 +79,8 @@ def run(shape: str, steps: int, resolution: int, levels: int, log2_table: int, r
     field_cfg = NeRFConfig(grid=HashGridConfig(n_levels=levels, log2_table_size=log2_table))
     if blob is not None:
         field_cfg = dataclasses.replace(field_cfg, density_blob_scale=blob)
+    if blob_std is not None:
+        field_cfg = dataclasses.replace(field_cfg, density_blob_std=blob_std)
     job = DistillJob(s, cfg, field_cfg, backend="auto")
     t0 = time.perf_counter()
     for i in range(cfg.steps):
@@ -112,6 +114,7 @@ def main() -> None:
     ap.add_argument("--elevation", type=float, nargs=2, default=None, help="distillation camera elevations (default: DistillConfig's)")
     ap.add_argument("--depth-weight", type=float, default=None, help="distillation depth term weight (default: DistillConfig's)")
     ap.add_argument("--blob", type=float, default=None, help="the field's density_blob_scale (default: NeRFConfig's, 10)")
+    ap.add_argument("--blob-std", type=float, default=None, help="the field's density_blob_std (default: NeRFConfig's)")
     ap.add_argument("--supersample", type=int, default=None, help="distillation targets' supersampling (default: DistillConfig's)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
@@ -123,7 +126,7 @@ def main() -> None:
           f"mesh {args.mesh_res}³, {torch.get_num_threads()} threads", flush=True)
     for shape in args.shape:
         r = run(shape, steps, ops["resolution"], args.levels, args.log2_table, args.rays, args.mesh_res, args.surfels or surfel_count(shape), args.seed,
-                None if args.elevation is None else tuple(args.elevation), args.depth_weight, args.blob, args.supersample)
+                None if args.elevation is None else tuple(args.elevation), args.depth_weight, args.blob, args.supersample, args.blob_std)
         print(f"{shape:13s} signed mean {r['signed_mean']:+.4f} ({r['signed_mean_cells']:+.2f} cells) p10 {r['signed_p10']:+.4f} "
               f"p90 {r['signed_p90']:+.4f} | estimated {r['estimated_signed_mean']:+.4f} | Chamfer {r['chamfer_pct']:.2f} % | "
               f"occupancy precision {r['precision']:.3f} recall {r['recall']:.3f} ({r['occupied']} cells) | depth {r['depth_error']:+.4f} | "
