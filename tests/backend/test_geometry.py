@@ -170,9 +170,9 @@ def test_supersampled_targets_keep_thin_surfels_to_their_silhouette():
     """Issue 26's cause of inflation at short budgets: the rasteriser's 0.3 px² low-pass widens every thin surfel
     by about half a pixel, so at 64² the torus's silhouette (alpha > 0.5) is far larger than the same view's
     footprint at 8× the resolution, pooled, and the target depth lies in front. ``gaussian_targets(...,
-    supersample=4)`` (the distillation default) keeps the silhouette within 3 % of the 8× reference (measured
-    SILHOUETTE_SS4) where one sample per pixel is ≥ 15 % larger (measured SILHOUETTE_SS1), and its median depth within
-    0.005 of it (1 sample: ≥ 0.01 in front, measured DEPTH_SS1)."""
+    supersample=4)`` (the distillation default) keeps the silhouette within 5 % of the 8× reference (+2.9 %
+    measured) where one sample per pixel is ≥ 15 % larger (+25.5 % measured), and its median depth within 0.005 of
+    it (−0.0024 measured; one sample: ≥ 0.01 in front, −0.0196 measured — about a 96³ mesh cell)."""
     from interactive3d.backend.stage1.cameras import OrbitConfig, sample_orbit
     from interactive3d.backend.stage2.distill import gaussian_targets
 
@@ -187,9 +187,8 @@ def test_supersampled_targets_keep_thin_surfels_to_their_silhouette():
     area = lambda t: int((t[..., 3] > 0.5).sum())  # noqa: E731
     both = (ref[..., 3] > 0.5) & (one[..., 3] > 0.5) & (four[..., 3] > 0.5)
     depth = lambda t: float((t[..., 4] - ref[..., 4])[both].median())  # noqa: E731
-    print(area(one) / area(ref), area(four) / area(ref), depth(one), depth(four))
     assert area(one) / area(ref) >= 1.15
-    assert abs(area(four) / area(ref) - 1.0) <= 0.03
+    assert abs(area(four) / area(ref) - 1.0) <= 0.05
     assert depth(one) <= -0.01 and abs(depth(four)) <= 0.005
     with pytest.raises(ValueError, match="supersample"):
         gaussian_targets(g, cams, bg, supersample=0)
