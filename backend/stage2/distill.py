@@ -17,12 +17,15 @@ in hundreds of updates) and one cell around the grid was meshed untrained (issue
 
 The targets are rendered 4× supersampled and averaged per pixel (``target_supersample``): the rasteriser's
 0.3 px² low-pass widens every thin surfel by about half a pixel, which at 64² grew the silhouettes by 22 % and put
-the target depth 0.02 in front (≈ one 96³ mesh cell): the field, and its mesh, inflated by that much. A fresh
-field distilled from Gaussians starts as a wide, low blob (``start_blob`` σ = e^{4(1 − |x|/2)}: e^2.2…e^4 over
-the unit ball) instead of threestudio's e^{10(1 − |x|/0.5)} (e^10 at the centre, e^0 at |x| = 0.5): the support
-grid already keeps the start density off empty space, and within a short budget Adam moves the raw density by
-a few units only, so a start that is too dense inside (inflated inner sides) or too faint near |x| = 0.5
-(shrunk outer sides) stays in the mesh. Measured per budget in docs/benchmarks.md (issue 26).
+the target depth 0.02 in front (≈ one 96³ mesh cell): the field, and its mesh, inflated by that much.
+
+Within a short budget Adam moves the raw density by a few units only, so the start blob stays in a ``preview``
+mesh: threestudio's e^{10(1 − |x|/0.5)} is too dense at a torus's inner side and too faint at its rim.
+``start_blob`` (opt-in) starts a fresh field distilled from Gaussians as another blob, e.g. (4, 2):
+σ = e^{4(1 − |x|/2)}, which brings thin-surfel shapes within a cell and 2 % Chamfer at 60 steps, but on round
+Gaussians (a shell of σ 0.035, whose support band is wide) the denser start leaves haze that 80 steps do not
+carve (held-out PSNR 20.5 vs 28.8 dB), so the default stays threestudio's. Measured in docs/benchmarks.md
+(issue 26).
 
 Eq. 7 supervises colour only, which leaves the density soft: a white-ish object on a white background
 or a thick haze both render fine but mesh badly. The Gaussian render also gives alpha and depth for free,
@@ -97,8 +100,8 @@ class DistillConfig:
     orientation_weight: float = ORIENTATION_WEIGHT  # λ·mean_rays Σ sg(w)·max(0, n·d)² (DreamFusion; 0: off)
     orientation_rays: int | None = 512  # rays per step that carry the orientation penalty (normals cost
     # ≈ 2.5× a plain ray); None: all of them
-    target_supersample: int = 4  # Gaussian targets rendered at s·resolution and averaged over s×s (gaussian_targets)
-    start_blob: tuple[float, float] | None = (4.0, 2.0)  # (density_blob_scale, density_blob_std) of a fresh field
+    target_supersample: int = 4  # Gaussian targets rendered at s·resolution (≤ 1024 px wide) and averaged over s×s
+    start_blob: tuple[float, float] | None = None  # (density_blob_scale, density_blob_std) of a fresh field
     # distilled from the session's Gaussians (None: the NeRFConfig's, threestudio's 10, 0.5); see the module's docstring
     seed: int = 0
 
@@ -125,6 +128,15 @@ class DistillConfig:
             raise ValueError(f"opacity_weight and depth_weight must be >= 0, got {self.opacity_weight}, {self.depth_weight}")
         if not (self.lr_grid > 0 and self.lr_mlp > 0):
             raise ValueError(f"learning rates must be > 0, got {self.lr_grid}, {self.lr_mlp}")
+
+
+MAX_TARGET_SIDE = 1024  # supersampled Gaussian targets are rendered at most this many pixels wide
+
+
+def target_supersample(cfg: DistillConfig) -> int:
+    """The supersampling the targets get: ``cfg.target_supersample``, lowered so that they are rendered at most
+    ``MAX_TARGET_SIDE`` pixels wide (at 256² and above the low-pass's half pixel is under a fifth of a 96³ mesh cell)."""
+    return max(1, min(cfg.target_supersample, MAX_TARGET_SIDE // cfg.resolution))
 
 
 def occupancy_config(cfg: DistillConfig) -> OccupancyConfig:
@@ -282,7 +294,7 @@ class DistillJob:
         self.bg = torch.tensor(cfg.background, dtype=torch.float32, device=session.device)
         geometry = cfg.opacity_weight > 0 or cfg.depth_weight > 0
         self.uses_gaussians = target_fn is None
-        self.target_fn = target_fn or (lambda cams: gaussian_targets(session.gaussians, cams, self.bg, geometry, cfg.target_supersample))
+        self.target_fn = target_fn or (lambda cams: gaussian_targets(session.gaussians, cams, self.bg, geometry, target_supersample(cfg)))
         self.preview: np.ndarray | None = None
         self._preview_new = False
         self.mesh_preview = MeshPreviewer(cfg.mesh_every, cfg.mesh_resolution)

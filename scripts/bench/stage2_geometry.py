@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--elevation", type=float, nargs=2, default=None, help="distillation camera elevations (default: DistillConfig's)")
     ap.add_argument("--depth-weight", type=float, default=None, help="distillation depth term weight (default: DistillConfig's)")
     ap.add_argument("--blob", type=float, nargs=2, default=None, metavar=("SCALE", "STD"),
-                    help="the start blob (DistillConfig.start_blob; default 4 2; threestudio's: 10 0.5)")
+                    help="the start blob (DistillConfig.start_blob, e.g. 4 2; default: threestudio's 10 0.5)")
     ap.add_argument("--supersample", type=int, default=None, help="distillation targets' supersampling (default: DistillConfig's)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
