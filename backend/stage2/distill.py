@@ -110,7 +110,8 @@ class DistillConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not 8 <= self.resolution <= 1024:
             raise ValueError(f"resolution must be in [8, 1024], got {self.resolution}")
-        if self.start_blob is not None and not (len(self.start_blob) == 2 and all(math.isfinite(v) for v in self.start_blob) and self.start_blob[1] > 0):
+        blob = self.start_blob
+        if blob is not None and not (len(blob) == 2 and all(math.isfinite(v) for v in blob) and blob[1] > 0):
             raise ValueError(f"start_blob must be (scale, std > 0) or None, got {self.start_blob}")
         if not 1 <= self.target_supersample <= 8:
             raise ValueError(f"target_supersample must be in [1, 8], got {self.target_supersample}")

@@ -129,7 +129,8 @@ def main() -> None:
           f"mesh {args.mesh_res}³, {torch.get_num_threads()} threads", flush=True)
     for shape in args.shape:
         r = run(shape, steps, ops["resolution"], args.levels, args.log2_table, args.rays, args.mesh_res, args.surfels or surfel_count(shape), args.seed,
-                None if args.elevation is None else tuple(args.elevation), args.depth_weight, None if args.blob is None else tuple(args.blob), args.supersample)
+                None if args.elevation is None else tuple(args.elevation), args.depth_weight,
+                None if args.blob is None else tuple(args.blob), args.supersample)
         print(f"{shape:13s} signed mean {r['signed_mean']:+.4f} ({r['signed_mean_cells']:+.2f} cells) p10 {r['signed_p10']:+.4f} "
               f"p90 {r['signed_p90']:+.4f} | estimated {r['estimated_signed_mean']:+.4f} | Chamfer {r['chamfer_pct']:.2f} % | "
               f"occupancy precision {r['precision']:.3f} recall {r['recall']:.3f} ({r['occupied']} cells) | depth {r['depth_error']:+.4f} | "
