@@ -62,6 +62,7 @@ def distill(req: Request) -> Reply:
         )
         cfg = DistillConfig(
             steps=a["steps"], resolution=a["resolution"], rays_per_step=a["rays_per_step"], view_pool=a["view_pool"],
+            lr_grid=a["lr_grid"], lr_mlp=a["lr_mlp"],
             render=RenderConfig(n_samples=a["n_samples"], stratified=True), background=tuple(a["background"]),
             preview_every=a["preview_every"], opacity_weight=a["opacity_weight"], depth_weight=a["depth_weight"],
             orientation_weight=a["orientation_weight"], mesh_every=a["mesh_every"], mesh_resolution=a["mesh_resolution"], seed=a["seed"],

@@ -67,7 +67,7 @@ def depth_error(field, occupancy, g, views: int = 4, size: int = 48) -> float:
 
 def run(shape: str, steps: int, resolution: int, levels: int, log2_table: int, rays: int, mesh_res: int, n_surfels: int, seed: int = 0,
         elevation: tuple[float, float] | None = None, depth_weight: float | None = None, blob: tuple[float, float] | None = None,
-        supersample: int | None = None) -> dict:
+        supersample: int | None = None, lr: tuple[float, float] | None = None) -> dict:
     g = shapes.surfels(shape, n_surfels, seed=seed)
     s = _Session(g)
     cfg = DistillConfig(steps=steps, resolution=resolution, rays_per_step=rays, preview_every=0, seed=seed)
@@ -79,6 +79,8 @@ def run(shape: str, steps: int, resolution: int, levels: int, log2_table: int, r
         cfg = dataclasses.replace(cfg, target_supersample=supersample)
     if blob is not None:
         cfg = dataclasses.replace(cfg, start_blob=blob)
+    if lr is not None:
+        cfg = dataclasses.replace(cfg, lr_grid=lr[0], lr_mlp=lr[1])
     field_cfg = NeRFConfig(grid=HashGridConfig(n_levels=levels, log2_table_size=log2_table))
     job = DistillJob(s, cfg, field_cfg, backend="auto")
     t0 = time.perf_counter()
@@ -125,12 +127,14 @@ def main() -> None:
     else:
         ops = resolve(args.preset, "cpu").preset.ops()["stage2.distill"]
     steps = args.steps or ops["steps"]
-    print(f"preset {args.preset} (CPU): {steps} steps at {ops['resolution']}², {args.rays} rays, field {args.levels}×2×2^{args.log2_table}, "
+    print(f"preset {args.preset} (CPU): {steps} steps at {ops['resolution']}², lr {ops.get('lr_grid', 0.01)}/{ops.get('lr_mlp', 1e-3)}, "
+          f"{args.rays} rays, field {args.levels}×2×2^{args.log2_table}, "
           f"mesh {args.mesh_res}³, {torch.get_num_threads()} threads", flush=True)
     for shape in args.shape:
         r = run(shape, steps, ops["resolution"], args.levels, args.log2_table, args.rays, args.mesh_res, args.surfels or surfel_count(shape), args.seed,
                 None if args.elevation is None else tuple(args.elevation), args.depth_weight,
-                None if args.blob is None else tuple(args.blob), args.supersample)
+                None if args.blob is None else tuple(args.blob), args.supersample,
+                (ops["lr_grid"], ops["lr_mlp"]) if "lr_grid" in ops else None)
         print(f"{shape:13s} signed mean {r['signed_mean']:+.4f} ({r['signed_mean_cells']:+.2f} cells) p10 {r['signed_p10']:+.4f} "
               f"p90 {r['signed_p90']:+.4f} | estimated {r['estimated_signed_mean']:+.4f} | Chamfer {r['chamfer_pct']:.2f} % | "
               f"occupancy precision {r['precision']:.3f} recall {r['recall']:.3f} ({r['occupied']} cells) | depth {r['depth_error']:+.4f} | "
