@@ -281,6 +281,9 @@ def _stage_args(cfg: GenerateConfig, sizes: dict, ops: dict, model: str, connect
     if s1.get("anneal_start") is not None and s1["steps"] != preset_s1.get("steps"):
         s1["anneal_start"] = s1["steps"] // 2  # threestudio's half-way t_max drop, at half of this run
     distill = {"steps": sizes["distill_steps"], "resolution": sizes["distill_resolution"], "seed": cfg.seed, **_distill_budget(cfg)}
+    preset_d = ops.get("stage2.distill", {})
+    if distill["steps"] == preset_d.get("steps"):  # the preset's learning rates were chosen for its run length
+        distill.update({k: preset_d[k] for k in ("lr_grid", "lr_mlp") if k in preset_d})
     return s1, distill
 
 

@@ -788,9 +788,12 @@ _STAGE2_OPS: list[OpSpec] = [
         "existing one unless reset=true. The field options apply when a field is created.",
         args=(
             Arg("steps", "int", "optimisation steps (paper: 10000)", default=1000, min=1, max=1_000_000),
-            Arg("resolution", "int", "Gaussian render size (square)", default=64, min=8, max=1024),
+            Arg("resolution", "int", "Gaussian target size (square; each target pixel averages 4×4 sub-pixels, fewer "
+                "above 256², so thin Gaussians keep their silhouette)", default=64, min=8, max=1024),
             Arg("rays_per_step", "int", "random target pixels per step", default=4096, min=1, max=1 << 20),
             Arg("view_pool", "int", "render this many orbit views once and draw rays from all (0: new cameras each step)", default=0, min=0, max=4096),
+            Arg("lr_grid", "float", "Adam learning rate of the hash tables (the official configs: 0.01)", default=0.01, min=1e-6, max=1.0),
+            Arg("lr_mlp", "float", "Adam learning rate of the MLPs (the official configs: 0.001)", default=1e-3, min=1e-6, max=1.0),
             Arg("n_samples", "int", "marching steps per AABB diagonal (step 2√3·r/n; the official configs use 512)", default=64, min=4, max=1024),
             Arg("levels", "int", "hash grid levels", default=16, min=1, max=32),
             Arg("features", "int", "features per level", default=2, min=1, max=8),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from interactive3d.protocol.errors import Busy, InvalidArgs, NotFound, TooLarge
 
-from ..stage2.distill import DistillConfig, DistillJob
+from ..stage2.distill import DistillConfig, DistillJob, target_supersample
 from ..stage2.hashgrid import HashGridConfig
 from ..stage2.mesh import MeshConfig, MeshError, extract_mesh, mesh_file_bytes
 from ..stage2.mesh_error import surface_error
@@ -62,6 +62,7 @@ def distill(req: Request) -> Reply:
         )
         cfg = DistillConfig(
             steps=a["steps"], resolution=a["resolution"], rays_per_step=a["rays_per_step"], view_pool=a["view_pool"],
+            lr_grid=a["lr_grid"], lr_mlp=a["lr_mlp"],
             render=RenderConfig(n_samples=a["n_samples"], stratified=True), background=tuple(a["background"]),
             preview_every=a["preview_every"], opacity_weight=a["opacity_weight"], depth_weight=a["depth_weight"],
             orientation_weight=a["orientation_weight"], mesh_every=a["mesh_every"], mesh_resolution=a["mesh_resolution"], seed=a["seed"],
@@ -71,7 +72,8 @@ def distill(req: Request) -> Reply:
             f"{max(1, a['view_pool'])} views of {a['resolution']}²)",
             costs.rays_bytes(a["rays_per_step"], a["n_samples"], a["levels"])
             + costs.field_bytes(a["levels"], a["features"], a["log2_table_size"])
-            + costs.render_output_bytes(max(1, a["view_pool"]), a["resolution"] ** 2) * 2,
+            # the Gaussian targets are rendered supersampled (cfg.target_supersample² pixels each), then pooled
+            + costs.render_output_bytes(max(1, a["view_pool"]), (a["resolution"] * target_supersample(cfg)) ** 2) * 2,
         )
         # a resumed job continues the checkpointed field: never reset it again
         job = DistillJob(s, cfg, nerf_cfg, reset=bool(a["reset"]) and req.resume is None, backend=a["backend"])

@@ -15,6 +15,18 @@ them are never rendered, so neither trained nor meshed. Short budgets (the ``pre
 inflated the mesh without this: the blob's density stayed in the occupancy EMA (0.95 per update fades e^10
 in hundreds of updates) and one cell around the grid was meshed untrained (issue 26, docs/benchmarks.md).
 
+The targets are rendered 4× supersampled and averaged per pixel (``target_supersample``): the rasteriser's
+0.3 px² low-pass widens every thin surfel by about half a pixel, which at 64² grew the silhouettes by 22 % and put
+the target depth 0.02 in front (≈ one 96³ mesh cell): the field, and its mesh, inflated by that much.
+
+Within a short budget Adam moves the raw density by a few units only, so the start blob stays in a ``preview``
+mesh: threestudio's e^{10(1 − |x|/0.5)} is too dense at a torus's inner side and too faint at its rim.
+``start_blob`` (opt-in) starts a fresh field distilled from Gaussians as another blob, e.g. (4, 2):
+σ = e^{4(1 − |x|/2)}, which brings thin-surfel shapes within a cell and 2 % Chamfer at 60 steps, but on round
+Gaussians (a shell of σ 0.035, whose support band is wide) the denser start leaves haze that 80 steps do not
+carve (held-out PSNR 20.5 vs 28.8 dB), so the default stays threestudio's. Measured in docs/benchmarks.md
+(issue 26).
+
 Eq. 7 supervises colour only, which leaves the density soft: a white-ish object on a white background
 or a thick haze both render fine but mesh badly. The Gaussian render also gives alpha and depth for free,
 so two small extra terms (``opacity_weight`` 0.1, ``depth_weight`` 0.03; both 0 is the paper's loss) pull
@@ -88,6 +100,9 @@ class DistillConfig:
     orientation_weight: float = ORIENTATION_WEIGHT  # λ·mean_rays Σ sg(w)·max(0, n·d)² (DreamFusion; 0: off)
     orientation_rays: int | None = 512  # rays per step that carry the orientation penalty (normals cost
     # ≈ 2.5× a plain ray); None: all of them
+    target_supersample: int = 4  # Gaussian targets rendered at s·resolution (≤ 1024 px wide) and averaged over s×s
+    start_blob: tuple[float, float] | None = None  # (density_blob_scale, density_blob_std) of a fresh field
+    # distilled from the session's Gaussians (None: the NeRFConfig's, threestudio's 10, 0.5); see the module's docstring
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,6 +110,11 @@ class DistillConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if not 8 <= self.resolution <= 1024:
             raise ValueError(f"resolution must be in [8, 1024], got {self.resolution}")
+        blob = self.start_blob
+        if blob is not None and not (len(blob) == 2 and all(math.isfinite(v) for v in blob) and blob[1] > 0):
+            raise ValueError(f"start_blob must be (scale, std > 0) or None, got {self.start_blob}")
+        if not 1 <= self.target_supersample <= 8:
+            raise ValueError(f"target_supersample must be in [1, 8], got {self.target_supersample}")
         if self.view_pool < 0:
             raise ValueError(f"view_pool must be >= 0, got {self.view_pool}")
         if self.batch < 1:
@@ -109,6 +129,15 @@ class DistillConfig:
             raise ValueError(f"opacity_weight and depth_weight must be >= 0, got {self.opacity_weight}, {self.depth_weight}")
         if not (self.lr_grid > 0 and self.lr_mlp > 0):
             raise ValueError(f"learning rates must be > 0, got {self.lr_grid}, {self.lr_mlp}")
+
+
+MAX_TARGET_SIDE = 1024  # supersampled Gaussian targets are rendered at most this many pixels wide
+
+
+def target_supersample(cfg: DistillConfig) -> int:
+    """The supersampling the targets get: ``cfg.target_supersample``, lowered so that they are rendered at most
+    ``MAX_TARGET_SIDE`` pixels wide (at 256² and above the low-pass's half pixel is under a fifth of a 96³ mesh cell)."""
+    return max(1, min(cfg.target_supersample, MAX_TARGET_SIDE // cfg.resolution))
 
 
 def occupancy_config(cfg: DistillConfig) -> OccupancyConfig:
@@ -135,16 +164,33 @@ def sample_cameras(cfg: DistillConfig, generator: torch.Generator):
     return sample_orbit(cfg.batch, ocfg, generator).cameras
 
 
-def gaussian_targets(g, cams, background: Tensor, geometry: bool = False) -> Tensor:
+def gaussian_targets(g, cams, background: Tensor, geometry: bool = False, supersample: int = 1) -> Tensor:
     """R_GS(cam), no gradient (the distillation targets): [B,H,W,3] rgb, or with ``geometry``
-    [B,H,W,5] rgb + alpha + expected camera-space depth z."""
+    [B,H,W,5] rgb + alpha + expected camera-space depth z.
+
+    With ``supersample`` s > 1 each pixel is the mean of s×s sub-pixels rendered at s·H × s·W (the depth
+    the alpha-weighted mean of theirs): the rasteriser's 0.3 px² low-pass widens every Gaussian by about half
+    a pixel, which at 64² on an object of unit size is ≈ 0.014 world units — surfels of a thin surface render
+    that much too far out, so the targets' silhouettes and depths, and the field distilled from them, inflate
+    (issue 26: +22 % silhouette area, depth 0.02 in front at 64²; docs/benchmarks.md)."""
     from ..stage1.render import render
 
+    if supersample < 1:
+        raise ValueError(f"supersample must be >= 1, got {supersample}")
     with torch.no_grad():
+        if supersample > 1:
+            scale = torch.tensor([supersample, supersample, 1.0], dtype=cams.Ks.dtype, device=cams.Ks.device)
+            cams = type(cams)(cams.viewmats, cams.Ks * scale[None, :, None], cams.width * supersample, cams.height * supersample)
         out = render(g, cams, background)
+        if supersample == 1:
+            rgb, alpha, depth = out.rgb, out.alpha, out.depth
+        else:
+            pool = lambda x: torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1)  # noqa: E731
+            rgb, alpha = pool(out.rgb), pool(out.alpha)
+            depth = pool(out.depth * out.alpha) / alpha.clamp_min(1e-10)
         if not geometry:
-            return out.rgb.detach()
-        return torch.cat([out.rgb, out.alpha, out.depth], dim=-1).detach()
+            return rgb.detach().contiguous()
+        return torch.cat([rgb, alpha, depth], dim=-1).detach()
 
 
 def _z_to_ray_distance(cams, pix: Tensor) -> Tensor:
@@ -249,7 +295,7 @@ class DistillJob:
         self.bg = torch.tensor(cfg.background, dtype=torch.float32, device=session.device)
         geometry = cfg.opacity_weight > 0 or cfg.depth_weight > 0
         self.uses_gaussians = target_fn is None
-        self.target_fn = target_fn or (lambda cams: gaussian_targets(session.gaussians, cams, self.bg, geometry))
+        self.target_fn = target_fn or (lambda cams: gaussian_targets(session.gaussians, cams, self.bg, geometry, target_supersample(cfg)))
         self.preview: np.ndarray | None = None
         self._preview_new = False
         self.mesh_preview = MeshPreviewer(cfg.mesh_every, cfg.mesh_resolution)
@@ -262,7 +308,11 @@ class DistillJob:
         if self.state is None:
             st = self.session.extras.get(SLOT)
             if st is None or self.reset:
-                st = Stage2State(self.nerf_cfg, device=self.session.device, backend=self.backend, seed=self.cfg.seed)
+                nerf_cfg = self.nerf_cfg
+                if self.uses_gaussians and self.cfg.start_blob is not None:  # the support grid bounds the start density
+                    scale, std = self.cfg.start_blob
+                    nerf_cfg = dataclasses.replace(nerf_cfg, density_blob_scale=float(scale), density_blob_std=float(std))
+                st = Stage2State(nerf_cfg, device=self.session.device, backend=self.backend, seed=self.cfg.seed)
                 self.session.extras[SLOT] = st
             self.state = st
             if self.uses_gaussians:

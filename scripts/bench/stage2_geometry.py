@@ -8,9 +8,10 @@ against the Gaussians' (median t_NeRF − t_GS where both are opaque; < 0 = the 
 
     python scripts/bench/stage2_geometry.py [--preset preview|fast] [--shape torus plate genus2 torus_sphere]
         [--levels L] [--log2-table T] [--rays N] [--mesh-res R] [--surfels N] [--threads T]
+        [--supersample S] [--blob SCALE STD]
 
 ``--preset`` takes the Stage II steps and render size that ``presets.resolve`` gives a CPU backend (preview:
-60 steps at 64², fast: 300 at 64²); the field and the rays are the op's defaults (16 levels of 2^19,
+60 steps at 64², fast: 300 at 64²; default: DistillConfig's 1000 at 64²); the field and the rays are the op's defaults (16 levels of 2^19,
 4096 rays × 64 samples) unless given. Figures: docs/benchmarks.md. Timings are printed, never asserted.
 """
 
@@ -65,7 +66,8 @@ def depth_error(field, occupancy, g, views: int = 4, size: int = 48) -> float:
 
 
 def run(shape: str, steps: int, resolution: int, levels: int, log2_table: int, rays: int, mesh_res: int, n_surfels: int, seed: int = 0,
-        elevation: tuple[float, float] | None = None, depth_weight: float | None = None, blob: float | None = None) -> dict:
+        elevation: tuple[float, float] | None = None, depth_weight: float | None = None, blob: tuple[float, float] | None = None,
+        supersample: int | None = None, lr: tuple[float, float] | None = None) -> dict:
     g = shapes.surfels(shape, n_surfels, seed=seed)
     s = _Session(g)
     cfg = DistillConfig(steps=steps, resolution=resolution, rays_per_step=rays, preview_every=0, seed=seed)
@@ -73,9 +75,13 @@ def run(shape: str, steps: int, resolution: int, levels: int, log2_table: int, r
         cfg = dataclasses.replace(cfg, elevation_range_deg=elevation)
     if depth_weight is not None:
         cfg = dataclasses.replace(cfg, depth_weight=depth_weight)
-    field_cfg = NeRFConfig(grid=HashGridConfig(n_levels=levels, log2_table_size=log2_table))
+    if supersample is not None:
+        cfg = dataclasses.replace(cfg, target_supersample=supersample)
     if blob is not None:
-        field_cfg = dataclasses.replace(field_cfg, density_blob_scale=blob)
+        cfg = dataclasses.replace(cfg, start_blob=blob)
+    if lr is not None:
+        cfg = dataclasses.replace(cfg, lr_grid=lr[0], lr_mlp=lr[1])
+    field_cfg = NeRFConfig(grid=HashGridConfig(n_levels=levels, log2_table_size=log2_table))
     job = DistillJob(s, cfg, field_cfg, backend="auto")
     t0 = time.perf_counter()
     for i in range(cfg.steps):
@@ -97,7 +103,8 @@ def run(shape: str, steps: int, resolution: int, levels: int, log2_table: int, r
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", choices=("preview", "fast"), default="preview")
+    ap.add_argument("--preset", choices=("preview", "fast", "default"), default="preview",
+                    help="default: DistillConfig's 1000 steps at 64² (what stage2.distill runs without a preset)")
     ap.add_argument("--steps", type=int, default=0, help="override the preset's steps")
     ap.add_argument("--shape", nargs="+", choices=shapes.SHAPES, default=["torus"])
     ap.add_argument("--levels", type=int, default=16)
@@ -108,18 +115,26 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--elevation", type=float, nargs=2, default=None, help="distillation camera elevations (default: DistillConfig's)")
     ap.add_argument("--depth-weight", type=float, default=None, help="distillation depth term weight (default: DistillConfig's)")
-    ap.add_argument("--blob", type=float, default=None, help="the field's density_blob_scale (default: NeRFConfig's, 10)")
+    ap.add_argument("--blob", type=float, nargs=2, default=None, metavar=("SCALE", "STD"),
+                    help="the start blob (DistillConfig.start_blob, e.g. 4 2; default: threestudio's 10 0.5)")
+    ap.add_argument("--supersample", type=int, default=None, help="distillation targets' supersampling (default: DistillConfig's)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    ops = resolve(args.preset, "cpu").preset.ops()["stage2.distill"]
+    if args.preset == "default":
+        ops = {"steps": DistillConfig().steps, "resolution": DistillConfig().resolution}
+    else:
+        ops = resolve(args.preset, "cpu").preset.ops()["stage2.distill"]
     steps = args.steps or ops["steps"]
-    print(f"preset {args.preset} (CPU): {steps} steps at {ops['resolution']}², {args.rays} rays, field {args.levels}×2×2^{args.log2_table}, "
+    print(f"preset {args.preset} (CPU): {steps} steps at {ops['resolution']}², lr {ops.get('lr_grid', 0.01)}/{ops.get('lr_mlp', 1e-3)}, "
+          f"{args.rays} rays, field {args.levels}×2×2^{args.log2_table}, "
           f"mesh {args.mesh_res}³, {torch.get_num_threads()} threads", flush=True)
     for shape in args.shape:
         r = run(shape, steps, ops["resolution"], args.levels, args.log2_table, args.rays, args.mesh_res, args.surfels or surfel_count(shape), args.seed,
-                None if args.elevation is None else tuple(args.elevation), args.depth_weight, args.blob)
+                None if args.elevation is None else tuple(args.elevation), args.depth_weight,
+                None if args.blob is None else tuple(args.blob), args.supersample,
+                (ops["lr_grid"], ops["lr_mlp"]) if "lr_grid" in ops else None)
         print(f"{shape:13s} signed mean {r['signed_mean']:+.4f} ({r['signed_mean_cells']:+.2f} cells) p10 {r['signed_p10']:+.4f} "
               f"p90 {r['signed_p90']:+.4f} | estimated {r['estimated_signed_mean']:+.4f} | Chamfer {r['chamfer_pct']:.2f} % | "
               f"occupancy precision {r['precision']:.3f} recall {r['recall']:.3f} ({r['occupied']} cells) | depth {r['depth_error']:+.4f} | "
