@@ -18,6 +18,7 @@ from interactive3d.protocol import ply as ply_io, splats
 from interactive3d.protocol.splat_data import SplatData
 from torch import Tensor
 
+from ..maths.neighbours import knn_distances
 from .gaussians import Gaussians, init_random, num_sh_bases
 
 logger = logging.getLogger(__name__)
@@ -49,14 +50,9 @@ def _as_float_array(name: str, value, shape_tail: tuple[int, ...]) -> np.ndarray
 
 def nn_scales(points: np.ndarray, k: int = 3, min_scale: float = 1e-4) -> np.ndarray:
     """[N] RMS distance of each point to its k nearest neighbours (3DGS's initial scale)."""
-    from scipy.spatial import cKDTree
-
-    n = points.shape[0]
-    if n < 2:
-        return np.full((n,), 0.01, np.float64)
-    kk = min(k, n - 1)
-    dist, _ = cKDTree(points).query(points, k=kk + 1)  # column 0 is the point itself
-    rms = np.sqrt(np.mean(np.square(dist[:, 1:]), axis=1))
+    if points.shape[0] < 2:
+        return np.full((points.shape[0],), 0.01, np.float64)
+    rms = np.sqrt(np.mean(np.square(knn_distances(points, k)), axis=1))
     return np.maximum(rms, min_scale)
 
 

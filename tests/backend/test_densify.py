@@ -340,15 +340,18 @@ def test_run_clones_splits_prunes_and_resets_on_schedule(steps):
 def test_outliers_are_the_stray_centres_of_a_cluster():
     """500 centres in a ball of radius 0.5 and 5 strays at distance 1.5–2.5: the mean distance to 16 nearest
     neighbours of a stray is ~1 (the cluster's ~0.1), above the set's mean + 2 std; no cluster point is
-    flagged. The chunked distance matrix gives the same answer as one chunk."""
+    flagged. The k-d tree gives the answer of the brute-force distance matrix."""
     gen = torch.Generator().manual_seed(0)
     ball = torch.nn.functional.normalize(torch.randn(500, 3, generator=gen), dim=-1) * 0.5 * torch.rand(500, 1, generator=gen) ** (1 / 3)
     strays = torch.tensor([[1.5, 0, 0], [0, 2.0, 0], [0, 0, -2.5], [1.2, 1.2, 0], [-1.6, 0, 0.4]])
     means = torch.cat([ball, strays])
     bad = D.outliers(means, 16, 2.0)
     assert bad[500:].all() and not bad[:500].any()
-    assert torch.equal(bad, D.outliers(means, 16, 2.0, chunk=7))
+    mean_d = torch.topk(torch.cdist(means.double(), means.double()), 17, dim=1, largest=False).values[:, 1:].mean(1)
+    assert torch.equal(bad, mean_d > mean_d.mean() + 2.0 * mean_d.std())
     assert not D.outliers(means[:3], 16, 2.0).any()  # k capped at N−1: 3 points, nothing stands out by 2 std
+    assert D.outliers(means[:1], 16, 2.0).shape == (1,) and not D.outliers(means[:1], 16, 2.0).any()  # one centre
+    assert not D.outliers(torch.zeros(40, 3), 16, 2.0).any()  # all at one place: every distance 0, std 0
 
 
 def test_end_prune_removes_faint_then_stray_gaussians_with_their_moments():
