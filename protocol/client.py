@@ -229,7 +229,12 @@ class Client:
             # Queued by zmq until the peer is connected; never blocks the caller (Blender's UI thread).
             self._sock.send_multipart([raw, *frames], copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
-            raise ConnectionLost(f"send queue to {self.address} is full ({self.hwm} messages): is the backend running?") from None
+            # no pipe takes it: the queue is full, or a failed handshake dropped the connection (its monitor
+            # event may still be on its way: wait for it briefly, so the error says which)
+            if self._monitor is not None:
+                self._monitor.poll(100)
+            raise ConnectionLost(f"send queue to {self.address} is full ({self.hwm} messages) or no connection is up: "
+                                 f"{self.diagnosis()}") from None
         return rid
 
     def _recv_one(self) -> Message | None:
