@@ -567,9 +567,9 @@ _STAGE1_OPS: list[OpSpec] = [
             Arg("random_background", "bool", "one random background colour per view", default=False),
             Arg("densify", "bool", "densify & prune (3DGS schedule)", default=True),
             Arg("densify_schedule", "str", "sds (default): the authors' Stage I practice scaled to `steps` (densify every "
-                "max(steps/15, 50) steps through 2·steps/3 at a view-space gradient ≥ 0.2, ≥ 0.05 in runs under 300 steps; prune every steps/30 steps "
-                "to the end: opacity < 0.05, scale > 0.1, centre beyond radius 1; no opacity reset; the last step prunes "
-                "opacity < 0.1 and statistical outliers, the haze of floaters); run: 3DGS's 30k schedule (densify from 500 until 15k every 100, reset opacities "
+                "max(steps/15, 50) steps through 2·steps/3 at a view-space gradient ≥ 0.2, ≥ 0.05 in runs under 300 steps, and "
+                "prune on those steps: opacity < 0.05, scale > 0.1, centre beyond radius 1; no opacity reset; the last step prunes "
+                "opacity < 0.1, centres beyond radius 1 and statistical outliers, the haze of floaters); run: 3DGS's 30k schedule (densify from 500 until 15k every 100, reset opacities "
                 "every 3k) scaled to `steps`, threshold 0.2; fixed: every 100 steps from 100 until 1500, 3DGS's "
                 "threshold 0.0002, whatever `steps`. docs/benchmarks.md compares them",
                 default="sds", choices=("sds", "run", "fixed")),

@@ -8,9 +8,10 @@ resolves a preset for its own device: on a CPU every preset is scaled down (step
 per step, a coarser Shap-E grid) and the result says so in ``note``.
 
 Every preset densifies with Stage I's default schedule, ``sds`` (backend/stage1/trainer.py ``sds_schedule``:
-the authors' Stage I practice scaled to the run, pruning outside the scene bound, a last prune of the faint and
-stray haze): on the oracle's robot it was the best schedule at 150, 500 and 2000 steps with under 0.1 % floaters,
-where ``fixed`` and ``run`` leave 6–52 % and grow without bound on long runs (docs/benchmarks.md, issue 27), so
+the authors' Stage I practice scaled to the run, pruning on its densify steps and outside the scene bound, a last
+prune of the faint and stray haze): on the oracle (robot and blobs, 3 seeds) it was the best schedule at 150, 500
+and 2000 steps with at most 0.3 % floaters, where ``fixed`` and ``run`` leave 6–52 % and grow without bound on
+long runs (docs/benchmarks.md, issue 27), so
 one schedule serves a short CPU preview and a 10k-step paper run.
 
 A preset is pure data: op arguments for ``gaussians.init``, ``stage1.start``, ``stage2.distill``,

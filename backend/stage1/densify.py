@@ -16,8 +16,8 @@ Every ``opacity_reset_every`` steps *inside the densification window* opacities 
 optimiser does not bring back (floaters). As in 3DGS (and gsplat's DefaultStrategy) a reset never happens
 at or after ``until_step``, and none is scheduled unless a densify/prune step follows it in the window, so
 a run never ends with every opacity forced down and nothing pruned. :func:`end_prune` is the run's last
-clean-up (the trainer calls it after the last step): below ``end_prune_opacity``, then the statistical
-outliers (:func:`outliers`, Open3D's rule) — the stray haze an SDS run leaves (floaters).
+clean-up (the trainer calls it after the last step): below ``end_prune_opacity`` and beyond ``prune_radius``,
+then the statistical outliers (:func:`outliers`, Open3D's rule) — the stray haze an SDS run leaves (floaters).
 
 :meth:`DensifyConfig.for_run` scales 3DGS's 30k-iteration schedule (densify from 500 until 15k every 100,
 reset every 3k) to a run of any length; :meth:`DensifyConfig.plan` lists the steps a run of N steps
@@ -387,12 +387,14 @@ def outliers(means: Tensor, neighbours: int, std_ratio: float) -> Tensor:
 
 @torch.no_grad()
 def end_prune(g: Gaussians, optimizers: dict[str, torch.optim.Optimizer] | None, cfg: DensifyConfig) -> int:
-    """The run's last prune (the state a Stage I run hands over): opacity below ``cfg.end_prune_opacity``, then
-    the statistical outliers of what is left (``cfg.end_outlier_std``); returns the count removed. Never
-    removes every Gaussian."""
+    """The run's last prune (the state a Stage I run hands over): opacity below ``cfg.end_prune_opacity`` and,
+    with it, centres beyond ``cfg.prune_radius`` (the scene bound, when the schedule has one), then the
+    statistical outliers of what is left (``cfg.end_outlier_std``); returns the count removed. Never removes
+    every Gaussian."""
     removed = 0
     if cfg.end_prune_opacity is not None:
-        removed += prune(g, optimizers, DensifyConfig(prune_opacity=cfg.end_prune_opacity, prune_scale=None))
+        removed += prune(g, optimizers, DensifyConfig(prune_opacity=cfg.end_prune_opacity, prune_scale=None,
+                                                      prune_radius=cfg.prune_radius, extent=cfg.extent))
     if cfg.end_outlier_std is not None:
         bad = outliers(g.params["means"], cfg.outlier_neighbours, cfg.end_outlier_std)
         if 0 < int(bad.sum()) < g.n:

@@ -50,7 +50,9 @@ def run_schedule(steps: int, lr: LearningRates = LearningRates()) -> DensifyConf
 
 # The authors' Stage I config (interactive-3d/interactive3d, configs/gaussian_splatting.yaml) for a run of
 # SDS_REFERENCE_STEPS: densify every 1000 steps from 1000 until 10000, prune every 500 steps until the end of
-# the run with a minimum opacity of 0.05, no opacity reset.
+# the run with a minimum opacity of 0.05, no opacity reset. The default prunes only on its densify steps (and
+# at the run's end) instead: pruning between them and to the end, scaled to the run, was never better and lost
+# up to 0.8 dB (oracle, 3 seeds, docs/benchmarks.md: robot 500 steps 31.60 → 32.43 dB, blobs 2000 32.99 → 33.51).
 SDS_REFERENCE_STEPS = 15_000
 SDS_PRUNE_OPACITY = 0.05
 # The run's last step prunes below this opacity (the random init's 3DGS opacity: what the guidance pushed below
@@ -70,8 +72,8 @@ SDS_MIN_EVERY = 50
 # Runs shorter than SDS_SHORT_RUN steps densify at SDS_SHORT_RUN_THRESHOLD instead of SDS_GRAD_THRESHOLD: with the
 # paper's opacity lr (0.003) opacities barely move in a short run, and what densifying adds is mostly coverage.
 # Oracle, 150 steps: robot 25.51 → 27.27 dB, blobs 20.49 → 23.74 dB (fixed: 25.16 / 22.33); at 500 steps 0.05
-# ends 0.55 dB below 0.2 with 4× the Gaussians (robot: 30.90 dB, 20k). The boundary lies between the lengths
-# measured (150 and 500; docs/benchmarks.md).
+# ends 0.55 dB below 0.2 with 4× the Gaussians (robot: 30.90 dB, 20k). Two seeds at 200/250/300 steps
+# (docs/benchmarks.md): 0.05 gains 1.6–2.6 dB at 200, the two are within 0.6 dB at 250, 0.2 gains 0.4–2.1 at 300.
 SDS_SHORT_RUN = 300
 SDS_SHORT_RUN_THRESHOLD = 0.05
 
@@ -79,12 +81,12 @@ SDS_SHORT_RUN_THRESHOLD = 0.05
 def sds_schedule(steps: int, lr: LearningRates = LearningRates()) -> DensifyConfig:
     """Stage I's default densification (issue 27): the authors' Stage I practice scaled to ``steps`` —
     densify every max(steps/15, SDS_MIN_EVERY) steps through 2·steps/3 (view-space gradient ≥
-    SDS_GRAD_THRESHOLD), prune every steps/30 steps until the end of the run (opacity < 0.05, largest scale
-    > 0.1, centre outside the scene bound SDS_SCENE_RADIUS), no opacity reset; the last step prunes below
-    SDS_END_PRUNE_OPACITY and the statistical outliers (SDS_OUTLIER_STD). A 2000-step run densifies at 133,
-    266, …, 1330 and prunes every 67 steps; a 150-step run densifies at steps 50 and 100 and prunes every 5
-    steps; a run under 75 steps never densifies (fewer than SDS_MIN_EVERY steps before 2/3 of it). A run under
-    SDS_SHORT_RUN steps densifies at the lower SDS_SHORT_RUN_THRESHOLD."""
+    SDS_GRAD_THRESHOLD) and prune on those steps (opacity < 0.05, largest scale > 0.1, centre outside the scene
+    bound SDS_SCENE_RADIUS), no opacity reset; the last step prunes below SDS_END_PRUNE_OPACITY, outside the
+    scene bound and the statistical outliers (SDS_OUTLIER_STD). A 2000-step run densifies and prunes at 133,
+    266, …, 1330; a 150-step run at steps 50 and 100; a run under 75 steps never densifies (fewer than
+    SDS_MIN_EVERY steps before 2/3 of it) and only prunes at its end. A run under SDS_SHORT_RUN steps
+    densifies at the lower SDS_SHORT_RUN_THRESHOLD."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     f = steps / SDS_REFERENCE_STEPS
@@ -92,7 +94,7 @@ def sds_schedule(steps: int, lr: LearningRates = LearningRates()) -> DensifyConf
     threshold = SDS_SHORT_RUN_THRESHOLD if steps < SDS_SHORT_RUN else SDS_GRAD_THRESHOLD
     return DensifyConfig(
         grad_threshold=threshold, from_step=every, until_step=round(10_000 * f) + 1, every=every,
-        prune_every=max(1, round(500 * f)), prune_until_step=steps, prune_opacity=SDS_PRUNE_OPACITY,
+        prune_opacity=SDS_PRUNE_OPACITY,
         prune_radius=SDS_SCENE_RADIUS, end_prune_opacity=SDS_END_PRUNE_OPACITY, end_outlier_std=SDS_OUTLIER_STD,
         opacity_reset_every=None,
     )

@@ -354,6 +354,24 @@ def test_outliers_are_the_stray_centres_of_a_cluster():
     assert not D.outliers(torch.zeros(40, 3), 16, 2.0).any()  # all at one place: every distance 0, std 0
 
 
+def test_end_prune_removes_what_left_the_scene_bound():
+    """With a scene bound (prune_radius) the last prune also removes centres beyond it — the default schedule
+    prunes the bound only on its densify steps, which end at 2/3 of the run; without a bound, or without the
+    final opacity prune, they stay."""
+    n = 12
+    g = _set([0.005] * n, [0.5] * n, [0.0] * n)
+    with torch.no_grad():
+        g.params["means"][:, 0] *= 0.5  # x up to 0.55
+        g.params["means"][:, 1] = torch.linspace(-0.5, 0.5, n)
+        g.params["means"][3] = torch.tensor([0.0, 0.0, 1.2])  # 1.2 from the centre: outside radius 1
+        g.params["means"][7] = torch.tensor([0.0, 0.99, 0.0])  # inside
+    assert D.end_prune(g, None, D.DensifyConfig(prune_radius=1.0)) == 0 and g.n == n
+    assert D.end_prune(g, None, D.DensifyConfig(end_prune_opacity=0.1)) == 0 and g.n == n
+    assert D.end_prune(g, None, D.DensifyConfig(end_prune_opacity=0.1, prune_radius=1.0)) == 1 and g.n == n - 1
+    assert float(g.params["means"].detach().norm(dim=-1).max()) < 1.0
+    assert D.end_prune(g, None, D.DensifyConfig(end_prune_opacity=0.1, prune_radius=0.5, extent=2.0)) == 0  # bound = 1.0
+
+
 def test_end_prune_removes_faint_then_stray_gaussians_with_their_moments():
     """The run's last prune: opacity < end_prune_opacity goes (2 of 12), then the statistical outlier (the one
     centre 3 units away); parameters, Adam moments and part masks stay in step. Off (None, None): nothing."""

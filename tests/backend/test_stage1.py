@@ -156,8 +156,9 @@ def test_job_refuses_empty_session_and_bad_config():
 def test_default_densify_is_the_sds_schedule_scaled_to_the_run():
     """Stage1Config derives its schedules from its own steps and lrs (issues 18, 27). The default, "sds", is
     the authors' Stage I practice scaled to the run: densify every max(steps/15, 50) steps through 2·steps/3
-    with SDS_GRAD_THRESHOLD, prune every steps/30 steps to the end at opacity 0.05 and outside the scene bound
-    (radius 1), never reset, and end by pruning opacity < 0.1 and the statistical outliers (k 16, 3 std); runs
+    with SDS_GRAD_THRESHOLD, prune on those steps only at opacity 0.05 and outside the scene bound (radius 1),
+    never reset, and end by pruning opacity < 0.1, outside the bound and the statistical outliers (k 16, 3
+    std); runs
     under 300 steps densify at the lower threshold 0.05 — a
     150-step run densifies at 50 and 100, a 2000-step run at 133..1330, a 10k run every 667 from 667 to 6003.
     "run" keeps run_schedule: its opacity resets only when the run leaves (logit(0.5) − logit(0.01)) / lr =
@@ -166,13 +167,12 @@ def test_default_densify_is_the_sds_schedule_scaled_to_the_run():
     densification off; anything else is refused."""
     from interactive3d.backend.stage1.trainer import SDS_GRAD_THRESHOLD, run_schedule, sds_schedule
 
-    for steps, densify, prune_every in ((150, (50, 100), 5), (2000, tuple(range(133, 1334, 133)), 67),
-                                        (10_000, tuple(range(667, 6667, 667)), 333)):
+    for steps, densify in ((60, ()), (150, (50, 100)), (2000, tuple(range(133, 1334, 133))), (10_000, tuple(range(667, 6667, 667)))):
         cfg = Stage1Config(steps=steps)
         assert cfg.densify == Stage1Config(steps=steps, densify="sds").densify == sds_schedule(steps)
         plan = cfg.densify.plan(steps)
-        assert plan.densify_steps == densify and plan.reset_steps == (), steps
-        assert cfg.densify.prune_every == prune_every and plan.prune_steps[-1] == (steps - 1) // prune_every * prune_every
+        assert plan.densify_steps == densify and plan.reset_steps == () and plan.prune_steps == (), steps  # prune-only steps
+        assert cfg.densify.prune_every is None
         assert (cfg.densify.grad_threshold, cfg.densify.prune_opacity, cfg.densify.grad_quantile, cfg.densify.end_prune_opacity) == (
             SDS_GRAD_THRESHOLD if steps >= 300 else 0.05, 0.05, None, 0.1)
         assert (cfg.densify.prune_radius, cfg.densify.end_outlier_std, cfg.densify.outlier_neighbours) == (1.0, 3.0, 16)

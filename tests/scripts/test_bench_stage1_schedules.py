@@ -43,8 +43,8 @@ def test_default_schedule_holds_its_place_on_the_150_step_cell():
     """The table's 150-step cell, seed 0 (the demo's start: 2048 random Gaussians, the robot reference, 48²,
     batch 1; 8 held-out views at 64²), for the default and the schedules it replaced: the default ("sds")
     ends within 0.5 dB of the best and with the smallest floater share (within 0.5 points), under 1 %.
-    Measured (docs/benchmarks.md): sds 27.27 dB / 0.03 %, fixed 25.16 dB / 6.63 %, run 21.53 dB / 17.33 %,
-    sds at the long runs' threshold 0.2: 25.51 dB / 0.06 %."""
+    Measured (docs/benchmarks.md, seed 0): sds 27.40 dB / 0.05 %, fixed 25.16 dB / 6.63 %, run 21.53 dB /
+    17.33 %; over 3 seeds sds 27.84, fixed 25.77, run 21.43, sds at the long runs' threshold 0.2 24.35 (2 seeds)."""
     from interactive3d.backend.stage1.trainer import Stage1Config
 
     mod = _module()
