@@ -789,7 +789,8 @@ _STAGE2_OPS: list[OpSpec] = [
         args=(
             Arg("steps", "int", "optimisation steps (paper: 10000)", default=1000, min=1, max=1_000_000),
             Arg("resolution", "int", "Gaussian target size (square; each target pixel averages 4×4 sub-pixels, fewer "
-                "above 256², so thin Gaussians keep their silhouette)", default=64, min=8, max=1024),
+                "above 256² and no finer than the session's last stage1.start resolution, so thin Gaussians keep their "
+                "silhouette)", default=64, min=8, max=1024),
             Arg("rays_per_step", "int", "random target pixels per step", default=4096, min=1, max=1 << 20),
             Arg("view_pool", "int", "render this many orbit views once and draw rays from all (0: new cameras each step)", default=0, min=0, max=4096),
             Arg("lr_grid", "float", "Adam learning rate of the hash tables (the official configs: 0.01)", default=0.01, min=1e-6, max=1.0),
@@ -814,7 +815,7 @@ _STAGE2_OPS: list[OpSpec] = [
         ),
         session=True,
         starts_job=True,
-        result=(("job", "job id"), ("total", "total steps")),
+        result=(("job", "job id"), ("total", "total steps"), ("target_supersample", "s: each target pixel averages s×s sub-pixels")),
         events=("progress", "state", "mesh", "paused", "resumed", "done", "error"),
         errors=("busy",),
     ),

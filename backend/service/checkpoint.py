@@ -75,6 +75,7 @@ class Checkpoint:
     suspended: JobRecord | None = None
     time: float = field(default_factory=time.time)
     guidance: dict | None = None  # the session's GuidanceSpec as plain values
+    fit_resolution: int | None = None  # Session.fit_resolution
     revision: int = 0  # the session's state revision (issue 14); a resumed session continues above it
 
 
@@ -187,6 +188,7 @@ def capture(session: Session, job: JobRecord | None = None, with_history: bool =
             job=job,
             suspended=suspended,
             guidance=None if session.guidance is None else session.guidance.to_dict(),
+            fit_resolution=session.fit_resolution,
             revision=session.current_revision(),
         )
 
@@ -227,6 +229,7 @@ def write(state_dir: str | Path, ckpt: Checkpoint) -> Path:
         "job": None if ckpt.job is None else vars(ckpt.job),
         "suspended": None if ckpt.suspended is None else vars(ckpt.suspended),
         "guidance": ckpt.guidance,
+        "fit_resolution": ckpt.fit_resolution,
         "revision": ckpt.revision,
     }
     _atomic_save(payload, path)
@@ -271,8 +274,14 @@ def read(state_dir: str | Path, session_id: str, device: torch.device | str = "c
         suspended=None if suspended is None else JobRecord(**suspended),
         time=payload["time"],
         guidance=payload.get("guidance"),  # files from before issue 18 have none
+        fit_resolution=_fit_resolution(payload.get("fit_resolution")),  # files from before it have none
         revision=int(payload.get("revision", 0)),  # files from before revisions have none
     )
+
+
+def _fit_resolution(v) -> int | None:
+    """A checkpoint's fit_resolution, None unless a positive int (a damaged value must not break a resume)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1 << 16 else None
 
 
 def restore_session(ckpt: Checkpoint, device: torch.device | str = "cpu") -> Session:
@@ -283,6 +292,7 @@ def restore_session(ckpt: Checkpoint, device: torch.device | str = "cpu") -> Ses
     s.bump()  # resuming is a change: indices a client took before the restart are refused
     s.history.undo = list(ckpt.undo)
     s.history.redo = list(ckpt.redo)
+    s.fit_resolution = ckpt.fit_resolution
     if ckpt.guidance is not None:
         from ..stage1.guidance_cache import GuidanceSpec
 

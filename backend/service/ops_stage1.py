@@ -57,6 +57,7 @@ def _set_gaussians(req: Request, g: Gaussians, label: str) -> Reply:
         s.record(label)
         s.gaussians = g
         s.optimizers = make_optimizers(s.gaussians)
+        s.fit_resolution = None  # a set of unknown origin until a Stage I run fits it
     return Reply({"count": g.n, "sh_degree": g.sh_degree})
 
 
@@ -441,6 +442,7 @@ def stage1_start(req: Request) -> Reply:
     # it, so this reply never waits for that step, and the step already sees the session's new guidance.
     with s.lock:
         job_id = req.start_job(job, label="stage1")
+        s.fit_resolution = cfg.resolution
         if new_spec is not None:
             s.guidance = new_spec  # the session's guidance from now on (drag, edit, refinement, checkpoints)
             if ref_from_path is not None:

@@ -66,6 +66,7 @@ def distill(req: Request) -> Reply:
             render=RenderConfig(n_samples=a["n_samples"], stratified=True), background=tuple(a["background"]),
             preview_every=a["preview_every"], opacity_weight=a["opacity_weight"], depth_weight=a["depth_weight"],
             orientation_weight=a["orientation_weight"], mesh_every=a["mesh_every"], mesh_resolution=a["mesh_resolution"], seed=a["seed"],
+            fit_resolution=s.fit_resolution,
         )
         req.services.memory.check(
             f"stage2.distill ({a['rays_per_step']} rays × {a['n_samples']} samples, {a['levels']} levels of 2^{a['log2_table_size']}, "
@@ -80,7 +81,7 @@ def distill(req: Request) -> Reply:
     except ValueError as exc:
         raise InvalidArgs(f"stage2.distill: {exc}") from exc
     job_id = req.start_job(job, label="stage2.distill")
-    return Reply({"job": job_id, "total": cfg.steps})
+    return Reply({"job": job_id, "total": cfg.steps, "target_supersample": target_supersample(cfg)})
 
 
 def _support(s, resolution: int, aabb_radius: float):

@@ -125,6 +125,10 @@ class Session:
         # stage1.start and used by drag, semantic edit and refinement. A setting, not an edit: it is kept in
         # checkpoints but not in undo history (undoing Stage I's result does not forget its prompt).
         self.guidance = None
+        # The render size (px) the Gaussians were last optimised at by stage1.start; None for a set loaded or made
+        # by gaussians.init. Distillation renders its targets no finer (stage2/distill.py target_supersample).
+        # A setting like ``guidance``: kept in checkpoints, not in undo history.
+        self.fit_resolution: int | None = None
         self.created = time.time()
         self.revision = 0  # the state revision (see the module docstring); only grows
         self._rows_seen: weakref.ref | None = None  # the ``means`` tensor the revision accounts for

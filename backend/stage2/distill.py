@@ -17,7 +17,9 @@ in hundreds of updates) and one cell around the grid was meshed untrained (issue
 
 The targets are rendered 4× supersampled and averaged per pixel (``target_supersample``): the rasteriser's
 0.3 px² low-pass widens every thin surfel by about half a pixel, which at 64² grew the silhouettes by 22 % and put
-the target depth 0.02 in front (≈ one 96³ mesh cell): the field, and its mesh, inflated by that much.
+the target depth 0.02 in front (≈ one 96³ mesh cell): the field, and its mesh, inflated by that much. They are
+never rendered finer than the size Stage I fitted the set at (``fit_resolution``): a set fitted through the
+low-pass at 48² keeps thin parts only that low-pass makes visible (see :func:`target_supersample`).
 
 Within a short budget Adam moves the raw density by a few units only, so the start blob stays in a ``preview``
 mesh: threestudio's e^{10(1 − |x|/0.5)} is too dense at a torus's inner side and too faint at its rim.
@@ -101,6 +103,8 @@ class DistillConfig:
     orientation_rays: int | None = 512  # rays per step that carry the orientation penalty (normals cost
     # ≈ 2.5× a plain ray); None: all of them
     target_supersample: int = 4  # Gaussian targets rendered at s·resolution (≤ 1024 px wide) and averaged over s×s
+    fit_resolution: int | None = None  # the render size the Gaussians were optimised at (Stage I), None: unknown;
+    # the targets are never rendered finer than it (see target_supersample())
     start_blob: tuple[float, float] | None = None  # (density_blob_scale, density_blob_std) of a fresh field
     # distilled from the session's Gaussians (None: the NeRFConfig's, threestudio's 10, 0.5); see the module's docstring
     seed: int = 0
@@ -115,6 +119,8 @@ class DistillConfig:
             raise ValueError(f"start_blob must be (scale, std > 0) or None, got {self.start_blob}")
         if not 1 <= self.target_supersample <= 8:
             raise ValueError(f"target_supersample must be in [1, 8], got {self.target_supersample}")
+        if self.fit_resolution is not None and not (isinstance(self.fit_resolution, int) and self.fit_resolution >= 1):
+            raise ValueError(f"fit_resolution must be a positive integer or None, got {self.fit_resolution!r}")
         if self.view_pool < 0:
             raise ValueError(f"view_pool must be >= 0, got {self.view_pool}")
         if self.batch < 1:
@@ -136,8 +142,18 @@ MAX_TARGET_SIDE = 1024  # supersampled Gaussian targets are rendered at most thi
 
 def target_supersample(cfg: DistillConfig) -> int:
     """The supersampling the targets get: ``cfg.target_supersample``, lowered so that they are rendered at most
-    ``MAX_TARGET_SIDE`` pixels wide (at 256² and above the low-pass's half pixel is under a fifth of a 96³ mesh cell)."""
-    return max(1, min(cfg.target_supersample, MAX_TARGET_SIDE // cfg.resolution))
+    ``MAX_TARGET_SIDE`` pixels wide (at 256² and above the low-pass's half pixel is under a fifth of a 96³ mesh cell)
+    and no finer than ``cfg.fit_resolution``, the size the Gaussians were optimised at when known.
+
+    Why the second bound: a set optimised at R px was fitted *through* the 0.3 px² low-pass at R, so its thin parts
+    may be Gaussians far under a pixel that only the low-pass makes visible; rendered finer they thin out and fade,
+    and the field distilled from them loses them (the demo's Stage I at 48², distilled at 48² with 4×: the dragged
+    arm is gone from the mesh, Chamfer 0.032 → 0.043). Up to R the render is what the optimisation saw, less the
+    coarser render's own widening — issue 26's inflation, which a set of unknown origin is supersampled against."""
+    s = min(cfg.target_supersample, MAX_TARGET_SIDE // cfg.resolution)
+    if cfg.fit_resolution is not None:
+        s = min(s, cfg.fit_resolution // cfg.resolution)
+    return max(1, s)
 
 
 def occupancy_config(cfg: DistillConfig) -> OccupancyConfig:

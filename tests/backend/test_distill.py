@@ -198,3 +198,18 @@ def test_orientation_loss_changes_the_result():
     assert result[1.0][1] <= 0.9 * before
     assert result[1.0][2] >= 35.0
     assert DistillConfig().orientation_weight > 0  # on by default
+
+
+def test_target_supersample_is_bounded_by_the_side_cap_and_the_fit():
+    """4× by default, at most 1024 px wide, and no finer than the size the set was fitted at (fit_resolution);
+    never below 1."""
+    from interactive3d.backend.stage2.distill import DistillConfig, target_supersample
+
+    cases = {(64, None): 4, (256, None): 4, (512, None): 2, (1024, None): 1, (48, 48): 1, (64, 128): 2,
+             (64, 256): 4, (64, 1024): 4, (64, 32): 1, (64, 200): 3, (512, 4096): 2}
+    for (res, fit), expect in cases.items():
+        assert target_supersample(DistillConfig(resolution=res, fit_resolution=fit)) == expect, (res, fit)
+    assert target_supersample(DistillConfig(resolution=64, fit_resolution=128, target_supersample=1)) == 1
+    for bad in (0, -1, 2.5, "64"):
+        with pytest.raises(ValueError, match="fit_resolution"):
+            DistillConfig(fit_resolution=bad)

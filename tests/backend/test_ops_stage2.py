@@ -172,3 +172,26 @@ def _code_buf(client, op, args, buffers):
     with pytest.raises(RemoteError) as err:
         client.request(op, args, buffers)
     return err.value.code
+
+
+def test_distill_targets_are_never_finer_than_the_stage1_fit(client):
+    """Distillation supersamples its Gaussian targets 4× (issue 26) unless the set was fitted by stage1.start at a
+    coarser size: a set made by gaussians.init (origin unknown) gets 4 at 16²; after a Stage I run at 24² a
+    distillation at 16² gets 24 // 16 = 1, at 8² 3; a new gaussians.init forgets the fit again."""
+    sid = _shell_session(client)
+    args = {"session": sid, "steps": 1, "view_pool": 2, "rays_per_step": 64, "n_samples": 8, **FIELD}
+    r = client.request("stage2.distill", {**args, "resolution": 16}).result
+    assert r["target_supersample"] == 4
+    _wait_done(client, r["job"])
+    client.request("stage1.set_reference", {"session": sid})
+    job = client.request("stage1.start", {"session": sid, "guidance": "oracle", "steps": 2, "batch": 1, "resolution": 24,
+                                          "densify": False, "seed": 1}).result["job"]
+    assert _wait_done(client, job)["event"] == "done"
+    for res, expect in ((16, 1), (8, 3)):
+        r = client.request("stage2.distill", {**args, "resolution": res}).result
+        assert r["target_supersample"] == expect, res
+        _wait_done(client, r["job"])
+    assert client.request("gaussians.init", {"session": sid, "kind": "random", "n": 200}).result["count"] == 200
+    r = client.request("stage2.distill", {**args, "resolution": 16}).result
+    assert r["target_supersample"] == 4
+    _wait_done(client, r["job"])

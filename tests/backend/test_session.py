@@ -119,6 +119,22 @@ def test_checkpoint_round_trip(tmp_path):
     assert ck.list_checkpoints(tmp_path)[0]["session"] == "s1"
 
 
+def test_checkpoint_keeps_the_fit_resolution(tmp_path):
+    """The render size Stage I fitted the set at (distillation's target bound) survives a checkpoint; a file
+    without it, or with a damaged value, resumes with None (unknown)."""
+    s = _session()
+    assert s.fit_resolution is None
+    s.fit_resolution = 48
+    ck.write(tmp_path, ck.capture(s))
+    trusted = ("interactive3d.", Field.__module__)
+    assert ck.restore_session(ck.read(tmp_path, "s1", trusted=trusted)).fit_resolution == 48
+    for bad in (None, "48", -3, True, 2.5):
+        c = ck.capture(s)
+        c.fit_resolution = bad
+        ck.write(tmp_path, c)
+        assert ck.restore_session(ck.read(tmp_path, "s1", trusted=trusted)).fit_resolution is None, bad
+
+
 def test_prune_deletes_only_checkpoints_older_than_the_limit(tmp_path):
     """A checkpoint last written 40 days ago goes with a 30-day limit (folder and history); a fresh one and,
     with limit 0, every one stays."""
