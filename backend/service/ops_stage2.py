@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ from ..stage2.parts import PartConfig, RegionError, region_cells
 from ..stage2.refine import RefineConfig, RefineJob
 from ..stage2.state import SLOT, PartInfo
 from . import costs, files
+
+MIN_MESH_CHUNK = 1 << 12  # field queries per chunk that extract_mesh goes down to under a small memory budget
 from .requests import Reply, Request, with_revision
 
 log = logging.getLogger(__name__)
@@ -223,7 +226,12 @@ def extract(req: Request) -> Reply:
             est += a["texture_size"] ** 2 * costs.TEXEL_BYTES
         what = f"stage2.extract_mesh at {a['resolution']}³" + (f", {a['texture_size']}² texture" if a["texture"] else "")
         req.services.memory.check(what, est)  # what the arguments alone ask for, before the field is looked up
-        # the density grid and the bake query the field in chunks of cfg.chunk points (the bake's chunk is the same)
+        # the density grid and the bake query the field in chunks of cfg.chunk points (the bake's chunk is the same):
+        # as large as the budget leaves room for (up to MeshConfig's 2^18, 878 MiB at 16 levels), down to 2^12, so a
+        # small budget costs time, not a refusal
+        per_query = costs.field_query_bytes(1, _levels(_state(req).refined))
+        chunk = min(cfg.chunk, max(MIN_MESH_CHUNK, (req.services.memory.cap - est) // per_query))
+        cfg = replace(cfg, chunk=int(chunk))
         est += costs.field_query_bytes(cfg.chunk, _levels(_state(req).refined))
         with req.services.memory.reserve(what, est), s.lock:
             st = _state(req)

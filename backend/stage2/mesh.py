@@ -49,7 +49,7 @@ class MeshConfig:
     surface: str = "opacity"  # "opacity": accumulated opacity from outside = opacity_level; "density": σ = threshold
     opacity_level: float = 0.5
     threshold: float = 10.0  # iso-level of σ for surface="density" (threestudio uses 25 for exp density; 10 is milder)
-    chunk: int = 1 << 18  # density queries per chunk
+    chunk: int = 1 << 18  # field queries per call (density grid, vertex colours, texture bake)
     min_component_fraction: float = 0.05  # components with fewer faces than this × the largest are floaters
     fill_cavities: bool = True  # surface="density": empty voxels not connected to the grid's border are interior
     # voids (occluded, so unsupervised by distillation): fill them so only the outer surface is meshed
@@ -73,6 +73,8 @@ class MeshConfig:
             raise MeshError(f"texture_size must be in [16, {MAX_TEXTURE_SIZE}], got {self.texture_size}")
         if not (0 <= self.texture_padding <= 64):
             raise MeshError(f"texture_padding must be in [0, 64], got {self.texture_padding}")
+        if not (isinstance(self.chunk, int) and self.chunk >= 1):
+            raise MeshError(f"chunk must be a positive integer, got {self.chunk!r}")
 
 
 @dataclass
@@ -85,8 +87,9 @@ class MeshResult:
     texture: np.ndarray | None = None  # [S,S,4] uint8 sRGB, row 0 at the top (v = 1)
 
 
-def texture_mesh(mesh: MeshResult, colour, size: int = 1024, padding: int = 4) -> MeshResult:
-    """UV-unwrap ``mesh`` and bake ``colour`` ([N,3] points → [N,3] sRGB in [0,1]) into a texture.
+def texture_mesh(mesh: MeshResult, colour, size: int = 1024, padding: int = 4, chunk: int = 1 << 18) -> MeshResult:
+    """UV-unwrap ``mesh`` and bake ``colour`` ([N,3] points → [N,3] sRGB in [0,1], called on ≤ ``chunk`` points at a
+    time) into a texture.
 
     Vertices on chart seams are split; the vertex colours follow their vertices. Raises MeshError."""
     from .mesh_texture import TextureError, bake, unwrap
@@ -94,7 +97,7 @@ def texture_mesh(mesh: MeshResult, colour, size: int = 1024, padding: int = 4) -
     try:
         vmap, faces, uvs, charted = unwrap(mesh.vertices, mesh.faces, size, padding)
         vertices = np.ascontiguousarray(mesh.vertices[vmap], np.float32)
-        tex = bake(vertices, faces, uvs, colour, size, padding, paint=charted)
+        tex = bake(vertices, faces, uvs, colour, size, padding, chunk=chunk, paint=charted)
     except TextureError as exc:
         raise MeshError(str(exc)) from exc
     return MeshResult(vertices=vertices, faces=np.ascontiguousarray(faces, np.int32), colors=mesh.colors[vmap],
@@ -122,18 +125,24 @@ def density_grid(field, resolution: int, chunk: int = 1 << 18, occupancy=None) -
     per_slab = resolution * resolution
     yz = torch.stack(torch.meshgrid(t, t, indexing="ij"), dim=-1).reshape(-1, 2)
     slabs = max(1, chunk // per_slab)
+
+    def query(q: torch.Tensor) -> torch.Tensor:
+        # at most ``chunk`` points per field call, also when one slab (resolution² points) is more than that
+        parts = [field(q[j : j + chunk]).density if not hasattr(field, "density") else field.density(q[j : j + chunk])
+                 for j in range(0, len(q), chunk)]
+        return torch.cat([d.float() for d in parts]) if parts else torch.zeros(0, device=dev)
+
     for i in range(0, resolution, slabs):
         xs = t[i : i + slabs]
         pts = torch.cat([xs.repeat_interleave(per_slab)[:, None], yz.repeat(len(xs), 1)], dim=1)
         if near is None:
-            dens = field(pts).density if not hasattr(field, "density") else field.density(pts)
+            dens = query(pts)
         else:
             ci = torch.floor((pts + r) / (2 * r) * cells).long().clamp(0, cells - 1)
             live = near[ci[:, 0], ci[:, 1], ci[:, 2]]
             dens = torch.zeros(len(pts), device=dev)
             if bool(live.any()):
-                q = pts[live]
-                dens[live] = (field(q).density if not hasattr(field, "density") else field.density(q)).float()
+                dens[live] = query(pts[live])
         out[i * per_slab : (i + len(xs)) * per_slab] = dens.float().cpu().numpy()
     return out.reshape(resolution, resolution, resolution)
 
@@ -206,7 +215,7 @@ def extract_mesh(field, cfg: MeshConfig = MeshConfig(), occupancy=None) -> MeshR
         def colour(points: np.ndarray) -> np.ndarray:
             return field(torch.from_numpy(np.ascontiguousarray(points, np.float32)).to(field.device)).rgb.float().cpu().numpy()
 
-        result = texture_mesh(result, colour, cfg.texture_size, cfg.texture_padding)
+        result = texture_mesh(result, colour, cfg.texture_size, cfg.texture_padding, cfg.chunk)
     return result
 
 

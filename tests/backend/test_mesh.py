@@ -369,3 +369,33 @@ def test_blender_importers_place_and_colour_an_extracted_mesh_as_the_field(tmp_p
         with torch.no_grad():
             field_rgb = f(torch.from_numpy(m.vertices[idx.numpy()])).rgb.double().numpy()
         np.testing.assert_allclose(np.array(info["srgb"]), field_rgb, atol=0.5 / 255 + 1e-3, err_msg=kind)
+
+
+class _CountingCalls(torch.nn.Module):
+    """_WithFloater, recording the number of points of every field call."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.cfg, self.device, self.calls = inner, inner.cfg, inner.device, []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        return self.inner(x)
+
+
+def test_a_small_chunk_gives_the_same_mesh_and_texture_and_bounds_every_call():
+    """extract_mesh with chunk 2^8 (a budget-starved server, ops_stage2.MIN_MESH_CHUNK is 2^12) against the
+    default 2^18, on the sphere-with-floater field at 20³ with a 64² texture: the same vertices, faces, colours
+    and texture, and no field call over the chunk — also where one slab of the grid (20² = 400 points) is more
+    than the chunk, which the density grid used to query whole."""
+    ref = extract_mesh(_WithFloater(_sphere_field()), MeshConfig(resolution=20, surface="density", threshold=1.0,
+                                                                 texture=True, texture_size=64, texture_padding=2))
+    field = _CountingCalls(_WithFloater(_sphere_field()))
+    small = extract_mesh(field, MeshConfig(resolution=20, surface="density", threshold=1.0, texture=True,
+                                           texture_size=64, texture_padding=2, chunk=256))
+    assert field.calls and max(field.calls) <= 256
+    for name in ("vertices", "faces", "colors", "texture", "uvs"):
+        np.testing.assert_array_equal(getattr(small, name), getattr(ref, name), err_msg=name)
+    for bad in (0, -5, 2.5):
+        with pytest.raises(MeshError, match="chunk"):
+            MeshConfig(chunk=bad)

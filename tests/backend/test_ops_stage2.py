@@ -195,3 +195,27 @@ def test_distill_targets_are_never_finer_than_the_stage1_fit(client):
     r = client.request("stage2.distill", {**args, "resolution": 16}).result
     assert r["target_supersample"] == 4
     _wait_done(client, r["job"])
+
+
+def test_extract_mesh_fits_its_field_queries_to_a_small_budget():
+    """A server with a 24 MiB memory budget: extract_mesh at 32³ used to reserve a fixed 2^18-query chunk (at this
+    field's 4 levels 436 MB, at the default 16 levels 878 MiB) and was refused too_large; it now queries the field
+    in chunks the budget leaves room for and meshes. The arguments alone over the budget are still too_large."""
+    from _server_helpers import ThreadedServer
+    from interactive3d.backend.service import costs
+    from interactive3d.protocol.client import Client
+
+    budget = 24 << 20
+    assert costs.field_query_bytes(1 << 18, FIELD["levels"]) > budget
+    ts = ThreadedServer(memory_budget=budget)
+    try:
+        with Client(ts.address) as c:
+            sid = _shell_session(c)
+            r = c.request("stage2.distill", {"session": sid, "steps": 4, "resolution": 16, "view_pool": 2, "rays_per_step": 128,
+                                             "n_samples": 16, **FIELD}).result
+            assert _wait_done(c, r["job"])["event"] == "done"
+            m = c.request("stage2.extract_mesh", {"session": sid, "resolution": 32}, timeout=120.0)
+            assert len(np.array(m.buffers[0])) > 0 and len(np.array(m.buffers[1])) > 0
+            assert _code(c, "stage2.extract_mesh", {"session": sid, "resolution": 512}) == "too_large"  # 512³ voxels alone
+    finally:
+        ts.stop()
