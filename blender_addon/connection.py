@@ -183,6 +183,7 @@ class Pending:
     sent_at: float
     context: dict = field(default_factory=dict)
     timeout: float = 10.0
+    buffers: tuple = ()  # the request's frames (references), to send it again after a session resume
 
 
 @dataclass
@@ -344,7 +345,7 @@ class Connection:
             raise RuntimeError(f"not connected to a backend (status {self.status})")
         full = self._args(args, session)
         rid = self.client.send(op, full, buffers)
-        self.pending[rid] = Pending(op, kind, time.monotonic(), dict(context, args=args), timeout or self.timeout_s)
+        self.pending[rid] = Pending(op, kind, time.monotonic(), dict(context, args=args), timeout or self.timeout_s, tuple(buffers))
         return rid
 
     def then(self, op: str, args: dict | None = None, kind: str = "ignore", session: bool = True) -> None:
@@ -387,6 +388,11 @@ class Connection:
             self._fail(str(exc))
             raise
         except errors.RemoteError as exc:
+            if self._reaped(exc.code, exc.message) and not context.get("rerun"):
+                # the backend closed the session after it sat idle and refused this op untouched: resume, run it again
+                self.call("session.resume", {"paused": False}, kind="session")
+                self.last_message += f"; {op} ran again"
+                return self.call(op, args, buffers, kind=kind, session=session, timeout=timeout, **dict(context, rerun=True))
             self._blocking += 1
             try:
                 recovered = self._on_error(Pending(op, kind, time.monotonic(), dict(context, args=args)), exc.code, exc.message)
@@ -468,9 +474,12 @@ class Connection:
             self.job = JobProgress()
             self.then("session.create", {"name": "blender"}, kind="session", session=False)
             return True
-        if code == "not_found" and self.session is not None and f"no open session {self.session!r}" in message:
+        if self._reaped(code, message) and not p.context.get("rerun") and not self._blocking:
             # The backend closed the session into its checkpoint (idle for --idle-timeout): take it back, as a
-            # reconnect does; the refused op changed nothing, so the artist runs it again.
+            # reconnect does, and send the refused op again (it changed nothing) once the resume is answered.
+            self.send("session.resume", {"paused": False}, kind="session", rerun=p)
+            return True
+        if self._reaped(code, message):
             self.last_error = (f"{p.op}: the backend had closed session {self.session} after it sat idle; it was resumed "
                                "from its checkpoint: run the operation again")
             self.then("session.resume", {"paused": False}, kind="session")
@@ -492,6 +501,10 @@ class Connection:
         if p.kind in ("ping", "session", "reattach"):
             self._fail(text)
         return False
+
+    def _reaped(self, code: str, message: str) -> bool:
+        """An error saying the backend closed this connection's session (idle past --idle-timeout)."""
+        return code == "not_found" and self.session is not None and f"no open session {self.session!r}" in message
 
     def resync(self, reason: str) -> None:
         """Rewrite the splat object from the backend's current state (state.get), telling the artist why."""
@@ -578,6 +591,12 @@ def _on_session(conn: Connection, p: Pending, result: dict, buffers: list) -> No
         _note_suspended(conn, result.get("suspended"))
         if result.get("count"):
             conn.then("state.get", kind="state")
+        rerun = p.context.get("rerun")
+        if isinstance(rerun, Pending):  # the op the reaped session refused: run it again, once
+            conn.last_message += f"; {rerun.op} ran again"
+            context = {k: v for k, v in rerun.context.items() if k != "args"}
+            conn.send(rerun.op, rerun.context.get("args"), rerun.buffers, kind=rerun.kind, timeout=rerun.timeout,
+                      **dict(context, rerun=True))
 
 
 def _on_reattach(conn: Connection, p: Pending, result: dict, buffers: list) -> None:

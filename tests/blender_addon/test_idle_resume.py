@@ -70,18 +70,26 @@ def test_reconnect_after_the_session_was_reaped_resumes_it(scene, backend):
 def test_an_open_connection_gets_its_reaped_session_back_on_the_next_operation(scene, backend):
     """The connection stays open while the backend reaps the idle session (the add-on's heartbeats name no
     session): the next operation is refused not_found — it changed nothing — and the add-on resumes the same
-    session at once, says so, and the operation run again succeeds on the 40 Gaussians it had."""
+    session at once and runs the operation again, in batch mode (a blocking call returns the op's result) and
+    in the UI's queued mode (the reply arrives through sync_step), with no error shown."""
     assert bpy.ops.i3d.connect(address=backend.address) == {"FINISHED"}
     conn = connection.get()
     sync_until(conn, lambda c: c.status == connection.CONNECTED and not c.pending, timeout=60.0)
     conn.call("test.init", {"n": 40, "seed": 5}, kind="edit")
     sid, before = conn.session, _splats(conn).copy()
     _wait_reaped(backend.address, sid)
-    with pytest.raises(RemoteError) as err:
-        conn.call("state.get", kind="state")
-    assert err.value.code == "not_found"
-    assert conn.session == sid and "resumed" in conn.last_error and "run the operation again" in conn.last_error
-    conn.call("state.get", kind="state")
+    conn.last_error = ""
+    result = conn.call("state.get", kind="state")  # batch mode: resumed and run again
+    assert result["count"] == 40 and conn.session == sid
+    assert "resumed session" in conn.last_message and "state.get ran again" in conn.last_message and not conn.last_error
     np.testing.assert_array_equal(_splats(conn), before)
+    with Client(backend.address, routing_id=b"observer") as c:
+        assert [x["session"] for x in c.request("session.list").result["sessions"]] == [sid]
+
+    _wait_reaped(backend.address, sid)  # and again, now through the UI's queue
+    conn.last_message = conn.last_error = ""
+    conn.send("test.init", {"n": 25, "seed": 6}, kind="edit")
+    sync_until(conn, lambda c: not c.pending and len(_splats(c)) == 25, timeout=60.0)
+    assert conn.session == sid and not conn.last_error and conn.last_message == "test.init: 25 Gaussians"  # its own reply
     with Client(backend.address, routing_id=b"observer") as c:
         assert [x["session"] for x in c.request("session.list").result["sessions"]] == [sid]
