@@ -362,9 +362,10 @@ def test_stage2_render_and_texture_bake_are_estimated_in_bytes():
     samples, far under the old 268 M-sample cap; measured at 16 levels it peaks at 3.1 GB) is too_large, naming the
     views, size, samples and levels; 2 views of 32×32 at 16 samples are served ([2,32,32,3] rgb). The estimate's
     per-sample and per-ray figures are above the measured ones (op_memory.py at 16 levels: 2,434 B per sample,
-    3,155 B with normals, 465 B per ray). extract_mesh at 64³ with a 512² texture, which the old estimate admitted (16 MiB +
-    512² × 256 B = 80 MiB), is too_large: the bake's chunk of 2¹⁸ field queries (measured +878 MiB at 16 levels)
-    now counts."""
+    3,155 B with normals, 465 B per ray). extract_mesh counts its texels (TEXEL_BYTES) and its field-query chunk: a
+    1024² texture (629 MB of texels) is too_large; at 64³ with a 512² texture (16 MiB + 157 MB) the chunk of field
+    queries shrinks from 2¹⁸ (measured +878 MiB at 16 levels) to what the budget leaves, and the textured mesh is
+    made."""
     from interactive3d.backend.service import costs
 
     assert costs.field_query_bytes(1, 16) >= 2434 and 2 * costs.field_query_bytes(1, 16) >= 3155 and costs.RAY_BYTES >= 465
@@ -386,10 +387,16 @@ def test_stage2_render_and_texture_bake_are_estimated_in_bytes():
         assert "1 view(s) of 90×90, 128 samples per ray, 4 hash-grid levels, normals" in err.value.message
         out = c.request("stage2.render", {**args, "width": 32, "height": 32, "n_samples": 16}, [np.stack([cam, cam])])
         assert out.buffers[0].shape == (2, 32, 32, 3)
-        assert 64 ** 3 * costs.MESH_VOXEL_BYTES + 512 ** 2 * 256 < 256 << 20
+        assert 1024 ** 2 * costs.TEXEL_BYTES > 256 << 20
         with pytest.raises(RemoteError) as err:
-            c.request("stage2.extract_mesh", {"session": sid, "resolution": 64, "texture": True, "texture_size": 512})
-        assert err.value.code == "too_large" and "512² texture" in err.value.message, err.value
+            c.request("stage2.extract_mesh", {"session": sid, "resolution": 64, "texture": True, "texture_size": 1024})
+        assert err.value.code == "too_large" and "1024² texture" in err.value.message, err.value
+        room = (256 << 20) - 64 ** 3 * costs.MESH_VOXEL_BYTES - 512 ** 2 * costs.TEXEL_BYTES
+        assert 0 < room < costs.field_query_bytes(1 << 18, 4)  # the fixed 2^18 chunk would not fit
+        mesh = c.request("stage2.extract_mesh", {"session": sid, "resolution": 64, "texture": True, "texture_size": 512},
+                         timeout=300.0)
+        r = mesh.result
+        assert r["faces"] > 0 and r["textured"] and np.array(mesh.buffers[4]).shape == (512, 512, 4), r
     finally:
         c.close()
         ts.stop()
