@@ -477,7 +477,7 @@ class Connection:
         if self._reaped(code, message) and not p.context.get("rerun") and not self._blocking:
             # The backend closed the session into its checkpoint (idle for --idle-timeout): take it back, as a
             # reconnect does, and send the refused op again (it changed nothing) once the resume is answered.
-            self.send("session.resume", {"paused": False}, kind="session", rerun=p)
+            self.send("session.resume", {"paused": False}, kind="session", resend=p)
             return True
         if self._reaped(code, message):
             self.last_error = (f"{p.op}: the backend had closed session {self.session} after it sat idle; it was resumed "
@@ -591,11 +591,11 @@ def _on_session(conn: Connection, p: Pending, result: dict, buffers: list) -> No
         _note_suspended(conn, result.get("suspended"))
         if result.get("count"):
             conn.then("state.get", kind="state")
-        rerun = p.context.get("rerun")
-        if isinstance(rerun, Pending):  # the op the reaped session refused: run it again, once
-            conn.last_message += f"; {rerun.op} ran again"
-            context = {k: v for k, v in rerun.context.items() if k != "args"}
-            conn.send(rerun.op, rerun.context.get("args"), rerun.buffers, kind=rerun.kind, timeout=rerun.timeout,
+        refused = p.context.get("resend")
+        if refused is not None:  # the op the reaped session refused: run it again, once (``rerun`` marks it)
+            conn.last_message += f"; {refused.op} ran again"
+            context = {k: v for k, v in refused.context.items() if k != "args"}
+            conn.send(refused.op, refused.context.get("args"), refused.buffers, kind=refused.kind, timeout=refused.timeout,
                       **dict(context, rerun=True))
 
 

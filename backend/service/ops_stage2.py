@@ -32,11 +32,11 @@ from ..stage2.parts import PartConfig, RegionError, region_cells
 from ..stage2.refine import RefineConfig, RefineJob
 from ..stage2.state import SLOT, PartInfo
 from . import costs, files
-
-MIN_MESH_CHUNK = 1 << 12  # field queries per chunk that extract_mesh goes down to under a small memory budget
 from .requests import Reply, Request, with_revision
 
 log = logging.getLogger(__name__)
+
+MIN_MESH_CHUNK = 1 << 12  # field queries per chunk that extract_mesh goes down to under a small memory budget
 
 
 def _state(req: Request):
@@ -229,10 +229,10 @@ def extract(req: Request) -> Reply:
         # the density grid and the bake query the field in chunks of cfg.chunk points (the bake's chunk is the same):
         # as large as the budget leaves room for (up to MeshConfig's 2^18, 878 MiB at 16 levels), down to 2^12, so a
         # small budget costs time, not a refusal
-        per_query = costs.field_query_bytes(1, _levels(_state(req).refined))
-        chunk = min(cfg.chunk, max(MIN_MESH_CHUNK, (req.services.memory.cap - est) // per_query))
+        levels = _levels(_state(req).refined)
+        chunk = min(cfg.chunk, max(MIN_MESH_CHUNK, (req.services.memory.cap - est) // costs.field_query_bytes(1, levels)))
         cfg = replace(cfg, chunk=int(chunk))
-        est += costs.field_query_bytes(cfg.chunk, _levels(_state(req).refined))
+        est += costs.field_query_bytes(cfg.chunk, levels)
         with req.services.memory.reserve(what, est), s.lock:
             st = _state(req)
             m = extract_mesh(st.refined, cfg, st.occupancy)
